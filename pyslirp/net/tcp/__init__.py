@@ -1,0 +1,1 @@
+"""TCP (RFC 9293) for connections the PPP client opens."""

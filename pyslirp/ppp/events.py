@@ -1,0 +1,31 @@
+"""Events the PPP link hands to its owner (frozen values, in order)."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class IPReceived:
+    """An IPv4 datagram arrived on the open link."""
+    packet: bytes
+
+
+@dataclass(frozen=True)
+class LinkUp:
+    """IPCP reached Opened: IP may flow."""
+    local_ip: str
+    remote_ip: str
+    mtu: int
+
+
+@dataclass(frozen=True)
+class LinkDown:
+    """IP may no longer flow (IPCP left Opened or LCP went down)."""
+    reason: str
+
+
+@dataclass(frozen=True)
+class AuthResult:
+    """The peer authenticated (ok) or failed to."""
+    user: str
+    ok: bool
+    method: str
