@@ -1,0 +1,264 @@
+"""The command line: ``pyslirp.py [options] [PORT]``.
+
+Theory of operation: parse the options, build the configuration (defaults <-
+``-c FILE`` <- options), set up logging, open the line and hand everything to
+the threaded runtime; wire SIGINT/SIGTERM (clean stop: LCP Terminate-Request,
+exit 0) and SIGHUP (reopen log files).  This is the only module that wires
+the runtime.
+
+Exit codes: 0 clean stop, 1 runtime failure (e.g. permission denied on the
+device, a pseudo-terminal that cannot be created), 2 usage or configuration
+error.  Bad input never produces a traceback: every error is one line on
+standard error starting with ``pyslirp:``.
+
+A serial device that cannot be opened at start-up, or that disappears later
+(USB unplugged), is retried with a back-off of 1 s doubling to 30 s, forever,
+like pppd's ``persist``: the adapter may be plugged in later.  Two failures
+cannot fix themselves and end the program at start-up instead: an invalid
+setting (exit 2) and permission denied (exit 1; add the user to the group
+owning the device, usually ``dialout``).
+"""
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+
+from pyslirp import __version__, compat, config, logsetup
+
+log = logging.getLogger("pyslirp")
+
+DESCRIPTION = """\
+A userspace PPP gateway: speak PPP on a serial line, run our own IPv4/TCP stack
+in memory and turn each of the client's connections into an ordinary outbound
+socket to a local service (SSH on 127.0.0.1:22 by default). No root needed."""
+
+EPILOG = """\
+PORT is a device path (/dev/ttyUSB0) or a pyserial URL (socket://host:port,
+rfc2217://host:port, loop://); it overrides [serial] port of the config file.
+
+examples:
+  pyslirp.py /dev/ttyUSB0                 serve a serial port
+  pyslirp.py --pty --pty-link /tmp/ppp    serve a new pseudo-terminal (pppd /tmp/ppp ...)
+  pppd pty "ssh host pyslirp.py --stdio"  PPP over ssh
+  pyslirp.py -c pyslirp.toml --check-config
+
+exit status: 0 stopped by SIGINT/SIGTERM, 1 runtime failure, 2 usage or configuration error."""
+
+
+def _prefix_error(parser):
+    """argparse errors as one line after the usage, exit 2 (argparse's own convention)."""
+    def error(message):
+        parser.print_usage(sys.stderr)
+        parser.exit(2, "pyslirp: error: %s\n" % message)
+    return error
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="pyslirp", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.error = _prefix_error(p)
+    p.add_argument("port", nargs="?", metavar="PORT", help="serial device or pyserial URL")
+    p.add_argument("-c", "--config", metavar="FILE", help="TOML configuration file")
+    mode = p.add_argument_group("line (instead of PORT)")
+    mode.add_argument("--stdio", action="store_true",
+                      help="PPP on standard input/output (a dial-in login shell, pppd pty \"ssh ...\")")
+    mode.add_argument("--pty", action="store_true",
+                      help="create a pseudo-terminal, print 'pty: /dev/pts/N' and serve it")
+    mode.add_argument("--pty-link", metavar="PATH",
+                      help="also make PATH a symbolic link to the pseudo-terminal (implies --pty)")
+    ser = p.add_argument_group("serial")
+    ser.add_argument("--baudrate", type=int, metavar="N", help="line speed (default 115200)")
+    ser.add_argument("--flow-control", choices=("none", "hardware", "software"),
+                     help="RTS/CTS (hardware), XON/XOFF (software) or none (default)")
+    net = p.add_argument_group("services")
+    net.add_argument("--service", action="append", default=[], metavar="PORT=HOST:TPORT",
+                     help="forward the client's connections to PORT on the gateway address to HOST:TPORT "
+                          "(repeatable; adds to or replaces the configured services)")
+    net.add_argument("--socks-host", metavar="HOST", help="SOCKS5 proxy host (reserved: stored, not used yet)")
+    net.add_argument("--socks-port", type=int, metavar="PORT",
+                     help="SOCKS5 proxy port (reserved: stored, not used yet)")
+    out = p.add_argument_group("logging and diagnostics")
+    verbosity = out.add_mutually_exclusive_group()
+    verbosity.add_argument("-d", "--debug", action="store_true", help="log at debug level")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    out.add_argument("--log-file", metavar="FILE", help="also log to FILE (rotated, see [logging])")
+    out.add_argument("--pcap", metavar="FILE", help="capture every PPP frame in and out to FILE (pcap)")
+    out.add_argument("--check-config", action="store_true",
+                     help="validate the configuration, print it as TOML (passwords masked) and exit")
+    out.add_argument("--version", action="version", version="pyslirp %s" % __version__)
+    return p
+
+
+def _settings(args, parser):
+    """The command line's overrides as {"section.key": value}."""
+    given = [name for name, on in (("PORT", args.port), ("--stdio", args.stdio), ("--pty", args.pty)) if on]
+    if len(given) > 1:
+        parser.error("%s cannot be combined" % " and ".join(given))
+    if args.pty_link and (args.port or args.stdio):
+        parser.error("--pty-link needs --pty, not %s" % ("PORT" if args.port else "--stdio"))
+    s = {}
+    if args.port:
+        s["serial.port"] = args.port
+    elif args.stdio:
+        s["serial.port"] = "stdio"
+    elif args.pty or args.pty_link:
+        s["serial.port"] = "pty"
+    if args.pty_link:
+        s["serial.pty_link"] = os.path.abspath(args.pty_link)
+    if args.baudrate is not None:
+        s["serial.baudrate"] = args.baudrate
+    if args.flow_control:
+        s["serial.flow_control"] = args.flow_control
+    if args.debug:
+        s["logging.level"] = "debug"
+    elif args.quiet:
+        s["logging.level"] = "warning"
+    if args.log_file:
+        s["logging.file"] = args.log_file
+    if args.socks_host is not None:
+        s["proxy.type"] = "socks5"
+        s["proxy.host"] = args.socks_host
+    if args.socks_port is not None:
+        s["proxy.port"] = args.socks_port
+    return s
+
+
+def _err(message):
+    sys.stderr.write("pyslirp: %s\n" % message)
+    sys.stderr.flush()
+
+
+def main(argv=None):
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _main(argv):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    settings = _settings(args, parser)
+    try:
+        raw = config.read_file(args.config) if args.config else {}
+        if args.socks_host is not None and args.socks_port is None:
+            proxy = raw.get("proxy")
+            if not (isinstance(proxy, dict) and proxy.get("port")):
+                settings["proxy.port"] = 1080
+        cfg = config.validate(config.apply_overrides(raw, settings, args.service))
+    except config.ConfigError as exc:
+        _err("config error: %s" % exc)
+        return 2
+    if args.check_config:
+        sys.stdout.write(config.to_toml(cfg))
+        sys.stdout.flush()
+        return 0
+
+    port = cfg.serial.port
+    if not port:
+        _err("no serial port: name a device (e.g. /dev/ttyUSB0) or a pyserial URL, "
+             "or use --pty or --stdio (see --help)")
+        return 2
+    if port not in config.SPECIAL_PORTS and not compat.have_pyserial():
+        _err(compat.PYSERIAL_HINT)
+        return 2
+    if port == "stdio":
+        # Standard output is the serial line now: nothing else may write there.
+        sys.stdout = sys.stderr
+    lg = cfg.logging
+    try:
+        logsetup.setup(lg.level, lg.file, lg.max_size, lg.rotate_count)
+    except OSError as exc:
+        _err("config error: logging.file: cannot open %s: %s" % (lg.file, exc.strerror or exc))
+        return 2
+    return _serve(cfg, args)
+
+
+def _line_params(cfg):
+    """(line_budget, coalesce) bytes: small, sized to the line speed for real serial lines."""
+    port, baud = cfg.serial.port, cfg.serial.baudrate
+    if port in config.SPECIAL_PORTS or port.startswith(("socket://", "loop://")):
+        return 65536, 16384
+    # About 1/4 s of line time queued toward the line, writes of about 1/20 s.
+    return min(65536, max(2048, baud // 40)), min(16384, max(256, baud // 200))
+
+
+def _make_tap(pcap_writer):
+    state = {"on": True}
+
+    def tap(direction, frame):
+        if not state["on"]:
+            return
+        try:
+            pcap_writer.write(direction, frame, int(time.time() * 1000))
+        except (OSError, ValueError) as exc:
+            state["on"] = False
+            log.error("packet capture stopped: %s", exc)
+    return tap
+
+
+def _serve(cfg, args):
+    from pyslirp.runtime.endpoints import PtyEndpoint, PySerialEndpoint, StdioEndpoint
+    from pyslirp.runtime.stackloop import Runtime
+
+    port = cfg.serial.port
+    pcap_file = tap = None
+    if args.pcap:
+        from pyslirp.wire.pcap import PcapWriter
+        try:
+            pcap_file = open(args.pcap, "wb")
+        except OSError as exc:
+            _err("cannot open capture file %s: %s" % (args.pcap, exc.strerror or exc))
+            return 2
+        tap = _make_tap(PcapWriter(pcap_file))
+
+    endpoint = opener = None
+    try:
+        if port == "pty":
+            try:
+                endpoint = PtyEndpoint(link=cfg.serial.pty_link)
+            except OSError as exc:
+                _err("cannot create the pseudo-terminal%s: %s" % (
+                    " link %s" % cfg.serial.pty_link if cfg.serial.pty_link else "", exc.strerror or exc))
+                return 1
+        elif port == "stdio":
+            endpoint = StdioEndpoint()
+        else:
+            def opener():
+                return PySerialEndpoint(port, cfg.serial.baudrate, cfg.serial.flow_control)
+
+        budget, coalesce = _line_params(cfg)
+        runtime = Runtime(config.link_config(cfg), config.stack_config(cfg), opener=opener, endpoint=endpoint,
+                          line_budget=budget, coalesce=coalesce, stats_interval=cfg.monitoring.stats_interval,
+                          tap=tap, connection_log=cfg.logging.connection_log, baudrate=cfg.serial.baudrate)
+        _install_signals(runtime)
+        services = ", ".join("%d -> %s:%d%s" % (s.port, s.host, s.target_port, " (%s)" % s.name if s.name else "")
+                             for s in cfg.services) or "none"
+        log.info("pyslirp %s on %s: gateway %s, client %s, services: %s", __version__,
+                 endpoint.name if endpoint is not None else port, cfg.network.local_ip, cfg.network.remote_ip,
+                 services)
+        if port == "pty":
+            print("pty: %s" % endpoint.path, flush=True)
+        endpoint = None     # the runtime owns it now
+        return runtime.run()
+    finally:
+        if endpoint is not None:
+            endpoint.close()
+        if pcap_file is not None:
+            pcap_file.close()
+
+
+def _install_signals(runtime):
+    def stop(signum, frame):
+        runtime.request_stop()
+
+    def hup(signum, frame):
+        runtime.request_reopen_logs()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, hup)

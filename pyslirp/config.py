@@ -1,0 +1,595 @@
+"""pyslirp's configuration: defaults, TOML file, command-line overrides, validation.
+
+Theory of operation: a configuration is built in three layers.  The built-in
+defaults (the dataclasses below; ``pyslirp.toml`` at the top of the source
+tree lists every key with exactly these values) are overlaid by the TOML
+file, which is overlaid by the command line.  Overlaying happens on the *raw*
+nested dictionaries, so every value, wherever it came from, goes through the
+same validation.  Validation turns the raw dictionary into a frozen
+:class:`Config` or raises :class:`ConfigError` whose message is ONE line
+naming the key and the problem, e.g.::
+
+    network.mtu: must be an integer between 296 and 1500, got 70000
+
+Decisions worth knowing:
+
+* ``[services.PORT]`` tables: if the file has a ``[services]`` section at all,
+  it *replaces* the built-in default (SSH on port 22), so a file can remove
+  SSH; ``--service PORT=HOST:TPORT`` adds to / overrides whichever set is in
+  force.
+* ``[ppp] secrets`` is a table ``user = "password"`` (e.g.
+  ``secrets = { alice = "s3cret" }`` or a ``[ppp.secrets]`` table).
+* ``network.mtu`` is limited to 296..1500: 1500 is PPP's default MRU (RFC
+  1661 section 6.1) and every client accepts it; larger frames would only
+  delay keystrokes behind bulk data on a slow serial line.
+* ``logging.max_size`` takes units B, KB, MB, GB in powers of 1024; 0 turns
+  rotation off.
+* ``[proxy]`` and ``monitoring.metrics_listen`` are reserved: validated and
+  stored, not used yet.
+
+The conversion functions at the bottom (:func:`link_config`,
+:func:`stack_config`, :func:`tcp_config`) import the protocol modules lazily,
+so this module stays importable (and testable) on its own.
+"""
+
+import dataclasses
+import difflib
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Tuple
+
+from pyslirp import compat
+
+SPECIAL_PORTS = ("pty", "stdio")
+
+
+class ConfigError(Exception):
+    """An invalid configuration; ``str()`` is one line naming the key and the problem."""
+
+    def __init__(self, key, problem):
+        self.key = key
+        self.problem = problem
+        super().__init__("%s: %s" % (key, problem) if key else problem)
+
+
+# ---------------------------------------------------------------------------
+# The configuration values (defaults here are THE built-in defaults)
+
+@dataclass(frozen=True)
+class SerialConfig:
+    port: str = ""                  # device path, pyserial URL, "pty" or "stdio"
+    baudrate: int = 115200
+    flow_control: str = "none"      # "none" | "hardware" | "software"
+    pty_link: str = ""
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    local_ip: str = "10.0.0.1"
+    remote_ip: str = "10.0.0.2"
+    mtu: int = 1500
+    dns: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PPPConfig:
+    lcp_echo_interval: int = 30
+    lcp_echo_failure: int = 4
+    max_configure_requests: int = 10
+    restart_interval: int = 3
+    negotiate_magic: bool = True
+    require_auth: str = "none"      # "none" | "pap" | "chap"
+    secrets: Tuple[Tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    port: int                       # the port the client connects to on local_ip
+    host: str = "127.0.0.1"
+    target_port: int = 0            # the port connected to on host
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class TcpSection:
+    rcvbuf: int = 262144
+    sndbuf: int = 262144
+    mss: int = 0                    # 0 = from the link MTU
+    max_connections: int = 64
+    max_per_service: int = 16
+    idle_timeout: int = 0           # seconds, 0 = none
+    keepalive: int = 0              # seconds, 0 = off
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    type: str = "none"              # "none" | "socks5" | "http"
+    host: str = ""
+    port: int = 0
+    username: str = ""
+    password: str = ""
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"             # "debug" | "info" | "warning" | "error"
+    file: str = ""
+    max_size: int = 10 * 1024 * 1024
+    rotate_count: int = 5
+    connection_log: bool = True
+
+
+@dataclass(frozen=True)
+class MonitoringConfig:
+    metrics_listen: str = ""
+    stats_interval: int = 0         # seconds, 0 = off
+
+
+DEFAULT_SERVICES = (ServiceConfig(22, "127.0.0.1", 22, "SSH"),)
+
+
+@dataclass(frozen=True)
+class Config:
+    serial: SerialConfig = field(default_factory=SerialConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    ppp: PPPConfig = field(default_factory=PPPConfig)
+    services: Tuple[ServiceConfig, ...] = DEFAULT_SERVICES
+    tcp: TcpSection = field(default_factory=TcpSection)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+
+
+def defaults():
+    return Config()
+
+
+# ---------------------------------------------------------------------------
+# Validators: each takes (key, value) and returns the clean value or raises
+
+def _show(value):
+    """A value as it would appear in TOML, for error messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return "a %s" % type(value).__name__
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def v_int(lo, hi=None):
+    def check(key, value):
+        if not _is_int(value) or value < lo or (hi is not None and value > hi):
+            if hi is None:
+                raise ConfigError(key, "must be an integer >= %d, got %s" % (lo, _show(value)))
+            raise ConfigError(key, "must be an integer between %d and %d, got %s" % (lo, hi, _show(value)))
+        return value
+    return check
+
+
+def v_bool(key, value):
+    if not isinstance(value, bool):
+        raise ConfigError(key, "must be true or false, got %s" % _show(value))
+    return value
+
+
+def v_str(key, value):
+    if not isinstance(value, str):
+        raise ConfigError(key, "must be a string, got %s" % _show(value))
+    if "\x00" in value:
+        raise ConfigError(key, "must not contain NUL characters")
+    return value
+
+
+def v_secret(key, value):
+    """A string that is never shown in messages."""
+    if not isinstance(value, str):
+        raise ConfigError(key, "must be a string")
+    return value
+
+
+def v_enum(*choices):
+    def check(key, value):
+        if isinstance(value, str) and value.lower() in choices:
+            return value.lower()
+        raise ConfigError(key, "must be one of %s, got %s"
+                          % (", ".join(json.dumps(c) for c in choices), _show(value)))
+    return check
+
+
+def _parse_ipv4(value):
+    if not isinstance(value, str) or not re.match(r"^\d{1,3}(\.\d{1,3}){3}$", value):
+        return None
+    try:
+        return ipaddress.IPv4Address(value)
+    except ValueError:
+        return None
+
+
+def v_unicast_ipv4(key, value):
+    addr = _parse_ipv4(value)
+    if addr is None:
+        raise ConfigError(key, 'must be an IPv4 address like "10.0.0.1", got %s' % _show(value))
+    if addr.is_unspecified or addr.is_multicast or addr == ipaddress.IPv4Address("255.255.255.255"):
+        raise ConfigError(key, "must be a unicast IPv4 address, got %s" % _show(value))
+    return str(addr)
+
+
+def v_dns(key, value):
+    if not isinstance(value, list):
+        raise ConfigError(key, 'must be an array of IPv4 addresses like ["192.168.1.1"], got %s' % _show(value))
+    if len(value) > 2:
+        raise ConfigError(key, "at most 2 servers (IPCP offers a primary and a secondary), got %d" % len(value))
+    return tuple(v_unicast_ipv4("%s[%d]" % (key, i), item) for i, item in enumerate(value))
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")
+MAX_SIZE_LIMIT = 1 << 40
+
+
+def parse_size(text):
+    """Parse "10MB" / "512 KB" / "100" (bytes) / 4096 -> bytes; None if malformed."""
+    if _is_int(text):
+        return text if text >= 0 else None
+    if not isinstance(text, str):
+        return None
+    m = _SIZE_RE.match(text)
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        return None
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+
+
+def format_size(nbytes):
+    for unit, mult in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if nbytes and nbytes % mult == 0:
+            return "%d%s" % (nbytes // mult, unit)
+    return "%dB" % nbytes
+
+
+def v_size(key, value):
+    size = parse_size(value)
+    if size is None or size > MAX_SIZE_LIMIT:
+        raise ConfigError(key, 'must be a size like "10MB" (units B, KB, MB, GB; 0 = no rotation), got %s'
+                          % _show(value))
+    return size
+
+
+def v_listen(key, value):
+    v_str(key, value)
+    if value == "":
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or host not in ("127.0.0.1", "localhost") or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(key, 'must be "" or "127.0.0.1:PORT" / "localhost:PORT" (loopback only), got %s'
+                          % _show(value))
+    return value
+
+
+def v_secrets(key, value):
+    if not isinstance(value, dict):
+        raise ConfigError(key, 'must be a table of user = "password", got %s' % _show(value))
+    out = []
+    for user, password in value.items():
+        if not user:
+            raise ConfigError(key, "user names must not be empty")
+        if not isinstance(password, str):
+            raise ConfigError("%s.%s" % (key, user), "the password must be a string")
+        out.append((user, password))
+    return tuple(out)
+
+
+PORT = v_int(1, 65535)
+SECTIONS = (
+    ("serial", SerialConfig, {
+        "port": v_str,
+        "baudrate": v_int(50, 20000000),
+        "flow_control": v_enum("none", "hardware", "software"),
+        "pty_link": v_str,
+    }),
+    ("network", NetworkConfig, {
+        "local_ip": v_unicast_ipv4,
+        "remote_ip": v_unicast_ipv4,
+        "mtu": v_int(296, 1500),
+        "dns": v_dns,
+    }),
+    ("ppp", PPPConfig, {
+        "lcp_echo_interval": v_int(0, 3600),
+        "lcp_echo_failure": v_int(1, 100),
+        "max_configure_requests": v_int(1, 255),
+        "restart_interval": v_int(1, 60),
+        "negotiate_magic": v_bool,
+        "require_auth": v_enum("none", "pap", "chap"),
+        "secrets": v_secrets,
+    }),
+    ("tcp", TcpSection, {
+        "rcvbuf": v_int(4096, 16 << 20),
+        "sndbuf": v_int(4096, 16 << 20),
+        "mss": v_int(0, 1460),
+        "max_connections": v_int(1, 4096),
+        "max_per_service": v_int(1, 4096),
+        "idle_timeout": v_int(0),
+        "keepalive": v_int(0),
+    }),
+    ("proxy", ProxyConfig, {
+        "type": v_enum("none", "socks5", "http"),
+        "host": v_str,
+        "port": v_int(0, 65535),
+        "username": v_str,
+        "password": v_secret,
+    }),
+    ("logging", LoggingConfig, {
+        "level": v_enum("debug", "info", "warning", "error"),
+        "file": v_str,
+        "max_size": v_size,
+        "rotate_count": v_int(0, 1000),
+        "connection_log": v_bool,
+    }),
+    ("monitoring", MonitoringConfig, {
+        "metrics_listen": v_listen,
+        "stats_interval": v_int(0),
+    }),
+)
+SECTION_NAMES = tuple(s[0] for s in SECTIONS) + ("services",)
+SERVICE_KEYS = ("host", "port", "name")
+
+
+def _unknown(key, known):
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
+    return "unknown key" + (" (did you mean %s?)" % json.dumps(close[0]) if close else "")
+
+
+def _services(value):
+    if not isinstance(value, dict):
+        raise ConfigError("services", "must be tables [services.PORT], got %s" % _show(value))
+    out = []
+    for port_text, table in value.items():
+        key = "services.%s" % port_text
+        if not re.match(r"^\d{1,5}$", port_text) or not 1 <= int(port_text) <= 65535:
+            raise ConfigError(key, "the table name must be a port number between 1 and 65535")
+        if not isinstance(table, dict):
+            raise ConfigError(key, "must be a table with host, port and name, got %s" % _show(table))
+        for k in table:
+            if k not in SERVICE_KEYS:
+                raise ConfigError("%s.%s" % (key, k), _unknown(k, SERVICE_KEYS))
+        host = v_str(key + ".host", table.get("host", "127.0.0.1"))
+        if not host:
+            raise ConfigError(key + ".host", "must not be empty")
+        out.append(ServiceConfig(
+            port=int(port_text), host=host,
+            target_port=PORT(key + ".port", table.get("port", int(port_text))),
+            name=v_str(key + ".name", table.get("name", ""))))
+    out.sort(key=lambda s: s.port)
+    return tuple(out)
+
+
+def validate(raw):
+    """A raw nested dict (as parsed from TOML, overrides applied) -> Config."""
+    if not isinstance(raw, dict):
+        raise ConfigError("", "the configuration must be a table")
+    for name in raw:
+        if name not in SECTION_NAMES:
+            close = difflib.get_close_matches(name, SECTION_NAMES, n=1)
+            raise ConfigError("", "unknown section [%s]%s" % (
+                name, " (did you mean [%s]?)" % close[0] if close else ""))
+    parts = {}
+    for name, cls, schema in SECTIONS:
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(name, "must be a table [%s], got %s" % (name, _show(table)))
+        values = {}
+        for key, value in table.items():
+            full = "%s.%s" % (name, key)
+            if key not in schema:
+                raise ConfigError(full, _unknown(key, list(schema)))
+            values[key] = schema[key](full, value)
+        parts[name] = cls(**values)
+    parts["services"] = _services(raw["services"]) if "services" in raw else DEFAULT_SERVICES
+    cfg = Config(**parts)
+    _cross_checks(cfg)
+    return cfg
+
+
+def _cross_checks(cfg):
+    net, ppp, tcp, proxy = cfg.network, cfg.ppp, cfg.tcp, cfg.proxy
+    if net.local_ip == net.remote_ip:
+        raise ConfigError("network.remote_ip", "must differ from network.local_ip (both are %s)"
+                          % json.dumps(net.local_ip))
+    if ppp.require_auth != "none" and not ppp.secrets:
+        raise ConfigError("ppp.secrets", 'require_auth = "%s" needs at least one user = "password"'
+                          % ppp.require_auth)
+    if tcp.mss and not 88 <= tcp.mss <= net.mtu - 40:
+        raise ConfigError("tcp.mss", "must be 0 (auto) or between 88 and network.mtu - 40 (%d), got %d"
+                          % (net.mtu - 40, tcp.mss))
+    if tcp.max_per_service > tcp.max_connections:
+        raise ConfigError("tcp.max_per_service", "must not exceed tcp.max_connections (%d), got %d"
+                          % (tcp.max_connections, tcp.max_per_service))
+    if proxy.type != "none":
+        if not proxy.host:
+            raise ConfigError("proxy.host", 'must be set when proxy.type is "%s"' % proxy.type)
+        if not proxy.port:
+            raise ConfigError("proxy.port", 'must be between 1 and 65535 when proxy.type is "%s"' % proxy.type)
+    if cfg.serial.pty_link and cfg.serial.port not in ("", "pty"):
+        raise ConfigError("serial.pty_link", 'only makes sense with port = "pty" (got port = %s)'
+                          % json.dumps(cfg.serial.port))
+
+
+# ---------------------------------------------------------------------------
+# Loading and overriding
+
+def read_file(path):
+    """Parse a TOML file into a raw dict (ConfigError on any problem)."""
+    try:
+        toml = compat.toml_module()
+    except compat.MissingDependency as exc:
+        raise ConfigError("", str(exc))
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ConfigError(path, "cannot read: %s" % (exc.strerror or exc))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(path, "not valid UTF-8")
+    try:
+        return toml.loads(text)
+    except toml.TOMLDecodeError as exc:
+        raise ConfigError(path, "invalid TOML: %s" % str(exc).splitlines()[0])
+
+
+def parse_service(text):
+    """``PORT=HOST:TPORT`` (or ``PORT=TPORT`` for 127.0.0.1) -> (port, host, tport)."""
+    m = re.match(r"^(\d{1,5})=(?:(\[[0-9A-Fa-f:.]+\]|[^:\s]+):)?(\d{1,5})$", text)
+    if not m or not 1 <= int(m.group(1)) <= 65535 or not 1 <= int(m.group(3)) <= 65535:
+        raise ConfigError("--service", "expected PORT=HOST:TPORT with ports 1-65535, got %s" % json.dumps(text))
+    host = (m.group(2) or "127.0.0.1").strip("[]")
+    return int(m.group(1)), host, int(m.group(3))
+
+
+def _services_raw(services):
+    return dict((str(s.port), {"host": s.host, "port": s.target_port, "name": s.name}) for s in services)
+
+
+def apply_overrides(raw, settings=None, services=()):
+    """Overlay command-line values on a raw dict (a copy is returned).
+
+    ``settings`` maps "section.key" to a value; ``services`` is a list of
+    ``PORT=HOST:TPORT`` strings.
+    """
+    out = dict((k, dict(v) if isinstance(v, dict) else v) for k, v in raw.items())
+    for dotted, value in (settings or {}).items():
+        section, key = dotted.split(".", 1)
+        table = out.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(section, "must be a table [%s], got %s" % (section, _show(table)))
+        table[key] = value
+    if services:
+        table = out.get("services")
+        if table is None:
+            table = _services_raw(DEFAULT_SERVICES)
+        elif not isinstance(table, dict):
+            raise ConfigError("services", "must be tables [services.PORT], got %s" % _show(table))
+        table = dict(table)
+        for text in services:
+            port, host, tport = parse_service(text)
+            old = table.get(str(port))
+            name = old.get("name", "") if isinstance(old, dict) else ""
+            table[str(port)] = {"host": host, "port": tport, "name": name}
+        out["services"] = table
+    return out
+
+
+def load(path=None, settings=None, services=()):
+    """Defaults <- file (if any) <- command-line overrides, validated."""
+    raw = read_file(path) if path else {}
+    return validate(apply_overrides(raw, settings, services))
+
+
+# ---------------------------------------------------------------------------
+# Writing the effective configuration back as TOML
+
+MASK = "********"
+
+
+def _toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(value)
+
+
+def to_toml(cfg, mask_secrets=True):
+    """The configuration as TOML that :func:`load` reads back to an equal Config.
+
+    Passwords are replaced by ``********`` unless ``mask_secrets`` is false.
+    """
+    lines = []
+    for name, _, schema in SECTIONS:
+        section = getattr(cfg, name)
+        lines.append("[%s]" % name)
+        for key in schema:
+            value = getattr(section, key)
+            if key == "secrets":
+                items = ", ".join("%s = %s" % (json.dumps(u), json.dumps(MASK if mask_secrets else p))
+                                  for u, p in value)
+                lines.append("secrets = {%s}" % (" " + items + " " if items else ""))
+                continue
+            if key == "password" and mask_secrets and value:
+                value = MASK
+            if key == "max_size":
+                value = format_size(value)
+            lines.append("%s = %s" % (key, _toml_value(value)))
+        lines.append("")
+    if not cfg.services:
+        lines.append("[services]")
+        lines.append("")
+    for svc in cfg.services:
+        lines.append("[services.%d]" % svc.port)
+        lines.append("host = %s" % _toml_value(svc.host))
+        lines.append("port = %d" % svc.target_port)
+        lines.append("name = %s" % _toml_value(svc.name))
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Conversion to the protocol layers' own configuration values
+
+def link_config(cfg):
+    """The PPPLink configuration (pyslirp.ppp.link.LinkConfig)."""
+    from pyslirp.ppp.link import LinkConfig
+    net, ppp = cfg.network, cfg.ppp
+    return LinkConfig(
+        local_ip=net.local_ip, remote_ip=net.remote_ip, dns=tuple(net.dns), mru=net.mtu,
+        lcp_echo_interval=ppp.lcp_echo_interval, lcp_echo_failure=ppp.lcp_echo_failure,
+        max_configure=ppp.max_configure_requests, restart_interval=ppp.restart_interval,
+        negotiate_magic=ppp.negotiate_magic, require_auth=ppp.require_auth, secrets=tuple(ppp.secrets))
+
+
+# Our [tcp] keys -> the TcpConfig field names that mean the same thing.
+TCP_FIELDS = {
+    "rcvbuf": ("rcvbuf", "recv_buffer", "rcv_buffer", "receive_buffer"),
+    "sndbuf": ("sndbuf", "send_buffer", "snd_buffer"),
+    "mss": ("mss", "mss_override"),
+    "keepalive": ("keepalive", "keepalive_interval", "keepalive_idle"),
+}
+
+
+def tcp_config(cfg):
+    """The TCP tunables (pyslirp.net.tcp.conn.TcpConfig) from the [tcp] section."""
+    from pyslirp.net.tcp.conn import TcpConfig
+    names = set(f.name for f in dataclasses.fields(TcpConfig))
+    kwargs = {}
+    for key, candidates in TCP_FIELDS.items():
+        for cand in candidates:
+            if cand in names:
+                kwargs[cand] = getattr(cfg.tcp, key)
+                break
+    return TcpConfig(**kwargs)
+
+
+def stack_config(cfg):
+    """The IPStack configuration (pyslirp.net.stack.StackConfig)."""
+    from pyslirp.net.stack import ServiceSpec, StackConfig
+    return StackConfig(
+        local_ip=cfg.network.local_ip, remote_ip=cfg.network.remote_ip, mtu=cfg.network.mtu,
+        services=tuple(ServiceSpec(s.port, s.host, s.target_port, s.name) for s in cfg.services),
+        max_connections=cfg.tcp.max_connections, max_per_service=cfg.tcp.max_per_service,
+        idle_timeout=cfg.tcp.idle_timeout, tcp=tcp_config(cfg))

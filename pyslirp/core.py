@@ -1,0 +1,231 @@
+"""The sans-IO core: one PPP link and one IP stack glued together.
+
+Theory of operation: the stack thread owns exactly one :class:`Core` and is
+the only caller of its methods.  Raw serial bytes go into the
+:class:`~pyslirp.ppp.link.PPPLink` (which owns the HDLC deframer, LCP, auth
+and IPCP); the link's events are dispatched at once:
+
+* ``IPReceived``  -> ``IPStack.receive_packet``;
+* ``LinkUp``      -> logged; the stack is told the session's MTU (the smaller
+  of ours and the peer's MRU, RFC 1661 section 6.1: the peer's MRU is what we
+  may send) and reported to the runtime;
+* ``LinkDown``    -> ``IPStack.reset`` (every connection dropped, its service
+  socket closed through ``ServiceClose`` events), logged, reported;
+* anything else (``AuthResult``) -> reported to the runtime.
+
+Output is pulled, never pushed: :meth:`take_serial_output` first takes the
+link's own framed control frames (LCP/IPCP/auth, urgent), then asks the stack
+for IP datagrams within ``budget`` bulk bytes (control and small packets
+always come) and frames each through ``PPPLink.send_ip``.  The runtime passes
+as budget the room left in a small bound on the bytes queued toward the line
+(its writer queue plus the OS output queue), so bulk data waits in the TCP
+send buffers (where it is backpressure on the service sockets) instead of in
+front of keystrokes.
+
+Timers: :meth:`get_timer` is the earlier of the link's and the stack's
+deadlines; :meth:`handle_timer` runs whichever is due.  Times are integer
+milliseconds supplied by the caller.
+
+Contract note: the stack is told the session MTU through ``IPStack.set_mtu``
+when it has one; otherwise, as the stack holds no connection at ``LinkUp``,
+the Core builds a fresh stack with the MTU replaced in its config.
+"""
+
+import dataclasses
+import logging
+
+from pyslirp.ppp.events import IPReceived, LinkDown, LinkUp
+
+log = logging.getLogger("pyslirp.core")
+
+
+class Core(object):
+    def __init__(self, link_config, stack_config, rng, tap=None, link=None, stack=None):
+        """Build the PPPLink and IPStack (``link``/``stack`` may be given, for tests)."""
+        self.link_config = link_config
+        self.stack_config = stack_config
+        self._rng = rng
+        if link is None:
+            from pyslirp.ppp.link import PPPLink
+            link = PPPLink(link_config, rng, tap=tap)
+        self.link = link
+        self._stack_given = stack is not None
+        if stack is None:
+            stack = self._new_stack(stack_config)
+        self.stack = stack
+        self._stack_mtu = getattr(stack_config, "mtu", None)
+        self._stack_live = False        # the stack may hold connections (since LinkUp)
+        self._events = []
+        self._now = 0
+        self.session_mtu = None
+        self.sessions = 0
+        self.counters = {"ip_out_link_down": 0}
+
+    def _new_stack(self, stack_config):
+        from pyslirp.net.stack import IPStack
+        return IPStack(stack_config, self._rng)
+
+    # -- the line -------------------------------------------------------------
+
+    def lower_up(self, now):
+        """The serial line is ready: the link starts negotiating."""
+        self._now = now
+        self.link.lower_up(now)
+        self._pump(now)
+
+    def lower_down(self, now):
+        """The serial line is gone (device unplugged, EOF)."""
+        self._now = now
+        self.link.lower_down(now)
+        self._pump(now)
+        self._reset_stack(now)
+
+    def receive_serial(self, data, now):
+        """Raw bytes read from the serial line."""
+        self._now = now
+        self.link.receive_data(data, now)
+        self._pump(now)
+
+    def close(self, now, reason="pyslirp is shutting down"):
+        """Administrative close: LCP Terminate-Request (see ``is_dead``)."""
+        self._now = now
+        self.link.close(reason, now)
+        self._pump(now)
+        self._reset_stack(now)
+
+    @property
+    def is_dead(self):
+        """The link is terminated and idle: safe to exit after close()."""
+        return self.link.is_dead
+
+    @property
+    def is_up(self):
+        return self.link.is_up
+
+    # -- timers ----------------------------------------------------------------
+
+    def get_timer(self):
+        """The earliest deadline (absolute ms) of the link and the stack, or None."""
+        a = self.link.get_timer()
+        b = self.stack.get_timer()
+        if a is None:
+            return b
+        if b is None:
+            return a
+        return a if a < b else b
+
+    def handle_timer(self, now):
+        """Run whatever is due at ``now``."""
+        self._now = now
+        deadline = self.link.get_timer()
+        if deadline is not None and deadline <= now:
+            self.link.handle_timer(now)
+            self._pump(now)
+        deadline = self.stack.get_timer()
+        if deadline is not None and deadline <= now:
+            self.stack.handle_timer(now)
+
+    # -- output and events -----------------------------------------------------
+
+    def take_serial_output(self, budget, now=None):
+        """Framed bytes for the line: [(urgent, bytes)], link control first.
+
+        ``budget`` bounds the bulk IP bytes taken from the stack (control and
+        small packets always come).
+        """
+        if now is None:
+            now = self._now
+        link = self.link
+        out = list(link.take_output())
+        packets = self.stack.take_packets(budget)
+        if not packets:
+            return out
+        if not link.is_up:
+            self.counters["ip_out_link_down"] += len(packets)
+            return out
+        for urgent, packet in packets:
+            if link.send_ip(packet, now):
+                for frame_urgent, frame in link.take_output():
+                    out.append((urgent or frame_urgent, frame))
+            else:
+                self.counters["ip_out_link_down"] += 1
+        return out
+
+    def take_events(self):
+        """Link events of interest (LinkUp, LinkDown, AuthResult), then the stack's service events."""
+        events = self._events
+        self._events = []
+        stack_events = self.stack.take_events()
+        if stack_events:
+            events.extend(stack_events)
+        return events
+
+    # -- service threads' reports (pass-throughs) --------------------------------
+
+    def service_connected(self, conn_id, now):
+        self._now = now
+        self.stack.service_connected(conn_id, now)
+
+    def service_failed(self, conn_id, reason, now):
+        self._now = now
+        self.stack.service_failed(conn_id, reason, now)
+
+    def service_data(self, conn_id, data, now):
+        self._now = now
+        self.stack.service_data(conn_id, data, now)
+
+    def service_eof(self, conn_id, now):
+        self._now = now
+        self.stack.service_eof(conn_id, now)
+
+    def service_written(self, conn_id, nbytes, now):
+        self._now = now
+        self.stack.service_written(conn_id, nbytes, now)
+
+    def service_error(self, conn_id, reason, now):
+        self._now = now
+        self.stack.service_error(conn_id, reason, now)
+
+    # -- internals --------------------------------------------------------------
+
+    def _pump(self, now):
+        """Dispatch the link's events until it has none."""
+        while True:
+            events = self.link.take_events()
+            if not events:
+                return
+            for event in events:
+                if isinstance(event, IPReceived):
+                    if self._stack_live:
+                        self.stack.receive_packet(event.packet, now)
+                elif isinstance(event, LinkUp):
+                    self._link_up(event, now)
+                    self._events.append(event)
+                elif isinstance(event, LinkDown):
+                    log.info("link down: %s", event.reason)
+                    self._reset_stack(now)
+                    self._events.append(event)
+                else:
+                    self._events.append(event)
+
+    def _link_up(self, event, now):
+        mtu = self.stack_config.mtu
+        if event.mtu and event.mtu < mtu:
+            mtu = event.mtu
+        self.session_mtu = mtu
+        self.sessions += 1
+        if mtu != self._stack_mtu:
+            setter = getattr(self.stack, "set_mtu", None)
+            if setter is not None:
+                setter(mtu)
+            elif not self._stack_given:
+                self._events.extend(self.stack.take_events())
+                self.stack = self._new_stack(dataclasses.replace(self.stack_config, mtu=mtu))
+            self._stack_mtu = mtu
+        self._stack_live = True
+        log.info("link up: %s <-> %s, mtu %d", event.local_ip, event.remote_ip, mtu)
+
+    def _reset_stack(self, now):
+        if self._stack_live:
+            self._stack_live = False
+            self.stack.reset(now)

@@ -1,0 +1,58 @@
+"""Logging set-up: standard error and an optional rotating log file.
+
+Every module logs through ``logging.getLogger("pyslirp.<module>")``; this
+module only attaches handlers to the ``pyslirp`` logger: one writing to
+standard error (never standard output: in ``--stdio`` mode standard output
+is the serial line), and, when ``[logging] file`` is set, a
+``RotatingFileHandler`` (``max_size`` bytes, ``rotate_count`` old files).
+:func:`reopen` closes and reopens the file (SIGHUP, for an external log
+rotator).  One line per event; passwords are never passed to the logger.
+"""
+
+import logging
+import logging.handlers
+import sys
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+_handlers = []
+
+
+def setup(level="info", file="", max_size=0, rotate_count=0, stream=None):
+    """Attach handlers to the "pyslirp" logger (replacing earlier ones).
+
+    Raises OSError when the log file cannot be opened.
+    """
+    root = logging.getLogger("pyslirp")
+    for handler in _handlers:
+        root.removeHandler(handler)
+        handler.close()
+    del _handlers[:]
+    formatter = logging.Formatter(FORMAT)
+    console = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    console.setFormatter(formatter)
+    _handlers.append(console)
+    if file:
+        handler = logging.handlers.RotatingFileHandler(
+            file, maxBytes=max_size, backupCount=rotate_count, encoding="utf-8")
+        handler.setFormatter(formatter)
+        _handlers.append(handler)
+    for handler in _handlers:
+        root.addHandler(handler)
+    root.setLevel(LEVELS.get(level, logging.INFO))
+    root.propagate = False
+    return root
+
+
+def reopen():
+    """Reopen log files (after an external rotation); the console is untouched."""
+    for handler in _handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.acquire()
+            try:
+                if handler.stream is not None:
+                    handler.stream.close()
+                handler.stream = handler._open()
+            finally:
+                handler.release()

@@ -1,0 +1,751 @@
+"""The IPv4 stack: IP input and output, ICMP, UDP, TCP demultiplexing and the service policy. Sans-IO.
+
+Theory of operation
+-------------------
+The PPP link hands :meth:`IPStack.receive_packet` one IPv4 datagram at a time.
+There are only two addresses in this world: ours (``local_ip``) and the
+client's (``remote_ip``).  Input goes through these steps, every drop counted
+in ``counters`` by reason and logged at a limited rate:
+
+1. Parse and validate the header (wire/ipv4.py: version, IHL, lengths,
+   checksum; link padding trimmed, options skipped by IHL, TTL ignored for
+   local delivery).
+2. Source must be the client (anything else is dropped: the only host on
+   a point-to-point link is the peer).
+3. Destination must be us; otherwise ICMP Destination Unreachable, code 1
+   (host unreachable): there is nowhere to forward to.
+4. Fragments are reassembled (net/frag.py, bounded, 30 s timeout).
+5. Protocol: ICMP (echo answered), UDP (net/udp.py port table, else Port
+   Unreachable), TCP (demultiplexed below), anything else Protocol
+   Unreachable (RFC 1122 3.2.2.1).
+
+ICMP errors obey RFC 1122 3.2.2 (net/icmp.py ``may_send_error``) and share
+one token bucket (RFC 1812 4.3.2.8 asks for a rate limit).
+
+TCP connections are keyed by (client port, local port).  A segment for a
+known connection goes to ``conn.receive``.  A SYN without ACK for no
+connection asks the one admission point, :meth:`IPStack._admit` (service
+mapping, connection limits: see :class:`Policy`).  Admitted, a
+:class:`~pyslirp.net.tcp.conn.TcpConnection` is created *pending*: nothing is
+sent until the service socket connects (``service_connected`` ->
+``conn.accept``, SYN-ACK; ``service_failed`` -> ``conn.refuse``, RST|ACK, so
+the client sees "connection refused" at once).  Refused SYNs and segments
+for no connection are answered by ``rst_for`` (RFC 9293 3.10.7.1).
+
+Connection events become service events (pyslirp/net/events.py):
+``readable`` -> ``ServiceSend``; ``writable`` -> ``ServiceReadCredit``;
+``peer_fin`` -> ``ServiceShutdown``; ``reset``/``timeout`` ->
+``ServiceClose``; ``established`` and ``closed`` -> ``ConnectionLog``.
+
+Read credit is the backpressure from the client's TCP window to the service
+socket: we grant the service thread at most ``conn.send_space`` bytes in
+total that we have not yet received from it (granted - received), so every
+``service_data`` fits into the connection's send buffer.
+
+Timers: one ``TimerQueue`` key per connection (its conn_id; the deadline is
+the earlier of ``conn.get_timer()`` and the idle deadline), re-armed after
+every call into the connection, and one key for the reassembler.
+
+Output: :meth:`take_packets` returns queued control packets (ICMP, resets,
+UDP), then every connection's segments: control and small segments always,
+bulk payload shared round-robin within ``budget`` bytes.  Every outgoing
+datagram has DF set, TTL 64 and the next identification, and is never larger
+than the link MTU.
+
+Link down: :meth:`reset` drops every connection without a word on the dead
+link and closes every service socket.
+
+Contract extensions (documented here, additive only): ``set_mtu(mtu)`` (the
+session MTU, from LCP, told by the Core at LinkUp); ``udp`` (the UDP port
+table, net/udp.py); ``policy`` (the admission decision point).
+"""
+
+import logging
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field, replace
+from typing import Optional, Tuple
+
+from pyslirp.net import icmp as icmp_policy
+from pyslirp.net.events import (ConnectionLog, ServiceClose, ServiceConnect, ServiceReadCredit, ServiceSend,
+                                ServiceShutdown)
+from pyslirp.net.frag import Reassembler, fragment
+from pyslirp.net.tcp.conn import TcpConfig, TcpConnection, TcpState, rst_for
+from pyslirp.net.tcp.isn import IsnGenerator
+from pyslirp.net.udp import UdpDatagram, UdpMux
+from pyslirp.timers import TimerQueue
+from pyslirp.wire import icmp as icmp_wire
+from pyslirp.wire import tcp as tcp_wire
+from pyslirp.wire.errors import ParseError
+from pyslirp.wire.icmp import IcmpRepr
+from pyslirp.wire.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Ipv4Repr, ip_bytes, ip_str, is_unicast
+from pyslirp.wire.udp import UdpRepr
+
+log = logging.getLogger("pyslirp.net")
+
+TTL = 64
+SMALL_PAYLOAD = 64          # a segment with at most this much payload is "urgent" (keystrokes, echoes)
+IP_TCP_HEADROOM = 60        # IPv4 + TCP header + timestamps, per bulk segment, when spending the budget
+MAX_CONTROL_QUEUE = 256     # ICMP, resets and UDP waiting for take_packets
+_FRAG_KEY = "frag"
+_MAX_EVENT_ROUNDS = 8
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    port: int               # the TCP port the client connects to on local_ip
+    host: str               # where the service really is
+    target_port: int
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    local_ip: str = "10.0.0.1"
+    remote_ip: str = "10.0.0.2"
+    mtu: int = 1500
+    services: Tuple[ServiceSpec, ...] = (ServiceSpec(22, "127.0.0.1", 22, "SSH"),)
+    max_connections: int = 64
+    max_per_service: int = 16
+    idle_timeout: int = 0   # seconds, 0 = none
+    tcp: TcpConfig = field(default_factory=TcpConfig)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The admission verdict for one SYN: the service, or None and why not."""
+    spec: Optional[ServiceSpec]
+    reason: str = ""
+
+
+class Policy(object):
+    """Who may open which connection: the single decision point for new TCP connections.
+
+    Today: the service mapping and the connection limits (total and per service).  Rate limits and allow-lists
+    belong here too, so that every refusal has one place and one reason.
+    """
+
+    def __init__(self, config):
+        self.services = dict((spec.port, spec) for spec in config.services)
+        self.max_connections = config.max_connections
+        self.max_per_service = config.max_per_service
+
+    def decide(self, client, port, active_total, active_for_service):
+        spec = self.services.get(port)
+        if spec is None:
+            return Decision(None, "no service on port %d" % port)
+        if active_total >= self.max_connections:
+            return Decision(None, "max_connections (%d) reached" % self.max_connections)
+        if active_for_service >= self.max_per_service:
+            return Decision(None, "max_per_service (%d) reached" % self.max_per_service)
+        return Decision(spec)
+
+
+class _Conn(object):
+    """The stack's bookkeeping around one TcpConnection."""
+    __slots__ = ("conn_id", "key", "conn", "spec", "client", "accepted", "established", "granted", "received",
+                 "backlog", "eof", "peer_fin", "service_closed", "opened_at", "last_activity", "reason", "gone")
+
+    def __init__(self, conn_id, key, conn, spec, client, now):
+        self.conn_id = conn_id
+        self.key = key
+        self.conn = conn
+        self.spec = spec
+        self.client = client            # (ip str, port)
+        self.accepted = False           # service connected, SYN-ACK sent
+        self.established = False
+        self.granted = 0                # read credit handed to the service thread, in total
+        self.received = 0               # bytes of it the service thread has used (service_data)
+        self.backlog = b""              # service data beyond send_space (only if the service overruns its credit)
+        self.eof = False                # service_eof seen
+        self.peer_fin = False           # ServiceShutdown sent
+        self.service_closed = False     # ServiceClose sent
+        self.opened_at = now
+        self.last_activity = now
+        self.reason = ""
+        self.gone = False
+
+
+class IPStack(object):
+    def __init__(self, config, rng):
+        self.config = config
+        self.rng = rng
+        self.local_ip = ip_bytes(config.local_ip)
+        self.remote_ip = ip_bytes(config.remote_ip)
+        self.mtu = config.mtu
+        self.policy = Policy(config)
+        self.udp = UdpMux()
+        self.frag = Reassembler()
+        self.timers = TimerQueue()
+        self._isn = IsnGenerator(rng)
+        self._conns = OrderedDict()     # (client port, local port) -> _Conn, in round-robin order
+        self._by_id = {}                # conn_id -> _Conn
+        self._next_id = 1
+        self._ident = rng.randrange(0x10000)
+        self._control = deque()         # IPv4 datagrams to send ahead of everything (ICMP, resets, UDP)
+        self._events = []
+        self._now = 0
+        self._icmp_bucket = icmp_policy.TokenBucket(icmp_policy.ERROR_RATE, icmp_policy.ERROR_BURST)
+        self._log_bucket = icmp_policy.TokenBucket(1, 10)
+        self._refusal_bucket = icmp_policy.TokenBucket(1, 5)
+        self._log_suppressed = 0
+        # Counters (plain attributes and one dict of drop reasons).
+        self.counters = {}
+        self.packets_in = 0
+        self.packets_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.echo_requests = 0
+        self.echo_replies = 0
+        self.unreachable_sent = 0
+        self.icmp_rate_limited = 0
+        self.rst_sent = 0
+        self.connections_opened = 0
+        self.connections_refused = 0
+        self.connections_closed = 0
+
+    # -- configuration ------------------------------------------------------------
+
+    @property
+    def connections_active(self):
+        return len(self._conns)
+
+    @property
+    def mss_limit(self):
+        return self.mtu - 40
+
+    def set_mtu(self, mtu):
+        """The session MTU (the smaller of ours and the peer's MRU); new connections size their MSS from it."""
+        self.mtu = min(mtu, self.config.mtu) if self.config.mtu else mtu
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _drop(self, reason, detail="", packet=None):
+        self.counters[reason] = self.counters.get(reason, 0) + 1
+        if self._log_bucket.allow(self._now):
+            if self._log_suppressed:
+                log.debug("(%d similar messages suppressed)", self._log_suppressed)
+                self._log_suppressed = 0
+            log.debug("dropped packet: %s%s%s", reason, ": " if detail else "", detail)
+        else:
+            self._log_suppressed += 1
+
+    def _next_ident(self):
+        ident = self._ident
+        self._ident = (ident + 1) & 0xFFFF
+        return ident
+
+    def _ip(self, protocol, payload, dont_fragment=True):
+        return Ipv4Repr(src=self.local_ip, dst=self.remote_ip, protocol=protocol, payload=payload, ttl=TTL,
+                        ident=self._next_ident(), dont_fragment=dont_fragment)
+
+    def _queue_control(self, packet):
+        if len(self._control) >= MAX_CONTROL_QUEUE:
+            self._drop("out_control_queue_full")
+            return
+        self._control.append(packet)
+
+    def _queue_fragmented(self, protocol, payload):
+        """Queue a datagram that may exceed the MTU (an echo reply to a reassembled request, a large UDP answer).
+
+        DF is set when it fits, as on everything we send; otherwise it goes out in fragments (RFC 791 3.2).
+        """
+        ip = self._ip(protocol, payload)
+        if ip.total_len > self.mtu:
+            ip = replace(ip, dont_fragment=False)
+            self.counters["ip_fragmented_out"] = self.counters.get("ip_fragmented_out", 0) + 1
+        for piece in fragment(ip, self.mtu):
+            self._queue_control(piece.emit())
+
+    def _send_icmp_error(self, ip, message):
+        """Queue ICMP error ``message`` about datagram ``ip`` if RFC 1122 3.2.2 and the rate limit allow."""
+        allowed, why = icmp_policy.may_send_error(ip)
+        if not allowed:
+            self.counters["icmp_error_suppressed_" + why] = self.counters.get("icmp_error_suppressed_" + why, 0) + 1
+            return False
+        if not self._icmp_bucket.allow(self._now):
+            self.icmp_rate_limited += 1
+            return False
+        if message.type == icmp_wire.TYPE_DEST_UNREACHABLE:
+            self.unreachable_sent += 1
+        self._queue_control(self._ip(PROTO_ICMP, message.emit()).emit())
+        return True
+
+    def _unreachable(self, ip, code):
+        return self._send_icmp_error(ip, IcmpRepr.dest_unreachable(code, icmp_policy.quote(ip)))
+
+    # -- input --------------------------------------------------------------------
+
+    def receive_packet(self, packet, now):
+        """One IPv4 datagram from the link."""
+        self._now = now
+        self.packets_in += 1
+        self.bytes_in += len(packet)
+        try:
+            ip = Ipv4Repr.parse(packet)
+        except ParseError as e:
+            self._drop("ip_" + e.reason, e.detail)
+            return
+        if ip.src != self.remote_ip:
+            # RFC 1122 3.2.1.3: only the peer lives on this point-to-point link.
+            self._drop("ip_bad_src", ip_str(ip.src))
+            return
+        if ip.dst != self.local_ip:
+            # RFC 1122 3.2.2.1 / RFC 792: we are not a router; the destination is unreachable from here.
+            if is_unicast(ip.dst):
+                self._drop("ip_not_local", ip_str(ip.dst))
+                self._unreachable(ip, icmp_wire.CODE_HOST_UNREACHABLE)
+            else:
+                self._drop("ip_broadcast", ip_str(ip.dst))
+            return
+        if ip.is_fragment:
+            self.counters["ip_fragments"] = self.counters.get("ip_fragments", 0) + 1
+            whole = self.frag.add(ip, now)
+            self.timers.schedule(_FRAG_KEY, self.frag.get_timer())
+            if whole is None:
+                return
+            ip = whole
+        protocol = ip.protocol
+        if protocol == PROTO_TCP:
+            self._tcp_input(ip, now)
+        elif protocol == PROTO_UDP:
+            self._udp_input(ip, now)
+        elif protocol == PROTO_ICMP:
+            self._icmp_input(ip, now)
+        else:
+            self._drop("ip_unknown_protocol", str(protocol))
+            self._unreachable(ip, icmp_wire.CODE_PROTOCOL_UNREACHABLE)
+
+    def _icmp_input(self, ip, now):
+        try:
+            msg = IcmpRepr.parse(ip.payload)
+        except ParseError as e:
+            self._drop("icmp_" + e.reason)
+            return
+        if msg.type == icmp_wire.TYPE_ECHO_REQUEST:
+            # RFC 1122 3.2.2.6: "Every host MUST implement an ICMP Echo server function".
+            self.echo_requests += 1
+            self._queue_fragmented(PROTO_ICMP, icmp_policy.echo_reply(msg).emit())
+            self.echo_replies += 1
+            return
+        # Destination Unreachable etc. from the client about one of our connections: TCP's own timers cope
+        # (RFC 1122 4.2.3.9 lets soft errors be ignored).
+        self._drop("icmp_type_%d" % msg.type)
+
+    def _udp_input(self, ip, now):
+        try:
+            udp = UdpRepr.parse(ip.payload, ip.src, ip.dst)
+        except ParseError as e:
+            self._drop("udp_" + e.reason)
+            return
+        if self.udp.deliver(UdpDatagram(udp.src_port, udp.dst_port, udp.payload), now):
+            return
+        # RFC 1122 4.1.3.1: a datagram for a port nobody listens on SHOULD get ICMP Port Unreachable.
+        self._drop("udp_no_port", str(udp.dst_port))
+        self._unreachable(ip, icmp_wire.CODE_PORT_UNREACHABLE)
+
+    def _tcp_input(self, ip, now):
+        try:
+            seg = tcp_wire.TcpRepr.parse(ip.payload, ip.src, ip.dst)
+        except ParseError as e:
+            self._drop("tcp_" + e.reason)
+            return
+        key = (seg.src_port, seg.dst_port)
+        rec = self._conns.get(key)
+        flags = seg.flags
+        is_syn = (flags & (tcp_wire.SYN | tcp_wire.ACK | tcp_wire.RST)) == tcp_wire.SYN
+        if rec is not None and is_syn:
+            if not rec.accepted:
+                # The client retransmitted its SYN while the service socket is still connecting.
+                self.counters["tcp_syn_while_pending"] = self.counters.get("tcp_syn_while_pending", 0) + 1
+                return
+            if rec.conn.state == TcpState.TIME_WAIT:
+                # RFC 9293 3.10.7.4 / RFC 6191: a new SYN for a 4-tuple in TIME-WAIT may open a new incarnation.
+                self._finish(rec, now, "fin")
+                rec = None
+        if rec is not None:
+            if seg.seg_len:
+                rec.last_activity = now
+            rec.conn.receive(seg, now)
+            self._after(rec, now)
+            return
+        if is_syn:
+            self._admit(ip, seg, now)
+            return
+        self._drop("tcp_no_connection")
+        self._reset(seg)
+
+    def _reset(self, seg):
+        rst = rst_for(seg)
+        if rst is not None:
+            self.rst_sent += 1
+            self._queue_control(self._ip(PROTO_TCP, rst.emit(self.local_ip, self.remote_ip)).emit())
+
+    # -- admission ------------------------------------------------------------------
+
+    def _active_counts(self, port):
+        total = 0
+        for_service = 0
+        for rec in self._conns.values():
+            # TIME_WAIT connections hold no service socket and do not count against the limits.
+            if rec.conn.state == TcpState.TIME_WAIT:
+                continue
+            total += 1
+            if rec.key[1] == port:
+                for_service += 1
+        return total, for_service
+
+    def _admit(self, ip, seg, now):
+        """The one decision point for a new connection: admit (ServiceConnect) or refuse (RST|ACK)."""
+        client = (ip_str(ip.src), seg.src_port)
+        total, for_service = self._active_counts(seg.dst_port)
+        decision = self.policy.decide(client, seg.dst_port, total, for_service)
+        if decision.spec is None:
+            self.connections_refused += 1
+            if self._refusal_bucket.allow(now):
+                log.info("refused %s:%d -> port %d: %s", client[0], client[1], seg.dst_port, decision.reason)
+            self._reset(seg)
+            return
+        spec = decision.spec
+        iss = self._isn(self.local_ip, seg.dst_port, self.remote_ip, seg.src_port, now)
+        conn = TcpConnection(seg, self.local_ip, self.remote_ip, self.config.tcp, iss, now, self.mss_limit)
+        conn_id = self._next_id
+        self._next_id += 1
+        rec = _Conn(conn_id, (seg.src_port, seg.dst_port), conn, spec, client, now)
+        self._conns[rec.key] = rec
+        self._by_id[conn_id] = rec
+        self._events.append(ServiceConnect(conn_id, spec.host, spec.target_port, spec.name, client))
+        self._after(rec, now)
+
+    # -- connection events ----------------------------------------------------------
+
+    def _describe(self, rec):
+        spec = rec.spec
+        target = "%s:%d" % (spec.host, spec.target_port)
+        if spec.name:
+            target = spec.name + " " + target
+        return "%s:%d -> %s" % (rec.client[0], rec.client[1], target)
+
+    def _after(self, rec, now):
+        """Turn the connection's events into service events; re-arm its timer."""
+        conn = rec.conn
+        for _ in range(_MAX_EVENT_ROUNDS):
+            events = conn.take_events()
+            if not events:
+                break
+            for event in events:
+                if rec.gone:
+                    return
+                self._on_event(rec, event, now)
+        if not rec.gone:
+            self._arm(rec)
+
+    def _on_event(self, rec, event, now):
+        conn_id = rec.conn_id
+        if event == "readable":
+            data = rec.conn.read()
+            if data:
+                self._events.append(ServiceSend(conn_id, data))
+        elif event == "writable":
+            self._grant(rec, now)
+        elif event == "established":
+            rec.established = True
+            self._events.append(ConnectionLog(conn_id, "opened " + self._describe(rec)))
+        elif event == "peer_fin":
+            if not rec.peer_fin:
+                rec.peer_fin = True
+                self._events.append(ServiceShutdown(conn_id))
+        elif event in ("reset", "timeout"):
+            rec.reason = rec.reason or event
+            self._close_service(rec, event)
+        elif event == "closed":
+            self._finish(rec, now)
+
+    def _close_service(self, rec, reason):
+        if not rec.service_closed:
+            rec.service_closed = True
+            self._events.append(ServiceClose(rec.conn_id, reason))
+
+    def _grant(self, rec, now):
+        """Grant read credit up to the connection's free send space (never beyond it)."""
+        if not rec.accepted or rec.gone:
+            return
+        conn = rec.conn
+        if rec.backlog:
+            taken = conn.send(rec.backlog)
+            rec.backlog = rec.backlog[taken:]
+            if rec.backlog:
+                return
+            if rec.eof:
+                conn.shutdown(now)      # the FIN that waited for the backlog
+        if rec.eof:
+            return
+        outstanding = rec.granted - rec.received
+        credit = conn.send_space - outstanding
+        if credit > 0:
+            rec.granted += credit
+            self._events.append(ServiceReadCredit(rec.conn_id, credit))
+
+    def _arm(self, rec):
+        deadline = rec.conn.get_timer()
+        idle = self.config.idle_timeout
+        if idle and rec.accepted:
+            idle_deadline = rec.last_activity + idle * 1000
+            if deadline is None or idle_deadline < deadline:
+                deadline = idle_deadline
+        self.timers.schedule(rec.conn_id, deadline)
+
+    def _finish(self, rec, now, reason=None):
+        """The connection is over: forget it, close the service socket if need be, log one line."""
+        if rec.gone:
+            return
+        rec.gone = True
+        del self._conns[rec.key]
+        del self._by_id[rec.conn_id]
+        self.timers.cancel(rec.conn_id)
+        conn = rec.conn
+        if not rec.accepted:
+            self.connections_refused += 1
+            self._events.append(ConnectionLog(rec.conn_id, "refused %s reason=%s" % (
+                self._describe(rec), rec.reason or reason or "closed")))
+            return
+        clean = rec.peer_fin and rec.eof
+        reason = rec.reason or reason or ("fin" if clean else "closed")
+        if not clean:
+            self._close_service(rec, reason)
+        self.connections_closed += 1
+        self._events.append(ConnectionLog(rec.conn_id, "closed %s in=%d out=%d duration=%.1fs reason=%s" % (
+            self._describe(rec), conn.bytes_in, conn.bytes_out, (now - rec.opened_at) / 1000.0, reason)))
+
+    # -- service threads' reports -----------------------------------------------------
+
+    def _service_rec(self, conn_id, what):
+        rec = self._by_id.get(conn_id)
+        if rec is None:
+            self.counters["service_stale_" + what] = self.counters.get("service_stale_" + what, 0) + 1
+        return rec
+
+    def service_connected(self, conn_id, now):
+        self._now = now
+        rec = self._service_rec(conn_id, "connected")
+        if rec is None or rec.accepted:
+            return
+        rec.accepted = True
+        rec.last_activity = now
+        self.connections_opened += 1
+        rec.conn.accept(now)
+        self._grant(rec, now)
+        self._after(rec, now)
+
+    def service_failed(self, conn_id, reason, now):
+        self._now = now
+        rec = self._service_rec(conn_id, "failed")
+        if rec is None or rec.accepted:
+            return
+        rec.reason = reason
+        if self._refusal_bucket.allow(now):
+            log.info("refused %s: %s", self._describe(rec), reason)
+        rec.conn.refuse(now)
+        self._after(rec, now)
+        if not rec.gone:        # refuse() always closes; make sure the record goes even if no event came
+            self._finish(rec, now)
+
+    def service_data(self, conn_id, data, now):
+        self._now = now
+        rec = self._service_rec(conn_id, "data")
+        if rec is None or not data:
+            return
+        if rec.eof:
+            self.counters["service_data_after_eof"] = self.counters.get("service_data_after_eof", 0) + 1
+            return
+        rec.received += len(data)
+        rec.last_activity = now
+        if rec.received > rec.granted:
+            self.counters["service_credit_overrun"] = self.counters.get("service_credit_overrun", 0) + 1
+        if rec.backlog:
+            rec.backlog += data
+        else:
+            taken = rec.conn.send(data)
+            if taken < len(data):
+                rec.backlog = bytes(data[taken:])
+        self._after(rec, now)
+
+    def service_eof(self, conn_id, now):
+        self._now = now
+        rec = self._service_rec(conn_id, "eof")
+        if rec is None or rec.eof:
+            return
+        rec.last_activity = now
+        rec.eof = True
+        if not rec.backlog:         # else the FIN follows the backlog (see _grant)
+            rec.conn.shutdown(now)
+        self._after(rec, now)
+
+    def service_written(self, conn_id, nbytes, now):
+        self._now = now
+        rec = self._service_rec(conn_id, "written")
+        if rec is None or nbytes <= 0:
+            return
+        rec.conn.consumed(nbytes, now)
+        self._after(rec, now)
+
+    def service_error(self, conn_id, reason, now):
+        self._now = now
+        rec = self._service_rec(conn_id, "error")
+        if rec is None:
+            return
+        rec.reason = "service error: %s" % reason
+        if not rec.accepted:
+            self.service_failed(conn_id, reason, now)
+            return
+        rec.conn.abort(now)
+        self._after(rec, now)
+        if not rec.gone:
+            self._finish(rec, now)
+
+    # -- timers ------------------------------------------------------------------------
+
+    def get_timer(self):
+        return self.timers.next_deadline()
+
+    def handle_timer(self, now):
+        self._now = now
+        for key in self.timers.pop_due(now):
+            if key == _FRAG_KEY:
+                for first in self.frag.handle_timer(now):
+                    # RFC 1122 3.3.2: Time Exceeded (reassembly) when fragment zero had arrived.
+                    self._send_icmp_error(first, IcmpRepr.time_exceeded(icmp_wire.CODE_REASSEMBLY_EXCEEDED,
+                                                                        icmp_policy.quote(first)))
+                self.timers.schedule(_FRAG_KEY, self.frag.get_timer())
+                continue
+            rec = self._by_id.get(key)
+            if rec is None:
+                continue
+            idle = self.config.idle_timeout
+            if idle and rec.accepted and now >= rec.last_activity + idle * 1000:
+                rec.reason = "idle"
+                if self._refusal_bucket.allow(now):
+                    log.info("idle timeout: %s", self._describe(rec))
+                rec.conn.abort(now)
+                self._after(rec, now)
+                if not rec.gone:
+                    self._finish(rec, now)
+                continue
+            deadline = rec.conn.get_timer()
+            if deadline is not None and deadline <= now:
+                rec.conn.handle_timer(now)
+            self._after(rec, now)
+
+    # -- output ------------------------------------------------------------------------
+
+    def _wrap(self, seg):
+        packet = self._ip(PROTO_TCP, seg.emit(self.local_ip, self.remote_ip)).emit()
+        if len(packet) > self.mtu:
+            # Cannot happen while the MSS is derived from the MTU; never put an oversized datagram on the link.
+            self._drop("tcp_oversize_out", "%d > %d" % (len(packet), self.mtu))
+            return None
+        return packet
+
+    def take_packets(self, budget):
+        """[(urgent, IPv4 datagram)]: control and small packets always; bulk within ``budget`` bytes (< 0: all)."""
+        urgent = []
+        bulk = []
+        for local_port, client_port, payload in self.udp.take_datagrams():
+            self._queue_fragmented(PROTO_UDP, UdpRepr(local_port, client_port, payload).emit(self.local_ip,
+                                                                                            self.remote_ip))
+        self._events.extend(self.udp.take_events())
+        while self._control:
+            urgent.append(self._control.popleft())
+        if self._conns:
+            self._take_tcp(budget, urgent, bulk)
+        out = [(True, p) for p in urgent]
+        out.extend((False, p) for p in bulk)
+        self.packets_out += len(out)
+        for _, p in out:
+            self.bytes_out += len(p)
+        return out
+
+    def _take_tcp(self, budget, urgent, bulk):
+        """Every connection's segments; bulk payload shared round-robin.
+
+        Each connection is asked once with a share of the budget (at least SMALL_PAYLOAD, so that a keystroke
+        never waits behind another connection's bulk); connections that used their share are asked again,
+        one segment's worth at a time, while budget remains.  A connection that was served moves to the back
+        of the round-robin order, so the next call starts with another one.
+        """
+        unlimited = budget < 0
+        remaining = budget
+        quantum = max(self.mss_limit, 1)
+        order = list(self._conns.values())
+        turn = 0
+        while order:
+            again = []
+            for rec in order:
+                if rec.gone:
+                    continue
+                if unlimited:
+                    allowance = -1
+                else:
+                    allowance = min(quantum, remaining - IP_TCP_HEADROOM)
+                    if turn == 0:
+                        allowance = max(allowance, SMALL_PAYLOAD)
+                    elif allowance <= 0:
+                        break
+                segs = rec.conn.take_segments(allowance)
+                if not segs:
+                    continue
+                payload = 0
+                seen_bulk = False
+                for seg in segs:
+                    packet = self._wrap(seg)
+                    if packet is None:
+                        continue
+                    n = len(seg.payload)
+                    payload += n
+                    # Small segments jump the queue, but never ahead of this connection's own earlier bulk.
+                    if n <= SMALL_PAYLOAD and not seen_bulk:
+                        urgent.append(packet)
+                    else:
+                        seen_bulk = True
+                        bulk.append(packet)
+                        if not unlimited:
+                            remaining -= len(packet)
+                if payload:
+                    self._conns.move_to_end(rec.key)
+                    if not unlimited:
+                        again.append(rec)
+                # Sending may have freed send space or fired events (e.g. data acked earlier): keep timers fresh.
+                self._after(rec, self._now)
+            order = again
+            turn += 1
+            if not unlimited and remaining - IP_TCP_HEADROOM <= 0:
+                break
+
+    # -- events and link state ---------------------------------------------------------
+
+    def take_events(self):
+        events, self._events = self._events, []
+        return events
+
+    def reset(self, now):
+        """The link went down: drop every connection quietly (no RST onto a dead link), close every service."""
+        self._now = now
+        for rec in list(self._conns.values()):
+            rec.reason = "link down"
+            rec.gone = True
+            self.timers.cancel(rec.conn_id)
+            if not rec.service_closed:
+                rec.service_closed = True
+                self._events.append(ServiceClose(rec.conn_id, "link down"))
+            if rec.accepted:
+                self.connections_closed += 1
+                self._events.append(ConnectionLog(rec.conn_id, "closed %s in=%d out=%d duration=%.1fs reason=%s" % (
+                    self._describe(rec), rec.conn.bytes_in, rec.conn.bytes_out, (now - rec.opened_at) / 1000.0,
+                    rec.reason)))
+            else:
+                self._events.append(ConnectionLog(rec.conn_id, "refused %s reason=link down" % self._describe(rec)))
+        self._conns.clear()
+        self._by_id.clear()
+        self._control.clear()
+        self.udp.clear()
+        self.frag.clear()
+        self.timers.cancel(_FRAG_KEY)

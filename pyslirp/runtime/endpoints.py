@@ -1,0 +1,343 @@
+"""Serial endpoints: the byte pipes PPP runs over.
+
+Theory of operation: an endpoint is a small blocking interface used by exactly
+two threads, the serial reader (``read``) and the serial writer (``write``);
+the stack thread may ask ``out_waiting`` (bytes still in the OS output
+queue, TIOCOUTQ) and the line manager ``cancel``/``close`` it.
+
+* ``read(n)`` blocks until data arrives and returns it; it returns ``b""``
+  when cancelled or after an internal poll interval (the caller loops and
+  checks its stop flag); it raises :class:`LineGone` when the line is gone
+  (end of file, device unplugged, I/O error).
+* ``write(data)`` writes all of ``data`` or raises :class:`LineGone`; a
+  cancelled write returns early.
+* ``reopenable``: whether the line manager should open the same port again
+  after :class:`LineGone` (a serial device that comes back: yes; standard
+  input or our own pseudo-terminal: no).
+
+Implementations: :class:`PySerialEndpoint` (a device path or a pyserial URL;
+8N1, RTS/CTS or XON/XOFF from the configuration; pyserial imported lazily),
+:class:`StdioEndpoint` (file descriptors 0 and 1, raw mode if a terminal) and
+:class:`PtyEndpoint` (a fresh pseudo-terminal).  The pseudo-terminal keeps its
+own slave descriptor open, so the master never sees EIO or a hangup when the
+client (e.g. pppd) closes the slave: a new client can open it again and dial in
+without restarting pyslirp.
+"""
+
+import errno
+import fcntl
+import logging
+import os
+import select
+import struct
+import termios
+import tty
+
+from pyslirp import compat
+
+log = logging.getLogger("pyslirp.runtime")
+
+POLL_INTERVAL = 0.5     # seconds between stop-flag checks in blocking calls
+_INT = struct.Struct("i")
+
+
+class LineGone(Exception):
+    """The line is gone (end of file, I/O error, device unplugged)."""
+
+
+class OpenError(Exception):
+    """An endpoint could not be opened.
+
+    ``permanent``: retrying cannot help (a bad setting: exit ``code``);
+    ``startup_fatal``: give up if this happens at start-up (e.g. permission
+    denied: the user must fix group membership), retry if it happens later.
+    """
+
+    def __init__(self, message, permanent=False, startup_fatal=False, code=1):
+        super().__init__(message)
+        self.permanent = permanent
+        self.startup_fatal = startup_fatal
+        self.code = code
+
+
+def outq_bytes(fd):
+    """Bytes in the OS output queue of ``fd`` (TIOCOUTQ), 0 where unknown."""
+    req = getattr(termios, "TIOCOUTQ", None)
+    if req is None or fd is None:
+        return 0
+    try:
+        buf = fcntl.ioctl(fd, req, b"\0\0\0\0")
+    except (OSError, ValueError):
+        return 0
+    return _INT.unpack(buf)[0]
+
+
+class Endpoint(object):
+    name = "?"
+    reopenable = False
+
+    def read(self, n):
+        raise NotImplementedError
+
+    def write(self, data):
+        raise NotImplementedError
+
+    def out_waiting(self):
+        return 0
+
+    def cancel(self):
+        """Make blocked read()/write() calls return soon."""
+
+    def close(self):
+        pass
+
+    def fileno(self):
+        return None
+
+
+class FdEndpoint(Endpoint):
+    """Reads ``rfd`` and writes ``wfd`` with select(); a pipe wakes blocked calls."""
+
+    def __init__(self, rfd, wfd, name):
+        self.rfd = rfd
+        self.wfd = wfd
+        self.name = name
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+        self._cancelled = False
+        self._closed = False
+
+    def fileno(self):
+        return self.rfd
+
+    def read(self, n):
+        if self._cancelled:
+            return b""
+        try:
+            ready, _, _ = select.select([self.rfd, self._wake_r], [], [], POLL_INTERVAL)
+        except (OSError, ValueError) as exc:
+            raise LineGone("select: %s" % exc)
+        if self.rfd not in ready:
+            return b""
+        try:
+            data = os.read(self.rfd, n)
+        except (BlockingIOError, InterruptedError):
+            return b""
+        except OSError as exc:
+            raise LineGone(os.strerror(exc.errno) if exc.errno else str(exc))
+        if not data:
+            raise LineGone("end of file")
+        return data
+
+    def write(self, data):
+        view = memoryview(data)
+        while view:
+            if self._cancelled:
+                return
+            try:
+                _, ready, _ = select.select([self._wake_r], [self.wfd], [], POLL_INTERVAL)
+            except (OSError, ValueError) as exc:
+                raise LineGone("select: %s" % exc)
+            if self.wfd not in ready:
+                continue
+            try:
+                n = os.write(self.wfd, view)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as exc:
+                raise LineGone(os.strerror(exc.errno) if exc.errno else str(exc))
+            view = view[n:]
+
+    def out_waiting(self):
+        return outq_bytes(self.wfd)
+
+    def cancel(self):
+        self._cancelled = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        self.cancel()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _set_nonblocking(fd):
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+
+
+class PtyEndpoint(FdEndpoint):
+    """A new pseudo-terminal; the client opens ``self.path`` (e.g. /dev/pts/3).
+
+    ``link``: also create this symbolic link to the slave (replacing an old
+    symbolic link there, never a file), removed again by close().
+    """
+
+    reopenable = False
+
+    def __init__(self, link=""):
+        master, slave = os.openpty()
+        tty.setraw(slave)       # no echo, no line editing, 8 bits: a clean byte pipe
+        _set_nonblocking(master)
+        self.slave_fd = slave           # held open: the master then never sees EIO/hangup
+        self.path = os.ttyname(slave)
+        super().__init__(master, master, self.path)
+        self.link = ""
+        if link:
+            try:
+                make_symlink(self.path, link)
+            except OSError:
+                self._close_fds()
+                raise
+            self.link = link
+
+    def _close_fds(self):
+        for fd in (self.rfd, self.slave_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def close(self):
+        if self._closed:
+            return
+        super().close()
+        if self.link:
+            remove_symlink(self.link, self.path)
+        self._close_fds()
+
+
+def make_symlink(target, link):
+    """Point ``link`` at ``target``; replace an existing symlink, refuse anything else."""
+    if os.path.lexists(link):
+        if not os.path.islink(link):
+            raise OSError(errno.EEXIST, "%s exists and is not a symbolic link" % link)
+        os.unlink(link)
+    os.symlink(target, link)
+
+
+def remove_symlink(link, target):
+    try:
+        if os.path.islink(link) and os.readlink(link) == target:
+            os.unlink(link)
+    except OSError as exc:
+        log.warning("cannot remove %s: %s", link, exc)
+
+
+class StdioEndpoint(FdEndpoint):
+    """PPP on standard input/output (a dial-in login shell, ``pppd pty "ssh host pyslirp.py --stdio"``).
+
+    The terminal, if standard input is one, is put in raw mode and restored
+    by close().  End of file means the client hung up: it is not reopened.
+    """
+
+    reopenable = False
+
+    def __init__(self, rfd=0, wfd=1):
+        super().__init__(rfd, wfd, "stdio")
+        self._saved = None
+        if os.isatty(rfd):
+            try:
+                self._saved = termios.tcgetattr(rfd)
+                tty.setraw(rfd)
+            except termios.error:
+                self._saved = None
+
+    def close(self):
+        if self._closed:
+            return
+        super().close()
+        if self._saved is not None:
+            try:
+                termios.tcsetattr(self.rfd, termios.TCSAFLUSH, self._saved)
+            except termios.error:
+                pass
+
+
+class PySerialEndpoint(Endpoint):
+    """A serial device path or a pyserial URL (socket://, rfc2217://, loop://), 8N1."""
+
+    reopenable = True
+
+    def __init__(self, port, baudrate=115200, flow_control="none"):
+        serial = compat.serial_module()
+        self.name = port
+        self._serial_exc = serial.SerialException
+        kwargs = dict(baudrate=baudrate, bytesize=serial.EIGHTBITS, parity=serial.PARITY_NONE,
+                      stopbits=serial.STOPBITS_ONE, rtscts=flow_control == "hardware",
+                      xonxoff=flow_control == "software", timeout=POLL_INTERVAL, write_timeout=None)
+        try:
+            if "://" in port:
+                self.ser = serial.serial_for_url(port, **kwargs)
+            else:
+                self.ser = serial.Serial(port, exclusive=True, **kwargs)
+        except ValueError as exc:
+            raise OpenError("invalid serial port setting for %s: %s" % (port, exc), permanent=True, code=2)
+        except (OSError, serial.SerialException) as exc:
+            err = getattr(exc, "errno", None)
+            if err in (errno.EACCES, errno.EPERM):
+                raise OpenError("cannot open %s: permission denied (is this user in the group owning it, "
+                                "e.g. dialout?)" % port, startup_fatal=True)
+            if err == errno.ENOENT:
+                raise OpenError("cannot open %s: no such device (not plugged in yet?)" % port)
+            raise OpenError("cannot open %s: %s" % (port, _strip(exc)))
+
+    def read(self, n):
+        try:
+            waiting = self.ser.in_waiting
+            data = self.ser.read(min(n, waiting) if waiting else 1)
+            if data and len(data) < n:
+                waiting = self.ser.in_waiting
+                if waiting:
+                    data += self.ser.read(min(n - len(data), waiting))
+        except (OSError, self._serial_exc, TypeError, AttributeError) as exc:
+            # TypeError/AttributeError: pyserial raises these when the port is closed under it.
+            raise LineGone(_strip(exc))
+        return data
+
+    def write(self, data):
+        try:
+            self.ser.write(data)
+        except (OSError, self._serial_exc, TypeError, AttributeError) as exc:
+            raise LineGone(_strip(exc))
+
+    def out_waiting(self):
+        try:
+            return self.ser.out_waiting
+        except Exception:       # not every URL handler implements it
+            return 0
+
+    def fileno(self):
+        try:
+            return self.ser.fileno()
+        except Exception:
+            return None
+
+    def cancel(self):
+        for name in ("cancel_read", "cancel_write"):
+            method = getattr(self.ser, name, None)
+            if method is not None:
+                try:
+                    method()
+                except Exception:
+                    pass
+
+    def close(self):
+        try:
+            self.ser.close()
+        except Exception:
+            pass
+
+
+def _strip(exc):
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,300 @@
+"""Service connections: one thread and one ordinary outbound socket per client connection.
+
+Theory of operation: the IP stack decides (sans-IO) that a client's SYN is
+to be served and emits ``ServiceConnect``; :class:`ServiceManager` (called
+by the stack thread only) starts a :class:`ServiceConnection` thread for it
+and routes the stack's later events to it.  The thread never touches a
+protocol object: it only posts tuples to the stack thread's inbox:
+
+    ("svc_connected", conn_id)          ("svc_failed", conn_id, reason)
+    ("svc_data", conn_id, bytes)        ("svc_eof", conn_id)
+    ("svc_written", conn_id, nbytes)    ("svc_error", conn_id, reason)
+    ("svc_done", conn_id)               (thread finished, socket closed)
+
+Flow control is the stack's credit scheme, so every per-connection buffer is
+bounded without a limit of its own here:
+
+* client -> service: ``ServiceSend`` data waits in a queue until the socket
+  takes it; each ``send`` is reported (``svc_written``), which is what opens
+  the client's TCP receive window again.  The queue therefore never holds
+  more than one receive window.
+* service -> client: the thread reads only as many bytes as it has been
+  granted (``ServiceReadCredit``, i.e. free room in the TCP send buffer).
+  With no credit it does not poll the socket for input at all, so the
+  service's sends back up into its socket buffers (backpressure).
+
+``ServiceShutdown`` (the client's FIN) becomes ``shutdown(SHUT_WR)`` once the
+queued data is written; ``ServiceClose`` aborts (the socket is closed with
+SO_LINGER 0, i.e. the service sees a reset).  When both directions are
+finished (service EOF read and our write side shut down) the thread closes
+the socket by itself.  A socket pair wakes the thread from ``poll`` when the
+stack thread hands it something.  Connect attempts time out after
+``connect_timeout`` seconds (then ``svc_failed``: the client gets a reset).
+"""
+
+import collections
+import logging
+import os
+import select
+import socket
+import struct
+import threading
+
+from pyslirp.net.events import (ConnectionLog, ServiceClose, ServiceConnect, ServiceReadCredit,
+                                ServiceSend, ServiceShutdown)
+
+log = logging.getLogger("pyslirp.runtime.services")
+
+READ_MAX = 65536
+CONNECT_TIMEOUT = 10.0
+_LINGER_ABORT = struct.pack("ii", 1, 0)
+
+
+def _reason(exc):
+    if isinstance(exc, socket.timeout):
+        return "connect timeout"
+    err = getattr(exc, "errno", None)
+    if err:
+        return os.strerror(err).lower()
+    return str(exc) or type(exc).__name__
+
+
+class ServiceConnection(threading.Thread):
+    def __init__(self, conn_id, host, port, post, connect_timeout=CONNECT_TIMEOUT):
+        super().__init__(name="service-%d" % conn_id, daemon=True)
+        self.conn_id = conn_id
+        self.host = host
+        self.port = port
+        self._post = post
+        self._connect_timeout = connect_timeout
+        self._lock = threading.Lock()
+        self._pending = collections.deque()     # bytes to write to the socket
+        self._credit = 0
+        self._shutdown_requested = False
+        self._abort = None                      # reason, once ServiceClose arrived
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.bytes_to_service = 0
+        self.bytes_from_service = 0
+
+    # -- called by the stack thread -------------------------------------------
+
+    def send(self, data):
+        with self._lock:
+            self._pending.append(data)
+        self._wake()
+
+    def add_credit(self, nbytes):
+        with self._lock:
+            self._credit += nbytes
+        self._wake()
+
+    def shutdown(self):
+        with self._lock:
+            self._shutdown_requested = True
+        self._wake()
+
+    def abort(self, reason):
+        with self._lock:
+            if self._abort is None:
+                self._abort = reason or "closed"
+        self._wake()
+
+    def _wake(self):
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass        # buffer full (already awake) or closed (thread gone)
+
+    # -- the thread ---------------------------------------------------------------
+
+    def run(self):
+        sock = None
+        try:
+            try:
+                sock = socket.create_connection((self.host, self.port), timeout=self._connect_timeout)
+            except (OSError, ValueError) as exc:
+                if self._abort is None:
+                    self._post(("svc_failed", self.conn_id, _reason(exc)))
+                return
+            if self._abort is not None:
+                self._close(sock, abort=True)
+                sock = None
+                return
+            sock.setblocking(False)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            self._post(("svc_connected", self.conn_id))
+            abort = self._serve(sock)
+            self._close(sock, abort)
+            sock = None
+        except Exception:
+            log.exception("service connection %d failed", self.conn_id)
+            self._post(("svc_error", self.conn_id, "internal error"))
+        finally:
+            if sock is not None:
+                self._close(sock, abort=True)
+            self._wake_r.close()
+            self._wake_w.close()
+            self._post(("svc_done", self.conn_id))
+
+    def _serve(self, sock):
+        """Move bytes until finished; True if the socket must be aborted."""
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        sfd = sock.fileno()
+        registered = 0
+        read_eof = False
+        write_shut = False
+        while True:
+            with self._lock:
+                if self._abort is not None:
+                    return True
+                pending = bool(self._pending)
+                credit = self._credit
+                if self._shutdown_requested and not pending and not write_shut:
+                    write_shut = True
+                    try:
+                        sock.shutdown(socket.SHUT_WR)
+                    except OSError:
+                        pass
+            if read_eof and write_shut and not pending:
+                return False
+            mask = (select.POLLIN if credit > 0 and not read_eof else 0) | (select.POLLOUT if pending else 0)
+            if mask != registered:
+                if mask:
+                    poller.register(sfd, mask)
+                elif registered:
+                    poller.unregister(sfd)
+                registered = mask
+            for fd, revents in poller.poll():
+                if fd != sfd:
+                    try:
+                        while self._wake_r.recv(4096):
+                            pass
+                    except OSError:
+                        pass
+                    continue
+                if revents & (select.POLLIN | select.POLLHUP | select.POLLERR) and mask & select.POLLIN:
+                    result = self._do_read(sock, credit)
+                    if result == "error":
+                        return True
+                    if result == "eof":
+                        read_eof = True
+                if revents & (select.POLLOUT | select.POLLERR | select.POLLHUP) and mask & select.POLLOUT:
+                    if not self._do_write(sock):
+                        return True
+
+    def _do_read(self, sock, credit):
+        """Read within credit: "ok", "eof" (reported) or "error" (reported)."""
+        try:
+            data = sock.recv(min(credit, READ_MAX))
+        except (BlockingIOError, InterruptedError):
+            return "ok"
+        except OSError as exc:
+            self._post(("svc_error", self.conn_id, _reason(exc)))
+            return "error"
+        if not data:
+            self._post(("svc_eof", self.conn_id))
+            return "eof"
+        with self._lock:
+            self._credit -= len(data)
+        self.bytes_from_service += len(data)
+        self._post(("svc_data", self.conn_id, data))
+        return "ok"
+
+    def _do_write(self, sock):
+        """Write what is pending; False after an error (reported)."""
+        written = 0
+        try:
+            while True:
+                with self._lock:
+                    if not self._pending:
+                        break
+                    chunk = self._pending[0]
+                n = sock.send(chunk)
+                written += n
+                with self._lock:
+                    if n < len(chunk):
+                        self._pending[0] = chunk[n:]
+                        break
+                    self._pending.popleft()
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            if written:
+                self._post(("svc_written", self.conn_id, written))
+            self._post(("svc_error", self.conn_id, _reason(exc)))
+            return False
+        if written:
+            self.bytes_to_service += written
+            self._post(("svc_written", self.conn_id, written))
+        return True
+
+    @staticmethod
+    def _close(sock, abort):
+        if abort:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
+            except OSError:
+                pass
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+
+class ServiceManager(object):
+    """Routes the stack's service events to connection threads (stack thread only)."""
+
+    def __init__(self, post, connect_timeout=CONNECT_TIMEOUT, connection_log=True):
+        self._post = post
+        self._connect_timeout = connect_timeout
+        self._connection_log = connection_log
+        self.connections = {}
+        self.started = 0
+
+    def __len__(self):
+        return len(self.connections)
+
+    def handle(self, event):
+        conn = self.connections.get(getattr(event, "conn_id", None))
+        if isinstance(event, ServiceConnect):
+            log.debug("connection %d: connecting to %s:%d (%s)", event.conn_id, event.host, event.port,
+                      event.name or "service")
+            conn = ServiceConnection(event.conn_id, event.host, event.port, self._post, self._connect_timeout)
+            self.connections[event.conn_id] = conn
+            self.started += 1
+            conn.start()
+        elif isinstance(event, ServiceSend):
+            if conn is not None:
+                conn.send(event.data)
+        elif isinstance(event, ServiceReadCredit):
+            if conn is not None:
+                conn.add_credit(event.nbytes)
+        elif isinstance(event, ServiceShutdown):
+            if conn is not None:
+                conn.shutdown()
+        elif isinstance(event, ServiceClose):
+            if conn is not None:
+                conn.abort(event.reason)
+        elif isinstance(event, ConnectionLog):
+            log.log(logging.INFO if self._connection_log else logging.DEBUG, "%s", event.text)
+        else:
+            return False
+        return True
+
+    def forget(self, conn_id):
+        """The connection's thread has finished."""
+        self.connections.pop(conn_id, None)
+
+    def close_all(self, timeout=1.0):
+        conns = list(self.connections.values())
+        for conn in conns:
+            conn.abort("shutdown")
+        for conn in conns:
+            conn.join(timeout / max(1, len(conns)))
+        self.connections.clear()
