@@ -200,8 +200,16 @@ def _make_tap(pcap_writer):
     return tap
 
 
+def _serial_opener(port, baudrate, flow_control):
+    from pyslirp.runtime.endpoints import PySerialEndpoint
+
+    def opener():
+        return PySerialEndpoint(port, baudrate, flow_control)
+    return opener
+
+
 def _serve(cfg, args):
-    from pyslirp.runtime.endpoints import PtyEndpoint, PySerialEndpoint, StdioEndpoint
+    from pyslirp.runtime.endpoints import PtyEndpoint, StdioEndpoint
     from pyslirp.runtime.stackloop import Runtime
 
     port = cfg.serial.port
@@ -227,8 +235,7 @@ def _serve(cfg, args):
         elif port == "stdio":
             endpoint = StdioEndpoint()
         else:
-            def opener():
-                return PySerialEndpoint(port, cfg.serial.baudrate, cfg.serial.flow_control)
+            opener = _serial_opener(port, cfg.serial.baudrate, cfg.serial.flow_control)
 
         budget, coalesce = _line_params(cfg)
         runtime = Runtime(config.link_config(cfg), config.stack_config(cfg), opener=opener, endpoint=endpoint,

@@ -26,7 +26,7 @@ class MissingDependency(Exception):
 def toml_module():
     """The TOML parser module (``loads``, ``load``, ``TOMLDecodeError``)."""
     if sys.version_info >= (3, 11):
-        import tomllib
+        import tomllib  # novermin (only on 3.11+)
         return tomllib
     try:
         import tomli

@@ -32,7 +32,6 @@ The conversion functions at the bottom (:func:`link_config`,
 so this module stays importable (and testable) on its own.
 """
 
-import dataclasses
 import difflib
 import ipaddress
 import json
@@ -563,26 +562,11 @@ def link_config(cfg):
         negotiate_magic=ppp.negotiate_magic, require_auth=ppp.require_auth, secrets=tuple(ppp.secrets))
 
 
-# Our [tcp] keys -> the TcpConfig field names that mean the same thing.
-TCP_FIELDS = {
-    "rcvbuf": ("rcvbuf", "recv_buffer", "rcv_buffer", "receive_buffer"),
-    "sndbuf": ("sndbuf", "send_buffer", "snd_buffer"),
-    "mss": ("mss", "mss_override"),
-    "keepalive": ("keepalive", "keepalive_interval", "keepalive_idle"),
-}
-
-
 def tcp_config(cfg):
     """The TCP tunables (pyslirp.net.tcp.conn.TcpConfig) from the [tcp] section."""
     from pyslirp.net.tcp.conn import TcpConfig
-    names = set(f.name for f in dataclasses.fields(TcpConfig))
-    kwargs = {}
-    for key, candidates in TCP_FIELDS.items():
-        for cand in candidates:
-            if cand in names:
-                kwargs[cand] = getattr(cfg.tcp, key)
-                break
-    return TcpConfig(**kwargs)
+    tcp = cfg.tcp
+    return TcpConfig(rcvbuf=tcp.rcvbuf, sndbuf=tcp.sndbuf, mss=tcp.mss, keepalive_ms=tcp.keepalive * 1000)
 
 
 def stack_config(cfg):

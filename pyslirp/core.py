@@ -26,7 +26,11 @@ Timers: :meth:`get_timer` is the earlier of the link's and the stack's
 deadlines; :meth:`handle_timer` runs whichever is due.  Times are integer
 milliseconds supplied by the caller.
 
-Contract note: the stack is told the session MTU through ``IPStack.set_mtu``
+Contract notes: the constructor takes the link's and the stack's configs
+separately (``Core(link_config, stack_config, rng, tap=None)``; ``link``
+and ``stack`` may be injected by tests); ``take_serial_output`` takes an
+optional ``now`` (default: the time of the latest call) for
+``PPPLink.send_ip``.  The stack is told the session MTU through ``IPStack.set_mtu``
 when it has one; otherwise, as the stack holds no connection at ``LinkUp``,
 the Core builds a fresh stack with the MTU replaced in its config.
 """
@@ -202,7 +206,7 @@ class Core(object):
                     self._link_up(event, now)
                     self._events.append(event)
                 elif isinstance(event, LinkDown):
-                    log.info("link down: %s", event.reason)
+                    log.debug("link down: %s", event.reason)
                     self._reset_stack(now)
                     self._events.append(event)
                 else:
@@ -223,7 +227,7 @@ class Core(object):
                 self.stack = self._new_stack(dataclasses.replace(self.stack_config, mtu=mtu))
             self._stack_mtu = mtu
         self._stack_live = True
-        log.info("link up: %s <-> %s, mtu %d", event.local_ip, event.remote_ip, mtu)
+        log.debug("session up: %s <-> %s, mtu %d", event.local_ip, event.remote_ip, mtu)
 
     def _reset_stack(self, now):
         if self._stack_live:

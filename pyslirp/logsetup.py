@@ -56,3 +56,14 @@ def reopen():
                 handler.stream = handler._open()
             finally:
                 handler.release()
+
+
+def teardown():
+    """Remove our handlers and let "pyslirp" records propagate again (tests, embedding)."""
+    root = logging.getLogger("pyslirp")
+    for handler in _handlers:
+        root.removeHandler(handler)
+        handler.close()
+    del _handlers[:]
+    root.propagate = True
+    root.setLevel(logging.NOTSET)

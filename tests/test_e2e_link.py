@@ -16,6 +16,7 @@ import time
 import pytest
 
 from e2e.fixtures import lab  # noqa: F401  (pytest fixture)
+from e2e.uml import hdlc_frames
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -25,27 +26,6 @@ EXIT_AUTH_TOPEER_FAILED = 19
 # RFC 1662: flag, then 0xFF 0x03 0xC0 0x21 0x01 (LCP Configure-Request) with every byte < 0x20 escaped under
 # the default ACCM (0x7D, byte XOR 0x20).
 LCP_CONFREQ_START = bytes.fromhex("7eff7d23c0217d21")
-
-
-def fcs16(data):
-    """RFC 1662 section C.2 FCS-16, bit by bit (a reference independent of pyslirp's table-driven one)."""
-    fcs = 0xFFFF
-    for byte in bytearray(data):
-        fcs ^= byte
-        for _ in range(8):
-            fcs = (fcs >> 1) ^ 0x8408 if fcs & 1 else fcs >> 1
-    return fcs
-
-
-def deframe(stream):
-    """Frames (FCS checked and stripped) in an async-HDLC byte stream."""
-    frames = []
-    for chunk in stream.split(b"\x7e"):
-        parts = chunk.split(b"\x7d")
-        raw = parts[0] + b"".join(bytes([p[0] ^ 0x20]) + p[1:] for p in parts[1:] if p)
-        if len(raw) >= 4 and fcs16(raw) == 0xF0B8:
-            frames.append(raw[:-2])
-    return frames
 
 
 def lcp_options(frame):
@@ -92,7 +72,7 @@ def test_harness_pppd_sends_lcp_configure_request(lab):
     res = guest.wait().check_ran()
     assert seen, "no LCP Configure-Request from pppd: %r" % bytes(guest.relay.from_guest[:200])
     assert got.startswith(LCP_CONFREQ_START), got[:64].hex()
-    frames = deframe(got)
+    frames = hdlc_frames(got)
     assert frames, got.hex()
     opts = lcp_options(frames[0])
     # pppd's defaults: ACCM 0 (RFC 1662 7.1), a magic number, PFC and ACFC.
@@ -104,8 +84,66 @@ def test_harness_pppd_sends_lcp_configure_request(lab):
     assert res.rc("pppd") != "timeout" and "Terminating on signal 15" in log, log
 
 
+TRANSFER_SERVER = r"""
+import hashlib, socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("10.0.0.1", 5000))
+s.listen(1)
+s.settimeout(60)
+c, _ = s.accept()
+h, n = hashlib.sha256(), 0
+while True:
+    d = c.recv(65536)
+    if not d:
+        break
+    h.update(d)
+    n += len(d)
+c.sendall(b"done")
+c.close()
+print(n, h.hexdigest())
+"""
+
+TRANSFER_CLIENT = r"""
+import hashlib, os, socket
+data = os.urandom(2 << 20)
+c = socket.create_connection(("10.0.0.1", 5000), timeout=60)
+c.sendall(data)
+c.shutdown(socket.SHUT_WR)
+assert c.recv(4) == b"done"
+print(len(data), hashlib.sha256(data).hexdigest())
+"""
+
+
+def test_harness_pppd_to_pppd_between_two_guests(lab):
+    # Two guests, the relays joined by a pty pair: the harness alone carries a full PPP session and 2 MB of TCP.
+    master, slave = lab.openpty()
+    server = lab.boot_guest("""
+        pppd_start server noauth passive 10.0.0.1:10.0.0.2
+        wait_ppp_up 40 server || exit 1
+        record transfer timeout 60 $PYTHON -c '{}'
+        pppd_wait server 20
+    """.format(TRANSFER_SERVER), tty_fd=master, name="server", timeout=90)
+    client = lab.boot_guest("""
+        pppd_start client noauth
+        wait_ppp_up 40 client || exit 1
+        record ping ping -c 2 -i 0.2 -W 5 10.0.0.1
+        sleep 0.5
+        record transfer timeout 60 $PYTHON -c '{}'
+        pppd_stop client 15
+    """.format(TRANSFER_CLIENT), tty_fd=slave, name="client", timeout=90)
+    rc_, rs = client.wait().check_ran(), server.wait().check_ran()
+    assert rc_.addr("client") == ("10.0.0.2", "10.0.0.1"), rc_.diagnostics()
+    assert rs.addr("server") == ("10.0.0.1", "10.0.0.2"), rs.diagnostics()
+    assert rc_.rc("ping") == 0 and "2 received" in rc_.read("ping.out", ""), rc_.read("ping.out")
+    sent, got = rc_.read("transfer.out", "").split(), rs.read("transfer.out", "").split()
+    assert sent[:1] == [str(2 << 20)] and sent == got, (sent, got)
+    assert "LCP terminated by peer" in rs.pppd_log("server"), rs.pppd_log("server")
+
+
 def test_lcp_ipcp_open_with_default_options(lab):
     slirp = lab.start_pyslirp({})
+    assert os.path.realpath(slirp.link_path) == os.path.realpath(slirp.pty), "--pty-link"
     res = lab.run_guest(pppd_up_down("pppd", "noauth"), slirp=slirp)
     assert_link_opened(res)
     log = res.pppd_log()
@@ -115,6 +153,7 @@ def test_lcp_ipcp_open_with_default_options(lab):
     assert res.rc("pppd") == EXIT_USER_REQUEST, log
     assert slirp.running(), slirp.diagnostics()
     assert slirp.stop() == 0, slirp.diagnostics()
+    assert not os.path.lexists(slirp.link_path), "pty link left behind"
 
 
 @pytest.mark.parametrize("method", ["pap", "chap"])
@@ -144,6 +183,11 @@ def test_authentication_right_and_wrong_secret(lab, method):
     assert "right horse" not in slirp.log(), "pyslirp logged a password"
 
 
+def lcp_codes(packets):
+    """LCP codes, in order, of (protocol, information) packets."""
+    return [info[0] for proto, info in packets if proto == 0xC021 and info]
+
+
 def test_lcp_echo_keeps_idle_link_up(lab):
     slirp = lab.start_pyslirp({"ppp": {"lcp_echo_interval": 1, "lcp_echo_failure": 3}})
     res = lab.run_guest("""
@@ -158,11 +202,42 @@ def test_lcp_echo_keeps_idle_link_up(lab):
     assert_link_opened(res)
     after = res.read("after6s", "")
     assert after.startswith("alive") and "peer 10.0.0.1" in after, after + log
-    # Both directions of keepalive ran for the whole 6 s (more than interval x failure = 3 s).
-    assert log.count("rcvd [LCP EchoReq") >= 4, log
-    assert log.count("rcvd [LCP EchoRep") >= 4, log
+    # pppd does not log echoes once the link runs: count them on the wire.  Both sides kept asking and answering
+    # for the whole 6 s, more than interval x failure = 3 s (RFC 1661 5.8: Echo-Request 9, Echo-Reply 10).
+    sent, received = lcp_codes(res.ppp_packets("from_guest")), lcp_codes(res.ppp_packets("to_guest"))
+    assert sent.count(9) >= 5 and received.count(10) >= 5, (sent, received)
+    assert received.count(9) >= 5 and sent.count(10) >= received.count(9) - 1, (sent, received)
     assert "No response to" not in log and "LCP terminated by peer" not in log, log
     assert res.rc("pppd") == EXIT_USER_REQUEST, log
+    assert slirp.stop() == 0, slirp.diagnostics()
+
+
+def test_lcp_echo_failure_ends_session_with_silent_peer(lab):
+    # pppd frozen with SIGSTOP answers nothing; pyslirp must give up after lcp_echo_failure unanswered
+    # Echo-Requests, end the session, and take the next client.
+    slirp = lab.start_pyslirp({"ppp": {"lcp_echo_interval": 1, "lcp_echo_failure": 3}})
+    res = lab.run_guest("""
+        pppd_start frozen noauth
+        wait_ppp_up 30 frozen || exit 1
+        kill -STOP "$(pppd_pid frozen)"
+        sleep 7
+        kill -CONT "$(pppd_pid frozen)"
+        pppd_wait frozen 20
+        pppd_start next noauth
+        wait_ppp_up 30 next
+        pppd_stop next 15
+    """, slirp=slirp, timeout=120)
+    assert_link_opened(res, "frozen")
+    frozen = res.pppd_log("frozen")
+    assert "LCP terminated by peer" in frozen, frozen
+    codes = lcp_codes(res.ppp_packets("to_guest"))
+    # The first session as pyslirp sent it: negotiation (1, 2), Protocol-Rejects (8), its unanswered
+    # Echo-Requests (9), then its Terminate-Request (5).
+    assert 5 in codes, codes
+    first = codes[:codes.index(5)]
+    assert set(first) <= {1, 2, 8, 9} and 3 <= first.count(9) <= 5, codes
+    assert_link_opened(res, "next")
+    assert res.rc("next") == EXIT_USER_REQUEST, res.pppd_log("next")
     assert slirp.stop() == 0, slirp.diagnostics()
 
 

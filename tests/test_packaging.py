@@ -94,7 +94,7 @@ def build_deb(tmpdir, name):
 
 @pytest.fixture(scope="module")
 def deb(tmp_path_factory):
-    require_tools("make", "dpkg-deb", "dpkg-parsechangelog")
+    require_tools("make", "dpkg-deb")
     return build_deb(str(tmp_path_factory.mktemp("deb")), "first")
 
 
@@ -104,11 +104,15 @@ def deb_members(path):
     infos, contents = {}, {}
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         for info in tar.getmembers():
-            name = info.name[1:] if info.name.startswith("./") else info.name
+            name = info.name[2:] if info.name.startswith("./") else info.name
             infos[name] = info
             if info.isfile():
                 contents[name] = tar.extractfile(info).read()
     return infos, contents
+
+
+def utf8(data):
+    return data.decode("utf-8")
 
 
 def control_field(path, field):
@@ -124,6 +128,23 @@ def test_deb_is_reproducible(deb, tmp_path):
     with open(deb, "rb") as a, open(again, "rb") as b:
         first, second = a.read(), b.read()
     assert hashlib.sha256(first).hexdigest() == hashlib.sha256(second).hexdigest()
+
+
+def test_deb_refuses_a_version_the_changelog_does_not_have(tmp_path):
+    require_tools("make", "dpkg-deb")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name in ("Makefile", "pyslirp.toml", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), str(tree / name))
+    for name in ("pyslirp", "packaging"):
+        shutil.copytree(os.path.join(ROOT, name), str(tree / name),
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    init = tree / "pyslirp" / "__init__.py"
+    init.write_text(re.sub(r'^__version__ = ".*"$', '__version__ = "9.8.7"', init.read_text(), flags=re.M))
+    proc = run(["make", "--no-print-directory", "-C", str(tree), "deb"], check=False)
+    assert proc.returncode != 0
+    assert "pyslirp/__init__.py says 9.8.7" in proc.stdout, proc.stdout
+    assert not (tree / "dist").exists() or not os.listdir(str(tree / "dist"))
 
 
 def test_deb_name_version_and_control(deb):
@@ -166,23 +187,23 @@ def test_deb_contents(deb):
     with open(os.path.join(ROOT, "pyslirp.toml"), "rb") as f:
         assert contents["etc/pyslirp/pyslirp.toml"] == f.read()
     # The command uses Debian's python3 and the private module directory.
-    launcher = contents["usr/bin/pyslirp"].decode()
+    launcher = utf8(contents["usr/bin/pyslirp"])
     assert launcher.startswith("#!/usr/bin/python3\n")
     assert '"/usr/lib/pyslirp"' in launcher
     # gzip -9n: no name, no timestamp in the header.
     for name in ("usr/share/man/man8/pyslirp.8.gz", "usr/share/doc/pyslirp/changelog.Debian.gz"):
         blob = contents[name]
         assert blob[:2] == b"\x1f\x8b" and blob[4:8] == b"\0\0\0\0" and not blob[3] & 0x08, name
-    changelog = gzip.decompress(contents["usr/share/doc/pyslirp/changelog.Debian.gz"]).decode()
+    changelog = utf8(gzip.decompress(contents["usr/share/doc/pyslirp/changelog.Debian.gz"]))
     assert changelog.startswith("pyslirp (%s) " % control_field(deb, "Version"))
-    copyright_text = contents["usr/share/doc/pyslirp/copyright"].decode()
+    copyright_text = utf8(contents["usr/share/doc/pyslirp/copyright"])
     assert copyright_text.startswith("Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/")
     assert "License: MIT" in copyright_text
 
 
 def test_init_script_and_unit_contents(deb):
     _, contents = deb_members(deb)
-    init = contents["etc/init.d/pyslirp"].decode()
+    init = utf8(contents["etc/init.d/pyslirp"])
     assert "### BEGIN INIT INFO" in init and "### END INIT INFO" in init
     for word in ("start)", "stop)", "restart|force-reload)", "status)", "start-stop-daemon",
                  "--chuid $DAEMON_USER:$DAEMON_GROUP", "--background", "--make-pidfile"):
@@ -191,10 +212,10 @@ def test_init_script_and_unit_contents(deb):
     assert re.search(r"^DAEMON_GROUP=dialout$", init, re.M)
     assert re.search(r"^PIDFILE=\$RUNDIR/pyslirp\.pid$", init, re.M)
     assert re.search(r"^RUNDIR=/run/pyslirp$", init, re.M)
-    default = contents["etc/default/pyslirp"].decode()
+    default = utf8(contents["etc/default/pyslirp"])
     assert re.search(r"^ENABLED=no$", default, re.M)
     assert re.search(r'^DAEMON_OPTS="-c /etc/pyslirp/pyslirp.toml"$', default, re.M)
-    unit = contents["lib/systemd/system/pyslirp.service"].decode()
+    unit = utf8(contents["lib/systemd/system/pyslirp.service"])
     settings = {}
     for line in unit.splitlines():
         if "=" in line and not line.startswith("#"):
@@ -233,7 +254,7 @@ def test_man_page_renders_without_warnings(deb):
     text = proc.stdout
     for section in ("SYNOPSIS", "OPTIONS", "FILES", "EXIT STATUS", "EXAMPLES"):
         assert re.search(r"^%s$" % section, text, re.M), section
-    assert "@VERSION@" not in page.decode()
+    assert "@VERSION@" not in utf8(page)
     assert "pyslirp %s" % source_version() in text
 
 
@@ -489,7 +510,7 @@ def test_pip_wheel_and_console_script(tmp_path):
     # A copy of the tree: an in-tree build would write build/ and *.egg-info next to the sources.
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "pyslirp.py", "pyslirp.toml"):
         shutil.copy(os.path.join(ROOT, name), str(src / name))
     shutil.copytree(os.path.join(ROOT, "pyslirp"), str(src / "pyslirp"),
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
@@ -505,8 +526,8 @@ def test_pip_wheel_and_console_script(tmp_path):
 
     with zipfile.ZipFile(str(wheel_path)) as whl:
         names = set(whl.namelist())
-        metadata = whl.read("pyslirp-%s.dist-info/METADATA" % version).decode()
-        entry_points = whl.read("pyslirp-%s.dist-info/entry_points.txt" % version).decode()
+        metadata = utf8(whl.read("pyslirp-%s.dist-info/METADATA" % version))
+        entry_points = utf8(whl.read("pyslirp-%s.dist-info/entry_points.txt" % version))
     assert {n for n in names if n.startswith("pyslirp/")} == tree_modules()
     assert "Requires-Python: >=3.7" in metadata
     requires = re.findall(r"^Requires-Dist: (.*)$", metadata, re.M)

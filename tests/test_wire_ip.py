@@ -19,7 +19,7 @@ from binascii import unhexlify
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from pyslirp.wire import icmp, ipv4, udp
+from pyslirp.wire import icmp, ipv4
 from pyslirp.wire.errors import ParseError
 from pyslirp.wire.icmp import IcmpRepr
 from pyslirp.wire.ipv4 import Ipv4Repr

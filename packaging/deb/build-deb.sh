@@ -18,15 +18,19 @@ DEB=$SRC/packaging/deb
 umask 022
 export LC_ALL=C TZ=UTC
 
+# The top entry of the changelog (parsed here: dpkg-parsechangelog is in
+# dpkg-dev, and dpkg-deb alone is enough to build).
 VERSION=$(sed -n 's/^__version__ = "\([^"]*\)"$/\1/p' "$SRC/pyslirp/__init__.py")
-DEB_VERSION=$(dpkg-parsechangelog -l "$DEB/changelog" -S Version)
-MAINTAINER=$(dpkg-parsechangelog -l "$DEB/changelog" -S Maintainer)
+DEB_VERSION=$(sed -n '1s/^pyslirp (\([^)]*\)) .*/\1/p' "$DEB/changelog")
+TRAILER=$(sed -n '/^ -- /{p;q}' "$DEB/changelog")
+MAINTAINER=$(echo "$TRAILER" | sed 's/^ -- \(.*>\)  .*$/\1/')
+CHANGELOG_DATE=$(echo "$TRAILER" | sed 's/^ -- .*>  //')
 if [ -z "$VERSION" ] || [ "${DEB_VERSION%-*}" != "$VERSION" ]; then
     echo "build-deb: packaging/deb/changelog is at $DEB_VERSION but pyslirp/__init__.py says $VERSION:" >&2
     echo "build-deb: add a changelog entry (dch -c packaging/deb/changelog -v $VERSION-1)" >&2
     exit 1
 fi
-: "${SOURCE_DATE_EPOCH:=$(dpkg-parsechangelog -l "$DEB/changelog" -S Timestamp)}"
+: "${SOURCE_DATE_EPOCH:=$(date -d "$CHANGELOG_DATE" +%s)}"
 export SOURCE_DATE_EPOCH
 
 ROOT=$BUILD/root

@@ -22,7 +22,8 @@ Steps, each one checkable:
 3. A plain zip is written from the staging directory with members sorted, one
    fixed timestamp (``SOURCE_DATE_EPOCH``, by default the date of the Debian
    changelog's top entry) and fixed modes, so the same tree always gives the
-   same bytes.  ``python3 -m zipapp build/pyslirp.zip -p "/usr/bin/env
+   same bytes (stored uncompressed: zipimport then needs no zlib).
+   ``python3 -m zipapp build/pyslirp.zip -p "/usr/bin/env
    python3" -o dist/pyslirp.pyz`` (the Makefile) then prepends the shebang
    line; zipapp itself would store the files in directory order and with
    their own mtimes.
@@ -196,7 +197,9 @@ def write_zip(staging, zip_path, epoch):
     with zipfile.ZipFile(tmp, "w") as archive:
         for arcname, path in members:
             info = zipfile.ZipInfo(arcname, date_time)
-            info.compress_type = zipfile.ZIP_DEFLATED
+            # Stored, not deflated: zipimport needs the zlib module to inflate,
+            # and minimal Python builds on embedded systems may lack it.
+            info.compress_type = zipfile.ZIP_STORED
             info.external_attr = 0o100644 << 16
             info.create_system = 3  # Unix, whatever the building machine
             with open(path, "rb") as f:

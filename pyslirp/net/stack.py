@@ -47,10 +47,13 @@ the earlier of ``conn.get_timer()`` and the idle deadline), re-armed after
 every call into the connection, and one key for the reassembler.
 
 Output: :meth:`take_packets` returns queued control packets (ICMP, resets,
-UDP), then every connection's segments: control and small segments always,
-bulk payload shared round-robin within ``budget`` bytes.  Every outgoing
-datagram has DF set, TTL 64 and the next identification, and is never larger
-than the link MTU.
+UDP), then every connection's segments: control segments and segments with
+at most 64 bytes of payload (keystrokes and their echoes) always and marked
+urgent, bulk payload shared round-robin within ``budget`` bytes (IP datagram
+bytes; see :meth:`_take_tcp`).  Every outgoing datagram has TTL 64 and the
+next identification, and is never larger than the link MTU; TCP segments
+always carry DF.  The only datagrams that may not fit (an echo reply to a
+reassembled jumbo ping, a large UDP answer) go out fragmented, without DF.
 
 Link down: :meth:`reset` drops every connection without a word on the dead
 link and closes every service socket.
@@ -84,7 +87,7 @@ log = logging.getLogger("pyslirp.net")
 
 TTL = 64
 SMALL_PAYLOAD = 64          # a segment with at most this much payload is "urgent" (keystrokes, echoes)
-IP_TCP_HEADROOM = 60        # IPv4 + TCP header + timestamps, per bulk segment, when spending the budget
+IP_TCP_HEADER = 40          # IPv4 + TCP headers without options
 MAX_CONTROL_QUEUE = 256     # ICMP, resets and UDP waiting for take_packets
 _FRAG_KEY = "frag"
 _MAX_EVENT_ROUNDS = 8
@@ -219,7 +222,7 @@ class IPStack(object):
 
     # -- helpers ------------------------------------------------------------------
 
-    def _drop(self, reason, detail="", packet=None):
+    def _drop(self, reason, detail=""):
         self.counters[reason] = self.counters.get(reason, 0) + 1
         if self._log_bucket.allow(self._now):
             if self._log_suppressed:
@@ -358,7 +361,7 @@ class IPStack(object):
                 # The client retransmitted its SYN while the service socket is still connecting.
                 self.counters["tcp_syn_while_pending"] = self.counters.get("tcp_syn_while_pending", 0) + 1
                 return
-            if rec.conn.state == TcpState.TIME_WAIT:
+            if rec.conn.state == TcpState.TIME_WAIT and rec.conn.syn_may_reuse(seg):
                 # RFC 9293 3.10.7.4 / RFC 6191: a new SYN for a 4-tuple in TIME-WAIT may open a new incarnation.
                 self._finish(rec, now, "fin")
                 rec = None
@@ -471,7 +474,7 @@ class IPStack(object):
             return
         conn = rec.conn
         if rec.backlog:
-            taken = conn.send(rec.backlog)
+            taken = conn.send(rec.backlog, now)
             rec.backlog = rec.backlog[taken:]
             if rec.backlog:
                 return
@@ -503,6 +506,13 @@ class IPStack(object):
         del self._by_id[rec.conn_id]
         self.timers.cancel(rec.conn_id)
         conn = rec.conn
+        # The connection's last words (the RST of refuse/abort/give-up) go out with the control packets.
+        for seg in conn.take_segments(0, now):
+            packet = self._wrap(seg)
+            if packet is not None:
+                if seg.flags & tcp_wire.RST:
+                    self.rst_sent += 1
+                self._queue_control(packet)
         if not rec.accepted:
             self.connections_refused += 1
             self._events.append(ConnectionLog(rec.conn_id, "refused %s reason=%s" % (
@@ -512,7 +522,11 @@ class IPStack(object):
         reason = rec.reason or reason or ("fin" if clean else "closed")
         if not clean:
             self._close_service(rec, reason)
+        self._log_closed(rec, now, reason)
+
+    def _log_closed(self, rec, now, reason):
         self.connections_closed += 1
+        conn = rec.conn
         self._events.append(ConnectionLog(rec.conn_id, "closed %s in=%d out=%d duration=%.1fs reason=%s" % (
             self._describe(rec), conn.bytes_in, conn.bytes_out, (now - rec.opened_at) / 1000.0, reason)))
 
@@ -542,8 +556,6 @@ class IPStack(object):
         if rec is None or rec.accepted:
             return
         rec.reason = reason
-        if self._refusal_bucket.allow(now):
-            log.info("refused %s: %s", self._describe(rec), reason)
         rec.conn.refuse(now)
         self._after(rec, now)
         if not rec.gone:        # refuse() always closes; make sure the record goes even if no event came
@@ -554,8 +566,8 @@ class IPStack(object):
         rec = self._service_rec(conn_id, "data")
         if rec is None or not data:
             return
-        if rec.eof:
-            self.counters["service_data_after_eof"] = self.counters.get("service_data_after_eof", 0) + 1
+        if rec.eof or not rec.accepted:
+            self.counters["service_data_unexpected"] = self.counters.get("service_data_unexpected", 0) + 1
             return
         rec.received += len(data)
         rec.last_activity = now
@@ -564,7 +576,7 @@ class IPStack(object):
         if rec.backlog:
             rec.backlog += data
         else:
-            taken = rec.conn.send(data)
+            taken = rec.conn.send(data, now)
             if taken < len(data):
                 rec.backlog = bytes(data[taken:])
         self._after(rec, now)
@@ -623,8 +635,7 @@ class IPStack(object):
             idle = self.config.idle_timeout
             if idle and rec.accepted and now >= rec.last_activity + idle * 1000:
                 rec.reason = "idle"
-                if self._refusal_bucket.allow(now):
-                    log.info("idle timeout: %s", self._describe(rec))
+                log.debug("idle timeout: %s", self._describe(rec))
                 rec.conn.abort(now)
                 self._after(rec, now)
                 if not rec.gone:
@@ -668,31 +679,35 @@ class IPStack(object):
         """Every connection's segments; bulk payload shared round-robin.
 
         Each connection is asked once with a share of the budget (at least SMALL_PAYLOAD, so that a keystroke
-        never waits behind another connection's bulk); connections that used their share are asked again,
-        one segment's worth at a time, while budget remains.  A connection that was served moves to the back
-        of the round-robin order, so the next call starts with another one.
+        never waits behind another connection's bulk); connections that sent payload are asked again, one
+        segment's worth at a time, while budget remains.  The payload allowance of each call is the budget left
+        minus the connection's per-segment headers (IP, TCP, timestamps), so bulk datagrams stay within the
+        budget (a SACK option, present only while we hold out-of-order data, may exceed it by its size).  A
+        connection that was served moves to the back of the round-robin order, so the next call starts with
+        another one.
         """
         unlimited = budget < 0
         remaining = budget
         quantum = max(self.mss_limit, 1)
+        now = self._now
         order = list(self._conns.values())
-        turn = 0
+        first = True
         while order:
             again = []
             for rec in order:
                 if rec.gone:
                     continue
+                conn = rec.conn
                 if unlimited:
                     allowance = -1
                 else:
-                    allowance = min(quantum, remaining - IP_TCP_HEADROOM)
-                    if turn == 0:
+                    header = IP_TCP_HEADER + (tcp_wire.TS_OPTION_LEN if getattr(conn, "ts_ok", False) else 0)
+                    allowance = min(quantum, remaining - header)
+                    if first:
                         allowance = max(allowance, SMALL_PAYLOAD)
                     elif allowance <= 0:
-                        break
-                segs = rec.conn.take_segments(allowance)
-                if not segs:
-                    continue
+                        continue
+                segs = conn.take_segments(allowance, now)
                 payload = 0
                 seen_bulk = False
                 for seg in segs:
@@ -713,11 +728,11 @@ class IPStack(object):
                     self._conns.move_to_end(rec.key)
                     if not unlimited:
                         again.append(rec)
-                # Sending may have freed send space or fired events (e.g. data acked earlier): keep timers fresh.
-                self._after(rec, self._now)
+                # Sending arms timers (retransmission, persist) and may fire events: keep both fresh.
+                self._after(rec, now)
             order = again
-            turn += 1
-            if not unlimited and remaining - IP_TCP_HEADROOM <= 0:
+            first = False
+            if not unlimited and remaining <= IP_TCP_HEADER:
                 break
 
     # -- events and link state ---------------------------------------------------------
@@ -737,12 +752,9 @@ class IPStack(object):
                 rec.service_closed = True
                 self._events.append(ServiceClose(rec.conn_id, "link down"))
             if rec.accepted:
-                self.connections_closed += 1
-                self._events.append(ConnectionLog(rec.conn_id, "closed %s in=%d out=%d duration=%.1fs reason=%s" % (
-                    self._describe(rec), rec.conn.bytes_in, rec.conn.bytes_out, (now - rec.opened_at) / 1000.0,
-                    rec.reason)))
+                self._log_closed(rec, now, rec.reason)
             else:
-                self._events.append(ConnectionLog(rec.conn_id, "refused %s reason=link down" % self._describe(rec)))
+                self._events.append(ConnectionLog(rec.conn_id, "abandoned %s reason=link down" % self._describe(rec)))
         self._conns.clear()
         self._by_id.clear()
         self._control.clear()

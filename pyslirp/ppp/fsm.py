@@ -135,6 +135,15 @@ def _cells(*cells):
     return cells
 
 
+def note(counters, reason, level, msg, *args):
+    """Count ``reason`` and log its 1st, 2nd, 4th, 8th ... occurrence (peer-triggered logs are bounded)."""
+    n = counters.get(reason, 0) + 1
+    counters[reason] = n
+    if n & (n - 1) == 0:
+        log.log(level, msg + " (%d so far)", *(args + (n,)))
+    return n
+
+
 _ = None
 # RFC 1661 section 4.1, one row per event, one cell per state 0..9.
 _ROWS = {
@@ -242,7 +251,8 @@ class FsmCallbacks(object):
     def reqci(self, data, reject_if_disagree):
         """Judge the peer's Configure-Request: ``(CONFACK|CONFNAK|CONFREJ, reply data)``.
 
-        May raise ParseError for a malformed request (discarded).
+        ``data`` is a well-formed option list; an option of a known type with a
+        wrong length should be rejected.
         """
         return CONFACK, data
 
@@ -264,6 +274,9 @@ class FsmCallbacks(object):
 
     def ser(self, code, ident, data):
         """Send-Echo-Reply for an RXR event (only the Opened state runs it)."""
+
+    def code_rejected(self, code):
+        """The peer Code-Rejected one of our codes beyond 1-7 (e.g. Echo-Request)."""
 
     def state_changed(self, old, new):
         """Called on every change of state."""
@@ -409,8 +422,7 @@ class Fsm(object):
         try:
             code, ident, data = wppp.parse_cp(packet)
         except ParseError as exc:
-            self._count("bad_packet")
-            log.debug("%s: malformed packet dropped: %s", self.name, exc)
+            note(self.counters, "bad_packet", logging.DEBUG, "%s: malformed packet dropped: %s", self.name, exc)
             return
         if self.state in (State.INITIAL, State.STARTING):
             # The lower layer is not up: nothing can be received (pppd fsm_input).
@@ -432,8 +444,7 @@ class Fsm(object):
         elif code == CODEREJ:
             self._rcv_code_reject(data)
         elif not self.callbacks.extcode(code, ident, data):
-            self._count("unknown_code")
-            log.info("%s: unknown code %d: Code-Reject", self.name, code)
+            note(self.counters, "unknown_code", logging.INFO, "%s: unknown code %d: Code-Reject", self.name, code)
             self.event(Event.RUC, now, ident=ident)
 
     def _rcv_conf_req(self, ident, data):
@@ -449,22 +460,19 @@ class Fsm(object):
             # Closed, Closing, Stopping: never answered, reqci not consulted.
             self.event(Event.RCR_PLUS, self.now, ident=ident)
             return
+        try:
+            wppp.parse_options(data)
+        except ParseError as exc:
+            # RFC 1661 section 5: malformed packets are silently discarded.
+            note(self.counters, "bad_options", logging.DEBUG, "%s: malformed Configure-Request dropped: %s",
+                 self.name, exc)
+            return
         prefix = plus[0][:plus[0].index("sca")]
         self._ctx_retransmit = False
         self._ctx_id = ident
         for action in prefix:
             self._act(action)
-        reject_if_disagree = self.nak_loops >= self.max_failure
-        try:
-            code, reply = self.callbacks.reqci(data, reject_if_disagree)
-        except ParseError as exc:
-            # RFC 1661 section 5: malformed packets are silently discarded.  The
-            # prefix (tld/irc/scr) already ran, as in pppd; the state follows the
-            # RCR- row so that the peer's next request is judged afresh.
-            self._count("bad_options")
-            log.debug("%s: malformed Configure-Request dropped: %s", self.name, exc)
-            self._change_state(minus[1] if state == State.OPENED or state == State.STOPPED else state)
-            return
+        code, reply = self.callbacks.reqci(data, self.nak_loops >= self.max_failure)
         if code == CONFACK:
             self.nak_loops = 0
             event, (actions, nxt) = Event.RCR_PLUS, plus
@@ -473,16 +481,15 @@ class Fsm(object):
                 self.nak_loops += 1
             event, (actions, nxt) = Event.RCR_MINUS, minus
         self._reply = (code, reply)
-        self._run(event, actions[len(prefix):], nxt, done=prefix)
+        self._run(event, actions[len(prefix):], nxt)
 
     def _answer_valid(self, ident):
         """An Ack/Nak/Reject answers our outstanding request (RFC 1661 5.2-5.4)."""
         if self.state not in NEGOTIATING and self.state != State.OPENED:
             return None      # not waiting for one: the table's sta/nothing applies
         if ident != self.reqid or self.seen_ack:
-            self._count("stale_answer")
-            log.debug("%s: answer id %d does not match request id %s: dropped",
-                      self.name, ident, self.reqid)
+            note(self.counters, "stale_answer", logging.DEBUG,
+                 "%s: answer id %d does not match request id %s: dropped", self.name, ident, self.reqid)
             return False
         return True
 
@@ -492,8 +499,8 @@ class Fsm(object):
             return
         if valid:
             if not self.callbacks.ackci(data):
-                self._count("bad_ack")
-                log.info("%s: Configure-Ack does not match our request: dropped", self.name)
+                note(self.counters, "bad_ack", logging.INFO,
+                     "%s: Configure-Ack does not match our request: dropped", self.name)
                 return
             self.seen_ack = True
             if self.state == State.OPENED:
@@ -511,9 +518,8 @@ class Fsm(object):
             except ParseError:
                 ok = False
             if not ok:
-                self._count("bad_nak" if code == CONFNAK else "bad_reject")
-                log.info("%s: invalid Configure-%s: dropped", self.name,
-                         "Nak" if code == CONFNAK else "Reject")
+                note(self.counters, "bad_nak" if code == CONFNAK else "bad_reject", logging.INFO,
+                     "%s: invalid Configure-%s: dropped", self.name, "Nak" if code == CONFNAK else "Reject")
                 return
             self.seen_ack = True
             if self.state == State.OPENED:
@@ -528,8 +534,9 @@ class Fsm(object):
             self.reason = "peer rejected code %d" % rejected
             self.event(Event.RXJ_MINUS, self.now)
         else:
-            log.info("%s: peer rejected code %d", self.name, rejected)
-            self.callbacks.extcode(-1, rejected, data)   # tell the protocol (e.g. stop echoes)
+            note(self.counters, "code_rejects_received", logging.INFO, "%s: peer rejected code %d",
+                 self.name, rejected)
+            self.callbacks.code_rejected(rejected)
             self.event(Event.RXJ_PLUS, self.now)
 
     def rxr(self, code, ident, data, now):
@@ -558,7 +565,7 @@ class Fsm(object):
             self._reply = (CONFACK, self._ctx_data if self._ctx_code == CONFREQ else b"")
         self._run(event, cell[0], cell[1])
 
-    def _run(self, event, actions, nxt, done=()):
+    def _run(self, event, actions, nxt):
         post = []
         for action in actions:
             if action in _POST_ACTIONS:
@@ -583,9 +590,8 @@ class Fsm(object):
             self.callbacks.state_changed(old, new)
 
     def _illegal(self, event):
-        self._count("illegal_event")
-        log.debug("%s: event %s is illegal in state %s: ignored", self.name, event.value,
-                  STATE_NAMES[self.state])
+        note(self.counters, "illegal_event", logging.DEBUG, "%s: event %s is illegal in state %s: ignored",
+             self.name, event.value, STATE_NAMES[self.state])
 
     def _count(self, reason):
         self.counters[reason] = self.counters.get(reason, 0) + 1

@@ -13,7 +13,8 @@ queue, TIOCOUTQ) and the line manager ``cancel``/``close`` it.
   cancelled write returns early.
 * ``reopenable``: whether the line manager should open the same port again
   after :class:`LineGone` (a serial device that comes back: yes; standard
-  input or our own pseudo-terminal: no).
+  input or our own pseudo-terminal: no); ``final_exit_code``: the exit
+  status when a non-reopenable endpoint goes away.
 
 Implementations: :class:`PySerialEndpoint` (a device path or a pyserial URL;
 8N1, RTS/CTS or XON/XOFF from the configuration; pyserial imported lazily),
@@ -75,6 +76,7 @@ def outq_bytes(fd):
 class Endpoint(object):
     name = "?"
     reopenable = False
+    final_exit_code = 0         # exit status when a non-reopenable endpoint goes away
 
     def read(self, n):
         raise NotImplementedError
@@ -183,6 +185,7 @@ class PtyEndpoint(FdEndpoint):
     """
 
     reopenable = False
+    final_exit_code = 1         # our own pty failing is a runtime failure
 
     def __init__(self, link=""):
         master, slave = os.openpty()

@@ -25,7 +25,9 @@ Theory of operation:
   ``persist``), except a bad setting (exit 2) and permission denied (exit 1),
   which retrying cannot fix; those post ``("fatal", code, message)``.  A
   non-reopenable endpoint (standard input, our pseudo-terminal) that goes
-  away posts ``("line_final", line, reason)``.
+  away posts ``("line_final", line, reason, exit_code)``: end of file on
+  standard input is the client hanging up (0), an error on our own
+  pseudo-terminal a runtime failure (1).
 """
 
 import collections
@@ -52,7 +54,7 @@ class SerialReader(threading.Thread):
         self._max = max_inflight
         self._inflight = 0
         self._cond = threading.Condition()
-        self._stop = False
+        self._halt = False
         self.bytes_read = 0
 
     def consumed(self, nbytes):
@@ -63,19 +65,19 @@ class SerialReader(threading.Thread):
 
     def stop(self):
         with self._cond:
-            self._stop = True
+            self._halt = True
             self._cond.notify()
 
     def run(self):
         try:
             while True:
                 with self._cond:
-                    while self._inflight >= self._max and not self._stop:
+                    while self._inflight >= self._max and not self._halt:
                         self._cond.wait(0.5)
-                    if self._stop:
+                    if self._halt:
                         return
                 data = self.endpoint.read(self._chunk)
-                if self._stop:
+                if self._halt:
                     return
                 if data:
                     with self._cond:
@@ -83,7 +85,7 @@ class SerialReader(threading.Thread):
                     self.bytes_read += len(data)
                     self._post(("serial", self, data))
         except LineGone as exc:
-            if not self._stop:
+            if not self._halt:
                 self._on_gone("read: %s" % exc)
         except Exception as exc:        # a bug: report the line gone rather than die silently
             log.exception("serial reader failed")
@@ -102,7 +104,7 @@ class SerialWriter(threading.Thread):
         self._bulk = collections.deque()
         self._queued = 0
         self._cond = threading.Condition()
-        self._stop = False
+        self._halt = False
         self.dropped = 0
         self.bytes_written = 0
         self.writes = 0
@@ -115,7 +117,7 @@ class SerialWriter(threading.Thread):
     def put(self, urgent, frame):
         """Queue one framed frame; False (and counted) if full or stopped."""
         with self._cond:
-            if self._stop or self._queued + len(frame) > self._limit:
+            if self._halt or self._queued + len(frame) > self._limit:
                 self.dropped += 1
                 return False
             (self._urgent if urgent else self._bulk).append(frame)
@@ -125,7 +127,7 @@ class SerialWriter(threading.Thread):
 
     def stop(self):
         with self._cond:
-            self._stop = True
+            self._halt = True
             self._cond.notify()
 
     def _take(self):
@@ -143,9 +145,9 @@ class SerialWriter(threading.Thread):
         try:
             while True:
                 with self._cond:
-                    while not self._urgent and not self._bulk and not self._stop:
+                    while not self._urgent and not self._bulk and not self._halt:
                         self._cond.wait()
-                    if self._stop:
+                    if self._halt:
                         return
                     chunks, size = self._take()
                 self.endpoint.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
@@ -155,7 +157,7 @@ class SerialWriter(threading.Thread):
                 self.writes += 1
                 self._post(("written", self, size))
         except LineGone as exc:
-            if not self._stop:
+            if not self._halt:
                 self._on_gone("write: %s" % exc)
         except Exception as exc:
             log.exception("serial writer failed")
@@ -206,6 +208,13 @@ class LineManager(threading.Thread):
         return self._opener()
 
     def run(self):
+        try:
+            self._run()
+        except Exception as exc:        # a bug: end the program rather than hang without a line
+            log.exception("line manager failed")
+            self._post(("fatal", 1, "line manager failed: %s" % exc))
+
+    def _run(self):
         backoff = BACKOFF_START
         opened_once = False
         while not self._stop_event.is_set():
@@ -216,7 +225,7 @@ class LineManager(threading.Thread):
                 if exc.permanent or (exc.startup_fatal and not opened_once):
                     self._post(("fatal", exc.code, str(exc)))
                     return
-                log.warning("%s; retrying in %d s", exc, backoff)
+                log.warning("%s; retrying in %g s", exc, backoff)
                 if self._stop_event.wait(backoff):
                     return
                 backoff = min(backoff * 2, BACKOFF_MAX)
@@ -231,9 +240,9 @@ class LineManager(threading.Thread):
             if duration >= STABLE_AFTER:
                 backoff = BACKOFF_START
             if not endpoint.reopenable:
-                self._post(("line_final", self, self._reason))
+                self._post(("line_final", self, self._reason, getattr(endpoint, "final_exit_code", 0)))
                 return
-            log.info("reopening %s in %d s", endpoint.name, backoff)
+            log.info("reopening %s in %g s", endpoint.name, backoff)
             if self._stop_event.wait(backoff):
                 return
             backoff = min(backoff * 2, BACKOFF_MAX)

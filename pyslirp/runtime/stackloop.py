@@ -150,7 +150,8 @@ class Runtime(object):
                 deadline = other
         if deadline is None:
             return None
-        return max(0, deadline - now) / 1000.0
+        # At least 1 ms: a deadline that a component fails to clear must not become a busy loop.
+        return max(1, deadline - now) / 1000.0
 
     def _dispatch(self, item, now):
         kind = item[0]
@@ -196,7 +197,7 @@ class Runtime(object):
                 log.info("serial line closed: %s", item[2])
                 self._line_down(now)
             if self.exit_code is None:
-                self.exit_code = 0
+                self.exit_code = item[3]
         elif kind == "fatal":
             log.error("%s", item[2])
             self.exit_code = item[1]

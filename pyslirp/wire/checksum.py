@@ -15,9 +15,11 @@ _LITTLE = sys.byteorder == "little"
 
 def ones_sum(data, initial=0):
     """Return the folded 16-bit one's complement sum of ``data`` (network order)."""
+    words = array.array("H")
     if len(data) & 1:
-        data = bytes(data) + b"\x00"
-    words = array.array("H", data)
+        words.frombytes(bytes(data) + b"\x00")
+    else:
+        words.frombytes(data)
     if _LITTLE:
         words.byteswap()
     total = sum(words) + initial

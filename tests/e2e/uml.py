@@ -425,6 +425,19 @@ class GuestResult(object):
         """Parsed ``ip -o addr show`` saved by wait_ppp_up: (local, peer) or None."""
         return parse_ppp_addr(self.read(name + ".addr", ""))
 
+    def serial(self, direction):
+        """The first MiB the guest sent ("from_guest") or received ("to_guest") on its serial line."""
+        assert direction in ("from_guest", "to_guest"), direction
+        try:
+            with open(os.path.join(self.rundir, "serial-%s.bin" % direction.replace("_", "-")), "rb") as f:
+                return f.read()
+        except (IOError, OSError):
+            return b""
+
+    def ppp_packets(self, direction):
+        """(protocol, information) of the PPP frames the guest sent or received (see ``serial``)."""
+        return ppp_packets(self.serial(direction))
+
     @property
     def script_rc(self):
         return self.report.get("script_rc")
@@ -451,6 +464,57 @@ class GuestResult(object):
                 lines = text.splitlines()[-tail:]
                 parts.append("--- %s (last %d lines) ---\n%s" % (name, len(lines), "\n".join(lines)))
         return "\n".join(parts)
+
+
+def _fcs16_table():
+    table = []
+    for byte in range(256):
+        fcs = byte
+        for _ in range(8):
+            fcs = (fcs >> 1) ^ 0x8408 if fcs & 1 else fcs >> 1
+        table.append(fcs)
+    return table
+
+
+_FCS16_TABLE = _fcs16_table()
+
+
+def fcs16(data, fcs=0xFFFF):
+    """RFC 1662 C.2 FCS-16 register over ``data`` (a good frame with its FCS leaves 0xF0B8)."""
+    table = _FCS16_TABLE
+    for byte in bytearray(data):
+        fcs = (fcs >> 8) ^ table[(fcs ^ byte) & 0xFF]
+    return fcs
+
+
+def hdlc_frames(stream):
+    """Frames of an RFC 1662 async-HDLC byte stream: escapes removed, FCS-16 checked and stripped.
+
+    Any unescaped control characters are kept (both pppd and pyslirp negotiate ACCM 0).  Frames with a bad FCS
+    (e.g. cut by the start of a capture) are skipped.
+    """
+    frames = []
+    for chunk in bytes(stream).split(b"\x7e"):
+        parts = chunk.split(b"\x7d")
+        raw = parts[0] + b"".join(bytes([p[0] ^ 0x20]) + p[1:] for p in parts[1:] if p)
+        if len(raw) >= 4 and fcs16(raw) == 0xF0B8:
+            frames.append(raw[:-2])
+    return frames
+
+
+def ppp_packets(stream):
+    """(protocol, information) of every PPP frame in an async-HDLC stream (ACFC and PFC undone)."""
+    out = []
+    for frame in hdlc_frames(stream):
+        if frame[:2] == b"\xff\x03":
+            frame = frame[2:]
+        if not frame:
+            continue
+        if frame[0] & 1:
+            out.append((frame[0], frame[1:]))
+        elif len(frame) >= 2:
+            out.append(((frame[0] << 8) | frame[1], frame[2:]))
+    return out
 
 
 _ADDR_RE = re.compile(r"\binet (\d+\.\d+\.\d+\.\d+)(?:/\d+)? peer (\d+\.\d+\.\d+\.\d+)")

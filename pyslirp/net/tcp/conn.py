@@ -44,4 +44,1241 @@ to it but not change it):
 
 TcpConfig is a frozen dataclass of tunables with sane defaults (buffer sizes, MSS override, delayed-ACK time,
 RTO bounds, retry counts, TIME_WAIT length, keepalive, Nagle, window scaling/SACK/timestamps switches).
+
+ADDITIONS to the contract (all optional, nothing above changed):
+
+    conn.take_segments(budget, now=None) and conn.send(data, now=None)
+        # pass the current time when you have it.  Without it the connection uses the last time it
+        # was given; timers armed that way are re-armed from the real clock at the next call that
+        # carries one, so they can only be late, never early.
+    conn.pending_output -> bool   # take_segments() would return something right now (e.g. data held
+                                  # back by an earlier budget): poll it when the line drains
+    conn.syn_may_reuse(syn) -> bool
+                                  # in TIME_WAIT, a new SYN for the same 4-tuple with a higher sequence
+                                  # number may start a new incarnation (RFC 9293 3.10.7.4 / RFC 6191):
+                                  # the stack may then drop this connection and create a new one
+    conn.last_activity            # ms of the last segment received or data queued/sent (idle tracking)
+    conn.counters                 # dict: reason -> int for dropped segments
+    conn.name                     # "10.0.0.2:40000>10.0.0.1:22" for log lines
+
+Theory of operation
+-------------------
+Passive open only: a client SYN creates the connection in SYN_RECEIVED; the
+SYN-ACK goes out once the service socket has connected (accept), so a dead
+service means an honest RST instead of an open-then-reset connection.
+
+Input (``receive``) follows RFC 9293 3.10.7.4 in order: RST validation (RFC
+5961 3.2: exact RCV.NXT resets, in-window gets a challenge ACK, anything else
+is dropped), SYN in a synchronized state (RFC 5961 4.2: challenge ACK), PAWS
+(RFC 7323 5.3), the acceptability test, the ACK field (RFC 5961 5.2 window,
+ACK of unsent data -> ACK and drop, duplicate-ACK counting, NewReno recovery),
+then segment text (trimmed to the window; out-of-order data held in a bounded
+reassembly queue and SACKed) and finally the FIN.
+
+Output is computed lazily by ``take_segments``: queued control segments
+first (RSTs), then the SYN-ACK, one pending fast retransmission, then data
+from SND.NXT within min(cwnd, peer window) with sender SWS avoidance and Nagle
+(RFC 1122 4.2.3.4, RFC 896), then a window probe or keepalive, then a pure
+ACK if one is owed and nothing carried it.  Every segment carries the current
+ACK, window (never shrinking, receiver SWS avoided, RFC 1122 4.2.3.3),
+timestamps and SACK blocks, so a pending ACK always rides on data when data
+goes out.
+
+Retransmission: one RTO timer (RFC 6298) per connection, go-back-N from
+SND.UNA on expiry skipping what the client SACKed (RFC 2018), exponential
+backoff, give-up after ``max_retries`` consecutive expiries (RST, "timeout").
+Three duplicate ACKs trigger fast retransmit and NewReno fast recovery (RFC
+5681, RFC 6582); window arithmetic lives in congestion.py.  When the client
+advertises a zero window the persist timer sends zero-length probes below
+SND.UNA (RFC 9293 3.8.6.1, RFC 1122 4.2.2.17) with backoff.
+
+Timers (integer ms deadlines, ``get_timer`` is their minimum): retransmission,
+persist (also the SWS override), delayed ACK, keepalive and TIME_WAIT.
 """
+
+import enum
+import logging
+from dataclasses import dataclass
+from typing import List, Optional
+
+from ...wire.tcp import (ACK, FIN, PSH, RST, SYN, TS_OPTION_LEN, TcpRepr, max_sack_blocks,
+                         sack_option_len)
+from .buffers import Reassembler, SackScoreboard, SendBuffer
+from .congestion import NewReno
+from .rtt import RttEstimator
+from .seq import seq_add, seq_ge, seq_gt, seq_in, seq_le, seq_lt, seq_sub
+
+log = logging.getLogger("pyslirp.net.tcp")
+
+DEFAULT_MSS = 536          # RFC 9293 3.7.1 (MUST-15): assume 536 when the SYN carries no MSS option
+MIN_MSS = 64               # floor against absurdly small peer MSS values
+MAX_WSCALE = 14            # RFC 7323 2.3
+MAX_WINDOW_FIELD = 0xFFFF
+
+
+class TcpState(enum.Enum):
+    CLOSED = "CLOSED"
+    LISTEN = "LISTEN"
+    SYN_SENT = "SYN_SENT"
+    SYN_RECEIVED = "SYN_RECEIVED"
+    ESTABLISHED = "ESTABLISHED"
+    FIN_WAIT_1 = "FIN_WAIT_1"
+    FIN_WAIT_2 = "FIN_WAIT_2"
+    CLOSE_WAIT = "CLOSE_WAIT"
+    CLOSING = "CLOSING"
+    LAST_ACK = "LAST_ACK"
+    TIME_WAIT = "TIME_WAIT"
+
+    def __str__(self):
+        return self.value
+
+
+# States in which we may (re)transmit data or our FIN.
+_SEND_STATES = frozenset([TcpState.ESTABLISHED, TcpState.CLOSE_WAIT, TcpState.FIN_WAIT_1,
+                          TcpState.CLOSING, TcpState.LAST_ACK])
+# States in which the client may still send us data.
+_RECV_STATES = frozenset([TcpState.ESTABLISHED, TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2])
+# States in which the service may still queue data.
+_QUEUE_STATES = frozenset([TcpState.SYN_RECEIVED, TcpState.ESTABLISHED, TcpState.CLOSE_WAIT])
+_KEEPALIVE_STATES = frozenset([TcpState.ESTABLISHED, TcpState.CLOSE_WAIT])
+
+
+@dataclass(frozen=True)
+class TcpConfig:
+    """Tunables of every TCP connection (times in integer milliseconds)."""
+    sndbuf: int = 65536                 # bytes queued from the service and not yet acknowledged
+    rcvbuf: int = 65536                 # receive window: bytes from the client not yet taken by the service
+    mss: int = 0                        # MSS we announce; 0 = the link's (MTU - 40); never above the link's
+    delack_ms: int = 200                # delayed ACK at most this late (RFC 1122 4.2.3.2: < 500 ms)
+    initial_rto_ms: int = 1000          # RFC 6298 2.1
+    min_rto_ms: int = 200
+    max_rto_ms: int = 60000
+    max_retries: int = 12               # consecutive RTO expiries before giving up
+    syn_retries: int = 5                # SYN-ACK retransmissions before giving up
+    msl_ms: int = 15000                 # TIME_WAIT lasts 2 * MSL
+    keepalive_ms: int = 0               # idle time before a keepalive probe and between probes; 0 = off
+    keepalive_probes: int = 4           # unanswered probes before giving up
+    nagle: bool = True                  # RFC 896 for our small segments
+    window_scaling: bool = True         # RFC 7323
+    sack: bool = True                   # RFC 2018
+    timestamps: bool = True             # RFC 7323
+    challenge_ack_limit: int = 10       # RFC 5961 section 7: challenge ACKs per second
+    max_ooo_ranges: int = 16            # separate out-of-order ranges held for reassembly
+
+
+def rst_for(seg):
+    """RFC 9293 3.10.7.1: the reset answering ``seg`` when no connection exists (None for a RST)."""
+    if seg.flags & RST:
+        return None
+    if seg.flags & ACK:
+        # "If the ACK bit is on, <SEQ=SEG.ACK><CTL=RST>"
+        return TcpRepr(seg.dst_port, seg.src_port, seg.ack, 0, RST, 0)
+    # "If the ACK bit is off, sequence number zero is used, <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>"
+    return TcpRepr(seg.dst_port, seg.src_port, 0, seq_add(seg.seq, seg.seg_len), RST | ACK, 0)
+
+
+class _RateLimiter(object):
+    """At most ``limit`` events per ``interval`` ms (a fixed window)."""
+
+    def __init__(self, limit, interval=1000):
+        self.limit = limit
+        self.interval = interval
+        self._start = None
+        self._count = 0
+
+    def allow(self, now):
+        if self._start is None or now - self._start >= self.interval:
+            self._start = now
+            self._count = 0
+        if self._count >= self.limit:
+            return False
+        self._count += 1
+        return True
+
+
+class TcpConnection(object):
+    def __init__(self, syn, local_ip, remote_ip, config, iss, now, mss_limit):
+        self.config = config
+        self.local_ip = local_ip
+        self.remote_ip = remote_ip
+        self.local_port = syn.dst_port
+        self.remote_port = syn.src_port
+        self.name = "%s:%d>%s:%d" % (_ip(remote_ip), self.remote_port, _ip(local_ip), self.local_port)
+        self._syn = syn
+        self._state = TcpState.SYN_RECEIVED
+        self.accepted = False
+        self.created = now
+        self.last_activity = now
+        self._now = now
+        self._stale = False             # the last output was timed with a remembered clock
+        self._stale_timers = set()
+
+        # Counters.
+        self.bytes_in = 0               # payload delivered in order to the receive queue
+        self.bytes_out = 0              # payload sent for the first time
+        self.bytes_retransmitted = 0
+        self.segs_in = 0
+        self.segs_out = 0
+        self.retransmits = 0            # segments retransmitted (RTO, fast retransmit, SYN-ACK)
+        self.fast_retransmits = 0
+        self.dup_acks = 0
+        self.ooo_segments = 0
+        self.rto_count = 0
+        self.challenge_acks = 0
+        self.window_probes = 0
+        self.keepalives_sent = 0
+        self.window_updates = 0
+        self.counters = {}
+
+        # Options negotiated from the SYN (we answer only what the client offered).
+        self.ws_ok = syn.wscale is not None and config.window_scaling
+        self.snd_wscale = min(syn.wscale, MAX_WSCALE) if self.ws_ok else 0
+        rcv_wscale = 0
+        if self.ws_ok:
+            while (config.rcvbuf >> rcv_wscale) > MAX_WINDOW_FIELD and rcv_wscale < MAX_WSCALE:
+                rcv_wscale += 1
+        self.rcv_wscale = rcv_wscale
+        self.sack_ok = bool(syn.sack_permitted) and config.sack
+        self.ts_ok = syn.timestamp is not None and config.timestamps
+        self.ts_recent = syn.timestamp[0] if self.ts_ok else 0
+        self._ts_offset = iss           # RFC 7323 5.4: a per-connection random offset for TSval
+
+        # MSS (RFC 9293 3.7.1, RFC 6691): ours from the link, theirs from the SYN.
+        self.mss_limit = mss_limit
+        self.our_mss = max(MIN_MSS, min(config.mss or mss_limit, mss_limit))
+        self.peer_mss = syn.mss if syn.mss is not None else DEFAULT_MSS
+        self.send_mss = max(MIN_MSS, min(self.peer_mss, mss_limit))   # payload + options per segment
+
+        # Receive sequence space.
+        self.irs = syn.seq
+        self.rcv_nxt = seq_add(syn.seq, 1)
+        self.rcv_adv = self.rcv_nxt     # right edge of the window we advertised
+        self.last_ack_sent = self.rcv_nxt
+        self._rx = bytearray()          # in order, not yet read()
+        self._rx_unconsumed = 0         # read() but not yet consumed()
+        self._ooo = Reassembler(config.max_ooo_ranges)
+        self._ooo_fin = None            # sequence number of an out-of-order FIN
+        self._fin_received = False
+        self._peer_fin_reported = False
+        self._rcv_unacked = 0           # bytes received since the last ACK we sent
+        self._rcv_mss_est = min(self.our_mss, DEFAULT_MSS)
+        self._ack_now = False
+        self._delack_at = None
+
+        # Send sequence space.
+        self.iss = iss
+        self.snd_una = iss
+        self.snd_nxt = iss
+        self.snd_max = iss
+        self.snd_wnd = syn.window       # RFC 7323 2.2: the window of a SYN is never scaled
+        self.max_snd_wnd = syn.window
+        self.snd_wl1 = syn.seq
+        self.snd_wl2 = iss
+        self._tx = SendBuffer(config.sndbuf)
+        self._tx_seq = seq_add(iss, 1)  # sequence number of the first byte in _tx
+        self._fin_queued = False
+        self._scoreboard = SackScoreboard()
+
+        self._rtt = RttEstimator(config.initial_rto_ms, config.min_rto_ms, config.max_rto_ms)
+        self._cc = NewReno(self._smss(), max_window=max(4 * config.sndbuf, 1 << 16))
+        self._rtt_seq = None            # Karn: the segment being timed (no timestamps)
+        self._rtt_time = 0
+        self._dup_acks = 0
+        self._in_recovery = False
+        self._recover = iss
+        self._partial_acks = 0
+        self._rtx_pending = False       # fast retransmission of the segment at SND.UNA owed
+        self._retries = 0
+        self._synack_due = False
+        self._synack_sends = 0
+        self._last_send = now
+        self._last_ack_rx = now
+
+        # Timers (absolute ms or None).
+        self._rtx_at = None
+        self._persist_at = None
+        self._persist_backoff = 0
+        self._probes_unanswered = 0
+        self._probe_due = False
+        self._force_send = False
+        self._keepalive_at = None
+        self._ka_probes = 0
+        self._tw_at = None
+
+        self._ctl = []                  # control segments queued for the next take_segments()
+        self._events = []
+        self._challenge_limiter = _RateLimiter(max(1, config.challenge_ack_limit))
+        self._oow_limiter = _RateLimiter(max(1, config.challenge_ack_limit))
+        log.debug("%s: SYN received (mss %d, ws %s, sack %s, ts %s)", self.name, self.peer_mss,
+                  syn.wscale, self.sack_ok, self.ts_ok)
+
+    # ================================================================ basics
+
+    @property
+    def state(self):
+        return self._state
+
+    def _set_state(self, new):
+        """The one place the state changes."""
+        if new is not self._state:
+            log.debug("%s: %s => %s", self.name, self._state, new)
+            self._state = new
+
+    def _event(self, name):
+        if name in ("readable", "writable") and name in self._events:
+            return
+        self._events.append(name)
+
+    def take_events(self):
+        events = self._events
+        self._events = []
+        return events
+
+    def _drop(self, reason, seg=None):
+        n = self.counters.get(reason, 0) + 1
+        self.counters[reason] = n
+        if n & (n - 1) == 0:        # 1, 2, 4, 8, ...: rate-limited logging without a clock
+            log.debug("%s: dropped segment (%s, #%d): %s", self.name, reason, n, seg)
+
+    def _clock(self, now):
+        """The time to use: ``now`` if given, else the last one seen (and remember that)."""
+        if now is None:
+            self._stale = True
+            return self._now
+        if now > self._now:
+            self._now = now
+        if self._stale:
+            self._stale = False
+            # Deadlines armed with a remembered clock may be early: re-arm them from the real one.
+            for name in self._stale_timers:
+                if name == "rtx" and self._rtx_at is not None:
+                    self._rtx_at = max(self._rtx_at, now + self._rtt.rto)
+                elif name == "persist" and self._persist_at is not None:
+                    self._persist_at = max(self._persist_at, now + self._persist_interval())
+            self._stale_timers.clear()
+        return now
+
+    def _arm_rtx(self, now):
+        self._rtx_at = now + self._rtt.rto
+        if self._stale:
+            self._stale_timers.add("rtx")
+
+    def _smss(self):
+        """Sender MSS without the variable SACK option (for congestion control)."""
+        return max(1, self.send_mss - (TS_OPTION_LEN if self.ts_ok else 0))
+
+    def _sack_count(self):
+        if not (self.sack_ok and self._ooo):
+            return 0
+        return min(len(self._ooo.ranges()), max_sack_blocks(self.ts_ok))
+
+    def _eff_mss(self):
+        """Payload per segment: the MSS minus the options every segment carries now (RFC 9293 3.7.1)."""
+        return max(1, self._smss() - sack_option_len(self._sack_count()))
+
+    def _ts_val(self, now):
+        return (now + self._ts_offset) & 0xFFFFFFFF
+
+    def _fin_seq(self):
+        return seq_add(self._tx_seq, len(self._tx))
+
+    def _fin_sent(self):
+        return self._fin_queued and seq_lt(self._fin_seq(), self.snd_max)
+
+    @property
+    def send_space(self):
+        if self._state not in _QUEUE_STATES or self._fin_queued:
+            return 0
+        return self._tx.free
+
+    @property
+    def rto(self):
+        return self._rtt.rto
+
+    @property
+    def srtt(self):
+        return self._rtt.srtt
+
+    @property
+    def cwnd(self):
+        return self._cc.window()
+
+    @property
+    def ssthresh(self):
+        return self._cc.ssthresh
+
+    @property
+    def in_recovery(self):
+        return self._in_recovery
+
+    @property
+    def rcv_wnd(self):
+        """The window currently advertised (bytes from RCV.NXT to the right edge)."""
+        return max(0, seq_sub(self.rcv_adv, self.rcv_nxt))
+
+    @property
+    def unsent(self):
+        return max(0, seq_sub(self._fin_seq(), self.snd_nxt))
+
+    # ========================================================= service side
+
+    def accept(self, now):
+        """The service socket connected: answer the SYN (RFC 9293 3.10.7.2)."""
+        now = self._clock(now)
+        if self._state is not TcpState.SYN_RECEIVED or self.accepted:
+            return
+        self.accepted = True
+        self._synack_due = True
+
+    def refuse(self, now):
+        """The service is unreachable: RST|ACK for the SYN, CLOSED."""
+        now = self._clock(now)
+        if self._state is TcpState.CLOSED:
+            return
+        if self.accepted:
+            self.abort(now)
+            return
+        self._ctl.append(rst_for(self._syn))
+        self._close("refused")
+
+    def send(self, data, now=None):
+        """Queue service bytes; returns how many fit in the send buffer."""
+        if self._state not in _QUEUE_STATES or self._fin_queued or not data:
+            return 0
+        n = self._tx.append(data)
+        if n and now is not None:
+            self.last_activity = self._clock(now)
+        return n
+
+    def shutdown(self, now):
+        """Service EOF: our FIN goes out after every queued byte (RFC 9293 3.10.4 CLOSE)."""
+        now = self._clock(now)
+        state = self._state
+        if self._fin_queued or state not in _QUEUE_STATES:
+            return
+        if state is TcpState.SYN_RECEIVED and not self.accepted:
+            self.refuse(now)
+            return
+        self._fin_queued = True
+        if state is TcpState.ESTABLISHED:
+            self._set_state(TcpState.FIN_WAIT_1)
+        elif state is TcpState.CLOSE_WAIT:
+            self._set_state(TcpState.LAST_ACK)
+        # SYN_RECEIVED: FIN_WAIT_1 once the handshake completes.
+
+    def abort(self, now):
+        """Reset the connection (RFC 9293 3.10.5 ABORT): <SEQ=SND.NXT><CTL=RST>."""
+        now = self._clock(now)
+        state = self._state
+        if state is TcpState.CLOSED:
+            return
+        if state is TcpState.SYN_RECEIVED and not self.accepted:
+            self._ctl.append(rst_for(self._syn))
+        elif state is not TcpState.TIME_WAIT:
+            self._ctl.append(self._make(self.snd_max, RST | ACK, now=now, options=False))
+        self._close("aborted")
+
+    def read(self):
+        """In-order bytes for the service (they still count against the window until consumed())."""
+        if not self._rx:
+            return b""
+        data = bytes(self._rx)
+        self._rx = bytearray()
+        self._rx_unconsumed += len(data)
+        self._maybe_peer_fin()
+        return data
+
+    def consumed(self, nbytes, now):
+        """The service socket took ``nbytes``: reopen the window (RFC 9293 3.8.6.2.2)."""
+        now = self._clock(now)
+        n = max(0, min(nbytes, self._rx_unconsumed))
+        self._rx_unconsumed -= n
+        if self._state not in _RECV_STATES and self._state is not TcpState.SYN_RECEIVED:
+            return
+        cur = self.rcv_wnd
+        new = self._window_candidate()
+        threshold = min(2 * self.our_mss, max(1, self.config.rcvbuf // 2))
+        if new > cur and (cur == 0 or new - cur >= threshold):
+            self._ack_now = True
+            self.window_updates += 1
+
+    # ====================================================== receive window
+
+    def _rcv_space(self):
+        return max(0, self.config.rcvbuf - len(self._rx) - self._rx_unconsumed)
+
+    def _window_candidate(self):
+        """The window (bytes) we would advertise now, before scaling.
+
+        RFC 1122 4.2.3.3 (receiver SWS avoidance): the right edge moves only when it can move by at
+        least min(RCV.BUFF / 2, MSS); RFC 9293 3.8.6.2.2: it never moves left.
+        """
+        cur = self.rcv_wnd
+        space = self._rcv_space()
+        if space > cur and space - cur >= min(self.config.rcvbuf // 2, self.our_mss):
+            return space
+        return cur
+
+    def _select_window(self):
+        """The 16-bit window field for an outgoing segment; records the advertised right edge."""
+        cur = self.rcv_wnd
+        new = self._window_candidate()
+        ws = self.rcv_wscale
+        field = min(new >> ws, MAX_WINDOW_FIELD)
+        if (field << ws) < cur:
+            # Scaling rounds down; round up instead of retracting the edge (RFC 7323 2.4).
+            field = min((cur + (1 << ws) - 1) >> ws, MAX_WINDOW_FIELD)
+        edge = seq_add(self.rcv_nxt, field << ws)
+        if seq_gt(edge, self.rcv_adv):
+            self.rcv_adv = edge
+        return field
+
+    # ============================================================== output
+
+    def _make(self, seq, flags, payload=b"", now=None, options=True):
+        """Build an outgoing segment carrying the current ACK, window, timestamps and SACK blocks."""
+        if now is None:
+            now = self._now
+        window = 0
+        if not flags & RST:
+            window = self._select_window()
+        ts = None
+        blocks = ()
+        if options and not flags & RST:
+            if self.ts_ok:
+                ts = (self._ts_val(now), self.ts_recent)
+            count = self._sack_count()
+            if count:
+                base = self.rcv_nxt
+                blocks = tuple((seq_add(base, s), seq_add(base, e))
+                               for s, e in self._ooo.ranges_by_recency()[:count])
+        ack = self.rcv_nxt if flags & ACK else 0
+        if flags & ACK and not flags & RST:
+            self.last_ack_sent = self.rcv_nxt
+            self._ack_now = False
+            self._delack_at = None
+            self._rcv_unacked = 0
+        self.segs_out += 1
+        return TcpRepr(self.local_port, self.remote_port, seq & 0xFFFFFFFF, ack, flags, window,
+                       sack_blocks=blocks, timestamp=ts, payload=payload)
+
+    def _make_synack(self, now):
+        space = self._rcv_space()
+        window = min(space, MAX_WINDOW_FIELD)      # RFC 7323 2.2: not scaled in a SYN
+        self.rcv_adv = seq_add(self.rcv_nxt, window)
+        ts = (self._ts_val(now), self.ts_recent) if self.ts_ok else None
+        self.last_ack_sent = self.rcv_nxt
+        self._ack_now = False
+        self._delack_at = None
+        self.segs_out += 1
+        if self._synack_sends:
+            self.retransmits += 1
+            self._rtt_seq = None                   # Karn
+        elif not self._stale:
+            self._rtt_seq = self.iss
+            self._rtt_time = now
+        self._synack_sends += 1
+        self.snd_nxt = self.snd_max = seq_add(self.iss, 1)
+        if self._rtx_at is None:
+            self._arm_rtx(now)
+        self._synack_due = False
+        return TcpRepr(self.local_port, self.remote_port, self.iss, self.rcv_nxt, SYN | ACK, window,
+                       mss=self.our_mss, wscale=self.rcv_wscale if self.ws_ok else None,
+                       sack_permitted=self.sack_ok, timestamp=ts)
+
+    def _pending_send(self):
+        """Unsent data or an unsent FIN beyond SND.NXT."""
+        if seq_lt(self.snd_nxt, self._fin_seq()):
+            return True
+        return self._fin_queued and self.snd_nxt == self._fin_seq()
+
+    def _plan(self):
+        """The next data/FIN segment from SND.NXT as (seq, length, fin), or None if nothing may go.
+
+        RFC 5681: at most min(cwnd, rwnd) in flight (plus limited transmit, RFC 3042).
+        RFC 1122 4.2.3.4: sender SWS avoidance; RFC 896: Nagle.
+        """
+        if self._state not in _SEND_STATES:
+            return None
+        una = self.snd_una
+        nxt = self.snd_nxt
+        in_rtx = seq_lt(nxt, self.snd_max)
+        if in_rtx and self._scoreboard:
+            off = self._scoreboard.skip(seq_sub(nxt, una))
+            skipped = seq_add(una, off)
+            if seq_gt(skipped, nxt):
+                # Go-back-N jumps over what the client SACKed (RFC 2018).
+                nxt = self.snd_nxt = skipped if seq_le(skipped, self.snd_max) else self.snd_max
+                in_rtx = seq_lt(nxt, self.snd_max)
+        fin_seq = self._fin_seq()
+        avail = max(0, seq_sub(fin_seq, nxt))
+        fin_pending = self._fin_queued and seq_le(nxt, fin_seq)
+        if avail == 0 and not fin_pending:
+            return None
+        flight = seq_sub(nxt, una)
+        cwnd = self._cc.window()
+        if not self._in_recovery and 0 < self._dup_acks < 3:
+            cwnd += self._dup_acks * self._smss()
+        room_w = seq_sub(seq_add(una, self.snd_wnd), nxt)
+        room = min(room_w, cwnd - flight)
+        mss = self._eff_mss()
+        n = min(avail, mss)
+        if in_rtx:
+            n = min(n, seq_sub(self.snd_max, nxt))
+            nxt_sacked = self._scoreboard.next_start(seq_sub(nxt, una)) if self._scoreboard else None
+            if nxt_sacked is not None:
+                n = min(n, nxt_sacked - seq_sub(nxt, una))
+        n = max(0, min(n, room))
+        fin = fin_pending and n == avail and room_w > n
+        if n == 0 and not fin:
+            return None
+        if in_rtx:
+            return nxt, n, fin
+        if n < mss and not fin:
+            if n < avail:
+                # Window- or cwnd-limited: send a partial segment only if it is at least half the
+                # largest window the client offered, or when the override timer fired.
+                if not (n >= self.max_snd_wnd // 2 or self._force_send):
+                    return None
+            elif self.config.nagle and flight > 0 and not self._force_send:
+                # Nagle: a small final segment waits while data is unacknowledged.
+                return None
+        return nxt, n, fin
+
+    def _emit_data(self, seq, n, fin, now):
+        off = seq_sub(seq, self._tx_seq)
+        payload = self._tx.peek(off, n) if n else b""
+        end = seq_add(seq, n)
+        flags = ACK
+        if n and end == self._fin_seq():
+            flags |= PSH                            # the last segment of what is queued
+        if fin:
+            flags |= FIN
+        new_end = seq_add(end, 1) if fin else end
+        if seq_lt(seq, self.snd_max):
+            self.retransmits += 1
+            self.bytes_retransmitted += n
+            self._rtt_seq = None                    # Karn: never time a retransmitted segment
+        else:
+            self.bytes_out += n
+            if self._rtt_seq is None and not self.ts_ok and not self._stale:
+                self._rtt_seq = seq
+                self._rtt_time = now
+            self.last_activity = now
+        if seq_gt(new_end, self.snd_nxt):
+            self.snd_nxt = new_end
+        if seq_gt(new_end, self.snd_max):
+            self.snd_max = new_end
+        if self._rtx_at is None:
+            self._arm_rtx(now)                      # RFC 6298 5.1
+        self._force_send = False
+        self._last_send = now
+        return self._make(seq, flags, payload, now)
+
+    def _head_retransmission(self):
+        """(seq, n, fin) for a fast/partial-ACK retransmission of the segment at SND.UNA."""
+        una = self.snd_una
+        outstanding = seq_sub(self.snd_max, una)
+        if outstanding <= 0:
+            return None
+        n = min(self._eff_mss(), outstanding, max(0, seq_sub(self._fin_seq(), una)))
+        nxt_sacked = self._scoreboard.next_start(0) if self._scoreboard else None
+        if nxt_sacked is not None:
+            n = min(n, nxt_sacked)
+        fin = self._fin_sent() and seq_add(una, n) == self._fin_seq()
+        if n == 0 and not fin:
+            return None
+        return una, n, fin
+
+    def take_segments(self, budget=-1, now=None):
+        """Segments to send now, in order (see the contract)."""
+        now = self._clock(now)
+        out = self._ctl
+        self._ctl = []
+        state = self._state
+        if state is TcpState.CLOSED or (state is TcpState.SYN_RECEIVED and not self.accepted):
+            return out
+        if self._synack_due:
+            out.append(self._make_synack(now))
+        used = 0
+        if state in _SEND_STATES:
+            if seq_sub(self.snd_nxt, self.snd_una) == 0 and now - self._last_send > self._rtt.rto:
+                self._cc.on_idle(now)               # RFC 5681 4.1: restart window after idle
+            blocked = False
+            if self._rtx_pending:
+                plan = self._head_retransmission()
+                if plan is None:
+                    self._rtx_pending = False
+                elif budget >= 0 and used + plan[1] > budget:
+                    blocked = True
+                else:
+                    self._rtx_pending = False
+                    out.append(self._emit_data(plan[0], plan[1], plan[2], now))
+                    used += plan[1]
+            while not blocked:
+                plan = self._plan()
+                if plan is None:
+                    break
+                seq, n, fin = plan
+                if budget >= 0 and used + n > budget:
+                    break
+                out.append(self._emit_data(seq, n, fin, now))
+                used += n
+            if self._probe_due:
+                # Zero-window probe / keepalive: an old sequence number forces an ACK
+                # (RFC 9293 3.8.6.1, RFC 1122 4.2.3.6).
+                self._probe_due = False
+                out.append(self._make(seq_add(self.snd_una, -1), ACK, now=now))
+        elif self._probe_due:
+            self._probe_due = False
+            out.append(self._make(seq_add(self.snd_una, -1), ACK, now=now))
+        if self._ack_now:
+            out.append(self._make(self.snd_max, ACK, now=now))
+        self._update_timers(now)
+        return out
+
+    @property
+    def pending_output(self):
+        if self._ctl:
+            return True
+        state = self._state
+        if state is TcpState.CLOSED or (state is TcpState.SYN_RECEIVED and not self.accepted):
+            return False
+        if self._synack_due or self._ack_now or self._probe_due or self._rtx_pending:
+            return True
+        return self._plan() is not None
+
+    # ============================================================== timers
+
+    def _persist_interval(self):
+        return min(self.config.max_rto_ms, self._rtt.rto << min(self._persist_backoff, 16))
+
+    def _update_timers(self, now):
+        state = self._state
+        if state is TcpState.CLOSED or state is TcpState.TIME_WAIT:
+            return
+        outstanding = seq_sub(self.snd_max, self.snd_una)
+        if outstanding == 0:
+            self._rtx_at = None                     # RFC 6298 5.2
+        elif self._rtx_at is None and (state in _SEND_STATES or state is TcpState.SYN_RECEIVED):
+            self._arm_rtx(now)
+        if state in _SEND_STATES and outstanding == 0 and self._pending_send() and self._plan() is None:
+            if self._persist_at is None:
+                self._persist_at = now + self._persist_interval()
+                if self._stale:
+                    self._stale_timers.add("persist")
+        else:
+            self._persist_at = None
+        if self.config.keepalive_ms > 0 and state in _KEEPALIVE_STATES:
+            if self._keepalive_at is None:
+                self._keepalive_at = now + self.config.keepalive_ms
+        else:
+            self._keepalive_at = None
+
+    def get_timer(self):
+        best = None
+        for t in (self._tw_at, self._rtx_at, self._persist_at, self._delack_at, self._keepalive_at):
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
+
+    def handle_timer(self, now):
+        now = self._clock(now)
+        if self._state is TcpState.CLOSED:
+            return
+        if self._tw_at is not None and now >= self._tw_at:
+            self._tw_at = None
+            self._close("time_wait")
+            return
+        if self._rtx_at is not None and now >= self._rtx_at:
+            self._rtx_at = None
+            self._on_rto(now)
+            if self._state is TcpState.CLOSED:
+                return
+        if self._persist_at is not None and now >= self._persist_at:
+            self._persist_at = None
+            self._on_persist(now)
+            if self._state is TcpState.CLOSED:
+                return
+        if self._delack_at is not None and now >= self._delack_at:
+            self._delack_at = None
+            self._ack_now = True
+        if self._keepalive_at is not None and now >= self._keepalive_at:
+            self._keepalive_at = None
+            self._on_keepalive(now)
+            if self._state is TcpState.CLOSED:
+                return
+        self._update_timers(now)
+
+    def _on_rto(self, now):
+        """RFC 6298 section 5: the retransmission timer expired."""
+        if self._state is TcpState.SYN_RECEIVED:
+            if self._synack_sends > self.config.syn_retries:
+                self._give_up(now)
+                return
+            self.rto_count += 1
+            self._rtt.on_timeout()
+            self._rtt_seq = None
+            self._synack_due = True
+            self._arm_rtx(now)
+            return
+        outstanding = seq_sub(self.snd_max, self.snd_una)
+        if outstanding <= 0 or self._state not in _SEND_STATES:
+            return
+        self.rto_count += 1
+        zero_window = self.snd_wnd == 0
+        if zero_window and now - self._last_ack_rx <= self.config.max_rto_ms:
+            # The client closed its window while data was in flight and is still answering: keep
+            # probing instead of counting towards the give-up (RFC 1122 4.2.2.17).
+            pass
+        else:
+            self._retries += 1
+            if self._retries > self.config.max_retries:
+                self._give_up(now)
+                return
+        if zero_window:
+            self.window_probes += 1
+            self._probe_due = True
+        self._cc.on_rto(outstanding)
+        self._in_recovery = False
+        self._dup_acks = 0
+        self._partial_acks = 0
+        self._recover = self.snd_max        # RFC 6582 section 4: no fast retransmit for go-back dupacks
+        self._rtx_pending = False
+        self._rtt.on_timeout()              # RFC 6298 5.5
+        self._rtt_seq = None
+        self.snd_nxt = self.snd_una         # 5.4: retransmit from the earliest unacknowledged byte
+        self._arm_rtx(now)                  # 5.6
+        log.debug("%s: RTO #%d, rto now %d ms", self.name, self._retries, self._rtt.rto)
+
+    def _on_persist(self, now):
+        if seq_sub(self.snd_max, self.snd_una) != 0 or not self._pending_send():
+            return
+        self._persist_backoff += 1
+        room = seq_sub(seq_add(self.snd_una, self.snd_wnd), self.snd_nxt)
+        if room > 0:
+            # RFC 1122 4.2.3.4 (4): the override timeout: send what fits.
+            self._force_send = True
+            return
+        self._probes_unanswered += 1
+        if self._probes_unanswered > self.config.max_retries:
+            self._give_up(now)
+            return
+        self.window_probes += 1
+        self._probe_due = True
+
+    def _on_keepalive(self, now):
+        if self._state not in _KEEPALIVE_STATES:
+            return
+        if seq_sub(self.snd_max, self.snd_una) > 0 or self._pending_send():
+            return                              # data in flight: the RTO watches the peer
+        if self._ka_probes >= self.config.keepalive_probes:
+            self._give_up(now)
+            return
+        self._ka_probes += 1
+        self.keepalives_sent += 1
+        self._probe_due = True
+        self._keepalive_at = now + self.config.keepalive_ms
+
+    def _give_up(self, now):
+        log.info("%s: giving up after %d retransmissions", self.name, self.rto_count)
+        self._ctl.append(self._make(self.snd_max, RST | ACK, now=now, options=False))
+        self._event("timeout")
+        self._close("timeout")
+
+    def _close(self, reason):
+        self._set_state(TcpState.CLOSED)
+        self._rtx_at = self._persist_at = self._delack_at = self._keepalive_at = self._tw_at = None
+        self._ack_now = self._probe_due = self._synack_due = self._rtx_pending = False
+        self._ooo.clear()
+        self.close_reason = reason
+        self._event("closed")
+
+    def _enter_time_wait(self, now):
+        self._set_state(TcpState.TIME_WAIT)
+        self._rtx_at = self._persist_at = self._keepalive_at = None
+        self._rtx_pending = self._probe_due = False
+        self._tw_at = now + 2 * self.config.msl_ms
+
+    def syn_may_reuse(self, syn):
+        """RFC 9293 3.10.7.4 / RFC 6191: may a new SYN replace this TIME_WAIT connection?"""
+        if self._state is not TcpState.TIME_WAIT or not syn.flags & SYN or syn.flags & ACK:
+            return False
+        if self.ts_ok and syn.timestamp is not None:
+            return seq_gt(syn.timestamp[0], self.ts_recent)
+        return seq_gt(syn.seq, self.rcv_nxt)
+
+    # =============================================================== input
+
+    def _acceptable(self, seq, seg_len):
+        """RFC 9293 3.10.7.4, the four cases of the acceptability test."""
+        nxt = self.rcv_nxt
+        wnd = self.rcv_wnd
+        if wnd == 0:
+            # Zero window: only SEG.SEQ = RCV.NXT, and then only for its ACK/RST ("special
+            # allowance should be made to accept valid ACKs, URGs, and RSTs"): text is trimmed.
+            return seq == nxt
+        edge = self.rcv_adv
+        if seg_len == 0:
+            return seq_in(seq, nxt, edge)
+        return seq_in(seq, nxt, edge) or seq_in(seq_add(seq, seg_len - 1), nxt, edge)
+
+    def _dup_ack_for_unacceptable(self, seg, now):
+        # RFC 9293 3.10.7.4: "an acknowledgment should be sent in reply (unless the RST bit is set)";
+        # pure ACKs are answered at a limited rate so that two confused stacks cannot ACK-storm.
+        if seg.payload or seg.flags & (SYN | FIN) or self._oow_limiter.allow(now):
+            self._ack_now = True
+
+    def _challenge_ack(self, now):
+        """RFC 5961 section 7: rate-limited <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>."""
+        if self._challenge_limiter.allow(now):
+            self.challenge_acks += 1
+            self._ack_now = True
+        else:
+            self._drop("challenge_ack_limited")
+
+    def receive(self, seg, now):
+        """Process one segment of this connection (RFC 9293 3.10.7.4)."""
+        now = self._clock(now)
+        self.segs_in += 1
+        state = self._state
+        if state is TcpState.CLOSED:
+            self._drop("closed", seg)
+            return
+        flags = seg.flags
+        if state is TcpState.SYN_RECEIVED and not self.accepted:
+            self._receive_pending(seg)
+            return
+        self.last_activity = now
+        self._ka_probes = 0
+        if self._keepalive_at is not None:
+            self._keepalive_at = now + self.config.keepalive_ms
+        seq = seg.seq
+
+        # Second (RFC 5961 3.2): RST.
+        if flags & RST:
+            if seq == self.rcv_nxt:
+                self._reset(state)
+            elif self.rcv_wnd > 0 and seq_in(seq, self.rcv_nxt, self.rcv_adv):
+                self._challenge_ack(now)
+                self._drop("rst_in_window", seg)
+            else:
+                self._drop("rst_out_of_window", seg)
+            self._update_timers(now)
+            return
+
+        # Fourth (RFC 5961 4.2): SYN in a synchronized state.
+        if flags & SYN:
+            if state is TcpState.SYN_RECEIVED and seq == self.irs and not flags & ACK:
+                # The client did not get our SYN-ACK: send it again.
+                if self._challenge_limiter.allow(now):
+                    self._synack_due = True
+                self._drop("syn_retransmit", seg)
+            else:
+                self._challenge_ack(now)
+                self._drop("syn_synchronized", seg)
+            return
+
+        # RFC 7323 5.3: PAWS.
+        if self.ts_ok and seg.timestamp is not None and seq_lt(seg.timestamp[0], self.ts_recent):
+            self._dup_ack_for_unacceptable(seg, now)
+            self._drop("paws", seg)
+            return
+
+        # First: the acceptability test.
+        seg_len = seg.seg_len
+        if not self._acceptable(seq, seg_len):
+            if state is TcpState.TIME_WAIT and flags & FIN:
+                # A retransmitted FIN: acknowledge it and restart the 2 MSL timeout.
+                self._tw_at = now + 2 * self.config.msl_ms
+            self._dup_ack_for_unacceptable(seg, now)
+            self._drop("unacceptable", seg)
+            return
+
+        # RFC 7323 4.3: TS.Recent.
+        if self.ts_ok and seg.timestamp is not None and seq_le(seq, self.last_ack_sent) \
+                and seq_ge(seg.timestamp[0], self.ts_recent):
+            self.ts_recent = seg.timestamp[0]
+
+        # Fifth: the ACK field.
+        if not flags & ACK:
+            self._drop("no_ack", seg)
+            return
+        if state is TcpState.SYN_RECEIVED:
+            if not (seq_lt(self.snd_una, seg.ack) and seq_le(seg.ack, self.snd_max)):
+                # "If the segment acknowledgment is not acceptable, form a reset segment
+                # <SEQ=SEG.ACK><CTL=RST>".
+                self._ctl.append(TcpRepr(self.local_port, self.remote_port, seg.ack, 0, RST, 0))
+                self._drop("bad_ack_syn_received", seg)
+                return
+        if not self._process_ack(seg, now):
+            self._update_timers(now)
+            return
+        state = self._state
+        if state is TcpState.CLOSED or state is TcpState.TIME_WAIT:
+            self._update_timers(now)
+            return
+
+        # Seventh and eighth: segment text and FIN.
+        if state in _RECV_STATES:
+            self._process_text(seg, now)
+        elif seg.payload:
+            self._drop("data_after_fin", seg)
+        self._update_timers(now)
+
+    def _receive_pending(self, seg):
+        """Input while the service socket is still connecting: we have sent nothing yet."""
+        if seg.flags & RST:
+            if seg.seq == self.rcv_nxt:
+                self._reset(self._state)
+            else:
+                self._drop("rst_out_of_window", seg)
+        elif seg.flags & SYN and seg.seq == self.irs:
+            self._drop("syn_retransmit_pending", seg)
+        else:
+            self._drop("pending", seg)
+
+    def _reset(self, state):
+        log.debug("%s: reset by the client in %s", self.name, state)
+        self._ctl = []
+        if state is not TcpState.TIME_WAIT:
+            self._event("reset")
+        self._close("reset")
+
+    def _process_ack(self, seg, now):
+        """RFC 9293 3.10.7.4 fifth step; returns False when the segment must be dropped."""
+        ack = seg.ack
+        una = self.snd_una
+        if seq_gt(ack, self.snd_max):
+            # "If the ACK acks something not yet sent (SEG.ACK > SND.NXT), then send an ACK,
+            # drop the segment, and return."
+            self._dup_ack_for_unacceptable(seg, now)
+            self._drop("ack_unsent", seg)
+            return False
+        if seq_sub(una, ack) > self.max_snd_wnd:
+            # RFC 5961 5.2: acceptable only if SND.UNA - MAX.SND.WND <= SEG.ACK.
+            self._challenge_ack(now)
+            self._drop("ack_too_old", seg)
+            return False
+        self._probes_unanswered = 0
+        self._last_ack_rx = now
+        acked = seq_sub(ack, una)
+        seq = seg.seq
+        window_changed = False
+        if acked >= 0 and (seq_lt(self.snd_wl1, seq) or (self.snd_wl1 == seq and seq_le(self.snd_wl2, ack))):
+            # Window update (SND.WL1/SND.WL2 guard against old segments).
+            wnd = seg.window << self.snd_wscale
+            window_changed = wnd != self.snd_wnd
+            if wnd > self.snd_wnd:
+                self._persist_backoff = 0
+            self.snd_wnd = wnd
+            self.snd_wl1 = seq
+            self.snd_wl2 = ack
+            if wnd > self.max_snd_wnd:
+                self.max_snd_wnd = wnd
+        if acked > 0:
+            self._on_new_ack(seg, ack, acked, now)
+        elif acked == 0:
+            self._add_sack(seg)
+            # RFC 5681 section 2, DUPLICATE ACKNOWLEDGMENT: outstanding data, no data, no SYN/FIN,
+            # SEG.ACK = SND.UNA, and the advertised window unchanged.
+            if (seq_gt(self.snd_max, una) and not seg.payload and not seg.flags & (SYN | FIN)
+                    and not window_changed):
+                self._on_dup_ack(ack, now)
+        return True
+
+    def _add_sack(self, seg):
+        if not (self.sack_ok and seg.sack_blocks):
+            return
+        una = self.snd_una
+        limit = seq_sub(self.snd_max, una)
+        for left, right in seg.sack_blocks:
+            lo = seq_sub(left, una)
+            hi = seq_sub(right, una)
+            if 0 < lo < hi <= limit:
+                self._scoreboard.add(lo, hi)
+
+    def _on_new_ack(self, seg, ack, acked, now):
+        una = self.snd_una
+        fin_seq = self._fin_seq()
+        syn_acked = seq_le(una, self.iss) and seq_gt(ack, self.iss)
+        fin_acked = self._fin_sent() and seq_gt(ack, fin_seq)
+        flight_before = seq_sub(self.snd_max, una)
+        data_acked = acked - (1 if syn_acked else 0) - (1 if fin_acked else 0)
+        if data_acked > 0:
+            self._tx.drop(data_acked)
+            self._tx_seq = seq_add(self._tx_seq, data_acked)
+        self.snd_una = ack
+        if seq_lt(self.snd_nxt, ack):
+            self.snd_nxt = ack
+        if self._scoreboard and self._scoreboard.advance(acked):
+            log.debug("%s: client reneged on SACKed data", self.name)
+            self.counters["sack_reneged"] = self.counters.get("sack_reneged", 0) + 1
+        self._add_sack(seg)
+        self._retries = 0
+
+        # RTT (RFC 6298 section 3 with Karn; RFC 7323 4.1 with timestamps).
+        if self.ts_ok and seg.timestamp is not None and seg.timestamp[1]:
+            rtt = seq_sub(self._ts_val(now), seg.timestamp[1])
+            if 0 <= rtt <= self.config.max_rto_ms:
+                expected = max(1, flight_before // (2 * self._smss()))
+                self._rtt.sample(rtt, expected)
+        elif self._rtt_seq is not None and seq_gt(ack, self._rtt_seq):
+            self._rtt.sample(now - self._rtt_time)
+            self._rtt_seq = None
+
+        # Congestion control and recovery (RFC 5681, RFC 6582).
+        restart_timer = True
+        if self._in_recovery:
+            if seq_ge(ack, self._recover):
+                # Full acknowledgment: leave fast recovery.
+                self._in_recovery = False
+                self._dup_acks = 0
+                self._cc.on_recovery_end(seq_sub(self.snd_max, ack))
+            else:
+                # Partial acknowledgment: retransmit the next hole, deflate.
+                self._partial_acks += 1
+                self._rtx_pending = True
+                self._cc.on_partial_ack(max(0, data_acked))
+                restart_timer = self._partial_acks == 1   # RFC 6582 3.2 step 5 ("Impatient")
+        else:
+            self._dup_acks = 0
+            self._cc.on_ack(max(0, data_acked), flight_before, now)
+
+        if syn_acked:
+            self._establish(now)
+
+        # RFC 6298 5.2 / 5.3.
+        if self.snd_una == self.snd_max:
+            self._rtx_at = None
+        elif restart_timer:
+            self._arm_rtx(now)
+
+        if fin_acked:
+            state = self._state
+            if state is TcpState.FIN_WAIT_1:
+                self._set_state(TcpState.FIN_WAIT_2)
+            elif state is TcpState.CLOSING:
+                self._enter_time_wait(now)
+            elif state is TcpState.LAST_ACK:
+                self._close("closed")
+                return
+        if data_acked > 0 and self._state in _QUEUE_STATES and not self._fin_queued:
+            self._event("writable")
+
+    def _on_dup_ack(self, ack, now):
+        self.dup_acks += 1
+        self._dup_acks += 1
+        if self._in_recovery:
+            self._cc.on_dup_ack(seq_sub(self.snd_max, self.snd_una))
+        elif self._dup_acks == 3 and seq_ge(ack, self._recover):
+            # RFC 6582 3.2 step 2: enter fast recovery and retransmit the first unacknowledged segment.
+            self._in_recovery = True
+            self._recover = self.snd_max
+            self._partial_acks = 0
+            self._cc.on_recovery_start(seq_sub(self.snd_max, self.snd_una))
+            self._rtx_pending = True
+            self.fast_retransmits += 1
+            log.debug("%s: fast retransmit at %d", self.name, self.snd_una)
+
+    def _establish(self, now):
+        if self._synack_sends > 1:
+            self._rtt.reset_after_syn_loss()   # RFC 6298 5.7
+        self._cc.set_mss(self._smss())
+        self._set_state(TcpState.ESTABLISHED)
+        self._event("established")
+        if self._fin_queued:
+            self._set_state(TcpState.FIN_WAIT_1)
+
+    def _process_text(self, seg, now):
+        """RFC 9293 3.10.7.4 seventh (segment text) and eighth (FIN) steps."""
+        payload = seg.payload
+        seq = seg.seq
+        fin = bool(seg.flags & FIN)
+        nxt = self.rcv_nxt
+        head = seq_sub(nxt, seq)
+        if head > 0:
+            # Already received: keep only the new part (and a FIN only if it is new).
+            if fin and seq_lt(seq_add(seq, len(payload)), nxt):
+                fin = False
+            payload = payload[head:]
+            seq = nxt
+            self._ack_now = True
+        room = seq_sub(self.rcv_adv, seq)
+        if len(payload) > room:
+            payload = payload[:max(0, room)]
+            fin = False                             # beyond the window: the client will resend it
+            self._ack_now = True
+            self._drop("beyond_window", seg)
+        if not payload and not fin:
+            return
+        if seq == nxt:
+            if payload:
+                self._deliver(payload)
+            if fin:
+                self._process_fin(now)
+            elif self._ooo_fin is not None and self._ooo_fin == self.rcv_nxt:
+                self._process_fin(now)
+            return
+        # Out of order: hold it, and ACK at once (RFC 5681 4.2: "an immediate ACK SHOULD be
+        # generated when an out-of-order segment arrives"), with SACK blocks.
+        self.ooo_segments += 1
+        if payload and not self._ooo.add(seq_sub(seq, nxt), payload):
+            self._drop("ooo_full", seg)
+        if fin:
+            self._ooo_fin = seq_add(seq, len(payload))
+        self._ack_now = True
+
+    def _deliver(self, payload):
+        """In-order bytes at RCV.NXT, then whatever the reassembly queue now joins."""
+        had_ooo = bool(self._ooo)
+        n = len(payload)
+        self._rx += payload
+        self.rcv_nxt = seq_add(self.rcv_nxt, n)
+        self.bytes_in += n
+        self._ooo.advance(n)
+        while True:
+            more = self._ooo.pop_front()
+            if not more:
+                break
+            self._rx += more
+            self.rcv_nxt = seq_add(self.rcv_nxt, len(more))
+            self.bytes_in += len(more)
+        self._event("readable")
+        if n > self._rcv_mss_est:
+            self._rcv_mss_est = min(n, self.our_mss)
+        self._rcv_unacked += n
+        if had_ooo:
+            # RFC 5681 4.2: ACK at once when a segment fills (part of) a gap.
+            self._ack_now = True
+        elif self._rcv_unacked >= 2 * self._rcv_mss_est:
+            # RFC 1122 4.2.3.2 / RFC 5681 4.2: an ACK for at least every second full-sized segment.
+            self._ack_now = True
+        elif self._delack_at is None:
+            self._delack_at = self._now + self.config.delack_ms
+
+    def _process_fin(self, now):
+        self.rcv_nxt = seq_add(self.rcv_nxt, 1)
+        self._fin_received = True
+        self._ooo.clear()
+        self._ooo_fin = None
+        self._ack_now = True
+        state = self._state
+        if state is TcpState.ESTABLISHED:
+            self._set_state(TcpState.CLOSE_WAIT)
+        elif state is TcpState.FIN_WAIT_1:
+            self._set_state(TcpState.CLOSING)       # our FIN not yet acknowledged: simultaneous close
+        elif state is TcpState.FIN_WAIT_2:
+            self._enter_time_wait(now)
+        self._maybe_peer_fin()
+
+    def _maybe_peer_fin(self):
+        if self._fin_received and not self._peer_fin_reported and not self._rx:
+            self._peer_fin_reported = True
+            self._event("peer_fin")
+
+
+def _ip(addr):
+    if isinstance(addr, (bytes, bytearray)) and len(addr) == 4:
+        return "%d.%d.%d.%d" % tuple(addr)
+    return str(addr)

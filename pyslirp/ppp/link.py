@@ -1,0 +1,494 @@
+"""The PPP link: HDLC framing, the link phases, LCP, authentication and IPCP (sans-IO).
+
+Theory of operation
+-------------------
+:class:`PPPLink` is the server end of one PPP link.  Raw serial bytes go in
+(:meth:`PPPLink.receive_data`), framed bytes come out (:meth:`take_output`,
+as ``(urgent, bytes)`` pairs: LCP, IPCP and authentication frames are urgent
+so that the runtime can put them ahead of queued bulk data), and events
+(:mod:`pyslirp.ppp.events`) tell the owner when IP may flow.  Time is the
+``now`` argument (integer milliseconds); randomness comes from ``rng``.
+
+Phases (RFC 1661 section 3.2)::
+
+    Dead -> Establish -> [Authenticate] -> Network -> Terminate -> Dead
+     ^                                                              |
+     +------------ listening for the next session <----------------+
+
+:meth:`lower_up` gives LCP the Up and Open events: we send Configure-Requests
+(Linux pppd and Windows both expect the server to).  The phase follows LCP:
+This-Layer-Up enters Authenticate (when ``require_auth`` is set) or Network;
+in Network IPCP gets Up and Open, and IPCP reaching Opened is ``LinkUp``.  The
+session ends by the peer's Terminate-Request, by the keepalive (``lcp_echo_*``),
+by failed authentication, or by IPCP giving up; the link then closes LCP and
+opens it again at once, so that LCP sends its Terminate-Request, waits in
+Stopping and settles in Stopped.  Stopped is the passive listening state (RFC
+1661 4.2, footnote p of 4.1): "Upon reception of Configure-Request packets, an
+appropriate response is sent", so a new client can dial in at any later time
+and negotiation starts from scratch.  So does Max-Configure running out before
+anyone answered.  Only :meth:`close` (administrative close) leaves LCP in
+Closed, which refuses new sessions; ``is_dead`` then says it is safe to exit.
+``LinkDown`` is emitted once per LCP session, when IPCP leaves Opened or LCP
+leaves Opened, whichever comes first.
+
+Framing (RFC 1662): the link owns the :class:`~pyslirp.wire.hdlc.Deframer`.
+Until LCP is Opened we send with ACCM 0xFFFFFFFF (every control character
+escaped: Linux ppp_async drops unescaped control characters before LCP is up)
+and no compression; afterwards with the peer's ACCM, and with Address-and-
+Control- and Protocol-Field-Compression for non-LCP frames when the peer asked
+for them (RFC 1661 6.5/6.6: the option says the sender of the request can
+receive compressed fields).  "Afterwards" starts when the peer has sent us a
+frame that only an Opened peer sends (anything but LCP codes 1-7): when our
+Configure-Ack is what opens LCP, the peer's kernel (Linux ppp_async) may
+still be deframing with the default receive ACCM while our first IPCP request
+arrives, and would drop its unescaped control characters; escaping more than
+needed is always safe, so nothing is lost by waiting.  LCP Configure/Terminate/Code-Reject packets
+(codes 1-7) always use the default ACCM (RFC 1662 7.1: "... LCP packets ...
+codes 1 through 7 ... sent with the default ACCM" is how every implementation
+reads it, so that renegotiation cannot deadlock).  Our receive ACCM (the
+Deframer's ``accm``) is 0xFFFFFFFF until LCP is Opened, then the ACCM the peer
+acknowledged (0): from then on the peer escapes nothing, and deleting
+unescaped control characters would delete real data.  Because a whole read may
+hold the frame that opens LCP followed by frames already sent with the new
+ACCM, input is deframed one frame at a time until LCP is Opened.
+
+Demultiplexing received frames (RFC 1661 sections 3.4-3.5, 5.7): LCP always;
+before LCP is Opened anything else is silently discarded; during Authenticate
+only the authentication protocol; in Network IPCP, and IP (``IPReceived``)
+once IPCP is Opened (otherwise counted and dropped).  Any other protocol
+(IPV6CP, CCP, IPv6, ...) gets an LCP Protocol-Reject while LCP is Opened, so
+that the peer stops trying.  A Protocol-Reject *received* for IPCP or IP is
+IPCP's RXJ- event; for PAP/CHAP it fails authentication.
+
+Counters (plain attributes, read by the metrics): ``frames_in``,
+``frames_out``, ``bytes_in``, ``bytes_out`` (unframed PPP frame octets),
+``protocol_rejects_sent``, ``counters`` (drops by reason), ``lcp_counters``
+(echoes sent/missed/replies, automaton drops), ``ipcp_counters``,
+``auth_counters``; the Deframer has its own (``deframer``).
+
+Contract note: beyond docs/ARCHITECTURE.md, :class:`PPPLink` also exposes
+``phase``, ``lcp``, ``ipcp``, ``auth`` and ``deframer`` for tests and metrics.
+"""
+
+import enum
+import logging
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from pyslirp.ppp.auth import ChapServer, PapServer
+from pyslirp.ppp.events import AuthResult, IPReceived, LinkDown, LinkUp
+from pyslirp.ppp.fsm import NEGOTIATING, State
+from pyslirp.ppp.ipcp import Ipcp
+from pyslirp.ppp.lcp import DEFAULT_ACCM, Lcp
+from pyslirp.wire import hdlc
+from pyslirp.wire import ppp as wppp
+from pyslirp.wire.errors import ParseError
+
+log = logging.getLogger("pyslirp.ppp")
+
+# Bound on framed bytes waiting in take_output() (IP frames beyond it are refused).
+MAX_PENDING_OUTPUT = 256 * 1024
+
+_FLAG = b"\x7e"
+_LCP_BASIC_CODES = frozenset(range(1, 8))
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    local_ip: str = "10.0.0.1"
+    remote_ip: str = "10.0.0.2"
+    dns: Tuple[str, ...] = ()
+    mru: int = 1500                     # what we ask for / accept
+    lcp_echo_interval: int = 30         # seconds, 0 disables
+    lcp_echo_failure: int = 4
+    max_configure: int = 10
+    max_terminate: int = 2
+    max_failure: int = 5
+    restart_interval: int = 3           # seconds
+    negotiate_magic: bool = True
+    require_auth: str = "none"          # "none" | "pap" | "chap"
+    secrets: Tuple[Tuple[str, str], ...] = ()   # (user, password)
+
+
+class Phase(enum.Enum):
+    """RFC 1661 section 3.2."""
+    DEAD = "Dead"
+    ESTABLISH = "Establish"
+    AUTHENTICATE = "Authenticate"
+    NETWORK = "Network"
+    TERMINATE = "Terminate"
+
+
+class PPPLink(object):
+    """The server end of one PPP link (see the module docstring)."""
+
+    def __init__(self, config, rng, tap=None):
+        if config.require_auth not in ("none", "pap", "chap"):
+            raise ValueError("require_auth must be none, pap or chap, not %r" % (config.require_auth,))
+        self.config = config
+        self._rng = rng
+        self._tap = tap
+        # RFC 1661 6.1: always able to receive 1500-octet frames, whatever we ask for.
+        self.deframer = hdlc.Deframer(mru=max(config.mru, 1500), accm=DEFAULT_ACCM)
+        self.lcp = Lcp(config, rng, self._lcp_output, self)
+        self.ipcp = Ipcp(config, self._ipcp_output, self)
+        restart_ms = config.restart_interval * 1000
+        if config.require_auth == "pap":
+            self.auth = PapServer(config.secrets, self._auth_output, self._auth_result,
+                                  wait_ms=restart_ms * config.max_configure)
+        elif config.require_auth == "chap":
+            self.auth = ChapServer(config.secrets, self._auth_output, self._auth_result, rng,
+                                   restart_ms=restart_ms, max_challenges=config.max_configure)
+        else:
+            self.auth = None
+        self.phase = Phase.DEAD
+        self.is_up = False
+        self.mtu = 1500
+        self.frames_in = 0
+        self.frames_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.protocol_rejects_sent = 0
+        self.sessions = 0
+        self.counters = {}
+        self.lcp_counters = self.lcp.counters
+        self.ipcp_counters = self.ipcp.counters
+        self.auth_counters = self.auth.counters if self.auth is not None else {}
+        self._closed = False
+        self._lcp_open = False
+        self._peer_open = False       # the peer has shown that its LCP is Opened too
+        self._down_reported = True
+        self._end_reason = None       # why we are ending the session (overrides the automaton's)
+        self._output = []
+        self._pending = 0
+        self._events = []
+        self._todo = []
+        self._now = 0
+        self._log_counts = {}
+
+    # -- the contract --------------------------------------------------------------
+
+    @property
+    def is_dead(self):
+        """Closed administratively and LCP finished: safe to exit."""
+        return self._closed and self.lcp.state in (State.INITIAL, State.CLOSED)
+
+    def lower_up(self, now):
+        """The serial line is ready: LCP Open and Up (we send Configure-Requests)."""
+        self._now = now
+        if self._closed:
+            return
+        self.deframer.reset()
+        self.deframer.accm = DEFAULT_ACCM
+        self.lcp.fsm.open(now)
+        self.lcp.fsm.up(now)
+        self._after(now)
+
+    def lower_down(self, now):
+        """The serial line is gone."""
+        self._now = now
+        self._end_reason = "lower layer down"
+        self.lcp.fsm.down(now, "lower layer down")
+        self._end_reason = None
+        self.deframer.reset()
+        self.deframer.accm = DEFAULT_ACCM
+        self._after(now)
+
+    def receive_data(self, data, now):
+        """Raw serial bytes."""
+        self._now = now
+        feed = self.deframer.feed
+        pos = 0
+        end = len(data)
+        while pos < end:
+            if self._lcp_open:
+                chunk = data[pos:] if pos else data
+                pos = end
+            else:
+                # One frame at a time: the frame that opens LCP changes the receive ACCM
+                # for the frames after it in the same read.
+                flag = data.find(_FLAG, pos)
+                stop = end if flag < 0 else flag + 1
+                chunk = data[pos:stop]
+                pos = stop
+            for frame in feed(chunk):
+                self._receive_frame(frame, now)
+        self._after(now)
+
+    def send_ip(self, packet, now):
+        """Frame one IPv4 datagram; False (counted) unless IPCP is Opened and there is room."""
+        self._now = now
+        if not self.is_up:
+            self._count("ip_send_not_up")
+            return False
+        if self._pending > MAX_PENDING_OUTPUT:
+            self._count("ip_send_output_full")
+            return False
+        self._emit(wppp.PROTO_IP, packet, False)
+        return True
+
+    def close(self, reason, now):
+        """Administrative close: LCP Terminate-Request, then Closed (``is_dead``)."""
+        self._now = now
+        if not self._closed:
+            log.info("closing the link: %s", reason)
+        self._closed = True
+        self._end_reason = reason
+        self.lcp.fsm.close(now, reason)
+        self._end_reason = None
+        if self.auth is not None and self.auth.state != "idle":
+            self.auth.stop()
+        self._after(now)
+
+    def get_timer(self):
+        best = None
+        for t in (self.lcp.get_timer(), self.ipcp.fsm.timer,
+                  self.auth.timer if self.auth is not None else None):
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
+
+    def handle_timer(self, now):
+        self._now = now
+        self.lcp.handle_timer(now)
+        self.ipcp.fsm.handle_timer(now)
+        if self.auth is not None:
+            self.auth.handle_timer(now)
+        self._after(now)
+
+    def take_output(self):
+        out = self._output
+        self._output = []
+        self._pending = 0
+        return out
+
+    def take_events(self):
+        events = self._events
+        self._events = []
+        return events
+
+    # -- input --------------------------------------------------------------------------
+
+    def _receive_frame(self, frame, now):
+        self.frames_in += 1
+        self.bytes_in += len(frame)
+        if self._tap is not None:
+            self._tap("in", frame)
+        try:
+            protocol, info = wppp.parse_frame(frame)
+        except ParseError as exc:
+            self._drop("frame_" + exc.reason, "malformed frame: %s" % exc)
+            return
+        if protocol == wppp.PROTO_LCP:
+            if self._lcp_open and info and info[0] not in _LCP_BASIC_CODES:
+                self._peer_open = True      # Echo, Discard, ...: only sent once Opened
+            self.lcp.fsm.input(info, now)
+            return
+        if not self._lcp_open:
+            # RFC 1661 3.4: "Any non-LCP packets received during this phase MUST be silently discarded."
+            self._drop("before_lcp_open", "%s frame before LCP is open" % wppp.protocol_name(protocol))
+            return
+        self._peer_open = True
+        phase = self.phase
+        if protocol == wppp.PROTO_IP:
+            self.lcp.note_traffic()
+            if self.is_up:
+                self._events.append(IPReceived(info))
+            else:
+                self._drop("ip_not_open", "IP frame while IPCP is not open")
+            return
+        if protocol == wppp.PROTO_IPCP:
+            if phase == Phase.NETWORK:
+                self.ipcp.fsm.input(info, now)
+            else:
+                # RFC 1661 3.5: only LCP and authentication in the Authenticate phase.
+                self._drop("ipcp_before_network", "IPCP frame in phase %s" % phase.value)
+            return
+        if protocol in (wppp.PROTO_PAP, wppp.PROTO_CHAP):
+            if self.auth is not None and self.auth.protocol == protocol:
+                self.auth.input(info, now)
+            else:
+                self._drop("auth_unexpected", "%s frame, not in use" % wppp.protocol_name(protocol))
+            return
+        # RFC 1661 5.7: a protocol we do not speak gets a Protocol-Reject (only while LCP is Opened).
+        if self.lcp.send_protocol_reject(protocol, info):
+            self.protocol_rejects_sent += 1
+            self._note("protocol_reject", "Protocol-Reject sent for %s" % wppp.protocol_name(protocol),
+                       level=logging.INFO)
+
+    # -- output -----------------------------------------------------------------------
+
+    def _lcp_output(self, packet):
+        self._emit(wppp.PROTO_LCP, packet, True)
+
+    def _ipcp_output(self, packet):
+        self._emit(wppp.PROTO_IPCP, packet, True)
+
+    def _auth_output(self, packet):
+        self._emit(self.auth.protocol, packet, True)
+
+    def _emit(self, protocol, info, urgent):
+        if self._peer_open and not (protocol == wppp.PROTO_LCP and info and info[0] in _LCP_BASIC_CODES):
+            his = self.lcp.his
+            accm = self.lcp.send_accm
+            frame = wppp.build_frame(protocol, info, acfc=his.acfc, pfc=his.pfc)
+        else:
+            accm = DEFAULT_ACCM
+            frame = wppp.build_frame(protocol, info)
+        if self._tap is not None:
+            self._tap("out", frame)
+        framed = hdlc.encode_frame(frame, accm)
+        self.frames_out += 1
+        self.bytes_out += len(frame)
+        self._pending += len(framed)
+        self._output.append((urgent, framed))
+
+    # -- LCP owner hooks -------------------------------------------------------------
+
+    def _set_phase(self, phase):
+        if phase != self.phase:
+            log.debug("phase %s => %s", self.phase.value, phase.value)
+            self.phase = phase
+
+    def lcp_state_changed(self, old, new):
+        if new in NEGOTIATING:
+            self._set_phase(Phase.ESTABLISH)
+        elif new in (State.CLOSING, State.STOPPING):
+            self._set_phase(Phase.TERMINATE)
+        elif new != State.OPENED:
+            self._set_phase(Phase.DEAD)
+
+    def lcp_starting(self):
+        pass
+
+    def lcp_up(self):
+        now = self.lcp.fsm.now
+        self._lcp_open = True
+        self._down_reported = False
+        self.sessions += 1
+        self.deframer.accm = self.lcp.recv_accm
+        self.mtu = self.lcp.peer_mru
+        self.ipcp.fsm.mru = self.mtu
+        method = self.config.require_auth
+        if method == "none":
+            self._enter_network(now)
+            return
+        self._set_phase(Phase.AUTHENTICATE)
+        if self.lcp.got.auth != method:
+            log.info("the peer refused to authenticate with %s", method.upper())
+            self._todo.append(lambda now: self._auth_result("", False))
+            return
+        self.auth.start(now)
+
+    def lcp_down(self):
+        now = self.lcp.fsm.now
+        reason = self._end_reason or self.lcp.fsm.reason or "LCP down"
+        self._lcp_open = False
+        self._peer_open = False
+        self.deframer.accm = DEFAULT_ACCM
+        if self.auth is not None:
+            self.auth.stop()
+        self.ipcp.fsm.down(now, reason)
+        self._report_down(reason)
+
+    def lcp_finished(self):
+        self._set_phase(Phase.DEAD)
+        if self._closed:
+            log.info("link terminated")
+        else:
+            log.debug("LCP finished: listening for a new session")
+
+    def lcp_protocol_rejected(self, protocol):
+        now = self.lcp.fsm.now
+        self._note("protocol_rejects_received", "the peer rejects protocol %s" % wppp.protocol_name(protocol),
+                   level=logging.INFO)
+        if protocol in (wppp.PROTO_IPCP, wppp.PROTO_IP):
+            self.ipcp.fsm.protocol_rejected(now)
+        elif self.auth is not None and protocol == self.auth.protocol and self.auth.state == "waiting":
+            self.auth.stop()
+            self._todo.append(lambda now: self._auth_result("", False))
+
+    def lcp_looped_back(self):
+        log.warning("the serial line is looped back: LCP stops negotiating and listens")
+        self._todo.append(lambda now: self._end_session("looped back", now, force=True))
+
+    def lcp_echo_failed(self):
+        self._todo.append(lambda now: self._end_session("echo timeout", now))
+
+    # -- IPCP owner hooks -------------------------------------------------------------
+
+    def ipcp_up(self):
+        self.is_up = True
+        self._down_reported = False
+        cfg = self.config
+        log.info("link up: %s <-> %s, peer MRU %d", cfg.local_ip, cfg.remote_ip, self.mtu)
+        self._events.append(LinkUp(cfg.local_ip, cfg.remote_ip, self.mtu))
+
+    def ipcp_down(self):
+        self._report_down(self._end_reason or self.ipcp.fsm.reason or "IPCP down")
+
+    def ipcp_finished(self):
+        if self._lcp_open:
+            self._todo.append(lambda now: self._end_session("no network protocol running", now))
+
+    # -- sessions ------------------------------------------------------------------------
+
+    def _enter_network(self, now):
+        self._set_phase(Phase.NETWORK)
+        self.ipcp.fsm.open(now)
+        self.ipcp.fsm.up(now)
+
+    def _auth_result(self, user, ok):
+        now = self._now
+        method = self.config.require_auth
+        self._events.append(AuthResult(user, ok, method))
+        if ok:
+            log.info("authentication (%s) ok for %r", method.upper(), user)
+            if self._lcp_open and self.phase == Phase.AUTHENTICATE:
+                self._enter_network(now)
+        else:
+            log.info("authentication (%s) failed%s", method.upper(), " for %r" % user if user else "")
+            self._todo.append(lambda now: self._end_session("authentication failed", now))
+
+    def _end_session(self, reason, now, force=False):
+        """Terminate LCP and go back to listening (LCP Close then Open, as pppd's persist)."""
+        if self._closed or not (self._lcp_open or force):
+            return
+        log.info("ending the session: %s", reason)
+        self._end_reason = reason
+        self.lcp.fsm.close(now, reason)
+        self.lcp.fsm.open(now)
+        self._end_reason = None
+
+    def _report_down(self, reason):
+        was_up = self.is_up
+        self.is_up = False
+        if not self._down_reported:
+            self._down_reported = True
+            log.info("link down: %s", reason)
+            self._events.append(LinkDown(reason))
+        elif was_up:
+            self._events.append(LinkDown(reason))
+
+    def _after(self, now):
+        """Run work deferred out of the automata's hooks."""
+        while self._todo:
+            todo = self._todo
+            self._todo = []
+            for job in todo:
+                job(now)
+
+    # -- accounting --------------------------------------------------------------------
+
+    def _count(self, reason):
+        self.counters[reason] = self.counters.get(reason, 0) + 1
+        return self.counters[reason]
+
+    def _drop(self, reason, message):
+        self._note(reason, message)
+
+    def _note(self, reason, message, level=logging.DEBUG):
+        """Count ``reason``; log its 1st, 2nd, 4th, 8th ... occurrence."""
+        n = self._count(reason)
+        if n & (n - 1) == 0:
+            log.log(level, "%s (%d so far)", message, n)
