@@ -422,3 +422,15 @@ def test_full_negotiation_between_two_automata():
             q, f = rng.choice([(qa, a), (qb, b)]) if qa and qb else ((qa, a) if qa else (qb, b))
             f.input(q.pop(0), 0)
         assert a.state == State.OPENED and b.state == State.OPENED, trial
+
+
+def test_peer_triggered_logs_are_rate_limited(caplog):
+    import logging
+    fsm, cb, sent = make_fsm(State.OPENED)
+    with caplog.at_level(logging.DEBUG, logger="pyslirp.ppp"):
+        for i in range(200):
+            fsm.input(cp(0x50, i & 0xFF, b"x"), 0)
+            fsm.input(b"\x01", 0)
+    assert fsm.counters["unknown_code"] == 200 and fsm.counters["bad_packet"] == 200
+    assert len(sent) == 200                      # every unknown code still gets its Code-Reject
+    assert 0 < len(caplog.records) <= 2 * 9      # 1st, 2nd, 4th ... 128th of each

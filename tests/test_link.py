@@ -53,6 +53,7 @@ class Client(object):
         self.received = []            # (protocol, info) in order
         self.events = []
         self.raw_out = []             # raw bytes the link sent
+        self.raw_in = []              # raw bytes we sent
         self.lcp_nak = None           # callable(options) -> None or Nak option list
         self.auth_done = False
         self.auto = True
@@ -78,6 +79,7 @@ class Client(object):
         return hdlc.encode_frame(frame, accm)
 
     def send_raw(self, raw):
+        self.raw_in.append(raw)
         self.link.receive_data(raw, self.now)
         self.events.extend(self.link.take_events())
 
@@ -513,6 +515,72 @@ def test_tap_sees_every_frame_in_and_out():
     assert any(f[:2] == b"\x80\x21" for f in ins)
 
 
+def _replay(chunks, **kw):
+    link = make_link(**kw)
+    link.lower_up(0)
+    for chunk in chunks:
+        link.receive_data(chunk, 0)
+    frames = [f for _, raw in link.take_output() for f in hdlc.Deframer(accm=0).feed(raw)]
+    return frames, link.take_events(), link.is_up
+
+
+@pytest.mark.parametrize("kw", [{}, {"require_auth": "chap", "secrets": (("u", "p"),)}])
+def test_chunking_of_the_input_does_not_matter(kw):
+    auth = {"user": "u", "password": "p", "auth_with": "chap"} if kw else {}
+    link, client = negotiated(kw, **auth)
+    client.send(IP, b"\x45\x00\x00\x18" + bytes(range(20)))
+    assert link.is_up
+    whole = _replay(client.raw_in, **kw)
+    assert whole[2] and IPReceived(b"\x45\x00\x00\x18" + bytes(range(20))) in whole[1]
+    stream = b"".join(client.raw_in)
+    assert _replay([stream], **kw) == whole
+    assert _replay([stream[i:i + 1] for i in range(len(stream))], **kw) == whole
+    rng = random.Random(3)
+    cuts = sorted(rng.sample(range(1, len(stream)), 25))
+    assert _replay([stream[a:b] for a, b in zip([0] + cuts, cuts + [len(stream)])], **kw) == whole
+
+
+def test_random_control_packets_never_raise():
+    rng = random.Random(2024)
+    protos = [LCP, IPCP, PAP, CHAP, IP, wppp.PROTO_IPV6CP]
+    for trial in range(60):
+        kw = rng.choice([{}, {"require_auth": "pap", "secrets": (("u", "p"),)},
+                         {"require_auth": "chap", "secrets": (("u", "p"),)}, {"dns": ("1.2.3.4",)}])
+        if rng.random() < 0.5:
+            link = make_link(**kw)
+            link.lower_up(0)
+        else:
+            auth = {"user": "u", "password": "p", "auth_with": kw["require_auth"]} if "secrets" in kw else {}
+            link, _ = negotiated(kw, **auth)
+        now = 0
+        for _ in range(40):
+            proto = rng.choice(protos)
+            code = rng.choice([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, rng.randrange(256)])
+            opts = [(rng.choice([1, 2, 3, 5, 7, 8, 129, 131, rng.randrange(256)]),
+                     bytes(rng.getrandbits(8) for _ in range(rng.choice([0, 2, 3, 4, 6]))))
+                    for _ in range(rng.randrange(4))]
+            body = wppp.build_options(opts) if rng.random() < 0.7 else \
+                bytes(rng.getrandbits(8) for _ in range(rng.randrange(12)))
+            info = wppp.build_cp(code, rng.randrange(256), body)
+            if rng.random() < 0.2:
+                info = info[:rng.randrange(len(info) + 1)]
+            link.receive_data(hdlc.encode_frame(wppp.build_frame(proto, info)), now)
+            now += rng.randrange(0, 4000)
+            while link.get_timer() is not None and link.get_timer() <= now:
+                link.handle_timer(link.get_timer())
+            for urgent, raw in link.take_output():
+                for frame in hdlc.Deframer(accm=0).feed(raw):
+                    wppp.parse_frame(frame)
+            link.take_events()
+        link.close("done", now)
+        for _ in range(10):
+            t = link.get_timer()
+            if t is None:
+                break
+            link.handle_timer(t)
+        assert link.is_dead
+
+
 def test_garbage_never_raises():
     rng = random.Random(99)
     link, client = negotiated()
@@ -728,3 +796,16 @@ def test_looped_back_line_is_detected(caplog):
     assert link.lcp_counters["magic_equal"] >= 1
     assert "looped back" in caplog.text
     assert not link.is_up
+
+
+def test_counters_are_visible_to_the_metrics():
+    from pyslirp.metrics import collect
+    link, client = negotiated({"lcp_echo_interval": 10})
+    client.send(wppp.PROTO_CCP, b"\x01\x01\x00\x04")
+    client.advance(10000)
+    got = collect(link, "link")
+    assert got["link.frames_in"] == link.frames_in > 0 and got["link.frames_out"] == link.frames_out > 0
+    assert got["link.bytes_in"] > 0 and got["link.bytes_out"] > 0
+    assert got["link.protocol_rejects_sent"] == 1
+    assert got["link.lcp_counters.echoes_sent"] == 1 and got["link.lcp_counters.echo_replies"] == 1
+    assert got["link.counters.protocol_reject"] == 1

@@ -14,9 +14,9 @@ def test_initial_window_by_mss():
 
 def test_slow_start_grows_by_at_most_one_mss_per_ack():
     cc = NewReno(MSS)
-    cc.on_ack(500, 4000, 0)
+    cc.on_ack(500, 0, 4000)
     assert cc.window() == 4500
-    cc.on_ack(3000, 4000, 0)          # a stretch ACK still adds only SMSS
+    cc.on_ack(3000, 0, 4000)          # a stretch ACK still adds only SMSS
     assert cc.window() == 5500
 
 
@@ -25,9 +25,9 @@ def test_congestion_avoidance_one_mss_per_window():
     cc.ssthresh = 4000
     cc.cwnd = 5000
     for _ in range(4):
-        cc.on_ack(1000, 5000, 0)
+        cc.on_ack(1000, 0, 5000)
     assert cc.window() == 5000        # 4000 bytes acked < cwnd
-    cc.on_ack(1000, 5000, 0)
+    cc.on_ack(1000, 0, 5000)
     assert cc.window() == 6000
 
 
@@ -59,7 +59,7 @@ def test_rto_collapses_to_one_segment():
     assert cc.window() == MSS and cc.ssthresh == 6000
     # Slow start again up to ssthresh, then linear growth.
     while cc.window() < cc.ssthresh:
-        cc.on_ack(MSS, cc.window(), 0)
+        cc.on_ack(MSS, 0, cc.window())
     assert cc.window() == 6000
     cc.on_ack(MSS, 6000, 0)
     assert cc.window() == 6000
@@ -85,6 +85,19 @@ def test_set_mss_rescales_initial_window_only_when_unused():
     cc.on_ack(1448, 0, 0)
     cc.set_mss(536)
     assert cc.window() == 4 * 1448
+
+
+def test_flight_is_optional_and_defaults_to_cwnd():
+    cc = NewReno(MSS)
+    cc.cwnd = 10000
+    cc.on_rto()
+    assert cc.ssthresh == 5000 and cc.window() == MSS
+    cc.cwnd = 8000
+    cc.on_recovery_start()
+    assert cc.ssthresh == 4000 and cc.window() == 7000
+    cc.on_ack(1000, 0)
+    cc.on_dup_ack()
+    assert cc.window() == 8000
 
 
 def test_base_controller_is_a_fixed_window():

@@ -126,6 +126,17 @@ def test_unacceptable_ack_in_syn_received_gets_a_reset():
     assert h.conn.state is TcpState.SYN_RECEIVED
 
 
+def test_reset_answers_to_bad_acks_are_bounded():
+    h = Conn(establish=False, config=TcpConfig(challenge_ack_limit=100))
+    h.conn.accept(0)
+    h.recv(at=0)
+    for i in range(50):
+        h.send(ACK, ack=OUR_ISS + 100 + i, at=10)
+    out = h.recv(at=10)
+    assert 1 <= len(out) <= 8 and all(s.flags == RST for s in out)
+    assert h.conn.counters["bad_ack_syn_received"] == 50
+
+
 def test_data_on_the_handshake_ack():
     h = Conn(establish=False)
     h.conn.accept(0)

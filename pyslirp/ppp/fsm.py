@@ -348,6 +348,7 @@ class Fsm(object):
         self.now = 0
         self.mru = 1500              # peer's MRU: bounds Code-Reject copies
         self.reason = ""             # what caused the current event (for logs and hooks)
+        self.term_text = ""          # the data of our Terminate-Requests
         self.trace = None            # list: record executed actions (tests)
         self.counters = {}
         # context of the event being processed
@@ -376,13 +377,13 @@ class Fsm(object):
         self.event(Event.OPEN, now)
 
     def close(self, now, reason="closed"):
-        """Administrative Close."""
-        self.reason = reason
+        """Administrative Close; ``reason`` goes in our Terminate-Requests."""
+        self.reason = self.term_text = reason
         self.event(Event.CLOSE, now)
 
     def protocol_rejected(self, now):
         """The peer sent a Protocol-Reject for this protocol: RXJ- (RFC 1661 5.7)."""
-        self.reason = "protocol rejected by peer"
+        self.reason = self.term_text = "protocol rejected by peer"
         self.event(Event.RXJ_MINUS, now)
 
     # -- timer -------------------------------------------------------------------
@@ -531,7 +532,7 @@ class Fsm(object):
         rejected = data[0] if data else 0
         if 1 <= rejected <= 7:
             log.warning("%s: peer rejected code %d: giving up", self.name, rejected)
-            self.reason = "peer rejected code %d" % rejected
+            self.reason = self.term_text = "peer rejected code %d" % rejected
             self.event(Event.RXJ_MINUS, self.now)
         else:
             note(self.counters, "code_rejects_received", logging.INFO, "%s: peer rejected code %d",
@@ -651,7 +652,7 @@ class Fsm(object):
         self.send(code if code in (CONFNAK, CONFREJ) else CONFNAK, self._ctx_id, reply)
 
     def _a_str(self):
-        self.send(TERMREQ, self.next_id(), self.reason.encode("ascii", "replace")[:64])
+        self.send(TERMREQ, self.next_id(), self.term_text.encode("ascii", "replace")[:64])
         self.restart_count -= 1
         self.timer = self.now + self.restart_ms
 

@@ -75,7 +75,7 @@ import logging
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from pyslirp.ppp.auth import ChapServer, PapServer
+from pyslirp.ppp.auth import IDLE, WAITING, ChapServer, PapServer
 from pyslirp.ppp.events import AuthResult, IPReceived, LinkDown, LinkUp
 from pyslirp.ppp.fsm import NEGOTIATING, State
 from pyslirp.ppp.ipcp import Ipcp
@@ -236,7 +236,7 @@ class PPPLink(object):
         self._end_reason = reason
         self.lcp.fsm.close(now, reason)
         self._end_reason = None
-        if self.auth is not None and self.auth.state != "idle":
+        if self.auth is not None and self.auth.state != IDLE:
             self.auth.stop()
         self._after(now)
 
@@ -400,11 +400,11 @@ class PPPLink(object):
 
     def lcp_protocol_rejected(self, protocol):
         now = self.lcp.fsm.now
-        self._note("protocol_rejects_received", "the peer rejects protocol %s" % wppp.protocol_name(protocol),
+        self._note("peer_protocol_rejects", "the peer rejects protocol %s" % wppp.protocol_name(protocol),
                    level=logging.INFO)
         if protocol in (wppp.PROTO_IPCP, wppp.PROTO_IP):
             self.ipcp.fsm.protocol_rejected(now)
-        elif self.auth is not None and protocol == self.auth.protocol and self.auth.state == "waiting":
+        elif self.auth is not None and protocol == self.auth.protocol and self.auth.state == WAITING:
             self.auth.stop()
             self._todo.append(lambda now: self._auth_result("", False))
 
@@ -461,13 +461,11 @@ class PPPLink(object):
         self._end_reason = None
 
     def _report_down(self, reason):
-        was_up = self.is_up
+        """LinkDown once per session: IPCP or LCP left Opened, whichever came first."""
         self.is_up = False
         if not self._down_reported:
             self._down_reported = True
             log.info("link down: %s", reason)
-            self._events.append(LinkDown(reason))
-        elif was_up:
             self._events.append(LinkDown(reason))
 
     def _after(self, now):

@@ -5,10 +5,10 @@ Theory of operation: the connection owns the sequence-number bookkeeping
 to retransmit); the controller owns only the arithmetic on the congestion
 window (cwnd) and the slow-start threshold (ssthresh).  The connection calls:
 
-* ``on_ack(acked, flight, now)`` for every ACK that acknowledges new data
+* ``on_ack(acked, now, flight)`` for every ACK that acknowledges new data
   outside fast recovery;
-* ``on_dup_ack(flight)`` for a duplicate ACK (inflates the window while in
-  fast recovery);
+* ``on_dup_ack(flight)`` for a duplicate ACK while in fast recovery
+  (inflates the window);
 * ``on_recovery_start(flight)`` on the third duplicate ACK (fast retransmit);
 * ``on_partial_ack(acked)`` and ``on_recovery_end(flight)`` for the ACKs that
   arrive during fast recovery;
@@ -17,6 +17,8 @@ window (cwnd) and the slow-start threshold (ssthresh).  The connection calls:
 
 ``window()`` is the number of bytes that may be in flight.  Byte counts are
 in bytes of payload; ``mss`` is the sender maximum segment size (SMSS).
+``flight`` (FlightSize, bytes sent and not yet acknowledged) is optional
+everywhere; without it the controller uses its own cwnd in its place.
 """
 
 
@@ -35,22 +37,25 @@ class Controller(object):
     def set_mss(self, mss):
         self.mss = max(1, mss)
 
-    def on_ack(self, acked, flight, now):
+    def _flight(self, flight):
+        return self.cwnd if flight is None else flight
+
+    def on_ack(self, acked, now, flight=None):
         pass
 
-    def on_dup_ack(self, flight):
+    def on_dup_ack(self, flight=None):
         pass
 
-    def on_recovery_start(self, flight):
+    def on_recovery_start(self, flight=None):
         pass
 
     def on_partial_ack(self, acked):
         pass
 
-    def on_recovery_end(self, flight):
+    def on_recovery_end(self, flight=None):
         pass
 
-    def on_rto(self, flight):
+    def on_rto(self, flight=None):
         pass
 
     def on_idle(self, now):
@@ -85,7 +90,7 @@ class NewReno(Controller):
     def _cap(self):
         self.cwnd = max(self.mss, min(self.cwnd, self.max_window))
 
-    def on_ack(self, acked, flight, now):
+    def on_ack(self, acked, now, flight=None):
         if acked <= 0:
             return
         if self.cwnd < self.ssthresh:
@@ -102,16 +107,16 @@ class NewReno(Controller):
 
     def _halve(self, flight):
         # RFC 5681 equation (4): ssthresh = max(FlightSize / 2, 2 * SMSS).
-        self.ssthresh = max(flight // 2, 2 * self.mss)
+        self.ssthresh = max(self._flight(flight) // 2, 2 * self.mss)
         self._ca_bytes = 0
 
-    def on_recovery_start(self, flight):
+    def on_recovery_start(self, flight=None):
         # RFC 6582 3.2 step 2 / RFC 5681 3.2 steps 2-3.
         self._halve(flight)
         self.cwnd = self.ssthresh + 3 * self.mss
         self._cap()
 
-    def on_dup_ack(self, flight):
+    def on_dup_ack(self, flight=None):
         # RFC 6582 3.2 step 3: inflate by SMSS for every additional duplicate ACK in recovery.
         # (The connection only calls this while in fast recovery.)
         self.cwnd += self.mss
@@ -124,12 +129,12 @@ class NewReno(Controller):
             self.cwnd += self.mss
         self._cap()
 
-    def on_recovery_end(self, flight):
+    def on_recovery_end(self, flight=None):
         # RFC 6582 3.2 step 4 (full acknowledgment), option (1): min(ssthresh, max(FlightSize, SMSS) + SMSS).
-        self.cwnd = min(self.ssthresh, max(flight, self.mss) + self.mss)
+        self.cwnd = min(self.ssthresh, max(self._flight(flight), self.mss) + self.mss)
         self._cap()
 
-    def on_rto(self, flight):
+    def on_rto(self, flight=None):
         # RFC 5681 3.1, equations (4) and the loss window: cwnd = 1 SMSS.
         self._halve(flight)
         self.cwnd = self.mss

@@ -99,7 +99,6 @@ persist (also the SWS override), delayed ACK, keepalive and TIME_WAIT.
 import enum
 import logging
 from dataclasses import dataclass
-from typing import List, Optional
 
 from ...wire.tcp import (ACK, FIN, PSH, RST, SYN, TS_OPTION_LEN, TcpRepr, max_sack_blocks,
                          sack_option_len)
@@ -114,6 +113,7 @@ DEFAULT_MSS = 536          # RFC 9293 3.7.1 (MUST-15): assume 536 when the SYN c
 MIN_MSS = 64               # floor against absurdly small peer MSS values
 MAX_WSCALE = 14            # RFC 7323 2.3
 MAX_WINDOW_FIELD = 0xFFFF
+_MAX_CTL = 8               # control segments queued between two take_segments() calls
 
 
 class TcpState(enum.Enum):
@@ -340,6 +340,13 @@ class TcpConnection(object):
         if n & (n - 1) == 0:        # 1, 2, 4, 8, ...: rate-limited logging without a clock
             log.debug("%s: dropped segment (%s, #%d): %s", self.name, reason, n, seg)
 
+    def _queue_ctl(self, seg):
+        # Bounded: input between two take_segments() calls cannot pile up control segments.
+        if len(self._ctl) < _MAX_CTL:
+            self._ctl.append(seg)
+        else:
+            self._drop("ctl_queue_full", seg)
+
     def _clock(self, now):
         """The time to use: ``now`` if given, else the last one seen (and remember that)."""
         if now is None:
@@ -438,7 +445,7 @@ class TcpConnection(object):
         if self.accepted:
             self.abort(now)
             return
-        self._ctl.append(rst_for(self._syn))
+        self._queue_ctl(rst_for(self._syn))
         self._close("refused")
 
     def send(self, data, now=None):
@@ -473,9 +480,9 @@ class TcpConnection(object):
         if state is TcpState.CLOSED:
             return
         if state is TcpState.SYN_RECEIVED and not self.accepted:
-            self._ctl.append(rst_for(self._syn))
+            self._queue_ctl(rst_for(self._syn))
         elif state is not TcpState.TIME_WAIT:
-            self._ctl.append(self._make(self.snd_max, RST | ACK, now=now, options=False))
+            self._queue_ctl(self._make(self.snd_max, RST | ACK, now=now, options=False))
         self._close("aborted")
 
     def read(self):
@@ -565,7 +572,10 @@ class TcpConnection(object):
     def _make_synack(self, now):
         space = self._rcv_space()
         window = min(space, MAX_WINDOW_FIELD)      # RFC 7323 2.2: not scaled in a SYN
-        self.rcv_adv = seq_add(self.rcv_nxt, window)
+        window = max(window, self.rcv_wnd)         # a retransmission never retracts the edge
+        edge = seq_add(self.rcv_nxt, window)
+        if seq_gt(edge, self.rcv_adv):
+            self.rcv_adv = edge
         ts = (self._ts_val(now), self.ts_recent) if self.ts_ok else None
         self.last_ack_sent = self.rcv_nxt
         self._ack_now = False
@@ -882,7 +892,7 @@ class TcpConnection(object):
 
     def _give_up(self, now):
         log.info("%s: giving up after %d retransmissions", self.name, self.rto_count)
-        self._ctl.append(self._make(self.snd_max, RST | ACK, now=now, options=False))
+        self._queue_ctl(self._make(self.snd_max, RST | ACK, now=now, options=False))
         self._event("timeout")
         self._close("timeout")
 
@@ -979,7 +989,8 @@ class TcpConnection(object):
                 self._drop("syn_synchronized", seg)
             return
 
-        # RFC 7323 5.3: PAWS.
+        # RFC 7323 5.3: PAWS.  (Segments without a TSopt are accepted although RFC 7323 3.2 says
+        # SHOULD drop: being liberal here costs nothing and survives option-stripping middleboxes.)
         if self.ts_ok and seg.timestamp is not None and seq_lt(seg.timestamp[0], self.ts_recent):
             self._dup_ack_for_unacceptable(seg, now)
             self._drop("paws", seg)
@@ -1008,7 +1019,8 @@ class TcpConnection(object):
             if not (seq_lt(self.snd_una, seg.ack) and seq_le(seg.ack, self.snd_max)):
                 # "If the segment acknowledgment is not acceptable, form a reset segment
                 # <SEQ=SEG.ACK><CTL=RST>".
-                self._ctl.append(TcpRepr(self.local_port, self.remote_port, seg.ack, 0, RST, 0))
+                if self._oow_limiter.allow(now):
+                    self._queue_ctl(TcpRepr(self.local_port, self.remote_port, seg.ack, 0, RST, 0))
                 self._drop("bad_ack_syn_received", seg)
                 return
         if not self._process_ack(seg, now):
@@ -1143,7 +1155,7 @@ class TcpConnection(object):
                 restart_timer = self._partial_acks == 1   # RFC 6582 3.2 step 5 ("Impatient")
         else:
             self._dup_acks = 0
-            self._cc.on_ack(max(0, data_acked), flight_before, now)
+            self._cc.on_ack(max(0, data_acked), now, flight_before)
 
         if syn_acked:
             self._establish(now)
