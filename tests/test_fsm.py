@@ -5,7 +5,6 @@ p, r and x kept) and parsed here, independently of the implementation's table.
 """
 
 import random
-import struct
 
 import pytest
 

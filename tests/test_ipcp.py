@@ -8,7 +8,7 @@ from pyslirp.ppp.fsm import CONFACK, CONFNAK, CONFREJ, State
 from pyslirp.ppp.ipcp import Ipcp
 from pyslirp.ppp.link import LinkConfig
 from pyslirp.wire import ppp as wppp
-from test_link import IPCP, Client, events_of, ip4, make_link
+from test_link import IPCP, Client, ip4, make_link
 
 ZERO = b"\0\0\0\0"
 

@@ -194,7 +194,7 @@ def test_repeated_magic_naks_report_a_looped_back_line(caplog):
 def test_reject_must_list_our_options_unmodified():
     lcp, _, _ = make_lcp()
     lcp.resetci()
-    data = lcp.addci()
+    lcp.addci()
     assert not lcp.rejci(wppp.build_options([(1, U16.pack(1500))]))      # never asked
     assert not lcp.rejci(wppp.build_options([(2, U32.pack(1))]))         # modified
     assert lcp.rejci(wppp.build_options([(7, b""), (8, b"")]))
@@ -212,7 +212,7 @@ def test_rejected_or_persistently_naked_auth_is_dropped():
     lcp.nakci(wppp.build_options([(3, b"\xc2\x23\x05")]))
     assert 3 not in dict(opts(lcp.addci()))
     lcp.resetci()
-    data = lcp.addci()
+    lcp.addci()
     assert lcp.rejci(wppp.build_options([(3, b"\xc0\x23")]))
     assert 3 not in dict(opts(lcp.addci()))
 

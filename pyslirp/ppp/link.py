@@ -73,7 +73,7 @@ Contract note: beyond docs/ARCHITECTURE.md, :class:`PPPLink` also exposes
 import enum
 import logging
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Tuple
 
 from pyslirp.ppp.auth import IDLE, WAITING, ChapServer, PapServer
 from pyslirp.ppp.events import AuthResult, IPReceived, LinkDown, LinkUp

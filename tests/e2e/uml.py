@@ -17,7 +17,7 @@ host and the guest can also wait for each other with mark files (``Guest.wait_ma
 waits for its ``pty: /dev/pts/N`` line.  ``Lab`` owns every process a test started and tears all of them down
 (process groups killed by id, hard timeouts everywhere).
 
-Everything here uses loopback-free, file- and pipe-based plumbing: the guest's 10.0.0.0/8 addresses exist only in
+No network is involved: the plumbing is ptys, pipes and files, and the guest's 10.0.0.x addresses exist only in
 its own kernel and inside PPP frames.
 """
 
@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import termios
+import textwrap
 import threading
 import time
 import tty
@@ -54,7 +55,9 @@ CAPTURE_LIMIT = 1 << 20  # serial bytes kept per direction for diagnostics
 
 
 def uml_binary():
-    for path in UML_BINARIES:
+    """The UML kernel: $PYSLIRP_UML if set (then only that), else the Debian package's."""
+    override = os.environ.get("PYSLIRP_UML")
+    for path in ((override,) if override else UML_BINARIES):
         if os.path.isfile(path) and os.access(path, os.X_OK):
             return path
     return None
@@ -77,7 +80,8 @@ def unavailable_reason():
     if not sys.platform.startswith("linux"):
         return "User-Mode Linux needs a Linux host"
     if uml_binary() is None:
-        return "no User-Mode Linux kernel (%s); install the user-mode-linux package" % " or ".join(UML_BINARIES)
+        return "no User-Mode Linux kernel (%s); install the user-mode-linux package" % " or ".join(
+            (os.environ["PYSLIRP_UML"],) if os.environ.get("PYSLIRP_UML") else UML_BINARIES)
     if modules_dir() is None:
         return "no UML PPP modules under %s/<version>/%s" % (MODULES_ROOT, PPP_MODULES[0])
     if not os.path.exists("/dev/shm") and not os.access(tempfile.gettempdir(), os.W_OK):
@@ -185,7 +189,6 @@ class SerialRelay(object):
     def _loop(self):
         pending_in = b""   # from the tty, waiting to be written to the guest
         pending_out = b""  # from the guest, waiting to be written to the tty
-        poller = select.poll()
         while not self._stop.is_set() and not self.guest_closed:
             poller = select.poll()
             if not self.tty_closed:
@@ -748,5 +751,4 @@ def _sh_quote(s):
 
 
 def _dedent(text):
-    import textwrap
     return textwrap.dedent(text).strip("\n") + "\n"

@@ -207,6 +207,7 @@ class TcpConnection(object):
         self._syn = syn
         self._state = TcpState.SYN_RECEIVED
         self.accepted = False
+        self.close_reason = None        # why the connection closed: refused, reset, timeout, ...
         self.created = now
         self.last_activity = now
         self._now = now
@@ -572,7 +573,7 @@ class TcpConnection(object):
     def _make_synack(self, now):
         space = self._rcv_space()
         window = min(space, MAX_WINDOW_FIELD)      # RFC 7323 2.2: not scaled in a SYN
-        window = max(window, self.rcv_wnd)         # a retransmission never retracts the edge
+        window = min(max(window, self.rcv_wnd), MAX_WINDOW_FIELD)   # never retract the edge we track
         edge = seq_add(self.rcv_nxt, window)
         if seq_gt(edge, self.rcv_adv):
             self.rcv_adv = edge
@@ -1285,6 +1286,8 @@ class TcpConnection(object):
         self._maybe_peer_fin()
 
     def _maybe_peer_fin(self):
+        if self._state is TcpState.CLOSED:
+            return                                  # "closed" is the last event
         if self._fin_received and not self._peer_fin_reported and not self._rx:
             self._peer_fin_reported = True
             self._event("peer_fin")
