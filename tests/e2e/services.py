@@ -249,6 +249,7 @@ class Sshd(_Service):
         self.authorized_keys = os.path.join(directory, "authorized_keys")
         self.config_path = os.path.join(directory, "sshd_config")
         self.log_path = os.path.join(directory, "sshd.log")
+        self._made_privsep_dir = False
 
     @staticmethod
     def available():
@@ -289,6 +290,7 @@ class Sshd(_Service):
         if os.geteuid() == 0 and not os.path.isdir(PRIVSEP_DIR):
             try:
                 os.makedirs(PRIVSEP_DIR, 0o755)
+                self._made_privsep_dir = True
             except OSError as exc:
                 if exc.errno != errno.EEXIST:
                     raise
@@ -309,10 +311,19 @@ class Sshd(_Service):
             return ""
 
     def stop(self):
-        """Stop sshd and every session process it forked (its own process group)."""
+        """Stop sshd and every session process it forked (its own process group); remove what start() made."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.returncode is not None:
-            return
+        if proc is not None and proc.returncode is None:
+            self._stop_group(proc)
+        if self._made_privsep_dir:
+            self._made_privsep_dir = False
+            try:
+                os.rmdir(PRIVSEP_DIR)
+            except OSError:
+                pass
+
+    @staticmethod
+    def _stop_group(proc):
         # sshd and the session processes it forked share its process group (start_new_session above).  The
         # leader is not reaped until the group has been killed, so its id cannot be reused meanwhile.
         _signal_group(proc.pid, signal.SIGTERM)

@@ -272,8 +272,11 @@ class GuestError(AssertionError):
 class Guest(object):
     """One UML boot running one scenario script.  Use through ``Lab.boot_guest``."""
 
-    def __init__(self, rundir, script, timeout=60.0, etc_ppp=None, env=None, mem="256M", name="guest"):
+    def __init__(self, rundir, script, timeout=60.0, etc_ppp=None, env=None, mem="256M", name="guest",
+                 relay_factory=None):
         self.rundir = rundir
+        # relay_factory(tty_fd, guest_in_w, guest_out_r, name=...) -> a started-later relay (pacing.PacedRelay)
+        self.relay_factory = relay_factory or SerialRelay
         self.name = name
         self.timeout = float(timeout)
         self.proc = None
@@ -332,7 +335,7 @@ class Guest(object):
             os.close(in_r)
             os.close(out_w)
         self._started = time.monotonic()
-        self.relay = SerialRelay(tty_fd, in_w, out_r, name="relay-" + self.name).start()
+        self.relay = self.relay_factory(tty_fd, in_w, out_r, name="relay-" + self.name).start()
         return self
 
     @property
