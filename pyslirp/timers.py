@@ -78,3 +78,9 @@ class TimerQueue(object):
             _, _, key = heapq.heappop(heap)
             del self._deadline[key]
             due.append(key)
+
+
+def earliest(*deadlines):
+    """The earliest of some optional deadlines (None = not armed), or None."""
+    armed = [d for d in deadlines if d is not None]
+    return min(armed) if armed else None

@@ -70,3 +70,11 @@ def test_random_against_model():
             for k in due:
                 del model[k]
         assert q.next_deadline() == (min(model.values()) if model else None)
+
+
+def test_earliest():
+    from pyslirp.timers import earliest
+    assert earliest() is None
+    assert earliest(None, None) is None
+    assert earliest(None, 5, 3) == 3
+    assert earliest(7) == 7

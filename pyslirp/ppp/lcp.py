@@ -69,6 +69,7 @@ import copy
 import logging
 import struct
 
+from pyslirp.timers import earliest
 from pyslirp.ppp.fsm import CONFACK, Fsm, FsmCallbacks, OptionVerdicts, State, note
 from pyslirp.wire import ppp as wppp
 
@@ -480,13 +481,7 @@ class Lcp(FsmCallbacks):
         self.echos_pending = 0
 
     def get_timer(self):
-        a = self.fsm.timer
-        b = self.echo_timer
-        if a is None:
-            return b
-        if b is None:
-            return a
-        return a if a < b else b
+        return earliest(self.fsm.timer, self.echo_timer)
 
     def handle_timer(self, now):
         self.fsm.handle_timer(now)
