@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import time
@@ -58,6 +59,7 @@ def json_result(res, name):
 
 
 def run(cmd):
+    cmd = [_tool(cmd[0]) or cmd[0]] + list(cmd[1:])
     return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
                           timeout=20).stdout
 
@@ -79,7 +81,7 @@ class HostCheck(object):
 
     def __init__(self):
         for prog, package in (("ip", "iproute2"), ("ss", "iproute2")):
-            if not _which(prog):
+            if not _tool(prog):
                 unavailable("%s not found; install the %s package" % (prog, package))
         # A host on a 10.0.0.0/24 network of its own keeps its addresses; only new ones would be pyslirp's.
         self.baseline = ppp_addresses()
@@ -95,8 +97,15 @@ class HostCheck(object):
     @staticmethod
     def established(slirp, port):
         """pyslirp's established TCP connections to 127.0.0.1:port (its service sockets)."""
+        peer = "127.0.0.1:%d" % port
         return [line for line in sockets_of(slirp.proc.pid, "-tn", "state", "established")
-                if re.search(r"\s127\.0\.0\.1:%d\s" % port, line + " ")]
+                if re.findall(r"\S+:\d+(?=\s)", line + " ")[1:2] == [peer]]
+
+
+def await_mark(guest, name, timeout=90):
+    """Wait for the guest's ``mark NAME``; if it never comes, fail with what the guest left behind."""
+    if not guest.wait_mark(name, timeout):
+        raise AssertionError("no mark %r from the guest\n%s" % (name, guest.wait(30).diagnostics()))
 
 
 def wait_for(predicate, timeout):
@@ -109,11 +118,10 @@ def wait_for(predicate, timeout):
     return value
 
 
-def _which(prog):
-    for d in os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").split(os.pathsep) + ["/usr/sbin", "/sbin"]:
-        if os.access(os.path.join(d, prog), os.X_OK):
-            return True
-    return False
+def _tool(prog):
+    """Full path of a system program, looking in the sbin directories too."""
+    return shutil.which(prog, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/bin",
+                                                    "/bin"]))
 
 
 def link_up_script(body, pppd_opts="noauth"):
@@ -157,7 +165,7 @@ def test_ssh_command_and_20mb_through_ssh(lab, tmp_path):
         """.format(ssh=ssh, gen=shlex.quote(gen), size=BULK, down=shlex.quote(str(down)))), slirp=slirp,
             timeout=240)
         # Mid-transfer, on the host: nothing of 10.0.0.x, no listener, one ordinary socket to sshd.
-        assert guest.wait_mark("upload", 90), lab.diagnostics()
+        await_mark(guest, "upload")
         to_sshd = wait_for(lambda: HostCheck.established(slirp, sshd.port), 20)
         host.assert_untouched(slirp)
         res = guest.wait().check_ran()
@@ -240,7 +248,7 @@ def test_20mb_each_way_plain_tcp_at_once(lab):
             mark transfer
             record bulk timeout 120 $PYTHON {client} {ip} 5001 5002 8 {size}
         """.format(client=shlex.quote(client), ip=LOCAL_IP, size=BULK)), slirp=slirp, timeout=200)
-        assert guest.wait_mark("transfer", 90), lab.diagnostics()
+        await_mark(guest, "transfer")
         wait_for(lambda: len(HostCheck.established(slirp, sink.port) +
                                     HostCheck.established(slirp, source.port)) == 2, 20)
         host.assert_untouched(slirp)
@@ -296,12 +304,14 @@ out["unmapped"] = refused(unmapped_port)
 
 # 50 connections open at the same time, each with its own payload.
 socks, payloads = [], []
-for i in range(n):
-    s = socket.create_connection((ip, echo_port), timeout=30)
-    socks.append(s)
-    payloads.append(("conn %03d " % i).encode() * (100 + 37 * i))
-for s, p in zip(socks, payloads):
-    s.sendall(p)
+try:
+    for i in range(n):
+        socks.append(socket.create_connection((ip, echo_port), timeout=30))
+        payloads.append(("conn %03d " % i).encode() * (100 + 37 * i))
+    for s, p in zip(socks, payloads):
+        s.sendall(p)
+except OSError as exc:
+    out["errors"].append("opening connection %d of %d: %r" % (len(socks), n, exc))
 # Every connection is open: the host looks at its sockets now.
 open(opened_mark, "w").close()
 end = time.monotonic() + 30
@@ -346,7 +356,7 @@ def test_50_concurrent_connections_refusals_and_ping(lab):
             record echo timeout 90 $PYTHON {client} {ip} 7 8080 9999 {n} "$RESULTS/guest-open.mark" \\
                 "$RESULTS/host-checked.mark"
         """.format(client=shlex.quote(client), ip=LOCAL_IP, n=N_CONNECTIONS)), slirp=slirp, timeout=150)
-        assert guest.wait_mark("open", 90), lab.diagnostics()
+        await_mark(guest, "open")
         # All 50 are open: each is an ordinary outbound socket of pyslirp's; still nothing listens.
         host.assert_untouched(slirp)
         to_echo = HostCheck.established(slirp, echo.port)

@@ -60,6 +60,15 @@ ADDITIONS to the contract (all optional, nothing above changed):
     conn.last_activity            # ms of the last segment received or data queued/sent (idle tracking)
     conn.counters                 # dict: reason -> int for dropped segments
     conn.name                     # "10.0.0.2:40000>10.0.0.1:22" for log lines
+    conn.close_reason             # None, or refused / reset / timeout / aborted / closed / time_wait
+    conn.ts_ok, conn.sack_ok, conn.ws_ok, conn.send_mss, conn.our_mss   # what was negotiated
+    conn.rto, conn.srtt, conn.cwnd, conn.ssthresh, conn.rcv_wnd, conn.unsent   # read-only diagnostics
+    Counters: bytes_in, bytes_out, bytes_retransmitted, segs_in, segs_out, retransmits,
+    fast_retransmits, dup_acks, ooo_segments, rto_count, challenge_acks, window_probes,
+    keepalives_sent, window_updates.
+
+A segment queued as the connection closes (the RST of refuse/abort/give-up) is still returned by
+take_segments() after "closed": flush it once before deleting the connection.
 
 Theory of operation
 -------------------

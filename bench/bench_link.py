@@ -1,0 +1,526 @@
+#!/usr/bin/env python3
+"""Link benchmark: bulk throughput, goodput at 115200 bit/s and latency under load, through the real pppd.
+
+Usage: python3 bench/bench_link.py [--baud 115200] [--seconds 20] [--two-way-seconds 30] [--mbytes 8]
+                                   [--only unpaced|paced] [--set SECTION.KEY=VALUE ...] [--json FILE] [--keep]
+
+The client is Linux pppd in a User-Mode Linux guest (tests/e2e/); pyslirp runs on a pty with three loopback
+services started here: a sink, a source of random bytes and an echo server.  The guest runs this same file
+(``--guest ...``) with the host's Python for its side of each transfer.
+
+1. Unpaced: the guest's serial line is relayed as fast as it goes (UML caps it at about 2 MB/s).  The guest
+   downloads, then uploads, ``--mbytes`` MB; MB/s each way (10^6 bytes/s, measured by the receiver), and
+   pyslirp's CPU seconds per MB (utime + stime from /proc/<pid>/stat between the service's accept and the end).
+2. Paced: tests/e2e/pacing.py emulates an 8N1 line at ``--baud`` (11,520 bytes/s each direction at 115200,
+   independently, with a 64-byte UART FIFO).  One-way download for ``--seconds``, one-way upload, then both at once
+   for ``--two-way-seconds`` with 64-byte request/response exchanges (TCP_NODELAY, one every ``--probe-gap``
+   seconds after the previous answer) over a third connection.  Goodput is payload bytes per second, measured by
+   the receiver over the steady state (the first ``--warmup`` seconds and the last second left out), as a
+   fraction of the line rate (baud / 10); RTTs are measured by the guest.
+
+Each phase is one guest boot (one PPP session); pyslirp runs with its defaults unless ``--set`` changes them
+(e.g. ``--set tcp.mss=536``).  Nothing here talks to anything but 127.0.0.1 and the guest's own PPP link.
+"""
+
+import argparse
+import json
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+PROBE_SIZE = 64
+SAMPLE_EVERY = 0.1          # seconds between receiver samples
+
+
+# ======================================================================= guest side (runs inside UML)
+
+def _sampler():
+    state = {"total": 0, "first": None, "next": 0.0, "samples": []}
+
+    def add(n, now):
+        state["total"] += n
+        if state["first"] is None:
+            state["first"] = now
+        if now >= state["next"]:
+            state["samples"].append((now, state["total"]))
+            state["next"] = now + SAMPLE_EVERY
+    return state, add
+
+
+def guest_download(host, port, nbytes, seconds, out):
+    """Receive from the source: ``nbytes`` (then the source closes) or for ``seconds`` (then we close)."""
+    s = socket.create_connection((host, port), timeout=120)
+    s.sendall(b"%d\n" % nbytes)
+    t0 = time.monotonic()
+    state, add = _sampler()
+    deadline = t0 + seconds if seconds else None
+    while True:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            s.settimeout(left)
+        try:
+            data = s.recv(65536)
+        except socket.timeout:
+            break
+        if not data:
+            break
+        add(len(data), time.monotonic())
+    end = time.monotonic()
+    state["samples"].append((end, state["total"]))
+    s.close()
+    _dump(out, dict(kind="download", t0=t0, end=end, first=state["first"], bytes=state["total"],
+                    samples=state["samples"]))
+
+
+def guest_upload(host, port, nbytes, seconds, out):
+    """Send random bytes to the sink: ``nbytes`` then wait for its count, or for ``seconds``."""
+    s = socket.create_connection((host, port), timeout=120)
+    block = os.urandom(1 << 16)
+    t0 = time.monotonic()
+    sent = 0
+    if seconds:
+        deadline = t0 + seconds
+        s.settimeout(1.0)
+        while time.monotonic() < deadline:
+            try:
+                sent += s.send(block)
+            except socket.timeout:
+                pass
+        end = time.monotonic()
+        s.close()
+        acked = None
+    else:
+        view = memoryview(block)
+        while sent < nbytes:
+            n = min(len(block), nbytes - sent)
+            s.sendall(view[:n])
+            sent += n
+        s.shutdown(socket.SHUT_WR)
+        reply = _recv_exact(s, 8)
+        end = time.monotonic()
+        acked = struct.unpack("!Q", reply)[0] if len(reply) == 8 else None
+        s.close()
+    _dump(out, dict(kind="upload", t0=t0, end=end, bytes=sent, acked=acked))
+
+
+def guest_probe(host, port, seconds, gap, out):
+    """64-byte request/response exchanges: [(t, rtt seconds)]."""
+    s = socket.create_connection((host, port), timeout=120)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    t0 = time.monotonic()
+    deadline = t0 + seconds
+    rtts = []
+    n = 0
+    while time.monotonic() < deadline:
+        msg = (b"%08d" % n) * (PROBE_SIZE // 8)
+        t = time.monotonic()
+        s.sendall(msg)
+        reply = _recv_exact(s, PROBE_SIZE)
+        now = time.monotonic()
+        if reply != msg:
+            rtts.append((t - t0, None))
+            break
+        rtts.append((t - t0, now - t))
+        n += 1
+        time.sleep(gap)
+    s.close()
+    _dump(out, dict(kind="probe", t0=t0, rtts=rtts))
+
+
+def _recv_exact(s, n):
+    buf = b""
+    while len(buf) < n:
+        data = s.recv(n - len(buf))
+        if not data:
+            break
+        buf += data
+    return buf
+
+
+def _dump(path, obj):
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f)
+    os.rename(path + ".tmp", path)
+
+
+def guest_main(argv):
+    p = argparse.ArgumentParser(prog="bench_link.py --guest")
+    p.add_argument("mode", choices=("download", "upload", "probe"))
+    p.add_argument("--host", default="10.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--bytes", type=int, default=0)
+    p.add_argument("--seconds", type=float, default=0)
+    p.add_argument("--gap", type=float, default=0.25)
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    if a.mode == "download":
+        guest_download(a.host, a.port, a.bytes, a.seconds, a.out)
+    elif a.mode == "upload":
+        guest_upload(a.host, a.port, a.bytes, a.seconds, a.out)
+    else:
+        guest_probe(a.host, a.port, a.seconds, a.gap, a.out)
+    return 0
+
+
+# ======================================================================= host side
+
+def cpu_seconds(pid):
+    """utime + stime of process ``pid`` in seconds (/proc/<pid>/stat fields 14 and 15)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / float(os.sysconf("SC_CLK_TCK"))
+
+
+class Services(object):
+    """Sink, source and echo servers on free loopback ports; each connection is recorded in ``self.log``."""
+
+    def __init__(self, cpu_pid=None):
+        self.cpu_pid = cpu_pid
+        self.log = []
+        self._lock = threading.Lock()
+        self._socks = []
+        self._stop = threading.Event()
+        self._block = os.urandom(1 << 20)
+        self.ports = {}
+        for name, handler in (("sink", self._sink), ("source", self._source), ("echo", self._echo)):
+            ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            ls.bind(("127.0.0.1", 0))
+            ls.listen(8)
+            ls.settimeout(0.2)
+            self._socks.append(ls)
+            self.ports[name] = ls.getsockname()[1]
+            threading.Thread(target=self._accept, args=(ls, handler), name=name, daemon=True).start()
+
+    def close(self):
+        self._stop.set()
+        for s in self._socks:
+            s.close()
+
+    def _cpu(self):
+        if self.cpu_pid is None:
+            return None
+        try:
+            return cpu_seconds(self.cpu_pid)
+        except (IOError, OSError):
+            return None
+
+    def _accept(self, ls, handler):
+        while not self._stop.is_set():
+            try:
+                conn, _ = ls.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            conn.settimeout(None)
+            threading.Thread(target=self._run, args=(handler, conn), daemon=True).start()
+
+    def _run(self, handler, conn):
+        rec = {"cpu0": self._cpu(), "t0": time.monotonic()}
+        try:
+            handler(conn, rec)
+        except OSError as exc:
+            rec["error"] = str(exc)
+        finally:
+            rec["end"] = time.monotonic()
+            rec["cpu1"] = self._cpu()
+            conn.close()
+            with self._lock:
+                self.log.append(rec)
+
+    def _sink(self, conn, rec):
+        rec["kind"] = "sink"
+        state, add = _sampler()
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                break
+            add(len(data), time.monotonic())
+        rec.update(bytes=state["total"], first=state["first"], samples=state["samples"])
+        try:
+            conn.sendall(struct.pack("!Q", state["total"]))
+        except OSError:
+            pass
+
+    def _source(self, conn, rec):
+        rec["kind"] = "source"
+        line = b""
+        while not line.endswith(b"\n"):
+            data = conn.recv(64)
+            if not data:
+                return
+            line += data
+        nbytes = int(line)
+        block = memoryview(self._block)
+        sent = 0
+        try:
+            while nbytes == 0 or sent < nbytes:
+                off = sent % len(block)
+                n = len(block) - off
+                if nbytes:
+                    n = min(n, nbytes - sent)
+                sent += conn.send(block[off:off + n])
+        except OSError:
+            pass
+        rec["bytes"] = sent
+        if nbytes:
+            conn.shutdown(socket.SHUT_WR)
+            while conn.recv(65536):     # the client closes when it has everything
+                pass
+
+    def _echo(self, conn, rec):
+        rec["kind"] = "echo"
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while True:
+            data = conn.recv(4096)
+            if not data:
+                break
+            conn.sendall(data)
+
+
+def rate_between(samples, t_from, t_to):
+    """Bytes per second of a cumulative [(t, total)] series between two times (linear interpolation)."""
+    def at(t):
+        prev = (samples[0][0], 0) if samples else (t, 0)
+        for s in samples:
+            if s[0] >= t:
+                if s[0] == prev[0]:
+                    return s[1]
+                return prev[1] + (s[1] - prev[1]) * (t - prev[0]) / (s[0] - prev[0])
+            prev = s
+        return prev[1]
+    if not samples or t_to <= t_from:
+        return 0.0
+    return (at(t_to) - at(t_from)) / (t_to - t_from)
+
+
+def steady_rate(rec, warmup, seconds):
+    """Receiver goodput over [first byte + warmup, first byte + seconds - 1]."""
+    first = rec.get("first")
+    if first is None:
+        return 0.0
+    return rate_between(rec["samples"], first + warmup, first + seconds - 1.0)
+
+
+def percentile(values, q):
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    k = (len(values) - 1) * q
+    lo = int(k)
+    hi = min(lo + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+class Bench(object):
+    def __init__(self, args):
+        sys.path.insert(0, os.path.join(ROOT, "tests"))
+        from e2e import uml
+        self.uml = uml
+        self.args = args
+        import tempfile
+        self.basedir = tempfile.mkdtemp(prefix="pyslirp-bench-")
+        self.results = {"baud": args.baud, "line_rate": args.baud / 10.0, "settings": args.set}
+
+    def config(self, services):
+        cfg = {"services": {
+            "5001": {"host": "127.0.0.1", "port": services.ports["sink"], "name": "sink"},
+            "5002": {"host": "127.0.0.1", "port": services.ports["source"], "name": "source"},
+            "5003": {"host": "127.0.0.1", "port": services.ports["echo"], "name": "echo"},
+        }}
+        for item in self.args.set:
+            key, _, value = item.partition("=")
+            section, _, name = key.partition(".")
+            try:
+                value = int(value)
+            except ValueError:
+                if value in ("true", "false"):
+                    value = value == "true"
+            cfg.setdefault(section, {})[name] = value
+        return cfg
+
+    def guest_cmd(self, mode, port, out, **kw):
+        cmd = '$PYTHON %s --guest %s --port %d --out "$RESULTS/%s"' % (os.path.abspath(__file__), mode, port, out)
+        for k, v in kw.items():
+            cmd += " --%s %s" % (k, v)
+        return cmd
+
+    def session(self, name, body, relay_factory=None, timeout=120):
+        """One pyslirp + one guest running ``body`` between pppd up and down; returns (guest result, services)."""
+        uml = self.uml
+        lab = uml.Lab(os.path.join(self.basedir, name))
+        os.makedirs(lab.basedir, exist_ok=True)
+        services = Services()
+        try:
+            slirp = lab.start_pyslirp(self.config(services), debug=self.args.debug)
+            services.cpu_pid = slirp.proc.pid
+            script = """
+                pppd_start pppd noauth
+                wait_ppp_up 30 pppd || exit 1
+                %s
+                pppd_stop pppd
+            """ % body
+            kw = {}
+            if relay_factory is not None:
+                kw["relay_factory"] = relay_factory
+            guest = lab.boot_guest(script, slirp=slirp, timeout=timeout, name="guest", **kw)
+            res = guest.wait()
+            res.check_ran()
+            slirp.stop()
+            return res, services, guest
+        except Exception:
+            sys.stderr.write(lab.diagnostics() + "\n")
+            raise
+        finally:
+            services.close()
+            lab.close()
+
+    def load(self, res, name):
+        text = res.read(name)
+        if text is None:
+            raise RuntimeError("the guest wrote no %s:\n%s" % (name, res.diagnostics()))
+        return json.loads(text)
+
+    def unpaced(self):
+        n = int(self.args.mbytes * 1e6)
+        body = "\n".join([
+            self.guest_cmd("download", 5002, "dl.json", bytes=n),
+            self.guest_cmd("upload", 5001, "ul.json", bytes=n),
+        ])
+        res, services, _ = self.session("unpaced", body, timeout=60 + 4 * self.args.mbytes)
+        dl, ul = self.load(res, "dl.json"), self.load(res, "ul.json")
+        out = {}
+        for key, rec, kind in (("download", dl, "source"), ("upload", ul, "sink")):
+            svc = [r for r in services.log if r.get("kind") == kind]
+            if rec["bytes"] < n or not svc:
+                raise RuntimeError("%s incomplete: %r" % (key, rec))
+            mbps = rec["bytes"] / (rec["end"] - rec["t0"]) / 1e6
+            cpu = None
+            if svc[0]["cpu0"] is not None and svc[0]["cpu1"] is not None:
+                cpu = (svc[0]["cpu1"] - svc[0]["cpu0"]) / (n / 1e6)
+            out[key] = {"MB_per_s": mbps, "cpu_s_per_MB": cpu}
+        self.results["unpaced"] = out
+        return out
+
+    def paced(self):
+        from e2e.pacing import PacedRelay
+        a = self.args
+        factory = PacedRelay.factory(a.baud)
+        line = a.baud / 10.0
+        out = {}
+        # One-way, each direction in its own session.
+        for key, mode, port, kind in (("download", "download", 5002, "source"), ("upload", "upload", 5001, "sink")):
+            body = self.guest_cmd(mode, port, "bulk.json", seconds=a.seconds)
+            res, services, guest = self.session("paced-" + key, body, relay_factory=factory,
+                                                timeout=60 + a.seconds)
+            if key == "download":
+                rate = steady_rate(self.load(res, "bulk.json"), a.warmup, a.seconds)
+            else:
+                sink = [r for r in services.log if r.get("kind") == "sink"]
+                rate = steady_rate(sink[0], a.warmup, a.seconds) if sink else 0.0
+            out[key] = {"goodput": rate, "fraction": rate / line}
+        # Two-way with latency probes.
+        s = a.two_way_seconds
+        body = "\n".join([
+            self.guest_cmd("download", 5002, "dl.json", seconds=s) + " &",
+            self.guest_cmd("upload", 5001, "ul.json", seconds=s) + " &",
+            self.guest_cmd("probe", 5003, "probe.json", seconds=s, gap=a.probe_gap) + " &",
+            "wait",
+        ])
+        res, services, guest = self.session("paced-two-way", body, relay_factory=factory, timeout=60 + s)
+        dl = steady_rate(self.load(res, "dl.json"), a.warmup, s)
+        sink = [r for r in services.log if r.get("kind") == "sink"]
+        ul = steady_rate(sink[0], a.warmup, s) if sink else 0.0
+        probe = self.load(res, "probe.json")
+        rtts = [r for t, r in probe["rtts"] if r is not None and t >= a.warmup]
+        out["two_way"] = {
+            "download": {"goodput": dl, "fraction": dl / line},
+            "upload": {"goodput": ul, "fraction": ul / line},
+            "rtt_ms": {"n": len(rtts), "median": 1000 * percentile(rtts, 0.5), "p10": 1000 * percentile(rtts, 0.1),
+                       "p90": 1000 * percentile(rtts, 0.9), "max": 1000 * max(rtts) if rtts else float("nan")},
+            "probe_errors": sum(1 for _, r in probe["rtts"] if r is None),
+        }
+        self.results["paced"] = out
+        return out
+
+    def report(self):
+        r = self.results
+        lines = ["pyslirp link benchmark: Linux pppd in a UML guest <-> pyslirp on a pty%s" % (
+            " (settings: %s)" % ", ".join(r["settings"]) if r["settings"] else "")]
+        if "unpaced" in r:
+            u = r["unpaced"]
+            lines.append("unpaced:  download %.2f MB/s, upload %.2f MB/s" % (
+                u["download"]["MB_per_s"], u["upload"]["MB_per_s"]))
+            if u["download"]["cpu_s_per_MB"] is not None:
+                lines.append("          pyslirp CPU: %.2f s/MB downloading, %.2f s/MB uploading" % (
+                    u["download"]["cpu_s_per_MB"], u["upload"]["cpu_s_per_MB"]))
+        if "paced" in r:
+            p = r["paced"]
+            lines.append("%d bit/s 8N1 (line rate %d bytes/s each way):" % (r["baud"], r["line_rate"]))
+            lines.append("  one-way goodput:  download %.0f B/s (%.1f%%), upload %.0f B/s (%.1f%%)" % (
+                p["download"]["goodput"], 100 * p["download"]["fraction"],
+                p["upload"]["goodput"], 100 * p["upload"]["fraction"]))
+            t = p["two_way"]
+            lines.append("  two-way goodput:  download %.0f B/s (%.1f%%), upload %.0f B/s (%.1f%%)" % (
+                t["download"]["goodput"], 100 * t["download"]["fraction"],
+                t["upload"]["goodput"], 100 * t["upload"]["fraction"]))
+            rt = t["rtt_ms"]
+            lines.append("  64-byte RTT during two-way bulk: median %.0f ms (p10 %.0f, p90 %.0f, max %.0f; n=%d)" % (
+                rt["median"], rt["p10"], rt["p90"], rt["max"], rt["n"]))
+        return "\n".join(lines)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--guest":
+        return guest_main(argv[1:])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--baud", type=int, default=115200)
+    p.add_argument("--seconds", type=float, default=20.0, help="each one-way paced transfer")
+    p.add_argument("--two-way-seconds", type=float, default=30.0)
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds left out at the start of each transfer")
+    p.add_argument("--probe-gap", type=float, default=0.25, help="seconds between two 64-byte exchanges")
+    p.add_argument("--mbytes", type=float, default=8.0, help="MB per unpaced transfer")
+    p.add_argument("--only", choices=("unpaced", "paced"))
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="pyslirp configuration override, e.g. tcp.mss=536 (repeatable)")
+    p.add_argument("--debug", action="store_true", help="run pyslirp with -d (slower: debug logging)")
+    p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument("--keep", action="store_true", help="keep the run directories (printed)")
+    a = p.parse_args(argv)
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from e2e import uml
+    reason = uml.unavailable_reason()
+    if reason:
+        sys.stderr.write("cannot run: %s\n" % reason)
+        return 2
+    bench = Bench(a)
+    try:
+        if a.only != "paced":
+            bench.unpaced()
+        if a.only != "unpaced":
+            bench.paced()
+    finally:
+        if a.keep:
+            sys.stderr.write("run directories kept in %s\n" % bench.basedir)
+        else:
+            import shutil
+            shutil.rmtree(bench.basedir, ignore_errors=True)
+    print(bench.report())
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(bench.results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
