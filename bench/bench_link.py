@@ -430,11 +430,12 @@ class Bench(object):
             out[key] = {"goodput": rate, "fraction": rate / line}
         # Two-way with latency probes.
         s = a.two_way_seconds
+        # (A bare "wait" would wait for pppd too: wait for these three only.)
         body = "\n".join([
-            self.guest_cmd("download", 5002, "dl.json", seconds=s) + " &",
-            self.guest_cmd("upload", 5001, "ul.json", seconds=s) + " &",
-            self.guest_cmd("probe", 5003, "probe.json", seconds=s, gap=a.probe_gap) + " &",
-            "wait",
+            self.guest_cmd("download", 5002, "dl.json", seconds=s) + " & p1=$!",
+            self.guest_cmd("upload", 5001, "ul.json", seconds=s) + " & p2=$!",
+            self.guest_cmd("probe", 5003, "probe.json", seconds=s, gap=a.probe_gap) + " & p3=$!",
+            "wait $p1 $p2 $p3",
         ])
         res, services, guest = self.session("paced-two-way", body, relay_factory=factory, timeout=60 + s)
         dl = steady_rate(self.load(res, "dl.json"), a.warmup, s)

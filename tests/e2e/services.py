@@ -311,7 +311,11 @@ class Sshd(_Service):
             return ""
 
     def stop(self):
-        """Stop sshd and every session process it forked (its own process group); remove what start() made."""
+        """Stop sshd and its per-connection processes (its own process group); remove what start() made.
+
+        The commands of a session run in a session of their own (sshd calls setsid()); they end when their
+        connection's sshd process is gone (end of file on their pipes).
+        """
         proc, self.proc = self.proc, None
         if proc is not None and proc.returncode is None:
             self._stop_group(proc)
@@ -324,7 +328,7 @@ class Sshd(_Service):
 
     @staticmethod
     def _stop_group(proc):
-        # sshd and the session processes it forked share its process group (start_new_session above).  The
+        # sshd and the per-connection processes it forked share its process group (start_new_session above).  The
         # leader is not reaped until the group has been killed, so its id cannot be reused meanwhile.
         _signal_group(proc.pid, signal.SIGTERM)
         end = time.monotonic() + 5
