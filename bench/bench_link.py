@@ -25,6 +25,7 @@ Each phase is one guest boot (one PPP session); pyslirp runs with its defaults u
 import argparse
 import json
 import os
+import random
 import socket
 import struct
 import sys
@@ -95,6 +96,8 @@ def guest_upload(host, port, nbytes, seconds, out):
             except socket.timeout:
                 pass
         end = time.monotonic()
+        # Drop what the guest still holds (its socket buffer): the phase ends now, not when that drains.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         s.close()
         acked = None
     else:
@@ -115,12 +118,13 @@ def guest_probe(host, port, seconds, gap, out):
     """64-byte request/response exchanges: [(t, rtt seconds)]."""
     s = socket.create_connection((host, port), timeout=120)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    rng = random.Random(1)
     t0 = time.monotonic()
     deadline = t0 + seconds
     rtts = []
     n = 0
     while time.monotonic() < deadline:
-        msg = (b"%08d" % n) * (PROBE_SIZE // 8)
+        msg = probe_message(n)
         t = time.monotonic()
         s.sendall(msg)
         reply = _recv_exact(s, PROBE_SIZE)
@@ -130,7 +134,9 @@ def guest_probe(host, port, seconds, gap, out):
             break
         rtts.append((t - t0, now - t))
         n += 1
-        time.sleep(gap)
+        # A random pause (0.5 to 1.5 times the gap, seeded): keystrokes do not keep step with the bulk
+        # frames, and neither may the probes, or every exchange would meet the same phase of them.
+        time.sleep(gap * (0.5 + rng.random()))
     s.close()
     _dump(out, dict(kind="probe", t0=t0, rtts=rtts))
 
@@ -200,6 +206,16 @@ class Services(object):
             self.ports[name] = ls.getsockname()[1]
             threading.Thread(target=self._accept, args=(ls, handler), name=name, daemon=True).start()
 
+    def wait_for(self, kind, timeout=10.0):
+        """The records of finished ``kind`` connections, waiting a little for the first one to finish."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                found = [r for r in self.log if r.get("kind") == kind]
+            if found or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.05)
+
     def close(self):
         self._stop.set()
         for s in self._socks:
@@ -240,12 +256,15 @@ class Services(object):
     def _sink(self, conn, rec):
         rec["kind"] = "sink"
         state, add = _sampler()
-        while True:
-            data = conn.recv(65536)
-            if not data:
-                break
-            add(len(data), time.monotonic())
-        rec.update(bytes=state["total"], first=state["first"], samples=state["samples"])
+        try:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    break
+                add(len(data), time.monotonic())
+        finally:
+            # pyslirp resets the socket when the client does: what arrived until then counts.
+            rec.update(bytes=state["total"], first=state["first"], samples=state["samples"])
         try:
             conn.sendall(struct.pack("!Q", state["total"]))
         except OSError:
@@ -311,6 +330,44 @@ def steady_rate(rec, warmup, seconds):
     return rate_between(rec["samples"], first + warmup, first + seconds - 1.0)
 
 
+def probe_message(n):
+    return (b"%08d" % n) * (PROBE_SIZE // 8)
+
+
+def rtt_breakdown(relay, probe, warmup):
+    """Where each exchange's time went, from the pacing relay's timeline (medians in ms).
+
+    guest_queue: the request waiting in the guest (behind its own upload) plus the guest's own processing;
+    request_line / response_line: from the first byte going onto the line to the last coming off it (the
+    64 bytes only: the frame's headers go before them); pyslirp: from the request's last byte reaching
+    pyslirp's pty to the response's first byte leaving it onto the line, i.e. pyslirp's processing, the
+    echo service and everything queued toward the line ahead of the response.
+    """
+    parts = {"guest_queue": [], "request_line": [], "pyslirp": [], "response_line": []}
+    up_from = down_from = 0
+    for n, (t, rtt) in enumerate(probe["rtts"]):
+        if rtt is None:
+            break
+        msg = probe_message(n)
+        i = bytes(relay.from_guest).find(msg, up_from)
+        j = bytes(relay.to_guest).find(msg, down_from)
+        if i < 0 or j < 0:
+            break
+        up_from, down_from = i + len(msg), j + len(msg)
+        if t < warmup:
+            continue
+        a, b = relay.times_of("from_guest", i), relay.times_of("from_guest", i + len(msg) - 1)
+        c, d = relay.times_of("to_guest", j), relay.times_of("to_guest", j + len(msg) - 1)
+        if None in (a, b, c, d):
+            continue
+        req_on, req_off, resp_on, resp_off = a[0], b[1], c[0], d[1]
+        parts["request_line"].append(req_off - req_on)
+        parts["pyslirp"].append(resp_on - req_off)
+        parts["response_line"].append(resp_off - resp_on)
+        parts["guest_queue"].append(rtt - (resp_off - req_on))
+    return dict((k, 1000 * percentile(v, 0.5)) for k, v in parts.items() if v)
+
+
 def percentile(values, q):
     values = sorted(values)
     if not values:
@@ -361,7 +418,7 @@ class Bench(object):
         os.makedirs(lab.basedir, exist_ok=True)
         services = Services()
         try:
-            slirp = lab.start_pyslirp(self.config(services), debug=self.args.debug)
+            slirp = lab.start_pyslirp(self.config(services), debug=self.args.debug, pcap=self.args.pcap)
             services.cpu_pid = slirp.proc.pid
             script = """
                 pppd_start pppd noauth
@@ -376,6 +433,9 @@ class Bench(object):
             res = guest.wait()
             res.check_ran()
             slirp.stop()
+            if self.args.keep and hasattr(guest.relay, "down"):
+                with open(os.path.join(guest.rundir, "relay-timeline.json"), "w") as f:
+                    json.dump({"to_guest": guest.relay.down.timeline, "from_guest": guest.relay.up.timeline}, f)
             return res, services, guest
         except Exception:
             sys.stderr.write(lab.diagnostics() + "\n")
@@ -400,7 +460,7 @@ class Bench(object):
         dl, ul = self.load(res, "dl.json"), self.load(res, "ul.json")
         out = {}
         for key, rec, kind in (("download", dl, "source"), ("upload", ul, "sink")):
-            svc = [r for r in services.log if r.get("kind") == kind]
+            svc = services.wait_for(kind)
             if rec["bytes"] < n or not svc:
                 raise RuntimeError("%s incomplete: %r" % (key, rec))
             mbps = rec["bytes"] / (rec["end"] - rec["t0"]) / 1e6
@@ -419,15 +479,20 @@ class Bench(object):
         out = {}
         # One-way, each direction in its own session.
         for key, mode, port, kind in (("download", "download", 5002, "source"), ("upload", "upload", 5001, "sink")):
+            if key not in a.phases:
+                continue
             body = self.guest_cmd(mode, port, "bulk.json", seconds=a.seconds)
             res, services, guest = self.session("paced-" + key, body, relay_factory=factory,
                                                 timeout=60 + a.seconds)
             if key == "download":
                 rate = steady_rate(self.load(res, "bulk.json"), a.warmup, a.seconds)
             else:
-                sink = [r for r in services.log if r.get("kind") == "sink"]
+                sink = services.wait_for("sink")
                 rate = steady_rate(sink[0], a.warmup, a.seconds) if sink else 0.0
-            out[key] = {"goodput": rate, "fraction": rate / line}
+            out[key] = {"goodput": rate, "fraction": rate / line, "busy": guest.relay.utilisation()}
+        self.results["paced"] = out
+        if "two-way" not in a.phases:
+            return out
         # Two-way with latency probes.
         s = a.two_way_seconds
         # (A bare "wait" would wait for pppd too: wait for these three only.)
@@ -439,16 +504,19 @@ class Bench(object):
         ])
         res, services, guest = self.session("paced-two-way", body, relay_factory=factory, timeout=60 + s)
         dl = steady_rate(self.load(res, "dl.json"), a.warmup, s)
-        sink = [r for r in services.log if r.get("kind") == "sink"]
+        sink = services.wait_for("sink")
         ul = steady_rate(sink[0], a.warmup, s) if sink else 0.0
         probe = self.load(res, "probe.json")
         rtts = [r for t, r in probe["rtts"] if r is not None and t >= a.warmup]
+        breakdown = rtt_breakdown(guest.relay, probe, a.warmup)
         out["two_way"] = {
             "download": {"goodput": dl, "fraction": dl / line},
             "upload": {"goodput": ul, "fraction": ul / line},
             "rtt_ms": {"n": len(rtts), "median": 1000 * percentile(rtts, 0.5), "p10": 1000 * percentile(rtts, 0.1),
                        "p90": 1000 * percentile(rtts, 0.9), "max": 1000 * max(rtts) if rtts else float("nan")},
             "probe_errors": sum(1 for _, r in probe["rtts"] if r is None),
+            "busy": guest.relay.utilisation(),
+            "rtt_breakdown_ms": breakdown,
         }
         self.results["paced"] = out
         return out
@@ -467,9 +535,13 @@ class Bench(object):
         if "paced" in r:
             p = r["paced"]
             lines.append("%d bit/s 8N1 (line rate %d bytes/s each way):" % (r["baud"], r["line_rate"]))
-            lines.append("  one-way goodput:  download %.0f B/s (%.1f%%), upload %.0f B/s (%.1f%%)" % (
-                p["download"]["goodput"], 100 * p["download"]["fraction"],
-                p["upload"]["goodput"], 100 * p["upload"]["fraction"]))
+            for key in ("download", "upload"):
+                if key in p:
+                    lines.append("  one-way %-8s goodput %.0f B/s (%.1f%% of the line; line busy %.1f%%)" % (
+                        key, p[key]["goodput"], 100 * p[key]["fraction"],
+                        100 * p[key]["busy"][0 if key == "download" else 1]))
+            if "two_way" not in p:
+                return "\n".join(lines)
             t = p["two_way"]
             lines.append("  two-way goodput:  download %.0f B/s (%.1f%%), upload %.0f B/s (%.1f%%)" % (
                 t["download"]["goodput"], 100 * t["download"]["fraction"],
@@ -477,6 +549,11 @@ class Bench(object):
             rt = t["rtt_ms"]
             lines.append("  64-byte RTT during two-way bulk: median %.0f ms (p10 %.0f, p90 %.0f, max %.0f; n=%d)" % (
                 rt["median"], rt["p10"], rt["p90"], rt["max"], rt["n"]))
+            b = t.get("rtt_breakdown_ms")
+            if b:
+                lines.append("    medians: in the guest %.0f ms, request on the line %.0f, pyslirp and its queue %.0f, "
+                             "response on the line %.0f" % (b.get("guest_queue", 0), b.get("request_line", 0),
+                                                             b.get("pyslirp", 0), b.get("response_line", 0)))
         return "\n".join(lines)
 
 
@@ -492,12 +569,16 @@ def main(argv=None):
     p.add_argument("--probe-gap", type=float, default=0.25, help="seconds between two 64-byte exchanges")
     p.add_argument("--mbytes", type=float, default=8.0, help="MB per unpaced transfer")
     p.add_argument("--only", choices=("unpaced", "paced"))
+    p.add_argument("--phases", default="download,upload,two-way",
+                   help="paced phases to run (comma-separated: download, upload, two-way)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="pyslirp configuration override, e.g. tcp.mss=536 (repeatable)")
     p.add_argument("--debug", action="store_true", help="run pyslirp with -d (slower: debug logging)")
+    p.add_argument("--pcap", action="store_true", help="let pyslirp capture its PPP frames (see --keep)")
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--keep", action="store_true", help="keep the run directories (printed)")
     a = p.parse_args(argv)
+    a.phases = [x.strip() for x in a.phases.split(",") if x.strip()]
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from e2e import uml
     reason = uml.unavailable_reason()

@@ -16,11 +16,14 @@ and IPCP); the link's events are dispatched at once:
 Output is pulled, never pushed: :meth:`take_serial_output` first takes the
 link's own framed control frames (LCP/IPCP/auth, urgent), then asks the stack
 for IP datagrams within ``budget`` bulk bytes (control and small packets
-always come) and frames each through ``PPPLink.send_ip``.  The runtime passes
-as budget the room left in a small bound on the bytes queued toward the line
-(its writer queue plus the OS output queue), so bulk data waits in the TCP
-send buffers (where it is backpressure on the service sockets) instead of in
-front of keystrokes.
+always come) and frames each through ``PPPLink.send_ip``.  The runtime calls
+it when the line has room and passes as budget the room left under a small
+bound on the bytes queued toward the line (its writer queue plus the OS
+output queue), so what is returned is what goes onto the line next, in that
+order, and bulk data waits in the TCP send buffers (where it is backpressure
+on the service sockets) instead of in front of keystrokes.  The runtime also
+reports the line's measured drain rate (:meth:`set_line_rate`), which the
+stack uses to size segments and windows to the line.
 
 Timers: :meth:`get_timer` is the earlier of the link's and the stack's
 deadlines; :meth:`handle_timer` runs whichever is due.  Times are integer
@@ -30,7 +33,9 @@ Contract notes: the constructor takes the link's and the stack's configs
 separately (``Core(link_config, stack_config, rng, tap=None)``; ``link``
 and ``stack`` may be injected by tests); ``take_serial_output`` takes an
 optional ``now`` (default: the time of the latest call) for
-``PPPLink.send_ip``.  The stack is told the session MTU through ``IPStack.set_mtu``
+``PPPLink.send_ip`` and ``allow_one_over`` (see the method);
+``set_line_rate(bytes_per_second)`` passes the measured line rate to the
+stack.  The stack is told the session MTU through ``IPStack.set_mtu``
 when it has one; otherwise, as the stack holds no connection at ``LinkUp``,
 the Core builds a fresh stack with the MTU replaced in its config.
 """
@@ -62,12 +67,17 @@ class Core(object):
         self._events = []
         self._now = 0
         self.session_mtu = None
+        self.line_rate = None
         self.sessions = 0
         self.counters = {"ip_out_link_down": 0}
 
     def _new_stack(self, stack_config):
         from pyslirp.net.stack import IPStack
-        return IPStack(stack_config, self._rng)
+        stack = IPStack(stack_config, self._rng)
+        rate = getattr(self, "line_rate", None)
+        if rate is not None:
+            stack.set_line_rate(rate)
+        return stack
 
     # -- the line -------------------------------------------------------------
 
@@ -131,17 +141,21 @@ class Core(object):
 
     # -- output and events -----------------------------------------------------
 
-    def take_serial_output(self, budget, now=None):
-        """Framed bytes for the line: [(urgent, bytes)], link control first.
+    def take_serial_output(self, budget, now=None, allow_one_over=False):
+        """Framed bytes for the line: [(urgent, bytes)], link control first, in the order they must go.
 
         ``budget`` bounds the bulk IP bytes taken from the stack (control and
-        small packets always come).
+        small packets always come); ``allow_one_over``: with a positive budget
+        the first bulk datagram may exceed it (``IPStack.take_packets``).
         """
         if now is None:
             now = self._now
         link = self.link
         out = list(link.take_output())
-        packets = self.stack.take_packets(budget)
+        if allow_one_over:
+            packets = self.stack.take_packets(budget, allow_one_over=True)
+        else:
+            packets = self.stack.take_packets(budget)
         if not packets:
             return out
         if not link.is_up:
@@ -154,6 +168,13 @@ class Core(object):
             else:
                 self.counters["ip_out_link_down"] += 1
         return out
+
+    def set_line_rate(self, rate):
+        """The line's measured drain rate in bytes/s (the runtime measures it; see runtime/serialio.py)."""
+        self.line_rate = rate
+        setter = getattr(self.stack, "set_line_rate", None)
+        if setter is not None:
+            setter(rate)
 
     def take_events(self):
         """Link events of interest (LinkUp, LinkDown, AuthResult), then the stack's service events."""

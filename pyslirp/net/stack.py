@@ -50,17 +50,49 @@ Output: :meth:`take_packets` returns queued control packets (ICMP, resets,
 UDP), then every connection's segments: control segments and segments with
 at most 64 bytes of payload (keystrokes and their echoes) always and marked
 urgent, bulk payload shared round-robin within ``budget`` bytes (IP datagram
-bytes; see :meth:`_take_tcp`).  Every outgoing datagram has TTL 64 and the
-next identification, and is never larger than the link MTU; TCP segments
-always carry DF.  The only datagrams that may not fit (an echo reply to a
-reassembled jumbo ping, a large UDP answer) go out fragmented, without DF.
+bytes; see :meth:`_take_tcp`).  The runtime calls it when the line has room
+and passes what may still be queued toward the line, so what is returned is
+what goes onto the line next, in that order: bulk waits here, in the TCP
+send buffers, where a keystroke can still overtake it.  Every outgoing
+datagram has TTL 64 and the next identification, and is never larger than
+the link MTU; TCP segments always carry DF.  The only datagrams that may not
+fit (an echo reply to a reassembled jumbo ping, a large UDP answer) go out
+fragmented, without DF.
+
+Fitting a slow line: the runtime measures how fast the line drains and tells
+us (``set_line_rate``, bytes/s).  At 115200 bit/s one 1500-byte frame holds
+the line for 130 ms, so a keystroke behind it, or behind the client's own
+upload, waits that long.  Therefore:
+
+* the MSS we announce in our SYN-ACK (the size of every segment the client
+  sends us on that connection) is about MSS_TIME of line time, at least
+  MIN_LINE_MSS, unless ``tcp.mss`` is configured (RFC 9293 3.7.1 lets the
+  receiver announce any MSS); TCP timestamps are not offered on a line
+  slower than SLOW_LINE (12 bytes per segment);
+* our receive window (``conn.rcv_limit``) is WINDOW_TIME of line time, and
+  only INTERACTIVE_WINDOW_TIME (at least two of the client's segments) while
+  interactive traffic shares the line: the window bounds what the client
+  queues toward the line ahead of its own keystrokes;
+* while interactive traffic shares a slow line our own bulk segments are cut
+  to SEGMENT_TIME of line time (``conn.segment_limit``; otherwise as large as
+  the client allows, for efficiency) and every data segment from the client
+  is acknowledged at once (``conn.ack_every``), so a two-segment window
+  keeps its upload going.
+
+"Interactive" means that some connection carried INTERACTIVE_SEGMENTS small
+payload segments (at most SMALL_PAYLOAD bytes), either way, with no pause of
+INTERACTIVE_HOLD ms; it ends INTERACTIVE_HOLD ms after the last one.  Bulk
+efficiency wants large segments and a window of many of them; latency wants
+the opposite: this is the trade-off, measured by bench/bench_link.py.
 
 Link down: :meth:`reset` drops every connection without a word on the dead
 link and closes every service socket.
 
-Contract extensions (documented here, additive only): ``set_mtu(mtu)`` (the
-session MTU, from LCP, told by the Core at LinkUp); ``udp`` (the UDP port
-table, net/udp.py); ``policy`` (the admission decision point).
+Contract extensions (documented here, additive only): ``take_packets(budget,
+allow_one_over=False)`` (see there); ``set_mtu(mtu)`` (the
+session MTU, from LCP, told by the Core at LinkUp); ``set_line_rate(rate)``
+(the measured line rate, from the runtime through the Core); ``udp`` (the
+UDP port table, net/udp.py); ``policy`` (the admission decision point).
 """
 
 import logging
@@ -89,8 +121,33 @@ TTL = 64
 SMALL_PAYLOAD = 64          # a segment with at most this much payload is "urgent" (keystrokes, echoes)
 IP_TCP_HEADER = 40          # IPv4 + TCP headers without options
 MAX_CONTROL_QUEUE = 256     # ICMP, resets and UDP waiting for take_packets
+MSS_TIME = 0.05             # s: the MSS we announce on a slow line fills about this much line time
+SLOW_LINE = 100000          # bytes/s: below this no TCP timestamps are offered
+SEGMENT_TIME = 0.05         # s: bulk segments while interactive traffic shares a slow line
+MIN_LINE_MSS = 256          # never announce or cut segments smaller than this for the line's sake
+WINDOW_TIME = 0.5           # s of line time: the receive window on a slow line, bulk only
+INTERACTIVE_WINDOW_TIME = 0.1   # s of line time: ... while interactive traffic shares it
+INTERACTIVE_HOLD = 5000     # ms: a connection that carried small segments this recently is interactive
+INTERACTIVE_SEGMENTS = 3    # ... and this many of them, without a pause of INTERACTIVE_HOLD
+MIN_WINDOW_SEGMENTS = 2     # the receive window never goes below two of the client's segments
 _FRAG_KEY = "frag"
 _MAX_EVENT_ROUNDS = 8
+
+
+def _segment_payload(conn, default):
+    """The most payload one segment of ``conn`` carries now (its MSS, or less under ``segment_limit``)."""
+    n = getattr(conn, "send_mss", default)
+    limit = getattr(conn, "segment_limit", None)
+    if limit and limit < n:
+        n = limit
+    return max(1, n)
+
+
+def line_mss(rate, limit):
+    """The MSS for a new connection on a line that drains ``rate`` bytes/s (None: unknown), at most ``limit``."""
+    if not rate:
+        return limit
+    return min(limit, max(MIN_LINE_MSS, int(rate * MSS_TIME) - IP_TCP_HEADER))
 
 
 @dataclass(frozen=True)
@@ -146,7 +203,8 @@ class Policy(object):
 class _Conn(object):
     """The stack's bookkeeping around one TcpConnection."""
     __slots__ = ("conn_id", "key", "conn", "spec", "client", "accepted", "established", "granted", "received",
-                 "backlog", "eof", "peer_fin", "service_closed", "opened_at", "last_activity", "reason", "gone")
+                 "backlog", "eof", "peer_fin", "service_closed", "opened_at", "last_activity", "reason", "gone",
+                 "small_at", "small_count")
 
     def __init__(self, conn_id, key, conn, spec, client, now):
         self.conn_id = conn_id
@@ -166,6 +224,8 @@ class _Conn(object):
         self.last_activity = now
         self.reason = ""
         self.gone = False
+        self.small_at = None            # ms of the last small (interactive) payload segment, either way
+        self.small_count = 0            # small payload segments since a pause of INTERACTIVE_HOLD
 
 
 class IPStack(object):
@@ -175,6 +235,10 @@ class IPStack(object):
         self.local_ip = ip_bytes(config.local_ip)
         self.remote_ip = ip_bytes(config.remote_ip)
         self.mtu = config.mtu
+        self.line_rate = None
+        self._fitted = (None, False)    # (line rate, interactive) the connections were last fitted to
+        self._conn_configs = {}         # (announced mss, timestamps) -> TcpConfig for new connections
+        self._interactive_until = -1    # ms: interactive traffic seen recently (see _interactive)
         self.policy = Policy(config)
         self.udp = UdpMux()
         self.frag = Reassembler()
@@ -215,6 +279,79 @@ class IPStack(object):
     @property
     def mss_limit(self):
         return self.mtu - 40
+
+    def new_connection_params(self):
+        """(TcpConfig, mss_limit) for a new connection.
+
+        A configured ``tcp.mss`` is used both ways (announced, and the largest segment we send).  Otherwise
+        the announced MSS -- the size of every segment the client will send us on this connection -- is
+        sized to the line (``line_mss``), while our own segments may be as large as the link allows and
+        are sized dynamically (``segment_limit``, see _fit_to_line).  On a slow line TCP timestamps are
+        not offered: 12 bytes more per segment buy nothing there (RFC 7323 PAWS protects against
+        wrapped sequence numbers at gigabit speeds; Karn's algorithm times segments well enough).
+        """
+        tcp = self.config.tcp
+        limit = self.mss_limit
+        rate = self.line_rate
+        if tcp.mss:
+            limit = max(1, min(tcp.mss, limit))
+            announce = tcp.mss
+        else:
+            announce = line_mss(rate, limit)
+        timestamps = tcp.timestamps and not (rate and rate < SLOW_LINE)
+        key = (announce, timestamps)
+        config = self._conn_configs.get(key)
+        if config is None:
+            if len(self._conn_configs) > 64:
+                self._conn_configs.clear()
+            config = self._conn_configs[key] = replace(tcp, mss=announce, timestamps=timestamps)
+        return config, limit
+
+    def _interactive(self, rec, now):
+        """``rec`` carried a small payload segment: after a few, interactive traffic shares the line for a while.
+
+        One small segment is no sign (the request at the start of a download, the tail of a transfer);
+        keystrokes and their echoes come in numbers.
+        """
+        if rec.small_at is None or now - rec.small_at > INTERACTIVE_HOLD:
+            rec.small_count = 0
+        rec.small_at = now
+        rec.small_count += 1
+        if rec.small_count < INTERACTIVE_SEGMENTS:
+            return
+        if now + INTERACTIVE_HOLD > self._interactive_until:
+            self._interactive_until = now + INTERACTIVE_HOLD
+        if self.line_rate and not self._fitted[1]:
+            self._fit_to_line(now)
+
+    def _fit_to_line(self, now):
+        """Size every connection's segments and receive window to the line (see "Fitting a slow line")."""
+        rate = self.line_rate
+        interactive = bool(rate) and now <= self._interactive_until
+        self._fitted = (rate, interactive)
+        if not rate:
+            seg = win = None
+        elif interactive:
+            seg = max(MIN_LINE_MSS, int(rate * SEGMENT_TIME) - IP_TCP_HEADER)
+            win = rate * INTERACTIVE_WINDOW_TIME
+        else:
+            seg = None
+            win = rate * WINDOW_TIME
+        for rec in self._conns.values():
+            conn = rec.conn
+            if win is None:
+                conn.rcv_limit = None
+            else:
+                # Whole segments: a window with a remainder makes the client send a runt to fill it.
+                mss = conn.our_mss
+                conn.rcv_limit = mss * max(MIN_WINDOW_SEGMENTS, int(win) // mss)
+            conn.segment_limit = seg if seg is not None and seg < conn.send_mss else None
+            conn.ack_every = 1 if interactive and rate < SLOW_LINE else 2
+
+    def set_line_rate(self, rate):
+        """The serial line's measured drain rate in bytes/s (None: unknown)."""
+        self.line_rate = rate
+        self._fit_to_line(self._now)
 
     def set_mtu(self, mtu):
         """The session MTU (the smaller of ours and the peer's MRU); new connections size their MSS from it."""
@@ -368,6 +505,8 @@ class IPStack(object):
         if rec is not None:
             if seg.seg_len:
                 rec.last_activity = now
+                if 0 < len(seg.payload) <= SMALL_PAYLOAD:
+                    self._interactive(rec, now)
             rec.conn.receive(seg, now)
             self._after(rec, now)
             return
@@ -410,13 +549,15 @@ class IPStack(object):
             return
         spec = decision.spec
         iss = self._isn(self.local_ip, seg.dst_port, self.remote_ip, seg.src_port, now)
-        conn = TcpConnection(seg, self.local_ip, self.remote_ip, self.config.tcp, iss, now, self.mss_limit)
+        tcp_config, mss_limit = self.new_connection_params()
+        conn = TcpConnection(seg, self.local_ip, self.remote_ip, tcp_config, iss, now, mss_limit)
         conn_id = self._next_id
         self._next_id += 1
         rec = _Conn(conn_id, (seg.src_port, seg.dst_port), conn, spec, client, now)
         self._conns[rec.key] = rec
         self._by_id[conn_id] = rec
         self._events.append(ServiceConnect(conn_id, spec.host, spec.target_port, spec.name, client))
+        self._fit_to_line(now)
         self._after(rec, now)
 
     # -- connection events ----------------------------------------------------------
@@ -656,8 +797,12 @@ class IPStack(object):
             return None
         return packet
 
-    def take_packets(self, budget):
-        """[(urgent, IPv4 datagram)]: control and small packets always; bulk within ``budget`` bytes (< 0: all)."""
+    def take_packets(self, budget, allow_one_over=False):
+        """[(urgent, IPv4 datagram)]: control and small packets always; bulk within ``budget`` bytes (< 0: all).
+
+        ``allow_one_over`` (an addition to the contract): with a positive budget the first bulk datagram
+        may exceed it -- a bound on the line's queue smaller than one segment must still let data through.
+        """
         urgent = []
         bulk = []
         for local_port, client_port, payload in self.udp.take_datagrams():
@@ -667,7 +812,9 @@ class IPStack(object):
         while self._control:
             urgent.append(self._control.popleft())
         if self._conns:
-            self._take_tcp(budget, urgent, bulk)
+            if self._fitted[1] and self._now > self._interactive_until:
+                self._fit_to_line(self._now)       # interactive traffic has gone quiet: bulk may grow again
+            self._take_tcp(budget, urgent, bulk, allow_one_over)
         out = [(True, p) for p in urgent]
         out.extend((False, p) for p in bulk)
         self.packets_out += len(out)
@@ -675,20 +822,27 @@ class IPStack(object):
             self.bytes_out += len(p)
         return out
 
-    def _take_tcp(self, budget, urgent, bulk):
-        """Every connection's segments; bulk payload shared round-robin.
+    def _take_tcp(self, budget, urgent, bulk, allow_one_over=False):
+        """Every connection's segments; bulk payload shared round-robin within ``budget``.
 
-        Each connection is asked once with a share of the budget (at least SMALL_PAYLOAD, so that a keystroke
-        never waits behind another connection's bulk); connections that sent payload are asked again, one
-        segment's worth at a time, while budget remains.  The payload allowance of each call is the budget left
-        minus the connection's per-segment headers (IP, TCP, timestamps), so bulk datagrams stay within the
-        budget (a SACK option, present only while we hold out-of-order data, may exceed it by its size).  A
-        connection that was served moves to the back of the round-robin order, so the next call starts with
-        another one.
+        The budget is what the runtime may still queue toward the line (its bound minus what is
+        already waiting there), so the order chosen here is the order on the wire: the next frame is
+        decided when the line has room, not earlier.
+
+        Pass one asks every connection once.  Control segments (ACKs, window updates, SYN, FIN, RST)
+        always come, and so does a payload of at most SMALL_PAYLOAD bytes (keystrokes, their echoes):
+        those never wait for the budget.  Bulk segments are then handed out one segment's worth per
+        connection per turn, round-robin, while they fit in the budget; with ``allow_one_over`` the
+        first bulk segment of a call may exceed a positive budget (a bound smaller than one segment
+        must still let data through).  A connection that sent bulk moves to the back of the order, so the next call starts
+        with another one.  Within one connection segments are never reordered: once a connection has a
+        bulk segment in this call, its later small segments are counted as bulk too (urgent packets
+        are returned ahead of bulk ones).
         """
         unlimited = budget < 0
         remaining = budget
-        quantum = max(self.mss_limit, 1)
+        took_bulk = False
+        bulk_senders = set()            # connections with a bulk segment in this call: nothing of theirs is urgent now
         now = self._now
         order = list(self._conns.values())
         first = True
@@ -702,29 +856,35 @@ class IPStack(object):
                     allowance = -1
                 else:
                     header = IP_TCP_HEADER + (tcp_wire.TS_OPTION_LEN if getattr(conn, "ts_ok", False) else 0)
-                    allowance = min(quantum, remaining - header)
+                    quantum = _segment_payload(conn, self.mss_limit)
+                    if allow_one_over and remaining > 0 and not took_bulk:
+                        allowance = quantum
+                    else:
+                        allowance = min(quantum, remaining - header)
                     if first:
                         allowance = max(allowance, SMALL_PAYLOAD)
                     elif allowance <= 0:
                         continue
                 segs = conn.take_segments(allowance, now)
-                payload = 0
-                seen_bulk = False
+                sent_bulk = False
+                seen_bulk = rec in bulk_senders
                 for seg in segs:
                     packet = self._wrap(seg)
                     if packet is None:
                         continue
                     n = len(seg.payload)
-                    payload += n
-                    # Small segments jump the queue, but never ahead of this connection's own earlier bulk.
                     if n <= SMALL_PAYLOAD and not seen_bulk:
+                        if n:
+                            self._interactive(rec, now)
                         urgent.append(packet)
                     else:
-                        seen_bulk = True
+                        seen_bulk = sent_bulk = True
                         bulk.append(packet)
                         if not unlimited:
                             remaining -= len(packet)
-                if payload:
+                if sent_bulk:
+                    took_bulk = True
+                    bulk_senders.add(rec)
                     self._conns.move_to_end(rec.key)
                     if not unlimited:
                         again.append(rec)

@@ -8,16 +8,26 @@ Theory of operation (the design card's shape)::
     signal handlers --("signal", ...)--> [inbox]       +--> service threads (per-connection calls)
 
 The loop waits on the inbox with a timeout of the next deadline (the Core's
-timer, the stats line, a re-flush while the OS output queue drains), with
+timer, the stats line, a re-flush while the line has no room), with
 integer milliseconds from ``time.monotonic``; dispatches what came (a bounded
 batch, so timers stay punctual under load); runs due timers; then flushes:
 framed output to the writer and the Core's events to the service manager.
 
-Output budget: the stack thread counts the bytes it handed the writer and
-not yet reported written (``("written", ...)``), adds the OS output queue
-(TIOCOUTQ where the endpoint has one) and passes the room left under
-``line_budget`` to ``Core.take_serial_output``; bulk data beyond that waits in
-TCP send buffers.  Every "written" report wakes the loop, which refills.
+Output scheduling (latency under load): a serial line is slow, and every byte
+queued toward it is a byte a keystroke waits behind (at 115200 bit/s, 1 KB is
+90 ms).  So little is queued: the bound is the writer's ``target()``, about
+TARGET_DELAY of line time at the rate the writer measures (at least
+MIN_TARGET bytes, at most ``line_budget``).  At each flush the budget is that
+bound minus what is already on its way -- bytes handed to the writer and not
+yet written (``line_queued``) plus the OS output queue (``writer.backlog()``)
+-- and ``Core.take_serial_output(budget, allow_one_over=True)`` returns the
+frames to send next, in order: link control and small packets always, bulk
+while the budget is positive (one frame may exceed it).  Bulk beyond that
+waits in the TCP send buffers, where the next keystroke can still overtake
+it.  The writer's "room" report (the line drained below the bound) wakes the
+loop to refill; a 20 ms re-flush is the safety net.  Whenever the measured
+rate moves by more than an eighth the Core is told (``set_line_rate``): the
+stack sizes segments and windows to it.
 
 The inbox is a ``queue.SimpleQueue``, whose ``put`` is safe to call from a
 signal handler.  Producers bound themselves: the reader by bytes in flight,
@@ -30,6 +40,7 @@ connections and returns 0.  A second signal while stopping returns at once.
 SIGHUP reopens the log files.
 """
 
+import inspect
 import logging
 import queue
 import random
@@ -38,12 +49,15 @@ import time
 from pyslirp import logsetup, metrics
 from pyslirp.core import Core
 from pyslirp.ppp.events import AuthResult, LinkDown, LinkUp
-from pyslirp.runtime.serialio import LineManager
+from pyslirp.runtime.serialio import DrainMeter, LineManager
 from pyslirp.runtime.services import CONNECT_TIMEOUT, ServiceManager
 
 log = logging.getLogger("pyslirp.runtime")
 
 BATCH = 256             # inbox items handled between timer runs
+MIN_TARGET = 128        # bytes: the smallest bound on what waits toward the line
+TARGET_DELAY = 0.010    # s: the bound is this much line time at the measured rate (at least MIN_TARGET)
+REFLUSH_MS = 20         # look again this soon when the line had no room (safety net for "room")
 STOP_TIMEOUT = 3000     # ms to wait for the LCP Terminate-Ack
 DRAIN_TIMEOUT = 1000    # ms to let the writer drain before closing the line
 
@@ -63,10 +77,10 @@ class Runtime(object):
             link_config, stack_config, rng if rng is not None else random.SystemRandom(), tap=tap)
         self.services = ServiceManager(self.post, connect_timeout=connect_timeout,
                                        connection_log=connection_log)
-        self.line = LineManager(self.post, opener=opener, endpoint=endpoint, coalesce=coalesce,
-                                writer_limit=max(4 * line_budget, 1 << 20))
         self.line_budget = line_budget
         self.baudrate = baudrate
+        self.line = LineManager(self.post, opener=opener, endpoint=endpoint, coalesce=coalesce,
+                                writer_limit=max(4 * line_budget, 1 << 20), meter_factory=self._new_meter)
         self.stats_interval = stats_interval * 1000
         self.stop_timeout = stop_timeout
         self.endpoint = None
@@ -77,10 +91,18 @@ class Runtime(object):
         self._stopping = None           # None, "closing" or "draining"
         self._stop_deadline = None
         self._reflush_at = None
+        self._told_rate = None          # the line rate last told to the Core
+        self._one_over = None           # the Core's take_serial_output has allow_one_over (None: not yet known)
         self._next_stats = None
         self._counters = {"line_ups": 0, "line_downs": 0, "link_ups": 0, "link_downs": 0,
                           "auth_failures": 0, "serial_bytes_in": 0, "serial_bytes_out": 0,
                           "internal_errors": 0}
+
+    def _new_meter(self):
+        """The drain meter of a newly opened line: the configured speed is only the first guess."""
+        return DrainMeter(initial=self.baudrate / 10.0 if self.baudrate else None,
+                          max_target=self.line_budget, min_target=min(MIN_TARGET, self.line_budget),
+                          delay=TARGET_DELAY)
 
     # -- for other threads and signal handlers ------------------------------------
 
@@ -100,6 +122,9 @@ class Runtime(object):
         out["runtime.line_queued"] = self.line_queued
         if self.writer is not None:
             out["runtime.writer_dropped"] = self.writer.dropped
+            rate = self.writer.rate
+            out["runtime.line_rate"] = int(rate) if rate is not None else 0     # measured, bytes/s
+            out["runtime.line_target"] = self.writer.target()                   # bound on the line's queue
         return out
 
     # -- the loop ---------------------------------------------------------------
@@ -166,6 +191,8 @@ class Runtime(object):
             if item[1] is self.writer:
                 self.line_queued -= item[2]
                 self._counters["serial_bytes_out"] += item[2]
+        elif kind == "room":
+            pass                        # the line drained below its bound: the flush below refills it
         elif kind == "svc_data":
             core.service_data(item[1], item[2], now)
         elif kind == "svc_written":
@@ -184,6 +211,7 @@ class Runtime(object):
         elif kind == "line_up":
             _, _, self.endpoint, self.writer, self.reader = item
             self.line_queued = 0
+            self._told_rate = None
             self._counters["line_ups"] += 1
             log.info("serial line open: %s", self.endpoint.name)
             if self._stopping is None:
@@ -232,20 +260,21 @@ class Runtime(object):
     def _flush(self, now):
         core = self.core
         writer = self.writer
+        self._reflush_at = None
         if writer is not None:
-            outq = self.endpoint.out_waiting() if self.endpoint is not None else 0
-            budget = self.line_budget - self.line_queued - outq
-            for urgent, frame in core.take_serial_output(budget if budget > 0 else 0, now):
+            target = writer.target()
+            backlog = writer.backlog()
+            budget = target - self.line_queued - backlog
+            for urgent, frame in self._take_output(budget if budget > 0 else 0, now):
                 if writer.put(urgent, frame):
                     self.line_queued += len(frame)
-            self._reflush_at = None
-            if outq > 0:
-                # Nothing reports the OS queue draining: look again shortly.
-                delay = outq * 10000 // self.baudrate if self.baudrate else 10
-                self._reflush_at = now + min(100, max(5, delay))
+            if budget <= 0:
+                # The writer posts "room" when the line drains below the bound; this is only the
+                # safety net should the bound move under it.
+                self._reflush_at = now + REFLUSH_MS
+            self._tell_rate(writer.rate)
         else:
             core.take_serial_output(0, now)
-            self._reflush_at = None
         for event in core.take_events():
             if self.services.handle(event):
                 continue
@@ -255,6 +284,30 @@ class Runtime(object):
                 self._counters["link_downs"] += 1
             elif isinstance(event, AuthResult) and not event.ok:
                 self._counters["auth_failures"] += 1
+
+    def _take_output(self, budget, now):
+        """The Core's next frames; a positive budget lets one bulk frame through even if it is larger."""
+        take = self.core.take_serial_output
+        if self._one_over is None:
+            try:
+                self._one_over = "allow_one_over" in inspect.signature(take).parameters
+            except (TypeError, ValueError):
+                self._one_over = False
+        if self._one_over:
+            return take(budget, now, allow_one_over=True)
+        return take(budget, now)
+
+    def _tell_rate(self, rate):
+        """Tell the Core the measured line rate (bytes/s) when it has moved by more than an eighth."""
+        if rate is None:
+            return
+        told = self._told_rate
+        if told is not None and abs(rate - told) * 8 < told:
+            return
+        self._told_rate = rate
+        setter = getattr(self.core, "set_line_rate", None)
+        if setter is not None:
+            setter(int(rate))
 
     def _housekeeping(self, now):
         if self._next_stats is not None and now >= self._next_stats:

@@ -27,7 +27,7 @@ import os
 import select
 import time
 
-from e2e.uml import SerialRelay
+from e2e.uml import CAPTURE_LIMIT, SerialRelay
 
 F_SETPIPE_SZ = 1031     # fcntl.F_SETPIPE_SZ exists only since Python 3.10
 PIPE_SIZE = 4096        # the guest's serial transmit buffer (Linux: UART_XMIT_SIZE = one page)
@@ -53,6 +53,7 @@ class _Direction(object):
         self.pending = b""              # delivered, but the destination would block
         self.bytes = 0
         self.wire_time = 0.0            # seconds the line was busy
+        self.timeline = []              # (taken at, delivered at, stream offset, nbytes) while capturing
 
     def occupancy(self, now):
         return max(0.0, self.busy_until - now) * self.rate
@@ -74,6 +75,8 @@ class _Direction(object):
         self.busy_until = start + duration
         self.wire_time += duration
         self.in_flight.append((self.busy_until, data))
+        if self.bytes < CAPTURE_LIMIT:
+            self.timeline.append((start, self.busy_until, self.bytes, len(data)))
         self.bytes += len(data)
 
     def due(self, now):
@@ -124,6 +127,26 @@ class PacedRelay(SerialRelay):
             return cls(tty_fd, guest_in_w, guest_out_r, name=name, baud=baud, fifo=fifo,
                        guest_pipe_size=guest_pipe_size)
         return make
+
+    def times_of(self, direction, offset):
+        """(taken, delivered): when the byte at ``offset`` of a direction's stream went onto the line and off it.
+
+        ``direction`` is "to_guest" or "from_guest"; None if that byte was not (yet) captured.
+        """
+        d = self.down if direction == "to_guest" else self.up
+        line = d.timeline
+        lo, hi = 0, len(line)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if line[mid][2] + line[mid][3] <= offset:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo >= len(line) or line[lo][2] > offset:
+            return None
+        taken, delivered, start, n = line[lo]
+        # Within a chunk the bytes follow each other at the line rate.
+        return taken + (offset - start) / d.rate, delivered
 
     def utilisation(self):
         """Fraction of the time since start that each direction's line was busy: (to_guest, from_guest)."""

@@ -63,6 +63,15 @@ ADDITIONS to the contract (all optional, nothing above changed):
     conn.close_reason             # None, or refused / reset / timeout / aborted / closed / time_wait
     conn.ts_ok, conn.sack_ok, conn.ws_ok, conn.send_mss, conn.our_mss   # what was negotiated
     conn.rto, conn.srtt, conn.cwnd, conn.ssthresh, conn.rcv_wnd, conn.unsent   # read-only diagnostics
+    conn.segment_limit = n or None    # the largest payload of a data segment we send from now on (never
+                                      # above the negotiated MSS): the stack sizes segments to a slow line
+                                      # while interactive traffic shares it (segments may be re-cut:
+                                      # RFC 9293 3.9.1 lets a retransmission carry a different size)
+    conn.rcv_limit = n or None        # cap on the receive window we advertise (bytes the client may send
+                                      # beyond what we acknowledged; the right edge still never moves
+                                      # left): keeps the client's own queue toward a slow line short
+    conn.ack_every = 2 or 1           # ACK at least every this many full-sized segments (RFC 5681 4.2:
+                                      # at least every second): 1 lets a small window keep a slow line busy
     Counters: bytes_in, bytes_out, bytes_retransmitted, segs_in, segs_out, retransmits,
     fast_retransmits, dup_acks, ooo_segments, rto_count, challenge_acks, window_probes,
     keepalives_sent, window_updates.
@@ -256,6 +265,9 @@ class TcpConnection(object):
         # MSS (RFC 9293 3.7.1, RFC 6691): ours from the link, theirs from the SYN.
         self.mss_limit = mss_limit
         self.our_mss = max(MIN_MSS, min(config.mss or mss_limit, mss_limit))
+        self.segment_limit = None       # set by the stack (see the contract)
+        self.rcv_limit = None
+        self.ack_every = 2
         self.peer_mss = syn.mss if syn.mss is not None else DEFAULT_MSS
         self.send_mss = max(MIN_MSS, min(self.peer_mss, mss_limit))   # payload + options per segment
 
@@ -391,7 +403,11 @@ class TcpConnection(object):
 
     def _eff_mss(self):
         """Payload per segment: the MSS minus the options every segment carries now (RFC 9293 3.7.1)."""
-        return max(1, self._smss() - sack_option_len(self._sack_count()))
+        n = self._smss() - sack_option_len(self._sack_count())
+        limit = self.segment_limit
+        if limit and limit < n:
+            n = limit
+        return max(1, n)
 
     def _ts_val(self, now):
         return (now + self._ts_offset) & 0xFFFFFFFF
@@ -514,15 +530,30 @@ class TcpConnection(object):
             return
         cur = self.rcv_wnd
         new = self._window_candidate()
-        threshold = min(2 * self.our_mss, max(1, self.config.rcvbuf // 2))
+        threshold = min(2 * self.our_mss, max(1, self._rcv_buf() // 2))
         if new > cur and (cur == 0 or new - cur >= threshold):
             self._ack_now = True
             self.window_updates += 1
 
     # ====================================================== receive window
 
+    def _rcv_buf(self):
+        """The largest window we offer: rcvbuf, or less under ``rcv_limit``."""
+        buf = self.config.rcvbuf
+        limit = self.rcv_limit
+        if limit and limit < buf:
+            buf = max(MIN_MSS, limit)
+        return buf
+
     def _rcv_space(self):
-        return max(0, self.config.rcvbuf - len(self._rx) - self._rx_unconsumed)
+        """The window we could offer now: free buffer space, at most ``rcv_limit``.
+
+        The limit bounds what the client may have in flight toward us (its queue toward a slow line), not
+        our buffering: bytes received but not yet taken by the service do not count against it.
+        """
+        space = max(0, self.config.rcvbuf - len(self._rx) - self._rx_unconsumed)
+        limit = self._rcv_buf()
+        return space if space < limit else limit
 
     def _window_candidate(self):
         """The window (bytes) we would advertise now, before scaling.
@@ -532,7 +563,7 @@ class TcpConnection(object):
         """
         cur = self.rcv_wnd
         space = self._rcv_space()
-        if space > cur and space - cur >= min(self.config.rcvbuf // 2, self.our_mss):
+        if space > cur and space - cur >= min(self._rcv_buf() // 2, self.our_mss):
             return space
         return cur
 
@@ -1273,7 +1304,7 @@ class TcpConnection(object):
         if had_ooo:
             # RFC 5681 4.2: ACK at once when a segment fills (part of) a gap.
             self._ack_now = True
-        elif self._rcv_unacked >= 2 * self._rcv_mss_est:
+        elif self._rcv_unacked >= self.ack_every * self._rcv_mss_est:
             # RFC 1122 4.2.3.2 / RFC 5681 4.2: an ACK for at least every second full-sized segment.
             self._ack_now = True
         elif self._delack_at is None:

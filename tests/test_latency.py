@@ -1,0 +1,537 @@
+"""Latency under load: the output scheduling policy, without timing assertions.
+
+* ``DrainMeter``: the drain rate comes from the OS queue (a simulated line here), never from the baud rate;
+  the bound on what waits toward the line follows it.
+* The stack thread's budget is that bound minus what is already queued (our writer and the OS).
+* ``IPStack.take_packets``: a keystroke behind 100 KB of bulk is on the line within one frame; the segments
+  of one connection never change order, whatever the budgets.
+* Fitting a slow line: the MSS announced, our segment size, the receive window and the ACK rate, with and
+  without interactive traffic; the TcpConnection knobs behind them.
+* The writer: strictly in order, "room" once the line has drained.
+
+The slow line is simulated (bytes leave the OS queue at a fixed rate per millisecond of a fake clock), so
+every test is deterministic.
+"""
+
+import os
+import random
+import threading
+import time
+
+import pytest
+
+from test_tcp_harness import ACK, Conn, TcpConfig, pattern
+from pyslirp.net.events import ServiceConnect
+from pyslirp.net import stack as stack_mod
+from pyslirp.net.stack import IPStack, StackConfig
+from pyslirp.runtime import serialio
+from pyslirp.runtime.endpoints import FdEndpoint, PtyEndpoint
+from pyslirp.runtime.serialio import DrainMeter, SerialWriter, backlog_probe
+from pyslirp.runtime.stackloop import Runtime
+from pyslirp.wire import tcp
+from pyslirp.wire.ipv4 import PROTO_TCP, Ipv4Repr, ip_bytes
+from pyslirp.wire.tcp import TcpRepr
+
+LOCAL = ip_bytes("10.0.0.1")
+REMOTE = ip_bytes("10.0.0.2")
+RATE = 11520                    # bytes/s: 115200 bit/s, 8N1
+
+
+# -- a simulated line -------------------------------------------------------------------------------------------
+
+class Line(object):
+    """An OS output queue drained at ``rate`` bytes/s; time in ms.  Remembers what crossed it, in order."""
+
+    def __init__(self, rate=RATE):
+        self.rate = rate
+        self.queue = []             # [(tag, bytes left)], head on the line
+        self.sent = []              # tags of whole frames that left, in order
+        self._credit = 0.0
+        self.now = 0
+
+    @property
+    def backlog(self):
+        return sum(n for _, n in self.queue)
+
+    def write(self, tag, n):
+        self.queue.append((tag, n))
+
+    def advance(self, ms):
+        self._credit += self.rate * ms / 1000.0
+        self.now += ms
+        while self.queue and self._credit >= 1:
+            tag, n = self.queue[0]
+            take = min(n, int(self._credit))
+            self._credit -= take
+            if take == n:
+                self.queue.pop(0)
+                self.sent.append(tag)
+            else:
+                self.queue[0] = (tag, n - take)
+        if not self.queue:
+            self._credit = 0.0      # an idle line saves nothing up
+
+
+# -- DrainMeter -------------------------------------------------------------------------------------------------
+
+def run_meter(meter, line, ms, write_every=5):
+    """The writer's loop on a simulated line: keep the OS queue at the meter's target, observe as it goes."""
+    for _ in range(ms // write_every):
+        meter.observe(line.now / 1000.0, line.backlog)
+        room = meter.target() - line.backlog
+        if room > 0:
+            line.write("x", room)
+            meter.wrote(room)
+        line.advance(write_every)
+
+
+def test_meter_measures_the_drain_not_the_baud_rate():
+    # Configured for 115200 (11,520 bytes/s), but the device really runs at 3,000 bytes/s.
+    meter = DrainMeter(initial=RATE, min_target=64, max_target=65536)
+    line = Line(rate=3000)
+    run_meter(meter, line, 3000)
+    assert meter.samples > 10
+    assert abs(meter.rate - 3000) < 150
+    assert meter.target() == max(64, int(meter.rate * meter.delay))
+
+
+def test_meter_follows_a_faster_line_up_from_a_slow_guess():
+    # A pty or a USB CDC-ACM port ignores the baud rate: the queue is empty whenever we look.
+    meter = DrainMeter(initial=RATE, min_target=128, max_target=65536, delay=0.01)
+    line = Line(rate=5000000)
+    run_meter(meter, line, 2000, write_every=1)
+    assert meter.rate > 1000000
+    assert meter.target() == int(min(65536, meter.rate * meter.delay)) > 10000
+
+
+def test_meter_follows_a_slower_device_down():
+    meter = DrainMeter(initial=None, min_target=64, max_target=65536)
+    fast = Line(rate=100000)
+    run_meter(meter, fast, 2000)
+    assert meter.rate > 90000
+    slow = Line(rate=RATE)
+    slow.now = fast.now
+    run_meter(meter, slow, 4000)
+    assert abs(meter.rate - RATE) < RATE * 0.05
+
+
+def test_meter_target_bounds_and_unknown_rate():
+    assert DrainMeter(initial=None, max_target=5000).target() == 5000     # nothing known: own queue only
+    assert DrainMeter(initial=1000, min_target=128, max_target=5000).target() == 128
+    assert DrainMeter(initial=10 ** 8, min_target=128, max_target=5000).target() == 5000
+    # An endpoint whose queue we cannot see: the rate at which it takes our writes is all we learn.
+    m = DrainMeter(initial=None, min_target=128, max_target=5000)
+    for t in range(100):
+        m.observe(t / 10.0, 0)
+        m.wrote(1000)
+    assert not m.measurable and m.samples == 0
+    assert abs(m.rate - 10000) < 1 and m.target() == max(128, int(m.rate * m.delay))
+
+
+# -- the stack thread's budget ----------------------------------------------------------------------------------
+
+class FakeWriter(object):
+    def __init__(self, target, backlog, rate=None):
+        self._target = target
+        self._backlog = backlog
+        self.rate = rate
+        self.frames = []
+
+    def target(self):
+        return self._target
+
+    def backlog(self):
+        return self._backlog
+
+    def put(self, urgent, frame):
+        self.frames.append(frame)
+        return True
+
+
+class BudgetCore(object):
+    def __init__(self):
+        self.budgets = []
+        self.rates = []
+
+    def take_serial_output(self, budget, now=None, allow_one_over=False):
+        assert allow_one_over                       # the runtime's bound must let one frame through
+        self.budgets.append(budget)
+        return [(False, b"f" * 10)] if budget > 0 else []
+
+    def take_events(self):
+        return []
+
+    def set_line_rate(self, rate):
+        self.rates.append(rate)
+
+
+def test_budget_is_the_bound_minus_our_queue_and_the_os_queue():
+    core = BudgetCore()
+    runtime = Runtime(None, None, core=core, endpoint=object(), line_budget=4096)
+    runtime.writer = FakeWriter(target=1000, backlog=300, rate=11520.0)
+    runtime.line_queued = 200
+    runtime._flush(0)
+    assert core.budgets == [500]
+    assert runtime.line_queued == 210               # the frame handed over counts until written
+    assert runtime._reflush_at is None
+    assert core.rates == [11520]                    # the Core hears the measured rate
+    # The line drains more slowly than it fills: no bulk, and a look again soon.
+    runtime.writer._backlog = 1500
+    runtime._flush(100)
+    assert core.budgets[-1] == 0 and runtime._reflush_at is not None
+    # A small change of rate is not worth telling; a large one is.
+    runtime.writer.rate = 12000.0
+    runtime._flush(200)
+    runtime.writer.rate = 3000.0
+    runtime._flush(300)
+    assert core.rates == [11520, 3000]
+
+
+def test_the_bound_starts_from_the_configured_speed():
+    runtime = Runtime(None, None, core=BudgetCore(), endpoint=object(), line_budget=65536, baudrate=115200)
+    meter = runtime._new_meter()
+    assert meter.rate == RATE and meter.target() == 128
+    assert Runtime(None, None, core=BudgetCore(), endpoint=object(), line_budget=65536,
+                   baudrate=0)._new_meter().target() == 65536
+
+
+# -- IPStack: scheduling at dequeue time -------------------------------------------------------------------------
+
+class Client(object):
+    """The client side of one connection (opened at once): acknowledges what it receives in order."""
+
+    def __init__(self, stack, port, now=0, mss=1460, window=65535, ts=False):
+        self.stack = stack
+        self.port = port
+        self.seq = 7000 + port
+        self.ack = 0
+        self.window = window
+        self.data = bytearray()
+        self.send(tcp.SYN, now=now, mss=mss, timestamp=(1, 0) if ts else None, wscale=7, sack_permitted=True)
+        (connect,) = [e for e in stack.take_events() if isinstance(e, ServiceConnect)]
+        self.conn_id = connect.conn_id
+        stack.service_connected(connect.conn_id, now)
+        (self.synack,) = [parse(p) for _, p in stack.take_packets(-1)]
+        self.ack = (self.synack.seq + 1) & 0xFFFFFFFF
+        self.send(tcp.ACK, now=now)
+        stack.take_events()
+        self.conn = stack._by_id[self.conn_id].conn
+
+    def send(self, flags, payload=b"", now=0, **kw):
+        seg = TcpRepr(self.port, 22, self.seq, self.ack, flags, self.window, payload=payload, **kw)
+        self.stack.receive_packet(Ipv4Repr(REMOTE, LOCAL, PROTO_TCP, seg.emit(REMOTE, LOCAL)).emit(), now)
+        self.seq = (self.seq + seg.seg_len) & 0xFFFFFFFF
+
+    def deliver(self, seg, now, ack=True):
+        """``seg`` reached the client; in-order payload is kept (and acknowledged if ``ack``)."""
+        if seg.payload and seg.seq == self.ack:
+            self.ack = (self.ack + len(seg.payload)) & 0xFFFFFFFF
+            self.data += seg.payload
+            if ack:
+                self.send(tcp.ACK, now=now)
+
+
+def parse(packet):
+    ip = Ipv4Repr.parse(packet)
+    return TcpRepr.parse(ip.payload, ip.src, ip.dst)
+
+
+def make_stack(rate=None, **kw):
+    stack = IPStack(StackConfig(**kw), random.Random(5))
+    if rate is not None:
+        stack.set_line_rate(rate)
+    return stack
+
+
+def test_keystroke_behind_100k_of_bulk_goes_within_one_frame():
+    stack = make_stack()                         # no line rate known: full-size segments, the worst case
+    line = Line()
+    target = 128                                 # the runtime's bound on what waits toward the line
+    bulk = Client(stack, 40001)
+    keys = Client(stack, 40002)
+    clients = {40001: bulk, 40002: keys}
+    stack.service_data(bulk.conn_id, pattern(100000, 1), 0)
+    keystroke_at = 1500
+    ahead = None
+    for now in range(1, 4000):
+        line.advance(1)
+        for seg in line.sent:
+            clients[seg.dst_port].deliver(seg, now)
+        line.sent = []
+        if now == keystroke_at:
+            stack.service_data(keys.conn_id, b"k", now)
+        deadline = stack.get_timer()
+        if deadline is not None and deadline <= now:
+            stack.handle_timer(now)
+        for urgent, packet in stack.take_packets(max(0, target - line.backlog), allow_one_over=True):
+            seg = parse(packet)
+            if seg.dst_port == 40002 and seg.payload:
+                assert now == keystroke_at and ahead is None     # taken at once, whatever the budget
+                ahead = line.backlog
+            line.write(seg, len(packet))
+        stack.take_events()
+    assert ahead is not None, "the keystroke never went out"
+    # Ahead of it on the line: at most the bound and one full frame, not the 100 KB.
+    assert ahead <= target + stack.mtu
+    assert keys.data == b"k"
+    assert len(bulk.data) > 30000                # and the bulk kept the line busy meanwhile
+    assert len(bulk.data) == 100000 or line.backlog > 0
+
+
+def test_budget_zero_takes_control_and_small_segments_only_and_one_frame_may_exceed_a_small_budget():
+    stack = make_stack()
+    c = Client(stack, 40001)
+    stack.service_data(c.conn_id, pattern(20000), 1)
+    assert [p for _, p in stack.take_packets(0, allow_one_over=True) if len(parse(p).payload) > 64] == []
+    assert [p for _, p in stack.take_packets(10) if len(parse(p).payload) > 64] == []   # the strict contract
+    out = stack.take_packets(10, allow_one_over=True)   # smaller than one segment: exactly one goes
+    assert [len(parse(p).payload) for _, p in out] == [1460]
+    c.deliver(parse(out[0][1]), 2)                  # acknowledged: the congestion window is no limit here
+    out = stack.take_packets(3 * 1500, allow_one_over=True)   # room for three: three, never more
+    assert [len(parse(p).payload) for _, p in out] == [1460, 1460, 1460]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_segments_of_one_connection_are_never_reordered(seed):
+    rng = random.Random(seed)
+    # Without Nagle a small tail goes out in the same call as the bulk before it: the case to watch.
+    stack = make_stack(rate=RATE if seed % 2 else None, tcp=TcpConfig(nagle=seed == 1))
+    clients = dict((p, Client(stack, p, window=rng.choice((4096, 65535)))) for p in (40001, 40002, 40003))
+    stream = []                                     # everything, in the order the line would carry it
+    now = 0
+    for step in range(400):
+        now += rng.choice((1, 5, 20))
+        for urgent, packet in stack.take_packets(rng.choice((-1, 0, 0, 1, 300, 1500, 5000)),
+                                                 allow_one_over=rng.random() < 0.5):
+            stream.append(parse(packet))
+        for c in clients.values():
+            if rng.random() < 0.3:
+                size = rng.choice((1, 10, 64, 65, 500, 1470, 2930, 3000))
+                stack.service_data(c.conn_id, pattern(size, step), now)
+        # The client hears what went out so far (in order) and acknowledges it now and then.
+        for seg in stream[len(stream) - 20:]:
+            c = clients[seg.dst_port]
+            c.deliver(seg, now, ack=rng.random() < 0.5)
+        deadline = stack.get_timer()
+        if deadline is not None and deadline <= now:
+            stack.handle_timer(now)
+        stack.take_events()
+    for port in clients:
+        # In the order of the line, no segment may start beyond every byte sent before it: that would be
+        # later data overtaking earlier data.  (Retransmissions start below; they are fine.)
+        high = None
+        for seg in stream:
+            if seg.dst_port != port or not seg.payload:
+                continue
+            if high is not None:
+                assert (seg.seq - high) & 0x80000000 or seg.seq == high, \
+                    "port %d: data at %d went out before the bytes from %d" % (port, seg.seq, high)
+            end = (seg.seq + len(seg.payload)) & 0xFFFFFFFF
+            if high is None or (end - high) & 0x80000000 == 0:
+                high = end
+
+
+# -- fitting a slow line -----------------------------------------------------------------------------------------
+
+def test_slow_line_announces_a_small_mss_and_no_timestamps():
+    c = Client(make_stack(rate=RATE), 40001, ts=True)
+    assert c.synack.mss == int(RATE * stack_mod.MSS_TIME) - 40 == 536
+    assert c.synack.timestamp is None
+    assert c.conn.send_mss == 1460                  # our own segments may still be full-size
+    # A fast line: the link's MSS and timestamps as configured.
+    c = Client(make_stack(rate=2000000), 40001, ts=True)
+    assert c.synack.mss == 1460 and c.synack.timestamp is not None
+    # Unknown rate: as configured.
+    c = Client(make_stack(), 40001, ts=True)
+    assert c.synack.mss == 1460 and c.synack.timestamp is not None
+
+
+def test_configured_mss_is_used_both_ways():
+    c = Client(make_stack(rate=RATE, tcp=TcpConfig(mss=1000)), 40001)
+    assert c.synack.mss == 1000 and c.conn.send_mss == 1000
+
+
+def test_interactive_traffic_shrinks_bulk_segments_and_windows_until_it_stops():
+    stack = make_stack(rate=RATE)
+    bulk = Client(stack, 40001)
+    keys = Client(stack, 40002)
+    conn = bulk.conn
+    mss = conn.our_mss
+    # Bulk only: full segments, a window of about WINDOW_TIME of line time (whole segments), ACK every second.
+    assert conn.segment_limit is None and conn.ack_every == 2
+    assert conn.rcv_limit == mss * (int(RATE * stack_mod.WINDOW_TIME) // mss)
+    stack.service_data(bulk.conn_id, pattern(30000), 10)
+    out = [parse(p) for _, p in stack.take_packets(3000, allow_one_over=True)]
+    assert max(len(seg.payload) for seg in out) == 1460
+    for seg in out:
+        bulk.deliver(seg, 10)
+    # One small segment is not yet interactive traffic (the request of a download, say) ...
+    keys.send(tcp.ACK | tcp.PSH, b"ls\n", now=20)
+    assert conn.segment_limit is None
+    # ... a few are.
+    keys.send(tcp.ACK | tcp.PSH, b"-l", now=40)
+    keys.send(tcp.ACK | tcp.PSH, b"\n", now=60)
+    assert conn.segment_limit == int(RATE * stack_mod.SEGMENT_TIME) - 40
+    assert conn.rcv_limit == stack_mod.MIN_WINDOW_SEGMENTS * mss
+    assert conn.ack_every == 1
+    sizes = [len(parse(p).payload) for _, p in stack.take_packets(5000, allow_one_over=True)
+             if parse(p).dst_port == 40001]
+    assert sizes and max(sizes) <= conn.segment_limit
+    # Quiet for INTERACTIVE_HOLD: back to bulk sizes at the next output.
+    later = 60 + stack_mod.INTERACTIVE_HOLD + 1
+    stack.handle_timer(later)
+    stack._now = later
+    stack.take_packets(0)
+    assert conn.segment_limit is None and conn.ack_every == 2
+    assert conn.rcv_limit == mss * (int(RATE * stack_mod.WINDOW_TIME) // mss)
+
+
+def test_unknown_line_rate_leaves_connections_alone():
+    stack = make_stack()
+    c = Client(stack, 40001)
+    conn = c.conn
+    for i in range(5):
+        c.send(tcp.ACK | tcp.PSH, b"k", now=i)
+    assert conn.segment_limit is None and conn.rcv_limit is None and conn.ack_every == 2
+
+
+# -- the TcpConnection knobs ------------------------------------------------------------------------------------
+
+def test_segment_limit_cuts_new_segments_and_can_be_lifted():
+    h = Conn()
+    h.conn.send(pattern(20000), 0)
+    h.conn.segment_limit = 500
+    out = h.recv(at=1)
+    assert out and all(len(s.payload) <= 500 for s in out)
+    h.ack_all(out, at=10)
+    h.conn.segment_limit = None
+    out = [s for s in h.recv(at=11) if s.payload]
+    assert out and max(len(s.payload) for s in out) == 1460
+
+
+def test_rcv_limit_caps_the_window_and_never_retracts_it():
+    h = Conn(config=TcpConfig(rcvbuf=65536))
+    first = h.send(ACK, payload=pattern(100), at=1)
+    out = h.recv(at=300)                            # delayed ACK
+    assert out[-1].window >= 60000
+    h.conn.rcv_limit = 2000
+    h.send(ACK, payload=pattern(1000, 1), at=301)
+    h.conn.read()
+    h.conn.consumed(1100, 302)
+    out = h.recv(at=600)
+    edge = out[-1].ack + out[-1].window
+    assert edge >= first.seq + 100 + 60000 - 1100     # the edge promised before stays where it was
+    # Once the old promise is used up, the window offered is the limit, not the free buffer.
+    h.send(ACK, payload=pattern(1400, 2), at=601)
+    h.conn.read()
+    h.conn.consumed(1400, 602)
+    for i in range(70):
+        h.send(ACK, payload=pattern(1000, 3 + i), at=603 + i)
+        h.conn.read()
+        h.conn.consumed(1000, 603 + i)
+    out = h.recv(at=1000)
+    assert out[-1].window <= 2000
+
+
+def test_ack_every_one_acknowledges_each_full_segment():
+    h = Conn()
+    h.conn.ack_every = 1
+    h.send(ACK, payload=pattern(1460), at=1)
+    assert [s.ack for s in h.recv(at=2)] == [h.cseq]
+    h.conn.ack_every = 2
+    h.send(ACK, payload=pattern(1460, 1), at=3)
+    assert h.recv(at=4) == []                       # the second one waits for a partner (or the timer)
+    h.send(ACK, payload=pattern(1460, 2), at=5)
+    assert [s.ack for s in h.recv(at=6)] == [h.cseq]
+
+
+# -- the writer and the OS queue ---------------------------------------------------------------------------------
+
+class ScriptedEndpoint(object):
+    """Records writes; ``queued`` is what the "OS" still holds (set by the test)."""
+
+    def __init__(self):
+        self.writes = []
+        self.queued = 0
+        self.lock = threading.Lock()
+
+    def write(self, data):
+        with self.lock:
+            self.writes.append(bytes(data))
+
+    def out_waiting(self):
+        return self.queued
+
+
+class Inbox(object):
+    def __init__(self):
+        self.items = []
+        self.cond = threading.Condition()
+
+    def post(self, item):
+        with self.cond:
+            self.items.append(item)
+            self.cond.notify_all()
+
+    def wait_for(self, kind, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not any(i[0] == kind for i in self.items):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self.cond.wait(left)
+            return [i for i in self.items if i[0] == kind]
+
+
+def test_writer_posts_room_once_the_os_queue_drains_below_the_bound():
+    endpoint = ScriptedEndpoint()
+    inbox = Inbox()
+    writer = SerialWriter(endpoint, inbox.post, lambda reason: None,
+                          meter=DrainMeter(initial=RATE, min_target=100, max_target=100))
+    writer.start()
+    try:
+        endpoint.queued = 600                       # the OS holds more than the bound
+        writer.put(False, b"a" * 10)
+        writer.put(True, b"b" * 5)
+        assert inbox.wait_for("written") is not None
+        assert inbox.wait_for("room", timeout=0.2) is None      # not while the queue is above the bound
+        endpoint.queued = 40
+        assert inbox.wait_for("room") is not None
+        assert b"".join(endpoint.writes) == b"a" * 10 + b"b" * 5  # in the order given
+        assert writer.queued == 0
+    finally:
+        writer.stop()
+        writer.join(5)
+
+
+def test_backlog_of_our_pty_is_what_the_client_has_not_read():
+    endpoint = PtyEndpoint()
+    try:
+        probe = backlog_probe(endpoint)
+        assert probe() == 0
+        endpoint.write(b"z" * 1000)
+        deadline = time.monotonic() + 5
+        while probe() < 1000 and time.monotonic() < deadline:   # the kernel moves it to the slave's queue
+            time.sleep(0.005)
+        assert probe() == 1000
+        os.read(endpoint.slave_fd, 300)                           # the client reads some
+        assert probe() == 700
+    finally:
+        endpoint.close()
+
+
+def test_backlog_of_a_pipe_is_its_unread_bytes():
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    endpoint = FdEndpoint(r1, w2, "pipes")
+    try:
+        probe = backlog_probe(endpoint)
+        endpoint.write(b"y" * 500)
+        assert probe() == 500
+        os.read(r2, 200)
+        assert probe() == 300
+    finally:
+        endpoint.close()
+        for fd in (r1, w1, r2, w2):
+            os.close(fd)
