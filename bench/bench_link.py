@@ -489,7 +489,7 @@ class Bench(object):
             else:
                 sink = services.wait_for("sink")
                 rate = steady_rate(sink[0], a.warmup, a.seconds) if sink else 0.0
-            out[key] = {"goodput": rate, "fraction": rate / line, "busy": guest.relay.utilisation()}
+            out[key] = {"goodput": rate, "fraction": rate / line}
         self.results["paced"] = out
         if "two-way" not in a.phases:
             return out
@@ -515,7 +515,6 @@ class Bench(object):
             "rtt_ms": {"n": len(rtts), "median": 1000 * percentile(rtts, 0.5), "p10": 1000 * percentile(rtts, 0.1),
                        "p90": 1000 * percentile(rtts, 0.9), "max": 1000 * max(rtts) if rtts else float("nan")},
             "probe_errors": sum(1 for _, r in probe["rtts"] if r is None),
-            "busy": guest.relay.utilisation(),
             "rtt_breakdown_ms": breakdown,
         }
         self.results["paced"] = out
@@ -537,9 +536,8 @@ class Bench(object):
             lines.append("%d bit/s 8N1 (line rate %d bytes/s each way):" % (r["baud"], r["line_rate"]))
             for key in ("download", "upload"):
                 if key in p:
-                    lines.append("  one-way %-8s goodput %.0f B/s (%.1f%% of the line; line busy %.1f%%)" % (
-                        key, p[key]["goodput"], 100 * p[key]["fraction"],
-                        100 * p[key]["busy"][0 if key == "download" else 1]))
+                    lines.append("  one-way %-8s goodput %.0f B/s (%.1f%% of the line)" % (
+                        key, p[key]["goodput"], 100 * p[key]["fraction"]))
             if "two_way" not in p:
                 return "\n".join(lines)
             t = p["two_way"]

@@ -24,7 +24,6 @@ from test_tcp_harness import ACK, Conn, TcpConfig, pattern
 from pyslirp.net.events import ServiceConnect
 from pyslirp.net import stack as stack_mod
 from pyslirp.net.stack import IPStack, StackConfig
-from pyslirp.runtime import serialio
 from pyslirp.runtime.endpoints import FdEndpoint, PtyEndpoint
 from pyslirp.runtime.serialio import DrainMeter, SerialWriter, backlog_probe
 from pyslirp.runtime.stackloop import Runtime
@@ -359,7 +358,7 @@ def test_interactive_traffic_shrinks_bulk_segments_and_windows_until_it_stops():
     mss = conn.our_mss
     # Bulk only: full segments, a window of about WINDOW_TIME of line time (whole segments), ACK every second.
     assert conn.segment_limit is None and conn.ack_every == 2
-    assert conn.rcv_limit == mss * (int(RATE * stack_mod.WINDOW_TIME) // mss)
+    assert conn.rcv_limit == mss * max(stack_mod.BULK_WINDOW_SEGMENTS, int(RATE * stack_mod.WINDOW_TIME) // mss)
     stack.service_data(bulk.conn_id, pattern(30000), 10)
     out = [parse(p) for _, p in stack.take_packets(3000, allow_one_over=True)]
     assert max(len(seg.payload) for seg in out) == 1460
@@ -383,7 +382,7 @@ def test_interactive_traffic_shrinks_bulk_segments_and_windows_until_it_stops():
     stack._now = later
     stack.take_packets(0)
     assert conn.segment_limit is None and conn.ack_every == 2
-    assert conn.rcv_limit == mss * (int(RATE * stack_mod.WINDOW_TIME) // mss)
+    assert conn.rcv_limit == mss * max(stack_mod.BULK_WINDOW_SEGMENTS, int(RATE * stack_mod.WINDOW_TIME) // mss)
 
 
 def test_unknown_line_rate_leaves_connections_alone():

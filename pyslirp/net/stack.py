@@ -69,10 +69,11 @@ upload, waits that long.  Therefore:
   MIN_LINE_MSS, unless ``tcp.mss`` is configured (RFC 9293 3.7.1 lets the
   receiver announce any MSS); TCP timestamps are not offered on a line
   slower than SLOW_LINE (12 bytes per segment);
-* our receive window (``conn.rcv_limit``) is WINDOW_TIME of line time, and
-  only INTERACTIVE_WINDOW_TIME (at least two of the client's segments) while
-  interactive traffic shares the line: the window bounds what the client
-  queues toward the line ahead of its own keystrokes;
+* our receive window (``conn.rcv_limit``) is WINDOW_TIME of line time (at
+  least BULK_WINDOW_SEGMENTS of the client's segments), and only
+  INTERACTIVE_WINDOW_TIME (at least two segments) while interactive traffic
+  shares the line: the window bounds what the client queues toward the line
+  ahead of its own keystrokes;
 * while interactive traffic shares a slow line our own bulk segments are cut
   to SEGMENT_TIME of line time (``conn.segment_limit``; otherwise as large as
   the client allows, for efficiency) and every data segment from the client
@@ -130,6 +131,8 @@ INTERACTIVE_WINDOW_TIME = 0.1   # s of line time: ... while interactive traffic 
 INTERACTIVE_HOLD = 5000     # ms: a connection that carried small segments this recently is interactive
 INTERACTIVE_SEGMENTS = 3    # ... and this many of them, without a pause of INTERACTIVE_HOLD
 MIN_WINDOW_SEGMENTS = 2     # the receive window never goes below two of the client's segments
+BULK_WINDOW_SEGMENTS = 6    # ... nor below six while only bulk flows (a client that keeps running into the
+                            # window probes its tail (TLP) and resends into its own queue)
 _FRAG_KEY = "frag"
 _MAX_EVENT_ROUNDS = 8
 
@@ -333,10 +336,10 @@ class IPStack(object):
             seg = win = None
         elif interactive:
             seg = max(MIN_LINE_MSS, int(rate * SEGMENT_TIME) - IP_TCP_HEADER)
-            win = rate * INTERACTIVE_WINDOW_TIME
+            win, segments = rate * INTERACTIVE_WINDOW_TIME, MIN_WINDOW_SEGMENTS
         else:
             seg = None
-            win = rate * WINDOW_TIME
+            win, segments = rate * WINDOW_TIME, BULK_WINDOW_SEGMENTS
         for rec in self._conns.values():
             conn = rec.conn
             if win is None:
@@ -344,7 +347,7 @@ class IPStack(object):
             else:
                 # Whole segments: a window with a remainder makes the client send a runt to fill it.
                 mss = conn.our_mss
-                conn.rcv_limit = mss * max(MIN_WINDOW_SEGMENTS, int(win) // mss)
+                conn.rcv_limit = mss * max(segments, int(win) // mss)
             conn.segment_limit = seg if seg is not None and seg < conn.send_mss else None
             conn.ack_every = 1 if interactive and rate < SLOW_LINE else 2
 
@@ -834,15 +837,15 @@ class IPStack(object):
         those never wait for the budget.  Bulk segments are then handed out one segment's worth per
         connection per turn, round-robin, while they fit in the budget; with ``allow_one_over`` the
         first bulk segment of a call may exceed a positive budget (a bound smaller than one segment
-        must still let data through).  A connection that sent bulk moves to the back of the order, so the next call starts
-        with another one.  Within one connection segments are never reordered: once a connection has a
-        bulk segment in this call, its later small segments are counted as bulk too (urgent packets
-        are returned ahead of bulk ones).
+        must still let data through).  A connection that sent bulk moves to the back of the order, so
+        the next call starts with another one.  Within one connection segments are never reordered:
+        once a connection has a bulk segment in this call, its later small segments are counted as
+        bulk too (urgent packets are returned ahead of bulk ones).
         """
         unlimited = budget < 0
         remaining = budget
         took_bulk = False
-        bulk_senders = set()            # connections with a bulk segment in this call: nothing of theirs is urgent now
+        bulk_senders = set()            # connections with bulk in this call: nothing of theirs is urgent now
         now = self._now
         order = list(self._conns.values())
         first = True

@@ -122,7 +122,7 @@ class DrainMeter(object):
     other side reads; that is what gets measured, never the nominal speed.  The first estimate
     (``initial``, bytes/s) comes from the configured line speed, or is None (unknown) until measured.
 
-    :meth:`target` is the queue bound the stack thread fills up to: ``rate * delay`` (about 15 ms of
+    :meth:`target` is the queue bound the stack thread fills up to: ``rate * delay`` (about 10 ms of
     line time: enough to cover the threads' wake-up latency so that the line never idles, short
     enough that a keystroke queued behind it is not noticeably late), at least ``min_target`` bytes and
     at most ``max_target``.  With no estimate and no measurement at all it is ``max_target``, which is
@@ -131,7 +131,7 @@ class DrainMeter(object):
 
     ALPHA = 0.25
 
-    def __init__(self, initial=None, min_target=256, max_target=65536, delay=0.015, min_interval=0.05):
+    def __init__(self, initial=None, min_target=128, max_target=65536, delay=0.010, min_interval=0.05):
         self.rate = float(initial) if initial else None
         self.min_target = min_target
         self.max_target = max(min_target, max_target)

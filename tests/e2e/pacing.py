@@ -52,7 +52,6 @@ class _Direction(object):
         self.in_flight = []             # [(deliver_at, bytes)] taken from the source, not yet delivered
         self.pending = b""              # delivered, but the destination would block
         self.bytes = 0
-        self.wire_time = 0.0            # seconds the line was busy
         self.timeline = []              # (taken at, delivered at, stream offset, nbytes) while capturing
 
     def occupancy(self, now):
@@ -73,7 +72,6 @@ class _Direction(object):
             start = max(self.busy_until, now)
         duration = len(data) / self.rate
         self.busy_until = start + duration
-        self.wire_time += duration
         self.in_flight.append((self.busy_until, data))
         if self.bytes < CAPTURE_LIMIT:
             self.timeline.append((start, self.busy_until, self.bytes, len(data)))
@@ -119,7 +117,6 @@ class PacedRelay(SerialRelay):
         # tty -> guest: pyslirp transmits; guest -> tty: the guest transmits.
         self.down = _Direction("to_guest", self.rate, fifo, self.to_guest)
         self.up = _Direction("from_guest", self.rate, fifo, self.from_guest)
-        self.started_at = None
 
     @classmethod
     def factory(cls, baud=115200, fifo=64, guest_pipe_size=PIPE_SIZE):
@@ -148,15 +145,7 @@ class PacedRelay(SerialRelay):
         # Within a chunk the bytes follow each other at the line rate.
         return taken + (offset - start) / d.rate, delivered
 
-    def utilisation(self):
-        """Fraction of the time since start that each direction's line was busy: (to_guest, from_guest)."""
-        if self.started_at is None:
-            return 0.0, 0.0
-        span = max(1e-9, time.monotonic() - self.started_at)
-        return min(1.0, self.down.wire_time / span), min(1.0, self.up.wire_time / span)
-
     def _loop(self):
-        self.started_at = time.monotonic()
         down, up = self.down, self.up
         while not self._stop.is_set() and not self.guest_closed:
             now = time.monotonic()
