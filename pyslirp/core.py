@@ -44,6 +44,7 @@ import dataclasses
 import logging
 
 from pyslirp.ppp.events import IPReceived, LinkDown, LinkUp
+from pyslirp.timers import earliest
 
 log = logging.getLogger("pyslirp.core")
 
@@ -120,13 +121,7 @@ class Core(object):
 
     def get_timer(self):
         """The earliest deadline (absolute ms) of the link and the stack, or None."""
-        a = self.link.get_timer()
-        b = self.stack.get_timer()
-        if a is None:
-            return b
-        if b is None:
-            return a
-        return a if a < b else b
+        return earliest(self.link.get_timer(), self.stack.get_timer())
 
     def handle_timer(self, now):
         """Run whatever is due at ``now``."""
