@@ -25,7 +25,7 @@ from pyslirp.net.events import ServiceConnect
 from pyslirp.net import stack as stack_mod
 from pyslirp.net.stack import IPStack, StackConfig
 from pyslirp.runtime.endpoints import FdEndpoint, PtyEndpoint
-from pyslirp.runtime.serialio import DrainMeter, SerialWriter, backlog_probe
+from pyslirp.runtime.serialio import DrainMeter, SerialWriter
 from pyslirp.runtime.stackloop import Runtime
 from pyslirp.wire import tcp
 from pyslirp.wire.ipv4 import PROTO_TCP, Ipv4Repr, ip_bytes
@@ -507,7 +507,7 @@ def test_writer_posts_room_once_the_os_queue_drains_below_the_bound():
 def test_backlog_of_our_pty_is_what_the_client_has_not_read():
     endpoint = PtyEndpoint()
     try:
-        probe = backlog_probe(endpoint)
+        probe = endpoint.out_waiting
         assert probe() == 0
         endpoint.write(b"z" * 1000)
         deadline = time.monotonic() + 5
@@ -525,7 +525,7 @@ def test_backlog_of_a_pipe_is_its_unread_bytes():
     r2, w2 = os.pipe()
     endpoint = FdEndpoint(r1, w2, "pipes")
     try:
-        probe = backlog_probe(endpoint)
+        probe = endpoint.out_waiting
         endpoint.write(b"y" * 500)
         assert probe() == 500
         os.read(r2, 200)

@@ -30,6 +30,7 @@ import fcntl
 import logging
 import os
 import select
+import stat
 import struct
 import termios
 import tty
@@ -73,6 +74,14 @@ def outq_bytes(fd):
     return _INT.unpack(buf)[0]
 
 
+def fionread_bytes(fd):
+    """Unread bytes waiting in ``fd`` (FIONREAD), 0 where unknown."""
+    try:
+        return _INT.unpack(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
+        return 0
+
+
 class Endpoint(object):
     name = "?"
     reopenable = False
@@ -109,6 +118,12 @@ class FdEndpoint(Endpoint):
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
         self._cancelled = False
         self._closed = False
+        self._backlog_fd = None
+        try:
+            if stat.S_ISFIFO(os.fstat(wfd).st_mode):
+                self._backlog_fd = wfd
+        except OSError:
+            pass
 
     def fileno(self):
         return self.rfd
@@ -152,7 +167,17 @@ class FdEndpoint(Endpoint):
             view = view[n:]
 
     def out_waiting(self):
-        return outq_bytes(self.wfd)
+        """Bytes the OS has accepted but the line has not taken yet.
+
+        TIOCOUTQ where the descriptor has one (a serial port's driver buffer, a socket's send queue);
+        otherwise FIONREAD on ``_backlog_fd``: a pipe's unread bytes on its write end or, for our pty
+        (a Linux pty master reports 0 for TIOCOUTQ), the slave's input queue.  0 where unknown:
+        then only our own queue is known.
+        """
+        n = outq_bytes(self.wfd)
+        if n or self._backlog_fd is None:
+            return n
+        return fionread_bytes(self._backlog_fd)
 
     def cancel(self):
         self._cancelled = True
@@ -194,6 +219,7 @@ class PtyEndpoint(FdEndpoint):
         self.slave_fd = slave           # held open: the master then never sees EIO/hangup
         self.path = os.ttyname(slave)
         super().__init__(master, master, self.path)
+        self._backlog_fd = slave        # what the client has not read yet: the pty's output queue
         self.link = ""
         if link:
             try:

@@ -12,7 +12,7 @@ Theory of operation:
   bytes): which frame goes next is decided by the stack thread when the line
   has room, so nothing here can reorder the segments of a TCP connection.
   After each write it posts ``("written", writer, nbytes)``.  It also
-  measures the line: :func:`backlog_probe` reads the OS output queue
+  measures the line: ``endpoint.out_waiting()`` reads the OS output queue
   (TIOCOUTQ; for our pseudo-terminal FIONREAD on its slave, for a pipe
   FIONREAD) and :class:`DrainMeter` turns successive readings into the
   line's real drain rate and, from it, the bound on what may wait toward the
@@ -37,12 +37,7 @@ Theory of operation:
 """
 
 import collections
-import fcntl
 import logging
-import os
-import stat
-import struct
-import termios
 import threading
 import time
 
@@ -50,7 +45,6 @@ from pyslirp.runtime.endpoints import LineGone, OpenError
 
 log = logging.getLogger("pyslirp.runtime")
 
-_INT = struct.Struct("i")
 
 BACKOFF_START = 1.0
 BACKOFF_MAX = 30.0
@@ -174,41 +168,6 @@ class DrainMeter(object):
         return int(min(self.max_target, max(self.min_target, self.rate * self.delay)))
 
 
-def backlog_probe(endpoint):
-    """A function returning the bytes this endpoint's OS has accepted but the line has not yet taken.
-
-    ``endpoint.out_waiting()`` (TIOCOUTQ: a serial port's driver buffer, a socket's send queue) when it
-    knows; on Linux a pseudo-terminal master reports 0 there, because its bytes wait in the *slave's*
-    input queue: our pty endpoint holds the slave open (``slave_fd``), so FIONREAD on it is the
-    pty's output queue.  A pipe's unread bytes are FIONREAD on its write end.  Otherwise 0: only our
-    own queue is known.
-    """
-    out_waiting = getattr(endpoint, "out_waiting", None) or (lambda: 0)
-    slave = getattr(endpoint, "slave_fd", None)
-    wfd = getattr(endpoint, "wfd", None)
-    fionread_fd = None
-    if slave is not None:
-        fionread_fd = slave
-    elif wfd is not None:
-        try:
-            if stat.S_ISFIFO(os.fstat(wfd).st_mode):
-                fionread_fd = wfd
-        except OSError:
-            pass
-    if fionread_fd is None:
-        return out_waiting
-
-    def probe():
-        n = out_waiting()
-        if n:
-            return n
-        try:
-            return _INT.unpack(fcntl.ioctl(fionread_fd, termios.FIONREAD, b"\0\0\0\0"))[0]
-        except (OSError, ValueError):
-            return 0
-    return probe
-
-
 class SerialWriter(threading.Thread):
     """Writes framed frames to the line in the order given; measures the line's drain.
 
@@ -216,7 +175,7 @@ class SerialWriter(threading.Thread):
     there, when the line has room, so nothing here can reorder the segments of one TCP connection.
     Consecutive frames are coalesced into one ``write`` of at most ``coalesce`` bytes.  After each
     write the writer posts ``("written", writer, nbytes)``.  Around writes it looks at the OS output
-    queue (``backlog_probe``) and feeds :class:`DrainMeter`; when its own queue is empty but the OS
+    queue (``endpoint.out_waiting()``) and feeds :class:`DrainMeter`; when its own queue is empty but the OS
     queue is above the meter's target it keeps looking (sleeping about as long as the line needs to
     drain the excess) and posts ``("room", writer)`` once it is not: that is the stack thread's cue to
     hand over the next bulk frames.
@@ -240,7 +199,7 @@ class SerialWriter(threading.Thread):
         self._watching = False          # written since the last "room": the stack thread may be waiting
         self._clock = clock
         self.meter = meter if meter is not None else DrainMeter()
-        self.backlog = backlog_probe(endpoint) if endpoint is not None else (lambda: 0)
+        self.backlog = getattr(endpoint, "out_waiting", None) or (lambda: 0)
         self.dropped = 0
         self.bytes_written = 0
         self.writes = 0
