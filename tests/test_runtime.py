@@ -340,6 +340,46 @@ def test_stack_loop_moves_bytes_and_stops_cleanly():
             os.close(fd)
 
 
+class BuggyCore(ScriptedCore):
+    """Raises on every serial chunk containing b"!": a bug in protocol code."""
+
+    def receive_serial(self, data, now):
+        if b"!" in data:
+            raise RuntimeError("bug triggered by %r" % data)
+        ScriptedCore.receive_serial(self, data, now)
+
+
+def test_stack_loop_survives_protocol_bugs_and_rate_limits_their_log(caplog):
+    endpoint, to_rt, from_rt = pipe_endpoint()
+    core = BuggyCore()
+    runtime = Runtime(None, None, endpoint=endpoint, core=core)
+    thread, result = start(runtime)
+    try:
+        assert read_until(from_rt, b"HELLO") == b"HELLO"
+        with caplog.at_level(logging.ERROR, logger="pyslirp.runtime"):
+            for i in range(9):
+                os.write(to_rt, b"!")
+                deadline = time.monotonic() + 5
+                while runtime.counters()["runtime.internal_errors"] < i + 1:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.005)
+            os.write(to_rt, b"ok")
+            assert read_until(from_rt, b"OK") == b"OK"          # the daemon still serves
+        logged = [r for r in caplog.records if "internal error" in r.getMessage()]
+        # 9 errors: logged at the 1st, 2nd, 4th and 8th, each with its traceback.
+        assert [r.getMessage() for r in logged] == [
+            "internal error (continuing; %d so far)" % n for n in (1, 2, 4, 8)]
+        assert all(r.exc_info and r.exc_info[0] is RuntimeError for r in logged)
+        runtime.request_stop()
+        thread.join(5)
+        assert result == {"code": 0}
+    finally:
+        runtime.request_stop()
+        thread.join(5)
+        for fd in (to_rt, from_rt):
+            os.close(fd)
+
+
 def test_stack_loop_budget_counts_bytes_not_yet_written():
     endpoint, to_rt, from_rt = pipe_endpoint()
     core = ScriptedCore()

@@ -147,8 +147,12 @@ class Runtime(object):
                     self._step(item, now)
                 except Exception:
                     # A bug in protocol code must not take the daemon down with it.
+                    # Logged with its traceback at the 1st, 2nd, 4th, 8th ... occurrence, so that a
+                    # bug triggered by every packet cannot flood the log.
                     self._counters["internal_errors"] += 1
-                    log.exception("internal error (continuing)")
+                    n = self._counters["internal_errors"]
+                    if n & (n - 1) == 0:
+                        log.exception("internal error (continuing; %d so far)", n)
         finally:
             self._shutdown()
         return self.exit_code
