@@ -118,12 +118,20 @@ class Inbox(object):
 
 # -- service threads -----------------------------------------------------------------------
 
-def test_service_connection_moves_bytes_both_ways_within_credit(servers):
-    server = servers(echo)
+def connected_service(servers, handler, conn_id, name=""):
+    """Start a loopback server running ``handler``; connect service ``conn_id`` to it.
+
+    Returns (server, inbox, manager)."""
+    server = servers(handler)
     inbox = Inbox()
     manager = ServiceManager(inbox.post)
-    manager.handle(ServiceConnect(1, "127.0.0.1", server.port, "echo", ("10.0.0.2", 40000)))
-    assert inbox.get() == ("svc_connected", 1)
+    manager.handle(ServiceConnect(conn_id, "127.0.0.1", server.port, name, ("10.0.0.2", 40000)))
+    assert inbox.get() == ("svc_connected", conn_id)
+    return server, inbox, manager
+
+
+def test_service_connection_moves_bytes_both_ways_within_credit(servers):
+    server, inbox, manager = connected_service(servers, echo, 1, "echo")
     manager.handle(ServiceSend(1, b"hello "))
     manager.handle(ServiceSend(1, b"world"))
     written = 0
@@ -154,11 +162,7 @@ def test_service_read_credit_is_backpressure(servers):
     def source(conn):
         conn.sendall(payload)
         return "sent"
-    server = servers(source)
-    inbox = Inbox()
-    manager = ServiceManager(inbox.post)
-    manager.handle(ServiceConnect(7, "127.0.0.1", server.port, "", ("10.0.0.2", 1)))
-    assert inbox.get() == ("svc_connected", 7)
+    server, inbox, manager = connected_service(servers, source, 7)
     manager.handle(ServiceReadCredit(7, 1000))
     got = b""
     while len(got) < 1000:
@@ -194,11 +198,7 @@ def test_service_connect_refused_is_reported():
 
 
 def test_service_close_aborts_the_socket(servers):
-    server = servers(recv_all)
-    inbox = Inbox()
-    manager = ServiceManager(inbox.post)
-    manager.handle(ServiceConnect(4, "127.0.0.1", server.port, "", ("10.0.0.2", 1)))
-    assert inbox.get() == ("svc_connected", 4)
+    server, inbox, manager = connected_service(servers, recv_all, 4)
     manager.handle(ServiceSend(4, b"partial"))
     inbox.get("svc_written")
     manager.handle(ServiceClose(4, "reset by client"))
@@ -213,11 +213,7 @@ def test_service_peer_reset_is_an_error(servers):
         conn.recv(10)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
         return "reset"
-    server = servers(resetter)
-    inbox = Inbox()
-    manager = ServiceManager(inbox.post)
-    manager.handle(ServiceConnect(5, "127.0.0.1", server.port, "", ("10.0.0.2", 1)))
-    inbox.get("svc_connected")
+    server, inbox, manager = connected_service(servers, resetter, 5)
     manager.handle(ServiceReadCredit(5, 1000))
     manager.handle(ServiceSend(5, b"x"))
     assert server.result.get(timeout=5) == "reset"
