@@ -1,7 +1,7 @@
 """The architecture's import boundaries, checked by walking every module's imports.
 
 * ``wire/`` imports only the standard library and other ``wire`` modules.
-* ``ppp/``, ``net/``, ``timers.py`` and ``core.py`` are sans-IO: no clock, threads, sockets, queues or serial,
+* ``ppp/``, ``net/``, ``proxy/``, ``timers.py`` and ``core.py`` are sans-IO: no clock, threads, sockets, queues or serial,
   and never the runtime.
 """
 
@@ -54,7 +54,7 @@ def _hits(name, forbidden):
     return any(name == f or name.startswith(f + ".") for f in forbidden)
 
 
-@pytest.mark.parametrize("sub", ["wire", "ppp", "net", "timers.py", "core.py"])
+@pytest.mark.parametrize("sub", ["wire", "ppp", "net", "proxy", "timers.py", "core.py"])
 def test_sans_io_layers_do_not_do_io(sub):
     paths = list(_modules(sub))
     if sub.endswith(".py") and not paths:
