@@ -16,7 +16,7 @@ messages one at a time (queueing the next request with ``_send``) until it needs
 split, so a reply fed byte by byte ends exactly as the same reply fed whole.  Each state waits for a message of a
 known maximum length and decides once that many bytes are there, so garbage cannot make the input buffer grow
 (``buffered`` is what waits for a decision).  Once decided the client is finished: ``next_event()`` keeps
-returning the same event, ``data_to_send()`` returns b"", and feeding it more is the caller's mistake
+returning the same event, nothing more is queued for the proxy, and feeding it more is the caller's mistake
 (``RuntimeError``).  Bytes after the proxy's final answer are the tunnel's: they go into ``ProxyEstablished``.
 
 A target or credential that cannot be expressed in the protocol (a name over 255 bytes, a port out of range, a
@@ -123,12 +123,10 @@ class ProxyClient(object):
     def _establish(self, consumed, bound=None):
         leftover = bytes(self._in[consumed:])
         del self._in[:]
-        del self._out[:]
         self._event = ProxyEstablished(leftover, bound)
         self._set_state(ESTABLISHED)
 
     def _refuse(self, reason, outcome, code=None):
         del self._in[:]
-        del self._out[:]
         self._event = ProxyRefused(reason, outcome, code)
         self._set_state(REFUSED)

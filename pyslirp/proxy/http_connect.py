@@ -112,11 +112,10 @@ class HttpConnectClient(ProxyClient):
     def _advance(self):
         buf = self._in
         if self._scanned < len(STATUS_PREFIX):
-            head = bytes(buf[:len(STATUS_PREFIX)])
-            if not STATUS_PREFIX.startswith(head):
-                self._protocol_error("the response does not begin with HTTP/ (%s...)"
-                                     % printable(head.decode("latin-1")))
-                return
+            for i, byte in enumerate(buf[:len(STATUS_PREFIX)]):
+                if byte != STATUS_PREFIX[i]:
+                    self._protocol_error("the response does not begin with HTTP/ (byte %d is 0x%02x)" % (i, byte))
+                    return
         end = self._header_end()
         if end < 0:
             if len(buf) >= HEADER_MAX:
