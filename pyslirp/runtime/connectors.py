@@ -18,9 +18,12 @@ Every failure raises :class:`ConnectFailed` with a one-line ``reason``, an ``out
   :mod:`pyslirp.proxy.http_connect`); not reaching the proxy at all (refused, unreachable, no answer in time,
   closed mid-handshake) -> RESET, with a reason that says so: the destination's state is unknown.
 
-A SOCKS5 proxy may answer "succeeded" before it has connected to the destination (OpenSSH's ``ssh -D`` does so):
-a destination that then fails shows as a tunnel that ends at once (end of file after success), not as a
-ConnectFailed.  Nothing here can tell the two apart; the client sees a connection that is accepted and closed.
+A proxy that answers "succeeded" before it has connected to the destination (some do, to save a round trip) makes
+a destination that then fails look like a tunnel that ends at once: ``open_connection`` succeeds and the first read
+is end of file, so the client sees its connection accepted and closed.  Nothing here can tell the two apart.
+OpenSSH's ``ssh -D`` is not such a proxy: it queues its "succeeded" reply but writes it only once its server has
+opened the connection, and closes without a reply when that fails (a ConnectFailed, RESET: "the proxy closed the
+connection before its reply to CONNECT").
 
 One :class:`Connector` per attempt does the work; ``open_connection`` is the short form.  Everything runs on a
 non-blocking socket under ``poll()`` with one deadline, ``timeout`` seconds, for the whole attempt (name lookup,
@@ -111,9 +114,7 @@ class Connector(object):
         self._lock = threading.Lock()
         self._cancelled = False
         self._started = False
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._wake_r = self._wake_w = None          # the wake-up pair, while open() runs
 
     def __repr__(self):
         return "Connector(%s, timeout=%g)" % (self.hop, self.timeout)
@@ -123,8 +124,9 @@ class Connector(object):
         return self._cancelled
 
     def cancel(self):
-        """Abort :meth:`open` from any thread: it raises ConnectFailed("cancelled") promptly.  Before open(), open()
-        fails at once; after open() has returned, the caller owns the socket and this does nothing."""
+        """Abort :meth:`open` from any thread: it raises ConnectFailed("cancelled") promptly (and closes the socket it
+        was connecting).  Before open(), open() fails at once; after open() has returned, the caller owns the socket
+        and this does nothing."""
         self._cancelled = True
         self._wake()
 
@@ -151,24 +153,33 @@ class Connector(object):
             raise RuntimeError("a Connector opens one connection; make a new one")
         self._started = True
         deadline = time.monotonic() + self.timeout
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        with self._lock:
+            self._wake_r, self._wake_w = wake_r, wake_w
         try:
+            if self._cancelled:
+                raise self._fail("cancelled", refusal.RESET)
             if self.proxy is None:
                 sock = self._connect(host, port, deadline, to_proxy=False)
-                sock.setblocking(True)
-                log.debug("direct: connected to %s:%d", host, port)
-                return sock, b""
-            try:
-                client = CLIENTS[self.via](host, port, self.proxy.username or "", self.proxy.password or "")
-            except ValueError as exc:
-                raise ConnectFailed(str(exc), refusal.RESET, self.hop)
-            sock = self._connect(self.proxy.host, self.proxy.port, deadline, to_proxy=True)
-            try:
-                leftover = self._handshake(sock, client, deadline)
-                sock.setblocking(True)
-            except BaseException:
+                leftover = b""
+            else:
+                try:
+                    client = CLIENTS[self.via](host, port, self.proxy.username or "", self.proxy.password or "")
+                except ValueError as exc:
+                    raise self._fail(str(exc), refusal.RESET)
+                sock = self._connect(self.proxy.host, self.proxy.port, deadline, to_proxy=True)
+                try:
+                    leftover = self._handshake(sock, client, deadline)
+                except BaseException:
+                    sock.close()
+                    raise
+            if self._cancelled:
                 sock.close()
-                raise
-            log.debug("%s: tunnel to %s:%d open (%d leftover bytes)", self.hop, host, port, len(leftover))
+                raise self._fail("cancelled", refusal.RESET)
+            sock.setblocking(True)
+            log.debug("%s: connected to %s:%d (%d leftover bytes)", self.hop, host, port, len(leftover))
             return sock, leftover
         finally:
             self._close_wake()
