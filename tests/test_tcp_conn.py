@@ -93,7 +93,7 @@ def test_rto_is_three_seconds_after_a_lost_synack():
     h.recv(at=1000)                            # SYN-ACK retransmitted
     h.send(ACK, at=1100)
     assert h.conn.state is TcpState.ESTABLISHED and h.conn.srtt is None
-    h.conn.send(b"x" * 10)
+    h.conn.send(b"x" * 10, h.now)
     assert len(h.recv(at=1200)) == 1
     assert h.recv(at=4199) == []
     assert [s.payload for s in h.recv(at=4200)] == [b"x" * 10]
@@ -163,12 +163,12 @@ def test_state_changes_are_logged(caplog):
 
 def test_active_close_through_time_wait():
     h = Conn(config=TcpConfig(msl_ms=1000))
-    assert h.conn.send(b"bye") == 3
+    assert h.conn.send(b"bye", h.now) == 3
     h.conn.shutdown(10)
     assert h.conn.state is TcpState.FIN_WAIT_1
     out = h.recv(at=10)
     assert [(s.flags, s.seq, s.payload) for s in out] == [(ACK | PSH | FIN, S1, b"bye")]
-    assert h.conn.send(b"late") == 0 and h.conn.send_space == 0
+    assert h.conn.send(b"late", h.now) == 0 and h.conn.send_space == 0
     h.ack_all(out, at=20)
     assert h.conn.state is TcpState.FIN_WAIT_2
     h.send(ACK | FIN, at=30)
@@ -199,7 +199,7 @@ def test_passive_close_peer_fin_waits_for_read():
     assert h.conn.read() == b"data"
     assert h.conn.take_events() == ["peer_fin"]
     # Half-close: we keep sending in CLOSE_WAIT.
-    assert h.conn.send(b"reply") == 5
+    assert h.conn.send(b"reply", h.now) == 5
     out = h.recv(at=30)
     assert [s.payload for s in out] == [b"reply"]
     h.ack_all(out, at=40)
@@ -258,7 +258,7 @@ def test_shutdown_before_handshake_completes_sends_fin_after_it():
     h = Conn(establish=False)
     h.conn.accept(0)
     h.recv(at=0)
-    h.conn.send(b"early")
+    h.conn.send(b"early", h.now)
     h.conn.shutdown(5)
     assert h.conn.state is TcpState.SYN_RECEIVED
     h.send(ACK, at=10)
@@ -269,7 +269,7 @@ def test_shutdown_before_handshake_completes_sends_fin_after_it():
 
 def test_abort_sends_rst():
     h = Conn()
-    h.conn.send(b"x" * 100)
+    h.conn.send(b"x" * 100, h.now)
     h.recv(at=10)
     h.conn.abort(20)
     out = h.recv(at=20)

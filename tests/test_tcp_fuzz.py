@@ -27,7 +27,7 @@ def _reach(state, rng):
         h.conn.accept(0)
         h.recv(at=0)
         return h
-    h.conn.send(b"s" * 500)
+    h.conn.send(b"s" * 500, h.now)
     out = h.recv(at=1)
     if state in ("FIN_WAIT_1", "FIN_WAIT_2", "CLOSING", "TIME_WAIT"):
         h.conn.shutdown(2)

@@ -15,7 +15,7 @@ to it but not change it):
     conn.accept(now)              # service connected: emit SYN-ACK
     conn.refuse(now)              # service down: emit RST|ACK for the SYN, state CLOSED, event "closed"
     conn.receive(seg, now)        # a segment of this 4-tuple
-    conn.send(data) -> int        # queue bytes from the service; returns how many were taken (<= send_space)
+    conn.send(data, now) -> int   # queue bytes from the service; returns how many were taken (<= send_space)
     conn.send_space -> int        # free room in the bounded send buffer
     conn.shutdown(now)            # service EOF: FIN after all queued data
     conn.abort(now)               # emit RST, state CLOSED, event "closed"
@@ -23,7 +23,7 @@ to it but not change it):
                                   # the receive window until consumed()
     conn.consumed(nbytes, now)    # the service socket took nbytes: the window reopens (window update if it grew
                                   # by >= 2*MSS or from zero)
-    conn.take_segments(budget) -> List[TcpRepr]
+    conn.take_segments(budget, now) -> List[TcpRepr]
                                   # segments to emit now, in order; control segments (SYN, FIN, RST, pure ACKs,
                                   # window updates, probes) always; payload only while the payload bytes of this
                                   # call stay <= budget (budget < 0 means unlimited)
@@ -39,6 +39,9 @@ to it but not change it):
     conn.state -> TcpState        # enum of the RFC 9293 states
     conn.bytes_in, conn.bytes_out, conn.retransmits, ...   # plain int counters
 
+    Time is an argument, integer milliseconds from the caller's clock: every call that may emit a
+    segment or arm a timer takes ``now``, and none has a default.
+
     rst_for(seg) -> Optional[TcpRepr]
         # RFC 9293 3.10.7.1: the reset to send for a segment that matches no connection (None for a RST).
 
@@ -47,10 +50,6 @@ RTO bounds, retry counts, TIME_WAIT length, keepalive, Nagle, window scaling/SAC
 
 ADDITIONS to the contract (all optional, nothing above changed):
 
-    conn.take_segments(budget, now=None) and conn.send(data, now=None)
-        # pass the current time when you have it.  Without it the connection uses the last time it
-        # was given; timers armed that way are re-armed from the real clock at the next call that
-        # carries one, so they can only be late, never early.
     conn.pending_output -> bool   # take_segments() would return something right now (e.g. data held
                                   # back by an earlier budget): poll it when the line drains
     conn.syn_may_reuse(syn) -> bool
@@ -228,9 +227,6 @@ class TcpConnection(object):
         self.close_reason = None        # why the connection closed: refused, reset, timeout, ...
         self.created = now
         self.last_activity = now
-        self._now = now
-        self._stale = False             # the last output was timed with a remembered clock
-        self._stale_timers = set()
 
         # Counters.
         self.bytes_in = 0               # payload delivered in order to the receive queue
@@ -369,28 +365,8 @@ class TcpConnection(object):
         else:
             self._drop("ctl_queue_full", seg)
 
-    def _clock(self, now):
-        """The time to use: ``now`` if given, else the last one seen (and remember that)."""
-        if now is None:
-            self._stale = True
-            return self._now
-        if now > self._now:
-            self._now = now
-        if self._stale:
-            self._stale = False
-            # Deadlines armed with a remembered clock may be early: re-arm them from the real one.
-            for name in self._stale_timers:
-                if name == "rtx" and self._rtx_at is not None:
-                    self._rtx_at = max(self._rtx_at, now + self._rtt.rto)
-                elif name == "persist" and self._persist_at is not None:
-                    self._persist_at = max(self._persist_at, now + self._persist_interval())
-            self._stale_timers.clear()
-        return now
-
     def _arm_rtx(self, now):
         self._rtx_at = now + self._rtt.rto
-        if self._stale:
-            self._stale_timers.add("rtx")
 
     def _smss(self):
         """Sender MSS without the variable SACK option (for congestion control)."""
@@ -457,7 +433,6 @@ class TcpConnection(object):
 
     def accept(self, now):
         """The service socket connected: answer the SYN (RFC 9293 3.10.7.2)."""
-        now = self._clock(now)
         if self._state is not TcpState.SYN_RECEIVED or self.accepted:
             return
         self.accepted = True
@@ -465,7 +440,6 @@ class TcpConnection(object):
 
     def refuse(self, now):
         """The service is unreachable: RST|ACK for the SYN, CLOSED."""
-        now = self._clock(now)
         if self._state is TcpState.CLOSED:
             return
         if self.accepted:
@@ -474,18 +448,17 @@ class TcpConnection(object):
         self._queue_ctl(rst_for(self._syn))
         self._close("refused")
 
-    def send(self, data, now=None):
+    def send(self, data, now):
         """Queue service bytes; returns how many fit in the send buffer."""
         if self._state not in _QUEUE_STATES or self._fin_queued or not data:
             return 0
         n = self._tx.append(data)
-        if n and now is not None:
-            self.last_activity = self._clock(now)
+        if n:
+            self.last_activity = now
         return n
 
     def shutdown(self, now):
         """Service EOF: our FIN goes out after every queued byte (RFC 9293 3.10.4 CLOSE)."""
-        now = self._clock(now)
         state = self._state
         if self._fin_queued or state not in _QUEUE_STATES:
             return
@@ -501,14 +474,13 @@ class TcpConnection(object):
 
     def abort(self, now):
         """Reset the connection (RFC 9293 3.10.5 ABORT): <SEQ=SND.NXT><CTL=RST>."""
-        now = self._clock(now)
         state = self._state
         if state is TcpState.CLOSED:
             return
         if state is TcpState.SYN_RECEIVED and not self.accepted:
             self._queue_ctl(rst_for(self._syn))
         elif state is not TcpState.TIME_WAIT:
-            self._queue_ctl(self._make(self.snd_max, RST | ACK, now=now, options=False))
+            self._queue_ctl(self._make(self.snd_max, RST | ACK, now, options=False))
         self._close("aborted")
 
     def read(self):
@@ -523,7 +495,6 @@ class TcpConnection(object):
 
     def consumed(self, nbytes, now):
         """The service socket took ``nbytes``: reopen the window (RFC 9293 3.8.6.2.2)."""
-        now = self._clock(now)
         n = max(0, min(nbytes, self._rx_unconsumed))
         self._rx_unconsumed -= n
         if self._state not in _RECV_STATES and self._state is not TcpState.SYN_RECEIVED:
@@ -583,10 +554,8 @@ class TcpConnection(object):
 
     # ============================================================== output
 
-    def _make(self, seq, flags, payload=b"", now=None, options=True):
+    def _make(self, seq, flags, now, payload=b"", options=True):
         """Build an outgoing segment carrying the current ACK, window, timestamps and SACK blocks."""
-        if now is None:
-            now = self._now
         window = 0
         if not flags & RST:
             window = self._select_window()
@@ -625,7 +594,7 @@ class TcpConnection(object):
         if self._synack_sends:
             self.retransmits += 1
             self._rtt_seq = None                   # Karn
-        elif not self._stale:
+        else:
             self._rtt_seq = self.iss
             self._rtt_time = now
         self._synack_sends += 1
@@ -712,7 +681,7 @@ class TcpConnection(object):
             self._rtt_seq = None                    # Karn: never time a retransmitted segment
         else:
             self.bytes_out += n
-            if self._rtt_seq is None and not self.ts_ok and not self._stale:
+            if self._rtt_seq is None and not self.ts_ok:
                 self._rtt_seq = seq
                 self._rtt_time = now
             self.last_activity = now
@@ -724,7 +693,7 @@ class TcpConnection(object):
             self._arm_rtx(now)                      # RFC 6298 5.1
         self._force_send = False
         self._last_send = now
-        return self._make(seq, flags, payload, now)
+        return self._make(seq, flags, now, payload)
 
     def _head_retransmission(self):
         """(seq, n, fin) for a fast/partial-ACK retransmission of the segment at SND.UNA."""
@@ -741,9 +710,8 @@ class TcpConnection(object):
             return None
         return una, n, fin
 
-    def take_segments(self, budget=-1, now=None):
+    def take_segments(self, budget, now):
         """Segments to send now, in order (see the contract)."""
-        now = self._clock(now)
         out = self._ctl
         self._ctl = []
         state = self._state
@@ -779,12 +747,12 @@ class TcpConnection(object):
                 # Zero-window probe / keepalive: an old sequence number forces an ACK
                 # (RFC 9293 3.8.6.1, RFC 1122 4.2.3.6).
                 self._probe_due = False
-                out.append(self._make(seq_add(self.snd_una, -1), ACK, now=now))
+                out.append(self._make(seq_add(self.snd_una, -1), ACK, now))
         elif self._probe_due:
             self._probe_due = False
-            out.append(self._make(seq_add(self.snd_una, -1), ACK, now=now))
+            out.append(self._make(seq_add(self.snd_una, -1), ACK, now))
         if self._ack_now:
-            out.append(self._make(self.snd_max, ACK, now=now))
+            out.append(self._make(self.snd_max, ACK, now))
         self._update_timers(now)
         return out
 
@@ -816,8 +784,6 @@ class TcpConnection(object):
         if state in _SEND_STATES and outstanding == 0 and self._pending_send() and self._plan() is None:
             if self._persist_at is None:
                 self._persist_at = now + self._persist_interval()
-                if self._stale:
-                    self._stale_timers.add("persist")
         else:
             self._persist_at = None
         if self.config.keepalive_ms > 0 and state in _KEEPALIVE_STATES:
@@ -834,7 +800,6 @@ class TcpConnection(object):
         return best
 
     def handle_timer(self, now):
-        now = self._clock(now)
         if self._state is TcpState.CLOSED:
             return
         if self._tw_at is not None and now >= self._tw_at:
@@ -933,7 +898,7 @@ class TcpConnection(object):
 
     def _give_up(self, now):
         log.info("%s: giving up after %d retransmissions", self.name, self.rto_count)
-        self._queue_ctl(self._make(self.snd_max, RST | ACK, now=now, options=False))
+        self._queue_ctl(self._make(self.snd_max, RST | ACK, now, options=False))
         self._event("timeout")
         self._close("timeout")
 
@@ -990,7 +955,6 @@ class TcpConnection(object):
 
     def receive(self, seg, now):
         """Process one segment of this connection (RFC 9293 3.10.7.4)."""
-        now = self._clock(now)
         self.segs_in += 1
         state = self._state
         if state is TcpState.CLOSED:
@@ -1267,7 +1231,7 @@ class TcpConnection(object):
             return
         if seq == nxt:
             if payload:
-                self._deliver(payload)
+                self._deliver(payload, now)
             if fin:
                 self._process_fin(now)
             elif self._ooo_fin is not None and self._ooo_fin == self.rcv_nxt:
@@ -1282,7 +1246,7 @@ class TcpConnection(object):
             self._ooo_fin = seq_add(seq, len(payload))
         self._ack_now = True
 
-    def _deliver(self, payload):
+    def _deliver(self, payload, now):
         """In-order bytes at RCV.NXT, then whatever the reassembly queue now joins."""
         had_ooo = bool(self._ooo)
         n = len(payload)
@@ -1308,7 +1272,7 @@ class TcpConnection(object):
             # RFC 1122 4.2.3.2 / RFC 5681 4.2: an ACK for at least every second full-sized segment.
             self._ack_now = True
         elif self._delack_at is None:
-            self._delack_at = self._now + self.config.delack_ms
+            self._delack_at = now + self.config.delack_ms
 
     def _process_fin(self, now):
         self.rcv_nxt = seq_add(self.rcv_nxt, 1)
