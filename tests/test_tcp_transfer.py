@@ -10,6 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from test_tcp_harness import (ACK, CLIENT_ISS, FIN, OUR_ISS, PSH, RST, Conn, TcpConfig, TcpState,
                               data_segs, pattern, seq_add, seq_sub)
+from pyslirp.net.tcp.events import CLOSED, TIMED_OUT, WRITABLE
 
 C1 = CLIENT_ISS + 1
 S1 = OUR_ISS + 1
@@ -31,7 +32,7 @@ def test_send_buffer_is_bounded_and_writable_when_acked():
     out = h.recv(at=10)
     assert sizes(out) == [MSS, MSS]                # the 80-byte tail waits (Nagle)
     h.ack_all(out, at=20)
-    assert h.conn.take_events() == ["writable"]
+    assert h.conn.take_events() == [WRITABLE]
     assert h.conn.send_space == 2 * MSS
     out = h.recv(at=20)
     assert sizes(out) == [80] and out[0].flags & PSH
@@ -74,7 +75,7 @@ def test_retransmission_timing_backoff_and_give_up():
     assert h.recv(at=3009) == []
     out = h.recv(at=3010)
     assert [(s.flags, s.seq) for s in out] == [(RST | ACK, S1 + 5)]
-    assert h.conn.take_events() == ["timeout", "closed"]
+    assert h.conn.take_events() == [TIMED_OUT, CLOSED]
     assert h.conn.state is TcpState.CLOSED
 
 
@@ -321,7 +322,7 @@ def test_unanswered_zero_window_probes_give_up():
         assert len(h.recv(at=t)) == 1
     out = h.recv(at=1400)
     assert [s.flags for s in out] == [RST | ACK]
-    assert h.conn.take_events() == ["timeout", "closed"]
+    assert h.conn.take_events() == [TIMED_OUT, CLOSED]
 
 
 def test_sender_sws_holds_small_window_until_override():

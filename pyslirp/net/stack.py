@@ -105,6 +105,7 @@ from pyslirp.net import icmp as icmp_policy
 from pyslirp.net.events import (ConnectionLog, ServiceClose, ServiceConnect, ServiceReadCredit, ServiceSend,
                                 ServiceShutdown)
 from pyslirp.net.frag import Reassembler, fragment
+from pyslirp.net.tcp import events as tcp_events
 from pyslirp.net.tcp.conn import TcpConfig, TcpConnection, TcpState, rst_for
 from pyslirp.net.tcp.isn import IsnGenerator
 from pyslirp.net.udp import UdpDatagram, UdpMux
@@ -588,23 +589,24 @@ class IPStack(object):
 
     def _on_event(self, rec, event, now):
         conn_id = rec.conn_id
-        if event == "readable":
+        if isinstance(event, tcp_events.Readable):
             data = rec.conn.read()
             if data:
                 self._events.append(ServiceSend(conn_id, data))
-        elif event == "writable":
+        elif isinstance(event, tcp_events.Writable):
             self._grant(rec, now)
-        elif event == "established":
+        elif isinstance(event, tcp_events.Established):
             rec.established = True
             self._events.append(ConnectionLog(conn_id, "opened " + self._describe(rec)))
-        elif event == "peer_fin":
+        elif isinstance(event, tcp_events.PeerFin):
             if not rec.peer_fin:
                 rec.peer_fin = True
                 self._events.append(ServiceShutdown(conn_id))
-        elif event in ("reset", "timeout"):
-            rec.reason = rec.reason or event
-            self._close_service(rec, event)
-        elif event == "closed":
+        elif isinstance(event, (tcp_events.Reset, tcp_events.TimedOut)):
+            reason = "reset" if isinstance(event, tcp_events.Reset) else "timeout"
+            rec.reason = rec.reason or reason
+            self._close_service(rec, reason)
+        elif isinstance(event, tcp_events.Closed):
             self._finish(rec, now)
 
     def _close_service(self, rec, reason):

@@ -13,12 +13,12 @@ to it but not change it):
         # The connection starts in SYN_RECEIVED but sends nothing until accept():
         # the service socket must connect first.
     conn.accept(now)              # service connected: emit SYN-ACK
-    conn.refuse(now)              # service down: emit RST|ACK for the SYN, state CLOSED, event "closed"
+    conn.refuse(now)              # service down: emit RST|ACK for the SYN, state CLOSED, event Closed
     conn.receive(seg, now)        # a segment of this 4-tuple
     conn.send(data, now) -> int   # queue bytes from the service; returns how many were taken (<= send_space)
     conn.send_space -> int        # free room in the bounded send buffer
     conn.shutdown(now)            # service EOF: FIN after all queued data
-    conn.abort(now)               # emit RST, state CLOSED, event "closed"
+    conn.abort(now)               # emit RST, state CLOSED, event Closed
     conn.read() -> bytes          # in-order data for the service (empty if none); stays counted against
                                   # the receive window until consumed()
     conn.consumed(nbytes, now)    # the service socket took nbytes: the window reopens (window update if it grew
@@ -28,14 +28,16 @@ to it but not change it):
                                   # window updates, probes) always; payload only while the payload bytes of this
                                   # call stay <= budget (budget < 0 means unlimited)
     conn.get_timer() -> Optional[int]; conn.handle_timer(now)
-    conn.take_events() -> List[str]   # in order, each once:
-        "established"  handshake complete
-        "readable"     read() has data
-        "writable"     send_space grew (the runtime may grant read credit)
-        "peer_fin"     the client's FIN arrived and every byte before it has been read(): shutdown(SHUT_WR)
-        "reset"        the client reset the connection
-        "timeout"      retransmissions exhausted (the connection sent RST and is closed)
-        "closed"       the connection is finished (CLOSED, or TIME_WAIT expired): delete it
+    conn.take_events() -> list    # frozen values from net/tcp/events.py, in order, each once:
+        ESTABLISHED (Established)  handshake complete
+        READABLE    (Readable)     read() has data
+        WRITABLE    (Writable)     send_space grew (the runtime may grant read credit)
+        PEER_FIN    (PeerFin)      the client's FIN arrived and every byte before it has been read():
+                                   shutdown(SHUT_WR)
+        RESET       (Reset)        the client reset the connection
+        TIMED_OUT   (TimedOut)     retransmissions exhausted (the connection sent RST and is closed)
+        CLOSED      (Closed)       the connection is finished (CLOSED, or TIME_WAIT expired): delete it
+        Readable and Writable are coalesced (at most one of each per call); Closed is the last event.
     conn.state -> TcpState        # enum of the RFC 9293 states
     conn.bytes_in, conn.bytes_out, conn.retransmits, ...   # plain int counters
 
@@ -76,7 +78,7 @@ ADDITIONS to the contract (all optional, nothing above changed):
     keepalives_sent, window_updates.
 
 A segment queued as the connection closes (the RST of refuse/abort/give-up) is still returned by
-take_segments() after "closed": flush it once before deleting the connection.
+take_segments() after Closed: flush it once before deleting the connection.
 
 Theory of operation
 -------------------
@@ -103,7 +105,7 @@ goes out.
 
 Retransmission: one RTO timer (RFC 6298) per connection, go-back-N from
 SND.UNA on expiry skipping what the client SACKed (RFC 2018), exponential
-backoff, give-up after ``max_retries`` consecutive expiries (RST, "timeout").
+backoff, give-up after ``max_retries`` consecutive expiries (RST, TimedOut).
 Three duplicate ACKs trigger fast retransmit and NewReno fast recovery (RFC
 5681, RFC 6582); window arithmetic lives in congestion.py.  When the client
 advertises a zero window the persist timer sends zero-length probes below
@@ -121,6 +123,8 @@ from ...wire.tcp import (ACK, FIN, PSH, RST, SYN, TS_OPTION_LEN, TcpRepr, max_sa
                          sack_option_len)
 from .buffers import Reassembler, SackScoreboard, SendBuffer
 from .congestion import NewReno
+from .events import (CLOSED, COALESCED, ESTABLISHED, PEER_FIN, READABLE, RESET, TIMED_OUT,
+                     WRITABLE)
 from .rtt import RttEstimator
 from .seq import seq_add, seq_ge, seq_gt, seq_in, seq_le, seq_lt, seq_sub
 
@@ -342,10 +346,10 @@ class TcpConnection(object):
             log.debug("%s: %s => %s", self.name, self._state, new)
             self._state = new
 
-    def _event(self, name):
-        if name in ("readable", "writable") and name in self._events:
+    def _event(self, event):
+        if isinstance(event, COALESCED) and event in self._events:
             return
-        self._events.append(name)
+        self._events.append(event)
 
     def take_events(self):
         events = self._events
@@ -899,7 +903,7 @@ class TcpConnection(object):
     def _give_up(self, now):
         log.info("%s: giving up after %d retransmissions", self.name, self.rto_count)
         self._queue_ctl(self._make(self.snd_max, RST | ACK, now, options=False))
-        self._event("timeout")
+        self._event(TIMED_OUT)
         self._close("timeout")
 
     def _close(self, reason):
@@ -908,7 +912,7 @@ class TcpConnection(object):
         self._ack_now = self._probe_due = self._synack_due = self._rtx_pending = False
         self._ooo.clear()
         self.close_reason = reason
-        self._event("closed")
+        self._event(CLOSED)
 
     def _enter_time_wait(self, now):
         self._set_state(TcpState.TIME_WAIT)
@@ -1059,7 +1063,7 @@ class TcpConnection(object):
         log.debug("%s: reset by the client in %s", self.name, state)
         self._ctl = []
         if state is not TcpState.TIME_WAIT:
-            self._event("reset")
+            self._event(RESET)
         self._close("reset")
 
     def _process_ack(self, seg, now):
@@ -1181,7 +1185,7 @@ class TcpConnection(object):
                 self._close("closed")
                 return
         if data_acked > 0 and self._state in _QUEUE_STATES and not self._fin_queued:
-            self._event("writable")
+            self._event(WRITABLE)
 
     def _on_dup_ack(self, ack, now):
         self.dup_acks += 1
@@ -1203,7 +1207,7 @@ class TcpConnection(object):
             self._rtt.reset_after_syn_loss()   # RFC 6298 5.7
         self._cc.set_mss(self._smss())
         self._set_state(TcpState.ESTABLISHED)
-        self._event("established")
+        self._event(ESTABLISHED)
         if self._fin_queued:
             self._set_state(TcpState.FIN_WAIT_1)
 
@@ -1261,7 +1265,7 @@ class TcpConnection(object):
             self._rx += more
             self.rcv_nxt = seq_add(self.rcv_nxt, len(more))
             self.bytes_in += len(more)
-        self._event("readable")
+        self._event(READABLE)
         if n > self._rcv_mss_est:
             self._rcv_mss_est = min(n, self.our_mss)
         self._rcv_unacked += n
@@ -1291,10 +1295,10 @@ class TcpConnection(object):
 
     def _maybe_peer_fin(self):
         if self._state is TcpState.CLOSED:
-            return                                  # "closed" is the last event
+            return                                  # Closed is the last event
         if self._fin_received and not self._peer_fin_reported and not self._rx:
             self._peer_fin_reported = True
-            self._event("peer_fin")
+            self._event(PEER_FIN)
 
 
 def _ip(addr):
