@@ -331,14 +331,26 @@ def test_rst_outside_window_is_dropped():
 
 
 def test_challenge_acks_are_rate_limited():
+    # A token bucket of challenge_ack_limit per second with a burst of as many (RFC 5961 section 7).
     h = Conn(config=TcpConfig(challenge_ack_limit=3))
     acks = 0
     for i in range(6):
         h.send(RST, seq=C1 + 10 + i, at=100)
         acks += len(h.recv(at=100))
-    assert acks == 3
-    h.send(RST, seq=C1 + 50, at=1100)
-    assert len(h.recv(at=1100)) == 1
+    assert acks == 3 and h.conn.challenge_acks == 3
+    assert h.conn.counters["challenge_ack_limited"] == 3
+    h.send(RST, seq=C1 + 40, at=433)               # 333 ms at 3/s: 0.999 of a token
+    assert h.recv(at=433) == []
+    h.send(RST, seq=C1 + 41, at=434)               # one token
+    assert [(s.flags, s.ack) for s in h.recv(at=434)] == [(ACK, C1)]
+    h.send(RST, seq=C1 + 42, at=434)
+    assert h.recv(at=434) == []
+    acks = 0
+    for i in range(5):                             # a quiet minute refills only the burst
+        h.send(RST, seq=C1 + 50 + i, at=60000)
+        acks += len(h.recv(at=60000))
+    assert acks == 3 and h.conn.challenge_acks == 7
+    assert h.conn.state is TcpState.ESTABLISHED
 
 
 def test_syn_in_established_gets_challenge_ack():

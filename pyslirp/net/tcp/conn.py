@@ -121,6 +121,7 @@ from dataclasses import dataclass
 
 from ...wire.tcp import (ACK, FIN, PSH, RST, SYN, TS_OPTION_LEN, TcpRepr, max_sack_blocks,
                          sack_option_len)
+from ..ratelimit import TokenBucket
 from .buffers import Reassembler, SackScoreboard, SendBuffer
 from .congestion import NewReno
 from .events import (CLOSED, COALESCED, ESTABLISHED, PEER_FIN, READABLE, RESET, TIMED_OUT,
@@ -183,7 +184,7 @@ class TcpConfig:
     window_scaling: bool = True         # RFC 7323
     sack: bool = True                   # RFC 2018
     timestamps: bool = True             # RFC 7323
-    challenge_ack_limit: int = 10       # RFC 5961 section 7: challenge ACKs per second
+    challenge_ack_limit: int = 10       # RFC 5961 section 7: challenge ACKs per second (and the burst)
     max_ooo_ranges: int = 16            # separate out-of-order ranges held for reassembly
 
 
@@ -196,25 +197,6 @@ def rst_for(seg):
         return TcpRepr(seg.dst_port, seg.src_port, seg.ack, 0, RST, 0)
     # "If the ACK bit is off, sequence number zero is used, <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>"
     return TcpRepr(seg.dst_port, seg.src_port, 0, seq_add(seg.seq, seg.seg_len), RST | ACK, 0)
-
-
-class _RateLimiter(object):
-    """At most ``limit`` events per ``interval`` ms (a fixed window)."""
-
-    def __init__(self, limit, interval=1000):
-        self.limit = limit
-        self.interval = interval
-        self._start = None
-        self._count = 0
-
-    def allow(self, now):
-        if self._start is None or now - self._start >= self.interval:
-            self._start = now
-            self._count = 0
-        if self._count >= self.limit:
-            return False
-        self._count += 1
-        return True
 
 
 class TcpConnection(object):
@@ -329,8 +311,11 @@ class TcpConnection(object):
 
         self._ctl = []                  # control segments queued for the next take_segments()
         self._events = []
-        self._challenge_limiter = _RateLimiter(max(1, config.challenge_ack_limit))
-        self._oow_limiter = _RateLimiter(max(1, config.challenge_ack_limit))
+        # RFC 5961 section 7: challenge ACKs (and SYN-ACK repeats) at most challenge_ack_limit per second,
+        # in bursts of as many; answers to out-of-window segments (RFC 9293 3.10.7.4) the same, separately.
+        ack_limit = max(1, config.challenge_ack_limit)
+        self._challenge_limiter = TokenBucket(ack_limit, ack_limit, now)
+        self._oow_limiter = TokenBucket(ack_limit, ack_limit, now)
         log.debug("%s: SYN received (mss %d, ws %s, sack %s, ts %s)", self.name, self.peer_mss,
                   syn.wscale, self.sack_ok, self.ts_ok)
 
