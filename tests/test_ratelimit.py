@@ -1,11 +1,13 @@
-"""The shared token bucket (net/ratelimit.py): burst, refill, time going backwards, integer arithmetic."""
+"""net/ratelimit.py: the token bucket (burst, refill, time going backwards, integer arithmetic) and the
+power-of-two log throttle."""
 
+import logging
 import random
 
 import pytest
 
 from pyslirp.net import icmp as icmp_policy
-from pyslirp.net.ratelimit import MILLI, TokenBucket
+from pyslirp.net.ratelimit import MILLI, TokenBucket, every_power_of_two
 
 
 def test_starts_full_and_allows_exactly_the_burst():
@@ -73,3 +75,20 @@ def test_rejects_rates_and_bursts_that_are_not_positive_whole_numbers(rate, burs
 
 def test_icmp_policy_uses_the_shared_bucket():
     assert icmp_policy.TokenBucket is TokenBucket
+
+
+def test_every_power_of_two_logs_the_1st_2nd_4th_8th_occurrence():
+    assert [n for n in range(0, 1100) if every_power_of_two(n)] == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+    assert not every_power_of_two(-4)
+    assert every_power_of_two(1 << 70) and not every_power_of_two((1 << 70) + 1)
+
+
+def test_tcp_drops_are_logged_at_powers_of_two(caplog):
+    from test_tcp_harness import RST, Conn
+    h = Conn()
+    with caplog.at_level(logging.DEBUG, logger="pyslirp.net.tcp"):
+        for i in range(20):
+            h.send(RST, seq=h.cseq + 70000 + i, at=10)
+    lines = [r.getMessage() for r in caplog.records if "rst_out_of_window" in r.getMessage()]
+    assert h.conn.counters["rst_out_of_window"] == 20
+    assert [line.split("#")[1].split(")")[0] for line in lines] == ["1", "2", "4", "8", "16"]

@@ -1,4 +1,4 @@
-"""The token bucket shared by the protocol code's rate limits.
+"""Rate limits shared by the protocol code: a token bucket, and a log throttle.
 
 Theory of operation
 -------------------
@@ -18,6 +18,11 @@ answers to out-of-window segments (RFC 5961 section 7: "In order to alleviate
 multiple RSTs/SYNs from triggering multiple challenge ACKs, an ACK throttling
 mechanism is suggested"; the limit is ``TcpConfig.challenge_ack_limit`` per
 second, with bursts of as many).
+
+:func:`every_power_of_two` is the log throttle for things the peer can make
+happen at will (malformed input, drops, a protocol bug hit by every packet):
+count each reason and log its 1st, 2nd, 4th, 8th ... occurrence, so that n
+occurrences cost about log2(n) lines, with neither a clock nor a timer.
 """
 
 MILLI = 1000                    # milli-tokens per token
@@ -55,3 +60,7 @@ class TokenBucket(object):
         self.denied += 1
         return False
 
+
+def every_power_of_two(n):
+    """True when the count ``n`` (the first occurrence is 1) is 1, 2, 4, 8, ...: log this one."""
+    return n > 0 and n & (n - 1) == 0

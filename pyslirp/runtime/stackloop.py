@@ -48,6 +48,7 @@ import time
 
 from pyslirp import logsetup, metrics
 from pyslirp.core import Core
+from pyslirp.net.ratelimit import every_power_of_two
 from pyslirp.ppp.events import AuthResult, LinkDown, LinkUp
 from pyslirp.runtime.serialio import DrainMeter, LineManager
 from pyslirp.runtime.services import CONNECT_TIMEOUT, ServiceManager
@@ -151,7 +152,7 @@ class Runtime(object):
                     # bug triggered by every packet cannot flood the log.
                     self._counters["internal_errors"] += 1
                     n = self._counters["internal_errors"]
-                    if n & (n - 1) == 0:
+                    if every_power_of_two(n):
                         log.exception("internal error (continuing; %d so far)", n)
         finally:
             self._shutdown()

@@ -121,7 +121,7 @@ from dataclasses import dataclass
 
 from ...wire.tcp import (ACK, FIN, PSH, RST, SYN, TS_OPTION_LEN, TcpRepr, max_sack_blocks,
                          sack_option_len)
-from ..ratelimit import TokenBucket
+from ..ratelimit import TokenBucket, every_power_of_two
 from .buffers import Reassembler, SackScoreboard, SendBuffer
 from .congestion import NewReno
 from .events import (CLOSED, COALESCED, ESTABLISHED, PEER_FIN, READABLE, RESET, TIMED_OUT,
@@ -344,7 +344,7 @@ class TcpConnection(object):
     def _drop(self, reason, seg=None):
         n = self.counters.get(reason, 0) + 1
         self.counters[reason] = n
-        if n & (n - 1) == 0:        # 1, 2, 4, 8, ...: rate-limited logging without a clock
+        if every_power_of_two(n):
             log.debug("%s: dropped segment (%s, #%d): %s", self.name, reason, n, seg)
 
     def _queue_ctl(self, seg):
