@@ -38,7 +38,8 @@ to it but not change it):
         TIMED_OUT   (TimedOut)     retransmissions exhausted (the connection sent RST and is closed)
         CLOSED      (Closed)       the connection is finished (CLOSED, or TIME_WAIT expired): delete it
         Readable and Writable are coalesced (at most one of each per call); Closed is the last event.
-    conn.state -> TcpState        # enum of the RFC 9293 states
+    conn.state -> TcpState        # enum of the RFC 9293 states of a passive open (no LISTEN, no SYN_SENT:
+                                  # the connection is born in SYN_RECEIVED)
     conn.bytes_in, conn.bytes_out, conn.retransmits, ...   # plain int counters
 
     Time is an argument, integer milliseconds from the caller's clock: every call that may emit a
@@ -73,9 +74,8 @@ ADDITIONS to the contract (all optional, nothing above changed):
                                       # left): keeps the client's own queue toward a slow line short
     conn.ack_every = 2 or 1           # ACK at least every this many full-sized segments (RFC 5681 4.2:
                                       # at least every second): 1 lets a small window keep a slow line busy
-    Counters: bytes_in, bytes_out, bytes_retransmitted, segs_in, segs_out, retransmits,
-    fast_retransmits, dup_acks, ooo_segments, rto_count, challenge_acks, window_probes,
-    keepalives_sent, window_updates.
+    Counters: bytes_in, bytes_out, segs_out, retransmits, fast_retransmits, dup_acks, ooo_segments,
+    rto_count, challenge_acks, window_probes, keepalives_sent, window_updates.
 
 A segment queued as the connection closes (the RST of refuse/abort/give-up) is still returned by
 take_segments() after Closed: flush it once before deleting the connection.
@@ -140,8 +140,6 @@ _MAX_CTL = 8               # control segments queued between two take_segments()
 
 class TcpState(enum.Enum):
     CLOSED = "CLOSED"
-    LISTEN = "LISTEN"
-    SYN_SENT = "SYN_SENT"
     SYN_RECEIVED = "SYN_RECEIVED"
     ESTABLISHED = "ESTABLISHED"
     FIN_WAIT_1 = "FIN_WAIT_1"
@@ -211,14 +209,11 @@ class TcpConnection(object):
         self._state = TcpState.SYN_RECEIVED
         self.accepted = False
         self.close_reason = None        # why the connection closed: refused, reset, timeout, ...
-        self.created = now
         self.last_activity = now
 
         # Counters.
         self.bytes_in = 0               # payload delivered in order to the receive queue
         self.bytes_out = 0              # payload sent for the first time
-        self.bytes_retransmitted = 0
-        self.segs_in = 0
         self.segs_out = 0
         self.retransmits = 0            # segments retransmitted (RTO, fast retransmit, SYN-ACK)
         self.fast_retransmits = 0
@@ -245,7 +240,6 @@ class TcpConnection(object):
         self._ts_offset = iss           # RFC 7323 5.4: a per-connection random offset for TSval
 
         # MSS (RFC 9293 3.7.1, RFC 6691): ours from the link, theirs from the SYN.
-        self.mss_limit = mss_limit
         self.our_mss = max(MIN_MSS, min(config.mss or mss_limit, mss_limit))
         self.segment_limit = None       # set by the stack (see the contract)
         self.rcv_limit = None
@@ -666,7 +660,6 @@ class TcpConnection(object):
         new_end = seq_add(end, 1) if fin else end
         if seq_lt(seq, self.snd_max):
             self.retransmits += 1
-            self.bytes_retransmitted += n
             self._rtt_seq = None                    # Karn: never time a retransmitted segment
         else:
             self.bytes_out += n
@@ -944,7 +937,6 @@ class TcpConnection(object):
 
     def receive(self, seg, now):
         """Process one segment of this connection (RFC 9293 3.10.7.4)."""
-        self.segs_in += 1
         state = self._state
         if state is TcpState.CLOSED:
             self._drop("closed", seg)
