@@ -36,6 +36,7 @@ from dataclasses import replace
 
 from pyslirp.net import icmp as icmp_policy
 from pyslirp.net.frag import Reassembler, fragment
+from pyslirp.net.ratelimit import TokenBucket
 from pyslirp.wire import icmp as icmp_wire
 from pyslirp.wire.errors import ParseError
 from pyslirp.wire.icmp import IcmpRepr
@@ -55,7 +56,7 @@ class Ipv4Layer(object):
         self._counters = counters               # the stack's counters dict
         self._ident = rng.randrange(0x10000)
         self.frag = Reassembler()
-        self._icmp_bucket = icmp_policy.TokenBucket(icmp_policy.ERROR_RATE, icmp_policy.ERROR_BURST)
+        self._icmp_bucket = TokenBucket(icmp_policy.ERROR_RATE, icmp_policy.ERROR_BURST)
         self.icmp_rate_limited = 0
         self.unreachable_sent = 0
 

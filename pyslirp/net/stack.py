@@ -111,6 +111,8 @@ from pyslirp.net.events import (ConnectionLog, DnsQuery, PingClose, PingOpen, Pi
                                 UdpSend)
 from pyslirp.net.flows import FlowKey, Policy, Service
 from pyslirp.net.ipv4 import Ipv4Layer
+from pyslirp.net.ratelimit import TokenBucket
+from pyslirp.net.tcp import events as tcp_events
 from pyslirp.net.tcp.conn import TcpConfig, TcpConnection, TcpState, rst_for
 from pyslirp.net.tcp.isn import IsnGenerator
 from pyslirp.timers import TimerQueue
@@ -262,8 +264,8 @@ class IPStack(object):
         self._control = deque()         # datagrams to send ahead of everything (ICMP, resets, UDP)
         self._events = []
         self._now = 0
-        self._log_bucket = icmp_policy.TokenBucket(1, 10)
-        self._refusal_bucket = icmp_policy.TokenBucket(1, 5)
+        self._log_bucket = TokenBucket(1, 10)
+        self._refusal_bucket = TokenBucket(1, 5)
         self._log_suppressed = 0
         self.dns = None
         if config.dns_forwarder:
@@ -617,23 +619,24 @@ class IPStack(object):
 
     def _on_event(self, rec, event, now):
         conn_id = rec.conn_id
-        if event == "readable":
+        if isinstance(event, tcp_events.Readable):
             data = rec.conn.read()
             if data:
                 self._events.append(ServiceSend(conn_id, data))
-        elif event == "writable":
+        elif isinstance(event, tcp_events.Writable):
             self._grant(rec, now)
-        elif event == "established":
+        elif isinstance(event, tcp_events.Established):
             rec.established = True
             self._events.append(ConnectionLog(conn_id, "opened " + self._describe(rec)))
-        elif event == "peer_fin":
+        elif isinstance(event, tcp_events.PeerFin):
             if not rec.peer_fin:
                 rec.peer_fin = True
                 self._events.append(ServiceShutdown(conn_id))
-        elif event in ("reset", "timeout"):
-            rec.reason = rec.reason or event
-            self._close_service(rec, event)
-        elif event == "closed":
+        elif isinstance(event, (tcp_events.Reset, tcp_events.TimedOut)):
+            reason = "reset" if isinstance(event, tcp_events.Reset) else "timeout"
+            rec.reason = rec.reason or reason
+            self._close_service(rec, reason)
+        elif isinstance(event, tcp_events.Closed):
             self._finish(rec, now)
 
     def _close_service(self, rec, reason):

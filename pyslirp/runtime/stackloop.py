@@ -50,6 +50,7 @@ import time
 from pyslirp import logsetup, metrics
 from pyslirp.core import Core
 from pyslirp.net.events import DnsQuery
+from pyslirp.net.ratelimit import every_power_of_two
 from pyslirp.ppp.events import AuthResult, LinkDown, LinkUp
 from pyslirp.runtime.connectors import CONNECT_TIMEOUT
 from pyslirp.runtime.datagrams import DatagramRelay
@@ -161,7 +162,7 @@ class Runtime(object):
                     # bug triggered by every packet cannot flood the log.
                     self._counters["internal_errors"] += 1
                     n = self._counters["internal_errors"]
-                    if n & (n - 1) == 0:
+                    if every_power_of_two(n):
                         log.exception("internal error (continuing; %d so far)", n)
         finally:
             self._shutdown()
