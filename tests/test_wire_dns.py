@@ -297,7 +297,8 @@ def test_error_replies():
     r = Message.parse(dns.error_reply(NX_EDNS_QUERY, dns.RCODE_SERVFAIL, q))
     assert r.rcode == dns.RCODE_SERVFAIL and r.opt is not None and r.opt.rclass == dns.EDNS_UDP_SIZE
     bare = dns.error_reply(b"\x55\x66\x29\x00garbage!", dns.RCODE_FORMERR)
-    assert bare == b"\x55\x66" + struct.pack("!H", dns.FLAG_QR | (5 << 11) | dns.FLAG_RD | dns.FLAG_RA | 1) + b"\x00" * 8
+    flags = dns.FLAG_QR | (5 << dns.OPCODE_SHIFT) | dns.FLAG_RD | dns.FLAG_RA | dns.RCODE_FORMERR
+    assert bare == b"\x55\x66" + struct.pack("!H", flags) + b"\x00" * 8
 
 
 def test_tcp_framing_whole_and_byte_by_byte():
