@@ -195,7 +195,7 @@ def test_tcp_through_an_open_connection_callable(servers, relays):
     m, data = answer(inbox, 4)
     assert not m.tc and len(data) > 512 and m.answers[0].rtype == dns.TYPE_TXT
     assert relay.counters["sent_tcp"] == 4 and relay.counters["connections"] == 1
-    assert relay.counters["sent_udp"] == 0
+    assert relay.counters["sent_udp"] == 0 and relay.open_connections == 1
 
 
 def test_truncated_udp_reply_is_asked_again_over_tcp(servers, relays):
@@ -208,6 +208,11 @@ def test_truncated_udp_reply_is_asked_again_over_tcp(servers, relays):
     assert strings == b"\xfa" + b"x" * 250 + b"\xfa" + b"y" * 250 + b"\xfa" + b"z" * 250
     c = relay.counters
     assert (c["sent_udp"], c["tc_retries"], c["sent_tcp"]) == (1, 1, 1)
+    # That TCP connection is not kept: the server may be serving it at the expense of others.
+    deadline = time.monotonic() + WAIT
+    while relay.open_connections and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert relay.open_connections == 0
 
 
 def test_without_tcp_fallback_the_truncated_reply_is_passed_on(servers, relays):
@@ -461,3 +466,77 @@ def test_big_answer_through_tcp_is_truncated_for_a_plain_udp_client(servers, rel
 def test_relay_thread_is_named_and_a_daemon(relays):
     relay, _ = relays([(LOOPBACK, 53)])
     assert relay.name == "dns-relay" and relay.daemon and relay in threading.enumerate()
+
+
+# ----------------------------------------------------------------------------------------------
+# Cross-check with a real client: dig asks a loopback UDP port served by forwarder + relay
+
+class UdpFront(threading.Thread):
+    """A UDP socket on 127.0.0.1 whose datagrams go to a DnsForwarder, as the client's to local_ip:53 would."""
+
+    def __init__(self, forwarder, relay, inbox):
+        super().__init__(daemon=True)
+        self.fwd, self.relay, self.inbox = forwarder, relay, inbox
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((LOOPBACK, 0))
+        self.sock.settimeout(0.01)
+        self.port = self.sock.getsockname()[1]
+        self.stopping = False
+        self.t0 = time.monotonic()
+
+    def run(self):
+        while not self.stopping:
+            now = int((time.monotonic() - self.t0) * 1000)
+            try:
+                data, addr = self.sock.recvfrom(65535)
+                self.fwd.query(addr, data, now)
+            except socket.timeout:
+                pass
+            while True:
+                try:
+                    kind, value = self.inbox.q.get_nowait()
+                except queue.Empty:
+                    break
+                (self.fwd.answer if kind == "dns_answer" else self.fwd.failed)(value, now)
+            self.fwd.handle_timer(now)
+            for uid, data in self.fwd.take_queries():
+                self.relay.submit(uid, data)
+            for addr, data in self.fwd.take_replies():
+                self.sock.sendto(data, addr)
+
+    def stop(self):
+        self.stopping = True
+        self.join(WAIT)
+        self.sock.close()
+
+
+def dig(port, *args):
+    import subprocess
+    out = subprocess.run(["dig", "@127.0.0.1", "-p", str(port), "+tries=1", "+time=3"] + list(args),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=20)
+    return out.stdout.decode("utf-8", "replace")
+
+
+def test_dig_through_the_forwarder(servers, relays):
+    require_program("dig", "bind9-dnsutils")
+    plain, _ = servers
+    relay, inbox = relays([plain.address])
+    front = UdpFront(DnsForwarder(rng=random.Random(8)), relay, inbox)
+    front.start()
+    try:
+        out = dig(front.port, "www.example.test", "A")
+        assert "status: NOERROR" in out and "www.example.test.\t60\tIN\tA\t%s" % ADDRESS in out, out
+        out = dig(front.port, "+noedns", "WWW.Example.TEST", "A")      # no EDNS: another cache entry
+        assert "status: NOERROR" in out and "WWW.Example.TEST.\t60\tIN\tA\t%s" % ADDRESS in out, out
+        out = dig(front.port, "+noedns", "www.EXAMPLE.test", "A")      # from the cache, question respelled
+        assert "status: NOERROR" in out and "www.EXAMPLE.test." in out and "WARNING" not in out, out
+        out = dig(front.port, "nope.test", "A")
+        assert "status: NXDOMAIN" in out, out
+        # big.test: fetched in full over TCP by the relay; a plain UDP client is told to use TCP.
+        out = dig(front.port, "+noedns", "+ignore", "big.test", "TXT")
+        assert "flags: qr tc" in out.replace(" aa", "") and "ANSWER: 0" in out, out
+        out = dig(front.port, "+bufsize=1232", "big.test", "TXT")
+        assert "ANSWER: 1" in out and "y" * 250 in out, out
+        assert front.fwd.counters["cache_hits"] == 1 and front.fwd.counters["truncated"] == 1
+    finally:
+        front.stop()

@@ -20,6 +20,9 @@ truncated response means the client "SHOULD retry using TCP"); if that attempt f
 passed on, so the client can retry over TCP itself.  The forwarder's own timeout (5 s) is longer than ``total_timeout``
 (4 s), so a failure here reaches the client as a prompt SERVFAIL.
 
+The TCP connection of such a retry is closed as soon as it has no query left (a server may serve a TCP
+connection at the expense of others).
+
 Through a proxy (``via="proxy"``).  A proxy carries streams, so queries go over TCP (RFC 1035 4.2.2: each
 message prefixed by its two-byte length; RFC 7766 6.2.1: several queries may be pipelined on one connection
 and replies may come in any order, matched by ID).  ``open_connection(host, port)`` returns a connected socket
@@ -174,6 +177,8 @@ class DnsRelay(threading.Thread):
         self.total_timeout = total_timeout
         self.tcp_fallback = tcp_fallback
         self.idle_timeout = idle_timeout
+        # A direct TCP connection only serves a truncated UDP reply: it is closed as soon as it is unused.
+        self._tcp_idle = idle_timeout if via == "proxy" else 0.0
         self.max_queued = max_queued
         self.max_pending = max_pending
         self.max_attempts = 2 * len(self.servers) + 1
@@ -217,6 +222,11 @@ class DnsRelay(threading.Thread):
             self._close_sockets()          # never started
         elif self.is_alive() and threading.current_thread() is not self:
             self.join(join_timeout)
+
+    @property
+    def open_connections(self):
+        """TCP connections open now (read from any thread: a snapshot)."""
+        return len(self._conns)
 
     def _wake(self):
         try:
@@ -265,7 +275,7 @@ class DnsRelay(threading.Thread):
 
     def _poll_timeout(self, now):
         deadlines = [q.deadline for q in self._pending.values()]
-        deadlines += [c.last_used + self.idle_timeout for c in self._conns.values() if not c.queries]
+        deadlines += [c.last_used + self._tcp_idle for c in self._conns.values() if not c.queries]
         if not deadlines:
             return None
         return max(0, int((min(deadlines) - now) * 1000) + 1)
@@ -492,7 +502,7 @@ class DnsRelay(threading.Thread):
 
     def _close_idle(self, now):
         for conn in list(self._conns.values()):
-            if not conn.queries and now - conn.last_used >= self.idle_timeout:
+            if not conn.queries and now - conn.last_used >= self._tcp_idle:
                 self._close_conn(conn)
 
     def _drop(self, reason):

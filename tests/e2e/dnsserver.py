@@ -2,7 +2,9 @@
 
 ``Dnsmasq(directory, *options)`` starts ``dnsmasq`` in the foreground with no configuration file, no
 resolv.conf, no /etc/hosts and no upstream, listening on 127.0.0.1 only (UDP and TCP on the same port), with its
-query log in ``directory``.  The records come from the options; two presets:
+query log in ``directory``.  It runs with ``--keep-in-foreground``, not ``--no-daemon``: the latter (debug mode)
+serves TCP connections in the main process, so one open TCP connection would stall every UDP query.  Its TCP
+children exit with it.  The records come from the options; two presets:
 
 * ``RECORDS``: www.example.test (and anything under example.test) A 198.18.0.7 with TTL 60, alias.test CNAME to
   it, big.test TXT of three 250-byte strings (too large for 512-byte UDP: truncated without EDNS), and
@@ -46,7 +48,7 @@ class Dnsmasq(object):
         self.port = free_port()
         self.address = (LOOPBACK, self.port)
         self.log_path = os.path.join(directory, "dnsmasq-%d.log" % self.port)
-        argv = [program, "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+        argv = [program, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
                 "--listen-address=%s" % LOOPBACK, "--bind-interfaces", "--port=%d" % self.port,
                 "--pid-file", "--log-queries", "--log-facility=%s" % self.log_path] + list(options)
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
