@@ -3,12 +3,12 @@
 Theory of operation.  The stack hands each datagram the client sends to port 53 to :meth:`DnsForwarder.query`
 with an opaque, hashable ``client`` key (the stack uses ``(address, port)``).  The forwarder answers it at once
 from its cache, or joins it to an identical question already in flight, or forwards it: the query is copied
-with a fresh random 16-bit ID (RFC 5452 9.2: IDs must be unpredictable) and queued for
+with a fresh random 16-bit ID (RFC 5452: IDs must be unpredictable) and queued for
 :meth:`take_queries`.  The runtime sends those upstream and hands back what comes:
 
-* :meth:`answer` with a reply as it came.  It is matched by ID *and* question (RFC 5452 4.1: "The question
-  section of the reply packet must be equivalent to that of a question packet currently waiting for a
-  response"); a reply whose question differs is dropped and counted (``dropped_question_mismatch``) and the
+* :meth:`answer` with a reply as it came.  It is matched by ID *and* question (RFC 5452 lists both among the
+  conditions a resolver checks before it accepts a reply: the ID, and a question section "equivalent to that
+  of a question packet currently waiting for a response"); a reply whose question differs is dropped and counted (``dropped_question_mismatch``) and the
   query stays in flight, so a spoofed reply cannot displace the real one.
 * :meth:`failed` when the runtime gave up: every client waiting on that query gets SERVFAIL.
 
@@ -19,20 +19,21 @@ payload size, at most ``max_udp_reply``; RFC 1035 4.2.1, RFC 6891 6.2.3) becomes
 question only) so that the client asks again over TCP.
 
 The cache (RFC 1035 7.4, RFC 2308) is keyed by the question (name case-insensitively, type, class) and by the
-query flags that change an answer: RD, CD, whether the client speaks EDNS (RFC 6891 7: a response to a query
-without OPT "MUST NOT" carry one) and the DO bit (RFC 3225).  It holds:
+query flags that change an answer: RD, CD, whether the client speaks EDNS (RFC 6891 7: to a requestor that sent
+no OPT record the responder "MUST NOT include an OPT record in its response") and the DO bit (RFC 3225).  It holds:
 
 * positive answers (NOERROR with records) for the smallest TTL in the answer section, at most ``max_ttl``;
 * negative answers (NXDOMAIN, and NOERROR without answers, "NODATA") for the smaller of the SOA record's TTL
   and its MINIMUM field (RFC 2308 5), at most ``negative_ttl_cap``; without an SOA they are not cached
   (RFC 2308 5: they "SHOULD NOT be cached");
-* nothing else: not SERVFAIL (RFC 2308 7 would allow 5 minutes; a forwarder that retries soon serves better),
+* nothing else: not SERVFAIL (RFC 2308 7.1 would allow up to 5 minutes; retrying soon serves a client better),
   not REFUSED/NOTIMP/FORMERR, not truncated replies (passed through so the client retries over TCP), not a
   TTL of 0 (RFC 1035 3.2.1: "Zero values are interpreted to mean that the RR can only be used for the
   transaction in progress, and should not be cached").
 
-A cached answer is served with every TTL lowered by the whole seconds it spent in the cache (RFC 1035 6.1.2:
-resolvers hand out the remaining TTL), and no longer once the entry's own TTL has run out.  Eviction is least
+A cached answer is served with every TTL lowered by the whole seconds it spent in the cache (the TTL is
+"the time interval that the resource record may be cached before the source of the information should again
+be consulted", RFC 1035 3.2.1), and no longer once the entry's own TTL has run out.  Eviction is least
 recently used, bounded by ``cache_entries`` and ``cache_bytes``.
 
 Bad input from the client.  A datagram of under 12 bytes, or with QR set (a response sent to a server), is
@@ -71,8 +72,7 @@ DEFAULT_CACHE_ENTRIES = 256
 DEFAULT_CACHE_BYTES = 1 << 20
 DEFAULT_TIMEOUT_MS = 5000           # glibc's default resolver timeout is 5 s (resolv.conf(5), "timeout")
 DEFAULT_MAX_TTL = 3600
-DEFAULT_NEGATIVE_TTL_CAP = 300      # RFC 2308 5: "values of one to three hours have been found to work well";
-#                                     a small gateway prefers to notice a new name sooner
+DEFAULT_NEGATIVE_TTL_CAP = 300      # a new name shows up within 5 minutes (RFC 2308 7.1 caps SERVFAIL alike)
 DEFAULT_MAX_WAITERS = 8
 DEFAULT_MAX_QUEUED = 256
 DEFAULT_MAX_UDP_REPLY = 4096

@@ -12,11 +12,11 @@ forwarder only reuses an ID it has already given up on.)
 
 Direct (``via="direct"``).  Queries go over UDP from one unconnected socket, first to the server that answered
 last (at the start, the first one configured).  A reply is accepted only from a server this query was sent to
-(address and port) and only with the ID of a pending query (RFC 5452 9.1); everything else is dropped and
+(address and port) and only with the ID of a pending query (RFC 5452); everything else is dropped and
 counted.  When an attempt is not answered within ``timeout`` seconds the query is sent to the next server,
 round robin, until ``total_timeout`` has passed since it was submitted or ``2 * servers + 1`` attempts were made.
-With ``tcp_fallback`` a truncated (TC) reply is asked again over TCP at the same server (RFC 7766 5: a
-truncated response means the client "SHOULD retry using TCP"); if that attempt fails, the truncated reply is
+With ``tcp_fallback`` a truncated (TC) reply is asked again over TCP at the same server (the retry that
+RFC 1035 4.2.1 and RFC 7766 expect of a requestor); if that attempt fails, the truncated reply is
 passed on, so the client can retry over TCP itself.  The forwarder's own timeout (5 s) is longer than ``total_timeout``
 (4 s), so a failure here reaches the client as a prompt SERVFAIL.
 

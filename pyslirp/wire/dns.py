@@ -25,7 +25,7 @@ Parse errors (reason tokens, used as counter names):
 * ``bad_qdcount``   more than one question (RFC 9619: QDCOUNT "MUST NOT" exceed 1 for OPCODE 0; no other
                     opcode we meet uses more);
 * ``bad_rdata``     a record's RDATA does not fit its RDLENGTH (an SOA shorter than its two names + 20 bytes);
-* ``bad_opt``       an OPT pseudo-record not owned by the root, or more than one (RFC 6891 6.1.1).
+* ``bad_opt``       an OPT pseudo-record not owned by the root, or more than one (RFC 6891 6.1.1, 6.1.2).
 
 ``ParseError`` is the only exception :meth:`Message.parse` raises.
 """
@@ -429,7 +429,7 @@ def patch(data, msg, msg_id, age=0, qname=None):
 
 
 def truncated_reply(data, msg, msg_id, qname=None):
-    """A reply that says only "truncated, ask again over TCP" (RFC 1035 4.2.1, RFC 7766 5): the header with TC
+    """A reply that says only "truncated, ask again over TCP" (RFC 1035 4.2.1; RFC 7766): the header with TC
     set, the question section (its name spelled as ``qname``, as in :func:`patch`) and the OPT record, every
     other section left out."""
     opt = b""
@@ -453,8 +453,8 @@ def error_reply(query, rcode, msg=None):
     """A reply to ``query`` carrying only ``rcode`` (FORMERR, SERVFAIL, NOTIMP ...).
 
     With ``msg`` (the query parsed at least to its questions) the reply repeats the question section and, when
-    the query had an OPT record, carries one of ours (RFC 6891 7: a responder "MUST include an OPT record" in a
-    response to a request that had one).  Without it the reply is a bare header (a FORMERR to a query whose
+    the query had an OPT record, carries one of ours (RFC 6891 6.1.1: when a request has an OPT record, responders "MUST
+    include an OPT record in their respective responses").  Without it the reply is a bare header (a FORMERR to a query whose
     questions could not be read).  OPCODE and RD are copied from the query (RFC 1035 4.1.1)."""
     msg_id, flags = struct.unpack_from("!HH", query, ID_OFFSET)
     kept = flags & ((OPCODE_MASK << OPCODE_SHIFT) | FLAG_RD | FLAG_CD)
