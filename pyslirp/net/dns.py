@@ -8,8 +8,9 @@ with a fresh random 16-bit ID (RFC 5452: IDs must be unpredictable) and queued f
 
 * :meth:`answer` with a reply as it came.  It is matched by ID *and* question (RFC 5452 lists both among the
   conditions a resolver checks before it accepts a reply: the ID, and a question section "equivalent to that
-  of a question packet currently waiting for a response"); a reply whose question differs is dropped and counted (``dropped_question_mismatch``) and the
-  query stays in flight, so a spoofed reply cannot displace the real one.
+  of a question packet currently waiting for a response"); a reply whose question differs is dropped and
+  counted (``dropped_question_mismatch``) and the query stays in flight, so a spoofed reply cannot displace
+  the real one.
 * :meth:`failed` when the runtime gave up: every client waiting on that query gets SERVFAIL.
 
 Replies go to the clients through :meth:`take_replies`, each with the client's own ID and its own spelling of

@@ -453,9 +453,10 @@ def error_reply(query, rcode, msg=None):
     """A reply to ``query`` carrying only ``rcode`` (FORMERR, SERVFAIL, NOTIMP ...).
 
     With ``msg`` (the query parsed at least to its questions) the reply repeats the question section and, when
-    the query had an OPT record, carries one of ours (RFC 6891 6.1.1: when a request has an OPT record, responders "MUST
-    include an OPT record in their respective responses").  Without it the reply is a bare header (a FORMERR to a query whose
-    questions could not be read).  OPCODE and RD are copied from the query (RFC 1035 4.1.1)."""
+    the query had an OPT record, carries one of ours (RFC 6891 6.1.1: to a request with an OPT record,
+    responders "MUST include an OPT record in their respective responses").  Without it the reply is a bare
+    header (a FORMERR to a query whose questions could not be read).  OPCODE, RD and CD are copied from the
+    query (RFC 1035 4.1.1)."""
     msg_id, flags = struct.unpack_from("!HH", query, ID_OFFSET)
     kept = flags & ((OPCODE_MASK << OPCODE_SHIFT) | FLAG_RD | FLAG_CD)
     out_flags = FLAG_QR | kept | FLAG_RA | (rcode & RCODE_MASK)
