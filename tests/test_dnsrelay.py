@@ -158,6 +158,17 @@ def test_udp_query_answered(servers, relays):
     assert relay.counters["sent_udp"] == 1 and relay.counters["answers"] == 1
 
 
+def test_a_resolver_at_127_0_0_53_is_just_another_loopback_address(relays, tmp_path):
+    # Where systemd-resolved listens; here a dnsmasq, on a free port (53 itself may be taken).
+    require_program("dnsmasq", "dnsmasq-base")
+    with Dnsmasq(str(tmp_path), *RECORDS, listen="127.0.0.53") as stub:
+        relay, inbox = relays(upstream_servers(["127.0.0.53:%d" % stub.port]))
+        relay.submit(0x5353, dns.build_query(0x5353, "www.example.test"))
+        m, data = answer(inbox, 0x5353)
+        assert a_records(data, m) == [socket.inet_aton(ADDRESS)]
+        assert "query[A] www.example.test from 127.0.0.1" in stub.log()
+
+
 def test_nxdomain_is_passed_through(servers, relays):
     plain, auth = servers
     relay, inbox = relays([plain.address])

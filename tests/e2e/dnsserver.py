@@ -2,7 +2,8 @@
 
 ``Dnsmasq(directory, *options)`` starts ``dnsmasq`` in the foreground with no configuration file, no
 resolv.conf, no /etc/hosts and no upstream, listening on 127.0.0.1 only (UDP and TCP on the same port), with its
-query log in ``directory``.  It runs with ``--keep-in-foreground``, not ``--no-daemon``: the latter (debug mode)
+query log in ``directory`` (``listen`` picks another loopback address, such as systemd-resolved's
+127.0.0.53).  It runs with ``--keep-in-foreground``, not ``--no-daemon``: the latter (debug mode)
 serves TCP connections in the main process, so one open TCP connection would stall every UDP query.  Its TCP
 children exit with it.  The records come from the options; two presets:
 
@@ -17,9 +18,11 @@ the caller is expected to skip (or, under CI, fail) before starting it: see ``fi
 """
 
 import os
+import socket
 import subprocess
+import time
 
-from e2e.services import LOOPBACK, free_port, wait_listening
+from e2e.services import LOOPBACK, free_port
 
 DNSMASQ = "dnsmasq"
 ADDRESS = "198.18.0.7"
@@ -43,19 +46,30 @@ AUTH_ZONE = (
 )
 
 
+def _wait_listening(address, proc, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and proc.poll() is None:
+        try:
+            socket.create_connection(address, timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
 class Dnsmasq(object):
-    def __init__(self, directory, *options, program=DNSMASQ):
+    def __init__(self, directory, *options, program=DNSMASQ, listen=LOOPBACK):
         self.port = free_port()
-        self.address = (LOOPBACK, self.port)
-        self.log_path = os.path.join(directory, "dnsmasq-%d.log" % self.port)
+        self.address = (listen, self.port)
+        self.log_path = os.path.join(directory, "dnsmasq-%s-%d.log" % (listen, self.port))
         argv = [program, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
-                "--listen-address=%s" % LOOPBACK, "--bind-interfaces", "--port=%d" % self.port,
+                "--listen-address=%s" % listen, "--bind-interfaces", "--port=%d" % self.port,
                 "--pid-file", "--log-queries", "--log-facility=%s" % self.log_path] + list(options)
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
-        if not wait_listening(self.port, timeout=10.0, proc=self.proc):
+        if not _wait_listening(self.address, self.proc):
             err = self._stop_and_read_stderr()
-            raise RuntimeError("dnsmasq did not start on port %d: %s" % (self.port, err.strip()))
+            raise RuntimeError("dnsmasq did not start on %s:%d: %s" % (listen, self.port, err.strip()))
 
     def _stop_and_read_stderr(self):
         if self.proc.poll() is None:
