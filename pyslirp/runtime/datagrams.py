@@ -93,7 +93,7 @@ class DatagramRelay(threading.Thread):
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._stop = False
+        self._stopping = False
         self._udp = {}              # flow_id -> _UdpFlow
         self._pings = {}            # flow_id -> _PingFlow
         self._by_fd = {}            # fd -> _UdpFlow / _PingFlow / "raw"
@@ -119,7 +119,7 @@ class DatagramRelay(threading.Thread):
         return True
 
     def stop(self):
-        self._stop = True
+        self._stopping = True
         self._wake()
 
     def _wake(self):
@@ -135,7 +135,7 @@ class DatagramRelay(threading.Thread):
         poller.register(self._wake_r, select.POLLIN)
         registered = set()
         try:
-            while not self._stop:
+            while not self._stopping:
                 self._run_commands()
                 fds = set(self._by_fd)
                 for fd in registered - fds:
