@@ -182,7 +182,6 @@ class StackConfig:
     max_connections: int = 64
     max_per_service: int = 16
     max_udp_flows: int = 64
-    idle_timeout: int = 0                   # seconds, 0 = none (TCP)
     udp_timeout: int = 60                   # seconds a UDP or ping flow lives without traffic
     tcp: TcpConfig = field(default_factory=TcpConfig)
 
@@ -666,7 +665,7 @@ class IPStack(object):
 
     def _arm(self, rec):
         deadline = rec.conn.get_timer()
-        idle = self.config.idle_timeout
+        idle = self.config.tcp.idle_timeout
         if idle and rec.accepted:
             idle_deadline = rec.last_activity + idle * 1000
             if deadline is None or idle_deadline < deadline:
@@ -946,7 +945,7 @@ class IPStack(object):
                 else:
                     self._arm_datagrams(rec)
                 continue
-            idle = self.config.idle_timeout
+            idle = self.config.tcp.idle_timeout
             if idle and rec.accepted and now >= rec.last_activity + idle * 1000:
                 rec.reason = "idle"
                 log.debug("idle timeout: %s", self._describe(rec))
