@@ -33,9 +33,9 @@ stack thread hands it something.
 Connecting: the event carries the flow's Route; a
 :class:`~pyslirp.runtime.connectors.Connector` reaches the route's target by
 ``route.via``: directly, or through the configured SOCKS5 or HTTP CONNECT
-proxy, all within ``connect_timeout`` seconds.  A failure is one log line
-naming the flow, the hop (direct, or which proxy) and the reason, and
-``svc_failed`` with the outcome the client is shown (net/refusal.py).  An abort
+proxy, all within ``connect_timeout`` seconds.  A failure is ``svc_failed``
+with the hop (direct, or which proxy), the reason and the outcome the client
+is shown (net/refusal.py); the stack logs it as one line with the flow.  An abort
 while connecting (link down) cancels the attempt at once.  Bytes that came
 with the proxy's answer are the tunnel's first bytes: they are delivered
 within read credit like everything read later.
@@ -66,13 +66,12 @@ def _reason(exc):
 
 
 class ServiceConnection(threading.Thread):
-    def __init__(self, conn_id, route, post, connect_timeout=CONNECT_TIMEOUT, proxy=None, flow_name=""):
+    def __init__(self, conn_id, route, post, connect_timeout=CONNECT_TIMEOUT, proxy=None):
         super().__init__(name="service-%d" % conn_id, daemon=True)
         self.conn_id = conn_id
         self.route = route
         self.host = route.host
         self.port = route.port
-        self.flow_name = flow_name or "connection %d" % conn_id
         self._post = post
         self._connector = Connector(route.via, proxy if route.via != "direct" else None, connect_timeout)
         self._early = b""                       # tunnel bytes that came with the proxy's answer
@@ -126,7 +125,7 @@ class ServiceConnection(threading.Thread):
                 sock, self._early = self._connector.open(self.host, self.port)
             except ConnectFailed as exc:
                 if self._abort is None:
-                    log.info("refused %s -> %s: %s: %s", self.flow_name, self.route.describe(), exc.hop, exc.reason)
+                    # The stack logs the refusal once, with the flow, the route and this reason.
                     self._post(("svc_failed", self.conn_id, "%s: %s" % (exc.hop, exc.reason), exc.outcome))
                 return
             if self._abort is not None:
@@ -287,8 +286,7 @@ class ServiceManager(object):
         if isinstance(event, ServiceConnect):
             log.debug("connection %d: %s: connecting to %s", event.conn_id, event.flow.describe(),
                       event.route.describe())
-            conn = ServiceConnection(event.conn_id, event.route, self._post, self._connect_timeout, self._proxy,
-                                     event.flow.describe())
+            conn = ServiceConnection(event.conn_id, event.route, self._post, self._connect_timeout, self._proxy)
             self.connections[event.conn_id] = conn
             self.started += 1
             conn.start()
