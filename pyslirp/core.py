@@ -29,20 +29,20 @@ Timers: :meth:`get_timer` is the earlier of the link's and the stack's
 deadlines; :meth:`handle_timer` runs whichever is due.  Times are integer
 milliseconds supplied by the caller.
 
-Contract notes: the constructor takes the link's and the stack's configs
-separately (``Core(link_config, stack_config, rng, tap=None)``; ``link``
-and ``stack`` may be injected by tests); ``take_serial_output`` takes an
-optional ``now`` (default: the time of the latest call) for
-``PPPLink.send_ip`` and ``allow_one_over`` (see the method);
+Flow reports from the runtime (service threads, UDP sockets, the pinger, the DNS
+relay) are passed through to the stack as they come.
+
+Contract notes: ``Core(link_config, stack_config, rng, tap=None, link=None,
+stack=None)``: ``link`` and ``stack`` may be injected by tests;
+``take_serial_output`` takes an optional ``now`` (default: the time of the
+latest call) for ``PPPLink.send_ip`` and ``allow_one_over`` (see the method);
 ``set_line_rate(bytes_per_second)`` passes the measured line rate to the
-stack.  The stack is told the session MTU through ``IPStack.set_mtu``
-when it has one; otherwise, as the stack holds no connection at ``LinkUp``,
-the Core builds a fresh stack with the MTU replaced in its config.
+stack; at ``LinkUp`` the stack is told the session MTU (``IPStack.set_mtu``).
 """
 
-import dataclasses
 import logging
 
+from pyslirp.net import refusal
 from pyslirp.ppp.events import IPReceived, LinkDown, LinkUp
 from pyslirp.timers import earliest
 
@@ -59,11 +59,11 @@ class Core(object):
             from pyslirp.ppp.link import PPPLink
             link = PPPLink(link_config, rng, tap=tap)
         self.link = link
-        self._stack_given = stack is not None
         if stack is None:
-            stack = self._new_stack(stack_config)
+            from pyslirp.net.stack import IPStack
+            stack = IPStack(stack_config, rng)
         self.stack = stack
-        self._stack_mtu = getattr(stack_config, "mtu", None)
+        self._stack_mtu = stack_config.mtu     # the MTU the stack was last told (or built with)
         self._stack_live = False        # the stack may hold connections (since LinkUp)
         self._events = []
         self._now = 0
@@ -71,14 +71,6 @@ class Core(object):
         self.line_rate = None
         self.sessions = 0
         self.counters = {"ip_out_link_down": 0}
-
-    def _new_stack(self, stack_config):
-        from pyslirp.net.stack import IPStack
-        stack = IPStack(stack_config, self._rng)
-        rate = getattr(self, "line_rate", None)
-        if rate is not None:
-            stack.set_line_rate(rate)
-        return stack
 
     # -- the line -------------------------------------------------------------
 
@@ -167,9 +159,7 @@ class Core(object):
     def set_line_rate(self, rate):
         """The line's measured drain rate in bytes/s (the runtime measures it; see runtime/serialio.py)."""
         self.line_rate = rate
-        setter = getattr(self.stack, "set_line_rate", None)
-        if setter is not None:
-            setter(rate)
+        self.stack.set_line_rate(rate)
 
     def take_events(self):
         """Link events of interest (LinkUp, LinkDown, AuthResult), then the stack's service events."""
@@ -186,9 +176,9 @@ class Core(object):
         self._now = now
         self.stack.service_connected(conn_id, now)
 
-    def service_failed(self, conn_id, reason, now):
+    def service_failed(self, conn_id, reason, now, outcome=refusal.RESET):
         self._now = now
-        self.stack.service_failed(conn_id, reason, now)
+        self.stack.service_failed(conn_id, reason, now, outcome)
 
     def service_data(self, conn_id, data, now):
         self._now = now
@@ -205,6 +195,30 @@ class Core(object):
     def service_error(self, conn_id, reason, now):
         self._now = now
         self.stack.service_error(conn_id, reason, now)
+
+    def udp_data(self, flow_id, payload, now):
+        self._now = now
+        self.stack.udp_data(flow_id, payload, now)
+
+    def udp_error(self, flow_id, outcome, now):
+        self._now = now
+        self.stack.udp_error(flow_id, outcome, now)
+
+    def ping_reply(self, flow_id, seq, payload, now):
+        self._now = now
+        self.stack.ping_reply(flow_id, seq, payload, now)
+
+    def flow_failed(self, flow_id, reason, outcome, now):
+        self._now = now
+        self.stack.flow_failed(flow_id, reason, outcome, now)
+
+    def dns_answer(self, payload, now):
+        self._now = now
+        self.stack.dns_answer(payload, now)
+
+    def dns_failed(self, upstream_id, now):
+        self._now = now
+        self.stack.dns_failed(upstream_id, now)
 
     # -- internals --------------------------------------------------------------
 
@@ -235,12 +249,7 @@ class Core(object):
         self.session_mtu = mtu
         self.sessions += 1
         if mtu != self._stack_mtu:
-            setter = getattr(self.stack, "set_mtu", None)
-            if setter is not None:
-                setter(mtu)
-            elif not self._stack_given:
-                self._events.extend(self.stack.take_events())
-                self.stack = self._new_stack(dataclasses.replace(self.stack_config, mtu=mtu))
+            self.stack.set_mtu(mtu)
             self._stack_mtu = mtu
         self._stack_live = True
         log.debug("session up: %s <-> %s, mtu %d", event.local_ip, event.remote_ip, mtu)

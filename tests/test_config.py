@@ -8,6 +8,7 @@ import pytest
 
 from pyslirp import compat, config
 from pyslirp.config import ConfigError
+from pyslirp.net.flows import Service
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "pyslirp.toml")
@@ -38,7 +39,8 @@ def test_example_file_lists_every_key():
         raw = toml.load(f)
     for name, cls, schema in config.SECTIONS:
         assert set(raw[name]) == set(f.name for f in dataclasses.fields(cls)) == set(schema), name
-    assert raw["services"] == {"22": {"host": "127.0.0.1", "port": 22, "name": "SSH"}}
+    assert raw["services"] == {"22": {"host": "127.0.0.1", "port": 22, "name": "SSH", "via": "direct"}}
+    assert raw["udp_services"] == {}
     assert set(raw) == set(config.SECTION_NAMES)
 
 
@@ -196,8 +198,8 @@ name = "other ssh"
     assert cfg.ppp.secrets == (("alice", "pw1"), ("bob smith", "pw2"))
     assert cfg.logging.max_size == 512 * 1024
     # A [services] section replaces the default SSH service.
-    assert cfg.services == (config.ServiceConfig(80, "10.1.2.3", 8080, ""),
-                            config.ServiceConfig(2222, "127.0.0.1", 2222, "other ssh"))
+    assert cfg.services == (Service(80, "10.1.2.3", 8080, ""),
+                            Service(2222, "127.0.0.1", 2222, "other ssh"))
 
 
 def test_empty_services_table_means_no_services(tmp_path):
@@ -223,9 +225,9 @@ def test_override_values_are_validated_too(tmp_path):
 
 def test_service_overrides():
     cfg = config.load(None, services=["80=192.168.0.5:8080", "22=2222", "443=[::1]:8443"])
-    assert cfg.services == (config.ServiceConfig(22, "127.0.0.1", 2222, "SSH"),
-                            config.ServiceConfig(80, "192.168.0.5", 8080, ""),
-                            config.ServiceConfig(443, "::1", 8443, ""))
+    assert cfg.services == (Service(22, "127.0.0.1", 2222, "SSH"),
+                            Service(80, "192.168.0.5", 8080, ""),
+                            Service(443, "::1", 8443, ""))
 
 
 def test_service_override_adds_to_file_services(tmp_path):
@@ -329,7 +331,7 @@ def test_stack_and_tcp_config_conversion(tmp_path):
                               '[services.80]\nhost = "web"\nport = 8080\nname = "Web"\n')
     sc = config.stack_config(cfg)
     assert isinstance(sc, stack.StackConfig)
-    assert sc.services == (stack.ServiceSpec(80, "web", 8080, "Web"),)
+    assert sc.services == (stack.Service(80, "web", 8080, "Web"),)
     assert (sc.max_connections, sc.max_per_service, sc.idle_timeout) == (9, 3, 60)
     assert isinstance(sc.tcp, conn.TcpConfig)
     assert (sc.tcp.rcvbuf, sc.tcp.sndbuf, sc.tcp.mss, sc.tcp.keepalive_ms) == (100000, 50000, 1000, 45000)

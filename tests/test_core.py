@@ -87,15 +87,13 @@ class FakeStack(object):
     def reset(self, now):
         self.calls.append(("reset", now))
 
+    def set_mtu(self, mtu):
+        self.calls.append(("set_mtu", mtu))
+
     def __getattr__(self, name):
         if name.startswith("service_"):
             return lambda *args: self.calls.append((name,) + args)
         raise AttributeError(name)
-
-
-class FakeStackWithMtu(FakeStack):
-    def set_mtu(self, mtu):
-        self.calls.append(("set_mtu", mtu))
 
 
 @dataclass(frozen=True)
@@ -103,7 +101,7 @@ class Cfg:
     mtu: int = 1500
 
 
-def make(stack_cls=FakeStackWithMtu):
+def make(stack_cls=FakeStack):
     link, stack = FakeLink(), stack_cls()
     return Core(None, Cfg(), random.Random(1), link=link, stack=stack), link, stack
 
@@ -166,22 +164,6 @@ def test_session_mtu_is_the_smaller_of_ours_and_the_peers():
     assert not [c for c in stack.calls[before:] if c[0] == "set_mtu"]      # unchanged: not told again
 
 
-def test_stack_without_set_mtu_is_rebuilt_with_the_session_mtu(monkeypatch):
-    built = []
-
-    def new_stack(self, cfg):
-        built.append(cfg)
-        return FakeStack(cfg)
-    monkeypatch.setattr(Core, "_new_stack", new_stack)
-    link = FakeLink()
-    core = Core(None, Cfg(), random.Random(1), link=link)
-    first = core.stack
-    link.events = [LinkUp("10.0.0.1", "10.0.0.2", 1000)]
-    core.lower_up(1)
-    assert built == [Cfg(1500), Cfg(1000)]
-    assert core.stack is not first and core.stack.config == Cfg(1000)
-
-
 def test_timers_are_multiplexed():
     core, link, stack = make()
     assert core.get_timer() is None
@@ -227,12 +209,12 @@ def test_output_without_an_open_link_drops_stack_packets():
 def test_service_calls_pass_through():
     core, link, stack = make()
     core.service_connected(1, 10)
-    core.service_failed(2, "refused", 11)
+    core.service_failed(2, "refused", 11, "host_unreachable")
     core.service_data(3, b"abc", 12)
     core.service_eof(4, 13)
     core.service_written(5, 99, 14)
     core.service_error(6, "reset", 15)
-    assert stack.calls == [("service_connected", 1, 10), ("service_failed", 2, "refused", 11),
+    assert stack.calls == [("service_connected", 1, 10), ("service_failed", 2, "refused", 11, "host_unreachable"),
                            ("service_data", 3, b"abc", 12), ("service_eof", 4, 13),
                            ("service_written", 5, 99, 14), ("service_error", 6, "reset", 15)]
 
@@ -365,7 +347,8 @@ def test_real_core_ping_and_a_tcp_connection_to_a_service():
     # A SYN to port 22 asks the runtime to connect; nothing is sent until it did.
     client.send_tcp(TcpRepr(40000, 22, 1000, 0, SYN, 65535, mss=1460))
     connect = [e for e in client.events if isinstance(e, ServiceConnect)]
-    assert [(e.host, e.port, e.client) for e in connect] == [("127.0.0.1", 22, ("10.0.0.2", 40000))]
+    assert [(e.route.host, e.route.port, e.flow.client_addr, e.flow.client_port) for e in connect] == [
+        ("127.0.0.1", 22, PEER, 40000)]
     cid = connect[0].conn_id
     assert client.tcp_segments() == []
     client.core.service_connected(cid, client.now)

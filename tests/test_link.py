@@ -445,6 +445,17 @@ def test_unknown_protocols_get_protocol_reject_while_open():
     assert link.is_up
 
 
+def test_protocol_reject_log_lines_are_throttled_to_powers_of_two(caplog):
+    link, client = negotiated()
+    with caplog.at_level(logging.INFO, logger="pyslirp.ppp"):
+        for _ in range(9):
+            client.send(wppp.PROTO_CCP, b"\x01\x02\x00\x04")
+            client.collect()
+    assert link.protocol_rejects_sent == 9
+    lines = [r.getMessage() for r in caplog.records if "Protocol-Reject sent" in r.getMessage()]
+    assert [line.rsplit("(", 1)[1] for line in lines] == ["%d so far)" % n for n in (1, 2, 4, 8)]
+
+
 def test_unknown_protocol_before_lcp_open_is_silently_dropped():
     link = make_link()
     link.lower_up(0)

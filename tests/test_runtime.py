@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from pyslirp.net.flows import FlowKey, Route
 from pyslirp.net.events import (ConnectionLog, ServiceClose, ServiceConnect, ServiceReadCredit, ServiceSend,
                                 ServiceShutdown)
 from pyslirp.runtime import serialio
@@ -118,6 +119,11 @@ class Inbox(object):
 
 # -- service threads -----------------------------------------------------------------------
 
+def connect_event(conn_id, host, port, name="", client_port=40000):
+    flow = FlowKey(6, b"\x0a\x00\x00\x02", client_port, b"\x0a\x00\x00\x01", port)
+    return ServiceConnect(conn_id, flow, Route("service", host, port, "direct", name))
+
+
 def connected_service(servers, handler, conn_id, name=""):
     """Start a loopback server running ``handler``; connect service ``conn_id`` to it.
 
@@ -125,7 +131,7 @@ def connected_service(servers, handler, conn_id, name=""):
     server = servers(handler)
     inbox = Inbox()
     manager = ServiceManager(inbox.post)
-    manager.handle(ServiceConnect(conn_id, "127.0.0.1", server.port, name, ("10.0.0.2", 40000)))
+    manager.handle(connect_event(conn_id, "127.0.0.1", server.port, name))
     assert inbox.get() == ("svc_connected", conn_id)
     return server, inbox, manager
 
@@ -192,8 +198,8 @@ def test_service_connect_refused_is_reported():
     sock.close()                            # nothing listens there now
     inbox = Inbox()
     manager = ServiceManager(inbox.post)
-    manager.handle(ServiceConnect(3, "127.0.0.1", port, "", ("10.0.0.2", 1)))
-    assert inbox.get() == ("svc_failed", 3, "connection refused")
+    manager.handle(connect_event(3, "127.0.0.1", port, client_port=1))
+    assert inbox.get() == ("svc_failed", 3, "direct: connection refused", "reset")
     assert inbox.get() == ("svc_done", 3)
 
 
@@ -273,10 +279,13 @@ class ScriptedCore(object):
             self.timer = None
             self.out.append((True, b"TICK"))
 
-    def take_serial_output(self, budget, now=None):
+    def take_serial_output(self, budget, now=None, allow_one_over=False):
         self.budgets.append(budget)
         out, self.out = self.out, []
         return out
+
+    def set_line_rate(self, rate):
+        self.calls.append(("rate", rate))
 
     def take_events(self):
         return []

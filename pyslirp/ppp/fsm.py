@@ -66,6 +66,7 @@ with the RFC table).
 import enum
 import logging
 
+from pyslirp.net.ratelimit import every_power_of_two
 from pyslirp.wire import ppp as wppp
 from pyslirp.wire.errors import ParseError
 
@@ -139,7 +140,7 @@ def note(counters, reason, level, msg, *args):
     """Count ``reason`` and log its 1st, 2nd, 4th, 8th ... occurrence (peer-triggered logs are bounded)."""
     n = counters.get(reason, 0) + 1
     counters[reason] = n
-    if n & (n - 1) == 0:
+    if every_power_of_two(n):
         log.log(level, msg + " (%d so far)", *(args + (n,)))
     return n
 

@@ -75,6 +75,7 @@ import logging
 from dataclasses import dataclass
 from typing import Tuple
 
+from pyslirp.net.ratelimit import every_power_of_two
 from pyslirp.ppp.auth import IDLE, WAITING, ChapServer, PapServer
 from pyslirp.ppp.events import AuthResult, IPReceived, LinkDown, LinkUp
 from pyslirp.ppp.fsm import NEGOTIATING, State
@@ -488,5 +489,5 @@ class PPPLink(object):
     def _note(self, reason, message, level=logging.DEBUG):
         """Count ``reason``; log its 1st, 2nd, 4th, 8th ... occurrence."""
         n = self._count(reason)
-        if n & (n - 1) == 0:
+        if every_power_of_two(n):
             log.log(level, "%s (%d so far)", message, n)

@@ -6,7 +6,7 @@ by the stack thread only) starts a :class:`ServiceConnection` thread for it
 and routes the stack's later events to it.  The thread never touches a
 protocol object: it only posts tuples to the stack thread's inbox:
 
-    ("svc_connected", conn_id)          ("svc_failed", conn_id, reason)
+    ("svc_connected", conn_id)          ("svc_failed", conn_id, reason, outcome)
     ("svc_data", conn_id, bytes)        ("svc_eof", conn_id)
     ("svc_written", conn_id, nbytes)    ("svc_error", conn_id, reason)
     ("svc_done", conn_id)               (thread finished, socket closed)
@@ -28,8 +28,17 @@ queued data is written; ``ServiceClose`` aborts (the socket is closed with
 SO_LINGER 0, i.e. the service sees a reset).  When both directions are
 finished (service EOF read and our write side shut down) the thread closes
 the socket by itself.  A socket pair wakes the thread from ``poll`` when the
-stack thread hands it something.  Connect attempts time out after
-``connect_timeout`` seconds (then ``svc_failed``: the client gets a reset).
+stack thread hands it something.
+
+Connecting: the event carries the flow's Route; a
+:class:`~pyslirp.runtime.connectors.Connector` reaches the route's target by
+``route.via``: directly, or through the configured SOCKS5 or HTTP CONNECT
+proxy, all within ``connect_timeout`` seconds.  A failure is one log line
+naming the flow, the hop (direct, or which proxy) and the reason, and
+``svc_failed`` with the outcome the client is shown (net/refusal.py).  An abort
+while connecting (link down) cancels the attempt at once.  Bytes that came
+with the proxy's answer are the tunnel's first bytes: they are delivered
+within read credit like everything read later.
 """
 
 import collections
@@ -42,31 +51,31 @@ import threading
 
 from pyslirp.net.events import (ConnectionLog, ServiceClose, ServiceConnect, ServiceReadCredit,
                                 ServiceSend, ServiceShutdown)
+from pyslirp.runtime.connectors import CONNECT_TIMEOUT, ConnectFailed, Connector
 
 log = logging.getLogger("pyslirp.runtime.services")
 
 READ_MAX = 65536
-CONNECT_TIMEOUT = 10.0
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 
 
 def _reason(exc):
-    if isinstance(exc, socket.timeout):
-        return "connect timeout"
-    err = getattr(exc, "errno", None)
-    if err:
-        return os.strerror(err).lower()
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno).lower()
     return str(exc) or type(exc).__name__
 
 
 class ServiceConnection(threading.Thread):
-    def __init__(self, conn_id, host, port, post, connect_timeout=CONNECT_TIMEOUT):
+    def __init__(self, conn_id, route, post, connect_timeout=CONNECT_TIMEOUT, proxy=None, flow_name=""):
         super().__init__(name="service-%d" % conn_id, daemon=True)
         self.conn_id = conn_id
-        self.host = host
-        self.port = port
+        self.route = route
+        self.host = route.host
+        self.port = route.port
+        self.flow_name = flow_name or "connection %d" % conn_id
         self._post = post
-        self._connect_timeout = connect_timeout
+        self._connector = Connector(route.via, proxy if route.via != "direct" else None, connect_timeout)
+        self._early = b""                       # tunnel bytes that came with the proxy's answer
         self._lock = threading.Lock()
         self._pending = collections.deque()     # bytes to write to the socket
         self._credit = 0
@@ -99,6 +108,7 @@ class ServiceConnection(threading.Thread):
         with self._lock:
             if self._abort is None:
                 self._abort = reason or "closed"
+        self._connector.cancel()
         self._wake()
 
     def _wake(self):
@@ -113,10 +123,11 @@ class ServiceConnection(threading.Thread):
         sock = None
         try:
             try:
-                sock = socket.create_connection((self.host, self.port), timeout=self._connect_timeout)
-            except (OSError, ValueError) as exc:
+                sock, self._early = self._connector.open(self.host, self.port)
+            except ConnectFailed as exc:
                 if self._abort is None:
-                    self._post(("svc_failed", self.conn_id, _reason(exc)))
+                    log.info("refused %s -> %s: %s: %s", self.flow_name, self.route.describe(), exc.hop, exc.reason)
+                    self._post(("svc_failed", self.conn_id, "%s: %s" % (exc.hop, exc.reason), exc.outcome))
                 return
             if self._abort is not None:
                 self._close(sock, abort=True)
@@ -163,6 +174,9 @@ class ServiceConnection(threading.Thread):
                         pass
             if read_eof and write_shut and not pending:
                 return False
+            if self._early and credit > 0:
+                self._deliver_early(credit)
+                continue
             mask = (select.POLLIN if credit > 0 and not read_eof else 0) | (select.POLLOUT if pending else 0)
             if mask != registered:
                 if mask:
@@ -187,6 +201,13 @@ class ServiceConnection(threading.Thread):
                 if revents & (select.POLLOUT | select.POLLERR | select.POLLHUP) and mask & select.POLLOUT:
                     if not self._do_write(sock):
                         return True
+
+    def _deliver_early(self, credit):
+        data, self._early = self._early[:credit], self._early[credit:]
+        with self._lock:
+            self._credit -= len(data)
+        self.bytes_from_service += len(data)
+        self._post(("svc_data", self.conn_id, data))
 
     def _do_read(self, sock, credit):
         """Read within credit: "ok", "eof" (reported) or "error" (reported)."""
@@ -250,9 +271,10 @@ class ServiceConnection(threading.Thread):
 class ServiceManager(object):
     """Routes the stack's service events to connection threads (stack thread only)."""
 
-    def __init__(self, post, connect_timeout=CONNECT_TIMEOUT, connection_log=True):
+    def __init__(self, post, connect_timeout=CONNECT_TIMEOUT, connection_log=True, proxy=None):
         self._post = post
         self._connect_timeout = connect_timeout
+        self._proxy = proxy
         self._connection_log = connection_log
         self.connections = {}
         self.started = 0
@@ -263,9 +285,10 @@ class ServiceManager(object):
     def handle(self, event):
         conn = self.connections.get(getattr(event, "conn_id", None))
         if isinstance(event, ServiceConnect):
-            log.debug("connection %d: connecting to %s:%d (%s)", event.conn_id, event.host, event.port,
-                      event.name or "service")
-            conn = ServiceConnection(event.conn_id, event.host, event.port, self._post, self._connect_timeout)
+            log.debug("connection %d: %s: connecting to %s", event.conn_id, event.flow.describe(),
+                      event.route.describe())
+            conn = ServiceConnection(event.conn_id, event.route, self._post, self._connect_timeout, self._proxy,
+                                     event.flow.describe())
             self.connections[event.conn_id] = conn
             self.started += 1
             conn.start()

@@ -30,14 +30,12 @@ class RttEstimator(object):
     BETA = 0.25
 
     def __init__(self, initial_rto=1000, min_rto=200, max_rto=60000, granularity=1):
-        self.initial_rto = initial_rto
         self.min_rto = min_rto
         self.max_rto = max_rto
         self.granularity = granularity
         self.srtt = None        # float ms, None before the first sample
         self.rttvar = None
         self.backoff = 0        # number of doublings since the last sample
-        self.samples = 0
         self._base = initial_rto
 
     @property
@@ -59,7 +57,6 @@ class RttEstimator(object):
             beta = self.BETA / n
             self.rttvar = (1 - beta) * self.rttvar + beta * abs(self.srtt - rtt)
             self.srtt = (1 - alpha) * self.srtt + alpha * rtt
-        self.samples += 1
         self.backoff = 0
         self._base = self._clamp(int(math.ceil(self.srtt + max(self.granularity, 4 * self.rttvar))))
 
