@@ -94,6 +94,7 @@ class PPPConfig:
     negotiate_magic: bool = True
     require_auth: str = "none"      # "none" | "pap" | "chap"
     secrets: Tuple[Tuple[str, str], ...] = ()
+    resume_grace: int = 120         # seconds TCP sessions wait for the client after a lost line; 0 = none
 
 
 @dataclass(frozen=True)
@@ -368,6 +369,7 @@ SECTIONS = (
         "negotiate_magic": v_bool,
         "require_auth": v_enum("none", "pap", "chap"),
         "secrets": v_secrets,
+        "resume_grace": v_int(0, 86400),
     }),
     ("tcp", TcpConfig, {
         "rcvbuf": v_int(4096, 16 << 20),
@@ -729,4 +731,5 @@ def stack_config(cfg, host_addresses=(), dns_upstream=()):
         services=cfg.services, udp_services=cfg.udp_services, proxy_via=proxy_via, outbound=outbound,
         dns_forwarder=cfg.dns.forwarder, dns_tcp_upstream=tuple(dns_upstream[0]) if dns_upstream else None,
         max_connections=cfg.limits.max_connections, max_per_service=cfg.limits.max_per_service,
-        max_udp_flows=cfg.limits.max_udp_flows, udp_timeout=out.udp_timeout, tcp=cfg.tcp)
+        max_udp_flows=cfg.limits.max_udp_flows, udp_timeout=out.udp_timeout, resume_grace=cfg.ppp.resume_grace,
+        tcp=cfg.tcp)
