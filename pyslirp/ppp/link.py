@@ -36,7 +36,8 @@ its pppd restarted), after which the owner may keep the session's flows.
 A lost line can leave the peer Opened while we listen in Stopped (our
 Terminate-Requests went into a cut line): when it then sends what only an
 Opened peer sends (IP, IPCP, Echo-Requests), we answer with a Terminate-Ack,
-at most once per restart interval.  RFC 1661 5.2: "Reception of an
+at most once per restart interval (to read those frames, our receive ACCM
+stays the session's after a lost line).  RFC 1661 5.2: "Reception of an
 unelicited Terminate-Ack indicates that the peer is in the Closed or Stopped
 states, or is otherwise in need of re-negotiation"; an Opened peer then
 renegotiates (the RTA event in Opened: tld, scr), and a new session starts.
@@ -401,7 +402,10 @@ class PPPLink(object):
         reason = self._end_reason or self.lcp.fsm.reason or "LCP down"
         self._lcp_open = False
         self._peer_open = False
-        self.deframer.accm = DEFAULT_ACCM
+        if self._closed or reason == PEER_TERMINATED:
+            self.deframer.accm = DEFAULT_ACCM
+        # else the peer may not know the session ended and still send with the negotiated ACCM (the
+        # Terminate-Ack below needs its frames); escaped characters decode the same with either ACCM.
         if self.auth is not None:
             self.auth.stop()
         self.ipcp.fsm.down(now, reason)

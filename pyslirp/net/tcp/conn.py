@@ -374,7 +374,9 @@ class TcpConnection(object):
 
     def _queue_ctl(self, seg):
         # Bounded: input between two take_segments() calls cannot pile up control segments.
-        if len(self._ctl) < _MAX_CTL:
+        if self._suspended_at is not None:
+            self._drop("suspended", seg)            # the link is down: it could never arrive
+        elif len(self._ctl) < _MAX_CTL:
             self._ctl.append(seg)
         else:
             self._drop("ctl_queue_full", seg)
