@@ -473,3 +473,53 @@ def test_no_terminate_ack_while_negotiating_or_after_our_close():
     fresh.send(IP, b"\x45" + bytes(19))
     fresh.collect()
     assert wppp.TERMINATE_ACK not in [c[0] for c in fresh.of(LCP)]
+
+
+# -- the stack on its own --------------------------------------------------------------------------
+
+def test_stack_reset_logs_a_connection_in_time_wait_as_finished():
+    from test_stack import make_stack, of_type, open_connection
+    from pyslirp.wire import tcp
+    stack = make_stack()
+    client, cid = open_connection(stack)
+    stack.take_events()
+    stack.service_eof(cid, 5)
+    (fin,) = client.receive()
+    client.send(tcp.ACK | tcp.FIN, now=6)
+    client.receive()
+    assert stack.connections_active == 1            # TIME_WAIT
+    stack.take_events()
+    stack.reset(7)
+    (log,) = of_type(stack.take_events(), ConnectionLog)
+    assert log.text.endswith("reason=fin")
+
+
+def test_stack_suspend_keeps_tcp_sends_nothing_and_resume_resends():
+    from test_stack import make_stack, open_connection
+    from pyslirp.wire import tcp
+    stack = make_stack()
+    client, cid = open_connection(stack)
+    stack.take_events()
+    stack.service_data(cid, b"d" * 1000, 10)
+    (seg,) = client.receive()
+    assert len(seg.payload) == 1000
+    assert stack.suspend(20) is True and stack.suspended
+    assert stack.get_timer() == 20 + 120 * 1000      # the grace; no retransmission timer
+    stack.handle_timer(60000)
+    assert stack.take_packets(-1) == [] and stack.connections_active == 1
+    stack.set_mtu(576)
+    stack.resume(70000)
+    assert not stack.suspended and stack.resumptions == 1
+    again = client.receive()
+    # At once, from where the lost segment started, cut to the new session's MTU.
+    assert [(s.seq, len(s.payload)) for s in again] == [(seg.seq, 536), ((seg.seq + 536) & 0xFFFFFFFF, 464)]
+    assert all(s.flags & tcp.ACK for s in again)
+
+
+def test_stack_suspend_with_no_grace_is_a_reset():
+    from test_stack import make_stack, open_connection
+    stack = make_stack(resume_grace=0)
+    client, cid = open_connection(stack)
+    stack.take_events()
+    assert stack.suspend(5) is False and not stack.suspended
+    assert ServiceClose(cid, "link down") in stack.take_events()

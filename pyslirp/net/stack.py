@@ -1108,7 +1108,9 @@ class IPStack(object):
                 rec.service_closed = True
                 self._events.append(ServiceClose(rec.conn_id, reason))
             if rec.accepted:
-                self._log_closed(rec, now, rec.reason)
+                # A connection waiting out TIME_WAIT had finished cleanly before the link went.
+                done = rec.peer_fin and rec.eof and rec.conn.state is TcpState.TIME_WAIT
+                self._log_closed(rec, now, "fin" if done else reason)
             else:
                 self._events.append(ConnectionLog(rec.conn_id, "abandoned %s reason=%s" % (
                     self._describe(rec), reason)))
