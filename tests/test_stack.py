@@ -939,3 +939,25 @@ def test_loopback_destinations_reach_the_policy():
     stack.receive_packet(outside_syn(ip_bytes("0.0.0.0"), 80, sport=40402), 0)
     (msg,) = icmp_out(stack)
     assert msg.code == icmp.CODE_ADMIN_PROHIBITED and stack.flows_refused == {"policy": 2}
+
+
+def test_a_deny_entry_with_ports_does_not_refuse_ping():
+    from pyslirp.net.events import PingOpen
+    from pyslirp.net.flows import AddressRule, OutboundPolicy
+    outside = ip_bytes("198.18.0.2")
+
+    def stack_with(deny):
+        return make_stack(outbound=OutboundPolicy(enabled=True, allow=(AddressRule.parse("198.18.0.2/32:7000-7099"),),
+                                                  deny=(AddressRule.parse(deny),)))
+
+    stack = stack_with("198.18.0.2/32:7011")
+    stack.receive_packet(ping_packet(dst=outside), 0)
+    (opened,) = of_type(stack.take_events(), PingOpen)
+    assert (opened.route.kind, opened.route.host) == ("nat", "198.18.0.2") and stack.flows_refused == {}
+    stack.receive_packet(outside_syn(outside, 7011), 0)          # ...while the port it names stays refused
+    (msg,) = icmp_out(stack)
+    assert msg.code == icmp.CODE_ADMIN_PROHIBITED and stack.flows_refused == {"policy": 1}
+    stack = stack_with("198.18.0.2")                             # a deny for every port refuses ping too
+    stack.receive_packet(ping_packet(dst=outside), 0)
+    (msg,) = icmp_out(stack)
+    assert msg.code == icmp.CODE_ADMIN_PROHIBITED and stack.take_events() == []
