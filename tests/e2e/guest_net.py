@@ -12,8 +12,11 @@ behind).  ``RESULTS`` is the guest's run directory, the second argument (marks l
 
 Operations (``timeout`` in seconds everywhere):
 
-* ``echo`` host port size seed: one TCP connection; sends ``payload(seed, size)`` while reading back what comes;
-  ``{"result": "ok" | error, "sent", "sent_sha256", "received", "sha256", "seconds", "local": [ip, port]}``.
+* ``echo`` host port size seed [half_close]: one TCP connection; sends ``payload(seed, size)`` while reading back
+  what comes; ``{"result": "ok" | error, "sent", "sent_sha256", "received", "sha256", "seconds", "local": [ip,
+  port]}``.  With ``half_close`` (the default) the sending side is shut down after the payload and the echo read
+  to its end; without, the reader stops after ``size`` bytes and closes (for relays that end both directions at
+  the first end of file, as microsocks and tinyproxy do).
 * ``download`` host port: reads the connection to its end: ``{"result", "received", "sha256", "seconds"}``.
 * ``connect`` host port: how a connect ends, and how fast: ``{"result": "connected" | "refused" |
   "host_unreachable" | "net_unreachable" | "timeout" | other errno name, "seconds", "then"}``; after a connect that
@@ -80,17 +83,20 @@ def op_echo(step):
     out["local"] = list(s.getsockname())
     errors = []
 
+    half_close = step.get("half_close", True)
+
     def writer():
         try:
             s.sendall(data)
-            s.shutdown(socket.SHUT_WR)
+            if half_close:
+                s.shutdown(socket.SHUT_WR)
         except OSError as exc:
             errors.append("send: " + error_name(exc))
 
     w = threading.Thread(target=writer)
     w.start()
     try:
-        while True:
+        while half_close or out["received"] < len(data):
             got = s.recv(65536)
             if not got:
                 break
