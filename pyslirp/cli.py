@@ -170,6 +170,8 @@ def _main(argv):
     except config.ConfigError as exc:
         _err("config error: %s" % exc)
         return 2
+    for line in config.deprecations(raw):
+        _err("warning: %s" % line)
     if args.check_config:
         sys.stdout.write(config.to_toml(cfg))
         sys.stdout.flush()

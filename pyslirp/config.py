@@ -35,9 +35,12 @@ Decisions worth knowing:
 * ``monitoring.metrics_listen`` is reserved: validated and stored, not used
   yet.
 
-The conversion functions at the bottom (:func:`link_config`,
-:func:`stack_config`, :func:`tcp_config`) import the protocol modules lazily,
-so this module stays importable (and testable) on its own.
+The ``[tcp]`` section is the TCP tunables' own value
+(:class:`pyslirp.net.tcp.conn.TcpConfig`, whose other fields are internal);
+``[limits]`` holds the flow limits (``tcp.max_connections`` and
+``tcp.max_per_service`` of older files are moved there, see
+:func:`deprecations`).  The conversion functions at the bottom
+(:func:`link_config`, :func:`stack_config`) build the protocol layers' values.
 """
 
 import difflib
@@ -49,6 +52,7 @@ from typing import Tuple
 
 from pyslirp import compat
 from pyslirp.net.flows import AddressRule, Service
+from pyslirp.net.tcp.conn import TcpConfig
 
 SPECIAL_PORTS = ("pty", "stdio")
 
@@ -93,14 +97,10 @@ class PPPConfig:
 
 
 @dataclass(frozen=True)
-class TcpSection:
-    rcvbuf: int = 262144
-    sndbuf: int = 262144
-    mss: int = 0                    # 0 = from the link MTU
-    max_connections: int = 64
-    max_per_service: int = 16
-    idle_timeout: int = 0           # seconds, 0 = none
-    keepalive: int = 0              # seconds, 0 = off
+class LimitsConfig:
+    max_connections: int = 64       # TCP connections open at once (TIME_WAIT does not count)
+    max_per_service: int = 16       # ... per service (NAT and DNS count as one service each)
+    max_udp_flows: int = 64         # UDP and ping flows at once
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,6 @@ class OutboundConfig:
     allow: Tuple[str, ...] = ("0.0.0.0/0",)
     deny: Tuple[str, ...] = ()
     udp_timeout: int = 60           # seconds a UDP or ping flow lives without traffic
-    max_udp_flows: int = 64
 
 
 @dataclass(frozen=True)
@@ -154,7 +153,8 @@ class Config:
     ppp: PPPConfig = field(default_factory=PPPConfig)
     services: Tuple[Service, ...] = DEFAULT_SERVICES
     udp_services: Tuple[Service, ...] = ()
-    tcp: TcpSection = field(default_factory=TcpSection)
+    tcp: TcpConfig = field(default_factory=TcpConfig)     # the [tcp] keys are fields of the TCP tunables
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
@@ -369,14 +369,17 @@ SECTIONS = (
         "require_auth": v_enum("none", "pap", "chap"),
         "secrets": v_secrets,
     }),
-    ("tcp", TcpSection, {
+    ("tcp", TcpConfig, {
         "rcvbuf": v_int(4096, 16 << 20),
         "sndbuf": v_int(4096, 16 << 20),
         "mss": v_int(0, 1460),
-        "max_connections": v_int(1, 4096),
-        "max_per_service": v_int(1, 4096),
         "idle_timeout": v_int(0),
         "keepalive": v_int(0),
+    }),
+    ("limits", LimitsConfig, {
+        "max_connections": v_int(1, 4096),
+        "max_per_service": v_int(1, 4096),
+        "max_udp_flows": v_int(1, 4096),
     }),
     ("proxy", ProxyConfig, {
         "type": v_enum("none", "socks5", "http"),
@@ -392,7 +395,6 @@ SECTIONS = (
         "allow": v_rules,
         "deny": v_rules,
         "udp_timeout": v_int(1, 86400),
-        "max_udp_flows": v_int(1, 4096),
     }),
     ("dns", DnsConfig, {
         "forwarder": v_bool,
@@ -445,10 +447,43 @@ def _services(value, section="services", keys=SERVICE_KEYS):
     return tuple(out)
 
 
+# Keys that moved: old place -> new place.  A file that still uses the old place works (the value moves), and
+# deprecations() names it so that the daemon can warn once.
+MOVED_KEYS = {("tcp", "max_connections"): ("limits", "max_connections"),
+              ("tcp", "max_per_service"): ("limits", "max_per_service")}
+
+
+def deprecations(raw):
+    """One warning line per moved key that a raw configuration still uses."""
+    out = []
+    for (old_sec, old_key), (new_sec, new_key) in sorted(MOVED_KEYS.items()):
+        table = raw.get(old_sec) if isinstance(raw, dict) else None
+        if isinstance(table, dict) and old_key in table:
+            out.append("%s.%s has moved to %s.%s; please update the configuration file"
+                       % (old_sec, old_key, new_sec, new_key))
+    return out
+
+
+def _move_keys(raw):
+    out = dict(raw)
+    for (old_sec, old_key), (new_sec, new_key) in MOVED_KEYS.items():
+        table = out.get(old_sec)
+        if not isinstance(table, dict) or old_key not in table:
+            continue
+        table = dict(table)
+        value = table.pop(old_key)
+        out[old_sec] = table
+        new = out.get(new_sec, {})
+        if isinstance(new, dict) and new_key not in new:
+            out[new_sec] = dict(new, **{new_key: value})
+    return out
+
+
 def validate(raw):
     """A raw nested dict (as parsed from TOML, overrides applied) -> Config."""
     if not isinstance(raw, dict):
         raise ConfigError("", "the configuration must be a table")
+    raw = _move_keys(raw)
     for name in raw:
         if name not in SECTION_NAMES:
             close = difflib.get_close_matches(name, SECTION_NAMES, n=1)
@@ -475,7 +510,7 @@ def validate(raw):
 
 
 def _cross_checks(cfg):
-    net, ppp, tcp, proxy = cfg.network, cfg.ppp, cfg.tcp, cfg.proxy
+    net, ppp, tcp, limits, proxy = cfg.network, cfg.ppp, cfg.tcp, cfg.limits, cfg.proxy
     if net.local_ip == net.remote_ip:
         raise ConfigError("network.remote_ip", "must differ from network.local_ip (both are %s)"
                           % json.dumps(net.local_ip))
@@ -485,9 +520,9 @@ def _cross_checks(cfg):
     if tcp.mss and not 88 <= tcp.mss <= net.mtu - 40:
         raise ConfigError("tcp.mss", "must be 0 (auto) or between 88 and network.mtu - 40 (%d), got %d"
                           % (net.mtu - 40, tcp.mss))
-    if tcp.max_per_service > tcp.max_connections:
-        raise ConfigError("tcp.max_per_service", "must not exceed tcp.max_connections (%d), got %d"
-                          % (tcp.max_connections, tcp.max_per_service))
+    if limits.max_per_service > limits.max_connections:
+        raise ConfigError("limits.max_per_service", "must not exceed limits.max_connections (%d), got %d"
+                          % (limits.max_connections, limits.max_per_service))
     if proxy.type != "none":
         if not proxy.host:
             raise ConfigError("proxy.host", 'must be set when proxy.type is "%s"' % proxy.type)
@@ -644,19 +679,13 @@ def to_toml(cfg, mask_secrets=True):
     if not cfg.services:
         lines.append("[services]")
         lines.append("")
-    for svc in cfg.services:
-        lines.append("[services.%d]" % svc.port)
-        lines.append("host = %s" % _toml_value(svc.host))
-        lines.append("port = %d" % svc.target_port)
-        lines.append("name = %s" % _toml_value(svc.name))
-        lines.append("via = %s" % _toml_value(svc.via))
-        lines.append("")
-    for svc in cfg.udp_services:
-        lines.append("[udp_services.%d]" % svc.port)
-        lines.append("host = %s" % _toml_value(svc.host))
-        lines.append("port = %d" % svc.target_port)
-        lines.append("name = %s" % _toml_value(svc.name))
-        lines.append("")
+    for section, services, keys in (("services", cfg.services, SERVICE_KEYS),
+                                     ("udp_services", cfg.udp_services, UDP_SERVICE_KEYS)):
+        for svc in services:
+            values = {"host": svc.host, "port": svc.target_port, "name": svc.name, "via": svc.via}
+            lines.append("[%s.%d]" % (section, svc.port))
+            lines.extend("%s = %s" % (key, _toml_value(values[key])) for key in keys)
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -674,13 +703,6 @@ def link_config(cfg):
         lcp_echo_interval=ppp.lcp_echo_interval, lcp_echo_failure=ppp.lcp_echo_failure,
         max_configure=ppp.max_configure_requests, restart_interval=ppp.restart_interval,
         negotiate_magic=ppp.negotiate_magic, require_auth=ppp.require_auth, secrets=tuple(ppp.secrets))
-
-
-def tcp_config(cfg):
-    """The TCP tunables (pyslirp.net.tcp.conn.TcpConfig) from the [tcp] section."""
-    from pyslirp.net.tcp.conn import TcpConfig
-    tcp = cfg.tcp
-    return TcpConfig(rcvbuf=tcp.rcvbuf, sndbuf=tcp.sndbuf, mss=tcp.mss, keepalive_ms=tcp.keepalive * 1000)
 
 
 def dns_upstreams(cfg):
@@ -706,6 +728,5 @@ def stack_config(cfg, host_addresses=(), dns_upstream=()):
         local_ip=cfg.network.local_ip, remote_ip=cfg.network.remote_ip, mtu=cfg.network.mtu,
         services=cfg.services, udp_services=cfg.udp_services, proxy_via=proxy_via, outbound=outbound,
         dns_forwarder=cfg.dns.forwarder, dns_tcp_upstream=tuple(dns_upstream[0]) if dns_upstream else None,
-        max_connections=cfg.tcp.max_connections, max_per_service=cfg.tcp.max_per_service,
-        max_udp_flows=out.max_udp_flows, idle_timeout=cfg.tcp.idle_timeout, udp_timeout=out.udp_timeout,
-        tcp=tcp_config(cfg))
+        max_connections=cfg.limits.max_connections, max_per_service=cfg.limits.max_per_service,
+        max_udp_flows=cfg.limits.max_udp_flows, udp_timeout=out.udp_timeout, tcp=cfg.tcp)

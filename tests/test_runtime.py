@@ -20,6 +20,7 @@ from pyslirp.net.events import (ConnectionLog, ServiceClose, ServiceConnect, Ser
                                 ServiceShutdown)
 from pyslirp.runtime import serialio
 from pyslirp.runtime.endpoints import FdEndpoint, LineGone, OpenError, PtyEndpoint, make_symlink
+from pyslirp.config import ProxyConfig
 from pyslirp.runtime.services import ServiceManager
 from pyslirp.runtime.stackloop import Runtime
 
@@ -189,6 +190,35 @@ def test_service_read_credit_is_backpressure(servers):
     assert inbox.get("svc_eof") == ("svc_eof", 7)
     manager.handle(ServiceShutdown(7))
     assert inbox.get("svc_done") == ("svc_done", 7)
+
+
+def test_service_through_a_proxy_delivers_the_tunnel_bytes_that_came_with_the_answer_within_credit(servers):
+    """An HTTP CONNECT proxy that sends its 200 and the destination's first bytes in one write."""
+    requests = []
+
+    def proxy(conn):
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += conn.recv(4096)
+        requests.append(head)
+        conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\nSSH-2.0-early-banner\r\n")
+        return echo(conn)
+    server = servers(proxy)
+    inbox = Inbox()
+    settings = ProxyConfig(type="http", host="127.0.0.1", port=server.port, username="u", password="p")
+    manager = ServiceManager(inbox.post, proxy=settings)
+    flow = FlowKey(6, b"\x0a\x00\x00\x02", 40000, b"\xc6\x12\x00\x02", 22)
+    manager.handle(ServiceConnect(8, flow, Route("nat", "198.18.0.2", 22, "http", "nat")))
+    assert inbox.get() == ("svc_connected", 8)
+    assert requests[0].startswith(b"CONNECT 198.18.0.2:22 HTTP/1.1\r\n")
+    assert inbox.quiet() is None                     # no credit yet: the early bytes wait
+    manager.handle(ServiceReadCredit(8, 5))
+    assert inbox.get() == ("svc_data", 8, b"SSH-2")
+    manager.handle(ServiceReadCredit(8, 100))
+    assert inbox.get() == ("svc_data", 8, b".0-early-banner\r\n")
+    manager.handle(ServiceSend(8, b"after"))
+    assert inbox.get("svc_data") == ("svc_data", 8, b"after")    # then the tunnel carries data both ways
+    manager.close_all()
 
 
 def test_service_connect_refused_is_reported():

@@ -12,6 +12,7 @@ from pyslirp.net.events import (ConnectionLog, ServiceClose, ServiceConnect, Ser
 from pyslirp.net.frag import Reassembler, fragment
 from pyslirp.net.flows import FlowKey, Route, Service
 from pyslirp.net.stack import IPStack, StackConfig
+from pyslirp.net.tcp.conn import TcpConfig
 from pyslirp.wire import icmp, tcp
 from pyslirp.wire.checksum import internet_checksum
 from pyslirp.wire.icmp import IcmpRepr
@@ -619,7 +620,7 @@ def test_service_error_resets_the_client():
 
 
 def test_idle_timeout():
-    stack = make_stack(idle_timeout=5)
+    stack = make_stack(tcp=TcpConfig(idle_timeout=5))
     client, cid = open_connection(stack, now=1000)
     stack.take_events()
     client.send(tcp.ACK | tcp.PSH, payload=b"x", now=2000)
@@ -642,7 +643,7 @@ def test_idle_timeout():
 
 
 def test_no_idle_timeout_when_disabled():
-    stack = make_stack(idle_timeout=0)
+    stack = make_stack(tcp=TcpConfig(idle_timeout=0))
     client, cid = open_connection(stack)
     stack.take_events()
     client.receive()
@@ -855,7 +856,7 @@ def test_malformed_input_logging_is_rate_limited(caplog):
 
 def test_fuzzed_traffic_never_raises_and_output_stays_valid():
     rng = random.Random(2024)
-    stack = make_stack(services=(SSH, WEB), max_connections=8, max_per_service=4, idle_timeout=30,
+    stack = make_stack(services=(SSH, WEB), max_connections=8, max_per_service=4, tcp=TcpConfig(idle_timeout=30),
                        udp_services=(Service(53, "127.0.0.1", 5353),), udp_timeout=5)
     now = 0
     templates = []

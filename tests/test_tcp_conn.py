@@ -447,7 +447,7 @@ def test_rst_for_segments_to_no_connection():
 # ------------------------------------------------------------------------------ keepalive
 
 def test_keepalive_probes_and_gives_up():
-    h = Conn(config=TcpConfig(keepalive_ms=5000, keepalive_probes=2))
+    h = Conn(config=TcpConfig(keepalive=5, keepalive_probes=2))
     h.recv(at=0)
     assert h.conn.get_timer() == 5000
     assert h.recv(at=4999) == []

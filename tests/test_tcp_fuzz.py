@@ -21,7 +21,7 @@ FLAGS = [ACK, ACK | PSH, ACK | FIN, RST, RST | ACK, SYN, SYN | ACK, FIN, 0, ACK 
 def _reach(state, rng):
     """A connection brought to ``state`` by a scripted client."""
     cfg = TcpConfig(rcvbuf=rng.choice([3000, 20000, 70000]), sndbuf=rng.choice([2000, 30000]),
-                    keepalive_ms=rng.choice([0, 3000]), msl_ms=2000, max_retries=4)
+                    keepalive=rng.choice([0, 3]), msl_ms=2000, max_retries=4)
     h = Conn(config=cfg, sack=rng.random() < 0.5, ts=rng.choice([None, 50]),
              wscale=rng.choice([None, 0, 5]), establish=state != "SYN_RECEIVED")
     if state == "SYN_RECEIVED":

@@ -182,7 +182,6 @@ class StackConfig:
     max_connections: int = 64
     max_per_service: int = 16
     max_udp_flows: int = 64
-    idle_timeout: int = 0                   # seconds, 0 = none (TCP)
     udp_timeout: int = 60                   # seconds a UDP or ping flow lives without traffic
     tcp: TcpConfig = field(default_factory=TcpConfig)
 
@@ -666,7 +665,7 @@ class IPStack(object):
 
     def _arm(self, rec):
         deadline = rec.conn.get_timer()
-        idle = self.config.idle_timeout
+        idle = self.config.tcp.idle_timeout
         if idle and rec.accepted:
             idle_deadline = rec.last_activity + idle * 1000
             if deadline is None or idle_deadline < deadline:
@@ -723,12 +722,16 @@ class IPStack(object):
 
     # -- service threads' reports -----------------------------------------------------
 
-    def _service_rec(self, conn_id, what):
-        rec = self._by_id.get(conn_id)
-        if rec is None or not isinstance(rec, _Conn):
-            self._count("service_stale_" + what)
+    def _rec(self, flow_id, cls, stale):
+        """The live flow ``flow_id`` of type ``cls``, or None (counted as ``stale``: a report for a gone flow)."""
+        rec = self._by_id.get(flow_id)
+        if rec is None or not isinstance(rec, cls):
+            self._count(stale)
             return None
         return rec
+
+    def _service_rec(self, conn_id, what):
+        return self._rec(conn_id, _Conn, "service_stale_" + what)
 
     def service_connected(self, conn_id, now):
         self._now = now
@@ -826,11 +829,7 @@ class IPStack(object):
         self.timers.schedule(rec.flow_id, rec.last_activity + self.config.udp_timeout * 1000)
 
     def _datagram_rec(self, flow_id, what):
-        rec = self._by_id.get(flow_id)
-        if rec is None or not isinstance(rec, _Datagrams):
-            self._count("flow_stale_" + what)
-            return None
-        return rec
+        return self._rec(flow_id, _Datagrams, "flow_stale_" + what)
 
     def _close_datagrams(self, rec, reason):
         if rec.gone:
@@ -946,7 +945,7 @@ class IPStack(object):
                 else:
                     self._arm_datagrams(rec)
                 continue
-            idle = self.config.idle_timeout
+            idle = self.config.tcp.idle_timeout
             if idle and rec.accepted and now >= rec.last_activity + idle * 1000:
                 rec.reason = "idle"
                 log.debug("idle timeout: %s", self._describe(rec))

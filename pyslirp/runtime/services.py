@@ -33,9 +33,9 @@ stack thread hands it something.
 Connecting: the event carries the flow's Route; a
 :class:`~pyslirp.runtime.connectors.Connector` reaches the route's target by
 ``route.via``: directly, or through the configured SOCKS5 or HTTP CONNECT
-proxy, all within ``connect_timeout`` seconds.  A failure is one log line
-naming the flow, the hop (direct, or which proxy) and the reason, and
-``svc_failed`` with the outcome the client is shown (net/refusal.py).  An abort
+proxy, all within ``connect_timeout`` seconds.  A failure is ``svc_failed``
+with the hop (direct, or which proxy), the reason and the outcome the client
+is shown (net/refusal.py); the stack logs it as one line with the flow.  An abort
 while connecting (link down) cancels the attempt at once.  Bytes that came
 with the proxy's answer are the tunnel's first bytes: they are delivered
 within read credit like everything read later.
@@ -52,6 +52,7 @@ import threading
 from pyslirp.net.events import (ConnectionLog, ServiceClose, ServiceConnect, ServiceReadCredit,
                                 ServiceSend, ServiceShutdown)
 from pyslirp.runtime.connectors import CONNECT_TIMEOUT, ConnectFailed, Connector
+from pyslirp.runtime.wakeup import Wakeup
 
 log = logging.getLogger("pyslirp.runtime.services")
 
@@ -66,13 +67,12 @@ def _reason(exc):
 
 
 class ServiceConnection(threading.Thread):
-    def __init__(self, conn_id, route, post, connect_timeout=CONNECT_TIMEOUT, proxy=None, flow_name=""):
+    def __init__(self, conn_id, route, post, connect_timeout=CONNECT_TIMEOUT, proxy=None):
         super().__init__(name="service-%d" % conn_id, daemon=True)
         self.conn_id = conn_id
         self.route = route
         self.host = route.host
         self.port = route.port
-        self.flow_name = flow_name or "connection %d" % conn_id
         self._post = post
         self._connector = Connector(route.via, proxy if route.via != "direct" else None, connect_timeout)
         self._early = b""                       # tunnel bytes that came with the proxy's answer
@@ -81,9 +81,7 @@ class ServiceConnection(threading.Thread):
         self._credit = 0
         self._shutdown_requested = False
         self._abort = None                      # reason, once ServiceClose arrived
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._wakeup = Wakeup()
         self.bytes_to_service = 0
         self.bytes_from_service = 0
 
@@ -112,10 +110,7 @@ class ServiceConnection(threading.Thread):
         self._wake()
 
     def _wake(self):
-        try:
-            self._wake_w.send(b"x")
-        except OSError:
-            pass        # buffer full (already awake) or closed (thread gone)
+        self._wakeup.wake()
 
     # -- the thread ---------------------------------------------------------------
 
@@ -126,7 +121,7 @@ class ServiceConnection(threading.Thread):
                 sock, self._early = self._connector.open(self.host, self.port)
             except ConnectFailed as exc:
                 if self._abort is None:
-                    log.info("refused %s -> %s: %s: %s", self.flow_name, self.route.describe(), exc.hop, exc.reason)
+                    # The stack logs the refusal once, with the flow, the route and this reason.
                     self._post(("svc_failed", self.conn_id, "%s: %s" % (exc.hop, exc.reason), exc.outcome))
                 return
             if self._abort is not None:
@@ -148,14 +143,13 @@ class ServiceConnection(threading.Thread):
         finally:
             if sock is not None:
                 self._close(sock, abort=True)
-            self._wake_r.close()
-            self._wake_w.close()
+            self._wakeup.close()
             self._post(("svc_done", self.conn_id))
 
     def _serve(self, sock):
         """Move bytes until finished; True if the socket must be aborted."""
         poller = select.poll()
-        poller.register(self._wake_r, select.POLLIN)
+        poller.register(self._wakeup, select.POLLIN)
         sfd = sock.fileno()
         registered = 0
         read_eof = False
@@ -186,11 +180,7 @@ class ServiceConnection(threading.Thread):
                 registered = mask
             for fd, revents in poller.poll():
                 if fd != sfd:
-                    try:
-                        while self._wake_r.recv(4096):
-                            pass
-                    except OSError:
-                        pass
+                    self._wakeup.drain()
                     continue
                 if revents & (select.POLLIN | select.POLLHUP | select.POLLERR) and mask & select.POLLIN:
                     result = self._do_read(sock, credit)
@@ -287,8 +277,7 @@ class ServiceManager(object):
         if isinstance(event, ServiceConnect):
             log.debug("connection %d: %s: connecting to %s", event.conn_id, event.flow.describe(),
                       event.route.describe())
-            conn = ServiceConnection(event.conn_id, event.route, self._post, self._connect_timeout, self._proxy,
-                                     event.flow.describe())
+            conn = ServiceConnection(event.conn_id, event.route, self._post, self._connect_timeout, self._proxy)
             self.connections[event.conn_id] = conn
             self.started += 1
             conn.start()

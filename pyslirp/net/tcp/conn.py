@@ -165,9 +165,13 @@ _KEEPALIVE_STATES = frozenset([TcpState.ESTABLISHED, TcpState.CLOSE_WAIT])
 
 @dataclass(frozen=True)
 class TcpConfig:
-    """Tunables of every TCP connection (times in integer milliseconds)."""
-    sndbuf: int = 65536                 # bytes queued from the service and not yet acknowledged
-    rcvbuf: int = 65536                 # receive window: bytes from the client not yet taken by the service
+    """Tunables of every TCP connection (times in integer milliseconds, except the two from the file in seconds).
+
+    This is also the ``[tcp]`` section of the configuration file: ``rcvbuf``, ``sndbuf``, ``mss``,
+    ``idle_timeout`` and ``keepalive`` are read from it (pyslirp/config.py); the rest are internal tunables.
+    """
+    sndbuf: int = 262144                # bytes queued from the service and not yet acknowledged
+    rcvbuf: int = 262144                # receive window: bytes from the client not yet taken by the service
     mss: int = 0                        # MSS we announce; 0 = the link's (MTU - 40); never above the link's
     delack_ms: int = 200                # delayed ACK at most this late (RFC 1122 4.2.3.2: < 500 ms)
     initial_rto_ms: int = 1000          # RFC 6298 2.1
@@ -176,7 +180,8 @@ class TcpConfig:
     max_retries: int = 12               # consecutive RTO expiries before giving up
     syn_retries: int = 5                # SYN-ACK retransmissions before giving up
     msl_ms: int = 15000                 # TIME_WAIT lasts 2 * MSL
-    keepalive_ms: int = 0               # idle time before a keepalive probe and between probes; 0 = off
+    keepalive: int = 0                  # s: idle time before a keepalive probe and between probes; 0 = off
+    idle_timeout: int = 0               # s without traffic after which the stack resets the connection; 0 = never
     keepalive_probes: int = 4           # unanswered probes before giving up
     nagle: bool = True                  # RFC 896 for our small segments
     window_scaling: bool = True         # RFC 7323
@@ -768,9 +773,9 @@ class TcpConnection(object):
                 self._persist_at = now + self._persist_interval()
         else:
             self._persist_at = None
-        if self.config.keepalive_ms > 0 and state in _KEEPALIVE_STATES:
+        if self.config.keepalive > 0 and state in _KEEPALIVE_STATES:
             if self._keepalive_at is None:
-                self._keepalive_at = now + self.config.keepalive_ms
+                self._keepalive_at = now + self.config.keepalive * 1000
         else:
             self._keepalive_at = None
 
@@ -876,7 +881,7 @@ class TcpConnection(object):
         self._ka_probes += 1
         self.keepalives_sent += 1
         self._probe_due = True
-        self._keepalive_at = now + self.config.keepalive_ms
+        self._keepalive_at = now + self.config.keepalive * 1000
 
     def _give_up(self, now):
         log.info("%s: giving up after %d retransmissions", self.name, self.rto_count)
@@ -948,7 +953,7 @@ class TcpConnection(object):
         self.last_activity = now
         self._ka_probes = 0
         if self._keepalive_at is not None:
-            self._keepalive_at = now + self.config.keepalive_ms
+            self._keepalive_at = now + self.config.keepalive * 1000
         seq = seg.seq
 
         # Second (RFC 5961 3.2): RST.
