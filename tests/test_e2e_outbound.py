@@ -465,8 +465,8 @@ def check_wrong_password(checks, r, slirp, hop, secrets):
     """The guest's connect after the proxy stopped accepting pyslirp's password: a fast reset, one log line."""
     check_refused(checks, r.get("wrong_password", {}), "connect with a password the proxy refuses", "refused")
     log = slirp.log()
-    pattern = (r"refused tcp 10\.0\.0\.2:\d+ -> %s:%d -> nat %s:%d via \w+: %s: .*auth"
-               % (re.escape(OUTSIDE_IP), ECHO_PORT, re.escape(OUTSIDE_IP), ECHO_PORT, re.escape(hop)))
+    pattern = (r"refused 10\.0\.0\.2:\d+ -> nat %s:%d via \w+ reason=%s: .*auth"
+               % (re.escape(OUTSIDE_IP), ECHO_PORT, re.escape(hop)))
     lines = [line for line in log.splitlines() if re.search(pattern, line, re.I)]
     checks(len(lines) == 1, "one log line names the flow, the hop and the reason (/%s/)" % pattern,
            refusal_lines(slirp))
