@@ -707,11 +707,6 @@ def link_config(cfg):
         negotiate_magic=ppp.negotiate_magic, require_auth=ppp.require_auth, secrets=tuple(ppp.secrets))
 
 
-def dns_upstreams(cfg):
-    """The configured upstream DNS servers as [(addr, port)] (empty: the caller reads /etc/resolv.conf)."""
-    return [parse_hostport(text, 53) for text in cfg.dns.upstream]
-
-
 def stack_config(cfg, host_addresses=(), dns_upstream=()):
     """The IPStack configuration (pyslirp.net.stack.StackConfig).
 
