@@ -117,8 +117,8 @@ CONNECTION_ERRORS = counter("pyslirp_connection_errors_total",
 CONNECTIONS_REFUSED = counter("pyslirp_connections_refused_total",
                               "TCP connections refused, by reason (policy, limit, rate, proxy, service_down).",
                               ("reason",))
-FLOWS_REFUSED = counter("pyslirp_flows_refused_total", "Flows (TCP, UDP, ICMP echo) refused, by protocol and reason.",
-                        ("protocol", "reason"))
+FLOWS_REFUSED = counter("pyslirp_flows_refused_total", "Flows of every protocol (TCP, UDP, ICMP echo) refused, "
+                        "by reason.", ("reason",))
 TCP_RETRANSMISSIONS = counter("pyslirp_tcp_retransmissions_total",
                               "Segments retransmitted toward the client, closed connections included.")
 TCP_RESETS = counter("pyslirp_tcp_resets_sent_total", "TCP resets sent to the client.")
@@ -296,11 +296,10 @@ def collect(core, now, serial_in=0, serial_out=0, line_open=False, drain_rate=No
             b.set(SERVICE_CONNECT, HistogramValue.of(fig.connect), label)
     for (label, reason), n in stack.connection_errors.items():
         b.set(CONNECTION_ERRORS, n, label, reason)
-    for (protocol, cause), n in stack.flows_refused.items():
-        name = PROTOCOL_NAMES.get(protocol, str(protocol))
-        b.set(FLOWS_REFUSED, n, name, cause)
-        if name == "tcp":
-            b.set(CONNECTIONS_REFUSED, n, cause)
+    for cause, n in stack.flows_refused.items():
+        b.set(FLOWS_REFUSED, n, cause)
+    for cause, n in stack.tcp_refused.items():
+        b.set(CONNECTIONS_REFUSED, n, cause)
     active = {"udp": 0, "icmp": 0}
     for (protocol, label), fig in stack.datagram_figures().items():
         name = PROTOCOL_NAMES.get(protocol, str(protocol))
@@ -391,7 +390,7 @@ def to_json(snapshot):
 
 
 def render_json(snapshot):
-    return json.dumps(to_json(snapshot), sort_keys=True, separators=(",", ":")) + "\n"
+    return json.dumps(to_json(snapshot), separators=(",", ":")) + "\n"
 
 
 def format_line(snapshot, skip_zero=True):
@@ -400,7 +399,7 @@ def format_line(snapshot, skip_zero=True):
     for fam, samples in snapshot.families():
         short = fam.name[len("pyslirp_"):] if fam.name.startswith("pyslirp_") else fam.name
         for labels, value in samples:
-            tag = ",".join("%s=%s" % (n, v) for n, v in zip(fam.labels, labels))
+            tag = ",".join("%s=%s" % (n, escape_label(v)) for n, v in zip(fam.labels, labels))
             tag = "{%s}" % tag if tag else ""
             if isinstance(value, HistogramValue):
                 if value.count or not skip_zero:
