@@ -1186,8 +1186,11 @@ class IPStack(object):
         """The link went down: drop every flow quietly (no RST onto a dead link), close every service."""
         self._now = now
         for rec in list(self._conns.values()):
-            rec.reason = "link down"
-            if rec.conn.state != TcpState.TIME_WAIT:
+            if rec.conn.state == TcpState.TIME_WAIT:
+                # Over before the link went: its record says how it ended.
+                rec.reason = rec.reason or ("fin" if rec.peer_fin and rec.eof else "closed")
+            else:
+                rec.reason = "link down"
                 self._conn_error(rec, "link_down")
             self._forget(rec)
             if not rec.service_closed:

@@ -337,6 +337,7 @@ class Runtime(object):
             self._tell_rate(writer.rate)
         else:
             core.take_serial_output(0, now)
+        downs = []
         for event in core.take_events():
             if self.services.handle(event) or self.datagrams.handle(event):
                 continue
@@ -352,13 +353,15 @@ class Runtime(object):
                 self.records.link_up(event)
             elif isinstance(event, LinkDown):
                 self._counters["link_downs"] += 1
-                self.records.link_down(event)
+                downs.append(event)         # recorded after the flows the link took down with it
             elif isinstance(event, AuthResult):
                 if not event.ok:
                     self._counters["auth_failures"] += 1
                 key = (event.method, "ok" if event.ok else "fail")
                 self._auth[key] = self._auth.get(key, 0) + 1
                 self.records.auth(event)
+        for event in downs:
+            self.records.link_down(event)
 
     def _take_output(self, budget, now):
         """The Core's next frames; a positive budget lets one bulk frame through even if it is larger."""
