@@ -2,7 +2,8 @@
 
 TCP flows go to one service thread each (``ServiceConnect`` opens it, the rest address it by ``conn_id``); UDP
 and ping flows to the runtime's datagram sockets (by ``flow_id``); DNS queries to the upstream relay.  Flow ids
-are unique across all three.
+are unique across all three.  ``FlowLog`` says that a flow of any of them opened, closed or was refused: the
+runtime writes the connection log's line (``FlowLog.text``) and the audit record from it.
 """
 
 from dataclasses import dataclass
