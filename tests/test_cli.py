@@ -291,9 +291,15 @@ def test_metrics_server_audit_log_and_signals_of_the_daemon(tmp_path):
         with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as resp:
             text = resp.read().decode()
         assert "# TYPE pyslirp_link_up gauge\npyslirp_link_up 0\n" in text
-        with urllib.request.urlopen("http://127.0.0.1:%d/metrics.json" % port, timeout=10) as resp:
-            doc = json.loads(resp.read().decode())
-        assert doc["metrics"]["pyslirp_serial_line_open"]["samples"] == [{"labels": {}, "value": 1}]
+        deadline = time.monotonic() + 10
+        while True:         # the snapshot is rebuilt at most a few times a second: the line may open after it
+            with urllib.request.urlopen("http://127.0.0.1:%d/metrics.json" % port, timeout=10) as resp:
+                doc = json.loads(resp.read().decode())
+            samples = doc["metrics"]["pyslirp_serial_line_open"]["samples"]
+            if samples == [{"labels": {}, "value": 1}] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert samples == [{"labels": {}, "value": 1}]
         proc.send_signal(signal.SIGUSR1)
         proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 10
