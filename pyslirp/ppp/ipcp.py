@@ -33,7 +33,8 @@ The peer's request (``reqci``):
 import ipaddress
 import logging
 
-from pyslirp.ppp.fsm import CONFACK, Fsm, FsmCallbacks, OptionVerdicts
+from pyslirp.ppp.fsm import CONFACK, OptionVerdicts
+from pyslirp.ppp.protocol import ControlProtocol
 from pyslirp.wire import ppp as wppp
 
 log = logging.getLogger("pyslirp.ppp")
@@ -55,17 +56,17 @@ def ip_text(packed):
     return str(ipaddress.IPv4Address(bytes(packed)))
 
 
-class Ipcp(FsmCallbacks):
-    """IPCP for one link."""
+class Ipcp(ControlProtocol):
+    """IPCP for one link; its data protocol is IP."""
+
+    protocol = wppp.PROTO_IPCP
+    data_protocol = wppp.PROTO_IP
+    name = "IPCP"
+    ncp = True
 
     def __init__(self, config, output, owner):
-        self.config = config
         self.owner = owner
-        self.counters = {}
-        self.fsm = Fsm("IPCP", self, output, max_configure=config.max_configure,
-                       max_terminate=config.max_terminate, max_failure=config.max_failure,
-                       restart_ms=config.restart_interval * 1000)
-        self.fsm.counters = self.counters
+        ControlProtocol.__init__(self, config, output)
         self.local = ip_bytes(config.local_ip)
         self.remote = ip_bytes(config.remote_ip)
         self.dns = tuple(ip_bytes(d) for d in config.dns[:2])
@@ -75,9 +76,8 @@ class Ipcp(FsmCallbacks):
         self.peer_addr = None         # the peer's address as acknowledged
         self._sent = None
 
-    @property
-    def state(self):
-        return self.fsm.state
+    def data_input(self, info, now):
+        self.owner.ip_received(info, now)
 
     def resetci(self):
         self.ask_addr = True

@@ -70,7 +70,8 @@ import logging
 import struct
 
 from pyslirp.timers import earliest
-from pyslirp.ppp.fsm import CONFACK, Fsm, FsmCallbacks, OptionVerdicts, State, note
+from pyslirp.ppp.fsm import CONFACK, OptionVerdicts, State, note
+from pyslirp.ppp.protocol import ControlProtocol, Phase
 from pyslirp.wire import ppp as wppp
 
 log = logging.getLogger("pyslirp.ppp")
@@ -166,18 +167,17 @@ def build_lcp_options(opts):
     return wppp.build_options(out)
 
 
-class Lcp(FsmCallbacks):
+class Lcp(ControlProtocol):
     """LCP for one link: automaton hooks, options, echo keepalive."""
 
+    protocol = wppp.PROTO_LCP
+    name = "LCP"
+    phases = frozenset(Phase)
+
     def __init__(self, config, rng, output, owner):
-        self.config = config
         self.rng = rng
         self.owner = owner
-        self.counters = {}
-        self.fsm = Fsm("LCP", self, output, max_configure=config.max_configure,
-                       max_terminate=config.max_terminate, max_failure=config.max_failure,
-                       restart_ms=config.restart_interval * 1000)
-        self.fsm.counters = self.counters
+        ControlProtocol.__init__(self, config, output)
         self.want = self._want_from_config()
         self.tried = copy.copy(self.want)
         self.got = LcpOptions()
@@ -195,10 +195,6 @@ class Lcp(FsmCallbacks):
             self.counters[key] = 0
 
     # -- what the link reads ---------------------------------------------------
-
-    @property
-    def state(self):
-        return self.fsm.state
 
     @property
     def peer_mru(self):
