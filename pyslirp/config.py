@@ -81,6 +81,7 @@ class PPPConfig:
     negotiate_magic: bool = True
     require_auth: str = "none"      # "none" | "pap" | "chap"
     secrets: Tuple[Tuple[str, str], ...] = ()
+    compression: str = "deflate"    # CCP: "deflate" | "none"
 
 
 @dataclass(frozen=True)
@@ -311,6 +312,7 @@ SECTIONS = (
         "negotiate_magic": v_bool,
         "require_auth": v_enum("none", "pap", "chap"),
         "secrets": v_secrets,
+        "compression": v_enum("deflate", "none"),
     }),
     ("tcp", TcpSection, {
         "rcvbuf": v_int(4096, 16 << 20),
@@ -559,7 +561,8 @@ def link_config(cfg):
         local_ip=net.local_ip, remote_ip=net.remote_ip, dns=tuple(net.dns), mru=net.mtu,
         lcp_echo_interval=ppp.lcp_echo_interval, lcp_echo_failure=ppp.lcp_echo_failure,
         max_configure=ppp.max_configure_requests, restart_interval=ppp.restart_interval,
-        negotiate_magic=ppp.negotiate_magic, require_auth=ppp.require_auth, secrets=tuple(ppp.secrets))
+        negotiate_magic=ppp.negotiate_magic, require_auth=ppp.require_auth, secrets=tuple(ppp.secrets),
+        compression=ppp.compression)
 
 
 def tcp_config(cfg):

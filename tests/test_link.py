@@ -434,7 +434,8 @@ def test_frames_after_the_opening_ack_in_the_same_read_use_the_new_accm():
 
 
 def test_unknown_protocols_get_protocol_reject_while_open():
-    link, client = negotiated()
+    # With compression off CCP is one of the protocols we do not speak (as pppd's noccp).
+    link, client = negotiated({"compression": "none"})
     for proto, info in ((wppp.PROTO_IPV6CP, b"\x01\x01\x00\x0e\x01\x0a" + bytes(8)),
                         (wppp.PROTO_CCP, b"\x01\x02\x00\x04"), (wppp.PROTO_IPV6, b"\x60" + bytes(39))):
         client.send(proto, info)
@@ -797,7 +798,7 @@ def test_looped_back_line_is_detected(caplog):
 
 def test_counters_are_visible_to_the_metrics():
     from pyslirp.metrics import collect
-    link, client = negotiated({"lcp_echo_interval": 10})
+    link, client = negotiated({"lcp_echo_interval": 10, "compression": "none"})
     client.send(wppp.PROTO_CCP, b"\x01\x01\x00\x04")
     client.advance(10000)
     got = collect(link, "link")

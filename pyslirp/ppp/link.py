@@ -55,7 +55,9 @@ ACCM, input is deframed one frame at a time until LCP is Opened.
 The protocol table (:mod:`pyslirp.ppp.protocol`, pppd's ``protocols[]``):
 ``protocols`` lists one entry per protocol we speak -- LCP, PAP, CHAP (the
 one not in use is a :class:`~pyslirp.ppp.protocol.Discard` entry, whose
-packets are dropped), IPCP (whose data protocol is IP) -- and the receive
+packets are dropped), IPCP (whose data protocol is IP), CCP (whose data
+protocol is the compressed datagram, 0x00FD; absent with ``compression =
+"none"``, so that CCP gets a Protocol-Reject as pppd's ``noccp`` does) -- and the receive
 path is a loop over it (RFC 1661 sections 3.4-3.5, 5.7): LCP always; before
 LCP is Opened anything else is silently discarded; then each entry takes its
 packets in the phases it lists (authentication from the Authenticate phase
@@ -69,7 +71,8 @@ reaching Opened is ``lower_up`` for every other entry, leaving it
 the entries' timers.
 
 Compression sits between the table and the framing (``transforms``, in the
-order pppd and Linux apply them on output; input undoes them in reverse):
+order pppd and Linux apply them on output; input undoes them in reverse;
+:mod:`pyslirp.ppp.ccp` is the Deflate stage, RFC 1962/1979):
 each stage may rewrite ``(protocol, information)`` on the way out and undo it
 on the way in, or drop the packet; when a stage drops one, the stages that
 follow it on input are told (``toss``), and every frame the deframer drops
@@ -79,11 +82,12 @@ Counters (plain attributes, read by the metrics): ``frames_in``,
 ``frames_out``, ``bytes_in``, ``bytes_out`` (unframed PPP frame octets),
 ``protocol_rejects_sent``, ``counters`` (drops by reason), ``lcp_counters``
 (echoes sent/missed/replies, automaton drops), ``ipcp_counters``,
-``auth_counters``; the Deframer has its own (``deframer``).
+``auth_counters``, ``ccp_counters`` (packets and bytes compressed and
+decompressed, resets); the Deframer has its own (``deframer``).
 
 Contract note: beyond docs/ARCHITECTURE.md, :class:`PPPLink` also exposes
-``phase``, ``lcp``, ``ipcp``, ``auth``, ``protocols``, ``transforms`` and
-``deframer`` for tests and metrics.
+``phase``, ``lcp``, ``ipcp``, ``auth``, ``ccp``, ``protocols``, ``transforms``
+and ``deframer`` for tests and metrics.
 """
 
 import logging
@@ -91,6 +95,7 @@ from dataclasses import dataclass
 from typing import Tuple
 
 from pyslirp.ppp.auth import IDLE, ChapServer, PapServer
+from pyslirp.ppp.ccp import Ccp
 from pyslirp.ppp.events import AuthResult, IPReceived, LinkDown, LinkUp
 from pyslirp.ppp.fsm import NEGOTIATING, State
 from pyslirp.ppp.ipcp import Ipcp
@@ -125,6 +130,7 @@ class LinkConfig:
     negotiate_magic: bool = True
     require_auth: str = "none"          # "none" | "pap" | "chap"
     secrets: Tuple[Tuple[str, str], ...] = ()   # (user, password)
+    compression: str = "deflate"        # CCP: "deflate" | "none" (CCP is then Protocol-Rejected)
 
 
 class PPPLink(object):
@@ -133,6 +139,8 @@ class PPPLink(object):
     def __init__(self, config, rng, tap=None):
         if config.require_auth not in ("none", "pap", "chap"):
             raise ValueError("require_auth must be none, pap or chap, not %r" % (config.require_auth,))
+        if config.compression not in ("deflate", "none"):
+            raise ValueError("compression must be deflate or none, not %r" % (config.compression,))
         self.config = config
         self._rng = rng
         self._tap = tap
@@ -159,6 +167,12 @@ class PPPLink(object):
         self.protocols.append(self.ipcp)
         # Compression stages, in output order (input runs them in reverse).
         self.transforms = []
+        if config.compression == "deflate":
+            self.ccp = Ccp(config, self._sender(wppp.PROTO_CCP), mru=self.deframer.mru)
+            self.protocols.append(self.ccp)
+            self.transforms.append(self.ccp)
+        else:
+            self.ccp = None
         self.phase = Phase.DEAD
         self.is_up = False
         self.mtu = 1500
@@ -172,6 +186,7 @@ class PPPLink(object):
         self.lcp_counters = self.lcp.counters
         self.ipcp_counters = self.ipcp.counters
         self.auth_counters = self.auth.counters if self.auth is not None else {}
+        self.ccp_counters = self.ccp.counters if self.ccp is not None else {}
         self._closed = False
         self._lcp_open = False
         self._peer_open = False       # the peer has shown that its LCP is Opened too
