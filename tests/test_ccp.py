@@ -526,3 +526,29 @@ def test_random_ccp_packets_never_raise():
                 link.handle_timer(link.get_timer())
             link.take_output()
         assert link.lcp.state == State.OPENED
+
+
+def test_the_core_budget_is_spent_in_compressed_line_bytes():
+    from test_core import Cfg, QueueStack
+    from pyslirp.core import Core
+    link, client = ccp_session()
+    rng = random.Random(15)
+    stack = QueueStack()
+    stack.packets = [text_packet(rng, 1000) for _ in range(60)]
+    taken = list(stack.packets)
+    core = Core(None, Cfg(), random.Random(1), link=link, stack=stack)
+    out = core.take_serial_output(6000, client.now)
+    line = sum(len(frame) for _, frame in out)
+    sent = 60 - len(stack.packets)
+    # About three times the budget's worth of text went, in at most the budget's worth of line bytes.
+    assert line <= 6000 and sent * 1020 > 2 * 6000, (line, sent)
+    client.raw_out = []
+    frames = []
+    for _, raw in out:
+        frames.extend(client.deframer.feed(raw))
+    decoded = []
+    for frame in frames:
+        proto, info = wppp.parse_frame(frame)
+        assert proto == COMP
+        decoded.append(client.kernel.decompress(info)[1])
+    assert decoded == taken[:sent]
