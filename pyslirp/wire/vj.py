@@ -5,17 +5,17 @@ Theory of operation
 Both ends of a link keep a table of *slots* (conversation states), one per TCP
 connection in flight, each holding the last TCP/IP header seen for it.  The
 compressor turns every outgoing IPv4 packet into one of three PPP packets
-(RFC 1144 section 3.2.1, RFC 1332 section 4 for the PPP protocol numbers):
+(RFC 1144 section 3.2.1; RFC 1332 section 4 gives their PPP protocol numbers):
 
-* ``PROTO_IP`` (0x0021): the packet unchanged, for anything that is not a
-  compressible TCP segment: not TCP, a fragment, a runt, SYN, FIN or RST set,
-  ACK clear (section 3.2.3: "If the packet is not TCP, or if it is a fragment,
-  or if ... any of the SYN, FIN or RST bits are set, or the ACK bit is clear,
-  the packet is sent as TYPE_IP").  It does not touch the slot table.
-* ``PROTO_VJ_UNCOMPRESSED`` (0x002F): the packet with the IP protocol byte
-  (offset 9) replaced by the slot number.  It (re)establishes that slot at the
-  other end; the receiver restores the byte to 6.
-* ``PROTO_VJ_COMPRESSED`` (0x002D): a change mask, the slot number (omitted
+* ``PROTO_IP`` (0x0021), RFC 1332: "The IP protocol is not TCP, or the packet
+  is a fragment, or cannot be compressed": the packet unchanged.  Not
+  compressible (RFC 1144 section 3.2.3) means a runt, SYN, FIN or RST set, or
+  ACK clear.  It does not touch the slot table.
+* ``PROTO_VJ_UNCOMPRESSED`` (0x002F), RFC 1332: "The IP protocol field is
+  replaced by the slot identifier" (offset 9).  It (re)establishes that slot
+  at the other end; the receiver restores the byte to 6.
+* ``PROTO_VJ_COMPRESSED`` (0x002D), RFC 1332: "The TCP/IP headers are replaced
+  by the compressed header": a change mask, the slot number (omitted
   when it is the slot of the previous packet and the peer allows it: the C
   bit), the TCP checksum (verbatim), the changed fields as deltas, then the
   data.  A keystroke costs 3 to 5 octets of header instead of 40.
@@ -35,9 +35,9 @@ compressor turns every outgoing IPv4 packet into one of three PPP packets
 Each delta is one octet when 1..255, else 0x00 and two octets (big endian):
 so a delta of 0 (possible only for the urgent pointer and the IP id) takes
 three octets.  Two masks that cannot happen otherwise stand for the common
-cases without any delta octet: SPECIAL_I (S|W|U) "echoed interactive
-traffic", where seq and ack both advanced by the data length of the previous
-packet, and SPECIAL_D (S|A|W|U) "unidirectional data", where only seq did.
+cases without any delta octet: SPECIAL_I (S|W|U), echoed interactive traffic,
+where seq and ack both advanced by the data length of the previous packet, and
+SPECIAL_D (S|A|W|U), unidirectional data, where only seq did.
 
 *The compressor's decisions* (section 3.2.3, appendix A.2 ``sl_compress_tcp``,
 and Linux ``slhc_compress``, whose choices are followed exactly): the slot is
@@ -47,23 +47,24 @@ uncompressed.  Any change in the fields that should not change forces an
 uncompressed packet: IP version/IHL, TOS, the flags and fragment field, TTL,
 IP options, TCP data offset, TCP options, and (beyond slhc, which would
 silently lose them) the TCP flag bits other than PSH and URG (ECE, CWR, the
-reserved bits).  So does a urgent pointer that changed while URG is clear, an
-ack or sequence number that moved backwards or by more than 0xFFFF (a
-retransmission after a wrap, or a big jump), and a header that changed in none
-of U/W/A/S unless it is the first data after a pure ACK (section 3.2.3: such a
-packet is "probably a retransmit ... send it uncompressed in case the other
-side missed the compressed version").  The IP id delta is computed like slhc:
-(new - old), reduced modulo 2^16 only for encoding, so the wrap 65535 -> 0 is
-sent as an explicit I delta of 1 (RFC 1144's code reduces first and sends no I
-field; both decode the same).  A packet whose IP Total Length is not its
+reserved bits).  So does an urgent pointer that changed while URG is clear, an
+ack or sequence number that moved backwards (a retransmission) or jumped by
+more than 0xFFFF, and a header that changed in none
+of U/W/A/S unless it is the first data after a pure ACK (anything else is
+"probably a retransmit, retransmitted ack or window probe.  Send it
+uncompressed in case the other side missed the compressed version", in the
+words of appendix A.2's ``sl_compress_tcp``).  The IP id delta is computed
+like slhc: (new - old), reduced modulo 2^16 only for encoding, so the wrap
+65535 -> 0 is sent as an explicit I delta of 1 (RFC 1144's code reduces first
+and sends no I field; both decode the same).  A packet whose IP Total Length is not its
 length is sent as plain IP (slhc would use the buffer length).
 
 *The decompressor* (section 3.2.4, appendix A.3) applies the deltas to the
 slot's saved header, rebuilds the IP Total Length from the received length and
-recomputes the IP header checksum (the only checksum it computes: "the IP
-header checksum is recomputed ... the TCP checksum is not").  All decoding is
-done on temporaries and committed to the slot only when the whole packet
-decoded, so a malformed packet never leaves a half-updated slot (slhc updates
+recomputes the IP header checksum, the only checksum it computes (the TCP
+checksum is the one the sender's TCP computed, carried verbatim).  All
+decoding is done on temporaries and committed to the slot only when the whole
+packet decoded, so a malformed packet never leaves a half-updated slot (slhc updates
 in place).  SPECIAL_I / SPECIAL_D packets clear URG: the compressor can only
 choose them when URG is clear (section 3.2.3; slhc and RFC 1144's code keep
 the previous packet's URG bit there).
@@ -303,8 +304,8 @@ class VjCompressor(object):
         last_data = state.total - header_len
         if changes == 0:
             # Nothing changed: the first data after a pure ACK is normal on an interactive connection;
-            # anything else is a retransmission, retransmitted ACK or window probe (RFC 1144 3.2.3),
-            # sent uncompressed "in case the other side missed the compressed version".
+            # anything else is a retransmission, retransmitted ACK or window probe, sent uncompressed
+            # "in case the other side missed the compressed version" (RFC 1144 appendix A.2).
             if not (total != state.total and last_data == 0):
                 return self._uncompressed(packet, slot, fixed, options, total, ident, seq, ack, window, urgent)
         elif changes == SPECIAL_I or changes == SPECIAL_D:
