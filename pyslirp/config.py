@@ -82,6 +82,7 @@ class PPPConfig:
     require_auth: str = "none"      # "none" | "pap" | "chap"
     secrets: Tuple[Tuple[str, str], ...] = ()
     compression: str = "deflate"    # CCP: "deflate" | "none"
+    vj: bool = True                 # Van Jacobson TCP/IP header compression
 
 
 @dataclass(frozen=True)
@@ -313,6 +314,7 @@ SECTIONS = (
         "require_auth": v_enum("none", "pap", "chap"),
         "secrets": v_secrets,
         "compression": v_enum("deflate", "none"),
+        "vj": v_bool,
     }),
     ("tcp", TcpSection, {
         "rcvbuf": v_int(4096, 16 << 20),
@@ -562,7 +564,7 @@ def link_config(cfg):
         lcp_echo_interval=ppp.lcp_echo_interval, lcp_echo_failure=ppp.lcp_echo_failure,
         max_configure=ppp.max_configure_requests, restart_interval=ppp.restart_interval,
         negotiate_magic=ppp.negotiate_magic, require_auth=ppp.require_auth, secrets=tuple(ppp.secrets),
-        compression=ppp.compression)
+        compression=ppp.compression, vj=ppp.vj)
 
 
 def tcp_config(cfg):

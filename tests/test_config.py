@@ -103,6 +103,7 @@ def test_example_file_changes_are_noticed(tmp_path):
     ("[ppp]\nsecrets = [\"a\"]\n", 'ppp.secrets: must be a table of user = "password", got an array'),
     ("[ppp.secrets]\nalice = 5\n", "ppp.secrets.alice: the password must be a string"),
     ("[ppp]\ncompression = \"bsd\"\n", 'ppp.compression: must be one of "deflate", "none", got "bsd"'),
+    ("[ppp]\nvj = \"yes\"\n", 'ppp.vj: must be true or false, got "yes"'),
     ("[services.0]\nhost = \"x\"\n", "services.0: the table name must be a port number between 1 and 65535"),
     ("[services.ssh]\nport = 22\n", "services.ssh: the table name must be a port number between 1 and 65535"),
     ("[services.22]\nport = 70000\n", "services.22.port: must be an integer between 1 and 65535, got 70000"),
@@ -320,7 +321,8 @@ def test_link_config_conversion(tmp_path):
     assert isinstance(lc, link.LinkConfig)
     assert (lc.mru, lc.dns, lc.max_configure, lc.restart_interval, lc.require_auth, lc.secrets) == (
         1400, ("1.1.1.1",), 7, 2, "chap", (("a", "b"),))
-    assert lc.compression == "deflate"
+    assert lc.compression == "deflate" and lc.vj is True
+    assert config.link_config(load_text(tmp_path, '[ppp]\nvj = false\n')).vj is False
     assert config.link_config(load_text(tmp_path, '[ppp]\ncompression = "none"\n')).compression == "none"
 
 

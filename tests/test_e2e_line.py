@@ -21,7 +21,7 @@ import socket
 import pytest
 
 from e2e import services
-from e2e.fixtures import lab  # noqa: F401  (pytest fixture)
+from e2e.fixtures import lab, unavailable  # noqa: F401  (pytest fixture)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -176,3 +176,74 @@ def test_compression_none_refuses_ccp_and_text_still_intact(lab):
     log = res.pppd_log()
     assert "rcvd [LCP ProtRej" in log and "compression enabled" not in log, log
     assert_transfer_intact(res, text, sink_results)
+
+
+# -- Van Jacobson ----------------------------------------------------------------------------------------------
+
+SSH_OPTIONS = ("-F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o LogLevel=ERROR "
+               "-o ConnectTimeout=20")
+
+
+def pppstats_vj(res):
+    """``pppstats``'s figures: {"in": {"IN": bytes, "PACK": n, "VJCOMP": n, "VJUNC": n, "VJERR": n},
+    "out": {"OUT": bytes, "PACK": n, "VJCOMP": n, "VJUNC": n, "NON-VJ": n}}."""
+    lines = [l for l in (res.read("stats-vj.out") or "").splitlines() if l.strip()]
+    assert len(lines) >= 2 and "VJCOMP" in lines[0], lines
+    head_in, head_out = lines[0].split("|")
+    val_in, val_out = lines[-1].split("|")
+    def table(head, values):
+        names, numbers = head.split(), [int(v) for v in values.split()]
+        assert len(names) == len(numbers), (head, values)
+        return dict(zip(names, numbers))
+    return {"in": table(head_in, val_in), "out": table(head_out, val_out)}
+
+
+def test_vj_both_ways_with_pppd_defaults_ssh_and_transfer_intact(lab, tmp_path):
+    reason = services.Sshd.available()
+    if reason:
+        unavailable(reason)
+    text = text_payload()
+    with services.Sshd(str(tmp_path / "sshd")) as sshd, services.ServiceSet() as svc:
+        sshd.start()
+        sink = svc.add(services.HashSink())
+        source = svc.add(TextSource(text))
+        # VJ alone, so that pppstats counts what VJ did (CCP would hide the headers from it).
+        slirp = lab.start_pyslirp({"ppp": {"compression": "none"}, "services": {
+            "22": {"host": "127.0.0.1", "port": sshd.port, "name": "SSH"},
+            "5001": {"host": "127.0.0.1", "port": sink.port, "name": "sink"},
+            "5002": {"host": "127.0.0.1", "port": source.port, "name": "text"}}})
+        client = write_file(lab, "transfer.py", TRANSFER_CLIENT)
+        textfile = write_file(lab, "text.bin", text)
+        ssh = "ssh {opts} -o UserKnownHostsFile=$RESULTS/known_hosts -i {key} {user}@{ip}".format(
+            opts=SSH_OPTIONS, key=shlex.quote(sshd.client_key), user=sshd.user, ip=LOCAL_IP)
+        res = lab.run_guest("""
+            # TCP timestamps change every segment and defeat VJ; a VJ link runs without them.
+            sysctl -qw net.ipv4.tcp_timestamps=0
+            pppd_start pppd noauth
+            wait_ppp_up 30 pppd || exit 1
+            record hello timeout 60 {ssh} 'echo hello; uname -n'
+            timeout 60 {ssh} cat {text} | sha256sum > "$RESULTS/sshcat.out" 2>&1
+            record transfer timeout 120 $PYTHON {client} {ip} 5001 5002 {text}
+            pppstats ppp0 > "$RESULTS/stats-vj.out" 2>&1
+            pppd_stop pppd 15
+        """.format(ssh=ssh, text=shlex.quote(textfile), client=shlex.quote(client), ip=LOCAL_IP),
+            slirp=slirp, timeout=200)
+        sink_results = list(sink.results)
+    log = res.pppd_log()
+    # pppd asked for VJ with 16 slots and slot-id compression, we acknowledged it, and asked for the same.
+    assert "sent [IPCP ConfReq id=0x1 <compress VJ 0f 01>" in log, log
+    assert "rcvd [IPCP ConfReq id=0x1 <compress VJ 0f 01> <addr 10.0.0.1>]" in log, log
+    assert "sent [IPCP ConfAck id=0x1 <compress VJ 0f 01> <addr 10.0.0.1>]" in log, log
+    assert "rcvd [IPCP ConfAck" in log and "<compress VJ 0f 01>" in log.split("rcvd [IPCP ConfAck")[1], log
+    assert res.rc("hello") == 0 and res.read("hello.out") == "hello\n%s\n" % socket.gethostname(), \
+        res.read("hello.out")
+    assert (res.read("sshcat.out") or "").split()[:1] == [hashlib.sha256(text).hexdigest()], res.read("sshcat.out")
+    assert_transfer_intact(res, text, sink_results)
+    stats = pppstats_vj(res)
+    # The guest's slhc decompressed our compressed headers (IN) and compressed its own (OUT), without errors.
+    # Nearly every TCP packet goes compressed (connection set-up and tear-down go plain, RFC 1144 3.2.3).
+    assert stats["in"]["VJCOMP"] > 0.8 * stats["in"]["PACK"] and stats["in"]["VJERR"] == 0, stats
+    assert stats["out"]["VJCOMP"] > 0.8 * stats["out"]["PACK"], stats
+    slog = slirp.log()
+    assert "Van Jacobson compression: send 16 slots, receive 16 slots" in slog, slirp.diagnostics()
+    print("pppstats: %r" % (stats,))

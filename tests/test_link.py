@@ -263,8 +263,8 @@ def test_pppd_like_client_reaches_link_up_with_dns():
     opts = wppp.parse_options(first[2])
     assert [k for k, _ in opts] == [2, 5, 7, 8]
     assert dict(opts)[2] == b"\0\0\0\0" and dict(opts)[5] != b"\0\0\0\0"
-    # IPCP: our request says 10.0.0.1; the client's address and DNS were Nak'd then acked.
-    assert client.link_ipcp == {3: ip4("10.0.0.1")}
+    # IPCP: our request asks for VJ (as pppd) and says 10.0.0.1; the client's address and DNS were Nak'd then acked.
+    assert client.link_ipcp == {2: b"\x00\x2d\x0f\x01", 3: ip4("10.0.0.1")}
     naks = client.of(IPCP, 3)
     assert len(naks) == 1
     assert wppp.parse_options(naks[0][2]) == [(3, ip4("10.0.0.2")), (129, ip4("192.0.2.53")),
@@ -301,9 +301,15 @@ def test_windows_like_options_are_rejected_and_link_comes_up():
     lcp_rej = wppp.parse_options(client.of(LCP, 4)[0][2])
     assert [k for k, _ in lcp_rej] == [13, 17, 19, 4]
     ipcp_rej = wppp.parse_options(client.of(IPCP, 4)[0][2])
-    assert [k for k, _ in ipcp_rej] == [2, 130, 132]
+    assert [k for k, _ in ipcp_rej] == [130, 132]       # VJ is accepted
     # the Reject repeats the options unmodified (RFC 1661 5.4)
-    assert ipcp_rej[0] == (2, b"\x00\x2d\x0f\x01")
+    assert ipcp_rej[0] == (130, b"\0\0\0\0")
+    assert link.ipcp.his_vj == (15, 1) and link.vj_active
+    # With VJ off the same request has its VJ option rejected as it was sent.
+    link, client = negotiated({"dns": ("192.0.2.53", "192.0.2.54"), "vj": False}, lcp_options=lcp_opts,
+                              ipcp_options=ipcp_opts)
+    ipcp_rej = wppp.parse_options(client.of(IPCP, 4)[0][2])
+    assert link.is_up and ipcp_rej[0] == (2, b"\x00\x2d\x0f\x01") and not link.vj_active
 
 
 def test_mru_below_minimum_is_naked_and_small_mru_accepted():

@@ -71,8 +71,9 @@ reaching Opened is ``lower_up`` for every other entry, leaving it
 the entries' timers.
 
 Compression sits between the table and the framing (``transforms``, in the
-order pppd and Linux apply them on output; input undoes them in reverse;
-:mod:`pyslirp.ppp.ccp` is the Deflate stage, RFC 1962/1979):
+order pppd and Linux apply them on output; input undoes them in reverse:
+Van Jacobson on IP packets, :class:`~pyslirp.ppp.ipcp.VjStage`, RFC 1144,
+then Deflate on the whole packet, :mod:`pyslirp.ppp.ccp`, RFC 1962/1979):
 each stage may rewrite ``(protocol, information)`` on the way out and undo it
 on the way in, or drop the packet; when a stage drops one, the stages that
 follow it on input are told (``toss``), and every frame the deframer drops
@@ -131,6 +132,7 @@ class LinkConfig:
     require_auth: str = "none"          # "none" | "pap" | "chap"
     secrets: Tuple[Tuple[str, str], ...] = ()   # (user, password)
     compression: str = "deflate"        # CCP: "deflate" | "none" (CCP is then Protocol-Rejected)
+    vj: bool = True                     # Van Jacobson TCP/IP header compression (IPCP option 2)
 
 
 class PPPLink(object):
@@ -165,8 +167,8 @@ class PPPLink(object):
             else:
                 self.protocols.append(Discard(proto, wppp.protocol_name(proto), self._auth_unexpected))
         self.protocols.append(self.ipcp)
-        # Compression stages, in output order (input runs them in reverse).
-        self.transforms = []
+        # Compression stages, in output order (input runs them in reverse): VJ on IP, then CCP on the packet.
+        self.transforms = [self.ipcp.vj]
         if config.compression == "deflate":
             self.ccp = Ccp(config, self._sender(wppp.PROTO_CCP), mru=self.deframer.mru)
             self.protocols.append(self.ccp)
@@ -200,6 +202,15 @@ class PPPLink(object):
         self._log_counts = {}
 
     # -- the contract --------------------------------------------------------------
+
+    @property
+    def vj_active(self):
+        """Van Jacobson compression runs in at least one direction (IPCP Opened with VJ negotiated).
+
+        TCP options that change with every segment (timestamps) force uncompressed VJ headers: a stack
+        on this link should not negotiate them while this is true.
+        """
+        return self.ipcp.vj.active
 
     @property
     def is_dead(self):
