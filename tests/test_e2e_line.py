@@ -247,3 +247,114 @@ def test_vj_both_ways_with_pppd_defaults_ssh_and_transfer_intact(lab, tmp_path):
     slog = slirp.log()
     assert "Van Jacobson compression: send 16 slots, receive 16 slots" in slog, slirp.diagnostics()
     print("pppstats: %r" % (stats,))
+
+
+# -- link up at once -------------------------------------------------------------------------------------------
+
+LINK_UP_LIMIT_MS = 500
+# The guest measures from just before pppd starts until pppd logs "local  IP address" (IPCP is up and ppp0 has
+# its address).  The loop uses only bash builtins ($EPOCHREALTIME, a read with a timeout on a FIFO), so that
+# measuring costs no fork in the slow UML guest.
+TIMED_PPPD = r"""
+    sleep {sleep}
+    mkfifo /run/tick && exec 9<>/run/tick
+    t0=$EPOCHREALTIME
+    pppd_start pppd noauth
+    for ((i = 0; i < 3000; i++)); do
+        [[ -e "$RESULTS/pppd.log" && $(<"$RESULTS/pppd.log") == *"local  IP address"* ]] && break
+        read -t 0.005 -u 9
+    done
+    t1=$EPOCHREALTIME
+    echo "$t0 $t1" > "$RESULTS/up_times"
+    wait_ppp_up 10 pppd
+    pppd_stop pppd 15
+"""
+
+
+def link_up_ms(res):
+    t0, t1 = (float(x) for x in (res.read("up_times") or "0 99").split())
+    return int(round((t1 - t0) * 1000))
+
+
+def start_line_pyslirp(lab, config, line):
+    """Start pyslirp on ``line`` ("device": a pty slave opened by path; "stdio": a socketpair on its stdin and
+    stdout); returns (Popen, the fd the guest's relay uses, log path)."""
+    import socket as socket_mod
+    import subprocess
+    import sys
+    import time
+    from e2e import uml
+    rundir = os.path.join(lab.basedir, "pyslirp-" + line)
+    os.makedirs(rundir, exist_ok=True)
+    cfg_path = os.path.join(rundir, "pyslirp.toml")
+    with open(cfg_path, "w") as f:
+        f.write(uml.toml_dumps(config))
+    log_path = os.path.join(rundir, "pyslirp.stderr.log")
+    cmd = [sys.executable, uml.PYSLIRP, "-c", cfg_path, "-d"]
+    err = open(log_path, "wb")
+    if line == "device":
+        master, slave = lab.openpty()
+        path = os.ttyname(slave)
+        proc = subprocess.Popen(cmd + [path], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                cwd=uml.ROOT, start_new_session=True)
+        relay_fd = master
+    else:
+        ours, theirs = socket_mod.socketpair()
+        proc = subprocess.Popen(cmd + ["--stdio"], stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=err,
+                                cwd=uml.ROOT, start_new_session=True)
+        theirs.close()
+        relay_fd = os.dup(ours.fileno())
+        ours.close()
+        lab._fds.append(relay_fd)
+    err.close()
+    end = time.monotonic() + 20
+    while time.monotonic() < end and proc.poll() is None:
+        with open(log_path, "rb") as f:
+            if b"Starting => Req-Sent" in f.read():
+                break
+        time.sleep(0.05)
+    return proc, relay_fd, log_path
+
+
+def stop_line_pyslirp(proc):
+    import signal
+    import subprocess
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    return proc.returncode
+
+
+@pytest.mark.parametrize("config,sleep", [
+    ({}, 0),                                                        # our requests lost while the guest booted
+    ({}, 12),                                                       # mid Req-Sent, counter half spent
+    ({"ppp": {"max_configure_requests": 3, "restart_interval": 2}}, 3.5),   # the counter has run out
+    ({"ppp": {"max_configure_requests": 2, "restart_interval": 1}}, 2),     # long since given up: Stopped
+], ids=["boot", "req-sent", "counter-out", "stopped"])
+def test_link_up_at_once_on_the_pty(lab, config, sleep):
+    slirp = lab.start_pyslirp(config)
+    res = lab.run_guest(TIMED_PPPD.format(sleep=sleep), slirp=slirp, timeout=120)
+    up_ms = link_up_ms(res)
+    assert res.addr("pppd") == (REMOTE_IP, LOCAL_IP), res.diagnostics()
+    print("pty, pyslirp waiting %s s + boot: link up %d ms after pppd started" % (sleep, up_ms))
+    assert up_ms <= LINK_UP_LIMIT_MS, (up_ms, res.pppd_log(), slirp.log())
+
+
+@pytest.mark.parametrize("line", ["device", "stdio"])
+def test_link_up_at_once_on_a_device_path_and_on_stdio(lab, line):
+    proc, fd, log_path = start_line_pyslirp(lab, {}, line)
+    try:
+        res = lab.boot_guest(TIMED_PPPD.format(sleep=1), tty_fd=fd, timeout=120).wait().check_ran()
+    finally:
+        rc = stop_line_pyslirp(proc)
+    with open(log_path, "r", errors="replace") as f:
+        slog = f.read()
+    up_ms = link_up_ms(res)
+    assert res.addr("pppd") == (REMOTE_IP, LOCAL_IP), res.diagnostics() + slog[-3000:]
+    print("%s: link up %d ms after pppd started" % (line, up_ms))
+    assert up_ms <= LINK_UP_LIMIT_MS, (up_ms, res.pppd_log(), slog[-3000:])
+    assert "Traceback" not in slog and rc == 0, slog[-3000:]
