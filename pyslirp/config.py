@@ -62,6 +62,7 @@ class SerialConfig:
     baudrate: int = 115200
     flow_control: str = "none"      # "none" | "hardware" | "software"
     pty_link: str = ""
+    answer: str = "auto"            # answer CLIENT / AT commands before PPP: "auto" | "none"
 
 
 @dataclass(frozen=True)
@@ -298,6 +299,7 @@ SECTIONS = (
         "baudrate": v_int(50, 20000000),
         "flow_control": v_enum("none", "hardware", "software"),
         "pty_link": v_str,
+        "answer": v_enum("auto", "none"),
     }),
     ("network", NetworkConfig, {
         "local_ip": v_unicast_ipv4,
@@ -564,7 +566,7 @@ def link_config(cfg):
         lcp_echo_interval=ppp.lcp_echo_interval, lcp_echo_failure=ppp.lcp_echo_failure,
         max_configure=ppp.max_configure_requests, restart_interval=ppp.restart_interval,
         negotiate_magic=ppp.negotiate_magic, require_auth=ppp.require_auth, secrets=tuple(ppp.secrets),
-        compression=ppp.compression, vj=ppp.vj)
+        compression=ppp.compression, vj=ppp.vj, answer=cfg.serial.answer, line_speed=cfg.serial.baudrate)
 
 
 def tcp_config(cfg):

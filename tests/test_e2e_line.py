@@ -358,3 +358,42 @@ def test_link_up_at_once_on_a_device_path_and_on_stdio(lab, line):
     print("%s: link up %d ms after pppd started" % (line, up_ms))
     assert up_ms <= LINK_UP_LIMIT_MS, (up_ms, res.pppd_log(), slog[-3000:])
     assert "Traceback" not in slog and rc == 0, slog[-3000:]
+
+
+# -- clients that talk before PPP ------------------------------------------------------------------------------
+
+def test_direct_cable_client_and_modem_dialler_bring_the_link_up_and_hang_up(lab):
+    slirp = lab.start_pyslirp({})
+    res = lab.run_guest("""
+        # A Windows direct cable connection: CLIENT, answered CLIENTSERVER.
+        pppd_start dcc noauth connect "chat -t 5 '' CLIENT CLIENTSERVER"
+        wait_ppp_up 30 dcc
+        pppd_stop dcc 15
+        # A modem: AT -> OK, dial -> CONNECT; the disconnect script escapes with +++ and hangs up.
+        pppd_start modem noauth connect "chat -t 5 '' AT OK ATZ OK 'ATE0V1' OK ATDT5551234 CONNECT" \\
+            disconnect "chat -t 5 '' '\\\\d+++\\\\d\\\\c' OK ATH0 OK"
+        wait_ppp_up 30 modem
+        pppd_stop modem 30
+        # Back to waiting: the next call is answered again.
+        pppd_start again noauth connect "chat -t 5 '' AT OK ATDT1 CONNECT"
+        wait_ppp_up 30 again
+        pppd_stop again 15
+    """, slirp=slirp, timeout=180)
+    for name in ("dcc", "modem", "again"):
+        log = res.pppd_log(name)
+        assert "Serial connection established." in log, (name, log)
+        assert res.addr(name) == (REMOTE_IP, LOCAL_IP), (name, res.diagnostics())
+        assert res.rc(name) == 5, (name, log)          # ended by our SIGTERM, not by a failed connect script
+    modem = res.pppd_log("modem")
+    assert "Connect script failed" not in modem and "Disconnect script failed" not in modem, modem
+    slog = slirp.log()
+    assert "CLIENT from a direct cable connection: CLIENTSERVER" in slog, slirp.diagnostics()
+    assert "dial 5551234: CONNECT 115200" in slog and "+++ escape" in slog, slirp.diagnostics()
+    assert "ATH: hanging up the session" in slog, slirp.diagnostics()
+    # What the guest's line carried towards it: the answers, in order, and nothing of PPP inside the modem dialogue.
+    to_guest = res.serial("to_guest")
+    i = to_guest.find(b"AT\r\r\nOK\r\n")
+    j = to_guest.find(b"\r\nCONNECT 115200\r\n", i)
+    assert to_guest.find(b"CLIENTSERVER") >= 0 and 0 <= i < j, to_guest[:400]
+    assert b"\x7e" not in to_guest[i:j], to_guest[i:j]
+    assert slirp.stop() == 0, slirp.diagnostics()

@@ -31,6 +31,19 @@ Closed, which refuses new sessions; ``is_dead`` then says it is safe to exit.
 ``LinkDown`` is emitted once per LCP session, when IPCP leaves Opened or LCP
 leaves Opened, whichever comes first.
 
+Before the first PPP frame (``answer = "auto"``): an
+:class:`~pyslirp.ppp.answer.Answerer` sits in front of the deframer and
+answers a client that talks first -- ``CLIENT`` (a Windows direct cable
+connection) with ``CLIENTSERVER``, a modem dialler's AT commands with ``OK``
+and its dial with ``CONNECT <line_speed>`` -- and passes everything from the
+first flag octet on, undelayed.  Its answers go out as raw (unframed) output.
+While the client is in modem command mode our frames are held back (dropped,
+counted ``held_in_command_mode``; IP is refused).  A new call while LCP still
+winds down the last session restarts LCP at once; a ``+++`` escape followed by
+``ATH`` hangs the session up (``LinkDown("hangup")``) and LCP listens again; a
+session that ends (LCP terminated) returns the answerer to waiting for the
+next caller.
+
 Framing (RFC 1662): the link owns the :class:`~pyslirp.wire.hdlc.Deframer`.
 Until LCP is Opened we send with ACCM 0xFFFFFFFF (every control character
 escaped: Linux ppp_async drops unescaped control characters before LCP is up)
@@ -84,17 +97,19 @@ Counters (plain attributes, read by the metrics): ``frames_in``,
 ``protocol_rejects_sent``, ``counters`` (drops by reason), ``lcp_counters``
 (echoes sent/missed/replies, automaton drops), ``ipcp_counters``,
 ``auth_counters``, ``ccp_counters`` (packets and bytes compressed and
-decompressed, resets); the Deframer has its own (``deframer``).
+decompressed, resets), ``answer_counters`` (commands, dials, escapes,
+hangups); the Deframer has its own (``deframer``).
 
 Contract note: beyond docs/ARCHITECTURE.md, :class:`PPPLink` also exposes
-``phase``, ``lcp``, ``ipcp``, ``auth``, ``ccp``, ``protocols``, ``transforms``
-and ``deframer`` for tests and metrics.
+``phase``, ``lcp``, ``ipcp``, ``auth``, ``ccp``, ``answer``, ``protocols``,
+``transforms`` and ``deframer`` for tests and metrics.
 """
 
 import logging
 from dataclasses import dataclass
 from typing import Tuple
 
+from pyslirp.ppp.answer import CALL, ESCAPED, HANGUP, Answerer
 from pyslirp.ppp.auth import IDLE, ChapServer, PapServer
 from pyslirp.ppp.ccp import Ccp
 from pyslirp.ppp.events import AuthResult, IPReceived, LinkDown, LinkUp
@@ -133,6 +148,8 @@ class LinkConfig:
     secrets: Tuple[Tuple[str, str], ...] = ()   # (user, password)
     compression: str = "deflate"        # CCP: "deflate" | "none" (CCP is then Protocol-Rejected)
     vj: bool = True                     # Van Jacobson TCP/IP header compression (IPCP option 2)
+    answer: str = "auto"                # "auto": answer CLIENT and AT commands before PPP; "none"
+    line_speed: int = 115200            # bit/s, reported in CONNECT
 
 
 class PPPLink(object):
@@ -143,6 +160,8 @@ class PPPLink(object):
             raise ValueError("require_auth must be none, pap or chap, not %r" % (config.require_auth,))
         if config.compression not in ("deflate", "none"):
             raise ValueError("compression must be deflate or none, not %r" % (config.compression,))
+        if config.answer not in ("auto", "none"):
+            raise ValueError("answer must be auto or none, not %r" % (config.answer,))
         self.config = config
         self._rng = rng
         self._tap = tap
@@ -175,6 +194,7 @@ class PPPLink(object):
             self.transforms.append(self.ccp)
         else:
             self.ccp = None
+        self.answer = self._new_answerer()
         self.phase = Phase.DEAD
         self.is_up = False
         self.mtu = 1500
@@ -189,6 +209,7 @@ class PPPLink(object):
         self.ipcp_counters = self.ipcp.counters
         self.auth_counters = self.auth.counters if self.auth is not None else {}
         self.ccp_counters = self.ccp.counters if self.ccp is not None else {}
+        self.answer_counters = self.answer.counters if self.answer is not None else {}
         self._closed = False
         self._lcp_open = False
         self._peer_open = False       # the peer has shown that its LCP is Opened too
@@ -217,11 +238,17 @@ class PPPLink(object):
         """Closed administratively and LCP finished: safe to exit."""
         return self._closed and self.lcp.state in (State.INITIAL, State.CLOSED)
 
+    def _new_answerer(self):
+        if self.config.answer != "auto":
+            return None
+        return Answerer(speed=self.config.line_speed)
+
     def lower_up(self, now):
         """The serial line is ready: LCP Open and Up (we send Configure-Requests)."""
         self._now = now
         if self._closed:
             return
+        self._reset_answerer()
         self.deframer.reset()
         self.deframer.accm = DEFAULT_ACCM
         self.lcp.fsm.open(now)
@@ -236,11 +263,25 @@ class PPPLink(object):
         self._end_reason = None
         self.deframer.reset()
         self.deframer.accm = DEFAULT_ACCM
+        self._reset_answerer()
         self._after(now)
+
+    def _reset_answerer(self):
+        if self.answer is not None:
+            self.answer = self._new_answerer()
+            self.answer_counters = self.answer.counters
 
     def receive_data(self, data, now):
         """Raw serial bytes."""
         self._now = now
+        if self.answer is not None and not self.answer.started:
+            data = self.answer.receive(data, now)
+            self._answer_results(now)
+            if not data:
+                self._after(now)
+                return
+        elif self.answer is not None:
+            self.answer.receive(data, now)      # online: passes everything, watches for the +++ escape
         feed = self.deframer.feed
         pos = 0
         end = len(data)
@@ -270,6 +311,9 @@ class PPPLink(object):
         if not self.is_up:
             self._count("ip_send_not_up")
             return False
+        if self.answer is not None and self.answer.quiet:
+            self._count("ip_send_command_mode")
+            return False
         if self._pending > MAX_PENDING_OUTPUT:
             self._count("ip_send_output_full")
             return False
@@ -290,10 +334,14 @@ class PPPLink(object):
         self._after(now)
 
     def get_timer(self):
-        return earliest(*[entry.get_timer() for entry in self.protocols])
+        answer = self.answer.get_timer() if self.answer is not None else None
+        return earliest(answer, *[entry.get_timer() for entry in self.protocols])
 
     def handle_timer(self, now):
         self._now = now
+        if self.answer is not None:
+            self.answer.handle_timer(now)
+            self._answer_results(now)
         for entry in self.protocols:
             entry.handle_timer(now)
         self._after(now)
@@ -387,6 +435,10 @@ class PPPLink(object):
         return output
 
     def _emit(self, protocol, info, urgent):
+        if self.answer is not None and self.answer.quiet:
+            # The client is in modem command mode: a modem would not carry our frames now.
+            self._count("held_in_command_mode")
+            return
         for stage in self.transforms:
             protocol, info = stage.compress(protocol, info)
         if self._peer_open and not (protocol == wppp.PROTO_LCP and info and info[0] in _LCP_BASIC_CODES):
@@ -404,6 +456,36 @@ class PPPLink(object):
         self._pending += len(framed)
         self._output.append((urgent, framed))
 
+    # -- the pre-PPP dialogue ------------------------------------------------------------
+
+    def _answer_results(self, now):
+        answer = self.answer
+        out = answer.take_output()
+        if out:
+            self._pending += len(out)
+            self._output.append((True, out))
+        for event in answer.take_events():
+            if event == ESCAPED:
+                self.deframer.reset()           # the "+++" it was holding as the start of a frame
+            elif event == HANGUP:
+                self._hangup(now)
+            elif event == CALL and self.lcp.state not in (State.REQ_SENT, State.STOPPED, State.CLOSED,
+                                                          State.INITIAL, State.STARTING):
+                # A new call while LCP still winds the last session down (Stopping lasts a restart
+                # interval) or holds one the client has forgotten: start afresh, as on a new line.
+                self._hangup(now)
+
+    def _hangup(self, now):
+        """The client hung up its "modem": the session ends as if the line had dropped, and we listen again."""
+        log.info("the client hung up: listening for a new call")
+        self._end_reason = "hangup"
+        self.lcp.fsm.down(now, "hangup")
+        self._end_reason = None
+        self.deframer.reset()
+        self.deframer.accm = DEFAULT_ACCM
+        if not self._closed:
+            self.lcp.fsm.up(now)
+
     # -- LCP owner hooks -------------------------------------------------------------
 
     def _set_phase(self, phase):
@@ -418,6 +500,9 @@ class PPPLink(object):
             self._set_phase(Phase.TERMINATE)
         elif new != State.OPENED:
             self._set_phase(Phase.DEAD)
+        if self.answer is not None and new in (State.CLOSING, State.STOPPING, State.CLOSED, State.STOPPED):
+            # The session is over: a client that talks before PPP is answered again.
+            self.answer.session_ended()
 
     def lcp_starting(self):
         pass
