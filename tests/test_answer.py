@@ -296,3 +296,19 @@ def test_a_disconnect_script_after_the_session_gets_its_oks():
     link.receive_data(b"ATH0\r", client.now + 2200)
     assert link.take_output() == [(True, b"ATH0\r\r\nOK\r\n")]
     assert link.lcp.state == State.REQ_SENT and link.answer.quiet
+
+
+def test_whole_and_byte_by_byte_give_the_same_dialogue():
+    rng = random.Random(2025)
+    words = [b"AT", b"ATZ", b"ATE0", b"ATE1", b"ATV0", b"ATDT555", b"ATH", b"A/", b"CLIENT", b"\r", b"\n", b"&K0",
+             b"S7=60", b"S0?", b"junk", b" "]
+    for _ in range(300):
+        stream = b"".join(rng.choice(words) for _ in range(rng.randrange(1, 25)))
+        if rng.random() < 0.5:
+            stream += FRAME + bytes(rng.getrandbits(8) for _ in range(rng.randrange(20)))
+        whole = Answerer()
+        got_whole = (whole.receive(stream, 0), whole.take_output(), whole.take_events(), whole.state)
+        bytewise = Answerer()
+        passed = b"".join(bytewise.receive(stream[i:i + 1], 0) for i in range(len(stream)))
+        got_bytes = (passed, bytewise.take_output(), bytewise.take_events(), bytewise.state)
+        assert got_whole == got_bytes, stream

@@ -212,3 +212,29 @@ def test_lcp_reaching_opened_is_lower_up_for_ipcp_and_auth():
     assert link.is_up
     kinds = [(p, info[0]) for p, info in fresh.received if p != LCP]
     assert kinds.index((wppp.PROTO_CHAP, 3)) < kinds.index((wppp.PROTO_IPCP, 1)), kinds
+
+
+def test_deframer_marks_agree_whole_and_byte_by_byte_on_random_streams():
+    import random
+    rng = random.Random(31)
+    for _ in range(100):
+        parts = []
+        for _ in range(rng.randrange(1, 12)):
+            body = wppp.build_frame(IP, bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 60))))
+            raw = hdlc.encode_frame(body, 0)
+            kind = rng.random()
+            if kind < 0.2:
+                raw = raw[:-3] + bytes([raw[-3] ^ 0x40]) + raw[-2:]          # bad FCS
+            elif kind < 0.3:
+                raw = raw[:-1] + b"\x7d\x7e"                               # aborted
+            elif kind < 0.35:
+                raw = hdlc.encode_frame(wppp.build_frame(IP, bytes(1700)), 0)  # too long
+            parts.append(raw)
+        stream = b"".join(parts)
+        whole = hdlc.Deframer(accm=0, mark_errors=True).feed(stream)
+        d = hdlc.Deframer(accm=0, mark_errors=True)
+        bytewise = []
+        for i in range(len(stream)):
+            bytewise.extend(d.feed(stream[i:i + 1]))
+        assert whole == bytewise
+        assert sum(1 for f in whole if f is None) == d.bad_fcs + d.aborted + d.too_long + d.too_short

@@ -198,19 +198,21 @@ class Answerer(object):
         self.counters["chatter_bytes"] += len(data)
         line = self._line
         line += data
-        while True:
-            if b"CLIENT" in line and not self._is_command(line):
-                self._client_server()
-                del line[:line.index(b"CLIENT") + len(b"CLIENT")]
-                continue
+        while self.state in (WAITING, COMMAND):
             ends = [i for i in (line.find(b"\r"), line.find(b"\n")) if i >= 0]
+            end = min(ends) if ends else len(line)
+            text = bytes(line[:end])
+            if b"CLIENT" in text and not self._is_command(text):
+                self._client_server()
+                break
             if not ends:
                 break
-            end = min(ends)
-            text = bytes(line[:end])
             del line[:end + 1]
             self._command_line(text)
-        if len(line) > MAX_LINE:
+        if self.state not in (WAITING, COMMAND):
+            # Connected: what follows is the call's data, and only PPP (from its first flag) counts.
+            del line[:]
+        elif len(line) > MAX_LINE:
             self.counters["dropped_lines"] += 1
             del line[:]
 
