@@ -78,6 +78,7 @@ class SerialConfig:
     baudrate: int = 115200
     flow_control: str = "none"      # "none" | "hardware" | "software"
     pty_link: str = ""
+    answer: str = "auto"            # answer CLIENT / AT commands before PPP: "auto" | "none"
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,8 @@ class PPPConfig:
     require_auth: str = "none"      # "none" | "pap" | "chap"
     secrets: Tuple[Tuple[str, str], ...] = ()
     resume_grace: int = 120         # seconds TCP sessions wait for the client after a lost line; 0 = none
+    compression: str = "deflate"    # CCP: "deflate" | "none"
+    vj: bool = True                 # Van Jacobson TCP/IP header compression
 
 
 @dataclass(frozen=True)
@@ -376,6 +379,7 @@ SECTIONS = (
         "baudrate": v_int(50, 20000000),
         "flow_control": v_enum("none", "hardware", "software"),
         "pty_link": v_str,
+        "answer": v_enum("auto", "none"),
     }),
     ("network", NetworkConfig, {
         "local_ip": v_unicast_ipv4,
@@ -392,6 +396,8 @@ SECTIONS = (
         "require_auth": v_enum("none", "pap", "chap"),
         "secrets": v_secrets,
         "resume_grace": v_int(0, 86400),
+        "compression": v_enum("deflate", "none"),
+        "vj": v_bool,
     }),
     ("tcp", TcpConfig, {
         "rcvbuf": v_int(4096, 16 << 20),
@@ -738,7 +744,8 @@ def link_config(cfg):
         local_ip=net.local_ip, remote_ip=net.remote_ip, dns=dns, mru=net.mtu,
         lcp_echo_interval=ppp.lcp_echo_interval, lcp_echo_failure=ppp.lcp_echo_failure,
         max_configure=ppp.max_configure_requests, restart_interval=ppp.restart_interval,
-        negotiate_magic=ppp.negotiate_magic, require_auth=ppp.require_auth, secrets=tuple(ppp.secrets))
+        negotiate_magic=ppp.negotiate_magic, require_auth=ppp.require_auth, secrets=tuple(ppp.secrets),
+        compression=ppp.compression, vj=ppp.vj, answer=cfg.serial.answer, line_speed=cfg.serial.baudrate)
 
 
 def stack_config(cfg, host_addresses=(), dns_upstream=()):

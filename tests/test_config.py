@@ -107,6 +107,9 @@ def test_example_file_changes_are_noticed(tmp_path):
     ("[ppp]\nrequire_auth = \"pap\"\n", 'ppp.secrets: require_auth = "pap" needs at least one user = "password"'),
     ("[ppp]\nsecrets = [\"a\"]\n", 'ppp.secrets: must be a table of user = "password", got an array'),
     ("[ppp.secrets]\nalice = 5\n", "ppp.secrets.alice: the password must be a string"),
+    ("[ppp]\ncompression = \"bsd\"\n", 'ppp.compression: must be one of "deflate", "none", got "bsd"'),
+    ("[ppp]\nvj = \"yes\"\n", 'ppp.vj: must be true or false, got "yes"'),
+    ("[serial]\nanswer = \"modem\"\n", 'serial.answer: must be one of "auto", "none", got "modem"'),
     ("[services.0]\nhost = \"x\"\n", "services.0: the table name must be a port number between 1 and 65535"),
     ("[services.ssh]\nport = 22\n", "services.ssh: the table name must be a port number between 1 and 65535"),
     ("[services.22]\nport = 70000\n", "services.22.port: must be an integer between 1 and 65535, got 70000"),
@@ -338,6 +341,12 @@ def test_link_config_conversion(tmp_path):
     assert isinstance(lc, link.LinkConfig)
     assert (lc.mru, lc.dns, lc.max_configure, lc.restart_interval, lc.require_auth, lc.secrets) == (
         1400, ("1.1.1.1",), 7, 2, "chap", (("a", "b"),))
+    assert lc.compression == "deflate" and lc.vj is True
+    assert config.link_config(load_text(tmp_path, '[ppp]\nvj = false\n')).vj is False
+    assert (lc.answer, lc.line_speed) == ("auto", 115200)
+    lc = config.link_config(load_text(tmp_path, '[serial]\nanswer = "none"\nbaudrate = 9600\n'))
+    assert (lc.answer, lc.line_speed) == ("none", 9600)
+    assert config.link_config(load_text(tmp_path, '[ppp]\ncompression = "none"\n')).compression == "none"
 
 
 def test_stack_and_tcp_config_conversion(tmp_path):

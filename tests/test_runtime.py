@@ -689,9 +689,10 @@ def test_pty_mode_speaks_lcp_and_terminates_on_sigterm(tmp_path):
     directions = set(r[1] for r in records)
     assert linktype == 204 and directions == {"in", "out"}
     protocols = set((r[1], r[2][:4]) for r in records)
-    lcp, ipcp = b"\xff\x03\xc0\x21", b"\xff\x03\x80\x21"
+    lcp, ipcp, ccp = b"\xff\x03\xc0\x21", b"\xff\x03\x80\x21", b"\xff\x03\x80\xfd"
     assert ("in", lcp) in protocols and ("out", lcp) in protocols
-    assert protocols <= {("in", lcp), ("out", lcp), ("out", ipcp)}     # our IPCP requests, once LCP opened
+    # our IPCP and CCP requests, once LCP opened
+    assert protocols <= {("in", lcp), ("out", lcp), ("out", ipcp), ("out", ccp)}
 
 
 def test_stdio_mode_keeps_stdout_for_ppp_only(tmp_path):

@@ -46,7 +46,7 @@ PYSLIRP = os.path.join(ROOT, "pyslirp.py")
 UML_BINARIES = ("/usr/bin/linux.uml", "/usr/bin/linux")
 MODULES_ROOT = "/usr/lib/uml/modules"
 # ppp_async pulls in ppp_generic, slhc and crc-ccitt; the compressors make pppd offer CCP as it does on a stock
-# distribution kernel (pyslirp must reject it).
+# distribution kernel (pyslirp negotiates Deflate and rejects BSD-Compress).
 PPP_MODULES = ("kernel/drivers/net/ppp/ppp_async.ko",)
 OPTIONAL_MODULES = ("kernel/drivers/net/ppp/ppp_deflate.ko", "kernel/drivers/net/ppp/bsd_comp.ko")
 
