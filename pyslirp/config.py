@@ -62,6 +62,8 @@ class SerialConfig:
     baudrate: int = 115200
     flow_control: str = "none"      # "none" | "hardware" | "software"
     pty_link: str = ""
+    lock: bool = True               # UUCP lock file for a device path
+    lock_dir: str = "/var/lock"
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,13 @@ def v_str(key, value):
     return value
 
 
+def v_abs_path(key, value):
+    v_str(key, value)
+    if not value.startswith("/"):
+        raise ConfigError(key, "must be an absolute path, got %s" % _show(value))
+    return value
+
+
 def v_secret(key, value):
     """A string that is never shown in messages."""
     if not isinstance(value, str):
@@ -296,6 +305,8 @@ SECTIONS = (
         "baudrate": v_int(50, 20000000),
         "flow_control": v_enum("none", "hardware", "software"),
         "pty_link": v_str,
+        "lock": v_bool,
+        "lock_dir": v_abs_path,
     }),
     ("network", NetworkConfig, {
         "local_ip": v_unicast_ipv4,

@@ -372,7 +372,9 @@ class LineManager(threading.Thread):
             if duration >= STABLE_AFTER:
                 backoff = BACKOFF_START
             if not endpoint.reopenable:
-                self._post(("line_final", self, self._reason, getattr(endpoint, "final_exit_code", 0)))
+                if endpoint.final_note:
+                    log.warning("%s", endpoint.final_note)
+                self._post(("line_final", self, self._reason, endpoint.final_exit_code))
                 return
             log.info("reopening %s in %g s", endpoint.name, backoff)
             if self._stop_event.wait(backoff):
