@@ -49,7 +49,7 @@ import time
 from pyslirp import logsetup, metrics
 from pyslirp.core import Core
 from pyslirp.ppp.events import AuthResult, LinkDown, LinkUp
-from pyslirp.runtime.serialio import DrainMeter, LineManager
+from pyslirp.runtime.serialio import DrainMeter, LineManager, LinePacer
 from pyslirp.runtime.services import CONNECT_TIMEOUT, ServiceManager
 
 log = logging.getLogger("pyslirp.runtime")
@@ -80,7 +80,8 @@ class Runtime(object):
         self.line_budget = line_budget
         self.baudrate = baudrate
         self.line = LineManager(self.post, opener=opener, endpoint=endpoint, coalesce=coalesce,
-                                writer_limit=max(4 * line_budget, 1 << 20), meter_factory=self._new_meter)
+                                writer_limit=max(4 * line_budget, 1 << 20), meter_factory=self._new_meter,
+                                pacer_factory=self._new_pacer if baudrate else None)
         self.stats_interval = stats_interval * 1000
         self.stop_timeout = stop_timeout
         self.endpoint = None
@@ -104,6 +105,11 @@ class Runtime(object):
                           max_target=self.line_budget, min_target=min(MIN_TARGET, self.line_budget),
                           delay=TARGET_DELAY)
 
+    def _new_pacer(self):
+        """The pacer of a line whose backlog cannot be seen: the configured speed is the line's speed."""
+        return LinePacer(self.baudrate / 10.0, max_target=self.line_budget,
+                         min_target=min(MIN_TARGET, self.line_budget), delay=int(TARGET_DELAY * 1000))
+
     # -- for other threads and signal handlers ------------------------------------
 
     def post(self, item):
@@ -125,6 +131,7 @@ class Runtime(object):
             rate = self.writer.rate
             out["runtime.line_rate"] = int(rate) if rate is not None else 0     # measured, bytes/s
             out["runtime.line_target"] = self.writer.target()                   # bound on the line's queue
+            out["runtime.line_paced"] = int(self.writer.pacer is not None)      # backlog unseen: paced at baud
         return out
 
     # -- the loop ---------------------------------------------------------------
