@@ -80,9 +80,13 @@ def build_parser():
     net.add_argument("--service", action="append", default=[], metavar="PORT=HOST:TPORT",
                      help="forward the client's connections to PORT on the gateway address to HOST:TPORT "
                           "(repeatable; adds to or replaces the configured services)")
-    net.add_argument("--socks-host", metavar="HOST", help="SOCKS5 proxy host (reserved: stored, not used yet)")
-    net.add_argument("--socks-port", type=int, metavar="PORT",
-                     help="SOCKS5 proxy port (reserved: stored, not used yet)")
+    net.add_argument("--socks-host", metavar="HOST",
+                     help="send the client's outbound connections through this SOCKS5 proxy (turns outbound on "
+                          "with the configured allow-list; password from the file or $PYSLIRP_PROXY_PASSWORD)")
+    net.add_argument("--socks-port", type=int, metavar="PORT", help="the SOCKS5 proxy's port (default 1080)")
+    net.add_argument("--http-proxy", metavar="HOST:PORT",
+                     help="send the client's outbound connections through this HTTP CONNECT proxy (turns "
+                          "outbound on, like --socks-host)")
     out = p.add_argument_group("logging and diagnostics")
     verbosity = out.add_mutually_exclusive_group()
     verbosity.add_argument("-d", "--debug", action="store_true", help="log at debug level")
@@ -121,11 +125,25 @@ def _settings(args, parser):
         s["logging.level"] = "warning"
     if args.log_file:
         s["logging.file"] = args.log_file
+    if args.socks_host is not None and args.http_proxy is not None:
+        parser.error("--socks-host and --http-proxy cannot be combined")
+    if args.socks_port is not None and args.socks_host is None:
+        parser.error("--socks-port needs --socks-host")
     if args.socks_host is not None:
         s["proxy.type"] = "socks5"
         s["proxy.host"] = args.socks_host
-    if args.socks_port is not None:
-        s["proxy.port"] = args.socks_port
+        if args.socks_port is not None:
+            s["proxy.port"] = args.socks_port
+    if args.http_proxy is not None:
+        host, sep, port = args.http_proxy.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            parser.error("--http-proxy: expected HOST:PORT, got %r" % args.http_proxy)
+        s["proxy.type"] = "http"
+        s["proxy.host"] = host.strip("[]")
+        s["proxy.port"] = int(port)
+    if args.socks_host is not None or args.http_proxy is not None:
+        s["outbound.enabled"] = True
+        s["outbound.via"] = "proxy"
     return s
 
 
@@ -146,7 +164,7 @@ def _main(argv):
     args = parser.parse_args(argv)
     settings = _settings(args, parser)
     try:
-        raw = config.read_file(args.config) if args.config else {}
+        raw = config.apply_environment(config.read_file(args.config) if args.config else {}, os.environ)
         if args.socks_host is not None and args.socks_port is None:
             proxy = raw.get("proxy")
             if not (isinstance(proxy, dict) and proxy.get("port")):
@@ -155,6 +173,8 @@ def _main(argv):
     except config.ConfigError as exc:
         _err("config error: %s" % exc)
         return 2
+    for line in config.deprecations(raw):
+        _err("warning: %s" % line)
     if args.check_config:
         sys.stdout.write(config.to_toml(cfg))
         sys.stdout.flush()
@@ -211,8 +231,31 @@ def _serial_opener(port, baudrate, flow_control, lock_dir=None):
     return opener
 
 
+def _dns(cfg):
+    """The upstream DNS servers and a factory of the relay (post -> DnsRelay), or ([], None) when off.
+
+    ValueError when the forwarder is on and no upstream server can be found.
+    """
+    if not cfg.dns.forwarder:
+        return [], None
+    from pyslirp.runtime.connectors import Connector
+    from pyslirp.runtime.dnsrelay import DnsRelay, upstream_servers
+    servers = upstream_servers(cfg.dns.upstream)    # the configured "ADDR" / "ADDR:PORT" strings
+    proxy = cfg.proxy if cfg.outbound.via == "proxy" and cfg.proxy.type != "none" else None
+
+    def factory(post):
+        if proxy is None:
+            return DnsRelay(servers, post)
+
+        def open_connection(host, port):
+            return Connector(proxy.type, proxy, cfg.proxy.connect_timeout).open(host, port)[0]
+        return DnsRelay(servers, post, via="proxy", open_connection=open_connection)
+    return servers, factory
+
+
 def _serve(cfg, args):
     from pyslirp.runtime.endpoints import PtyEndpoint, StdioEndpoint
+    from pyslirp.runtime.hostaddrs import interface_addresses
     from pyslirp.runtime.stackloop import Runtime
 
     port = cfg.serial.port
@@ -242,15 +285,36 @@ def _serve(cfg, args):
                                     lock_dir=cfg.serial.lock_dir if cfg.serial.lock else None)
 
         budget, coalesce = _line_params(cfg)
-        runtime = Runtime(config.link_config(cfg), config.stack_config(cfg), opener=opener, endpoint=endpoint,
+        try:
+            dns_servers, dns_relay = _dns(cfg)
+        except ValueError as exc:
+            _err("config error: dns.upstream: %s" % exc)
+            return 2
+        proxy = cfg.proxy if cfg.proxy.type != "none" else None
+        stack_config = config.stack_config(cfg, host_addresses=interface_addresses(), dns_upstream=dns_servers)
+        runtime = Runtime(config.link_config(cfg), stack_config, opener=opener, endpoint=endpoint,
                           line_budget=budget, coalesce=coalesce, stats_interval=cfg.monitoring.stats_interval,
-                          tap=tap, connection_log=cfg.logging.connection_log, baudrate=cfg.serial.baudrate)
+                          tap=tap, connection_log=cfg.logging.connection_log, baudrate=cfg.serial.baudrate,
+                          connect_timeout=cfg.proxy.connect_timeout, proxy=proxy)
+        if dns_relay is not None:
+            runtime.dns_relay = dns_relay(runtime.post)
         _install_signals(runtime)
-        services = ", ".join("%d -> %s:%d%s" % (s.port, s.host, s.target_port, " (%s)" % s.name if s.name else "")
+        services = ", ".join("%d -> %s:%d%s%s" % (s.port, s.host, s.target_port, " (%s)" % s.name if s.name else "",
+                                                  " via proxy" if s.via == "proxy" else "")
                              for s in cfg.services) or "none"
         log.info("pyslirp %s on %s: gateway %s, client %s, services: %s", __version__,
                  endpoint.name if endpoint is not None else port, cfg.network.local_ip, cfg.network.remote_ip,
                  services)
+        if cfg.udp_services:
+            log.info("UDP services: %s", ", ".join("%d -> %s:%d" % (s.port, s.host, s.target_port)
+                                                   for s in cfg.udp_services))
+        if cfg.outbound.enabled:
+            log.info("outbound: on, via %s, allow %s%s", cfg.proxy.type if cfg.outbound.via == "proxy" else "direct",
+                     ", ".join(cfg.outbound.allow) or "nothing",
+                     ", deny " + ", ".join(cfg.outbound.deny) if cfg.outbound.deny else "")
+        if dns_servers:
+            log.info("DNS forwarder on %s:53 -> %s", cfg.network.local_ip,
+                     ", ".join("%s:%d" % hp for hp in dns_servers))
         if port == "pty":
             print("pty: %s" % endpoint.path, flush=True)
         endpoint = None     # the runtime owns it now

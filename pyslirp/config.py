@@ -24,12 +24,23 @@ Decisions worth knowing:
   delay keystrokes behind bulk data on a slow serial line.
 * ``logging.max_size`` takes units B, KB, MB, GB in powers of 1024; 0 turns
   rotation off.
-* ``[proxy]`` and ``monitoring.metrics_listen`` are reserved: validated and
-  stored, not used yet.
+* ``[services.PORT]`` and ``[udp_services.PORT]`` tables are the one
+  :class:`pyslirp.net.flows.Service` type; a service may leave through the
+  proxy (``via = "proxy"``).
+* ``[outbound] allow``/``deny`` entries are parsed by
+  :class:`pyslirp.net.flows.AddressRule` (the policy matches with the same
+  parser that validated them).
+* ``proxy.password`` may come from the environment
+  (``PYSLIRP_PROXY_PASSWORD``), never from the command line.
+* ``monitoring.metrics_listen`` is reserved: validated and stored, not used
+  yet.
 
-The conversion functions at the bottom (:func:`link_config`,
-:func:`stack_config`, :func:`tcp_config`) import the protocol modules lazily,
-so this module stays importable (and testable) on its own.
+The ``[tcp]`` section is the TCP tunables' own value
+(:class:`pyslirp.net.tcp.conn.TcpConfig`, whose other fields are internal);
+``[limits]`` holds the flow limits (``tcp.max_connections`` and
+``tcp.max_per_service`` of older files are moved there, see
+:func:`deprecations`).  The conversion functions at the bottom
+(:func:`link_config`, :func:`stack_config`) build the protocol layers' values.
 """
 
 import difflib
@@ -40,6 +51,8 @@ from dataclasses import dataclass, field
 from typing import Tuple
 
 from pyslirp import compat
+from pyslirp.net.flows import AddressRule, Service
+from pyslirp.net.tcp.conn import TcpConfig
 
 SPECIAL_PORTS = ("pty", "stdio")
 
@@ -83,25 +96,14 @@ class PPPConfig:
     negotiate_magic: bool = True
     require_auth: str = "none"      # "none" | "pap" | "chap"
     secrets: Tuple[Tuple[str, str], ...] = ()
+    resume_grace: int = 120         # seconds TCP sessions wait for the client after a lost line; 0 = none
 
 
 @dataclass(frozen=True)
-class ServiceConfig:
-    port: int                       # the port the client connects to on local_ip
-    host: str = "127.0.0.1"
-    target_port: int = 0            # the port connected to on host
-    name: str = ""
-
-
-@dataclass(frozen=True)
-class TcpSection:
-    rcvbuf: int = 262144
-    sndbuf: int = 262144
-    mss: int = 0                    # 0 = from the link MTU
-    max_connections: int = 64
-    max_per_service: int = 16
-    idle_timeout: int = 0           # seconds, 0 = none
-    keepalive: int = 0              # seconds, 0 = off
+class LimitsConfig:
+    max_connections: int = 64       # TCP connections open at once (TIME_WAIT does not count)
+    max_per_service: int = 16       # ... per service (NAT and DNS count as one service each)
+    max_udp_flows: int = 64         # UDP and ping flows at once
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,22 @@ class ProxyConfig:
     port: int = 0
     username: str = ""
     password: str = ""
+    connect_timeout: int = 10       # seconds for the whole connect (TCP to the proxy + its handshake)
+
+
+@dataclass(frozen=True)
+class OutboundConfig:
+    enabled: bool = False
+    via: str = "direct"             # "direct" | "proxy"
+    allow: Tuple[str, ...] = ("0.0.0.0/0",)
+    deny: Tuple[str, ...] = ()
+    udp_timeout: int = 60           # seconds a UDP or ping flow lives without traffic
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    forwarder: bool = False
+    upstream: Tuple[str, ...] = ()  # "ADDR" or "ADDR:PORT"; empty: the nameservers of /etc/resolv.conf
 
 
 @dataclass(frozen=True)
@@ -128,7 +146,7 @@ class MonitoringConfig:
     stats_interval: int = 0         # seconds, 0 = off
 
 
-DEFAULT_SERVICES = (ServiceConfig(22, "127.0.0.1", 22, "SSH"),)
+DEFAULT_SERVICES = (Service(22, "127.0.0.1", 22, "SSH"),)
 
 
 @dataclass(frozen=True)
@@ -136,9 +154,13 @@ class Config:
     serial: SerialConfig = field(default_factory=SerialConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     ppp: PPPConfig = field(default_factory=PPPConfig)
-    services: Tuple[ServiceConfig, ...] = DEFAULT_SERVICES
-    tcp: TcpSection = field(default_factory=TcpSection)
+    services: Tuple[Service, ...] = DEFAULT_SERVICES
+    udp_services: Tuple[Service, ...] = ()
+    tcp: TcpConfig = field(default_factory=TcpConfig)     # the [tcp] keys are fields of the TCP tunables
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
 
@@ -285,6 +307,42 @@ def v_listen(key, value):
     return value
 
 
+def v_rules(key, value):
+    """An array of allow/deny entries: address or CIDR, optional :PORT or :LOW-HIGH."""
+    if not isinstance(value, list):
+        raise ConfigError(key, 'must be an array like ["0.0.0.0/0", "10.1.0.0/16:22"], got %s' % _show(value))
+    for i, item in enumerate(value):
+        try:
+            AddressRule.parse(item)
+        except ValueError as e:
+            raise ConfigError("%s[%d]" % (key, i), str(e))
+    return tuple(item.strip() for item in value)
+
+
+def parse_hostport(text, default_port):
+    """``"ADDR"`` or ``"ADDR:PORT"`` (IPv4) -> (addr, port); None when it is not one."""
+    if not isinstance(text, str):
+        return None
+    host, sep, port = text.strip().partition(":")
+    if _parse_ipv4(host) is None:
+        return None
+    if not sep:
+        return host, default_port
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        return None
+    return host, int(port)
+
+
+def v_upstreams(key, value):
+    if not isinstance(value, list):
+        raise ConfigError(key, 'must be an array of "ADDR" or "ADDR:PORT", got %s' % _show(value))
+    for i, item in enumerate(value):
+        if parse_hostport(item, 53) is None:
+            raise ConfigError("%s[%d]" % (key, i), 'must be an IPv4 address, optionally with ":PORT", got %s'
+                              % _show(item))
+    return tuple(item.strip() for item in value)
+
+
 def v_secrets(key, value):
     if not isinstance(value, dict):
         raise ConfigError(key, 'must be a table of user = "password", got %s' % _show(value))
@@ -322,15 +380,19 @@ SECTIONS = (
         "negotiate_magic": v_bool,
         "require_auth": v_enum("none", "pap", "chap"),
         "secrets": v_secrets,
+        "resume_grace": v_int(0, 86400),
     }),
-    ("tcp", TcpSection, {
+    ("tcp", TcpConfig, {
         "rcvbuf": v_int(4096, 16 << 20),
         "sndbuf": v_int(4096, 16 << 20),
         "mss": v_int(0, 1460),
-        "max_connections": v_int(1, 4096),
-        "max_per_service": v_int(1, 4096),
         "idle_timeout": v_int(0),
         "keepalive": v_int(0),
+    }),
+    ("limits", LimitsConfig, {
+        "max_connections": v_int(1, 4096),
+        "max_per_service": v_int(1, 4096),
+        "max_udp_flows": v_int(1, 4096),
     }),
     ("proxy", ProxyConfig, {
         "type": v_enum("none", "socks5", "http"),
@@ -338,6 +400,18 @@ SECTIONS = (
         "port": v_int(0, 65535),
         "username": v_str,
         "password": v_secret,
+        "connect_timeout": v_int(1, 300),
+    }),
+    ("outbound", OutboundConfig, {
+        "enabled": v_bool,
+        "via": v_enum("direct", "proxy"),
+        "allow": v_rules,
+        "deny": v_rules,
+        "udp_timeout": v_int(1, 86400),
+    }),
+    ("dns", DnsConfig, {
+        "forwarder": v_bool,
+        "upstream": v_upstreams,
     }),
     ("logging", LoggingConfig, {
         "level": v_enum("debug", "info", "warning", "error"),
@@ -351,8 +425,9 @@ SECTIONS = (
         "stats_interval": v_int(0),
     }),
 )
-SECTION_NAMES = tuple(s[0] for s in SECTIONS) + ("services",)
-SERVICE_KEYS = ("host", "port", "name")
+SECTION_NAMES = tuple(s[0] for s in SECTIONS) + ("services", "udp_services")
+SERVICE_KEYS = ("host", "port", "name", "via")
+UDP_SERVICE_KEYS = ("host", "port", "name")
 
 
 def _unknown(key, known):
@@ -360,34 +435,68 @@ def _unknown(key, known):
     return "unknown key" + (" (did you mean %s?)" % json.dumps(close[0]) if close else "")
 
 
-def _services(value):
+def _services(value, section="services", keys=SERVICE_KEYS):
     if not isinstance(value, dict):
-        raise ConfigError("services", "must be tables [services.PORT], got %s" % _show(value))
+        raise ConfigError(section, "must be tables [%s.PORT], got %s" % (section, _show(value)))
     out = []
     for port_text, table in value.items():
-        key = "services.%s" % port_text
+        key = "%s.%s" % (section, port_text)
         if not re.match(r"^\d{1,5}$", port_text) or not 1 <= int(port_text) <= 65535:
             raise ConfigError(key, "the table name must be a port number between 1 and 65535")
         if not isinstance(table, dict):
             raise ConfigError(key, "must be a table with host, port and name, got %s" % _show(table))
         for k in table:
-            if k not in SERVICE_KEYS:
-                raise ConfigError("%s.%s" % (key, k), _unknown(k, SERVICE_KEYS))
+            if k not in keys:
+                raise ConfigError("%s.%s" % (key, k), _unknown(k, keys))
         host = v_str(key + ".host", table.get("host", "127.0.0.1"))
         if not host:
             raise ConfigError(key + ".host", "must not be empty")
-        out.append(ServiceConfig(
+        out.append(Service(
             port=int(port_text), host=host,
             target_port=PORT(key + ".port", table.get("port", int(port_text))),
-            name=v_str(key + ".name", table.get("name", ""))))
+            name=v_str(key + ".name", table.get("name", "")),
+            via=v_enum("direct", "proxy")(key + ".via", table.get("via", "direct"))))
     out.sort(key=lambda s: s.port)
     return tuple(out)
+
+
+# Keys that moved: old place -> new place.  A file that still uses the old place works (the value moves), and
+# deprecations() names it so that the daemon can warn once.
+MOVED_KEYS = {("tcp", "max_connections"): ("limits", "max_connections"),
+              ("tcp", "max_per_service"): ("limits", "max_per_service")}
+
+
+def deprecations(raw):
+    """One warning line per moved key that a raw configuration still uses."""
+    out = []
+    for (old_sec, old_key), (new_sec, new_key) in sorted(MOVED_KEYS.items()):
+        table = raw.get(old_sec) if isinstance(raw, dict) else None
+        if isinstance(table, dict) and old_key in table:
+            out.append("%s.%s has moved to %s.%s; please update the configuration file"
+                       % (old_sec, old_key, new_sec, new_key))
+    return out
+
+
+def _move_keys(raw):
+    out = dict(raw)
+    for (old_sec, old_key), (new_sec, new_key) in MOVED_KEYS.items():
+        table = out.get(old_sec)
+        if not isinstance(table, dict) or old_key not in table:
+            continue
+        table = dict(table)
+        value = table.pop(old_key)
+        out[old_sec] = table
+        new = out.get(new_sec, {})
+        if isinstance(new, dict) and new_key not in new:
+            out[new_sec] = dict(new, **{new_key: value})
+    return out
 
 
 def validate(raw):
     """A raw nested dict (as parsed from TOML, overrides applied) -> Config."""
     if not isinstance(raw, dict):
         raise ConfigError("", "the configuration must be a table")
+    raw = _move_keys(raw)
     for name in raw:
         if name not in SECTION_NAMES:
             close = difflib.get_close_matches(name, SECTION_NAMES, n=1)
@@ -406,13 +515,15 @@ def validate(raw):
             values[key] = schema[key](full, value)
         parts[name] = cls(**values)
     parts["services"] = _services(raw["services"]) if "services" in raw else DEFAULT_SERVICES
+    parts["udp_services"] = (_services(raw["udp_services"], "udp_services", UDP_SERVICE_KEYS)
+                             if "udp_services" in raw else ())
     cfg = Config(**parts)
     _cross_checks(cfg)
     return cfg
 
 
 def _cross_checks(cfg):
-    net, ppp, tcp, proxy = cfg.network, cfg.ppp, cfg.tcp, cfg.proxy
+    net, ppp, tcp, limits, proxy = cfg.network, cfg.ppp, cfg.tcp, cfg.limits, cfg.proxy
     if net.local_ip == net.remote_ip:
         raise ConfigError("network.remote_ip", "must differ from network.local_ip (both are %s)"
                           % json.dumps(net.local_ip))
@@ -422,14 +533,22 @@ def _cross_checks(cfg):
     if tcp.mss and not 88 <= tcp.mss <= net.mtu - 40:
         raise ConfigError("tcp.mss", "must be 0 (auto) or between 88 and network.mtu - 40 (%d), got %d"
                           % (net.mtu - 40, tcp.mss))
-    if tcp.max_per_service > tcp.max_connections:
-        raise ConfigError("tcp.max_per_service", "must not exceed tcp.max_connections (%d), got %d"
-                          % (tcp.max_connections, tcp.max_per_service))
+    if limits.max_per_service > limits.max_connections:
+        raise ConfigError("limits.max_per_service", "must not exceed limits.max_connections (%d), got %d"
+                          % (limits.max_connections, limits.max_per_service))
     if proxy.type != "none":
         if not proxy.host:
             raise ConfigError("proxy.host", 'must be set when proxy.type is "%s"' % proxy.type)
         if not proxy.port:
             raise ConfigError("proxy.port", 'must be between 1 and 65535 when proxy.type is "%s"' % proxy.type)
+    else:
+        for svc in cfg.services:
+            if svc.via == "proxy":
+                raise ConfigError("services.%d.via" % svc.port, '"proxy" needs a proxy: set proxy.type and host')
+        if cfg.outbound.via == "proxy":
+            raise ConfigError("outbound.via", '"proxy" needs a proxy: set proxy.type and host')
+    if proxy.username and proxy.type == "none":
+        raise ConfigError("proxy.username", "is set but proxy.type is \"none\"")
     if cfg.serial.pty_link and cfg.serial.port not in ("", "pty"):
         raise ConfigError("serial.pty_link", 'only makes sense with port = "pty" (got port = %s)'
                           % json.dumps(cfg.serial.port))
@@ -469,7 +588,8 @@ def parse_service(text):
 
 
 def _services_raw(services):
-    return dict((str(s.port), {"host": s.host, "port": s.target_port, "name": s.name}) for s in services)
+    return dict((str(s.port), {"host": s.host, "port": s.target_port, "name": s.name, "via": s.via})
+                for s in services)
 
 
 def apply_overrides(raw, settings=None, services=()):
@@ -495,15 +615,37 @@ def apply_overrides(raw, settings=None, services=()):
         for text in services:
             port, host, tport = parse_service(text)
             old = table.get(str(port))
-            name = old.get("name", "") if isinstance(old, dict) else ""
-            table[str(port)] = {"host": host, "port": tport, "name": name}
+            entry = {"host": host, "port": tport, "name": old.get("name", "") if isinstance(old, dict) else ""}
+            if isinstance(old, dict) and "via" in old:
+                entry["via"] = old["via"]
+            table[str(port)] = entry
         out["services"] = table
     return out
 
 
-def load(path=None, settings=None, services=()):
-    """Defaults <- file (if any) <- command-line overrides, validated."""
+PASSWORD_ENV = "PYSLIRP_PROXY_PASSWORD"
+
+
+def apply_environment(raw, environ):
+    """``PYSLIRP_PROXY_PASSWORD`` supplies ``proxy.password`` when the file has none (a copy is returned)."""
+    password = environ.get(PASSWORD_ENV)
+    if not password:
+        return raw
+    proxy = raw.get("proxy", {})
+    if isinstance(proxy, dict) and proxy.get("password"):
+        return raw
+    out = dict(raw)
+    out["proxy"] = dict(proxy) if isinstance(proxy, dict) else proxy
+    if isinstance(out["proxy"], dict):
+        out["proxy"]["password"] = password
+    return out
+
+
+def load(path=None, settings=None, services=(), environ=None):
+    """Defaults <- file (if any) <- environment <- command-line overrides, validated."""
     raw = read_file(path) if path else {}
+    if environ is not None:
+        raw = apply_environment(raw, environ)
     return validate(apply_overrides(raw, settings, services))
 
 
@@ -550,12 +692,13 @@ def to_toml(cfg, mask_secrets=True):
     if not cfg.services:
         lines.append("[services]")
         lines.append("")
-    for svc in cfg.services:
-        lines.append("[services.%d]" % svc.port)
-        lines.append("host = %s" % _toml_value(svc.host))
-        lines.append("port = %d" % svc.target_port)
-        lines.append("name = %s" % _toml_value(svc.name))
-        lines.append("")
+    for section, services, keys in (("services", cfg.services, SERVICE_KEYS),
+                                     ("udp_services", cfg.udp_services, UDP_SERVICE_KEYS)):
+        for svc in services:
+            values = {"host": svc.host, "port": svc.target_port, "name": svc.name, "via": svc.via}
+            lines.append("[%s.%d]" % (section, svc.port))
+            lines.extend("%s = %s" % (key, _toml_value(values[key])) for key in keys)
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -566,25 +709,33 @@ def link_config(cfg):
     """The PPPLink configuration (pyslirp.ppp.link.LinkConfig)."""
     from pyslirp.ppp.link import LinkConfig
     net, ppp = cfg.network, cfg.ppp
+    # With the forwarder on, the client is offered local_ip as its DNS server unless [network] dns names one.
+    dns = tuple(net.dns) or ((net.local_ip,) if cfg.dns.forwarder else ())
     return LinkConfig(
-        local_ip=net.local_ip, remote_ip=net.remote_ip, dns=tuple(net.dns), mru=net.mtu,
+        local_ip=net.local_ip, remote_ip=net.remote_ip, dns=dns, mru=net.mtu,
         lcp_echo_interval=ppp.lcp_echo_interval, lcp_echo_failure=ppp.lcp_echo_failure,
         max_configure=ppp.max_configure_requests, restart_interval=ppp.restart_interval,
         negotiate_magic=ppp.negotiate_magic, require_auth=ppp.require_auth, secrets=tuple(ppp.secrets))
 
 
-def tcp_config(cfg):
-    """The TCP tunables (pyslirp.net.tcp.conn.TcpConfig) from the [tcp] section."""
-    from pyslirp.net.tcp.conn import TcpConfig
-    tcp = cfg.tcp
-    return TcpConfig(rcvbuf=tcp.rcvbuf, sndbuf=tcp.sndbuf, mss=tcp.mss, keepalive_ms=tcp.keepalive * 1000)
+def stack_config(cfg, host_addresses=(), dns_upstream=()):
+    """The IPStack configuration (pyslirp.net.stack.StackConfig).
 
-
-def stack_config(cfg):
-    """The IPStack configuration (pyslirp.net.stack.StackConfig)."""
-    from pyslirp.net.stack import ServiceSpec, StackConfig
+    ``host_addresses``: this host's interface addresses (never NAT targets unless named in outbound.allow);
+    ``dns_upstream``: the resolved upstream servers, the first of which serves DNS over TCP.
+    """
+    from pyslirp.net.flows import OutboundPolicy
+    from pyslirp.net.stack import StackConfig
+    out = cfg.outbound
+    proxy_via = cfg.proxy.type if cfg.proxy.type != "none" else ""
+    outbound = OutboundPolicy(
+        enabled=out.enabled, via=(proxy_via or "direct") if out.via == "proxy" else "direct",
+        allow=tuple(AddressRule.parse(t) for t in out.allow), deny=tuple(AddressRule.parse(t) for t in out.deny),
+        host_addresses=tuple(host_addresses))
     return StackConfig(
         local_ip=cfg.network.local_ip, remote_ip=cfg.network.remote_ip, mtu=cfg.network.mtu,
-        services=tuple(ServiceSpec(s.port, s.host, s.target_port, s.name) for s in cfg.services),
-        max_connections=cfg.tcp.max_connections, max_per_service=cfg.tcp.max_per_service,
-        idle_timeout=cfg.tcp.idle_timeout, tcp=tcp_config(cfg))
+        services=cfg.services, udp_services=cfg.udp_services, proxy_via=proxy_via, outbound=outbound,
+        dns_forwarder=cfg.dns.forwarder, dns_tcp_upstream=tuple(dns_upstream[0]) if dns_upstream else None,
+        max_connections=cfg.limits.max_connections, max_per_service=cfg.limits.max_per_service,
+        max_udp_flows=cfg.limits.max_udp_flows, udp_timeout=out.udp_timeout, resume_grace=cfg.ppp.resume_grace,
+        tcp=cfg.tcp)

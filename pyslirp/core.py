@@ -10,8 +10,21 @@ and IPCP); the link's events are dispatched at once:
   of ours and the peer's MRU, RFC 1661 section 6.1: the peer's MRU is what we
   may send) and reported to the runtime;
 * ``LinkDown``    -> ``IPStack.reset`` (every connection dropped, its service
-  socket closed through ``ServiceClose`` events), logged, reported;
+  socket closed through ``ServiceClose`` events) when the session was closed
+  administratively, else ``IPStack.suspend`` (see below); logged, reported;
 * anything else (``AuthResult``) -> reported to the runtime.
+
+Sessions that survive the line: when the link goes down without an
+administrative close (``LinkDown.administrative`` false: the client's pppd
+killed and restarted, the line cut, the adapter unplugged, an echo timeout)
+the stack keeps every TCP flow and its service socket for ``resume_grace``
+seconds (``StackConfig.resume_grace``; 0 resets at once, as before).  At the
+next ``LinkUp`` the flows carry on (``IPStack.resume``) if the new session is
+the same client: the same addresses and, with authentication, the same user;
+otherwise they are reset at once (``resumes_refused``).  The grace timer
+itself is the stack's: past it the stack resets by itself.  Our own close
+(SIGTERM) and the client's Terminate-Request reset at once, suspended or not;
+``lower_down`` (the serial device gone) is a lost line like any other.
 
 Output is pulled, never pushed: :meth:`take_serial_output` first takes the
 link's own framed control frames (LCP/IPCP/auth, urgent), then asks the stack
@@ -29,21 +42,21 @@ Timers: :meth:`get_timer` is the earlier of the link's and the stack's
 deadlines; :meth:`handle_timer` runs whichever is due.  Times are integer
 milliseconds supplied by the caller.
 
-Contract notes: the constructor takes the link's and the stack's configs
-separately (``Core(link_config, stack_config, rng, tap=None)``; ``link``
-and ``stack`` may be injected by tests); ``take_serial_output`` takes an
-optional ``now`` (default: the time of the latest call) for
-``PPPLink.send_ip`` and ``allow_one_over`` (see the method);
+Flow reports from the runtime (service threads, UDP sockets, the pinger, the DNS
+relay) are passed through to the stack as they come.
+
+Contract notes: ``Core(link_config, stack_config, rng, tap=None, link=None,
+stack=None)``: ``link`` and ``stack`` may be injected by tests;
+``take_serial_output`` takes an optional ``now`` (default: the time of the
+latest call) for ``PPPLink.send_ip`` and ``allow_one_over`` (see the method);
 ``set_line_rate(bytes_per_second)`` passes the measured line rate to the
-stack.  The stack is told the session MTU through ``IPStack.set_mtu``
-when it has one; otherwise, as the stack holds no connection at ``LinkUp``,
-the Core builds a fresh stack with the MTU replaced in its config.
+stack; at ``LinkUp`` the stack is told the session MTU (``IPStack.set_mtu``).
 """
 
-import dataclasses
 import logging
 
-from pyslirp.ppp.events import IPReceived, LinkDown, LinkUp
+from pyslirp.net import refusal
+from pyslirp.ppp.events import AuthResult, IPReceived, LinkDown, LinkUp
 from pyslirp.timers import earliest
 
 log = logging.getLogger("pyslirp.core")
@@ -59,26 +72,20 @@ class Core(object):
             from pyslirp.ppp.link import PPPLink
             link = PPPLink(link_config, rng, tap=tap)
         self.link = link
-        self._stack_given = stack is not None
         if stack is None:
-            stack = self._new_stack(stack_config)
+            from pyslirp.net.stack import IPStack
+            stack = IPStack(stack_config, rng)
         self.stack = stack
-        self._stack_mtu = getattr(stack_config, "mtu", None)
+        self._stack_mtu = stack_config.mtu     # the MTU the stack was last told (or built with)
         self._stack_live = False        # the stack may hold connections (since LinkUp)
         self._events = []
         self._now = 0
         self.session_mtu = None
         self.line_rate = None
         self.sessions = 0
-        self.counters = {"ip_out_link_down": 0}
-
-    def _new_stack(self, stack_config):
-        from pyslirp.net.stack import IPStack
-        stack = IPStack(stack_config, self._rng)
-        rate = getattr(self, "line_rate", None)
-        if rate is not None:
-            stack.set_line_rate(rate)
-        return stack
+        self.counters = {"ip_out_link_down": 0, "resumes_refused": 0}
+        self._auth_user = None          # the user authenticated in the current LCP session
+        self._session = None            # (local_ip, remote_ip, user) of the session whose flows the stack holds
 
     # -- the line -------------------------------------------------------------
 
@@ -89,11 +96,10 @@ class Core(object):
         self._pump(now)
 
     def lower_down(self, now):
-        """The serial line is gone (device unplugged, EOF)."""
+        """The serial line is gone (device unplugged, EOF): a lost line (the flows may be kept)."""
         self._now = now
         self.link.lower_down(now)
         self._pump(now)
-        self._reset_stack(now)
 
     def receive_serial(self, data, now):
         """Raw bytes read from the serial line."""
@@ -167,9 +173,7 @@ class Core(object):
     def set_line_rate(self, rate):
         """The line's measured drain rate in bytes/s (the runtime measures it; see runtime/serialio.py)."""
         self.line_rate = rate
-        setter = getattr(self.stack, "set_line_rate", None)
-        if setter is not None:
-            setter(rate)
+        self.stack.set_line_rate(rate)
 
     def take_events(self):
         """Link events of interest (LinkUp, LinkDown, AuthResult), then the stack's service events."""
@@ -186,9 +190,9 @@ class Core(object):
         self._now = now
         self.stack.service_connected(conn_id, now)
 
-    def service_failed(self, conn_id, reason, now):
+    def service_failed(self, conn_id, reason, now, outcome=refusal.RESET):
         self._now = now
-        self.stack.service_failed(conn_id, reason, now)
+        self.stack.service_failed(conn_id, reason, now, outcome)
 
     def service_data(self, conn_id, data, now):
         self._now = now
@@ -206,6 +210,30 @@ class Core(object):
         self._now = now
         self.stack.service_error(conn_id, reason, now)
 
+    def udp_data(self, flow_id, payload, now):
+        self._now = now
+        self.stack.udp_data(flow_id, payload, now)
+
+    def udp_error(self, flow_id, outcome, now):
+        self._now = now
+        self.stack.udp_error(flow_id, outcome, now)
+
+    def ping_reply(self, flow_id, seq, payload, now):
+        self._now = now
+        self.stack.ping_reply(flow_id, seq, payload, now)
+
+    def flow_failed(self, flow_id, reason, outcome, now):
+        self._now = now
+        self.stack.flow_failed(flow_id, reason, outcome, now)
+
+    def dns_answer(self, payload, now):
+        self._now = now
+        self.stack.dns_answer(payload, now)
+
+    def dns_failed(self, upstream_id, now):
+        self._now = now
+        self.stack.dns_failed(upstream_id, now)
+
     # -- internals --------------------------------------------------------------
 
     def _pump(self, now):
@@ -222,10 +250,11 @@ class Core(object):
                     self._link_up(event, now)
                     self._events.append(event)
                 elif isinstance(event, LinkDown):
-                    log.debug("link down: %s", event.reason)
-                    self._reset_stack(now)
+                    self._link_down(event, now)
                     self._events.append(event)
                 else:
+                    if isinstance(event, AuthResult) and event.ok:
+                        self._auth_user = event.user
                     self._events.append(event)
 
     def _link_up(self, event, now):
@@ -235,17 +264,31 @@ class Core(object):
         self.session_mtu = mtu
         self.sessions += 1
         if mtu != self._stack_mtu:
-            setter = getattr(self.stack, "set_mtu", None)
-            if setter is not None:
-                setter(mtu)
-            elif not self._stack_given:
-                self._events.extend(self.stack.take_events())
-                self.stack = self._new_stack(dataclasses.replace(self.stack_config, mtu=mtu))
+            self.stack.set_mtu(mtu)
             self._stack_mtu = mtu
+        session = (event.local_ip, event.remote_ip, self._auth_user)
+        if self.stack.suspended:
+            if session == self._session:
+                self.stack.resume(now)
+            else:
+                self.counters["resumes_refused"] += 1
+                log.info("the new session is not the one that was lost (%s): closing its connections",
+                         "another user" if session[:2] == self._session[:2] else "other addresses")
+                self.stack.reset(now, "link down, another client")
+        self._session = session
         self._stack_live = True
         log.debug("session up: %s <-> %s, mtu %d", event.local_ip, event.remote_ip, mtu)
 
+    def _link_down(self, event, now):
+        log.debug("link down: %s%s", event.reason, " (administrative)" if event.administrative else "")
+        self._auth_user = None
+        if event.administrative:
+            self._reset_stack(now)
+        elif self._stack_live:
+            self._stack_live = False
+            self.stack.suspend(now)
+
     def _reset_stack(self, now):
-        if self._stack_live:
+        if self._stack_live or self.stack.suspended:
             self._stack_live = False
             self.stack.reset(now)

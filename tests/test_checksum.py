@@ -40,3 +40,14 @@ def test_pseudo_header_feeds_into_sum():
     seg = b"\x12\x34\x00\x16" + bytes(16)
     whole = src + dst + bytes([0, 6]) + len(seg).to_bytes(2, "big") + seg
     assert internet_checksum(seg, pseudo_header_sum(src, dst, 6, len(seg))) == _reference(whole)
+
+
+def test_pseudo_header_refuses_addresses_that_are_not_ipv4():
+    import pytest
+    from pyslirp.wire.checksum import pseudo_header_sum
+    v4 = b"\x0a\x00\x00\x01"
+    v6 = b"\x20\x01" + b"\x00" * 13 + b"\x01"
+    for src, dst in ((v6, v4), (v4, v6), (v6, v6), (b"\x0a\x00\x00", v4)):
+        with pytest.raises(ValueError):
+            pseudo_header_sum(src, dst, 6, 20)
+    assert pseudo_header_sum(v4, v4, 6, 20) == pseudo_header_sum(bytearray(v4), v4, 6, 20)

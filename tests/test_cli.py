@@ -17,9 +17,10 @@ PYTHON = os.environ.get("PYSLIRP_TEST_PYTHON", sys.executable)
 toml = compat.toml_module()
 
 
-def run(*args, script=SCRIPT, flags=(), cwd=None, timeout=30):
+def run(*args, script=SCRIPT, flags=(), cwd=None, timeout=30, env=None):
+    environ = dict(os.environ, **env) if env else None
     proc = subprocess.run([PYTHON] + list(flags) + [script] + list(args), stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, timeout=timeout)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, timeout=timeout, env=environ)
     return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
 
 
@@ -73,9 +74,10 @@ def test_check_config_applies_options(tmp_path):
     assert raw["serial"] == {"port": "/dev/ttyUSB3", "baudrate": 9600, "flow_control": "hardware",
                              "pty_link": "", "lock": True, "lock_dir": "/var/lock"}
     assert raw["logging"]["level"] == "debug"
-    assert raw["services"]["80"] == {"host": "web", "port": 8080, "name": ""}
+    assert raw["services"]["80"] == {"host": "web", "port": 8080, "name": "", "via": "direct"}
     assert raw["services"]["22"]["port"] == 22
     assert (raw["proxy"]["type"], raw["proxy"]["host"], raw["proxy"]["port"]) == ("socks5", "127.0.0.1", 1080)
+    assert (raw["outbound"]["enabled"], raw["outbound"]["via"]) == (True, "proxy")   # --socks-host turns it on
     assert raw["ppp"]["secrets"] == {"alice": config.MASK}
 
 
@@ -197,3 +199,55 @@ def test_plain_copy_serves_a_pty_with_the_standard_library_only(tmp_path):
         proc.stdout.close()
         proc.stderr.close()
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("text,key", [
+    ('[proxy]\ntype = "socks5"\n', "proxy.host"),
+    ('[proxy]\ntype = "http"\nhost = "127.0.0.1"\n', "proxy.port"),
+    ('[outbound]\nallow = ["10.0.0.0/8:80-70000"]\n', "outbound.allow[0]"),
+    ('[outbound]\ndeny = ["example.com"]\n', "outbound.deny[0]"),
+    ('[dns]\nupstream = ["dns.example"]\n', "dns.upstream[0]"),
+    ('[dns]\nupstream = ["192.0.2.1:99999"]\n', "dns.upstream[0]"),
+    ('[outbound]\nvia = "proxy"\n', "outbound.via"),
+    ('[services.80]\nhost = "web"\nvia = "proxy"\n', "services.80.via"),
+    ('[udp_services.53]\nhost = "127.0.0.1"\nvia = "proxy"\n', "udp_services.53.via"),
+])
+def test_bad_outbound_configuration_is_one_line_and_exit_2(tmp_path, text, key):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    code, out, err = run("-c", str(cfg), "--pty")
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pyslirp: config error: %s: " % key), err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("args,problem", [
+    (["--http-proxy", "localhost"], "--http-proxy"),
+    (["--socks-port", "1080"], "--socks-port needs --socks-host"),
+    (["--socks-host", "127.0.0.1", "--http-proxy", "127.0.0.1:8080"], "cannot be combined"),
+])
+def test_bad_proxy_options_are_one_line_and_exit_2(args, problem):
+    code, out, err = run("--pty", *args)
+    assert code == 2 and problem in err.strip().splitlines()[-1] and "Traceback" not in err
+
+
+def test_proxy_password_comes_from_the_environment_and_is_masked(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[proxy]\nusername = "alice"\n')
+    code, out, err = run("-c", str(cfg), "--http-proxy", "127.0.0.1:3128", "--check-config",
+                         env={"PYSLIRP_PROXY_PASSWORD": "s3cret-pw"})
+    assert code == 0, err
+    raw = toml.loads(out)
+    assert raw["proxy"]["type"] == "http" and raw["proxy"]["password"] == config.MASK
+    assert "s3cret-pw" not in out + err
+
+
+def test_dns_forwarder_uses_the_configured_upstream_servers():
+    from pyslirp import cli
+    cfg = config.validate({"dns": {"forwarder": True, "upstream": ["127.0.0.1:5353", "192.0.2.1"]}})
+    servers, factory = cli._dns(cfg)
+    assert servers == [("127.0.0.1", 5353), ("192.0.2.1", 53)] and factory is not None
+    stack = config.stack_config(cfg, dns_upstream=servers)
+    assert stack.dns_forwarder and stack.dns_tcp_upstream == ("127.0.0.1", 5353)
+    assert cli._dns(config.validate({})) == ([], None)

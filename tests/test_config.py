@@ -8,6 +8,7 @@ import pytest
 
 from pyslirp import compat, config
 from pyslirp.config import ConfigError
+from pyslirp.net.flows import Service
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "pyslirp.toml")
@@ -37,8 +38,12 @@ def test_example_file_lists_every_key():
     with open(EXAMPLE, "rb") as f:
         raw = toml.load(f)
     for name, cls, schema in config.SECTIONS:
-        assert set(raw[name]) == set(f.name for f in dataclasses.fields(cls)) == set(schema), name
-    assert raw["services"] == {"22": {"host": "127.0.0.1", "port": 22, "name": "SSH"}}
+        fields = set(f.name for f in dataclasses.fields(cls))
+        assert set(raw[name]) == set(schema) <= fields, name
+        if cls is not config.TcpConfig:          # [tcp] is the TCP tunables' value: most of its fields are internal
+            assert set(schema) == fields, name
+    assert raw["services"] == {"22": {"host": "127.0.0.1", "port": 22, "name": "SSH", "via": "direct"}}
+    assert raw["udp_services"] == {}
     assert set(raw) == set(config.SECTION_NAMES)
 
 
@@ -114,7 +119,8 @@ def test_example_file_changes_are_noticed(tmp_path):
     ("[tcp]\nmss = 50\n", "tcp.mss: must be 0 (auto) or between 88 and network.mtu - 40 (1460), got 50"),
     ("[network]\nmtu = 576\n[tcp]\nmss = 1460\n",
      "tcp.mss: must be 0 (auto) or between 88 and network.mtu - 40 (536), got 1460"),
-    ("[tcp]\nmax_per_service = 65\n", "tcp.max_per_service: must not exceed tcp.max_connections (64), got 65"),
+    ("[limits]\nmax_per_service = 65\n", "limits.max_per_service: must not exceed limits.max_connections (64), got 65"),
+    ("[tcp]\nmax_per_service = 65\n", "limits.max_per_service: must not exceed limits.max_connections (64), got 65"),
     ("[tcp]\nidle_timeout = -5\n", "tcp.idle_timeout: must be an integer >= 0, got -5"),
     ("[proxy]\ntype = \"socks5\"\n", 'proxy.host: must be set when proxy.type is "socks5"'),
     ("[proxy]\ntype = \"http\"\nhost = \"p\"\n", 'proxy.port: must be between 1 and 65535 when proxy.type is "http"'),
@@ -198,8 +204,8 @@ name = "other ssh"
     assert cfg.ppp.secrets == (("alice", "pw1"), ("bob smith", "pw2"))
     assert cfg.logging.max_size == 512 * 1024
     # A [services] section replaces the default SSH service.
-    assert cfg.services == (config.ServiceConfig(80, "10.1.2.3", 8080, ""),
-                            config.ServiceConfig(2222, "127.0.0.1", 2222, "other ssh"))
+    assert cfg.services == (Service(80, "10.1.2.3", 8080, ""),
+                            Service(2222, "127.0.0.1", 2222, "other ssh"))
 
 
 def test_empty_services_table_means_no_services(tmp_path):
@@ -225,9 +231,9 @@ def test_override_values_are_validated_too(tmp_path):
 
 def test_service_overrides():
     cfg = config.load(None, services=["80=192.168.0.5:8080", "22=2222", "443=[::1]:8443"])
-    assert cfg.services == (config.ServiceConfig(22, "127.0.0.1", 2222, "SSH"),
-                            config.ServiceConfig(80, "192.168.0.5", 8080, ""),
-                            config.ServiceConfig(443, "::1", 8443, ""))
+    assert cfg.services == (Service(22, "127.0.0.1", 2222, "SSH"),
+                            Service(80, "192.168.0.5", 8080, ""),
+                            Service(443, "::1", 8443, ""))
 
 
 def test_service_override_adds_to_file_services(tmp_path):
@@ -326,13 +332,28 @@ def test_link_config_conversion(tmp_path):
 def test_stack_and_tcp_config_conversion(tmp_path):
     from pyslirp.net import stack
     from pyslirp.net.tcp import conn
-    cfg = load_text(tmp_path, "[tcp]\nrcvbuf = 100000\nsndbuf = 50000\nmss = 1000\nmax_connections = 9\n"
-                              "max_per_service = 3\nidle_timeout = 60\nkeepalive = 45\n"
+    cfg = load_text(tmp_path, "[tcp]\nrcvbuf = 100000\nsndbuf = 50000\nmss = 1000\n"
+                              "idle_timeout = 60\nkeepalive = 45\n[limits]\nmax_connections = 9\nmax_per_service = 3\n"
+                              "max_udp_flows = 5\n"
                               '[services.80]\nhost = "web"\nport = 8080\nname = "Web"\n')
     sc = config.stack_config(cfg)
     assert isinstance(sc, stack.StackConfig)
-    assert sc.services == (stack.ServiceSpec(80, "web", 8080, "Web"),)
-    assert (sc.max_connections, sc.max_per_service, sc.idle_timeout) == (9, 3, 60)
-    assert isinstance(sc.tcp, conn.TcpConfig)
-    assert (sc.tcp.rcvbuf, sc.tcp.sndbuf, sc.tcp.mss, sc.tcp.keepalive_ms) == (100000, 50000, 1000, 45000)
+    assert sc.services == (stack.Service(80, "web", 8080, "Web"),)
+    assert (sc.max_connections, sc.max_per_service, sc.max_udp_flows, sc.tcp.idle_timeout) == (9, 3, 5, 60)
+    assert isinstance(sc.tcp, conn.TcpConfig) and sc.tcp is cfg.tcp          # [tcp] is the TCP tunables' value
+    assert (sc.tcp.rcvbuf, sc.tcp.sndbuf, sc.tcp.mss, sc.tcp.keepalive) == (100000, 50000, 1000, 45)
     assert sc.tcp.nagle == conn.TcpConfig().nagle           # untouched tunables keep their defaults
+
+
+def test_moved_limit_keys_still_work_and_are_named(tmp_path):
+    text = "[tcp]\nmax_connections = 9\nmax_per_service = 3\n"
+    cfg = load_text(tmp_path, text)
+    assert (cfg.limits.max_connections, cfg.limits.max_per_service) == (9, 3)
+    raw = {"tcp": {"max_connections": 9, "max_per_service": 3}}
+    assert config.deprecations(raw) == [
+        "tcp.max_connections has moved to limits.max_connections; please update the configuration file",
+        "tcp.max_per_service has moved to limits.max_per_service; please update the configuration file"]
+    # The new place wins when both are given.
+    cfg = load_text(tmp_path, "[tcp]\nmax_connections = 9\n[limits]\nmax_connections = 20\n")
+    assert cfg.limits.max_connections == 20
+    assert config.deprecations({"limits": {"max_connections": 9}}) == []

@@ -11,6 +11,7 @@ import pytest
 
 from test_core import PEER, US, Client, real_core
 
+from pyslirp.net import refusal
 from pyslirp.net.events import ServiceConnect, ServiceSend
 from pyslirp.wire import ppp as wppp
 from pyslirp.wire.icmp import IcmpRepr
@@ -45,6 +46,7 @@ class Fuzzer(object):
         self.client = Client(real_core())
         self.client.bring_up()
         self.conns = []          # (client port, our isn + 1, next client seq, conn_id)
+        self.addressed = {US}    # every destination the client sent to: a flow answers from its own address
 
     def open_conn(self):
         c, rng = self.client, self.rng
@@ -52,12 +54,12 @@ class Fuzzer(object):
         c.send_tcp(TcpRepr(port, 22, rng.getrandbits(32), 0, SYN, 65535, mss=rng.choice([None, 88, 536, 1460]),
                            wscale=rng.choice([None, 0, 7, 14]), sack_permitted=rng.random() < 0.5,
                            timestamp=rng.choice([None, (rng.getrandbits(32), 0)])))
-        connects = [e for e in c.events if isinstance(e, ServiceConnect) and e.client[1] == port]
+        connects = [e for e in c.events if isinstance(e, ServiceConnect) and e.flow.client_port == port]
         if not connects:
             return
         cid = connects[-1].conn_id
         if rng.random() < 0.2:
-            c.core.service_failed(cid, "refused", c.now)
+            c.core.service_failed(cid, "refused", c.now, rng.choice(refusal.OUTCOMES))
         else:
             c.core.service_connected(cid, c.now)
             self.conns.append((port, cid))
@@ -81,6 +83,7 @@ class Fuzzer(object):
         kind = rng.random()
         src = PEER if rng.random() < 0.9 else _rand_bytes(rng, 4)
         dst = US if rng.random() < 0.85 else _rand_bytes(rng, 4)
+        self.addressed.add(dst)
         if kind < 0.5:
             payload, proto = self.random_tcp().emit(src, dst), 6
         elif kind < 0.65:
@@ -135,7 +138,7 @@ class Fuzzer(object):
             c.pump()
         # Everything the core sent parsed (Client.pump deframes with FCS and parses PPP); IP and TCP too.
         for urgent, ip in c.ip_packets():
-            assert ip.src == US
+            assert ip.dst == PEER and ip.src in self.addressed
             if ip.protocol == 6 and not ip.more_fragments and ip.frag_offset == 0:
                 TcpRepr.parse(ip.payload, ip.src, ip.dst)
         c.received = []
@@ -163,7 +166,7 @@ def test_core_survives_hostile_input_and_still_serves(seed):
     c.events = []
     c.received = []
     c.send_tcp(TcpRepr(50123, 22, 7000, 0, SYN, 65535, mss=1460))
-    connects = [e for e in c.events if isinstance(e, ServiceConnect) and e.client[1] == 50123]
+    connects = [e for e in c.events if isinstance(e, ServiceConnect) and e.flow.client_port == 50123]
     assert connects, "a fresh SYN after the fuzzing was not admitted"
     cid = connects[0].conn_id
     c.core.service_connected(cid, c.now)

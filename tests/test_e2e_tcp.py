@@ -349,7 +349,7 @@ def test_50_concurrent_connections_refusals_and_ping(lab):
         slirp = lab.start_pyslirp({
             "services": {"7": {"host": "127.0.0.1", "port": echo.port, "name": "echo"},
                          "8080": {"host": "127.0.0.1", "port": down_port, "name": "down"}},
-            "tcp": {"max_connections": 128, "max_per_service": 64}})
+            "limits": {"max_connections": 128, "max_per_service": 64}})
         client = write_script(lab, "echo.py", ECHO_CLIENT)
         guest = lab.boot_guest(link_up_script("""
             record ping ping -c 3 -i 0.2 -W 5 {ip}

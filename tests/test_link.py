@@ -445,6 +445,17 @@ def test_unknown_protocols_get_protocol_reject_while_open():
     assert link.is_up
 
 
+def test_protocol_reject_log_lines_are_throttled_to_powers_of_two(caplog):
+    link, client = negotiated()
+    with caplog.at_level(logging.INFO, logger="pyslirp.ppp"):
+        for _ in range(9):
+            client.send(wppp.PROTO_CCP, b"\x01\x02\x00\x04")
+            client.collect()
+    assert link.protocol_rejects_sent == 9
+    lines = [r.getMessage() for r in caplog.records if "Protocol-Reject sent" in r.getMessage()]
+    assert [line.rsplit("(", 1)[1] for line in lines] == ["%d so far)" % n for n in (1, 2, 4, 8)]
+
+
 def test_unknown_protocol_before_lcp_open_is_silently_dropped():
     link = make_link()
     link.lower_up(0)
@@ -657,7 +668,7 @@ def test_terminate_from_peer_then_new_session_from_scratch():
     client.send_cp(LCP, 5, 9, b"User request")
     client.collect()
     assert client.of(LCP, 6)[-1][:2] == (6, 9)
-    assert events_of(client, LinkDown) == [LinkDown("peer requested termination")]
+    assert events_of(client, LinkDown) == [LinkDown("peer requested termination", administrative=True)]
     assert not link.is_up and link.phase == Phase.TERMINATE
     client.advance(client.now + 3000)
     assert link.lcp.state == State.STOPPED
@@ -679,7 +690,7 @@ def test_close_sends_terminate_request_retransmits_then_dead():
     client.collect()
     assert [c[0] for c in client.of(LCP, 5)] == [5]
     assert client.of(LCP, 5)[0][2] == b"shutting down"
-    assert events_of(client, LinkDown) == [LinkDown("shutting down")]
+    assert events_of(client, LinkDown) == [LinkDown("shutting down", administrative=True)]
     assert not link.is_dead
     client.advance(3999)
     assert len(client.of(LCP, 5)) == 1

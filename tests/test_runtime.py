@@ -15,10 +15,12 @@ import time
 
 import pytest
 
+from pyslirp.net.flows import FlowKey, Route
 from pyslirp.net.events import (ConnectionLog, ServiceClose, ServiceConnect, ServiceReadCredit, ServiceSend,
                                 ServiceShutdown)
 from pyslirp.runtime import serialio
 from pyslirp.runtime.endpoints import FdEndpoint, LineGone, OpenError, PtyEndpoint, make_symlink
+from pyslirp.config import ProxyConfig
 from pyslirp.runtime.services import ServiceManager
 from pyslirp.runtime.stackloop import Runtime
 
@@ -118,6 +120,11 @@ class Inbox(object):
 
 # -- service threads -----------------------------------------------------------------------
 
+def connect_event(conn_id, host, port, name="", client_port=40000):
+    flow = FlowKey(6, b"\x0a\x00\x00\x02", client_port, b"\x0a\x00\x00\x01", port)
+    return ServiceConnect(conn_id, flow, Route("service", host, port, "direct", name))
+
+
 def connected_service(servers, handler, conn_id, name=""):
     """Start a loopback server running ``handler``; connect service ``conn_id`` to it.
 
@@ -125,7 +132,7 @@ def connected_service(servers, handler, conn_id, name=""):
     server = servers(handler)
     inbox = Inbox()
     manager = ServiceManager(inbox.post)
-    manager.handle(ServiceConnect(conn_id, "127.0.0.1", server.port, name, ("10.0.0.2", 40000)))
+    manager.handle(connect_event(conn_id, "127.0.0.1", server.port, name))
     assert inbox.get() == ("svc_connected", conn_id)
     return server, inbox, manager
 
@@ -185,6 +192,35 @@ def test_service_read_credit_is_backpressure(servers):
     assert inbox.get("svc_done") == ("svc_done", 7)
 
 
+def test_service_through_a_proxy_delivers_the_tunnel_bytes_that_came_with_the_answer_within_credit(servers):
+    """An HTTP CONNECT proxy that sends its 200 and the destination's first bytes in one write."""
+    requests = []
+
+    def proxy(conn):
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += conn.recv(4096)
+        requests.append(head)
+        conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\nSSH-2.0-early-banner\r\n")
+        return echo(conn)
+    server = servers(proxy)
+    inbox = Inbox()
+    settings = ProxyConfig(type="http", host="127.0.0.1", port=server.port, username="u", password="p")
+    manager = ServiceManager(inbox.post, proxy=settings)
+    flow = FlowKey(6, b"\x0a\x00\x00\x02", 40000, b"\xc6\x12\x00\x02", 22)
+    manager.handle(ServiceConnect(8, flow, Route("nat", "198.18.0.2", 22, "http", "nat")))
+    assert inbox.get() == ("svc_connected", 8)
+    assert requests[0].startswith(b"CONNECT 198.18.0.2:22 HTTP/1.1\r\n")
+    assert inbox.quiet() is None                     # no credit yet: the early bytes wait
+    manager.handle(ServiceReadCredit(8, 5))
+    assert inbox.get() == ("svc_data", 8, b"SSH-2")
+    manager.handle(ServiceReadCredit(8, 100))
+    assert inbox.get() == ("svc_data", 8, b".0-early-banner\r\n")
+    manager.handle(ServiceSend(8, b"after"))
+    assert inbox.get("svc_data") == ("svc_data", 8, b"after")    # then the tunnel carries data both ways
+    manager.close_all()
+
+
 def test_service_connect_refused_is_reported():
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -192,8 +228,8 @@ def test_service_connect_refused_is_reported():
     sock.close()                            # nothing listens there now
     inbox = Inbox()
     manager = ServiceManager(inbox.post)
-    manager.handle(ServiceConnect(3, "127.0.0.1", port, "", ("10.0.0.2", 1)))
-    assert inbox.get() == ("svc_failed", 3, "connection refused")
+    manager.handle(connect_event(3, "127.0.0.1", port, client_port=1))
+    assert inbox.get() == ("svc_failed", 3, "direct: connection refused", "reset")
     assert inbox.get() == ("svc_done", 3)
 
 
@@ -273,10 +309,13 @@ class ScriptedCore(object):
             self.timer = None
             self.out.append((True, b"TICK"))
 
-    def take_serial_output(self, budget, now=None):
+    def take_serial_output(self, budget, now=None, allow_one_over=False):
         self.budgets.append(budget)
         out, self.out = self.out, []
         return out
+
+    def set_line_rate(self, rate):
+        self.calls.append(("rate", rate))
 
     def take_events(self):
         return []

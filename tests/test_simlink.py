@@ -222,7 +222,7 @@ class SimService(object):
 
     def handle(self, e, now):
         if isinstance(e, ServiceConnect):
-            assert self.conn_id is None and (e.host, e.port) == ("127.0.0.1", 22)
+            assert self.conn_id is None and (e.route.host, e.route.port) == ("127.0.0.1", 22)
             self.conn_id = e.conn_id
             self.stack.service_connected(e.conn_id, now)
         elif isinstance(e, ServiceReadCredit):
@@ -261,7 +261,7 @@ class Services(object):
     def dispatch(self, events, now):
         for e in events:
             if isinstance(e, ServiceConnect):
-                self.by_id[e.conn_id] = self.by_port[e.client[1]]
+                self.by_id[e.conn_id] = self.by_port[e.flow.client_port]
             self.by_id[e.conn_id].handle(e, now)
 
     def poll(self, now):

@@ -8,9 +8,11 @@ import pytest
 
 from pyslirp.net import icmp as icmp_policy
 from pyslirp.net.events import (ConnectionLog, ServiceClose, ServiceConnect, ServiceReadCredit, ServiceSend,
-                                ServiceShutdown)
+                                ServiceShutdown, UdpClose, UdpOpen, UdpSend)
 from pyslirp.net.frag import Reassembler, fragment
-from pyslirp.net.stack import IPStack, ServiceSpec, StackConfig
+from pyslirp.net.flows import FlowKey, Route, Service
+from pyslirp.net.stack import IPStack, StackConfig
+from pyslirp.net.tcp.conn import TcpConfig
 from pyslirp.wire import icmp, tcp
 from pyslirp.wire.checksum import internet_checksum
 from pyslirp.wire.icmp import IcmpRepr
@@ -21,8 +23,8 @@ from pyslirp.wire.udp import UdpRepr
 LOCAL = ip_bytes("10.0.0.1")
 REMOTE = ip_bytes("10.0.0.2")
 OTHER = ip_bytes("192.0.2.7")
-SSH = ServiceSpec(22, "127.0.0.1", 22, "SSH")
-WEB = ServiceSpec(80, "127.0.0.1", 8080, "")
+SSH = Service(22, "127.0.0.1", 22, "SSH")
+WEB = Service(80, "127.0.0.1", 8080, "")
 
 
 def make_stack(**kw):
@@ -148,14 +150,15 @@ def test_icmp_with_bad_checksum_and_other_types_are_dropped():
     assert output(stack) == [] and stack.echo_requests == 0
 
 
-def test_host_unreachable_for_other_destinations():
+def test_other_destinations_are_administratively_prohibited_while_outbound_is_off():
     stack = make_stack()
     packet = udp_packet(5353, 53, b"query", dst=OTHER)
     stack.receive_packet(packet, 0)
     (msg,) = icmp_out(stack)
-    assert (msg.type, msg.code) == (icmp.TYPE_DEST_UNREACHABLE, icmp.CODE_HOST_UNREACHABLE)
+    assert (msg.type, msg.code) == (icmp.TYPE_DEST_UNREACHABLE, icmp.CODE_ADMIN_PROHIBITED)
     assert msg.payload == packet                     # header + data, all of it since it is short
-    assert stack.unreachable_sent == 1 and stack.counters["ip_not_local"] == 1
+    assert stack.unreachable_sent == 1 and stack.flows_refused == {"policy": 1}
+    assert stack.take_events() == []
 
 
 def test_no_icmp_errors_about_errors_broadcasts_or_later_fragments():
@@ -172,7 +175,7 @@ def test_no_icmp_errors_about_errors_broadcasts_or_later_fragments():
     # ...but a ping to another host is a query, and does get its error.
     stack.receive_packet(ping_packet(dst=OTHER), 0)
     (msg,) = icmp_out(stack)
-    assert msg.code == icmp.CODE_HOST_UNREACHABLE
+    assert msg.code == icmp.CODE_ADMIN_PROHIBITED
 
 
 def test_protocol_unreachable():
@@ -229,28 +232,50 @@ def test_udp_bad_checksum_dropped_without_error():
     assert stack.counters["udp_bad_checksum"] == 1 and output(stack) == []
 
 
-def test_udp_handler_table():
-    stack = make_stack()
-    seen = []
-
-    def echo(mux, dgram, now):
-        seen.append((dgram, now))
-        mux.send(dgram.dst_port, dgram.src_port, dgram.payload.upper())
-        mux.post_event(("udp-event", dgram.src_port))
-
-    stack.udp.bind(7, echo)
-    with pytest.raises(ValueError):
-        stack.udp.bind(7, echo)
+def test_udp_service_flow_relays_both_ways_and_closes_when_idle():
+    stack = make_stack(udp_services=(Service(7, "127.0.0.1", 7007, "echo"),), udp_timeout=60)
     stack.receive_packet(udp_packet(3333, 7, b"hello"), 42)
-    assert seen[0][0].payload == b"hello" and seen[0][1] == 42
+    opened, sent = stack.take_events()
+    assert isinstance(opened, UdpOpen) and isinstance(sent, UdpSend)
+    assert (opened.route.kind, opened.route.host, opened.route.port) == ("udp_service", "127.0.0.1", 7007)
+    assert (opened.flow.client_port, opened.flow.server_port) == (3333, 7) and sent.data == b"hello"
+    assert output(stack) == []
+    # A second datagram of the same flow reuses it; another client port is another flow.
+    stack.receive_packet(udp_packet(3333, 7, b"again"), 43)
+    assert stack.take_events() == [UdpSend(opened.flow_id, b"again")]
+    stack.receive_packet(udp_packet(3334, 7, b"other"), 43)
+    other = stack.take_events()[0]
+    assert isinstance(other, UdpOpen) and other.flow_id != opened.flow_id
+    # The runtime's answer leaves from local_ip:7 to the client's port.
+    stack.udp_data(opened.flow_id, b"HELLO", 50)
     ((urgent, ip),) = output(stack)
     assert urgent and ip.protocol == PROTO_UDP and ip.dont_fragment
     reply = UdpRepr.parse(ip.payload, LOCAL, REMOTE)
     assert (reply.src_port, reply.dst_port, reply.payload) == (7, 3333, b"HELLO")
-    assert stack.take_events() == [("udp-event", 3333)]
-    stack.udp.unbind(7)
-    stack.receive_packet(udp_packet(3333, 7, b"again"), 43)
+    # The target's port unreachable is relayed, quoting the client's last datagram of that flow.
+    stack.udp_error(opened.flow_id, "port_unreachable", 51)
+    (msg,) = icmp_out(stack)
+    assert (msg.type, msg.code) == (icmp.TYPE_DEST_UNREACHABLE, icmp.CODE_PORT_UNREACHABLE)
+    assert UdpRepr.parse(Ipv4Repr.parse(msg.payload).payload, REMOTE, LOCAL, verify=False).payload == b"again"
+    # Idle for udp_timeout: both flows close, and nothing more is relayed for them.
+    assert stack.udp_flows_active == 2
+    stack.handle_timer(43 + 59999)
+    assert stack.udp_flows_active == 2
+    stack.handle_timer(43 + 60000)                  # the second flow's last datagram was at 43
+    assert stack.udp_flows_active == 1
+    stack.handle_timer(51 + 60000)                  # the first flow's last traffic: the answer at 50
+    assert stack.udp_flows_active == 0
+    assert sorted(e.flow_id for e in stack.take_events() if isinstance(e, UdpClose)) == sorted(
+        [opened.flow_id, other.flow_id])
+    stack.udp_data(opened.flow_id, b"late", 200000)
+    assert output(stack) == [] and stack.counters["flow_stale_udp_data"] == 1
+
+
+def test_unmapped_udp_port_on_local_ip_still_answers_port_unreachable():
+    stack = make_stack(udp_services=(Service(7, "127.0.0.1", 7007, "echo"),))
+    stack.receive_packet(udp_packet(3333, 8, b"x"), 0)
     assert icmp_out(stack)[0].code == icmp.CODE_PORT_UNREACHABLE
+    assert stack.take_events() == [] and stack.counters["udp_no_port"] == 1
 
 
 # -- fragments -------------------------------------------------------------------------------------------------------
@@ -280,7 +305,7 @@ def test_fragmented_ping_is_reassembled_and_the_reply_fragmented():
         whole = r.add(ip, 0) or whole
     msg = IcmpRepr.parse(whole.payload)
     assert (msg.type, msg.echo_ident, msg.payload) == (icmp.TYPE_ECHO_REPLY, 9, data)
-    assert stack.frag.reassembled == 1 and len(stack.frag) == 0
+    assert stack.ip.frag.reassembled == 1 and len(stack.ip.frag) == 0
 
 
 def test_fragment_timeout_sends_time_exceeded():
@@ -296,7 +321,7 @@ def test_fragment_timeout_sends_time_exceeded():
     (msg,) = icmp_out(stack)
     assert (msg.type, msg.code) == (icmp.TYPE_TIME_EXCEEDED, icmp.CODE_REASSEMBLY_EXCEEDED)
     assert len(msg.payload) >= 28 and first.startswith(msg.payload)     # fragment zero's header and data
-    assert stack.frag.counters["frag_timeout"] == 1 and stack.get_timer() is None
+    assert stack.ip.frag.counters["frag_timeout"] == 1 and stack.get_timer() is None
     # Without fragment zero, the timeout is silent.
     stack.receive_packet(second, 40000)
     stack.handle_timer(70000)
@@ -398,7 +423,10 @@ def test_syn_to_mapped_port_waits_for_the_service():
     client = Client(stack)
     client.syn(0)
     events = stack.take_events()
-    assert events == [ServiceConnect(1, "127.0.0.1", 22, "SSH", ("10.0.0.2", 40312))]
+    (connect,) = events
+    assert isinstance(connect, ServiceConnect) and connect.conn_id == 1
+    assert connect.flow == FlowKey(PROTO_TCP, REMOTE, 40312, LOCAL, 22)
+    assert connect.route == Route("service", "127.0.0.1", 22, "direct", "SSH")
     assert tcp_out(stack) == [] and stack.get_timer() is None    # nothing sent, nothing to time
     client.send(tcp.SYN, now=500, seq=1000, mss=1460)           # the client retransmits: ignored
     assert stack.take_events() == [] and tcp_out(stack) == []
@@ -465,7 +493,7 @@ def test_connection_limits():
     web = Client(stack, port=40004, dst=80)
     web.syn(0)
     (connect,) = of_type(stack.take_events(), ServiceConnect)
-    assert (connect.host, connect.port, connect.name) == ("127.0.0.1", 8080, "")
+    assert (connect.route.host, connect.route.port, connect.route.label) == ("127.0.0.1", 8080, "80")
     Client(stack, port=40005, dst=80).syn(0)                   # over the total
     assert stack.take_events() == [] and stack.connections_refused == 2
     # A slot frees when a connection goes away.
@@ -592,7 +620,7 @@ def test_service_error_resets_the_client():
 
 
 def test_idle_timeout():
-    stack = make_stack(idle_timeout=5)
+    stack = make_stack(tcp=TcpConfig(idle_timeout=5))
     client, cid = open_connection(stack, now=1000)
     stack.take_events()
     client.send(tcp.ACK | tcp.PSH, payload=b"x", now=2000)
@@ -615,7 +643,7 @@ def test_idle_timeout():
 
 
 def test_no_idle_timeout_when_disabled():
-    stack = make_stack(idle_timeout=0)
+    stack = make_stack(tcp=TcpConfig(idle_timeout=0))
     client, cid = open_connection(stack)
     stack.take_events()
     client.receive()
@@ -791,9 +819,10 @@ def test_service_overrunning_its_credit_loses_nothing():
 
 
 def test_large_udp_answer_is_fragmented():
-    stack = make_stack(mtu=576)
-    stack.udp.bind(53, lambda mux, d, now: mux.send(53, d.src_port, b"A" * 1200))
+    stack = make_stack(mtu=576, udp_services=(Service(53, "127.0.0.1", 5353),))
     stack.receive_packet(udp_packet(5000, 53, b"q"), 0)
+    opened = stack.take_events()[0]
+    stack.udp_data(opened.flow_id, b"A" * 1200, 1)
     out = [ip for _, ip in output(stack)]
     assert len(out) == 3 and not any(ip.dont_fragment for ip in out)
     whole = None
@@ -827,8 +856,8 @@ def test_malformed_input_logging_is_rate_limited(caplog):
 
 def test_fuzzed_traffic_never_raises_and_output_stays_valid():
     rng = random.Random(2024)
-    stack = make_stack(services=(SSH, WEB), max_connections=8, max_per_service=4, idle_timeout=30)
-    stack.udp.bind(53, lambda mux, d, now: mux.send(53, d.src_port, d.payload[:100]))
+    stack = make_stack(services=(SSH, WEB), max_connections=8, max_per_service=4, tcp=TcpConfig(idle_timeout=30),
+                       udp_services=(Service(53, "127.0.0.1", 5353),), udp_timeout=5)
     now = 0
     templates = []
     for flags in (tcp.SYN, tcp.ACK, tcp.ACK | tcp.PSH, tcp.FIN | tcp.ACK, tcp.RST, tcp.SYN | tcp.ACK, 0xFF):
@@ -866,6 +895,8 @@ def test_fuzzed_traffic_never_raises_and_output_stays_valid():
                 stack.service_data(event.conn_id, b"s" * min(event.nbytes, rng.randrange(1, 3000)), now)
             elif isinstance(event, ServiceSend):
                 stack.service_written(event.conn_id, len(event.data), now)
+            elif isinstance(event, UdpSend) and rng.random() < 0.7:
+                stack.udp_data(event.flow_id, event.data[:100], now)
         if rng.random() < 0.05 and stack._by_id:
             cid = rng.choice(sorted(stack._by_id))
             rng.choice((lambda: stack.service_eof(cid, now), lambda: stack.service_error(cid, "boom", now)))()
@@ -879,3 +910,55 @@ def test_fuzzed_traffic_never_raises_and_output_stays_valid():
     assert stack.echo_replies > 0 and stack.unreachable_sent > 0
     stack.reset(now)
     assert stack.connections_active == 0 and stack.get_timer() is None
+
+
+# -- outbound: addresses the policy decides -----------------------------------------------------------------------
+
+def outside_syn(dst, port, sport=40400):
+    seg = TcpRepr(sport, port, 1000, 0, tcp.SYN, 65535, mss=1460)
+    return ip_packet(PROTO_TCP, seg.emit(REMOTE, dst), dst=dst)
+
+
+def test_loopback_destinations_reach_the_policy():
+    # 127.0.0.1 named in outbound.allow is a NAT target like any other (the IP layer must not drop it), and under a
+    # catch-all it is refused at once with administratively prohibited, not silently dropped.
+    from pyslirp.net.flows import AddressRule, OutboundPolicy
+    loopback = ip_bytes("127.0.0.1")
+    allow = tuple(AddressRule.parse(t) for t in ("0.0.0.0/0", "127.0.0.1/32:5000"))
+    stack = make_stack(outbound=OutboundPolicy(enabled=True, allow=allow))
+    stack.receive_packet(outside_syn(loopback, 5000), 0)
+    (connect,) = of_type(stack.take_events(), ServiceConnect)
+    assert connect.flow == FlowKey(PROTO_TCP, REMOTE, 40400, loopback, 5000)
+    assert (connect.route.kind, connect.route.host, connect.route.port) == ("nat", "127.0.0.1", 5000)
+    packet = outside_syn(loopback, 5001, sport=40401)
+    stack.receive_packet(packet, 0)
+    (msg,) = icmp_out(stack)
+    assert (msg.type, msg.code) == (icmp.TYPE_DEST_UNREACHABLE, icmp.CODE_ADMIN_PROHIBITED)
+    assert msg.payload == packet
+    assert "ip_broadcast" not in stack.counters and stack.flows_refused == {"policy": 1}
+    # 0.0.0.0 is no NAT target either way, but it is the policy that says so.
+    stack.receive_packet(outside_syn(ip_bytes("0.0.0.0"), 80, sport=40402), 0)
+    (msg,) = icmp_out(stack)
+    assert msg.code == icmp.CODE_ADMIN_PROHIBITED and stack.flows_refused == {"policy": 2}
+
+
+def test_a_deny_entry_with_ports_does_not_refuse_ping():
+    from pyslirp.net.events import PingOpen
+    from pyslirp.net.flows import AddressRule, OutboundPolicy
+    outside = ip_bytes("198.18.0.2")
+
+    def stack_with(deny):
+        return make_stack(outbound=OutboundPolicy(enabled=True, allow=(AddressRule.parse("198.18.0.2/32:7000-7099"),),
+                                                  deny=(AddressRule.parse(deny),)))
+
+    stack = stack_with("198.18.0.2/32:7011")
+    stack.receive_packet(ping_packet(dst=outside), 0)
+    (opened,) = of_type(stack.take_events(), PingOpen)
+    assert (opened.route.kind, opened.route.host) == ("nat", "198.18.0.2") and stack.flows_refused == {}
+    stack.receive_packet(outside_syn(outside, 7011), 0)          # ...while the port it names stays refused
+    (msg,) = icmp_out(stack)
+    assert msg.code == icmp.CODE_ADMIN_PROHIBITED and stack.flows_refused == {"policy": 1}
+    stack = stack_with("198.18.0.2")                             # a deny for every port refuses ping too
+    stack.receive_packet(ping_packet(dst=outside), 0)
+    (msg,) = icmp_out(stack)
+    assert msg.code == icmp.CODE_ADMIN_PROHIBITED and stack.take_events() == []

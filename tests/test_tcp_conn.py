@@ -3,11 +3,16 @@
 Segment values at explicit times, smoltcp style: the test plays the client.
 """
 
+import dataclasses
 import logging
+
+import pytest
 
 from test_tcp_harness import (ACK, CLIENT_ISS, FIN, OUR_ISS, PSH, RST, SYN, Conn, TcpConfig,
                               TcpRepr, TcpState, seq_add)
 from pyslirp.net.tcp.conn import rst_for
+from pyslirp.net.tcp.events import (CLOSED, ESTABLISHED, PEER_FIN, READABLE, RESET, TIMED_OUT, WRITABLE,
+                                    Closed, Readable)
 
 C1 = CLIENT_ISS + 1
 S1 = OUR_ISS + 1
@@ -31,7 +36,7 @@ def test_nothing_is_sent_until_accept():
     assert synack.timestamp is None and synack.window == 65535
     h.send(ACK, at=650)
     assert h.conn.state is TcpState.ESTABLISHED
-    assert h.conn.take_events() == ["established"]
+    assert h.conn.take_events() == [ESTABLISHED]
 
 
 def test_refuse_sends_rst_ack_for_the_syn():
@@ -40,7 +45,7 @@ def test_refuse_sends_rst_ack_for_the_syn():
     out = h.recv(at=100)
     assert [(s.flags, s.seq, s.ack) for s in out] == [(RST | ACK, 0, C1)]
     assert h.conn.state is TcpState.CLOSED
-    assert h.conn.take_events() == ["closed"]
+    assert h.conn.take_events() == [CLOSED]
     assert h.recv(at=200) == [] and h.conn.get_timer() is None
 
 
@@ -81,7 +86,7 @@ def test_synack_retransmission_backoff_and_give_up():
     assert h.recv(at=6999) == []
     out = h.recv(at=7000)
     assert [(s.flags, s.seq) for s in out] == [(RST | ACK, S1)]
-    assert h.conn.take_events() == ["timeout", "closed"]
+    assert h.conn.take_events() == [TIMED_OUT, CLOSED]
     assert h.conn.state is TcpState.CLOSED
 
 
@@ -93,7 +98,7 @@ def test_rto_is_three_seconds_after_a_lost_synack():
     h.recv(at=1000)                            # SYN-ACK retransmitted
     h.send(ACK, at=1100)
     assert h.conn.state is TcpState.ESTABLISHED and h.conn.srtt is None
-    h.conn.send(b"x" * 10)
+    h.conn.send(b"x" * 10, h.now)
     assert len(h.recv(at=1200)) == 1
     assert h.recv(at=4199) == []
     assert [s.payload for s in h.recv(at=4200)] == [b"x" * 10]
@@ -142,14 +147,28 @@ def test_data_on_the_handshake_ack():
     h.conn.accept(0)
     h.recv(at=0)
     h.send(ACK | PSH, payload=b"hello", at=20)
-    assert h.conn.take_events() == ["established", "readable"]
+    assert h.conn.take_events() == [ESTABLISHED, READABLE]
     assert h.conn.read() == b"hello"
+
+
+def test_events_are_frozen_values_and_readable_is_coalesced():
+    h = Conn()
+    h.send(ACK | PSH, payload=b"one", at=10)
+    h.send(ACK | PSH, payload=b"two", at=20)
+    events = h.conn.take_events()
+    assert events == [READABLE] and events == [Readable()] and isinstance(events[0], Readable)
+    assert h.conn.read() == b"onetwo"
+    h.send(ACK | PSH, payload=b"three", at=30)      # a new call: readable again
+    assert h.conn.take_events() == [READABLE]
+    assert READABLE != CLOSED and not isinstance(CLOSED, Readable) and CLOSED == Closed()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        READABLE.extra = 1
 
 
 def test_rst_while_pending_closes():
     h = Conn(establish=False)
     h.send(RST, seq=C1, at=10)
-    assert h.conn.take_events() == ["reset", "closed"]
+    assert h.conn.take_events() == [RESET, CLOSED]
     assert h.conn.state is TcpState.CLOSED
 
 
@@ -163,17 +182,17 @@ def test_state_changes_are_logged(caplog):
 
 def test_active_close_through_time_wait():
     h = Conn(config=TcpConfig(msl_ms=1000))
-    assert h.conn.send(b"bye") == 3
+    assert h.conn.send(b"bye", h.now) == 3
     h.conn.shutdown(10)
     assert h.conn.state is TcpState.FIN_WAIT_1
     out = h.recv(at=10)
     assert [(s.flags, s.seq, s.payload) for s in out] == [(ACK | PSH | FIN, S1, b"bye")]
-    assert h.conn.send(b"late") == 0 and h.conn.send_space == 0
+    assert h.conn.send(b"late", h.now) == 0 and h.conn.send_space == 0
     h.ack_all(out, at=20)
     assert h.conn.state is TcpState.FIN_WAIT_2
     h.send(ACK | FIN, at=30)
     assert h.conn.state is TcpState.TIME_WAIT
-    assert h.conn.take_events() == ["peer_fin"]
+    assert h.conn.take_events() == [PEER_FIN]
     out = h.recv(at=30)
     assert [(s.flags, s.seq, s.ack) for s in out] == [(ACK, S1 + 4, C1 + 1)]
     assert h.conn.get_timer() == 30 + 2000
@@ -185,7 +204,7 @@ def test_active_close_through_time_wait():
     assert h.conn.state is TcpState.TIME_WAIT
     h.advance(3000)
     assert h.conn.state is TcpState.CLOSED
-    assert h.conn.take_events() == ["closed"]
+    assert h.conn.take_events() == [CLOSED]
 
 
 def test_passive_close_peer_fin_waits_for_read():
@@ -193,13 +212,13 @@ def test_passive_close_peer_fin_waits_for_read():
     h.send(ACK | PSH, payload=b"data", at=10)
     h.send(ACK | FIN, at=20)
     assert h.conn.state is TcpState.CLOSE_WAIT
-    assert h.conn.take_events() == ["readable"]
+    assert h.conn.take_events() == [READABLE]
     out = h.recv(at=20)                        # the FIN is acknowledged at once
     assert [(s.flags, s.ack) for s in out] == [(ACK, C1 + 5)]
     assert h.conn.read() == b"data"
-    assert h.conn.take_events() == ["peer_fin"]
+    assert h.conn.take_events() == [PEER_FIN]
     # Half-close: we keep sending in CLOSE_WAIT.
-    assert h.conn.send(b"reply") == 5
+    assert h.conn.send(b"reply", h.now) == 5
     out = h.recv(at=30)
     assert [s.payload for s in out] == [b"reply"]
     h.ack_all(out, at=40)
@@ -209,7 +228,7 @@ def test_passive_close_peer_fin_waits_for_read():
     assert [(s.flags, s.seq) for s in out] == [(ACK | FIN, S1 + 5)]
     h.ack_all(out, at=60)
     assert h.conn.state is TcpState.CLOSED
-    assert h.conn.take_events() == ["writable", "closed"]
+    assert h.conn.take_events() == [WRITABLE, CLOSED]
 
 
 def test_fin_in_last_ack_is_retransmitted():
@@ -258,7 +277,7 @@ def test_shutdown_before_handshake_completes_sends_fin_after_it():
     h = Conn(establish=False)
     h.conn.accept(0)
     h.recv(at=0)
-    h.conn.send(b"early")
+    h.conn.send(b"early", h.now)
     h.conn.shutdown(5)
     assert h.conn.state is TcpState.SYN_RECEIVED
     h.send(ACK, at=10)
@@ -269,13 +288,13 @@ def test_shutdown_before_handshake_completes_sends_fin_after_it():
 
 def test_abort_sends_rst():
     h = Conn()
-    h.conn.send(b"x" * 100)
+    h.conn.send(b"x" * 100, h.now)
     h.recv(at=10)
     h.conn.abort(20)
     out = h.recv(at=20)
     assert [(s.flags, s.seq, s.ack) for s in out] == [(RST | ACK, S1 + 100, C1)]
     assert h.conn.state is TcpState.CLOSED
-    assert h.conn.take_events() == ["closed"]
+    assert h.conn.take_events() == [CLOSED]
     assert h.conn.get_timer() is None and h.recv(at=5000) == []
 
 
@@ -290,7 +309,7 @@ def test_abort_while_pending_answers_the_syn():
 def test_rst_exact_sequence_resets():
     h = Conn()
     h.send(RST, at=10)
-    assert h.conn.take_events() == ["reset", "closed"]
+    assert h.conn.take_events() == [RESET, CLOSED]
     assert h.conn.state is TcpState.CLOSED
     assert h.recv(at=10) == []
 
@@ -312,14 +331,26 @@ def test_rst_outside_window_is_dropped():
 
 
 def test_challenge_acks_are_rate_limited():
+    # A token bucket of challenge_ack_limit per second with a burst of as many (RFC 5961 section 7).
     h = Conn(config=TcpConfig(challenge_ack_limit=3))
     acks = 0
     for i in range(6):
         h.send(RST, seq=C1 + 10 + i, at=100)
         acks += len(h.recv(at=100))
-    assert acks == 3
-    h.send(RST, seq=C1 + 50, at=1100)
-    assert len(h.recv(at=1100)) == 1
+    assert acks == 3 and h.conn.challenge_acks == 3
+    assert h.conn.counters["challenge_ack_limited"] == 3
+    h.send(RST, seq=C1 + 40, at=433)               # 333 ms at 3/s: 0.999 of a token
+    assert h.recv(at=433) == []
+    h.send(RST, seq=C1 + 41, at=434)               # one token
+    assert [(s.flags, s.ack) for s in h.recv(at=434)] == [(ACK, C1)]
+    h.send(RST, seq=C1 + 42, at=434)
+    assert h.recv(at=434) == []
+    acks = 0
+    for i in range(5):                             # a quiet minute refills only the burst
+        h.send(RST, seq=C1 + 50 + i, at=60000)
+        acks += len(h.recv(at=60000))
+    assert acks == 3 and h.conn.challenge_acks == 7
+    assert h.conn.state is TcpState.ESTABLISHED
 
 
 def test_syn_in_established_gets_challenge_ack():
@@ -337,7 +368,7 @@ def test_rst_in_time_wait_closes_without_reset_event():
     h.conn.take_events()
     assert h.conn.state is TcpState.TIME_WAIT
     h.send(RST, at=20)
-    assert h.conn.take_events() == ["closed"]
+    assert h.conn.take_events() == [CLOSED]
 
 
 def test_syn_may_reuse_time_wait():
@@ -416,7 +447,7 @@ def test_rst_for_segments_to_no_connection():
 # ------------------------------------------------------------------------------ keepalive
 
 def test_keepalive_probes_and_gives_up():
-    h = Conn(config=TcpConfig(keepalive_ms=5000, keepalive_probes=2))
+    h = Conn(config=TcpConfig(keepalive=5, keepalive_probes=2))
     h.recv(at=0)
     assert h.conn.get_timer() == 5000
     assert h.recv(at=4999) == []
@@ -429,7 +460,7 @@ def test_keepalive_probes_and_gives_up():
     assert h.conn.keepalives_sent == 3
     out = h.recv(at=20100)
     assert [s.flags for s in out] == [RST | ACK]
-    assert h.conn.take_events() == ["timeout", "closed"]
+    assert h.conn.take_events() == [TIMED_OUT, CLOSED]
 
 
 def test_keepalive_off_by_default():

@@ -2,7 +2,7 @@
 
 Invariants (whatever the input): no exception; every emitted segment is valid on the wire and fits
 the MSS; data segments stay within [SND.UNA, SND.MAX]; the advertised right edge never moves left;
-buffers stay bounded; "closed" comes at most once and is the last event; a closed connection stays
+buffers stay bounded; Closed comes at most once and is the last event; a closed connection stays
 silent.
 """
 
@@ -13,6 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 from test_tcp_harness import (ACK, FIN, PSH, RST, SYN, Conn, TcpConfig, TcpRepr, TcpState, seq_add,
                               seq_sub)
+from pyslirp.net.tcp.events import CLOSED
 
 FLAGS = [ACK, ACK | PSH, ACK | FIN, RST, RST | ACK, SYN, SYN | ACK, FIN, 0, ACK | FIN | PSH]
 
@@ -20,14 +21,14 @@ FLAGS = [ACK, ACK | PSH, ACK | FIN, RST, RST | ACK, SYN, SYN | ACK, FIN, 0, ACK 
 def _reach(state, rng):
     """A connection brought to ``state`` by a scripted client."""
     cfg = TcpConfig(rcvbuf=rng.choice([3000, 20000, 70000]), sndbuf=rng.choice([2000, 30000]),
-                    keepalive_ms=rng.choice([0, 3000]), msl_ms=2000, max_retries=4)
+                    keepalive=rng.choice([0, 3]), msl_ms=2000, max_retries=4)
     h = Conn(config=cfg, sack=rng.random() < 0.5, ts=rng.choice([None, 50]),
              wscale=rng.choice([None, 0, 5]), establish=state != "SYN_RECEIVED")
     if state == "SYN_RECEIVED":
         h.conn.accept(0)
         h.recv(at=0)
         return h
-    h.conn.send(b"s" * 500)
+    h.conn.send(b"s" * 500, h.now)
     out = h.recv(at=1)
     if state in ("FIN_WAIT_1", "FIN_WAIT_2", "CLOSING", "TIME_WAIT"):
         h.conn.shutdown(2)
@@ -101,7 +102,7 @@ def test_random_input_keeps_invariants(state, seed):
             if t is not None:
                 h.now = max(h.now, t)
                 conn.handle_timer(h.now)
-        closed_before = "closed" in events
+        closed_before = CLOSED in events
         out = conn.take_segments(rng.choice([-1, -1, 0, 1000]), h.now)
         events += conn.take_events()
         if closed_before:
@@ -122,6 +123,6 @@ def test_random_input_keeps_invariants(state, seed):
         assert len(conn._tx) <= cfg.sndbuf
         assert len(conn._rx) + conn._rx_unconsumed + len(conn._ooo) <= cfg.rcvbuf + (1 << ws)
         assert len(conn._events) == 0
-    if "closed" in events:
-        assert events.count("closed") == 1 and events[-1] == "closed"
+    if CLOSED in events:
+        assert events.count(CLOSED) == 1 and events[-1] == CLOSED
         assert conn.state is TcpState.CLOSED

@@ -14,6 +14,7 @@
 import random
 
 from pyslirp.net.tcp.conn import TcpConfig, TcpConnection, TcpState
+from pyslirp.net.tcp.events import CLOSED, ESTABLISHED
 from pyslirp.net.tcp.seq import seq_add, seq_gt, seq_le, seq_lt, seq_sub
 from pyslirp.wire.errors import ParseError
 from pyslirp.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpRepr
@@ -75,7 +76,7 @@ class Conn(object):
             self.synack = out[0]
             self.send(ACK, at=at)
             assert self.conn.state is TcpState.ESTABLISHED
-            assert self.conn.take_events() == ["established"]
+            assert self.conn.take_events() == [ESTABLISHED]
 
     # -- time ---------------------------------------------------------------
     def advance(self, at):
@@ -462,7 +463,7 @@ def run_link(seed, up=b"", down=b"", loss=0.1, dup=0.05, corrupt=0.02, jitter=40
             # Service side: read, consume, send, shut down.
             for e in conn.take_events():
                 events.append(e)
-                if e == "closed":
+                if e == CLOSED:
                     closed = True
             data = conn.read()
             if data:
@@ -476,7 +477,7 @@ def run_link(seed, up=b"", down=b"", loss=0.1, dup=0.05, corrupt=0.02, jitter=40
             if sent_down < len(down):
                 n = conn.send(bytes(to_send[sent_down:sent_down + 4096]), now)
                 sent_down += n
-            if sent_down >= len(down) and not shut and "established" in events:
+            if sent_down >= len(down) and not shut and ESTABLISHED in events:
                 conn.shutdown(now)
                 shut = True
             for s in conn.take_segments(-1, now):
@@ -547,5 +548,5 @@ def test_clean_link_transfer_both_ways():
     conn, peer, got, events, now, _ = run_link(1, up, down, loss=0, dup=0, corrupt=0, jitter=0)
     assert got == up
     assert bytes(peer.received) == down
-    assert events[0] == "established" and events[-1] == "closed"
+    assert events[0] == ESTABLISHED and events[-1] == CLOSED
     assert conn.retransmits == 0

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from test_tcp_harness import TcpConfig, TcpState, pattern, run_link
+from pyslirp.net.tcp.events import CLOSED, ESTABLISHED, PEER_FIN, RESET, TIMED_OUT
 
 VARIANTS = {
     "default": dict(),
@@ -36,8 +37,8 @@ def _check(seed, variant, up_len=40000, down_len=60000):
     assert got == up, (len(got), len(up))
     assert bytes(peer.received) == down, (len(peer.received), len(down))
     assert peer.fin_received and peer.fin_acked
-    assert events[0] == "established" and events[-1] == "closed"
-    assert events.count("peer_fin") == 1 and "reset" not in events and "timeout" not in events
+    assert events[0] == ESTABLISHED and events[-1] == CLOSED
+    assert events.count(PEER_FIN) == 1 and RESET not in events and TIMED_OUT not in events
     assert conn.state is TcpState.CLOSED
     assert peer.resets == 0
     return conn, parse_errors

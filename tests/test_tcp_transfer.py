@@ -10,6 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from test_tcp_harness import (ACK, CLIENT_ISS, FIN, OUR_ISS, PSH, RST, Conn, TcpConfig, TcpState,
                               data_segs, pattern, seq_add, seq_sub)
+from pyslirp.net.tcp.events import CLOSED, TIMED_OUT, WRITABLE
 
 C1 = CLIENT_ISS + 1
 S1 = OUR_ISS + 1
@@ -25,13 +26,13 @@ def sizes(segs):
 def test_send_buffer_is_bounded_and_writable_when_acked():
     h = Conn(config=TcpConfig(sndbuf=3000))
     assert h.conn.send_space == 3000
-    assert h.conn.send(b"a" * 2000) == 2000
-    assert h.conn.send(b"b" * 2000) == 1000
-    assert h.conn.send_space == 0 and h.conn.send(b"c") == 0
+    assert h.conn.send(b"a" * 2000, h.now) == 2000
+    assert h.conn.send(b"b" * 2000, h.now) == 1000
+    assert h.conn.send_space == 0 and h.conn.send(b"c", h.now) == 0
     out = h.recv(at=10)
     assert sizes(out) == [MSS, MSS]                # the 80-byte tail waits (Nagle)
     h.ack_all(out, at=20)
-    assert h.conn.take_events() == ["writable"]
+    assert h.conn.take_events() == [WRITABLE]
     assert h.conn.send_space == 2 * MSS
     out = h.recv(at=20)
     assert sizes(out) == [80] and out[0].flags & PSH
@@ -39,7 +40,7 @@ def test_send_buffer_is_bounded_and_writable_when_acked():
 
 def test_segments_sized_to_mss_minus_timestamps_and_initial_window():
     h = Conn(ts=100)
-    h.conn.send(pattern(5000))
+    h.conn.send(pattern(5000), h.now)
     out = h.recv(at=10)
     assert sizes(out) == [1448, 1448, 1448]        # IW = 3 * SMSS (RFC 5681 3.1), SMSS = 1460 - 12
     assert [s.flags & PSH for s in out] == [0, 0, 0]
@@ -51,7 +52,7 @@ def test_segments_sized_to_mss_minus_timestamps_and_initial_window():
 
 def test_client_without_mss_option_gets_536():
     h = Conn(mss=None)
-    h.conn.send(b"x" * 2000)
+    h.conn.send(b"x" * 2000, h.now)
     assert set(sizes(h.recv(at=10))) <= {536, 2000 - 3 * 536} and h.conn.send_mss == 536
 
 
@@ -60,7 +61,7 @@ def test_client_without_mss_option_gets_536():
 def test_retransmission_timing_backoff_and_give_up():
     h = Conn(config=TcpConfig(max_retries=3))
     assert h.conn.rto == 200
-    h.conn.send(b"hello")
+    h.conn.send(b"hello", h.now)
     first = h.recv(at=10)
     assert sizes(first) == [5]
     assert h.recv(at=209) == []
@@ -74,13 +75,13 @@ def test_retransmission_timing_backoff_and_give_up():
     assert h.recv(at=3009) == []
     out = h.recv(at=3010)
     assert [(s.flags, s.seq) for s in out] == [(RST | ACK, S1 + 5)]
-    assert h.conn.take_events() == ["timeout", "closed"]
+    assert h.conn.take_events() == [TIMED_OUT, CLOSED]
     assert h.conn.state is TcpState.CLOSED
 
 
 def test_rto_is_capped_at_max():
     h = Conn(config=TcpConfig(max_rto_ms=1000, max_retries=10))
-    h.conn.send(b"x")
+    h.conn.send(b"x", h.now)
     h.recv(at=0)
     t = 0
     gaps = []
@@ -94,13 +95,13 @@ def test_rto_is_capped_at_max():
 
 def test_karn_no_sample_from_retransmitted_segment():
     h = Conn()
-    h.conn.send(b"abc")
+    h.conn.send(b"abc", h.now)
     h.recv(at=10)
     h.recv(at=210)                                 # retransmission
     assert h.conn.rto == 400
     h.send(ACK, ack=S1 + 3, at=300)                # ambiguous: which copy does it acknowledge?
     assert h.conn.srtt == 0 and h.conn.rto == 400  # no sample, backed-off RTO kept (RFC 6298 5.7 note)
-    h.conn.send(b"def")
+    h.conn.send(b"def", h.now)
     h.recv(at=400)
     h.send(ACK, ack=S1 + 6, at=480)                # a fresh segment: sampled, backoff collapses
     assert h.conn.srtt == 10 and h.conn.rto == 200
@@ -108,9 +109,9 @@ def test_karn_no_sample_from_retransmitted_segment():
 
 def test_ack_restarts_timer_and_stops_it_when_all_acked():
     h = Conn(config=TcpConfig(nagle=False))
-    h.conn.send(b"a" * 10)
+    h.conn.send(b"a" * 10, h.now)
     h.recv(at=0)
-    h.conn.send(b"b" * 10)
+    h.conn.send(b"b" * 10, h.now)
     h.recv(at=50)
     assert h.conn.get_timer() == 200
     h.send(ACK, ack=S1 + 10, at=100)              # new data acked: restart (RFC 6298 5.3)
@@ -131,7 +132,7 @@ def _grow_cwnd(h, rounds, t):
 
 def test_fast_retransmit_and_newreno_partial_ack():
     h = Conn(config=TcpConfig(sndbuf=200000))
-    h.conn.send(pattern(100000))
+    h.conn.send(pattern(100000), h.now)
     t = _grow_cwnd(h, 2, 10)
     assert h.conn.cwnd == 12 * MSS
     out = h.recv(at=t)
@@ -170,7 +171,7 @@ def test_fast_retransmit_and_newreno_partial_ack():
 def test_three_dupacks_below_recover_do_not_retransmit_again():
     # RFC 6582 section 4: after an RTO, duplicate ACKs for the go-back retransmissions are ignored.
     h = Conn(config=TcpConfig(sndbuf=100000))
-    h.conn.send(pattern(20000))
+    h.conn.send(pattern(20000), h.now)
     t = _grow_cwnd(h, 1, 10)
     out = h.recv(at=t)
     base = out[0].seq
@@ -186,9 +187,9 @@ def test_three_dupacks_below_recover_do_not_retransmit_again():
 def test_client_sack_blocks_avoid_retransmissions():
     def scenario(sack):
         h = Conn(sack=sack)
-        h.conn.send(b"w" * MSS)
+        h.conn.send(b"w" * MSS, h.now)
         h.ack_all(h.recv(at=10), at=20)            # cwnd 4 segments
-        h.conn.send(pattern(4 * MSS))
+        h.conn.send(pattern(4 * MSS), h.now)
         out = h.recv(at=30)
         assert len(out) == 4
         s0, s1, s2, s3 = out
@@ -212,9 +213,9 @@ def test_client_sack_blocks_avoid_retransmissions():
 
 def test_sack_reneging_is_detected():
     h = Conn(sack=True)
-    h.conn.send(b"w" * MSS)
+    h.conn.send(b"w" * MSS, h.now)
     h.ack_all(h.recv(at=10), at=20)
-    h.conn.send(pattern(3 * MSS))
+    h.conn.send(pattern(3 * MSS), h.now)
     s0, s1, s2 = h.recv(at=30)
     h.send(ACK, ack=s0.seq, sack_blocks=((s1.seq, s2.seq),), at=40)
     # The cumulative ACK then stops exactly where the SACKed block began: the client dropped it.
@@ -293,7 +294,7 @@ def test_zero_window_probes_with_backoff_then_window_opens():
     h = Conn()
     h.window = 0
     h.send(ACK, at=0)
-    h.conn.send(b"p" * 100)
+    h.conn.send(b"p" * 100, h.now)
     assert h.recv(at=10) == []
     assert h.conn.get_timer() == 210
     assert h.recv(at=209) == []
@@ -315,22 +316,22 @@ def test_unanswered_zero_window_probes_give_up():
     h = Conn(config=TcpConfig(max_retries=2))
     h.window = 0
     h.send(ACK, at=0)
-    h.conn.send(b"p")
+    h.conn.send(b"p", h.now)
     h.recv(at=0)
     for t in (200, 600):
         assert len(h.recv(at=t)) == 1
     out = h.recv(at=1400)
     assert [s.flags for s in out] == [RST | ACK]
-    assert h.conn.take_events() == ["timeout", "closed"]
+    assert h.conn.take_events() == [TIMED_OUT, CLOSED]
 
 
 def test_sender_sws_holds_small_window_until_override():
     h = Conn()
-    h.conn.send(b"x" * MSS)
+    h.conn.send(b"x" * MSS, h.now)
     h.ack_all(h.recv(at=0), at=1)
     h.window = 100                                 # far below half the largest window seen
     h.send(ACK, at=2)
-    h.conn.send(b"y" * 1000)
+    h.conn.send(b"y" * 1000, h.now)
     assert h.recv(at=3) == []
     t = h.conn.get_timer()
     out = h.recv(at=t)                             # override timeout: send what fits
@@ -383,7 +384,7 @@ def test_window_scaling_applied_both_ways():
     h = Conn(wscale=2, window=2 * MSS, config=TcpConfig(rcvbuf=200000))
     assert h.synack.wscale == 2 and h.conn.rcv_wscale == 2
     # Theirs: field 730 << 2 = 2920 bytes, exactly two segments.
-    h.conn.send(pattern(10000))
+    h.conn.send(pattern(10000), h.now)
     out = h.recv(at=10)
     assert sizes(out) == [MSS, MSS]
     # Ours: the window field is bytes >> 2.
@@ -407,7 +408,7 @@ def test_timestamps_echoed_and_used_for_rtt():
     h.send(ACK | PSH, payload=b"hi", at=50)
     out = h.recv(at=250)                           # delayed ACK
     assert out[0].timestamp[1] == 100 + 50         # echoes the client's TSval
-    h.conn.send(b"abc")
+    h.conn.send(b"abc", h.now)
     out = h.recv(at=300)
     tsval = out[0].timestamp[0]
     h.recv(at=300 + h.conn.rto)                    # retransmitted: Karn would forbid a sample...
@@ -436,7 +437,7 @@ def test_transfer_across_the_sequence_wrap_both_ways():
     got = h.conn.read()
     assert got == up and seq_sub(h.conn.rcv_nxt, 0) > 0 > seq_sub(0xFFFFFFA0, 0)
     h.conn.consumed(len(got), 30)
-    h.conn.send(down)
+    h.conn.send(down, h.now)
     h.conn.shutdown(30)
     t = 30
     while h.conn.state is not TcpState.FIN_WAIT_2 and t < 5000:
@@ -471,7 +472,7 @@ def test_ack_every_second_full_segment():
 def test_ack_piggybacks_on_data():
     h = Conn()
     h.send(ACK | PSH, payload=b"question", at=10)
-    h.conn.send(b"answer")
+    h.conn.send(b"answer", h.now)
     out = h.recv(at=20)
     assert [(s.payload, s.ack) for s in out] == [(b"answer", C1 + 8)]
     assert h.conn.get_timer() == 20 + h.conn.rto   # the delayed-ACK timer is gone
@@ -481,11 +482,11 @@ def test_ack_piggybacks_on_data():
 
 def test_nagle_holds_small_segment_while_data_unacked():
     h = Conn()
-    h.conn.send(b"a" * 100)
+    h.conn.send(b"a" * 100, h.now)
     assert sizes(h.recv(at=10)) == [100]
-    h.conn.send(b"b" * 100)
+    h.conn.send(b"b" * 100, h.now)
     assert h.recv(at=20) == []
-    h.conn.send(b"c" * 100)
+    h.conn.send(b"c" * 100, h.now)
     h.send(ACK, ack=S1 + 100, at=50)
     out = h.recv(at=50)
     assert [s.payload for s in out] == [b"b" * 100 + b"c" * 100]
@@ -493,19 +494,19 @@ def test_nagle_holds_small_segment_while_data_unacked():
 
 def test_nagle_off_sends_at_once_and_psh_marks_end_of_burst():
     h = Conn(config=TcpConfig(nagle=False))
-    h.conn.send(b"a" * 100)
+    h.conn.send(b"a" * 100, h.now)
     h.recv(at=10)
-    h.conn.send(b"b" * 100)
+    h.conn.send(b"b" * 100, h.now)
     assert sizes(h.recv(at=20)) == [100]
     h2 = Conn()
-    h2.conn.send(b"x" * (2 * MSS))
+    h2.conn.send(b"x" * (2 * MSS), h2.now)
     out = h2.recv(at=10)
     assert [bool(s.flags & PSH) for s in out] == [False, True]
 
 
 def test_budget_limits_payload_but_not_control_segments():
     h = Conn()
-    h.conn.send(pattern(5000))
+    h.conn.send(pattern(5000), h.now)
     out = h.recv(at=10, budget=2000)
     assert sizes(out) == [MSS]
     assert h.conn.pending_output
@@ -518,21 +519,21 @@ def test_budget_limits_payload_but_not_control_segments():
     assert not h.conn.pending_output
 
 
-def test_output_without_now_never_arms_an_early_timer():
+def test_timers_run_from_the_time_the_caller_passes():
     h = Conn()
     h.advance(5000)
-    h.conn.send(b"x" * 10)
-    out = h.conn.take_segments(-1)                 # no clock: the connection last saw t=0
+    assert h.conn.send(b"x" * 10, 5000) == 10 and h.conn.last_activity == 5000
+    out = h.conn.take_segments(-1, 5000)
     assert sizes(out) == [10]
-    h.conn.handle_timer(5000)                      # the real time: nothing is due yet
-    assert h.conn.take_segments(-1, 5000) == []
     assert h.conn.get_timer() == 5000 + h.conn.rto
+    h.conn.handle_timer(5000 + h.conn.rto - 1)     # one millisecond early: nothing is due yet
+    assert h.conn.take_segments(-1, 5000 + h.conn.rto - 1) == []
     assert sizes(h.recv(at=5000 + h.conn.rto)) == [10]
 
 
 def test_fin_rides_on_the_last_segment_and_waits_for_the_data():
     h = Conn()
-    h.conn.send(pattern(3000))
+    h.conn.send(pattern(3000), h.now)
     h.conn.shutdown(5)
     out = h.recv(at=10, budget=2 * MSS)           # the tail does not fit the budget: no FIN yet
     assert sizes(out) == [MSS, MSS] and not any(s.flags & FIN for s in out)

@@ -9,45 +9,21 @@ identifier, sequence number and data are returned unchanged, RFC 1122
 datagram to a port nobody serves) and Time Exceeded (reassembly timeout).
 
 :func:`may_send_error` holds RFC 1122 3.2.2's list of datagrams that must
-never provoke an ICMP error, and :class:`TokenBucket` limits how many errors
-(and how many log lines about malformed input) leave per second, with
-integer arithmetic on the caller's ``now`` in milliseconds.
+never provoke an ICMP error; ``ERROR_RATE`` and ``ERROR_BURST`` size the
+token bucket (net/ratelimit.py, re-exported here for the stack) that limits
+how many errors leave per second.
 """
 
+from pyslirp.net.ratelimit import TokenBucket
 from pyslirp.wire import icmp as icmp_wire
-from pyslirp.wire.ipv4 import PROTO_ICMP, is_unicast
+from pyslirp.wire.ipv4 import PROTO_ICMP, is_multicast_or_broadcast, is_unicast
+
+__all__ = ["ERROR_BURST", "ERROR_RATE", "TokenBucket", "echo_reply", "may_send_error", "quote"]
 
 # Defaults for the error rate limit: a burst of 20, then 10 per second (RFC 1812 4.3.2.8 asks for a limit; the
 # numbers are in the range Linux uses for icmp_ratelimit).
 ERROR_RATE = 10
 ERROR_BURST = 20
-
-
-class TokenBucket(object):
-    """``rate`` events per second with bursts of ``burst``; integer milli-tokens, time from the caller."""
-
-    def __init__(self, rate, burst, now=0):
-        if rate <= 0 or burst <= 0:
-            raise ValueError("rate and burst must be positive")
-        self.rate = rate                    # tokens per second == milli-tokens per millisecond
-        self.capacity = burst * 1000
-        self.tokens = self.capacity
-        self.last = now
-        self.allowed = 0
-        self.denied = 0
-
-    def allow(self, now):
-        """Take one token if there is one; False (and counted) when the bucket is empty."""
-        elapsed = now - self.last
-        if elapsed > 0:
-            self.tokens = min(self.capacity, self.tokens + elapsed * self.rate)
-            self.last = now
-        if self.tokens >= 1000:
-            self.tokens -= 1000
-            self.allowed += 1
-            return True
-        self.denied += 1
-        return False
 
 
 def may_send_error(ip):
@@ -63,7 +39,7 @@ def may_send_error(ip):
     """
     if ip.frag_offset != 0:
         return False, "non_initial_fragment"
-    if not is_unicast(ip.dst) or ip.dst == b"\xff\xff\xff\xff":
+    if is_multicast_or_broadcast(ip.dst):
         return False, "to_broadcast"
     if not is_unicast(ip.src):
         return False, "from_non_unicast"

@@ -1,50 +1,62 @@
-"""The IPv4 stack: IP input and output, ICMP, UDP, TCP demultiplexing and the service policy. Sans-IO.
+"""The IP stack: the flow table, the service bridge and output scheduling. Sans-IO.
 
 Theory of operation
 -------------------
-The PPP link hands :meth:`IPStack.receive_packet` one IPv4 datagram at a time.
-There are only two addresses in this world: ours (``local_ip``) and the
-client's (``remote_ip``).  Input goes through these steps, every drop counted
-in ``counters`` by reason and logged at a limited rate:
+The PPP link hands :meth:`IPStack.receive_packet` one IP datagram at a time.
+The address family's own work (header checks, the client-only source rule,
+reassembly, building datagrams, ICMP errors) is done by the IP layer
+(net/ipv4.py ``Ipv4Layer``); what is left here does not care about the
+family.  Every drop is counted in ``counters`` by reason and logged at a
+limited rate.
 
-1. Parse and validate the header (wire/ipv4.py: version, IHL, lengths,
-   checksum; link padding trimmed, options skipped by IHL, TTL ignored for
-   local delivery).
-2. Source must be the client (anything else is dropped: the only host on
-   a point-to-point link is the peer).
-3. Destination must be us; otherwise ICMP Destination Unreachable, code 1
-   (host unreachable): there is nowhere to forward to.
-4. Fragments are reassembled (net/frag.py, bounded, 30 s timeout).
-5. Protocol: ICMP (echo answered), UDP (net/udp.py port table, else Port
-   Unreachable), TCP (demultiplexed below), anything else Protocol
-   Unreachable (RFC 1122 3.2.2.1).
+Flows.  Every TCP connection, UDP association and ICMP echo exchange of the
+client is a flow in a table keyed by its full tuple
+(net/flows.py ``FlowKey``: protocol, client address and port, server address
+and port).  Each flow answers from its own server address, so a NAT'd
+flow's segments, resets and errors come from the outside host, and a
+service's from local_ip.  The first packet of an unknown flow (a TCP SYN, a
+UDP datagram, an echo request) asks the one admission point,
+``Policy.decide(flow, now) -> Route`` (net/flows.py): a service on local_ip,
+a UDP service, the DNS forwarder, NAT to an allowed outside address, or a
+refusal with the outcome the client sees (net/refusal.py: RST, ICMP
+administratively prohibited, port unreachable).
 
-ICMP errors obey RFC 1122 3.2.2 (net/icmp.py ``may_send_error``) and share
-one token bucket (RFC 1812 4.3.2.8 asks for a rate limit).
-
-TCP connections are keyed by (client port, local port).  A segment for a
-known connection goes to ``conn.receive``.  A SYN without ACK for no
-connection asks the one admission point, :meth:`IPStack._admit` (service
-mapping, connection limits: see :class:`Policy`).  Admitted, a
-:class:`~pyslirp.net.tcp.conn.TcpConnection` is created *pending*: nothing is
-sent until the service socket connects (``service_connected`` ->
-``conn.accept``, SYN-ACK; ``service_failed`` -> ``conn.refuse``, RST|ACK, so
-the client sees "connection refused" at once).  Refused SYNs and segments
-for no connection are answered by ``rst_for`` (RFC 9293 3.10.7.1).
+TCP.  Admitted, a :class:`~pyslirp.net.tcp.conn.TcpConnection` is created
+*pending*: nothing is sent until the runtime's connector has reached the
+route's target, directly or through a proxy (``ServiceConnect`` carries the
+Route; ``service_connected`` -> ``conn.accept``, SYN-ACK;
+``service_failed(outcome)`` -> RST|ACK or the ICMP error the outcome names, so
+the client sees the refusal at once and never a connection that opens and
+drops).  Segments for no connection are answered by ``rst_for`` (RFC 9293
+3.10.7.1) from the address they were sent to.
 
 Connection events become service events (pyslirp/net/events.py):
 ``readable`` -> ``ServiceSend``; ``writable`` -> ``ServiceReadCredit``;
 ``peer_fin`` -> ``ServiceShutdown``; ``reset``/``timeout`` ->
 ``ServiceClose``; ``established`` and ``closed`` -> ``ConnectionLog``.
-
 Read credit is the backpressure from the client's TCP window to the service
 socket: we grant the service thread at most ``conn.send_space`` bytes in
 total that we have not yet received from it (granted - received), so every
 ``service_data`` fits into the connection's send buffer.
 
-Timers: one ``TimerQueue`` key per connection (its conn_id; the deadline is
-the earlier of ``conn.get_timer()`` and the idle deadline), re-armed after
-every call into the connection, and one key for the reassembler.
+UDP.  A UDP flow (a ``[udp_services.PORT]`` or NAT to an outside address)
+becomes ``UdpOpen`` (the runtime opens one socket for it) and every datagram
+``UdpSend``; the runtime's replies come back through ``udp_data`` and leave
+from the flow's server address, fragmented when larger than the MTU; a port
+unreachable the runtime saw (``udp_error``) is relayed as ICMP from that
+address, quoting the client's last datagram.  Flows idle for
+``udp_timeout`` seconds are closed (``UdpClose``).  Queries to local_ip:53,
+when the forwarder is on, go to the sans-IO DNS forwarder (net/dns.py),
+whose upstream queries leave as ``DnsQuery`` events.
+
+ICMP.  Echo requests to local_ip are answered here (RFC 1122 3.2.2.6).  An
+echo request to an admitted outside address is a ping flow, keyed by its
+identifier: ``PingOpen`` / ``PingSend`` to the runtime's pinger, replies
+through ``ping_reply`` with the client's identifier restored.
+
+Timers: one ``TimerQueue`` key per flow (its id; for TCP the earlier of
+``conn.get_timer()`` and the idle deadline), re-armed after every call into
+the connection, and one key for the reassembler.
 
 Output: :meth:`take_packets` returns queued control packets (ICMP, resets,
 UDP), then every connection's segments: control segments and segments with
@@ -53,11 +65,7 @@ urgent, bulk payload shared round-robin within ``budget`` bytes (IP datagram
 bytes; see :meth:`_take_tcp`).  The runtime calls it when the line has room
 and passes what may still be queued toward the line, so what is returned is
 what goes onto the line next, in that order: bulk waits here, in the TCP
-send buffers, where a keystroke can still overtake it.  Every outgoing
-datagram has TTL 64 and the next identification, and is never larger than
-the link MTU; TCP segments always carry DF.  The only datagrams that may not
-fit (an echo reply to a reassembled jumbo ping, a large UDP answer) go out
-fragmented, without DF.
+send buffers, where a keystroke can still overtake it.
 
 Fitting a slow line: the runtime measures how fast the line drains and tells
 us (``set_line_rate``, bytes/s).  At 115200 bit/s one 1500-byte frame holds
@@ -86,14 +94,20 @@ INTERACTIVE_HOLD ms; it ends INTERACTIVE_HOLD ms after the last one.  Bulk
 efficiency wants large segments and a window of many of them; latency wants
 the opposite: this is the trade-off, measured by bench/bench_link.py.
 
-Link down: :meth:`reset` drops every connection without a word on the dead
-link and closes every service socket.
-
-Contract extensions (documented here, additive only): ``take_packets(budget,
-allow_one_over=False)`` (see there); ``set_mtu(mtu)`` (the
-session MTU, from LCP, told by the Core at LinkUp); ``set_line_rate(rate)``
-(the measured line rate, from the runtime through the Core); ``udp`` (the
-UDP port table, net/udp.py); ``policy`` (the admission decision point).
+Link down.  After an administrative close (ours, or the client's
+Terminate-Request) :meth:`reset` drops every flow without a word on the dead
+link and closes every service socket.  When the line was lost instead (the
+client's pppd restarted, the line cut, the adapter unplugged: the Core tells
+the two apart), :meth:`suspend` keeps every TCP flow and its service socket
+for ``resume_grace`` seconds: each connection is suspended (net/tcp/conn.py,
+"Link outages": nothing sent, no retransmission or give-up timer running),
+nothing is taken for the line, and the credit scheme holds the service
+sockets back once the send buffers are full, so memory stays bounded by
+``sndbuf`` per connection.  UDP and ping flows are closed at once (the
+client's next datagram opens a new one) and so is everything queued for
+the line.  If the client comes back in time with the same address,
+:meth:`resume` carries the connections on (each resends what was in flight,
+or probes); if not, the grace timer resets the stack as :meth:`reset` does.
 """
 
 import logging
@@ -101,24 +115,28 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field, replace
 from typing import Optional, Tuple
 
+from pyslirp.net import flows as F
 from pyslirp.net import icmp as icmp_policy
-from pyslirp.net.events import (ConnectionLog, ServiceClose, ServiceConnect, ServiceReadCredit, ServiceSend,
-                                ServiceShutdown)
-from pyslirp.net.frag import Reassembler, fragment
+from pyslirp.net import refusal
+from pyslirp.net.events import (ConnectionLog, DnsQuery, PingClose, PingOpen, PingSend, ServiceClose,
+                                ServiceConnect, ServiceReadCredit, ServiceSend, ServiceShutdown, UdpClose, UdpOpen,
+                                UdpSend)
+from pyslirp.net.flows import FlowKey, Policy, Service
+from pyslirp.net.ipv4 import Ipv4Layer
+from pyslirp.net.ratelimit import TokenBucket
+from pyslirp.net.tcp import events as tcp_events
 from pyslirp.net.tcp.conn import TcpConfig, TcpConnection, TcpState, rst_for
 from pyslirp.net.tcp.isn import IsnGenerator
-from pyslirp.net.udp import UdpDatagram, UdpMux
 from pyslirp.timers import TimerQueue
 from pyslirp.wire import icmp as icmp_wire
 from pyslirp.wire import tcp as tcp_wire
 from pyslirp.wire.errors import ParseError
 from pyslirp.wire.icmp import IcmpRepr
-from pyslirp.wire.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Ipv4Repr, ip_bytes, ip_str, is_unicast
+from pyslirp.wire.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP
 from pyslirp.wire.udp import UdpRepr
 
 log = logging.getLogger("pyslirp.net")
 
-TTL = 64
 SMALL_PAYLOAD = 64          # a segment with at most this much payload is "urgent" (keystrokes, echoes)
 IP_TCP_HEADER = 40          # IPv4 + TCP headers without options
 MAX_CONTROL_QUEUE = 256     # ICMP, resets and UDP waiting for take_packets
@@ -134,13 +152,23 @@ MIN_WINDOW_SEGMENTS = 2     # the receive window never goes below two of the cli
 BULK_WINDOW_SEGMENTS = 6    # ... nor below six while only bulk flows (a client that keeps running into the
                             # window probes its tail (TLP) and resends into its own queue)
 _FRAG_KEY = "frag"
+_RESUME_KEY = "resume"
+_DNS_KEY = "dns"
 _MAX_EVENT_ROUNDS = 8
 
+# What the client sees for each refusal outcome (net/refusal.py); RESET is a TCP RST instead.
+_ICMP_CODE = {
+    refusal.NET_UNREACHABLE: icmp_wire.CODE_NET_UNREACHABLE,
+    refusal.HOST_UNREACHABLE: icmp_wire.CODE_HOST_UNREACHABLE,
+    refusal.ADMIN_PROHIBITED: icmp_wire.CODE_ADMIN_PROHIBITED,
+    refusal.PORT_UNREACHABLE: icmp_wire.CODE_PORT_UNREACHABLE,
+}
 
-def _segment_payload(conn, default):
+
+def _segment_payload(conn):
     """The most payload one segment of ``conn`` carries now (its MSS, or less under ``segment_limit``)."""
-    n = getattr(conn, "send_mss", default)
-    limit = getattr(conn, "segment_limit", None)
+    n = conn.send_mss
+    limit = conn.segment_limit
     if limit and limit < n:
         n = limit
     return max(1, n)
@@ -154,67 +182,51 @@ def line_mss(rate, limit):
 
 
 @dataclass(frozen=True)
-class ServiceSpec:
-    port: int               # the TCP port the client connects to on local_ip
-    host: str               # where the service really is
-    target_port: int
-    name: str = ""
-
-
-@dataclass(frozen=True)
 class StackConfig:
     local_ip: str = "10.0.0.1"
     remote_ip: str = "10.0.0.2"
     mtu: int = 1500
-    services: Tuple[ServiceSpec, ...] = (ServiceSpec(22, "127.0.0.1", 22, "SSH"),)
+    services: Tuple[Service, ...] = (Service(22, "127.0.0.1", 22, "SSH"),)
+    udp_services: Tuple[Service, ...] = ()
+    proxy_via: str = ""                     # the configured proxy's type ("socks5", "http"), "" for none
+    outbound: F.OutboundPolicy = field(default_factory=F.OutboundPolicy)
+    dns_forwarder: bool = False
+    dns_tcp_upstream: Optional[Tuple[str, int]] = None   # DNS over TCP to local_ip:53 is relayed here
     max_connections: int = 64
     max_per_service: int = 16
-    idle_timeout: int = 0   # seconds, 0 = none
+    max_udp_flows: int = 64
+    udp_timeout: int = 60                   # seconds a UDP or ping flow lives without traffic
+    resume_grace: int = 120                 # seconds TCP flows wait for the client after a lost line; 0 = none
     tcp: TcpConfig = field(default_factory=TcpConfig)
 
 
-@dataclass(frozen=True)
-class Decision:
-    """The admission verdict for one SYN: the service, or None and why not."""
-    spec: Optional[ServiceSpec]
-    reason: str = ""
+class _Flow(object):
+    """What every flow record has: its id, tuple, route and activity."""
+    __slots__ = ("flow_id", "key", "route", "opened_at", "last_activity", "gone", "counted")
 
-
-class Policy(object):
-    """Who may open which connection: the single decision point for new TCP connections.
-
-    Today: the service mapping and the connection limits (total and per service).  Rate limits and allow-lists
-    belong here too, so that every refusal has one place and one reason.
-    """
-
-    def __init__(self, config):
-        self.services = dict((spec.port, spec) for spec in config.services)
-        self.max_connections = config.max_connections
-        self.max_per_service = config.max_per_service
-
-    def decide(self, client, port, active_total, active_for_service):
-        spec = self.services.get(port)
-        if spec is None:
-            return Decision(None, "no service on port %d" % port)
-        if active_total >= self.max_connections:
-            return Decision(None, "max_connections (%d) reached" % self.max_connections)
-        if active_for_service >= self.max_per_service:
-            return Decision(None, "max_per_service (%d) reached" % self.max_per_service)
-        return Decision(spec)
-
-
-class _Conn(object):
-    """The stack's bookkeeping around one TcpConnection."""
-    __slots__ = ("conn_id", "key", "conn", "spec", "client", "accepted", "established", "granted", "received",
-                 "backlog", "eof", "peer_fin", "service_closed", "opened_at", "last_activity", "reason", "gone",
-                 "small_at", "small_count")
-
-    def __init__(self, conn_id, key, conn, spec, client, now):
-        self.conn_id = conn_id
+    def __init__(self, flow_id, key, route, now):
+        self.flow_id = flow_id
         self.key = key
+        self.route = route
+        self.opened_at = now
+        self.last_activity = now
+        self.gone = False
+        self.counted = True             # holds a slot in the policy's limits
+
+    @property
+    def client(self):
+        return (F.addr_str(self.key.client_addr), self.key.client_port)
+
+
+class _Conn(_Flow):
+    """The stack's bookkeeping around one TcpConnection."""
+    __slots__ = ("conn", "syn_ip", "accepted", "established", "granted", "received", "backlog", "eof",
+                 "peer_fin", "service_closed", "reason", "small_at", "small_count")
+
+    def __init__(self, flow_id, key, route, conn, syn_ip, now):
+        _Flow.__init__(self, flow_id, key, route, now)
         self.conn = conn
-        self.spec = spec
-        self.client = client            # (ip str, port)
+        self.syn_ip = syn_ip            # the SYN's datagram, quoted if the connect fails with an ICMP error
         self.accepted = False           # service connected, SYN-ACK sent
         self.established = False
         self.granted = 0                # read credit handed to the service thread, in total
@@ -223,65 +235,108 @@ class _Conn(object):
         self.eof = False                # service_eof seen
         self.peer_fin = False           # ServiceShutdown sent
         self.service_closed = False     # ServiceClose sent
-        self.opened_at = now
-        self.last_activity = now
         self.reason = ""
-        self.gone = False
         self.small_at = None            # ms of the last small (interactive) payload segment, either way
         self.small_count = 0            # small payload segments since a pause of INTERACTIVE_HOLD
+
+    @property
+    def conn_id(self):
+        return self.flow_id
+
+
+class _Datagrams(_Flow):
+    """A UDP or ping flow: the client's last datagram is kept to quote in a relayed ICMP error."""
+    __slots__ = ("last_ip", "bytes_in", "bytes_out")
+
+    def __init__(self, flow_id, key, route, ip, now):
+        _Flow.__init__(self, flow_id, key, route, now)
+        self.last_ip = ip
+        self.bytes_in = 0               # from the client
+        self.bytes_out = 0              # to the client
 
 
 class IPStack(object):
     def __init__(self, config, rng):
         self.config = config
         self.rng = rng
-        self.local_ip = ip_bytes(config.local_ip)
-        self.remote_ip = ip_bytes(config.remote_ip)
-        self.mtu = config.mtu
+        self._counters = {}
+        self.ip = Ipv4Layer(config.local_ip, config.remote_ip, config.mtu, rng, self._drop, self._counters)
+        self.local_ip = self.ip.local
+        self.remote_ip = self.ip.remote
         self.line_rate = None
         self._fitted = (None, False)    # (line rate, interactive) the connections were last fitted to
         self._conn_configs = {}         # (announced mss, timestamps) -> TcpConfig for new connections
         self._interactive_until = -1    # ms: interactive traffic seen recently (see _interactive)
         self.policy = Policy(config)
-        self.udp = UdpMux()
-        self.frag = Reassembler()
         self.timers = TimerQueue()
         self._isn = IsnGenerator(rng)
-        self._conns = OrderedDict()     # (client port, local port) -> _Conn, in round-robin order
-        self._by_id = {}                # conn_id -> _Conn
+        self._conns = OrderedDict()     # FlowKey -> _Conn, in round-robin order
+        self._datagram_flows = {}       # FlowKey -> _Datagrams (UDP and ping flows)
+        self._by_id = {}                # flow id -> _Conn or _Datagrams
         self._next_id = 1
-        self._ident = rng.randrange(0x10000)
-        self._control = deque()         # IPv4 datagrams to send ahead of everything (ICMP, resets, UDP)
+        self._control = deque()         # datagrams to send ahead of everything (ICMP, resets, UDP)
         self._events = []
         self._now = 0
-        self._icmp_bucket = icmp_policy.TokenBucket(icmp_policy.ERROR_RATE, icmp_policy.ERROR_BURST)
-        self._log_bucket = icmp_policy.TokenBucket(1, 10)
-        self._refusal_bucket = icmp_policy.TokenBucket(1, 5)
+        self._suspended_at = None       # ms the link was lost (see suspend), None while it is up
+        self._log_bucket = TokenBucket(1, 10)
+        self._refusal_bucket = TokenBucket(1, 5)
         self._log_suppressed = 0
+        self.dns = None
+        if config.dns_forwarder:
+            from pyslirp.net.dns import DnsForwarder
+            self.dns = DnsForwarder(rng)
         # Counters (plain attributes and one dict of drop reasons).
-        self.counters = {}
         self.packets_in = 0
         self.packets_out = 0
         self.bytes_in = 0
         self.bytes_out = 0
         self.echo_requests = 0
         self.echo_replies = 0
-        self.unreachable_sent = 0
-        self.icmp_rate_limited = 0
         self.rst_sent = 0
         self.connections_opened = 0
         self.connections_refused = 0
         self.connections_closed = 0
+        self.flows_refused = {}         # cause -> count (policy, limit, ...)
+        self.udp_flows_opened = 0
+        self.ping_flows_opened = 0
+        self.suspensions = 0            # lost lines whose TCP flows were kept
+        self.resumptions = 0            # ... and carried on by a new session
+        self.resume_expiries = 0        # ... and reset when resume_grace ran out
 
     # -- configuration ------------------------------------------------------------
+
+    @property
+    def counters(self):
+        return self._counters
+
+    @property
+    def mtu(self):
+        return self.ip.mtu
+
+    @property
+    def unreachable_sent(self):
+        return self.ip.unreachable_sent
+
+    @property
+    def icmp_rate_limited(self):
+        return self.ip.icmp_rate_limited
+
+    @property
+    def suspended(self):
+        """The link was lost and the TCP flows wait for the client (see suspend)."""
+        return self._suspended_at is not None
 
     @property
     def connections_active(self):
         return len(self._conns)
 
     @property
+    def udp_flows_active(self):
+        return len(self._datagram_flows)
+
+    @property
     def mss_limit(self):
-        return self.mtu - 40
+        return self.mtu - IP_TCP_HEADER
 
     def new_connection_params(self):
         """(TcpConfig, mss_limit) for a new connection.
@@ -358,12 +413,12 @@ class IPStack(object):
 
     def set_mtu(self, mtu):
         """The session MTU (the smaller of ours and the peer's MRU); new connections size their MSS from it."""
-        self.mtu = min(mtu, self.config.mtu) if self.config.mtu else mtu
+        self.ip.mtu = min(mtu, self.config.mtu) if self.config.mtu else mtu
 
     # -- helpers ------------------------------------------------------------------
 
     def _drop(self, reason, detail=""):
-        self.counters[reason] = self.counters.get(reason, 0) + 1
+        self._counters[reason] = self._counters.get(reason, 0) + 1
         if self._log_bucket.allow(self._now):
             if self._log_suppressed:
                 log.debug("(%d similar messages suppressed)", self._log_suppressed)
@@ -372,81 +427,55 @@ class IPStack(object):
         else:
             self._log_suppressed += 1
 
-    def _next_ident(self):
-        ident = self._ident
-        self._ident = (ident + 1) & 0xFFFF
-        return ident
-
-    def _ip(self, protocol, payload, dont_fragment=True):
-        return Ipv4Repr(src=self.local_ip, dst=self.remote_ip, protocol=protocol, payload=payload, ttl=TTL,
-                        ident=self._next_ident(), dont_fragment=dont_fragment)
+    def _count(self, name):
+        self._counters[name] = self._counters.get(name, 0) + 1
 
     def _queue_control(self, packet):
+        if packet is None:
+            return
         if len(self._control) >= MAX_CONTROL_QUEUE:
             self._drop("out_control_queue_full")
             return
         self._control.append(packet)
 
-    def _queue_fragmented(self, protocol, payload):
-        """Queue a datagram that may exceed the MTU (an echo reply to a reassembled request, a large UDP answer).
+    def _queue_all(self, packets):
+        for packet in packets:
+            self._queue_control(packet)
 
-        DF is set when it fits, as on everything we send; otherwise it goes out in fragments (RFC 791 3.2).
-        """
-        ip = self._ip(protocol, payload)
-        if ip.total_len > self.mtu:
-            ip = replace(ip, dont_fragment=False)
-            self.counters["ip_fragmented_out"] = self.counters.get("ip_fragmented_out", 0) + 1
-        for piece in fragment(ip, self.mtu):
-            self._queue_control(piece.emit())
+    def _unreachable(self, ip, code, src=None):
+        packet = self.ip.unreachable(ip, code, self._now, src)
+        self._queue_control(packet)
+        return packet is not None
 
-    def _send_icmp_error(self, ip, message):
-        """Queue ICMP error ``message`` about datagram ``ip`` if RFC 1122 3.2.2 and the rate limit allow."""
-        allowed, why = icmp_policy.may_send_error(ip)
-        if not allowed:
-            self.counters["icmp_error_suppressed_" + why] = self.counters.get("icmp_error_suppressed_" + why, 0) + 1
-            return False
-        if not self._icmp_bucket.allow(self._now):
-            self.icmp_rate_limited += 1
-            return False
-        if message.type == icmp_wire.TYPE_DEST_UNREACHABLE:
-            self.unreachable_sent += 1
-        self._queue_control(self._ip(PROTO_ICMP, message.emit()).emit())
-        return True
+    def _new_id(self):
+        flow_id = self._next_id
+        self._next_id += 1
+        return flow_id
 
-    def _unreachable(self, ip, code):
-        return self._send_icmp_error(ip, IcmpRepr.dest_unreachable(code, icmp_policy.quote(ip)))
+    def _refuse(self, key, route, ip, seg=None):
+        """Show the client a refused flow as the route's outcome says, and log it (rate-limited)."""
+        if key.protocol == PROTO_TCP:
+            self.connections_refused += 1
+        cause = route.cause or F.CAUSE_POLICY
+        self.flows_refused[cause] = self.flows_refused.get(cause, 0) + 1
+        if self._refusal_bucket.allow(self._now):
+            log.info("refused %s: %s", key.describe(), route.reason)
+        if route.outcome == refusal.RESET and seg is not None:
+            self._reset(seg, ip)
+        else:
+            self._unreachable(ip, _ICMP_CODE.get(route.outcome, icmp_wire.CODE_ADMIN_PROHIBITED))
 
     # -- input --------------------------------------------------------------------
 
     def receive_packet(self, packet, now):
-        """One IPv4 datagram from the link."""
+        """One IP datagram from the link."""
         self._now = now
         self.packets_in += 1
         self.bytes_in += len(packet)
-        try:
-            ip = Ipv4Repr.parse(packet)
-        except ParseError as e:
-            self._drop("ip_" + e.reason, e.detail)
+        ip = self.ip.input(packet, now)
+        self.timers.schedule(_FRAG_KEY, self.ip.get_timer())
+        if ip is None:
             return
-        if ip.src != self.remote_ip:
-            # RFC 1122 3.2.1.3: only the peer lives on this point-to-point link.
-            self._drop("ip_bad_src", ip_str(ip.src))
-            return
-        if ip.dst != self.local_ip:
-            # RFC 1122 3.2.2.1 / RFC 792: we are not a router; the destination is unreachable from here.
-            if is_unicast(ip.dst):
-                self._drop("ip_not_local", ip_str(ip.dst))
-                self._unreachable(ip, icmp_wire.CODE_HOST_UNREACHABLE)
-            else:
-                self._drop("ip_broadcast", ip_str(ip.dst))
-            return
-        if ip.is_fragment:
-            self.counters["ip_fragments"] = self.counters.get("ip_fragments", 0) + 1
-            whole = self.frag.add(ip, now)
-            self.timers.schedule(_FRAG_KEY, self.frag.get_timer())
-            if whole is None:
-                return
-            ip = whole
         protocol = ip.protocol
         if protocol == PROTO_TCP:
             self._tcp_input(ip, now)
@@ -454,9 +483,12 @@ class IPStack(object):
             self._udp_input(ip, now)
         elif protocol == PROTO_ICMP:
             self._icmp_input(ip, now)
-        else:
+        elif ip.dst == self.local_ip:
             self._drop("ip_unknown_protocol", str(protocol))
             self._unreachable(ip, icmp_wire.CODE_PROTOCOL_UNREACHABLE)
+        else:
+            self._drop("ip_unknown_protocol", str(protocol))
+            self._unreachable(ip, icmp_wire.CODE_ADMIN_PROHIBITED)
 
     def _icmp_input(self, ip, now):
         try:
@@ -465,14 +497,35 @@ class IPStack(object):
             self._drop("icmp_" + e.reason)
             return
         if msg.type == icmp_wire.TYPE_ECHO_REQUEST:
-            # RFC 1122 3.2.2.6: "Every host MUST implement an ICMP Echo server function".
-            self.echo_requests += 1
-            self._queue_fragmented(PROTO_ICMP, icmp_policy.echo_reply(msg).emit())
-            self.echo_replies += 1
+            if ip.dst == self.local_ip:
+                # RFC 1122 3.2.2.6: "Every host MUST implement an ICMP Echo server function".
+                self.echo_requests += 1
+                self._queue_all(self.ip.datagrams(PROTO_ICMP, icmp_policy.echo_reply(msg).emit(),
+                                                  self.local_ip, self.remote_ip))
+                self.echo_replies += 1
+            else:
+                self._ping_input(ip, msg, now)
             return
-        # Destination Unreachable etc. from the client about one of our connections: TCP's own timers cope
+        # Destination Unreachable etc. from the client about one of our flows: TCP's own timers cope
         # (RFC 1122 4.2.3.9 lets soft errors be ignored).
         self._drop("icmp_type_%d" % msg.type)
+
+    def _ping_input(self, ip, msg, now):
+        key = FlowKey(PROTO_ICMP, ip.src, msg.echo_ident, ip.dst, 0)
+        rec = self._datagram_flows.get(key)
+        if rec is None:
+            route = self.policy.decide(key, now)
+            if not route.admitted:
+                self._refuse(key, route, ip)
+                return
+            rec = self._new_datagram_flow(key, route, ip, now)
+            self.ping_flows_opened += 1
+            self._events.append(PingOpen(rec.flow_id, key, route))
+        rec.last_ip = ip
+        rec.last_activity = now
+        rec.bytes_in += len(msg.payload)
+        self._events.append(PingSend(rec.flow_id, msg.echo_seq, msg.payload))
+        self._arm_datagrams(rec)
 
     def _udp_input(self, ip, now):
         try:
@@ -480,11 +533,27 @@ class IPStack(object):
         except ParseError as e:
             self._drop("udp_" + e.reason)
             return
-        if self.udp.deliver(UdpDatagram(udp.src_port, udp.dst_port, udp.payload), now):
-            return
-        # RFC 1122 4.1.3.1: a datagram for a port nobody listens on SHOULD get ICMP Port Unreachable.
-        self._drop("udp_no_port", str(udp.dst_port))
-        self._unreachable(ip, icmp_wire.CODE_PORT_UNREACHABLE)
+        key = FlowKey(PROTO_UDP, ip.src, udp.src_port, ip.dst, udp.dst_port)
+        rec = self._datagram_flows.get(key)
+        if rec is None:
+            route = self.policy.decide(key, now)
+            if not route.admitted:
+                if route.outcome == refusal.PORT_UNREACHABLE:
+                    # RFC 1122 4.1.3.1: a datagram for a port nobody listens on SHOULD get Port Unreachable.
+                    self._drop("udp_no_port", str(udp.dst_port))
+                self._refuse(key, route, ip)
+                return
+            if route.kind == F.DNS:
+                self._dns_query(key, udp.payload, now)
+                return
+            rec = self._new_datagram_flow(key, route, ip, now)
+            self.udp_flows_opened += 1
+            self._events.append(UdpOpen(rec.flow_id, key, route))
+        rec.last_ip = ip
+        rec.last_activity = now
+        rec.bytes_in += len(udp.payload)
+        self._events.append(UdpSend(rec.flow_id, udp.payload))
+        self._arm_datagrams(rec)
 
     def _tcp_input(self, ip, now):
         try:
@@ -492,14 +561,14 @@ class IPStack(object):
         except ParseError as e:
             self._drop("tcp_" + e.reason)
             return
-        key = (seg.src_port, seg.dst_port)
+        key = FlowKey(PROTO_TCP, ip.src, seg.src_port, ip.dst, seg.dst_port)
         rec = self._conns.get(key)
         flags = seg.flags
         is_syn = (flags & (tcp_wire.SYN | tcp_wire.ACK | tcp_wire.RST)) == tcp_wire.SYN
         if rec is not None and is_syn:
             if not rec.accepted:
                 # The client retransmitted its SYN while the service socket is still connecting.
-                self.counters["tcp_syn_while_pending"] = self.counters.get("tcp_syn_while_pending", 0) + 1
+                self._count("tcp_syn_while_pending")
                 return
             if rec.conn.state == TcpState.TIME_WAIT and rec.conn.syn_may_reuse(seg):
                 # RFC 9293 3.10.7.4 / RFC 6191: a new SYN for a 4-tuple in TIME-WAIT may open a new incarnation.
@@ -514,63 +583,45 @@ class IPStack(object):
             self._after(rec, now)
             return
         if is_syn:
-            self._admit(ip, seg, now)
+            self._admit(key, ip, seg, now)
             return
         self._drop("tcp_no_connection")
-        self._reset(seg)
+        self._reset(seg, ip)
 
-    def _reset(self, seg):
+    def _reset(self, seg, ip):
+        """The reset for a segment that matches no connection, from the address it was sent to."""
         rst = rst_for(seg)
         if rst is not None:
             self.rst_sent += 1
-            self._queue_control(self._ip(PROTO_TCP, rst.emit(self.local_ip, self.remote_ip)).emit())
+            self._queue_control(self.ip.datagram(PROTO_TCP, rst.emit(ip.dst, ip.src), ip.dst, ip.src))
 
     # -- admission ------------------------------------------------------------------
 
-    def _active_counts(self, port):
-        total = 0
-        for_service = 0
-        for rec in self._conns.values():
-            # TIME_WAIT connections hold no service socket and do not count against the limits.
-            if rec.conn.state == TcpState.TIME_WAIT:
-                continue
-            total += 1
-            if rec.key[1] == port:
-                for_service += 1
-        return total, for_service
-
-    def _admit(self, ip, seg, now):
-        """The one decision point for a new connection: admit (ServiceConnect) or refuse (RST|ACK)."""
-        client = (ip_str(ip.src), seg.src_port)
-        total, for_service = self._active_counts(seg.dst_port)
-        decision = self.policy.decide(client, seg.dst_port, total, for_service)
-        if decision.spec is None:
-            self.connections_refused += 1
-            if self._refusal_bucket.allow(now):
-                log.info("refused %s:%d -> port %d: %s", client[0], client[1], seg.dst_port, decision.reason)
-            self._reset(seg)
+    def _admit(self, key, ip, seg, now):
+        """A SYN for no connection: the policy's Route, then ServiceConnect -- or the refusal it names."""
+        route = self.policy.decide(key, now)
+        if not route.admitted:
+            self._refuse(key, route, ip, seg)
             return
-        spec = decision.spec
-        iss = self._isn(self.local_ip, seg.dst_port, self.remote_ip, seg.src_port, now)
+        iss = self._isn(ip.dst, seg.dst_port, ip.src, seg.src_port, now)
         tcp_config, mss_limit = self.new_connection_params()
-        conn = TcpConnection(seg, self.local_ip, self.remote_ip, tcp_config, iss, now, mss_limit)
-        conn_id = self._next_id
-        self._next_id += 1
-        rec = _Conn(conn_id, (seg.src_port, seg.dst_port), conn, spec, client, now)
-        self._conns[rec.key] = rec
-        self._by_id[conn_id] = rec
-        self._events.append(ServiceConnect(conn_id, spec.host, spec.target_port, spec.name, client))
+        conn = TcpConnection(seg, ip.dst, ip.src, tcp_config, iss, now, mss_limit)
+        rec = _Conn(self._new_id(), key, route, conn, ip, now)
+        self._conns[key] = rec
+        self._by_id[rec.flow_id] = rec
+        self._events.append(ServiceConnect(rec.flow_id, key, route))
         self._fit_to_line(now)
         self._after(rec, now)
+
+    def _release(self, rec):
+        if rec.counted:
+            rec.counted = False
+            self.policy.release(rec.key, rec.route)
 
     # -- connection events ----------------------------------------------------------
 
     def _describe(self, rec):
-        spec = rec.spec
-        target = "%s:%d" % (spec.host, spec.target_port)
-        if spec.name:
-            target = spec.name + " " + target
-        return "%s:%d -> %s" % (rec.client[0], rec.client[1], target)
+        return "%s:%d -> %s" % (rec.client[0], rec.client[1], rec.route.describe())
 
     def _after(self, rec, now):
         """Turn the connection's events into service events; re-arm its timer."""
@@ -584,27 +635,30 @@ class IPStack(object):
                     return
                 self._on_event(rec, event, now)
         if not rec.gone:
+            if rec.counted and conn.state == TcpState.TIME_WAIT:
+                self._release(rec)      # TIME_WAIT holds no service socket: it does not count against limits
             self._arm(rec)
 
     def _on_event(self, rec, event, now):
         conn_id = rec.conn_id
-        if event == "readable":
+        if isinstance(event, tcp_events.Readable):
             data = rec.conn.read()
             if data:
                 self._events.append(ServiceSend(conn_id, data))
-        elif event == "writable":
+        elif isinstance(event, tcp_events.Writable):
             self._grant(rec, now)
-        elif event == "established":
+        elif isinstance(event, tcp_events.Established):
             rec.established = True
             self._events.append(ConnectionLog(conn_id, "opened " + self._describe(rec)))
-        elif event == "peer_fin":
+        elif isinstance(event, tcp_events.PeerFin):
             if not rec.peer_fin:
                 rec.peer_fin = True
                 self._events.append(ServiceShutdown(conn_id))
-        elif event in ("reset", "timeout"):
-            rec.reason = rec.reason or event
-            self._close_service(rec, event)
-        elif event == "closed":
+        elif isinstance(event, (tcp_events.Reset, tcp_events.TimedOut)):
+            reason = "reset" if isinstance(event, tcp_events.Reset) else "timeout"
+            rec.reason = rec.reason or reason
+            self._close_service(rec, reason)
+        elif isinstance(event, tcp_events.Closed):
             self._finish(rec, now)
 
     def _close_service(self, rec, reason):
@@ -634,31 +688,46 @@ class IPStack(object):
 
     def _arm(self, rec):
         deadline = rec.conn.get_timer()
-        idle = self.config.idle_timeout
-        if idle and rec.accepted:
+        idle = self.config.tcp.idle_timeout
+        if idle and rec.accepted and self._suspended_at is None:
             idle_deadline = rec.last_activity + idle * 1000
             if deadline is None or idle_deadline < deadline:
                 deadline = idle_deadline
         self.timers.schedule(rec.conn_id, deadline)
 
-    def _finish(self, rec, now, reason=None):
-        """The connection is over: forget it, close the service socket if need be, log one line."""
+    def _wrap(self, rec, seg):
+        """A segment of ``rec`` as a datagram from the flow's server address to the client."""
+        key = rec.key
+        return self.ip.datagram(PROTO_TCP, seg.emit(key.server_addr, key.client_addr), key.server_addr,
+                                key.client_addr)
+
+    def _forget(self, rec):
+        rec.gone = True
+        self._release(rec)
+        self.timers.cancel(rec.flow_id)
+        del self._by_id[rec.flow_id]
+
+    def _finish(self, rec, now, reason=None, quiet=False):
+        """The connection is over: forget it, close the service socket if need be, log one line.
+
+        ``quiet``: its last words (an RST) are not sent, because the client was answered otherwise (an ICMP
+        error for a failed connect).
+        """
         if rec.gone:
             return
-        rec.gone = True
+        self._forget(rec)
         del self._conns[rec.key]
-        del self._by_id[rec.conn_id]
-        self.timers.cancel(rec.conn_id)
         conn = rec.conn
         # The connection's last words (the RST of refuse/abort/give-up) go out with the control packets.
         for seg in conn.take_segments(0, now):
-            packet = self._wrap(seg)
-            if packet is not None:
-                if seg.flags & tcp_wire.RST:
-                    self.rst_sent += 1
-                self._queue_control(packet)
+            if quiet:
+                continue
+            if seg.flags & tcp_wire.RST:
+                self.rst_sent += 1
+            self._queue_control(self._wrap(rec, seg))
         if not rec.accepted:
             self.connections_refused += 1
+            self.flows_refused[F.CAUSE_SERVICE] = self.flows_refused.get(F.CAUSE_SERVICE, 0) + 1
             self._events.append(ConnectionLog(rec.conn_id, "refused %s reason=%s" % (
                 self._describe(rec), rec.reason or reason or "closed")))
             return
@@ -676,11 +745,16 @@ class IPStack(object):
 
     # -- service threads' reports -----------------------------------------------------
 
-    def _service_rec(self, conn_id, what):
-        rec = self._by_id.get(conn_id)
-        if rec is None:
-            self.counters["service_stale_" + what] = self.counters.get("service_stale_" + what, 0) + 1
+    def _rec(self, flow_id, cls, stale):
+        """The live flow ``flow_id`` of type ``cls``, or None (counted as ``stale``: a report for a gone flow)."""
+        rec = self._by_id.get(flow_id)
+        if rec is None or not isinstance(rec, cls):
+            self._count(stale)
+            return None
         return rec
+
+    def _service_rec(self, conn_id, what):
+        return self._rec(conn_id, _Conn, "service_stale_" + what)
 
     def service_connected(self, conn_id, now):
         self._now = now
@@ -688,18 +762,26 @@ class IPStack(object):
         if rec is None or rec.accepted:
             return
         rec.accepted = True
+        rec.syn_ip = None
         rec.last_activity = now
         self.connections_opened += 1
         rec.conn.accept(now)
         self._grant(rec, now)
         self._after(rec, now)
 
-    def service_failed(self, conn_id, reason, now):
+    def service_failed(self, conn_id, reason, now, outcome=refusal.RESET):
+        """The connector could not reach the target: RST|ACK, or the ICMP error ``outcome`` names."""
         self._now = now
         rec = self._service_rec(conn_id, "failed")
         if rec is None or rec.accepted:
             return
         rec.reason = reason
+        code = _ICMP_CODE.get(outcome)
+        if code is not None and rec.syn_ip is not None:
+            self._unreachable(rec.syn_ip, code)
+            rec.conn.refuse(now)
+            self._finish(rec, now, quiet=True)
+            return
         rec.conn.refuse(now)
         self._after(rec, now)
         if not rec.gone:        # refuse() always closes; make sure the record goes even if no event came
@@ -711,12 +793,12 @@ class IPStack(object):
         if rec is None or not data:
             return
         if rec.eof or not rec.accepted:
-            self.counters["service_data_unexpected"] = self.counters.get("service_data_unexpected", 0) + 1
+            self._count("service_data_unexpected")
             return
         rec.received += len(data)
         rec.last_activity = now
         if rec.received > rec.granted:
-            self.counters["service_credit_overrun"] = self.counters.get("service_credit_overrun", 0) + 1
+            self._count("service_credit_overrun")
         if rec.backlog:
             rec.backlog += data
         else:
@@ -758,6 +840,109 @@ class IPStack(object):
         if not rec.gone:
             self._finish(rec, now)
 
+    # -- UDP and ping flows --------------------------------------------------------------
+
+    def _new_datagram_flow(self, key, route, ip, now):
+        rec = _Datagrams(self._new_id(), key, route, ip, now)
+        self._datagram_flows[key] = rec
+        self._by_id[rec.flow_id] = rec
+        return rec
+
+    def _arm_datagrams(self, rec):
+        self.timers.schedule(rec.flow_id, rec.last_activity + self.config.udp_timeout * 1000)
+
+    def _datagram_rec(self, flow_id, what):
+        return self._rec(flow_id, _Datagrams, "flow_stale_" + what)
+
+    def _close_datagrams(self, rec, reason):
+        if rec.gone:
+            return
+        self._forget(rec)
+        del self._datagram_flows[rec.key]
+        if rec.key.protocol == PROTO_UDP:
+            self._events.append(UdpClose(rec.flow_id, reason))
+        else:
+            self._events.append(PingClose(rec.flow_id, reason))
+        log.debug("closed %s: %s in=%d out=%d", rec.key.describe(), reason, rec.bytes_in, rec.bytes_out)
+
+    def udp_data(self, flow_id, payload, now):
+        """A datagram the flow's socket received: to the client, from the flow's server address and port."""
+        self._now = now
+        rec = self._datagram_rec(flow_id, "udp_data")
+        if rec is None:
+            return
+        key = rec.key
+        rec.last_activity = now
+        rec.bytes_out += len(payload)
+        self._queue_all(self.ip.datagrams(
+            PROTO_UDP, UdpRepr(key.server_port, key.client_port, payload).emit(key.server_addr, key.client_addr),
+            key.server_addr, key.client_addr))
+        self._arm_datagrams(rec)
+
+    def udp_error(self, flow_id, outcome, now):
+        """The flow's socket saw an ICMP error (port unreachable...): relay it, from the flow's server address."""
+        self._now = now
+        rec = self._datagram_rec(flow_id, "udp_error")
+        if rec is None:
+            return
+        code = _ICMP_CODE.get(outcome, icmp_wire.CODE_PORT_UNREACHABLE)
+        src = rec.key.server_addr if outcome == refusal.PORT_UNREACHABLE else None
+        self._unreachable(rec.last_ip, code, src)
+
+    def ping_reply(self, flow_id, seq, payload, now):
+        """An echo reply for a ping flow: to the client, from the pinged address, with the client's identifier."""
+        self._now = now
+        rec = self._datagram_rec(flow_id, "ping_reply")
+        if rec is None:
+            return
+        key = rec.key
+        rec.last_activity = now
+        rec.bytes_out += len(payload)
+        reply = IcmpRepr.echo(key.client_port, seq, payload, reply=True)
+        self._queue_all(self.ip.datagrams(PROTO_ICMP, reply.emit(), key.server_addr, key.client_addr))
+        self._arm_datagrams(rec)
+
+    def flow_failed(self, flow_id, reason, outcome, now):
+        """A UDP or ping flow cannot be served (no socket could be had): tell the client, close the flow."""
+        self._now = now
+        rec = self._datagram_rec(flow_id, "failed")
+        if rec is None:
+            return
+        if self._refusal_bucket.allow(now):
+            log.info("refused %s: %s", rec.key.describe(), reason)
+        self.flows_refused[F.CAUSE_SERVICE] = self.flows_refused.get(F.CAUSE_SERVICE, 0) + 1
+        self._unreachable(rec.last_ip, _ICMP_CODE.get(outcome, icmp_wire.CODE_ADMIN_PROHIBITED))
+        self._close_datagrams(rec, reason)
+
+    # -- DNS forwarder ---------------------------------------------------------------------
+
+    def _dns_query(self, key, payload, now):
+        self.dns.query((key.client_addr, key.client_port), payload, now)
+        self._dns_flush()
+
+    def dns_answer(self, payload, now):
+        """An upstream server's answer (from the runtime's relay)."""
+        self._now = now
+        if self.dns is not None:
+            self.dns.answer(payload, now)
+            self._dns_flush()
+
+    def dns_failed(self, upstream_id, now):
+        self._now = now
+        if self.dns is not None:
+            self.dns.failed(upstream_id, now)
+            self._dns_flush()
+
+    def _dns_flush(self):
+        dns = self.dns
+        for upstream_id, payload in dns.take_queries():
+            self._events.append(DnsQuery(upstream_id, payload))
+        for (client_addr, client_port), payload in dns.take_replies():
+            self._queue_all(self.ip.datagrams(
+                PROTO_UDP, UdpRepr(53, client_port, payload).emit(self.local_ip, client_addr),
+                self.local_ip, client_addr))
+        self.timers.schedule(_DNS_KEY, dns.get_timer())
+
     # -- timers ------------------------------------------------------------------------
 
     def get_timer(self):
@@ -767,17 +952,31 @@ class IPStack(object):
         self._now = now
         for key in self.timers.pop_due(now):
             if key == _FRAG_KEY:
-                for first in self.frag.handle_timer(now):
-                    # RFC 1122 3.3.2: Time Exceeded (reassembly) when fragment zero had arrived.
-                    self._send_icmp_error(first, IcmpRepr.time_exceeded(icmp_wire.CODE_REASSEMBLY_EXCEEDED,
-                                                                        icmp_policy.quote(first)))
-                self.timers.schedule(_FRAG_KEY, self.frag.get_timer())
+                self._queue_all(self.ip.handle_timer(now))
+                self.timers.schedule(_FRAG_KEY, self.ip.get_timer())
+                continue
+            if key == _DNS_KEY:
+                self.dns.handle_timer(now)
+                self._dns_flush()
+                continue
+            if key == _RESUME_KEY:
+                self.resume_expiries += 1
+                grace = self.config.resume_grace
+                log.info("no session within %d s of the lost line: closing %d TCP connections", grace,
+                         len(self._conns))
+                self.reset(now, "link down, not resumed within %d s" % grace)
                 continue
             rec = self._by_id.get(key)
             if rec is None:
                 continue
-            idle = self.config.idle_timeout
-            if idle and rec.accepted and now >= rec.last_activity + idle * 1000:
+            if isinstance(rec, _Datagrams):
+                if now >= rec.last_activity + self.config.udp_timeout * 1000:
+                    self._close_datagrams(rec, "idle")
+                else:
+                    self._arm_datagrams(rec)
+                continue
+            idle = self.config.tcp.idle_timeout
+            if idle and rec.accepted and self._suspended_at is None and now >= rec.last_activity + idle * 1000:
                 rec.reason = "idle"
                 log.debug("idle timeout: %s", self._describe(rec))
                 rec.conn.abort(now)
@@ -792,26 +991,17 @@ class IPStack(object):
 
     # -- output ------------------------------------------------------------------------
 
-    def _wrap(self, seg):
-        packet = self._ip(PROTO_TCP, seg.emit(self.local_ip, self.remote_ip)).emit()
-        if len(packet) > self.mtu:
-            # Cannot happen while the MSS is derived from the MTU; never put an oversized datagram on the link.
-            self._drop("tcp_oversize_out", "%d > %d" % (len(packet), self.mtu))
-            return None
-        return packet
-
     def take_packets(self, budget, allow_one_over=False):
-        """[(urgent, IPv4 datagram)]: control and small packets always; bulk within ``budget`` bytes (< 0: all).
+        """[(urgent, datagram)]: control and small packets always; bulk within ``budget`` bytes (< 0: all).
 
-        ``allow_one_over`` (an addition to the contract): with a positive budget the first bulk datagram
-        may exceed it -- a bound on the line's queue smaller than one segment must still let data through.
+        ``allow_one_over``: with a positive budget the first bulk datagram may exceed it -- a bound on the
+        line's queue smaller than one segment must still let data through.
         """
+        if self._suspended_at is not None:
+            self._control.clear()
+            return []
         urgent = []
         bulk = []
-        for local_port, client_port, payload in self.udp.take_datagrams():
-            self._queue_fragmented(PROTO_UDP, UdpRepr(local_port, client_port, payload).emit(self.local_ip,
-                                                                                            self.remote_ip))
-        self._events.extend(self.udp.take_events())
         while self._control:
             urgent.append(self._control.popleft())
         if self._conns:
@@ -858,8 +1048,8 @@ class IPStack(object):
                 if unlimited:
                     allowance = -1
                 else:
-                    header = IP_TCP_HEADER + (tcp_wire.TS_OPTION_LEN if getattr(conn, "ts_ok", False) else 0)
-                    quantum = _segment_payload(conn, self.mss_limit)
+                    header = IP_TCP_HEADER + (tcp_wire.TS_OPTION_LEN if conn.ts_ok else 0)
+                    quantum = _segment_payload(conn)
                     if allow_one_over and remaining > 0 and not took_bulk:
                         allowance = quantum
                     else:
@@ -872,7 +1062,7 @@ class IPStack(object):
                 sent_bulk = False
                 seen_bulk = rec in bulk_senders
                 for seg in segs:
-                    packet = self._wrap(seg)
+                    packet = self._wrap(rec, seg)
                     if packet is None:
                         continue
                     n = len(seg.payload)
@@ -904,23 +1094,87 @@ class IPStack(object):
         events, self._events = self._events, []
         return events
 
-    def reset(self, now):
-        """The link went down: drop every connection quietly (no RST onto a dead link), close every service."""
+    def reset(self, now, reason="link down"):
+        """The link went down: drop every flow quietly (no RST onto a dead link), close every service.
+
+        Also ends a suspension (see :meth:`suspend`).
+        """
         self._now = now
+        self._end_suspension()
         for rec in list(self._conns.values()):
-            rec.reason = "link down"
-            rec.gone = True
-            self.timers.cancel(rec.conn_id)
+            rec.reason = reason
+            self._forget(rec)
             if not rec.service_closed:
                 rec.service_closed = True
-                self._events.append(ServiceClose(rec.conn_id, "link down"))
+                self._events.append(ServiceClose(rec.conn_id, reason))
             if rec.accepted:
-                self._log_closed(rec, now, rec.reason)
+                # A connection waiting out TIME_WAIT had finished cleanly before the link went.
+                done = rec.peer_fin and rec.eof and rec.conn.state is TcpState.TIME_WAIT
+                self._log_closed(rec, now, "fin" if done else reason)
             else:
-                self._events.append(ConnectionLog(rec.conn_id, "abandoned %s reason=link down" % self._describe(rec)))
+                self._events.append(ConnectionLog(rec.conn_id, "abandoned %s reason=%s" % (
+                    self._describe(rec), reason)))
         self._conns.clear()
-        self._by_id.clear()
+        self._drop_link_state()
+
+    def _drop_link_state(self):
+        """What belongs to the session that ended: UDP and ping flows, the line's queue, reassembly."""
+        for rec in list(self._datagram_flows.values()):
+            self._close_datagrams(rec, "link down")
         self._control.clear()
-        self.udp.clear()
-        self.frag.clear()
+        self.ip.clear()
         self.timers.cancel(_FRAG_KEY)
+
+    def _end_suspension(self):
+        self._suspended_at = None
+        self.timers.cancel(_RESUME_KEY)
+
+    def suspend(self, now):
+        """The line was lost (no administrative close): keep the TCP flows for ``resume_grace`` seconds.
+
+        Every connection is suspended (no segment, no retransmission or give-up timer) and keeps its
+        service socket; UDP and ping flows are closed.  Returns True, or, with ``resume_grace`` 0, resets
+        as :meth:`reset` does and returns False.  A second call while suspended keeps the first deadline.
+        """
+        self._now = now
+        grace = self.config.resume_grace
+        if grace <= 0:
+            self.reset(now)
+            return False
+        if self._suspended_at is None:
+            self._suspended_at = now
+            self.suspensions += 1
+            self.timers.schedule(_RESUME_KEY, now + grace * 1000)
+            if self._conns:
+                log.info("line lost: %d TCP connections wait up to %d s for the client",
+                         len(self._conns), grace)
+        for rec in list(self._conns.values()):
+            if not rec.gone:
+                rec.conn.suspend(now)
+                self._after(rec, now)
+        self._drop_link_state()
+        return True
+
+    def resume(self, now):
+        """The client is back, with the same address: the suspended TCP flows carry on.
+
+        Each connection resends what was in flight, or probes (net/tcp/conn.py ``resume``); the idle
+        timeout does not count the time the link was down.  Call :meth:`set_mtu` for the new session first:
+        no connection sends segments larger than it carries.
+        """
+        self._now = now
+        if self._suspended_at is None:
+            return
+        down = now - self._suspended_at
+        self._end_suspension()
+        self.resumptions += 1
+        if self._conns:
+            log.info("session resumed after %.1f s: %d TCP connections carry on", down / 1000.0,
+                     len(self._conns))
+        mss_limit = self.mss_limit
+        for rec in list(self._conns.values()):
+            if rec.gone:
+                continue
+            rec.last_activity = min(now, rec.last_activity + down)
+            rec.conn.resume(now, mss_limit)
+            self._after(rec, now)

@@ -66,6 +66,7 @@ with the RFC table).
 import enum
 import logging
 
+from pyslirp.net.ratelimit import every_power_of_two
 from pyslirp.wire import ppp as wppp
 from pyslirp.wire.errors import ParseError
 
@@ -78,6 +79,9 @@ CONFREJ = wppp.CONFIGURE_REJECT
 TERMREQ = wppp.TERMINATE_REQUEST
 TERMACK = wppp.TERMINATE_ACK
 CODEREJ = wppp.CODE_REJECT
+
+# The reason of a session the peer ended with a Terminate-Request (an administrative close on its side).
+PEER_TERMINATED = "peer requested termination"
 
 
 class State(enum.IntEnum):
@@ -139,7 +143,7 @@ def note(counters, reason, level, msg, *args):
     """Count ``reason`` and log its 1st, 2nd, 4th, 8th ... occurrence (peer-triggered logs are bounded)."""
     n = counters.get(reason, 0) + 1
     counters[reason] = n
-    if n & (n - 1) == 0:
+    if every_power_of_two(n):
         log.log(level, msg + " (%d so far)", *(args + (n,)))
     return n
 
@@ -437,7 +441,7 @@ class Fsm(object):
         elif code in (CONFNAK, CONFREJ):
             self._rcv_conf_nak_rej(code, ident, data)
         elif code == TERMREQ:
-            self.reason = "peer requested termination"
+            self.reason = PEER_TERMINATED
             self.event(Event.RTR, now, ident=ident)
         elif code == TERMACK:
             self.reason = "unexpected Terminate-Ack"

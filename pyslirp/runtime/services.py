@@ -6,7 +6,7 @@ by the stack thread only) starts a :class:`ServiceConnection` thread for it
 and routes the stack's later events to it.  The thread never touches a
 protocol object: it only posts tuples to the stack thread's inbox:
 
-    ("svc_connected", conn_id)          ("svc_failed", conn_id, reason)
+    ("svc_connected", conn_id)          ("svc_failed", conn_id, reason, outcome)
     ("svc_data", conn_id, bytes)        ("svc_eof", conn_id)
     ("svc_written", conn_id, nbytes)    ("svc_error", conn_id, reason)
     ("svc_done", conn_id)               (thread finished, socket closed)
@@ -28,8 +28,17 @@ queued data is written; ``ServiceClose`` aborts (the socket is closed with
 SO_LINGER 0, i.e. the service sees a reset).  When both directions are
 finished (service EOF read and our write side shut down) the thread closes
 the socket by itself.  A socket pair wakes the thread from ``poll`` when the
-stack thread hands it something.  Connect attempts time out after
-``connect_timeout`` seconds (then ``svc_failed``: the client gets a reset).
+stack thread hands it something.
+
+Connecting: the event carries the flow's Route; a
+:class:`~pyslirp.runtime.connectors.Connector` reaches the route's target by
+``route.via``: directly, or through the configured SOCKS5 or HTTP CONNECT
+proxy, all within ``connect_timeout`` seconds.  A failure is ``svc_failed``
+with the hop (direct, or which proxy), the reason and the outcome the client
+is shown (net/refusal.py); the stack logs it as one line with the flow.  An abort
+while connecting (link down) cancels the attempt at once.  Bytes that came
+with the proxy's answer are the tunnel's first bytes: they are delivered
+within read credit like everything read later.
 """
 
 import collections
@@ -42,39 +51,37 @@ import threading
 
 from pyslirp.net.events import (ConnectionLog, ServiceClose, ServiceConnect, ServiceReadCredit,
                                 ServiceSend, ServiceShutdown)
+from pyslirp.runtime.connectors import CONNECT_TIMEOUT, ConnectFailed, Connector
+from pyslirp.runtime.wakeup import Wakeup
 
 log = logging.getLogger("pyslirp.runtime.services")
 
 READ_MAX = 65536
-CONNECT_TIMEOUT = 10.0
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 
 
 def _reason(exc):
-    if isinstance(exc, socket.timeout):
-        return "connect timeout"
-    err = getattr(exc, "errno", None)
-    if err:
-        return os.strerror(err).lower()
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno).lower()
     return str(exc) or type(exc).__name__
 
 
 class ServiceConnection(threading.Thread):
-    def __init__(self, conn_id, host, port, post, connect_timeout=CONNECT_TIMEOUT):
+    def __init__(self, conn_id, route, post, connect_timeout=CONNECT_TIMEOUT, proxy=None):
         super().__init__(name="service-%d" % conn_id, daemon=True)
         self.conn_id = conn_id
-        self.host = host
-        self.port = port
+        self.route = route
+        self.host = route.host
+        self.port = route.port
         self._post = post
-        self._connect_timeout = connect_timeout
+        self._connector = Connector(route.via, proxy if route.via != "direct" else None, connect_timeout)
+        self._early = b""                       # tunnel bytes that came with the proxy's answer
         self._lock = threading.Lock()
         self._pending = collections.deque()     # bytes to write to the socket
         self._credit = 0
         self._shutdown_requested = False
         self._abort = None                      # reason, once ServiceClose arrived
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._wakeup = Wakeup()
         self.bytes_to_service = 0
         self.bytes_from_service = 0
 
@@ -99,13 +106,11 @@ class ServiceConnection(threading.Thread):
         with self._lock:
             if self._abort is None:
                 self._abort = reason or "closed"
+        self._connector.cancel()
         self._wake()
 
     def _wake(self):
-        try:
-            self._wake_w.send(b"x")
-        except OSError:
-            pass        # buffer full (already awake) or closed (thread gone)
+        self._wakeup.wake()
 
     # -- the thread ---------------------------------------------------------------
 
@@ -113,10 +118,11 @@ class ServiceConnection(threading.Thread):
         sock = None
         try:
             try:
-                sock = socket.create_connection((self.host, self.port), timeout=self._connect_timeout)
-            except (OSError, ValueError) as exc:
+                sock, self._early = self._connector.open(self.host, self.port)
+            except ConnectFailed as exc:
                 if self._abort is None:
-                    self._post(("svc_failed", self.conn_id, _reason(exc)))
+                    # The stack logs the refusal once, with the flow, the route and this reason.
+                    self._post(("svc_failed", self.conn_id, "%s: %s" % (exc.hop, exc.reason), exc.outcome))
                 return
             if self._abort is not None:
                 self._close(sock, abort=True)
@@ -137,14 +143,13 @@ class ServiceConnection(threading.Thread):
         finally:
             if sock is not None:
                 self._close(sock, abort=True)
-            self._wake_r.close()
-            self._wake_w.close()
+            self._wakeup.close()
             self._post(("svc_done", self.conn_id))
 
     def _serve(self, sock):
         """Move bytes until finished; True if the socket must be aborted."""
         poller = select.poll()
-        poller.register(self._wake_r, select.POLLIN)
+        poller.register(self._wakeup, select.POLLIN)
         sfd = sock.fileno()
         registered = 0
         read_eof = False
@@ -163,6 +168,9 @@ class ServiceConnection(threading.Thread):
                         pass
             if read_eof and write_shut and not pending:
                 return False
+            if self._early and credit > 0:
+                self._deliver_early(credit)
+                continue
             mask = (select.POLLIN if credit > 0 and not read_eof else 0) | (select.POLLOUT if pending else 0)
             if mask != registered:
                 if mask:
@@ -172,11 +180,7 @@ class ServiceConnection(threading.Thread):
                 registered = mask
             for fd, revents in poller.poll():
                 if fd != sfd:
-                    try:
-                        while self._wake_r.recv(4096):
-                            pass
-                    except OSError:
-                        pass
+                    self._wakeup.drain()
                     continue
                 if revents & (select.POLLIN | select.POLLHUP | select.POLLERR) and mask & select.POLLIN:
                     result = self._do_read(sock, credit)
@@ -187,6 +191,13 @@ class ServiceConnection(threading.Thread):
                 if revents & (select.POLLOUT | select.POLLERR | select.POLLHUP) and mask & select.POLLOUT:
                     if not self._do_write(sock):
                         return True
+
+    def _deliver_early(self, credit):
+        data, self._early = self._early[:credit], self._early[credit:]
+        with self._lock:
+            self._credit -= len(data)
+        self.bytes_from_service += len(data)
+        self._post(("svc_data", self.conn_id, data))
 
     def _do_read(self, sock, credit):
         """Read within credit: "ok", "eof" (reported) or "error" (reported)."""
@@ -250,9 +261,10 @@ class ServiceConnection(threading.Thread):
 class ServiceManager(object):
     """Routes the stack's service events to connection threads (stack thread only)."""
 
-    def __init__(self, post, connect_timeout=CONNECT_TIMEOUT, connection_log=True):
+    def __init__(self, post, connect_timeout=CONNECT_TIMEOUT, connection_log=True, proxy=None):
         self._post = post
         self._connect_timeout = connect_timeout
+        self._proxy = proxy
         self._connection_log = connection_log
         self.connections = {}
         self.started = 0
@@ -263,9 +275,9 @@ class ServiceManager(object):
     def handle(self, event):
         conn = self.connections.get(getattr(event, "conn_id", None))
         if isinstance(event, ServiceConnect):
-            log.debug("connection %d: connecting to %s:%d (%s)", event.conn_id, event.host, event.port,
-                      event.name or "service")
-            conn = ServiceConnection(event.conn_id, event.host, event.port, self._post, self._connect_timeout)
+            log.debug("connection %d: %s: connecting to %s", event.conn_id, event.flow.describe(),
+                      event.route.describe())
+            conn = ServiceConnection(event.conn_id, event.route, self._post, self._connect_timeout, self._proxy)
             self.connections[event.conn_id] = conn
             self.started += 1
             conn.start()

@@ -4,8 +4,10 @@ Theory of operation (the design card's shape)::
 
     serial reader --("serial", ...)--> [inbox] --> stack thread: Core (PPPLink + IPStack)
     service threads --("svc_*", ...)--> [inbox]        |
-    line manager --("line_up"/"line_down")-> [inbox]   +--> serial writer (bounded queue)
-    signal handlers --("signal", ...)--> [inbox]       +--> service threads (per-connection calls)
+    datagram relay --("udp_*"/"ping_*")-> [inbox]      +--> serial writer (bounded queue)
+    DNS relay --("dns_*", ...)--> [inbox]              +--> service threads (per-connection calls)
+    line manager --("line_up"/"line_down")-> [inbox]   +--> datagram relay (UDP and ping flows)
+    signal handlers --("signal", ...)--> [inbox]       +--> DNS relay (upstream queries)
 
 The loop waits on the inbox with a timeout of the next deadline (the Core's
 timer, the stats line, a re-flush while the line has no room), with
@@ -40,7 +42,6 @@ connections and returns 0.  A second signal while stopping returns at once.
 SIGHUP reopens the log files.
 """
 
-import inspect
 import logging
 import queue
 import random
@@ -48,9 +49,13 @@ import time
 
 from pyslirp import logsetup, metrics
 from pyslirp.core import Core
+from pyslirp.net.events import DnsQuery
+from pyslirp.net.ratelimit import every_power_of_two
 from pyslirp.ppp.events import AuthResult, LinkDown, LinkUp
+from pyslirp.runtime.connectors import CONNECT_TIMEOUT
+from pyslirp.runtime.datagrams import DatagramRelay
 from pyslirp.runtime.serialio import DrainMeter, LineManager, LinePacer
-from pyslirp.runtime.services import CONNECT_TIMEOUT, ServiceManager
+from pyslirp.runtime.services import ServiceManager
 
 log = logging.getLogger("pyslirp.runtime")
 
@@ -71,12 +76,16 @@ class Runtime(object):
 
     def __init__(self, link_config, stack_config, opener=None, endpoint=None, line_budget=65536,
                  coalesce=16384, stats_interval=0, tap=None, rng=None, connection_log=True,
-                 connect_timeout=CONNECT_TIMEOUT, stop_timeout=STOP_TIMEOUT, baudrate=0, core=None):
+                 connect_timeout=CONNECT_TIMEOUT, stop_timeout=STOP_TIMEOUT, baudrate=0, core=None, proxy=None,
+                 dns_relay=None, datagrams=None):
         self.inbox = queue.SimpleQueue()
         self.core = core if core is not None else Core(
             link_config, stack_config, rng if rng is not None else random.SystemRandom(), tap=tap)
         self.services = ServiceManager(self.post, connect_timeout=connect_timeout,
-                                       connection_log=connection_log)
+                                       connection_log=connection_log, proxy=proxy)
+        # UDP and ping flows: one relay thread for all their sockets; the DNS relay only with the forwarder.
+        self.datagrams = datagrams if datagrams is not None else DatagramRelay(self.post)
+        self.dns_relay = dns_relay
         self.line_budget = line_budget
         self.baudrate = baudrate
         self.line = LineManager(self.post, opener=opener, endpoint=endpoint, coalesce=coalesce,
@@ -93,7 +102,6 @@ class Runtime(object):
         self._stop_deadline = None
         self._reflush_at = None
         self._told_rate = None          # the line rate last told to the Core
-        self._one_over = None           # the Core's take_serial_output has allow_one_over (None: not yet known)
         self._next_stats = None
         self._counters = {"line_ups": 0, "line_downs": 0, "link_ups": 0, "link_downs": 0,
                           "auth_failures": 0, "serial_bytes_in": 0, "serial_bytes_out": 0,
@@ -141,6 +149,9 @@ class Runtime(object):
         if self.stats_interval:
             self._next_stats = now + self.stats_interval
         self.line.start()
+        self.datagrams.start()
+        if self.dns_relay is not None:
+            self.dns_relay.start()
         try:
             while self.exit_code is None:
                 now = monotonic_ms()
@@ -158,7 +169,7 @@ class Runtime(object):
                     # bug triggered by every packet cannot flood the log.
                     self._counters["internal_errors"] += 1
                     n = self._counters["internal_errors"]
-                    if n & (n - 1) == 0:
+                    if every_power_of_two(n):
                         log.exception("internal error (continuing; %d so far)", n)
         finally:
             self._shutdown()
@@ -211,14 +222,25 @@ class Runtime(object):
         elif kind == "svc_connected":
             core.service_connected(item[1], now)
         elif kind == "svc_failed":
-            log.info("connection %d: service unreachable: %s", item[1], item[2])
-            core.service_failed(item[1], item[2], now)
+            core.service_failed(item[1], item[2], now, item[3])
         elif kind == "svc_eof":
             core.service_eof(item[1], now)
         elif kind == "svc_error":
             core.service_error(item[1], item[2], now)
         elif kind == "svc_done":
             self.services.forget(item[1])
+        elif kind == "udp_data":
+            core.udp_data(item[1], item[2], now)
+        elif kind == "udp_error":
+            core.udp_error(item[1], item[2], now)
+        elif kind == "ping_reply":
+            core.ping_reply(item[1], item[2], item[3], now)
+        elif kind == "flow_failed":
+            core.flow_failed(item[1], item[2], item[3], now)
+        elif kind == "dns_answer":
+            core.dns_answer(item[1], now)
+        elif kind == "dns_failed":
+            core.dns_failed(item[1], now)
         elif kind == "line_up":
             _, _, self.endpoint, self.writer, self.reader = item
             self.line_queued = 0
@@ -287,9 +309,14 @@ class Runtime(object):
         else:
             core.take_serial_output(0, now)
         for event in core.take_events():
-            if self.services.handle(event):
+            if self.services.handle(event) or self.datagrams.handle(event):
                 continue
-            if isinstance(event, LinkUp):
+            if isinstance(event, DnsQuery):
+                if self.dns_relay is not None:
+                    self.dns_relay.submit(event.upstream_id, event.payload)
+                else:
+                    core.dns_failed(event.upstream_id, now)
+            elif isinstance(event, LinkUp):
                 self._counters["link_ups"] += 1
             elif isinstance(event, LinkDown):
                 self._counters["link_downs"] += 1
@@ -298,15 +325,7 @@ class Runtime(object):
 
     def _take_output(self, budget, now):
         """The Core's next frames; a positive budget lets one bulk frame through even if it is larger."""
-        take = self.core.take_serial_output
-        if self._one_over is None:
-            try:
-                self._one_over = "allow_one_over" in inspect.signature(take).parameters
-            except (TypeError, ValueError):
-                self._one_over = False
-        if self._one_over:
-            return take(budget, now, allow_one_over=True)
-        return take(budget, now)
+        return self.core.take_serial_output(budget, now, allow_one_over=True)
 
     def _tell_rate(self, rate):
         """Tell the Core the measured line rate (bytes/s) when it has moved by more than an eighth."""
@@ -316,9 +335,7 @@ class Runtime(object):
         if told is not None and abs(rate - told) * 8 < told:
             return
         self._told_rate = rate
-        setter = getattr(self.core, "set_line_rate", None)
-        if setter is not None:
-            setter(int(rate))
+        self.core.set_line_rate(int(rate))
 
     def _housekeeping(self, now):
         if self._next_stats is not None and now >= self._next_stats:
@@ -336,3 +353,6 @@ class Runtime(object):
         self.line.stop()
         self.line.join(5.0)
         self.services.close_all()
+        self.datagrams.stop()
+        if self.dns_relay is not None:
+            self.dns_relay.stop()

@@ -34,5 +34,11 @@ def internet_checksum(data, initial=0):
 
 
 def pseudo_header_sum(src, dst, protocol, length):
-    """Partial sum of the IPv4 pseudo-header (RFC 9293 section 3.1, RFC 768)."""
+    """Partial sum of the IPv4 pseudo-header (RFC 9293 section 3.1, RFC 768).
+
+    Only 4-byte addresses: ``struct`` would silently cut a 16-byte IPv6 address to its first four bytes and
+    yield a wrong checksum, so anything else is refused (IPv6 has its own pseudo-header, RFC 8200 8.1).
+    """
+    if len(src) != 4 or len(dst) != 4:
+        raise ValueError("the IPv4 pseudo-header needs 4-byte addresses, got %d and %d bytes" % (len(src), len(dst)))
     return ones_sum(_PSEUDO.pack(src, dst, 0, protocol, length))

@@ -13,31 +13,37 @@ to it but not change it):
         # The connection starts in SYN_RECEIVED but sends nothing until accept():
         # the service socket must connect first.
     conn.accept(now)              # service connected: emit SYN-ACK
-    conn.refuse(now)              # service down: emit RST|ACK for the SYN, state CLOSED, event "closed"
+    conn.refuse(now)              # service down: emit RST|ACK for the SYN, state CLOSED, event Closed
     conn.receive(seg, now)        # a segment of this 4-tuple
-    conn.send(data) -> int        # queue bytes from the service; returns how many were taken (<= send_space)
+    conn.send(data, now) -> int   # queue bytes from the service; returns how many were taken (<= send_space)
     conn.send_space -> int        # free room in the bounded send buffer
     conn.shutdown(now)            # service EOF: FIN after all queued data
-    conn.abort(now)               # emit RST, state CLOSED, event "closed"
+    conn.abort(now)               # emit RST, state CLOSED, event Closed
     conn.read() -> bytes          # in-order data for the service (empty if none); stays counted against
                                   # the receive window until consumed()
     conn.consumed(nbytes, now)    # the service socket took nbytes: the window reopens (window update if it grew
                                   # by >= 2*MSS or from zero)
-    conn.take_segments(budget) -> List[TcpRepr]
+    conn.take_segments(budget, now) -> List[TcpRepr]
                                   # segments to emit now, in order; control segments (SYN, FIN, RST, pure ACKs,
                                   # window updates, probes) always; payload only while the payload bytes of this
                                   # call stay <= budget (budget < 0 means unlimited)
     conn.get_timer() -> Optional[int]; conn.handle_timer(now)
-    conn.take_events() -> List[str]   # in order, each once:
-        "established"  handshake complete
-        "readable"     read() has data
-        "writable"     send_space grew (the runtime may grant read credit)
-        "peer_fin"     the client's FIN arrived and every byte before it has been read(): shutdown(SHUT_WR)
-        "reset"        the client reset the connection
-        "timeout"      retransmissions exhausted (the connection sent RST and is closed)
-        "closed"       the connection is finished (CLOSED, or TIME_WAIT expired): delete it
-    conn.state -> TcpState        # enum of the RFC 9293 states
+    conn.take_events() -> list    # frozen values from net/tcp/events.py, in order, each once:
+        ESTABLISHED (Established)  handshake complete
+        READABLE    (Readable)     read() has data
+        WRITABLE    (Writable)     send_space grew (the runtime may grant read credit)
+        PEER_FIN    (PeerFin)      the client's FIN arrived and every byte before it has been read():
+                                   shutdown(SHUT_WR)
+        RESET       (Reset)        the client reset the connection
+        TIMED_OUT   (TimedOut)     retransmissions exhausted (the connection sent RST and is closed)
+        CLOSED      (Closed)       the connection is finished (CLOSED, or TIME_WAIT expired): delete it
+        Readable and Writable are coalesced (at most one of each per call); Closed is the last event.
+    conn.state -> TcpState        # enum of the RFC 9293 states of a passive open (no LISTEN, no SYN_SENT:
+                                  # the connection is born in SYN_RECEIVED)
     conn.bytes_in, conn.bytes_out, conn.retransmits, ...   # plain int counters
+
+    Time is an argument, integer milliseconds from the caller's clock: every call that may emit a
+    segment or arm a timer takes ``now``, and none has a default.
 
     rst_for(seg) -> Optional[TcpRepr]
         # RFC 9293 3.10.7.1: the reset to send for a segment that matches no connection (None for a RST).
@@ -47,10 +53,6 @@ RTO bounds, retry counts, TIME_WAIT length, keepalive, Nagle, window scaling/SAC
 
 ADDITIONS to the contract (all optional, nothing above changed):
 
-    conn.take_segments(budget, now=None) and conn.send(data, now=None)
-        # pass the current time when you have it.  Without it the connection uses the last time it
-        # was given; timers armed that way are re-armed from the real clock at the next call that
-        # carries one, so they can only be late, never early.
     conn.pending_output -> bool   # take_segments() would return something right now (e.g. data held
                                   # back by an earlier budget): poll it when the line drains
     conn.syn_may_reuse(syn) -> bool
@@ -72,12 +74,16 @@ ADDITIONS to the contract (all optional, nothing above changed):
                                       # left): keeps the client's own queue toward a slow line short
     conn.ack_every = 2 or 1           # ACK at least every this many full-sized segments (RFC 5681 4.2:
                                       # at least every second): 1 lets a small window keep a slow line busy
-    Counters: bytes_in, bytes_out, bytes_retransmitted, segs_in, segs_out, retransmits,
-    fast_retransmits, dup_acks, ooo_segments, rto_count, challenge_acks, window_probes,
-    keepalives_sent, window_updates.
+    conn.suspend(now)             # the link is down but may come back: send nothing, run no timer but
+                                  # TIME_WAIT's, keep every byte and all sequence state
+    conn.resume(now, mss_limit=None)  # the link is back (the same client): carry on at once (see "Link
+                                  # outages"); mss_limit: the new session's link MTU - 40, if smaller
+    conn.suspended -> bool
+    Counters: bytes_in, bytes_out, segs_out, retransmits, fast_retransmits, dup_acks, ooo_segments,
+    rto_count, challenge_acks, window_probes, keepalives_sent, window_updates.
 
 A segment queued as the connection closes (the RST of refuse/abort/give-up) is still returned by
-take_segments() after "closed": flush it once before deleting the connection.
+take_segments() after Closed: flush it once before deleting the connection.
 
 Theory of operation
 -------------------
@@ -104,7 +110,7 @@ goes out.
 
 Retransmission: one RTO timer (RFC 6298) per connection, go-back-N from
 SND.UNA on expiry skipping what the client SACKed (RFC 2018), exponential
-backoff, give-up after ``max_retries`` consecutive expiries (RST, "timeout").
+backoff, give-up after ``max_retries`` consecutive expiries (RST, TimedOut).
 Three duplicate ACKs trigger fast retransmit and NewReno fast recovery (RFC
 5681, RFC 6582); window arithmetic lives in congestion.py.  When the client
 advertises a zero window the persist timer sends zero-length probes below
@@ -112,6 +118,26 @@ SND.UNA (RFC 9293 3.8.6.1, RFC 1122 4.2.2.17) with backoff.
 
 Timers (integer ms deadlines, ``get_timer`` is their minimum): retransmission,
 persist (also the SWS override), delayed ACK, keepalive and TIME_WAIT.
+
+Link outages: while the PPP link is down and may come back (the client's
+pppd restarting, a line cut and restored), the stack suspends the
+connection.  A suspended connection sends nothing and runs no timer except
+TIME_WAIT's: retransmitting into a dead link would only count towards the
+give-up (``max_retries``) and end in an RST nobody receives.  The service may
+still queue data up to ``send_space`` and take what was received, so its
+socket backs up as on a stalled path.  ``resume`` is TCP's response to the
+lower layer's "connected again" indication (as in Schuetz et al., "TCP
+Response to Lower-Layer Connectivity-Change Indications", the expired
+draft-schuetz-tcpm-tcp-rlci-03): the outage is no evidence about the path or the
+peer, so the give-up counts and the RTO backoff restart (the RTO is the
+estimate's again), and what was in flight, which died with the link, is
+resent at once from SND.UNA (go-back-N) rather than after a backed-off
+timeout.  It was not lost to congestion: ssthresh is kept and cwnd restarts
+from the restart window, as after an idle period (RFC 5681 4.1).  With
+nothing in flight a keepalive-style probe (RFC 1122 4.2.3.6) goes instead:
+its answer tells us the client's window, or its RST that the client no
+longer knows the connection.  Either way the client's own retransmissions,
+and its ACKs, carry the connection on from there.
 """
 
 import enum
@@ -120,8 +146,11 @@ from dataclasses import dataclass
 
 from ...wire.tcp import (ACK, FIN, PSH, RST, SYN, TS_OPTION_LEN, TcpRepr, max_sack_blocks,
                          sack_option_len)
+from ..ratelimit import TokenBucket, every_power_of_two
 from .buffers import Reassembler, SackScoreboard, SendBuffer
 from .congestion import NewReno
+from .events import (CLOSED, COALESCED, ESTABLISHED, PEER_FIN, READABLE, RESET, TIMED_OUT,
+                     WRITABLE)
 from .rtt import RttEstimator
 from .seq import seq_add, seq_ge, seq_gt, seq_in, seq_le, seq_lt, seq_sub
 
@@ -136,8 +165,6 @@ _MAX_CTL = 8               # control segments queued between two take_segments()
 
 class TcpState(enum.Enum):
     CLOSED = "CLOSED"
-    LISTEN = "LISTEN"
-    SYN_SENT = "SYN_SENT"
     SYN_RECEIVED = "SYN_RECEIVED"
     ESTABLISHED = "ESTABLISHED"
     FIN_WAIT_1 = "FIN_WAIT_1"
@@ -163,9 +190,13 @@ _KEEPALIVE_STATES = frozenset([TcpState.ESTABLISHED, TcpState.CLOSE_WAIT])
 
 @dataclass(frozen=True)
 class TcpConfig:
-    """Tunables of every TCP connection (times in integer milliseconds)."""
-    sndbuf: int = 65536                 # bytes queued from the service and not yet acknowledged
-    rcvbuf: int = 65536                 # receive window: bytes from the client not yet taken by the service
+    """Tunables of every TCP connection (times in integer milliseconds, except the two from the file in seconds).
+
+    This is also the ``[tcp]`` section of the configuration file: ``rcvbuf``, ``sndbuf``, ``mss``,
+    ``idle_timeout`` and ``keepalive`` are read from it (pyslirp/config.py); the rest are internal tunables.
+    """
+    sndbuf: int = 262144                # bytes queued from the service and not yet acknowledged
+    rcvbuf: int = 262144                # receive window: bytes from the client not yet taken by the service
     mss: int = 0                        # MSS we announce; 0 = the link's (MTU - 40); never above the link's
     delack_ms: int = 200                # delayed ACK at most this late (RFC 1122 4.2.3.2: < 500 ms)
     initial_rto_ms: int = 1000          # RFC 6298 2.1
@@ -174,13 +205,14 @@ class TcpConfig:
     max_retries: int = 12               # consecutive RTO expiries before giving up
     syn_retries: int = 5                # SYN-ACK retransmissions before giving up
     msl_ms: int = 15000                 # TIME_WAIT lasts 2 * MSL
-    keepalive_ms: int = 0               # idle time before a keepalive probe and between probes; 0 = off
+    keepalive: int = 0                  # s: idle time before a keepalive probe and between probes; 0 = off
+    idle_timeout: int = 0               # s without traffic after which the stack resets the connection; 0 = never
     keepalive_probes: int = 4           # unanswered probes before giving up
     nagle: bool = True                  # RFC 896 for our small segments
     window_scaling: bool = True         # RFC 7323
     sack: bool = True                   # RFC 2018
     timestamps: bool = True             # RFC 7323
-    challenge_ack_limit: int = 10       # RFC 5961 section 7: challenge ACKs per second
+    challenge_ack_limit: int = 10       # RFC 5961 section 7: challenge ACKs per second (and the burst)
     max_ooo_ranges: int = 16            # separate out-of-order ranges held for reassembly
 
 
@@ -195,25 +227,6 @@ def rst_for(seg):
     return TcpRepr(seg.dst_port, seg.src_port, 0, seq_add(seg.seq, seg.seg_len), RST | ACK, 0)
 
 
-class _RateLimiter(object):
-    """At most ``limit`` events per ``interval`` ms (a fixed window)."""
-
-    def __init__(self, limit, interval=1000):
-        self.limit = limit
-        self.interval = interval
-        self._start = None
-        self._count = 0
-
-    def allow(self, now):
-        if self._start is None or now - self._start >= self.interval:
-            self._start = now
-            self._count = 0
-        if self._count >= self.limit:
-            return False
-        self._count += 1
-        return True
-
-
 class TcpConnection(object):
     def __init__(self, syn, local_ip, remote_ip, config, iss, now, mss_limit):
         self.config = config
@@ -226,17 +239,12 @@ class TcpConnection(object):
         self._state = TcpState.SYN_RECEIVED
         self.accepted = False
         self.close_reason = None        # why the connection closed: refused, reset, timeout, ...
-        self.created = now
         self.last_activity = now
-        self._now = now
-        self._stale = False             # the last output was timed with a remembered clock
-        self._stale_timers = set()
+        self._suspended_at = None       # ms the link went down (see suspend), None while it is up
 
         # Counters.
         self.bytes_in = 0               # payload delivered in order to the receive queue
         self.bytes_out = 0              # payload sent for the first time
-        self.bytes_retransmitted = 0
-        self.segs_in = 0
         self.segs_out = 0
         self.retransmits = 0            # segments retransmitted (RTO, fast retransmit, SYN-ACK)
         self.fast_retransmits = 0
@@ -263,7 +271,6 @@ class TcpConnection(object):
         self._ts_offset = iss           # RFC 7323 5.4: a per-connection random offset for TSval
 
         # MSS (RFC 9293 3.7.1, RFC 6691): ours from the link, theirs from the SYN.
-        self.mss_limit = mss_limit
         self.our_mss = max(MIN_MSS, min(config.mss or mss_limit, mss_limit))
         self.segment_limit = None       # set by the stack (see the contract)
         self.rcv_limit = None
@@ -329,8 +336,11 @@ class TcpConnection(object):
 
         self._ctl = []                  # control segments queued for the next take_segments()
         self._events = []
-        self._challenge_limiter = _RateLimiter(max(1, config.challenge_ack_limit))
-        self._oow_limiter = _RateLimiter(max(1, config.challenge_ack_limit))
+        # RFC 5961 section 7: challenge ACKs (and SYN-ACK repeats) at most challenge_ack_limit per second,
+        # in bursts of as many; answers to out-of-window segments (RFC 9293 3.10.7.4) the same, separately.
+        ack_limit = max(1, config.challenge_ack_limit)
+        self._challenge_limiter = TokenBucket(ack_limit, ack_limit, now)
+        self._oow_limiter = TokenBucket(ack_limit, ack_limit, now)
         log.debug("%s: SYN received (mss %d, ws %s, sack %s, ts %s)", self.name, self.peer_mss,
                   syn.wscale, self.sack_ok, self.ts_ok)
 
@@ -346,10 +356,10 @@ class TcpConnection(object):
             log.debug("%s: %s => %s", self.name, self._state, new)
             self._state = new
 
-    def _event(self, name):
-        if name in ("readable", "writable") and name in self._events:
+    def _event(self, event):
+        if isinstance(event, COALESCED) and event in self._events:
             return
-        self._events.append(name)
+        self._events.append(event)
 
     def take_events(self):
         events = self._events
@@ -359,38 +369,20 @@ class TcpConnection(object):
     def _drop(self, reason, seg=None):
         n = self.counters.get(reason, 0) + 1
         self.counters[reason] = n
-        if n & (n - 1) == 0:        # 1, 2, 4, 8, ...: rate-limited logging without a clock
+        if every_power_of_two(n):
             log.debug("%s: dropped segment (%s, #%d): %s", self.name, reason, n, seg)
 
     def _queue_ctl(self, seg):
         # Bounded: input between two take_segments() calls cannot pile up control segments.
-        if len(self._ctl) < _MAX_CTL:
+        if self._suspended_at is not None:
+            self._drop("suspended", seg)            # the link is down: it could never arrive
+        elif len(self._ctl) < _MAX_CTL:
             self._ctl.append(seg)
         else:
             self._drop("ctl_queue_full", seg)
 
-    def _clock(self, now):
-        """The time to use: ``now`` if given, else the last one seen (and remember that)."""
-        if now is None:
-            self._stale = True
-            return self._now
-        if now > self._now:
-            self._now = now
-        if self._stale:
-            self._stale = False
-            # Deadlines armed with a remembered clock may be early: re-arm them from the real one.
-            for name in self._stale_timers:
-                if name == "rtx" and self._rtx_at is not None:
-                    self._rtx_at = max(self._rtx_at, now + self._rtt.rto)
-                elif name == "persist" and self._persist_at is not None:
-                    self._persist_at = max(self._persist_at, now + self._persist_interval())
-            self._stale_timers.clear()
-        return now
-
     def _arm_rtx(self, now):
         self._rtx_at = now + self._rtt.rto
-        if self._stale:
-            self._stale_timers.add("rtx")
 
     def _smss(self):
         """Sender MSS without the variable SACK option (for congestion control)."""
@@ -453,11 +445,74 @@ class TcpConnection(object):
     def unsent(self):
         return max(0, seq_sub(self._fin_seq(), self.snd_nxt))
 
+    # ============================================================ link outages
+
+    @property
+    def suspended(self):
+        return self._suspended_at is not None
+
+    def suspend(self, now):
+        """The link is down but may come back: send nothing and run no timer but TIME_WAIT's (see
+        "Link outages")."""
+        if self._state is TcpState.CLOSED or self._suspended_at is not None:
+            return
+        self._suspended_at = now
+        self._ctl = []
+        log.debug("%s: suspended in %s", self.name, self._state)
+
+    def resume(self, now, mss_limit=None):
+        """The link is back, to the same client: resend what was in flight at once, or probe (see
+        "Link outages").  ``mss_limit``: the largest MSS the new session's link carries."""
+        if self._suspended_at is None:
+            return
+        down = now - self._suspended_at
+        self._suspended_at = None
+        state = self._state
+        if state is TcpState.CLOSED or state is TcpState.TIME_WAIT:
+            return
+        log.debug("%s: resumed in %s after %d ms", self.name, state, down)
+        if mss_limit:
+            # RFC 9293 3.7.1: the effective send MSS may only be lowered by what the path carries.
+            limit = max(MIN_MSS, mss_limit)
+            if self.send_mss > limit:
+                self.send_mss = limit
+                self._cc.set_mss(self._smss())
+        # The client could not answer while the link was down: nothing counts against it.
+        self._retries = 0
+        self._probes_unanswered = 0
+        self._ka_probes = 0
+        self._persist_backoff = 0
+        self._rtt.clear_backoff()
+        self._last_ack_rx = now
+        self._rtx_at = self._persist_at = self._delack_at = None
+        if self._keepalive_at is not None:
+            self._keepalive_at = now + self.config.keepalive * 1000
+        if state is TcpState.SYN_RECEIVED:
+            if self.accepted and self._synack_sends:
+                self._synack_due = True             # our SYN-ACK may have died with the link
+            self._update_timers(now)
+            return
+        outstanding = seq_sub(self.snd_max, self.snd_una)
+        if outstanding > 0 and state in _SEND_STATES:
+            # Go back to SND.UNA now (RFC 6298 5.4 without 5.5: no backoff), restart window (RFC 5681 4.1).
+            self._cc.on_idle(now)
+            self._in_recovery = False
+            self._dup_acks = 0
+            self._partial_acks = 0
+            self._rtx_pending = False
+            self._recover = self.snd_max            # RFC 6582 4: no fast retransmit for go-back duplicates
+            self._rtt_seq = None                    # Karn
+            self.snd_nxt = self.snd_una
+            if self.snd_wnd == 0:
+                self._probe_due = True
+        else:
+            self._probe_due = True                  # an old sequence number: the client must answer
+        self._update_timers(now)
+
     # ========================================================= service side
 
     def accept(self, now):
         """The service socket connected: answer the SYN (RFC 9293 3.10.7.2)."""
-        now = self._clock(now)
         if self._state is not TcpState.SYN_RECEIVED or self.accepted:
             return
         self.accepted = True
@@ -465,7 +520,6 @@ class TcpConnection(object):
 
     def refuse(self, now):
         """The service is unreachable: RST|ACK for the SYN, CLOSED."""
-        now = self._clock(now)
         if self._state is TcpState.CLOSED:
             return
         if self.accepted:
@@ -474,18 +528,17 @@ class TcpConnection(object):
         self._queue_ctl(rst_for(self._syn))
         self._close("refused")
 
-    def send(self, data, now=None):
+    def send(self, data, now):
         """Queue service bytes; returns how many fit in the send buffer."""
         if self._state not in _QUEUE_STATES or self._fin_queued or not data:
             return 0
         n = self._tx.append(data)
-        if n and now is not None:
-            self.last_activity = self._clock(now)
+        if n:
+            self.last_activity = now
         return n
 
     def shutdown(self, now):
         """Service EOF: our FIN goes out after every queued byte (RFC 9293 3.10.4 CLOSE)."""
-        now = self._clock(now)
         state = self._state
         if self._fin_queued or state not in _QUEUE_STATES:
             return
@@ -501,14 +554,13 @@ class TcpConnection(object):
 
     def abort(self, now):
         """Reset the connection (RFC 9293 3.10.5 ABORT): <SEQ=SND.NXT><CTL=RST>."""
-        now = self._clock(now)
         state = self._state
         if state is TcpState.CLOSED:
             return
         if state is TcpState.SYN_RECEIVED and not self.accepted:
             self._queue_ctl(rst_for(self._syn))
         elif state is not TcpState.TIME_WAIT:
-            self._queue_ctl(self._make(self.snd_max, RST | ACK, now=now, options=False))
+            self._queue_ctl(self._make(self.snd_max, RST | ACK, now, options=False))
         self._close("aborted")
 
     def read(self):
@@ -523,7 +575,6 @@ class TcpConnection(object):
 
     def consumed(self, nbytes, now):
         """The service socket took ``nbytes``: reopen the window (RFC 9293 3.8.6.2.2)."""
-        now = self._clock(now)
         n = max(0, min(nbytes, self._rx_unconsumed))
         self._rx_unconsumed -= n
         if self._state not in _RECV_STATES and self._state is not TcpState.SYN_RECEIVED:
@@ -583,10 +634,8 @@ class TcpConnection(object):
 
     # ============================================================== output
 
-    def _make(self, seq, flags, payload=b"", now=None, options=True):
+    def _make(self, seq, flags, now, payload=b"", options=True):
         """Build an outgoing segment carrying the current ACK, window, timestamps and SACK blocks."""
-        if now is None:
-            now = self._now
         window = 0
         if not flags & RST:
             window = self._select_window()
@@ -625,7 +674,7 @@ class TcpConnection(object):
         if self._synack_sends:
             self.retransmits += 1
             self._rtt_seq = None                   # Karn
-        elif not self._stale:
+        else:
             self._rtt_seq = self.iss
             self._rtt_time = now
         self._synack_sends += 1
@@ -708,11 +757,10 @@ class TcpConnection(object):
         new_end = seq_add(end, 1) if fin else end
         if seq_lt(seq, self.snd_max):
             self.retransmits += 1
-            self.bytes_retransmitted += n
             self._rtt_seq = None                    # Karn: never time a retransmitted segment
         else:
             self.bytes_out += n
-            if self._rtt_seq is None and not self.ts_ok and not self._stale:
+            if self._rtt_seq is None and not self.ts_ok:
                 self._rtt_seq = seq
                 self._rtt_time = now
             self.last_activity = now
@@ -724,7 +772,7 @@ class TcpConnection(object):
             self._arm_rtx(now)                      # RFC 6298 5.1
         self._force_send = False
         self._last_send = now
-        return self._make(seq, flags, payload, now)
+        return self._make(seq, flags, now, payload)
 
     def _head_retransmission(self):
         """(seq, n, fin) for a fast/partial-ACK retransmission of the segment at SND.UNA."""
@@ -741,9 +789,11 @@ class TcpConnection(object):
             return None
         return una, n, fin
 
-    def take_segments(self, budget=-1, now=None):
+    def take_segments(self, budget, now):
         """Segments to send now, in order (see the contract)."""
-        now = self._clock(now)
+        if self._suspended_at is not None:
+            self._ctl = []                          # nothing reaches the client while the link is down
+            return []
         out = self._ctl
         self._ctl = []
         state = self._state
@@ -779,17 +829,19 @@ class TcpConnection(object):
                 # Zero-window probe / keepalive: an old sequence number forces an ACK
                 # (RFC 9293 3.8.6.1, RFC 1122 4.2.3.6).
                 self._probe_due = False
-                out.append(self._make(seq_add(self.snd_una, -1), ACK, now=now))
+                out.append(self._make(seq_add(self.snd_una, -1), ACK, now))
         elif self._probe_due:
             self._probe_due = False
-            out.append(self._make(seq_add(self.snd_una, -1), ACK, now=now))
+            out.append(self._make(seq_add(self.snd_una, -1), ACK, now))
         if self._ack_now:
-            out.append(self._make(self.snd_max, ACK, now=now))
+            out.append(self._make(self.snd_max, ACK, now))
         self._update_timers(now)
         return out
 
     @property
     def pending_output(self):
+        if self._suspended_at is not None:
+            return False
         if self._ctl:
             return True
         state = self._state
@@ -816,17 +868,17 @@ class TcpConnection(object):
         if state in _SEND_STATES and outstanding == 0 and self._pending_send() and self._plan() is None:
             if self._persist_at is None:
                 self._persist_at = now + self._persist_interval()
-                if self._stale:
-                    self._stale_timers.add("persist")
         else:
             self._persist_at = None
-        if self.config.keepalive_ms > 0 and state in _KEEPALIVE_STATES:
+        if self.config.keepalive > 0 and state in _KEEPALIVE_STATES:
             if self._keepalive_at is None:
-                self._keepalive_at = now + self.config.keepalive_ms
+                self._keepalive_at = now + self.config.keepalive * 1000
         else:
             self._keepalive_at = None
 
     def get_timer(self):
+        if self._suspended_at is not None:
+            return self._tw_at                      # only TIME_WAIT runs while suspended
         best = None
         for t in (self._tw_at, self._rtx_at, self._persist_at, self._delack_at, self._keepalive_at):
             if t is not None and (best is None or t < best):
@@ -834,12 +886,13 @@ class TcpConnection(object):
         return best
 
     def handle_timer(self, now):
-        now = self._clock(now)
         if self._state is TcpState.CLOSED:
             return
         if self._tw_at is not None and now >= self._tw_at:
             self._tw_at = None
             self._close("time_wait")
+            return
+        if self._suspended_at is not None:
             return
         if self._rtx_at is not None and now >= self._rtx_at:
             self._rtx_at = None
@@ -929,12 +982,12 @@ class TcpConnection(object):
         self._ka_probes += 1
         self.keepalives_sent += 1
         self._probe_due = True
-        self._keepalive_at = now + self.config.keepalive_ms
+        self._keepalive_at = now + self.config.keepalive * 1000
 
     def _give_up(self, now):
         log.info("%s: giving up after %d retransmissions", self.name, self.rto_count)
-        self._queue_ctl(self._make(self.snd_max, RST | ACK, now=now, options=False))
-        self._event("timeout")
+        self._queue_ctl(self._make(self.snd_max, RST | ACK, now, options=False))
+        self._event(TIMED_OUT)
         self._close("timeout")
 
     def _close(self, reason):
@@ -943,7 +996,7 @@ class TcpConnection(object):
         self._ack_now = self._probe_due = self._synack_due = self._rtx_pending = False
         self._ooo.clear()
         self.close_reason = reason
-        self._event("closed")
+        self._event(CLOSED)
 
     def _enter_time_wait(self, now):
         self._set_state(TcpState.TIME_WAIT)
@@ -990,8 +1043,6 @@ class TcpConnection(object):
 
     def receive(self, seg, now):
         """Process one segment of this connection (RFC 9293 3.10.7.4)."""
-        now = self._clock(now)
-        self.segs_in += 1
         state = self._state
         if state is TcpState.CLOSED:
             self._drop("closed", seg)
@@ -1003,7 +1054,7 @@ class TcpConnection(object):
         self.last_activity = now
         self._ka_probes = 0
         if self._keepalive_at is not None:
-            self._keepalive_at = now + self.config.keepalive_ms
+            self._keepalive_at = now + self.config.keepalive * 1000
         seq = seg.seq
 
         # Second (RFC 5961 3.2): RST.
@@ -1095,7 +1146,7 @@ class TcpConnection(object):
         log.debug("%s: reset by the client in %s", self.name, state)
         self._ctl = []
         if state is not TcpState.TIME_WAIT:
-            self._event("reset")
+            self._event(RESET)
         self._close("reset")
 
     def _process_ack(self, seg, now):
@@ -1217,7 +1268,7 @@ class TcpConnection(object):
                 self._close("closed")
                 return
         if data_acked > 0 and self._state in _QUEUE_STATES and not self._fin_queued:
-            self._event("writable")
+            self._event(WRITABLE)
 
     def _on_dup_ack(self, ack, now):
         self.dup_acks += 1
@@ -1239,7 +1290,7 @@ class TcpConnection(object):
             self._rtt.reset_after_syn_loss()   # RFC 6298 5.7
         self._cc.set_mss(self._smss())
         self._set_state(TcpState.ESTABLISHED)
-        self._event("established")
+        self._event(ESTABLISHED)
         if self._fin_queued:
             self._set_state(TcpState.FIN_WAIT_1)
 
@@ -1267,7 +1318,7 @@ class TcpConnection(object):
             return
         if seq == nxt:
             if payload:
-                self._deliver(payload)
+                self._deliver(payload, now)
             if fin:
                 self._process_fin(now)
             elif self._ooo_fin is not None and self._ooo_fin == self.rcv_nxt:
@@ -1282,7 +1333,7 @@ class TcpConnection(object):
             self._ooo_fin = seq_add(seq, len(payload))
         self._ack_now = True
 
-    def _deliver(self, payload):
+    def _deliver(self, payload, now):
         """In-order bytes at RCV.NXT, then whatever the reassembly queue now joins."""
         had_ooo = bool(self._ooo)
         n = len(payload)
@@ -1297,7 +1348,7 @@ class TcpConnection(object):
             self._rx += more
             self.rcv_nxt = seq_add(self.rcv_nxt, len(more))
             self.bytes_in += len(more)
-        self._event("readable")
+        self._event(READABLE)
         if n > self._rcv_mss_est:
             self._rcv_mss_est = min(n, self.our_mss)
         self._rcv_unacked += n
@@ -1308,7 +1359,7 @@ class TcpConnection(object):
             # RFC 1122 4.2.3.2 / RFC 5681 4.2: an ACK for at least every second full-sized segment.
             self._ack_now = True
         elif self._delack_at is None:
-            self._delack_at = self._now + self.config.delack_ms
+            self._delack_at = now + self.config.delack_ms
 
     def _process_fin(self, now):
         self.rcv_nxt = seq_add(self.rcv_nxt, 1)
@@ -1327,10 +1378,10 @@ class TcpConnection(object):
 
     def _maybe_peer_fin(self):
         if self._state is TcpState.CLOSED:
-            return                                  # "closed" is the last event
+            return                                  # Closed is the last event
         if self._fin_received and not self._peer_fin_reported and not self._rx:
             self._peer_fin_reported = True
-            self._event("peer_fin")
+            self._event(PEER_FIN)
 
 
 def _ip(addr):

@@ -30,14 +30,12 @@ class RttEstimator(object):
     BETA = 0.25
 
     def __init__(self, initial_rto=1000, min_rto=200, max_rto=60000, granularity=1):
-        self.initial_rto = initial_rto
         self.min_rto = min_rto
         self.max_rto = max_rto
         self.granularity = granularity
         self.srtt = None        # float ms, None before the first sample
         self.rttvar = None
         self.backoff = 0        # number of doublings since the last sample
-        self.samples = 0
         self._base = initial_rto
 
     @property
@@ -59,7 +57,6 @@ class RttEstimator(object):
             beta = self.BETA / n
             self.rttvar = (1 - beta) * self.rttvar + beta * abs(self.srtt - rtt)
             self.srtt = (1 - alpha) * self.srtt + alpha * rtt
-        self.samples += 1
         self.backoff = 0
         self._base = self._clamp(int(math.ceil(self.srtt + max(self.granularity, 4 * self.rttvar))))
 
@@ -71,6 +68,11 @@ class RttEstimator(object):
         """RFC 6298 5.5: the retransmission timer expired: double the RTO."""
         if self.rto < self.max_rto:
             self.backoff += 1
+
+    def clear_backoff(self):
+        """Forget the doublings: the expiries were caused by a known outage, not by the path (see
+        TcpConnection.resume); the RTO is again the estimate's."""
+        self.backoff = 0
 
     def reset_after_syn_loss(self):
         """RFC 6298 5.7: the SYN(-ACK) was retransmitted and no sample exists: RTO = 3 s for data."""

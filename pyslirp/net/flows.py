@@ -1,0 +1,327 @@
+"""Flows and the one admission decision: what a new flow of the client is, and how it leaves. Sans-IO.
+
+Theory of operation
+-------------------
+Every TCP connection, UDP association and ICMP echo exchange of the client is
+a *flow*, named by its full tuple (smoltcp's ``Tuple{local, remote}``)::
+
+    FlowKey(protocol, client_addr, client_port, server_addr, server_port)
+
+Addresses are the packed bytes of the IP header (4 bytes for IPv4; the key
+does not care about the family).  For ICMP echo the "ports" are the echo
+identifier and 0.  The stack keeps one table per protocol keyed by this
+tuple, and each flow answers from its own ``server_addr``: a NAT'd flow's
+segments come from the outside address, not from ``local_ip``.
+
+The first packet of a flow that matches no entry (a TCP SYN, a UDP datagram,
+an echo request) goes to :meth:`Policy.decide`, the single admission point.
+It returns a :class:`Route`:
+
+* ``kind``: ``service`` (a ``[services.PORT]`` on local_ip), ``udp_service``
+  (a ``[udp_services.PORT]``), ``dns`` (the forwarder on local_ip:53), ``nat``
+  (an outside address the allow-list admits) or ``refused``;
+* for admitted flows: the target ``host``/``port`` and ``via`` (``direct``,
+  ``socks5`` or ``http``: how the runtime's connector reaches the target);
+* for refusals: ``reason`` (one line for the log), ``cause`` (``policy``,
+  ``limit``: what the metrics count) and ``outcome`` (net/refusal.py: an RST,
+  ICMP administratively prohibited, port unreachable).
+
+The policy also counts what it admitted (``release`` gives a slot back), so
+the connection limits cost O(1) per SYN.
+
+The allow-list (``[outbound] allow`` / ``deny``) is a list of
+:class:`AddressRule`: an address or CIDR, optionally ``:PORT`` or
+``:LOW-HIGH``.  A flow to an address other than local_ip is admitted only if
+outbound is enabled, an ``allow`` rule matches and no ``deny`` rule does.
+Some destinations are refused unless an ``allow`` rule names them
+*explicitly*, i.e. with a network inside the special range (a catch-all such
+as ``0.0.0.0/0`` does not count): ``0.0.0.0/8``, ``127.0.0.0/8``,
+``169.254.0.0/16`` (cloud metadata services live there), ``224.0.0.0/4``,
+``255.255.255.255`` and each of the host's own interface addresses (given by
+the runtime, which can see them).  ICMP echo is allowed to any address some
+rule covers, whatever its ports, and refused only by a ``deny`` entry for all
+ports of its address.
+"""
+
+import ipaddress
+import re
+from collections import namedtuple
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+from pyslirp.net import refusal
+
+PROTO_ICMP = 1
+PROTO_TCP = 6
+PROTO_UDP = 17
+PROTOCOL_NAMES = {PROTO_ICMP: "icmp", PROTO_TCP: "tcp", PROTO_UDP: "udp"}
+
+# Route kinds.
+SERVICE = "service"
+UDP_SERVICE = "udp_service"
+DNS = "dns"
+NAT = "nat"
+REFUSED = "refused"
+
+# How an admitted flow leaves this host.
+VIA_DIRECT = "direct"
+VIA_SOCKS5 = "socks5"
+VIA_HTTP = "http"
+
+# Refusal causes (what the metrics and the audit log count).
+CAUSE_POLICY = "policy"
+CAUSE_LIMIT = "limit"
+CAUSE_RATE = "rate"
+CAUSE_PROXY = "proxy"
+CAUSE_SERVICE = "service_down"
+
+
+class FlowKey(namedtuple("FlowKey", "protocol client_addr client_port server_addr server_port")):
+    """The full tuple of a flow (a namedtuple: it hashes and compares as the plain tuple, cheaply)."""
+    __slots__ = ()
+
+    def describe(self):
+        """``tcp 10.0.0.2:40000 -> 198.18.0.2:80`` for log lines."""
+        return "%s %s:%d -> %s:%d" % (PROTOCOL_NAMES.get(self.protocol, str(self.protocol)),
+                                      addr_str(self.client_addr), self.client_port,
+                                      addr_str(self.server_addr), self.server_port)
+
+
+def addr_str(addr):
+    """Packed address bytes -> text (IPv4 dotted quad, IPv6 in its short form)."""
+    return str(ipaddress.ip_address(bytes(addr)))
+
+
+@dataclass(frozen=True)
+class Service:
+    """A port on local_ip that leads to host:target_port (TCP ``[services]`` and UDP ``[udp_services]``)."""
+    port: int
+    host: str
+    target_port: int
+    name: str = ""
+    via: str = VIA_DIRECT       # "direct" or "proxy" (the configured upstream proxy)
+
+
+@dataclass(frozen=True)
+class Route:
+    """What a flow is and how it leaves (see the module docstring)."""
+    kind: str
+    host: str = ""
+    port: int = 0
+    via: str = VIA_DIRECT
+    name: str = ""
+    reason: str = ""
+    cause: str = ""
+    outcome: str = ""
+
+    @property
+    def admitted(self):
+        return self.kind != REFUSED
+
+    @property
+    def label(self):
+        """The metrics' ``service`` label: the service's name (or port), or ``nat`` / ``dns``."""
+        if self.kind in (SERVICE, UDP_SERVICE):
+            return self.name or str(self.port)
+        return self.kind
+
+    def describe(self):
+        """``SSH 127.0.0.1:22`` / ``nat 198.18.0.2:80 via socks5`` for log lines."""
+        text = "%s:%d" % (self.host, self.port)
+        if self.kind in (SERVICE, UDP_SERVICE):
+            if self.name:
+                text = self.name + " " + text
+        else:
+            text = self.kind + " " + text
+        if self.via != VIA_DIRECT:
+            text += " via " + self.via
+        return text
+
+
+def refused(reason, outcome, cause=CAUSE_POLICY):
+    return Route(REFUSED, reason=reason, cause=cause, outcome=outcome)
+
+
+# ---------------------------------------------------------------------------
+# The allow-list
+
+_RULE_RE = re.compile(r"^([0-9.]+(?:/\d{1,2})?)(?::(\d{1,5})(?:-(\d{1,5}))?)?$")
+
+
+@dataclass(frozen=True)
+class AddressRule:
+    """An address or CIDR with an optional port range (``"10.1.0.0/16:22"``, ``"0.0.0.0/0:80-443"``)."""
+    network: ipaddress.IPv4Network
+    low: int = 0
+    high: int = 65535
+    text: str = ""
+
+    @classmethod
+    def parse(cls, text):
+        """Parse one entry; ValueError with a short explanation when it is not one."""
+        m = _RULE_RE.match(text.strip()) if isinstance(text, str) else None
+        if not m:
+            raise ValueError('must be an IPv4 address or CIDR, optionally with ":PORT" or ":LOW-HIGH", got %r'
+                             % (text,))
+        try:
+            network = ipaddress.IPv4Network(m.group(1), strict=False)
+        except ValueError as e:
+            raise ValueError("%s: %s" % (m.group(1), e))
+        low = high = None
+        if m.group(2) is not None:
+            low = int(m.group(2))
+            high = int(m.group(3)) if m.group(3) is not None else low
+            if not (1 <= low <= 65535 and 1 <= high <= 65535) or low > high:
+                raise ValueError("port range must be 1-65535 with LOW <= HIGH, got %r" % (text,))
+        return cls(network, low if low is not None else 0, high if high is not None else 65535, text.strip())
+
+    @property
+    def all_ports(self):
+        return self.low == 0 and self.high == 65535
+
+    def matches(self, addr, port=None):
+        """Does ``addr`` (ipaddress.IPv4Address) and ``port`` (None: any, e.g. ICMP) fall under the rule?"""
+        if addr not in self.network:
+            return False
+        return port is None or self.low <= port <= self.high
+
+
+SPECIAL_NETWORKS = tuple(ipaddress.IPv4Network(n) for n in (
+    "0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "255.255.255.255/32"))
+
+
+@dataclass(frozen=True)
+class OutboundPolicy:
+    enabled: bool = False
+    via: str = VIA_DIRECT                  # direct, socks5 or http
+    allow: Tuple[AddressRule, ...] = (AddressRule(ipaddress.IPv4Network("0.0.0.0/0"), text="0.0.0.0/0"),)
+    deny: Tuple[AddressRule, ...] = ()
+    host_addresses: Tuple[str, ...] = ()  # this host's own interface addresses (always special)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    local_ip: str = "10.0.0.1"
+    services: Tuple[Service, ...] = (Service(22, "127.0.0.1", 22, "SSH"),)
+    udp_services: Tuple[Service, ...] = ()
+    proxy_via: str = ""                    # the configured proxy's type (socks5, http) or "" for none
+    outbound: OutboundPolicy = field(default_factory=OutboundPolicy)
+    dns_forwarder: bool = False
+    dns_tcp_upstream: Optional[Tuple[str, int]] = None   # where DNS over TCP to local_ip:53 is relayed
+    max_connections: int = 64
+    max_per_service: int = 16
+    max_udp_flows: int = 64
+
+
+class Policy(object):
+    """The single admission point for new flows (see the module docstring)."""
+
+    def __init__(self, config):
+        self.config = config
+        self.local_ip = ipaddress.IPv4Address(config.local_ip).packed
+        self.services = dict((s.port, s) for s in config.services)
+        self.udp_services = dict((s.port, s) for s in config.udp_services)
+        out = config.outbound
+        self._specials = SPECIAL_NETWORKS + tuple(ipaddress.IPv4Network(a + "/32") for a in out.host_addresses)
+        self.tcp_active = 0
+        self.udp_active = 0
+        self.per_label = {}                # route label -> active TCP flows
+
+    def _via(self, choice):
+        """``direct`` / ``proxy`` -> the connector to use."""
+        if choice == "proxy":
+            return self.config.proxy_via or VIA_DIRECT
+        return choice or VIA_DIRECT
+
+    def decide(self, flow, now):
+        """The Route for a new flow; admitted routes are counted until :meth:`release`."""
+        route = self._route(flow)
+        if not route.admitted:
+            return route
+        if flow.protocol == PROTO_TCP:
+            cfg = self.config
+            if self.tcp_active >= cfg.max_connections:
+                return refused("max_connections (%d) reached" % cfg.max_connections, refusal.RESET, CAUSE_LIMIT)
+            label = route.label
+            if self.per_label.get(label, 0) >= cfg.max_per_service:
+                return refused("max_per_service (%d) reached for %s" % (cfg.max_per_service, label),
+                               refusal.RESET, CAUSE_LIMIT)
+            self.tcp_active += 1
+            self.per_label[label] = self.per_label.get(label, 0) + 1
+        elif flow.protocol == PROTO_UDP and route.kind != DNS:
+            if self.udp_active >= self.config.max_udp_flows:
+                return refused("max_udp_flows (%d) reached" % self.config.max_udp_flows,
+                               refusal.PORT_UNREACHABLE, CAUSE_LIMIT)
+            self.udp_active += 1
+        return route
+
+    def release(self, flow, route):
+        """An admitted flow no longer counts against the limits (closed, or TCP in TIME_WAIT)."""
+        if flow.protocol == PROTO_TCP:
+            self.tcp_active = max(0, self.tcp_active - 1)
+            label = route.label
+            n = self.per_label.get(label, 0) - 1
+            if n > 0:
+                self.per_label[label] = n
+            else:
+                self.per_label.pop(label, None)
+        elif flow.protocol == PROTO_UDP and route.kind != DNS:
+            self.udp_active = max(0, self.udp_active - 1)
+
+    # -- the mapping -------------------------------------------------------------------
+
+    def _route(self, flow):
+        cfg = self.config
+        proto = flow.protocol
+        port = flow.server_port
+        if flow.server_addr == self.local_ip:
+            if proto == PROTO_TCP:
+                svc = self.services.get(port)
+                if svc is not None:
+                    return Route(SERVICE, svc.host, svc.target_port, self._via(svc.via), svc.name or str(port))
+                if port == 53 and cfg.dns_forwarder and cfg.dns_tcp_upstream is not None:
+                    host, uport = cfg.dns_tcp_upstream
+                    return Route(DNS, host, uport, self._via(cfg.outbound.via), "dns")
+                return refused("no service on port %d" % port, refusal.RESET)
+            if proto == PROTO_UDP:
+                svc = self.udp_services.get(port)
+                if svc is not None:
+                    return Route(UDP_SERVICE, svc.host, svc.target_port, VIA_DIRECT, svc.name or str(port))
+                if port == 53 and cfg.dns_forwarder:
+                    return Route(DNS, name="dns")
+                return refused("no UDP service on port %d" % port, refusal.PORT_UNREACHABLE)
+            return refused("protocol %d not served" % proto, refusal.ADMIN_PROHIBITED)
+        return self._outbound(flow)
+
+    def _outbound(self, flow):
+        out = self.config.outbound
+        if not out.enabled:
+            return refused("outbound is disabled", refusal.ADMIN_PROHIBITED)
+        addr = ipaddress.IPv4Address(bytes(flow.server_addr))
+        port = None if flow.protocol == PROTO_ICMP else flow.server_port
+        special = None
+        for net in self._specials:
+            if addr in net:
+                special = net
+                break
+        allowed = False
+        for rule in out.allow:
+            if rule.matches(addr, port) and (special is None or rule.network.subnet_of(special)):
+                allowed = True
+                break
+        if not allowed:
+            if special is not None:
+                return refused("%s is a special address (%s) not named in outbound.allow" % (addr, special),
+                               refusal.ADMIN_PROHIBITED)
+            return refused("not in outbound.allow", refusal.ADMIN_PROHIBITED)
+        for rule in out.deny:
+            # A deny entry with ports refuses those ports only; ICMP echo has none, so only an entry for all
+            # ports (an address or network alone) refuses it.
+            if rule.matches(addr, port) and (port is not None or rule.all_ports):
+                return refused("outbound.deny %s" % rule.text, refusal.ADMIN_PROHIBITED)
+        via = out.via
+        if flow.protocol != PROTO_TCP and via != VIA_DIRECT:
+            # An upstream proxy carries TCP only (no SOCKS5 UDP ASSOCIATE here, no ICMP anywhere).
+            return refused("%s cannot go through the %s proxy" % (PROTOCOL_NAMES.get(flow.protocol, "?"), via),
+                           refusal.ADMIN_PROHIBITED)
+        return Route(NAT, str(addr), flow.server_port, via, "nat")

@@ -1,0 +1,307 @@
+"""Blocking connectors for the service threads: a flow's outbound socket, directly or through an upstream proxy.
+
+Theory of operation
+-------------------
+``open_connection(host, port, via, proxy, timeout)`` returns ``(sock, leftover)``: a connected, blocking socket to
+``host:port`` (``via="direct"``) or a tunnel to it through a SOCKS5 (``"socks5"``) or HTTP CONNECT (``"http"``)
+proxy, and the tunnel bytes that arrived together with the proxy's answer (``b""`` when direct).  They are the
+destination's first bytes: the caller delivers them before anything it reads from the socket.  ``proxy`` is any
+object with ``host``, ``port``, ``username`` and ``password`` (the configuration's ``[proxy]`` section).
+
+Every failure raises :class:`ConnectFailed` with a one-line ``reason``, an ``outcome`` of
+:mod:`pyslirp.net.refusal` (how the stack answers the client) and the ``hop`` that failed: ``"direct"``, or
+``"socks5 HOST:PORT"`` / ``"http HOST:PORT"`` naming the proxy.  Outcomes:
+
+* direct: ECONNREFUSED -> RESET, ENETUNREACH -> NET_UNREACHABLE, EHOSTUNREACH -> HOST_UNREACHABLE, a host name
+  that does not resolve -> HOST_UNREACHABLE, a timeout or any other error -> RESET;
+* through a proxy: the proxy's own answer decides (see :mod:`pyslirp.proxy.socks5` and
+  :mod:`pyslirp.proxy.http_connect`); not reaching the proxy at all (refused, unreachable, no answer in time,
+  closed mid-handshake) -> RESET, with a reason that says so: the destination's state is unknown.
+
+A proxy that answers "succeeded" before it has connected to the destination (some do, to save a round trip) makes
+a destination that then fails look like a tunnel that ends at once: ``open_connection`` succeeds and the first read
+is end of file, so the client sees its connection accepted and closed.  Nothing here can tell the two apart.
+OpenSSH's ``ssh -D`` is not such a proxy: it queues its "succeeded" reply but writes it only once its server has
+opened the connection, and closes without a reply when that fails (a ConnectFailed, RESET: "the proxy closed the
+connection before its reply to CONNECT").
+
+One :class:`Connector` per attempt does the work; ``open_connection`` is the short form.  Everything runs on a
+non-blocking socket under ``poll()`` with one deadline, ``timeout`` seconds, for the whole attempt (name lookup,
+TCP connect, proxy handshake), and a wake-up socket pair: :meth:`Connector.cancel`, called from any thread, sets a
+flag and writes one byte to it, so the waiting thread returns at once and ends the attempt with
+ConnectFailed("cancelled").  Only the connecting thread ever closes the socket being connected, so a cancel can
+never close a descriptor that has meanwhile been reused.  ``getaddrinfo`` itself cannot be interrupted; a name
+(anything but an IP literal) is therefore looked up in a short-lived daemon thread while the connector waits for
+it under the same deadline and cancel; an abandoned lookup finishes on its own and its answer is dropped.
+"""
+
+import errno
+import logging
+import math
+import os
+import select
+import socket
+import threading
+import time
+
+from pyslirp.net import refusal
+from pyslirp.proxy.base import ip_literal
+from pyslirp.proxy.events import ProxyRefused
+from pyslirp.proxy.http_connect import HttpConnectClient
+from pyslirp.proxy.socks5 import Socks5Client
+
+log = logging.getLogger("pyslirp.runtime.connectors")
+
+DIRECT = "direct"
+SOCKS5 = "socks5"
+HTTP = "http"
+VIAS = (DIRECT, SOCKS5, HTTP)
+CLIENTS = {SOCKS5: Socks5Client, HTTP: HttpConnectClient}
+
+CONNECT_TIMEOUT = 10.0          # seconds: the default of [proxy] connect_timeout
+READ_MAX = 65536
+
+ERRNO_OUTCOME = {
+    errno.ECONNREFUSED: refusal.RESET,
+    errno.ENETUNREACH: refusal.NET_UNREACHABLE,
+    errno.EHOSTUNREACH: refusal.HOST_UNREACHABLE,
+}                               # any other errno: RESET
+_IN_PROGRESS = (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK, errno.EALREADY)
+_INPUT = select.POLLIN | select.POLLHUP | select.POLLERR
+
+
+class ConnectFailed(Exception):
+    """A connect that did not succeed: ``reason`` (one line), ``outcome`` (pyslirp.net.refusal), ``hop``, and
+    ``code``, the proxy's SOCKS5 reply code or HTTP status when it sent one."""
+
+    def __init__(self, reason, outcome, hop, code=None):
+        Exception.__init__(self, "%s: %s" % (hop, reason))
+        self.reason = reason
+        self.outcome = outcome
+        self.hop = hop
+        self.code = code
+
+
+def errno_outcome(err):
+    """The outcome of a direct connect that failed with ``err``."""
+    return ERRNO_OUTCOME.get(err, refusal.RESET)
+
+
+def errno_reason(err):
+    return os.strerror(err).lower() if err else "connect failed"
+
+
+def hop_name(via, host, port):
+    if via == DIRECT:
+        return DIRECT
+    return "%s %s:%d" % (via, "[%s]" % host if ":" in host else host, port)
+
+
+class Connector(object):
+    """One connect attempt, directly or through a proxy; :meth:`open` runs it, :meth:`cancel` aborts it."""
+
+    def __init__(self, via=DIRECT, proxy=None, timeout=CONNECT_TIMEOUT):
+        if via not in VIAS:
+            raise ValueError("via must be one of %s, not %r" % (", ".join(VIAS), via))
+        if via != DIRECT and proxy is None:
+            raise ValueError("via %r needs a proxy (host, port, username, password)" % via)
+        if not timeout or timeout <= 0:
+            raise ValueError("the connect timeout must be a positive number of seconds, not %r" % (timeout,))
+        self.via = via
+        self.proxy = proxy if via != DIRECT else None
+        self.timeout = float(timeout)
+        self.hop = hop_name(via, proxy.host, proxy.port) if self.proxy is not None else DIRECT
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._started = False
+        self._wake_r = self._wake_w = None          # the wake-up pair, while open() runs
+
+    def __repr__(self):
+        return "Connector(%s, timeout=%g)" % (self.hop, self.timeout)
+
+    @property
+    def cancelled(self):
+        return self._cancelled
+
+    def cancel(self):
+        """Abort :meth:`open` from any thread: it raises ConnectFailed("cancelled") promptly (and closes the socket it
+        was connecting).  Before open(), open() fails at once; after open() has returned, the caller owns the socket
+        and this does nothing."""
+        self._cancelled = True
+        self._wake()
+
+    def _wake(self):
+        with self._lock:
+            if self._wake_w is not None:
+                try:
+                    self._wake_w.send(b"x")
+                except OSError:
+                    pass            # full: the waiting thread is already being woken
+
+    def _close_wake(self):
+        with self._lock:
+            pair, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), None, None
+        for s in pair:
+            if s is not None:
+                s.close()
+
+    # -- the attempt ------------------------------------------------------------------------------------------------
+
+    def open(self, host, port):
+        """Connect to ``host:port``; ``(socket, leftover)`` or ConnectFailed.  Once per Connector."""
+        if self._started:
+            raise RuntimeError("a Connector opens one connection; make a new one")
+        self._started = True
+        deadline = time.monotonic() + self.timeout
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        with self._lock:
+            self._wake_r, self._wake_w = wake_r, wake_w
+        try:
+            if self._cancelled:
+                raise self._fail("cancelled", refusal.RESET)
+            if self.proxy is None:
+                sock = self._connect(host, port, deadline, to_proxy=False)
+                leftover = b""
+            else:
+                try:
+                    client = CLIENTS[self.via](host, port, self.proxy.username or "", self.proxy.password or "")
+                except ValueError as exc:
+                    raise self._fail(str(exc), refusal.RESET)
+                sock = self._connect(self.proxy.host, self.proxy.port, deadline, to_proxy=True)
+                try:
+                    leftover = self._handshake(sock, client, deadline)
+                except BaseException:
+                    sock.close()
+                    raise
+            if self._cancelled:
+                sock.close()
+                raise self._fail("cancelled", refusal.RESET)
+            sock.setblocking(True)
+            log.debug("%s: connected to %s:%d (%d leftover bytes)", self.hop, host, port, len(leftover))
+            return sock, leftover
+        finally:
+            self._close_wake()
+
+    def _fail(self, reason, outcome, code=None):
+        return ConnectFailed(reason, outcome, self.hop, code)
+
+    def _unreachable_proxy(self, why):
+        return self._fail("the proxy could not be reached: %s" % why, refusal.RESET)
+
+    def _wait(self, sock, events, deadline, timed_out):
+        """Poll ``sock`` for ``events`` (and the wake-up socket); the ready events of ``sock``, 0 after a wake-up.
+        ConnectFailed("cancelled") when cancelled; ``timed_out()`` (a ConnectFailed) is raised past ``deadline``."""
+        poller = select.poll()
+        wake = self._wake_r
+        poller.register(wake, select.POLLIN)
+        if sock is not None:
+            poller.register(sock, events)
+        while True:
+            if self._cancelled:
+                raise self._fail("cancelled", refusal.RESET)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise timed_out()
+            ready = poller.poll(int(math.ceil(remaining * 1000)))
+            woken = False
+            for fd, revents in ready:
+                if sock is not None and fd == sock.fileno():
+                    return revents
+                woken = True
+            if woken:
+                try:
+                    wake.recv(64)
+                except OSError:
+                    pass
+                if sock is None:
+                    return 0
+
+    def _connect_timeout(self):
+        text = "connect timeout (%g s)" % self.timeout
+        return self._unreachable_proxy(text) if self.proxy is not None else self._fail(text, refusal.RESET)
+
+    def _lookup_timeout(self):
+        return self._fail("name lookup timeout (%g s)" % self.timeout, refusal.RESET)
+
+    def _answer_timeout(self):
+        return self._fail("the proxy did not answer within %g s" % self.timeout, refusal.RESET)
+
+    def _resolve(self, host, port, deadline, to_proxy):
+        """getaddrinfo() results for a TCP connect to host:port, waiting at most until ``deadline``."""
+        addr = ip_literal(host)
+        if addr is not None:
+            if addr.version == 4:
+                return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (str(addr), port))]
+            return [(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (str(addr), port, 0, 0))]
+        answer = []
+
+        def lookup():
+            try:
+                answer.append(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, socket.IPPROTO_TCP))
+            except (OSError, UnicodeError) as exc:
+                answer.append(exc)
+            self._wake()
+
+        threading.Thread(target=lookup, name="resolve-%s" % host, daemon=True).start()
+        while not answer:
+            self._wait(None, 0, deadline, self._lookup_timeout)
+        result = answer[0]
+        if isinstance(result, list) and result:
+            return result
+        detail = getattr(result, "strerror", None) or str(result) or "no address"
+        text = "host name %r does not resolve (%s)" % (host, detail)
+        if to_proxy:
+            raise self._unreachable_proxy(text)
+        raise self._fail(text, refusal.HOST_UNREACHABLE)
+
+    def _connect(self, host, port, deadline, to_proxy):
+        """A connected non-blocking TCP socket to host:port, trying each of its addresses in turn."""
+        last = 0
+        for family, socktype, proto, _, addr in self._resolve(host, port, deadline, to_proxy):
+            sock = socket.socket(family, socktype, proto)
+            try:
+                sock.setblocking(False)
+                err = sock.connect_ex(addr)
+                if err in _IN_PROGRESS:
+                    self._wait(sock, select.POLLOUT, deadline, self._connect_timeout)
+                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            except BaseException:
+                sock.close()
+                raise
+            if err == 0:
+                return sock
+            sock.close()
+            last = err
+        if to_proxy:
+            raise self._unreachable_proxy(errno_reason(last))
+        raise self._fail(errno_reason(last), errno_outcome(last))
+
+    def _handshake(self, sock, client, deadline):
+        """Drive the sans-IO ``client`` over ``sock`` until it decides; the leftover tunnel bytes on success."""
+        pending = bytearray(client.data_to_send())
+        while client.next_event() is None:
+            events = select.POLLIN | (select.POLLOUT if pending else 0)
+            ready = self._wait(sock, events, deadline, self._answer_timeout)
+            try:
+                if ready & select.POLLOUT and pending:
+                    del pending[:sock.send(pending)]
+                if ready & _INPUT:
+                    data = sock.recv(READ_MAX)
+                    client.receive_data(data)
+                    pending += client.data_to_send()
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as exc:
+                why = errno_reason(exc.errno) if exc.errno else str(exc)
+                raise self._fail("the connection to the proxy failed: %s" % why, refusal.RESET)
+        event = client.next_event()
+        if isinstance(event, ProxyRefused):
+            raise self._fail(event.reason, event.outcome, event.code)
+        return event.leftover
+
+
+def open_connection(host, port, via=DIRECT, proxy=None, timeout=CONNECT_TIMEOUT):
+    """``(socket, leftover)`` for host:port, directly or through ``proxy``; ConnectFailed on failure (see above)."""
+    return Connector(via, proxy, timeout).open(host, port)
