@@ -113,6 +113,7 @@ class Route:
     reason: str = ""
     cause: str = ""
     outcome: str = ""
+    limit: str = ""             # refused by a limit: its configuration key (max_connections, ...)
 
     @property
     def admitted(self):
@@ -138,8 +139,8 @@ class Route:
         return text
 
 
-def refused(reason, outcome, cause=CAUSE_POLICY):
-    return Route(REFUSED, reason=reason, cause=cause, outcome=outcome)
+def refused(reason, outcome, cause=CAUSE_POLICY, limit=""):
+    return Route(REFUSED, reason=reason, cause=cause, outcome=outcome, limit=limit)
 
 
 # ---------------------------------------------------------------------------
@@ -241,17 +242,18 @@ class Policy(object):
         if flow.protocol == PROTO_TCP:
             cfg = self.config
             if self.tcp_active >= cfg.max_connections:
-                return refused("max_connections (%d) reached" % cfg.max_connections, refusal.RESET, CAUSE_LIMIT)
+                return refused("max_connections (%d) reached" % cfg.max_connections, refusal.RESET, CAUSE_LIMIT,
+                               "max_connections")
             label = route.label
             if self.per_label.get(label, 0) >= cfg.max_per_service:
                 return refused("max_per_service (%d) reached for %s" % (cfg.max_per_service, label),
-                               refusal.RESET, CAUSE_LIMIT)
+                               refusal.RESET, CAUSE_LIMIT, "max_per_service")
             self.tcp_active += 1
             self.per_label[label] = self.per_label.get(label, 0) + 1
         elif flow.protocol == PROTO_UDP and route.kind != DNS:
             if self.udp_active >= self.config.max_udp_flows:
                 return refused("max_udp_flows (%d) reached" % self.config.max_udp_flows,
-                               refusal.PORT_UNREACHABLE, CAUSE_LIMIT)
+                               refusal.PORT_UNREACHABLE, CAUSE_LIMIT, "max_udp_flows")
             self.udp_active += 1
         return route
 
