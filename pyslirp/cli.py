@@ -17,10 +17,13 @@ standard error starting with ``pyslirp:``.
 
 A serial device that cannot be opened at start-up, or that disappears later
 (USB unplugged), is retried with a back-off of 1 s doubling to 30 s, forever,
-like pppd's ``persist``: the adapter may be plugged in later.  Two failures
-cannot fix themselves and end the program at start-up instead: an invalid
-setting (exit 2) and permission denied (exit 1; add the user to the group
-owning the device, usually ``dialout``).
+like pppd's ``persist``: the adapter may be plugged in later.  Some failures
+end the program at start-up instead: an invalid setting (exit 2), permission
+denied (exit 1; add the user to the group owning the device, usually
+``dialout``) and a device another program holds (exit 1: its UUCP lock file
+names a live process, or it is open exclusively).  A device path that is a
+pseudo-terminal is never reopened (see ``runtime/ownership.py``): pyslirp
+exits 1 when it goes away.
 """
 
 import argparse
@@ -236,11 +239,11 @@ def _make_tap(pcap_writer):
     return tap
 
 
-def _serial_opener(port, baudrate, flow_control):
+def _serial_opener(port, baudrate, flow_control, lock_dir=None):
     from pyslirp.runtime.endpoints import PySerialEndpoint
 
     def opener():
-        return PySerialEndpoint(port, baudrate, flow_control)
+        return PySerialEndpoint(port, baudrate, flow_control, lock_dir=lock_dir)
     return opener
 
 
@@ -304,7 +307,8 @@ def _serve(cfg, args, audit=None):
         elif port == "stdio":
             endpoint = StdioEndpoint()
         else:
-            opener = _serial_opener(port, cfg.serial.baudrate, cfg.serial.flow_control)
+            opener = _serial_opener(port, cfg.serial.baudrate, cfg.serial.flow_control,
+                                    lock_dir=cfg.serial.lock_dir if cfg.serial.lock else None)
 
         budget, coalesce = _line_params(cfg)
         try:

@@ -79,6 +79,8 @@ class SerialConfig:
     flow_control: str = "none"      # "none" | "hardware" | "software"
     pty_link: str = ""
     answer: str = "auto"            # answer CLIENT / AT commands before PPP: "auto" | "none"
+    lock: bool = True               # UUCP lock file for a device path
+    lock_dir: str = "/var/lock"
 
 
 @dataclass(frozen=True)
@@ -218,6 +220,13 @@ def v_str(key, value):
         raise ConfigError(key, "must be a string, got %s" % _show(value))
     if "\x00" in value:
         raise ConfigError(key, "must not contain NUL characters")
+    return value
+
+
+def v_abs_path(key, value):
+    v_str(key, value)
+    if not value.startswith("/"):
+        raise ConfigError(key, "must be an absolute path, got %s" % _show(value))
     return value
 
 
@@ -380,6 +389,8 @@ SECTIONS = (
         "flow_control": v_enum("none", "hardware", "software"),
         "pty_link": v_str,
         "answer": v_enum("auto", "none"),
+        "lock": v_bool,
+        "lock_dir": v_abs_path,
     }),
     ("network", NetworkConfig, {
         "local_ip": v_unicast_ipv4,

@@ -73,7 +73,7 @@ def test_check_config_applies_options(tmp_path):
     assert "hunter2" not in out
     raw = toml.loads(out)
     assert raw["serial"] == {"port": "/dev/ttyUSB3", "baudrate": 9600, "flow_control": "hardware",
-                             "pty_link": "", "answer": "auto"}
+                             "pty_link": "", "answer": "auto", "lock": True, "lock_dir": "/var/lock"}
     assert raw["logging"]["level"] == "debug"
     assert raw["services"]["80"] == {"host": "web", "port": 8080, "name": "", "via": "direct"}
     assert raw["services"]["22"]["port"] == 22

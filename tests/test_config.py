@@ -80,6 +80,8 @@ def test_example_file_changes_are_noticed(tmp_path):
     ("[serial]\nflow_control = \"rts\"\n",
      'serial.flow_control: must be one of "none", "hardware", "software", got "rts"'),
     ("[serial]\nport = 5\n", "serial.port: must be a string, got 5"),
+    ("[serial]\nlock = \"yes\"\n", 'serial.lock: must be true or false, got "yes"'),
+    ("[serial]\nlock_dir = \"var/lock\"\n", 'serial.lock_dir: must be an absolute path, got "var/lock"'),
     ("[serial]\nbaud = 9600\n", 'serial.baud: unknown key (did you mean "baudrate"?)'),
     ("[serial]\nzzz = 1\n", "serial.zzz: unknown key"),
     ("[serail]\nport = \"x\"\n", "unknown section [serail] (did you mean [serial]?)"),

@@ -66,7 +66,7 @@ from pyslirp.net.events import FlowLog
 from pyslirp.runtime.audit import EventLog
 from pyslirp.runtime.datagrams import DatagramRelay
 from pyslirp.runtime.metrics_server import SnapshotBox
-from pyslirp.runtime.serialio import DrainMeter, LineManager
+from pyslirp.runtime.serialio import DrainMeter, LineManager, LinePacer
 from pyslirp.runtime.services import ServiceManager
 
 log = logging.getLogger("pyslirp.runtime")
@@ -103,7 +103,8 @@ class Runtime(object):
         self.line_budget = line_budget
         self.baudrate = baudrate
         self.line = LineManager(self.post, opener=opener, endpoint=endpoint, coalesce=coalesce,
-                                writer_limit=max(4 * line_budget, 1 << 20), meter_factory=self._new_meter)
+                                writer_limit=max(4 * line_budget, 1 << 20), meter_factory=self._new_meter,
+                                pacer_factory=self._new_pacer if baudrate else None)
         self.stats_interval = stats_interval * 1000
         self.stop_timeout = stop_timeout
         self.endpoint = None
@@ -126,6 +127,11 @@ class Runtime(object):
         return DrainMeter(initial=self.baudrate / 10.0 if self.baudrate else None,
                           max_target=self.line_budget, min_target=min(MIN_TARGET, self.line_budget),
                           delay=TARGET_DELAY)
+
+    def _new_pacer(self):
+        """The pacer of a line whose backlog cannot be seen: the configured speed is the line's speed."""
+        return LinePacer(self.baudrate / 10.0, max_target=self.line_budget,
+                         min_target=min(MIN_TARGET, self.line_budget), delay=int(TARGET_DELAY * 1000))
 
     # -- for other threads and signal handlers ------------------------------------
 
@@ -151,6 +157,7 @@ class Runtime(object):
             rate = self.writer.rate
             out["runtime.line_rate"] = int(rate) if rate is not None else 0     # measured, bytes/s
             out["runtime.line_target"] = self.writer.target()                   # bound on the line's queue
+            out["runtime.line_paced"] = int(self.writer.pacer is not None)      # backlog unseen: paced at baud
         return out
 
     # -- the loop ---------------------------------------------------------------
