@@ -244,6 +244,16 @@ def test_proxy_password_comes_from_the_environment_and_is_masked(tmp_path):
     assert "s3cret-pw" not in out + err
 
 
+def test_dns_forwarder_uses_the_configured_upstream_servers():
+    from pyslirp import cli
+    cfg = config.validate({"dns": {"forwarder": True, "upstream": ["127.0.0.1:5353", "192.0.2.1"]}})
+    servers, factory = cli._dns(cfg)
+    assert servers == [("127.0.0.1", 5353), ("192.0.2.1", 53)] and factory is not None
+    stack = config.stack_config(cfg, dns_upstream=servers)
+    assert stack.dns_forwarder and stack.dns_tcp_upstream == ("127.0.0.1", 5353)
+    assert cli._dns(config.validate({})) == ([], None)
+
+
 def test_unwritable_audit_file_and_a_metrics_address_in_use(tmp_path):
     import socket
     nowhere = str(tmp_path / "no" / "such" / "dir")
