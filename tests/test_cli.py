@@ -291,8 +291,13 @@ def test_metrics_server_audit_log_and_signals_of_the_daemon(tmp_path):
         with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as resp:
             text = resp.read().decode()
         assert "# TYPE pyslirp_link_up gauge\npyslirp_link_up 0\n" in text
-        with urllib.request.urlopen("http://127.0.0.1:%d/metrics.json" % port, timeout=10) as resp:
-            doc = json.loads(resp.read().decode())
+        deadline = time.monotonic() + 10
+        while True:         # the line opens just after the pty line is printed
+            with urllib.request.urlopen("http://127.0.0.1:%d/metrics.json" % port, timeout=10) as resp:
+                doc = json.loads(resp.read().decode())
+            if doc["metrics"]["pyslirp_serial_line_open"]["samples"][0]["value"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
         assert doc["metrics"]["pyslirp_serial_line_open"]["samples"] == [{"labels": {}, "value": 1}]
         proc.send_signal(signal.SIGUSR1)
         proc.send_signal(signal.SIGHUP)
