@@ -99,6 +99,10 @@ PPP_ERRORS = counter("pyslirp_ppp_errors_total",
                      "Received frames dropped by the deframer (bad_fcs, too_long, too_short, aborted) "
                      "or as malformed (frame_*).", ("reason",))
 LINK_SESSIONS = counter("pyslirp_link_sessions_total", "PPP sessions that reached IPCP Opened.")
+LINK_SUSPENDED = gauge("pyslirp_link_suspended",
+                       "1 while the line is lost and TCP flows wait for the client to come back ([ppp] resume_grace).")
+LINK_SUSPENSIONS = counter("pyslirp_link_suspensions_total", "Lost lines whose TCP flows were kept, by how the wait "
+                           "ended (resumed: the client came back; expired: resume_grace ran out).", ("result",))
 LCP_ECHO_RTT = gauge("pyslirp_lcp_echo_rtt_seconds", "Round-trip time of the latest answered LCP Echo-Request.")
 AUTH = counter("pyslirp_auth_total", "Authentication attempts by method (pap, chap) and result (ok, fail).",
                ("method", "result"))
@@ -139,7 +143,8 @@ AUDIT_RECORDS = counter("pyslirp_audit_records_total",
                         "Audit log records written, suppressed (refusal floods) or lost (write errors).", ("result",))
 
 FAMILIES = (
-    LINK_UP, LINE_OPEN, SERIAL_BYTES, SERIAL_NOISE, PPP_FRAMES, PPP_ERRORS, LINK_SESSIONS, LCP_ECHO_RTT, AUTH,
+    LINK_UP, LINE_OPEN, SERIAL_BYTES, SERIAL_NOISE, PPP_FRAMES, PPP_ERRORS, LINK_SESSIONS, LINK_SUSPENDED,
+    LINK_SUSPENSIONS, LCP_ECHO_RTT, AUTH,
     LINE_DRAIN, IP_PACKETS, IP_DROPPED, TCP_ACTIVE, TCP_CONNECTING, TCP_TOTAL, CONNECTION_ERRORS,
     CONNECTIONS_REFUSED, FLOWS_REFUSED, TCP_RETRANSMISSIONS, TCP_RESETS, SERVICE_BYTES, SERVICE_CONNECT,
     DATAGRAM_ACTIVE, DATAGRAM_TOTAL, DATAGRAM_BYTES, INTERNAL_ERRORS, AUDIT_RECORDS,
@@ -277,6 +282,9 @@ def collect(core, now, serial_in=0, serial_out=0, line_open=False, drain_rate=No
         b.set(LCP_ECHO_RTT, rtt / 1000.0)
 
     # The IP stack.
+    b.set(LINK_SUSPENDED, 1 if stack.suspended else 0)
+    b.set(LINK_SUSPENSIONS, stack.resumptions, "resumed")
+    b.set(LINK_SUSPENSIONS, stack.resume_expiries, "expired")
     b.set(IP_PACKETS, stack.packets_in, "in")
     b.set(IP_PACKETS, stack.packets_out, "out")
     for reason, n in stack.dropped.items():

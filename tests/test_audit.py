@@ -147,7 +147,7 @@ def test_link_and_auth_records_name_the_user_and_never_the_password(tmp_path):
     assert [r["event"] for r in got] == ["auth", "link_up", "link_down", "auth", "link_down"]
     assert got[0] == dict(got[0], method="pap", user="alice", ok=True)
     assert got[1] == dict(got[1], user="alice", local_ip="10.0.0.1", remote_ip="10.0.0.2", mtu=1500)
-    assert got[2]["user"] == "alice" and got[2]["reason"]
+    assert got[2]["user"] == "alice" and got[2]["reason"] and got[2]["administrative"] is True
     assert got[3] == dict(got[3], method="pap", user="mallory", ok=False)
     assert got[4] == dict(got[4], user="", reason="authentication failed")      # nobody was logged in
     with open(path, "rb") as f:

@@ -131,7 +131,11 @@ def test_metrics_and_audit_move_with_real_traffic_through_pppd(lab, tmp_path):
                          "5002": {"host": "127.0.0.1", "port": source.port, "name": "source"}},
         }, debug=False)
         scraper = Scraper(metrics_port)
+        deadline = time.monotonic() + 10
         before = scraper.scrape()
+        while not before.value("pyslirp_serial_line_open") and time.monotonic() < deadline:
+            time.sleep(0.2)             # the line opens just after the pty line is printed
+            before = scraper.scrape()
         assert before.value("pyslirp_link_up") == 0 and before.value("pyslirp_serial_line_open") == 1
         client = write_script(lab, "traffic.py", GUEST_CLIENT)
         guest = lab.boot_guest("""

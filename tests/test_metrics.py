@@ -449,3 +449,21 @@ def test_collect_reads_only_and_leaves_the_stack_as_it_was():
     first = metrics.render_text(metrics.collect(core, 1))
     assert metrics.render_text(metrics.collect(core, 1)) == first
     assert stack.take_events() == [] and stack.get_timer() == timer and len(events_before) == 1
+
+
+def test_suspended_link_figures():
+    stack = make_stack(services=(SSH,), resume_grace=30)
+    core = core_with(stack)
+    Client(stack, port=40001).syn(0)
+    assert stack.suspend(1000)
+    snap = metrics.collect(core, 1000)
+    assert snap.value("pyslirp_link_suspended") == 1
+    assert snap.samples("pyslirp_link_suspensions_total") == {("resumed",): 0, ("expired",): 0}
+    stack.resume(2000)
+    assert metrics.collect(core, 2000).value("pyslirp_link_suspended") == 0
+    stack.suspend(3000)
+    stack.handle_timer(3000 + 30000)                                  # the grace runs out: reset
+    snap = metrics.collect(core, 33000)
+    assert snap.value("pyslirp_link_suspended") == 0
+    assert snap.samples("pyslirp_link_suspensions_total") == {("resumed",): 1, ("expired",): 1}
+    assert snap.value("pyslirp_tcp_connections_connecting", service="SSH") is None

@@ -243,6 +243,27 @@ def test_non_loopback_addresses_are_refused_unless_allowed():
         socket.create_connection(("127.0.0.1", server.address[1]), timeout=1).close()
 
 
+def test_ipv6_loopback(tmp_path):
+    stack = StackThread()
+    try:
+        server = MetricsServer(("::1", 0), stack.box)
+    except OSError as exc:
+        stack.stop()
+        pytest.skip("no IPv6 loopback here: %s" % exc)
+    server.start()
+    try:
+        status, _, body = get_from("http://[::1]:%d/metrics" % server.address[1])
+        assert status == 200 and b"# TYPE pyslirp_link_up gauge" in body
+    finally:
+        server.stop()
+        stack.stop()
+
+
+def get_from(address):
+    with urllib.request.urlopen(address, timeout=5) as resp:
+        return resp.status, dict(resp.headers), resp.read()
+
+
 def test_address_in_use_is_an_oserror_for_the_caller():
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))

@@ -971,4 +971,5 @@ def test_a_deny_entry_with_ports_does_not_refuse_ping():
     stack = stack_with("198.18.0.2")                             # a deny for every port refuses ping too
     stack.receive_packet(ping_packet(dst=outside), 0)
     (msg,) = icmp_out(stack)
-    assert msg.code == icmp.CODE_ADMIN_PROHIBITED and of_type(stack.take_events(), PingOpen) == []
+    assert msg.code == icmp.CODE_ADMIN_PROHIBITED
+    assert [(e.kind, e.reason) for e in stack.take_events()] == [("refused", "outbound.deny 198.18.0.2")]

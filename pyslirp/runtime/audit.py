@@ -20,7 +20,9 @@ after every line.  Events and their fields:
 
 * ``link_up``: ``user`` (the authenticated user, "" without
   authentication), ``local_ip``, ``remote_ip``, ``mtu``;
-* ``link_down``: ``user``, ``reason``;
+* ``link_down``: ``user``, ``reason``, ``administrative`` (closed on
+  purpose, by us or by the client's Terminate-Request; false: the line was
+  lost and the TCP flows may wait for the client, ``[ppp] resume_grace``);
 * ``auth``: ``method`` (pap, chap), ``user`` (the name the client sent),
   ``ok``;
 * ``flow_open``: ``protocol`` (tcp, udp, icmp), ``client`` and ``server``
@@ -192,7 +194,7 @@ class EventLog(object):
         self._write("link_up", user=self.user, local_ip=event.local_ip, remote_ip=event.remote_ip, mtu=event.mtu)
 
     def link_down(self, event):
-        self._write("link_down", user=self.user, reason=event.reason)
+        self._write("link_down", user=self.user, reason=event.reason, administrative=bool(event.administrative))
         self.user = ""
 
     def reload(self, ok, detail):

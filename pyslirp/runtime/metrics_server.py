@@ -11,9 +11,9 @@ objects (pyslirp/metrics.py ``collect``).  The two threads meet in a
   (:meth:`SnapshotBox.request` posts ``("metrics",)`` to the stack thread's
   inbox, once until it is answered) and parks the request;
 * the stack thread, when it gets to that inbox item, builds a snapshot if
-  the box's is still too old and :meth:`SnapshotBox.publish` es it: a
-  reference swap under a lock held for nothing else, and one byte on a
-  socket pair that wakes the server thread.  The stack thread never waits
+  the box's is still too old and publishes it (:meth:`SnapshotBox.publish`:
+  a reference swap under a lock held for nothing else, and one byte on a
+  socket pair that wakes the server thread).  The stack thread never waits
   for the server;
 * the server answers every parked request with the new snapshot, rendered
   on its own thread (the snapshot is an immutable value).  A request still
