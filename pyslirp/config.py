@@ -34,6 +34,13 @@ Decisions worth knowing:
   (``PYSLIRP_PROXY_PASSWORD``), never from the command line.
 * ``monitoring.metrics_listen`` is reserved: validated and stored, not used
   yet.
+* ``[services.PORT] fallback`` is an array of ``"HOST:PORT"`` (``"[V6]:PORT"``)
+  tried in order when the connect to host:port fails; ``[health]`` holds the
+  circuit breakers' thresholds (net/health.py).  ``--service PORT=...``
+  replaces a service's targets, fallbacks included.
+* Reload (SIGHUP): :func:`reload_changes` tells what a re-read file changes,
+  which of it is applied at once and which needs a restart (the serial line,
+  the addresses, the MTU, PPP and authentication: a new link).
 
 The ``[tcp]`` section is the TCP tunables' own value
 (:class:`pyslirp.net.tcp.conn.TcpConfig`, whose other fields are internal);
@@ -47,7 +54,7 @@ import difflib
 import ipaddress
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Tuple
 
 from pyslirp import compat
@@ -104,6 +111,12 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class HealthConfig:
+    breaker_failures: int = 5       # failed connects in a row after which a service target is skipped (0 = never)
+    breaker_cooldown: int = 30      # seconds it is skipped before one trial connect
+
+
+@dataclass(frozen=True)
 class ProxyConfig:
     type: str = "none"              # "none" | "socks5" | "http"
     host: str = ""
@@ -155,6 +168,7 @@ class Config:
     udp_services: Tuple[Service, ...] = ()
     tcp: TcpConfig = field(default_factory=TcpConfig)     # the [tcp] keys are fields of the TCP tunables
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
@@ -381,6 +395,10 @@ SECTIONS = (
         "max_per_service": v_int(1, 4096),
         "max_udp_flows": v_int(1, 4096),
     }),
+    ("health", HealthConfig, {
+        "breaker_failures": v_int(0, 1000),
+        "breaker_cooldown": v_int(1, 86400),
+    }),
     ("proxy", ProxyConfig, {
         "type": v_enum("none", "socks5", "http"),
         "host": v_str,
@@ -413,13 +431,39 @@ SECTIONS = (
     }),
 )
 SECTION_NAMES = tuple(s[0] for s in SECTIONS) + ("services", "udp_services")
-SERVICE_KEYS = ("host", "port", "name", "via")
+SERVICE_KEYS = ("host", "port", "name", "via", "fallback")
+MAX_FALLBACK = 8
 UDP_SERVICE_KEYS = ("host", "port", "name")
 
 
 def _unknown(key, known):
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
     return "unknown key" + (" (did you mean %s?)" % json.dumps(close[0]) if close else "")
+
+
+def parse_target(text):
+    """``"HOST:PORT"`` or ``"[V6]:PORT"`` -> (host, port); None when it is not one."""
+    if not isinstance(text, str):
+        return None
+    m = re.match(r"^(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]\s]+)):(\d{1,5})$", text.strip())
+    if not m or not 1 <= int(m.group(3)) <= 65535:
+        return None
+    return (m.group(1) or m.group(2)), int(m.group(3))
+
+
+def v_fallback(key, value):
+    if not isinstance(value, list):
+        raise ConfigError(key, 'must be an array of "HOST:PORT", got %s' % _show(value))
+    if len(value) > MAX_FALLBACK:
+        raise ConfigError(key, "at most %d fallback targets, got %d" % (MAX_FALLBACK, len(value)))
+    out = []
+    for i, item in enumerate(value):
+        target = parse_target(item)
+        if target is None:
+            raise ConfigError("%s[%d]" % (key, i), 'must be "HOST:PORT" (or "[IPv6]:PORT") with a port '
+                              'between 1 and 65535, got %s' % _show(item))
+        out.append(target)
+    return tuple(out)
 
 
 def _services(value, section="services", keys=SERVICE_KEYS):
@@ -442,7 +486,8 @@ def _services(value, section="services", keys=SERVICE_KEYS):
             port=int(port_text), host=host,
             target_port=PORT(key + ".port", table.get("port", int(port_text))),
             name=v_str(key + ".name", table.get("name", "")),
-            via=v_enum("direct", "proxy")(key + ".via", table.get("via", "direct"))))
+            via=v_enum("direct", "proxy")(key + ".via", table.get("via", "direct")),
+            fallback=v_fallback(key + ".fallback", table.get("fallback", []))))
     out.sort(key=lambda s: s.port)
     return tuple(out)
 
@@ -575,8 +620,14 @@ def parse_service(text):
 
 
 def _services_raw(services):
-    return dict((str(s.port), {"host": s.host, "port": s.target_port, "name": s.name, "via": s.via})
+    return dict((str(s.port), {"host": s.host, "port": s.target_port, "name": s.name, "via": s.via,
+                               "fallback": [_target_text(t) for t in s.fallback]})
                 for s in services)
+
+
+def _target_text(target):
+    host, port = target
+    return "%s:%d" % ("[%s]" % host if ":" in host else host, port)
 
 
 def apply_overrides(raw, settings=None, services=()):
@@ -685,6 +736,7 @@ def to_toml(cfg, mask_secrets=True):
         lines.append("port = %d" % svc.target_port)
         lines.append("name = %s" % _toml_value(svc.name))
         lines.append("via = %s" % _toml_value(svc.via))
+        lines.append("fallback = %s" % _toml_value([_target_text(t) for t in svc.fallback]))
         lines.append("")
     for svc in cfg.udp_services:
         lines.append("[udp_services.%d]" % svc.port)
@@ -735,4 +787,68 @@ def stack_config(cfg, host_addresses=(), dns_upstream=()):
         services=cfg.services, udp_services=cfg.udp_services, proxy_via=proxy_via, outbound=outbound,
         dns_forwarder=cfg.dns.forwarder, dns_tcp_upstream=tuple(dns_upstream[0]) if dns_upstream else None,
         max_connections=cfg.limits.max_connections, max_per_service=cfg.limits.max_per_service,
-        max_udp_flows=cfg.limits.max_udp_flows, udp_timeout=out.udp_timeout, tcp=cfg.tcp)
+        max_udp_flows=cfg.limits.max_udp_flows, udp_timeout=out.udp_timeout, tcp=cfg.tcp,
+        breaker_failures=cfg.health.breaker_failures, breaker_cooldown=cfg.health.breaker_cooldown)
+
+
+# ---------------------------------------------------------------------------
+# Reload
+
+# Sections whose every key needs a new link (or a new line) to change.
+RESTART_SECTIONS = ("serial", "network", "ppp")
+# Single keys of other sections that a running daemon cannot change.
+RESTART_KEYS = (("monitoring", "metrics_listen"),)
+
+
+def _section_keys(name):
+    for sec_name, _, schema in SECTIONS:
+        if sec_name == name:
+            return list(schema)
+    return []
+
+
+def reload_changes(old, new):
+    """What loading ``new`` over the running ``old`` does: ``(effective, changed, restart)``.
+
+    ``effective`` is ``new`` with the values that need a restart kept as they run now (so that the next
+    reload compares with what really runs); ``changed`` names what is applied (section names, and
+    ``+services.PORT`` added, ``-services.PORT`` removed, ``~services.PORT`` changed, likewise
+    ``udp_services``); ``restart`` the
+    dotted keys that differ but wait for a restart.  Nothing here touches a secret's value.
+    """
+    restart = []
+    replaced = {}
+    for name in RESTART_SECTIONS:
+        old_sec, new_sec = getattr(old, name), getattr(new, name)
+        if old_sec != new_sec:
+            for key in _section_keys(name):
+                if getattr(old_sec, key) != getattr(new_sec, key):
+                    restart.append("%s.%s" % (name, key))
+            replaced[name] = old_sec
+    for name, key in RESTART_KEYS:
+        old_sec, new_sec = getattr(old, name), getattr(new, name)
+        if getattr(old_sec, key) != getattr(new_sec, key):
+            restart.append("%s.%s" % (name, key))
+            new_sec = replace(new_sec, **{key: getattr(old_sec, key)})
+            replaced[name] = new_sec
+    # The DNS server IPCP offers follows dns.forwarder when [network] dns is empty: that is the link's.
+    if old.dns.forwarder != new.dns.forwarder and not old.network.dns:
+        restart.append("dns.forwarder (the DNS server offered over IPCP)")
+    effective = replace(new, **replaced) if replaced else new
+    changed = []
+    for name, _, _ in SECTIONS:
+        if name in RESTART_SECTIONS:
+            continue
+        if getattr(old, name) != getattr(effective, name):
+            changed.append(name)
+    for section in ("services", "udp_services"):
+        before = dict((s.port, s) for s in getattr(old, section))
+        after = dict((s.port, s) for s in getattr(effective, section))
+        for port in sorted(set(before) | set(after)):
+            if port not in before:
+                changed.append("+%s.%d" % (section, port))
+            elif port not in after:
+                changed.append("-%s.%d" % (section, port))
+            elif before[port] != after[port]:
+                changed.append("~%s.%d" % (section, port))
+    return effective, changed, restart

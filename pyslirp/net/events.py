@@ -2,12 +2,14 @@
 
 TCP flows go to one service thread each (``ServiceConnect`` opens it, the rest address it by ``conn_id``); UDP
 and ping flows to the runtime's datagram sockets (by ``flow_id``); DNS queries to the upstream relay.  Flow ids
-are unique across all three.
+are unique across all three.  ``BreakerChange`` (net/health.py) reports a service target's circuit breaker changing
+state, for the metrics and the audit log.
 """
 
 from dataclasses import dataclass
 
 from pyslirp.net.flows import FlowKey, Route
+from pyslirp.net.health import BreakerChange  # noqa: F401  (one of the stack's events)
 
 
 @dataclass(frozen=True)

@@ -213,9 +213,9 @@ class Runtime(object):
         elif kind == "svc_written":
             core.service_written(item[1], item[2], now)
         elif kind == "svc_connected":
-            core.service_connected(item[1], now)
+            core.service_connected(item[1], now, item[2], item[3])
         elif kind == "svc_failed":
-            core.service_failed(item[1], item[2], now, item[3])
+            core.service_failed(item[1], item[2], now, item[3], item[4])
         elif kind == "svc_eof":
             core.service_eof(item[1], now)
         elif kind == "svc_error":
