@@ -3,8 +3,8 @@
 Theory of operation: parse the options, build the configuration (defaults <-
 ``-c FILE`` <- options), set up logging, open the line and hand everything to
 the threaded runtime; wire SIGINT/SIGTERM (clean stop: LCP Terminate-Request,
-exit 0) and SIGHUP (reopen log files).  This is the only module that wires
-the runtime.
+exit 0) and SIGHUP (reload the ``-c`` file, see runtime/reload.py, and
+reopen the log files).  This is the only module that wires the runtime.
 
 Exit codes: 0 clean stop, 1 runtime failure (e.g. permission denied on the
 device, a pseudo-terminal that cannot be created), 2 usage or configuration
@@ -156,17 +156,23 @@ def main(argv=None):
         return 0
 
 
+def _load(args, settings):
+    """(Config, raw file dict): the file, the environment and the command line, validated (ConfigError)."""
+    raw = config.apply_environment(config.read_file(args.config) if args.config else {}, os.environ)
+    settings = dict(settings)
+    if args.socks_host is not None and args.socks_port is None:
+        proxy = raw.get("proxy")
+        if not (isinstance(proxy, dict) and proxy.get("port")):
+            settings["proxy.port"] = 1080
+    return config.validate(config.apply_overrides(raw, settings, args.service)), raw
+
+
 def _main(argv):
     parser = build_parser()
     args = parser.parse_args(argv)
     settings = _settings(args, parser)
     try:
-        raw = config.apply_environment(config.read_file(args.config) if args.config else {}, os.environ)
-        if args.socks_host is not None and args.socks_port is None:
-            proxy = raw.get("proxy")
-            if not (isinstance(proxy, dict) and proxy.get("port")):
-                settings["proxy.port"] = 1080
-        cfg = config.validate(config.apply_overrides(raw, settings, args.service))
+        cfg, raw = _load(args, settings)
     except config.ConfigError as exc:
         _err("config error: %s" % exc)
         return 2
@@ -194,7 +200,7 @@ def _main(argv):
     except OSError as exc:
         _err("config error: logging.file: cannot open %s: %s" % (lg.file, exc.strerror or exc))
         return 2
-    return _serve(cfg, args)
+    return _serve(cfg, args, settings)
 
 
 def _line_params(cfg):
@@ -250,9 +256,10 @@ def _dns(cfg):
     return servers, factory
 
 
-def _serve(cfg, args):
+def _serve(cfg, args, settings):
     from pyslirp.runtime.endpoints import PtyEndpoint, StdioEndpoint
     from pyslirp.runtime.hostaddrs import interface_addresses
+    from pyslirp.runtime.reload import Reloader
     from pyslirp.runtime.stackloop import Runtime
 
     port = cfg.serial.port
@@ -294,10 +301,12 @@ def _serve(cfg, args):
                           connect_timeout=cfg.proxy.connect_timeout, proxy=proxy)
         if dns_relay is not None:
             runtime.dns_relay = dns_relay(runtime.post)
+        if args.config:
+            runtime.reloader = Reloader(lambda: _load(args, settings)[0], cfg, _dns, interface_addresses,
+                                        args.config)
+            runtime.reloader.started(dns_servers)
         _install_signals(runtime)
-        services = ", ".join("%d -> %s:%d%s%s" % (s.port, s.host, s.target_port, " (%s)" % s.name if s.name else "",
-                                                  " via proxy" if s.via == "proxy" else "")
-                             for s in cfg.services) or "none"
+        services = config.describe_services(cfg.services)
         log.info("pyslirp %s on %s: gateway %s, client %s, services: %s", __version__,
                  endpoint.name if endpoint is not None else port, cfg.network.local_ip, cfg.network.remote_ip,
                  services)
@@ -327,7 +336,7 @@ def _install_signals(runtime):
         runtime.request_stop()
 
     def hup(signum, frame):
-        runtime.request_reopen_logs()
+        runtime.request_reload()
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)

@@ -794,6 +794,21 @@ def stack_config(cfg, host_addresses=(), dns_upstream=()):
 # ---------------------------------------------------------------------------
 # Reload
 
+def describe_services(services):
+    """``22 -> 127.0.0.1:22 (SSH) or 127.0.0.1:2222, 80 -> web:8080 via proxy`` for the log ("none" if empty)."""
+    parts = []
+    for s in services:
+        text = "%d -> %s" % (s.port, _target_text((s.host, s.target_port)))
+        if s.name:
+            text += " (%s)" % s.name
+        if s.fallback:
+            text += " or " + " or ".join(_target_text(t) for t in s.fallback)
+        if s.via == "proxy":
+            text += " via proxy"
+        parts.append(text)
+    return ", ".join(parts) or "none"
+
+
 # Sections whose every key needs a new link (or a new line) to change.
 RESTART_SECTIONS = ("serial", "network", "ppp")
 # Single keys of other sections that a running daemon cannot change.

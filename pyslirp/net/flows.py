@@ -273,13 +273,14 @@ class Policy(object):
             self.udp_active = 0
             self.per_label = {}            # route label -> active TCP flows
             self.health = Health(failures, cooldown)
+            self.health.track(self.service_targets())
         else:
             self.tcp_active = previous.tcp_active
             self.udp_active = previous.udp_active
             self.per_label = previous.per_label
             self.health = previous.health
             self.health.configure(failures, cooldown)
-            self.health.keep(self.service_targets())
+            self.health.track(self.service_targets())
 
     def service_targets(self):
         """The health Target of every configured TCP service target."""

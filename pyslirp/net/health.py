@@ -34,8 +34,8 @@ comes back) and queued as a :class:`BreakerChange` for the metrics and the
 audit log (:meth:`Health.take_changes`); ``transitions`` counts them by the
 state entered, and :meth:`Health.states` maps each target's label to its
 state.  The table holds the configured targets only, so it is bounded by
-the configuration: :meth:`Health.keep` drops the targets a new
-configuration no longer names.
+the configuration: :meth:`Health.track` keeps exactly the targets the
+configuration names.
 """
 
 import logging
@@ -116,11 +116,14 @@ class Health(object):
                 if breaker.state != CLOSED:
                     self._set(breaker, CLOSED, logging.INFO, "breakers turned off")
 
-    def keep(self, targets):
-        """Forget the breakers of targets not in ``targets`` (a new configuration no longer names them)."""
+    def track(self, targets):
+        """The configured targets: each gets a breaker (closed when new), and those of targets no longer
+        configured are forgotten."""
         wanted = set(targets)
         for target in [t for t in self.breakers if t not in wanted]:
             del self.breakers[target]
+        for target in wanted:
+            self._breaker(target)
 
     def _breaker(self, target):
         breaker = self.breakers.get(target)

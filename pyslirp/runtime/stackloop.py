@@ -39,7 +39,15 @@ Stopping (SIGINT/SIGTERM): ``Core.close`` sends LCP Terminate-Request; the
 loop waits for the link to die (Terminate-Ack) for at most ``stop_timeout``
 ms, lets the writer drain, then stops the line, aborts the service
 connections and returns 0.  A second signal while stopping returns at once.
-SIGHUP reopens the log files.
+
+SIGHUP reloads: the ``reloader`` (runtime/reload.py, built by the command
+line) re-reads the configuration file on this thread and, when it
+validates, applies it through :meth:`Runtime.reconfigure` -- the Core's
+stack (services, limits, outbound policy, DNS), the service connectors'
+proxy and timeout, the connection log, the stats interval -- and
+:meth:`Runtime.replace_dns_relay`.  The PPP link is not touched and the
+flows already open carry on.  The log files are reopened either way (an
+external log rotator sends SIGHUP too).
 """
 
 import logging
@@ -77,7 +85,7 @@ class Runtime(object):
     def __init__(self, link_config, stack_config, opener=None, endpoint=None, line_budget=65536,
                  coalesce=16384, stats_interval=0, tap=None, rng=None, connection_log=True,
                  connect_timeout=CONNECT_TIMEOUT, stop_timeout=STOP_TIMEOUT, baudrate=0, core=None, proxy=None,
-                 dns_relay=None, datagrams=None):
+                 dns_relay=None, datagrams=None, reloader=None):
         self.inbox = queue.SimpleQueue()
         self.core = core if core is not None else Core(
             link_config, stack_config, rng if rng is not None else random.SystemRandom(), tap=tap)
@@ -86,6 +94,8 @@ class Runtime(object):
         # UDP and ping flows: one relay thread for all their sockets; the DNS relay only with the forwarder.
         self.datagrams = datagrams if datagrams is not None else DatagramRelay(self.post)
         self.dns_relay = dns_relay
+        self.reloader = reloader        # reloader(runtime, now) on SIGHUP; None: only reopen the log files
+        self._running = False
         self.line_budget = line_budget
         self.baudrate = baudrate
         self.line = LineManager(self.post, opener=opener, endpoint=endpoint, coalesce=coalesce,
@@ -104,7 +114,7 @@ class Runtime(object):
         self._next_stats = None
         self._counters = {"line_ups": 0, "line_downs": 0, "link_ups": 0, "link_downs": 0,
                           "auth_failures": 0, "serial_bytes_in": 0, "serial_bytes_out": 0,
-                          "internal_errors": 0}
+                          "internal_errors": 0, "reloads": 0, "reloads_refused": 0}
 
     def _new_meter(self):
         """The drain meter of a newly opened line: the configured speed is only the first guess."""
@@ -122,6 +132,43 @@ class Runtime(object):
 
     def request_reopen_logs(self):
         self.inbox.put(("signal", "hup"))
+
+    request_reload = request_reopen_logs
+
+    # -- reload (stack thread only) ------------------------------------------------
+
+    def reconfigure(self, now, stack_config, proxy=None, connect_timeout=CONNECT_TIMEOUT, connection_log=True,
+                    stats_interval=0):
+        """Apply a reloaded configuration: the Core's stack, then the runtime's own settings.  New flows use
+        it; open flows keep what they have."""
+        self.core.reconfigure(stack_config, now)
+        self.services.reconfigure(proxy=proxy, connect_timeout=connect_timeout, connection_log=connection_log)
+        interval = stats_interval * 1000
+        if interval != self.stats_interval:
+            self.stats_interval = interval
+            self._next_stats = now + interval if interval else None
+
+    def replace_dns_relay(self, relay):
+        """Stop the DNS relay (queries in flight there are dropped; the forwarder times them out) and use
+        ``relay`` (not yet started; None: no relay) from now on."""
+        old, self.dns_relay = self.dns_relay, relay
+        if old is not None:
+            old.stop(join_timeout=1.0)
+        if relay is not None and self._running:
+            relay.start()
+
+    def _reload(self, now):
+        result = None
+        if self.reloader is not None:
+            result = self.reloader(self, now)
+            if result is not None and result.ok:
+                self._counters["reloads"] += 1
+            else:
+                self._counters["reloads_refused"] += 1
+        logsetup.reopen()
+        if self.reloader is None:
+            log.info("log files reopened")
+        return result
 
     def counters(self):
         out = dict(("runtime." + k, v) for k, v in self._counters.items())
@@ -145,6 +192,7 @@ class Runtime(object):
         self.datagrams.start()
         if self.dns_relay is not None:
             self.dns_relay.start()
+        self._running = True
         try:
             while self.exit_code is None:
                 now = monotonic_ms()
@@ -257,8 +305,7 @@ class Runtime(object):
             self.exit_code = item[1]
         elif kind == "signal":
             if item[1] == "hup":
-                logsetup.reopen()
-                log.info("log files reopened")
+                self._reload(now)
             else:
                 self._begin_stop(now)
         else:
