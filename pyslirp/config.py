@@ -730,20 +730,14 @@ def to_toml(cfg, mask_secrets=True):
     if not cfg.services:
         lines.append("[services]")
         lines.append("")
-    for svc in cfg.services:
-        lines.append("[services.%d]" % svc.port)
-        lines.append("host = %s" % _toml_value(svc.host))
-        lines.append("port = %d" % svc.target_port)
-        lines.append("name = %s" % _toml_value(svc.name))
-        lines.append("via = %s" % _toml_value(svc.via))
-        lines.append("fallback = %s" % _toml_value([_target_text(t) for t in svc.fallback]))
-        lines.append("")
-    for svc in cfg.udp_services:
-        lines.append("[udp_services.%d]" % svc.port)
-        lines.append("host = %s" % _toml_value(svc.host))
-        lines.append("port = %d" % svc.target_port)
-        lines.append("name = %s" % _toml_value(svc.name))
-        lines.append("")
+    for section, services, keys in (("services", cfg.services, SERVICE_KEYS),
+                                     ("udp_services", cfg.udp_services, UDP_SERVICE_KEYS)):
+        for svc in services:
+            values = {"host": svc.host, "port": svc.target_port, "name": svc.name, "via": svc.via,
+                      "fallback": [_target_text(t) for t in svc.fallback]}
+            lines.append("[%s.%d]" % (section, svc.port))
+            lines.extend("%s = %s" % (key, _toml_value(values[key])) for key in keys)
+            lines.append("")
     return "\n".join(lines)
 
 

@@ -742,12 +742,16 @@ class IPStack(object):
 
     # -- service threads' reports -----------------------------------------------------
 
-    def _service_rec(self, conn_id, what):
-        rec = self._by_id.get(conn_id)
-        if rec is None or not isinstance(rec, _Conn):
-            self._count("service_stale_" + what)
+    def _rec(self, flow_id, cls, stale):
+        """The live flow ``flow_id`` of type ``cls``, or None (counted as ``stale``: a report for a gone flow)."""
+        rec = self._by_id.get(flow_id)
+        if rec is None or not isinstance(rec, cls):
+            self._count(stale)
             return None
         return rec
+
+    def _service_rec(self, conn_id, what):
+        return self._rec(conn_id, _Conn, "service_stale_" + what)
 
     def service_connected(self, conn_id, now, target=0, failures=()):
         """The connector reached ``route.targets[target]``; ``failures``: ``((index, reason), ...)`` of the
@@ -852,11 +856,7 @@ class IPStack(object):
         self.timers.schedule(rec.flow_id, rec.last_activity + self.config.udp_timeout * 1000)
 
     def _datagram_rec(self, flow_id, what):
-        rec = self._by_id.get(flow_id)
-        if rec is None or not isinstance(rec, _Datagrams):
-            self._count("flow_stale_" + what)
-            return None
-        return rec
+        return self._rec(flow_id, _Datagrams, "flow_stale_" + what)
 
     def _close_datagrams(self, rec, reason):
         if rec.gone:
