@@ -9,7 +9,7 @@ state, for the metrics and the audit log.
 from dataclasses import dataclass
 
 from pyslirp.net.flows import FlowKey, Route
-from pyslirp.net.health import BreakerChange  # noqa: F401  (one of the stack's events)
+from pyslirp.net.health import BreakerChange
 
 
 @dataclass(frozen=True)
@@ -103,3 +103,7 @@ class DnsQuery:
     """Send a query to the upstream DNS servers; answer with Core.dns_answer / dns_failed."""
     upstream_id: int
     payload: bytes
+
+
+__all__ = ["BreakerChange", "ConnectionLog", "DnsQuery", "PingClose", "PingOpen", "PingSend", "ServiceClose",
+           "ServiceConnect", "ServiceReadCredit", "ServiceSend", "ServiceShutdown", "UdpClose", "UdpOpen", "UdpSend"]
