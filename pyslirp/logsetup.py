@@ -7,7 +7,8 @@ is the serial line), and, when ``[logging] file`` is set, a
 ``RotatingFileHandler`` (``max_size`` bytes, ``rotate_count`` old files).
 :func:`reopen` closes and reopens the file (SIGHUP, for an external log
 rotator); calling :func:`setup` again (a reload) replaces the handlers, and
-leaves them as they were when the new file cannot be opened.  One line per event; passwords are never passed to the logger.
+leaves them as they were when the new file cannot be opened.  One line per
+event; passwords are never passed to the logger.
 """
 
 import logging

@@ -78,7 +78,8 @@ def test_fallback_and_health_keys_are_validated(tmp_path):
             ('[services.22]\nfallback = ["x:0"]\n', 'services.22.fallback[0]: must be "HOST:PORT"'),
             ('[services.22]\nfallback = ["a:1", 5]\n', 'services.22.fallback[1]: must be "HOST:PORT"'),
             ('[health]\nbreaker_cooldown = 0\n', "health.breaker_cooldown: must be an integer between 1 and 86400"),
-            ('[health]\nbreaker_failure = 3\n', 'health.breaker_failure: unknown key (did you mean "breaker_failures"?)'),
+            ('[health]\nbreaker_failure = 3\n',
+             'health.breaker_failure: unknown key (did you mean "breaker_failures"?)'),
             ('[udp_services.53]\nfallback = ["a:1"]\n', "udp_services.53.fallback: unknown key")):
         with pytest.raises(ConfigError) as info:
             load_text(tmp_path, text)
