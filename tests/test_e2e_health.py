@@ -64,7 +64,8 @@ def wait_for(predicate, timeout):
 
 def lcp_requests(stream):
     """LCP Configure-Requests in an async-HDLC byte stream."""
-    return sum(1 for proto, info in ppp_packets(stream) if proto == PROTO_LCP and info[:1] == bytes([CONFIGURE_REQUEST]))
+    return sum(1 for proto, info in ppp_packets(stream)
+               if proto == PROTO_LCP and info[:1] == bytes([CONFIGURE_REQUEST]))
 
 
 # ---------------------------------------------------------------------------------------------------------------
