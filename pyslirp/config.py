@@ -101,6 +101,7 @@ class PPPConfig:
     negotiate_magic: bool = True
     require_auth: str = "none"      # "none" | "pap" | "chap"
     secrets: Tuple[Tuple[str, str], ...] = ()
+    resume_grace: int = 120         # seconds TCP sessions wait for the client after a lost line; 0 = none
 
 
 @dataclass(frozen=True)
@@ -382,6 +383,7 @@ SECTIONS = (
         "negotiate_magic": v_bool,
         "require_auth": v_enum("none", "pap", "chap"),
         "secrets": v_secrets,
+        "resume_grace": v_int(0, 86400),
     }),
     ("tcp", TcpConfig, {
         "rcvbuf": v_int(4096, 16 << 20),
@@ -757,11 +759,6 @@ def link_config(cfg):
         negotiate_magic=ppp.negotiate_magic, require_auth=ppp.require_auth, secrets=tuple(ppp.secrets))
 
 
-def dns_upstreams(cfg):
-    """The configured upstream DNS servers as [(addr, port)] (empty: the caller reads /etc/resolv.conf)."""
-    return [parse_hostport(text, 53) for text in cfg.dns.upstream]
-
-
 def stack_config(cfg, host_addresses=(), dns_upstream=()):
     """The IPStack configuration (pyslirp.net.stack.StackConfig).
 
@@ -781,7 +778,8 @@ def stack_config(cfg, host_addresses=(), dns_upstream=()):
         services=cfg.services, udp_services=cfg.udp_services, proxy_via=proxy_via, outbound=outbound,
         dns_forwarder=cfg.dns.forwarder, dns_tcp_upstream=tuple(dns_upstream[0]) if dns_upstream else None,
         max_connections=cfg.limits.max_connections, max_per_service=cfg.limits.max_per_service,
-        max_udp_flows=cfg.limits.max_udp_flows, udp_timeout=out.udp_timeout, tcp=cfg.tcp,
+        max_udp_flows=cfg.limits.max_udp_flows, udp_timeout=out.udp_timeout, resume_grace=cfg.ppp.resume_grace,
+        tcp=cfg.tcp,
         breaker_failures=cfg.health.breaker_failures, breaker_cooldown=cfg.health.breaker_cooldown)
 
 
@@ -803,8 +801,9 @@ def describe_services(services):
     return ", ".join(parts) or "none"
 
 
-# Sections whose every key needs a new link (or a new line) to change.
+# Sections whose keys need a new link (or a new line) to change, but for RELOADABLE_KEYS.
 RESTART_SECTIONS = ("serial", "network", "ppp")
+RELOADABLE_KEYS = (("ppp", "resume_grace"),)       # the stack's, not the link's
 # Single keys of other sections that a running daemon cannot change.
 RESTART_KEYS = (("monitoring", "metrics_listen"),)
 
@@ -827,13 +826,20 @@ def reload_changes(old, new):
     """
     restart = []
     replaced = {}
+    applied = []
     for name in RESTART_SECTIONS:
         old_sec, new_sec = getattr(old, name), getattr(new, name)
         if old_sec != new_sec:
+            keep = old_sec
             for key in _section_keys(name):
-                if getattr(old_sec, key) != getattr(new_sec, key):
+                if getattr(old_sec, key) == getattr(new_sec, key):
+                    continue
+                if (name, key) in RELOADABLE_KEYS:
+                    keep = replace(keep, **{key: getattr(new_sec, key)})
+                    applied.append("%s.%s" % (name, key))
+                else:
                     restart.append("%s.%s" % (name, key))
-            replaced[name] = old_sec
+            replaced[name] = keep
     for name, key in RESTART_KEYS:
         old_sec, new_sec = getattr(old, name), getattr(new, name)
         if getattr(old_sec, key) != getattr(new_sec, key):
@@ -844,7 +850,7 @@ def reload_changes(old, new):
     if old.dns.forwarder != new.dns.forwarder and not old.network.dns:
         restart.append("dns.forwarder (the DNS server offered over IPCP)")
     effective = replace(new, **replaced) if replaced else new
-    changed = []
+    changed = list(applied)
     for name, _, _ in SECTIONS:
         if name in RESTART_SECTIONS:
             continue

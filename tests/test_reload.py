@@ -57,6 +57,15 @@ def test_reload_changes_names_services_sections_and_what_needs_a_restart(tmp_pat
     assert config.reload_changes(effective, effective) == (effective, [], [])
 
 
+def test_resume_grace_is_the_stacks_and_is_applied(tmp_path):
+    old = load_text(tmp_path, "")
+    new = load_text(tmp_path, "[ppp]\nresume_grace = 5\nlcp_echo_interval = 10\n")
+    effective, changed, restart = config.reload_changes(old, new)
+    assert changed == ["ppp.resume_grace"] and restart == ["ppp.lcp_echo_interval"]
+    assert effective.ppp.resume_grace == 5 and effective.ppp.lcp_echo_interval == 30
+    assert config.stack_config(effective).resume_grace == 5
+
+
 def test_reload_changes_notes_the_dns_offer_of_the_link(tmp_path):
     old = load_text(tmp_path, "")
     new = load_text(tmp_path, '[dns]\nforwarder = true\nupstream = ["127.0.0.1"]\n')

@@ -109,8 +109,20 @@ and breakers.  Every flow keeps the Route it was admitted with; only new
 flows see the new configuration.  The link's own values (addresses, MTU)
 cannot change this way.
 
-Link down: :meth:`reset` drops every flow without a word on the dead link
-and closes every service socket.
+Link down.  After an administrative close (ours, or the client's
+Terminate-Request) :meth:`reset` drops every flow without a word on the dead
+link and closes every service socket.  When the line was lost instead (the
+client's pppd restarted, the line cut, the adapter unplugged: the Core tells
+the two apart), :meth:`suspend` keeps every TCP flow and its service socket
+for ``resume_grace`` seconds: each connection is suspended (net/tcp/conn.py,
+"Link outages": nothing sent, no retransmission or give-up timer running),
+nothing is taken for the line, and the credit scheme holds the service
+sockets back once the send buffers are full, so memory stays bounded by
+``sndbuf`` per connection.  UDP and ping flows are closed at once (the
+client's next datagram opens a new one) and so is everything queued for
+the line.  If the client comes back in time with the same address,
+:meth:`resume` carries the connections on (each resends what was in flight,
+or probes); if not, the grace timer resets the stack as :meth:`reset` does.
 """
 
 import logging
@@ -156,6 +168,7 @@ MIN_WINDOW_SEGMENTS = 2     # the receive window never goes below two of the cli
 BULK_WINDOW_SEGMENTS = 6    # ... nor below six while only bulk flows (a client that keeps running into the
                             # window probes its tail (TLP) and resends into its own queue)
 _FRAG_KEY = "frag"
+_RESUME_KEY = "resume"
 _DNS_KEY = "dns"
 _MAX_EVENT_ROUNDS = 8
 
@@ -199,6 +212,7 @@ class StackConfig:
     max_per_service: int = 16
     max_udp_flows: int = 64
     udp_timeout: int = 60                   # seconds a UDP or ping flow lives without traffic
+    resume_grace: int = 120                 # seconds TCP flows wait for the client after a lost line; 0 = none
     tcp: TcpConfig = field(default_factory=TcpConfig)
     breaker_failures: int = DEFAULT_FAILURES            # net/health.py: failed connects in a row that open
     breaker_cooldown: int = DEFAULT_COOLDOWN // 1000    # ... a target's breaker, and its cooldown in seconds
@@ -281,6 +295,7 @@ class IPStack(object):
         self._control = deque()         # datagrams to send ahead of everything (ICMP, resets, UDP)
         self._events = []
         self._now = 0
+        self._suspended_at = None       # ms the link was lost (see suspend), None while it is up
         self._log_bucket = TokenBucket(1, 10)
         self._refusal_bucket = TokenBucket(1, 5)
         self._log_suppressed = 0
@@ -302,6 +317,9 @@ class IPStack(object):
         self.flows_refused = {}         # cause -> count (policy, limit, ...)
         self.udp_flows_opened = 0
         self.ping_flows_opened = 0
+        self.suspensions = 0            # lost lines whose TCP flows were kept
+        self.resumptions = 0            # ... and carried on by a new session
+        self.resume_expiries = 0        # ... and reset when resume_grace ran out
 
     # -- configuration ------------------------------------------------------------
 
@@ -320,6 +338,11 @@ class IPStack(object):
     @property
     def icmp_rate_limited(self):
         return self.ip.icmp_rate_limited
+
+    @property
+    def suspended(self):
+        """The link was lost and the TCP flows wait for the client (see suspend)."""
+        return self._suspended_at is not None
 
     @property
     def connections_active(self):
@@ -684,7 +707,7 @@ class IPStack(object):
     def _arm(self, rec):
         deadline = rec.conn.get_timer()
         idle = self.config.tcp.idle_timeout
-        if idle and rec.accepted:
+        if idle and rec.accepted and self._suspended_at is None:
             idle_deadline = rec.last_activity + idle * 1000
             if deadline is None or idle_deadline < deadline:
                 deadline = idle_deadline
@@ -963,6 +986,13 @@ class IPStack(object):
                 self.dns.handle_timer(now)
                 self._dns_flush()
                 continue
+            if key == _RESUME_KEY:
+                self.resume_expiries += 1
+                grace = self.config.resume_grace
+                log.info("no session within %d s of the lost line: closing %d TCP connections", grace,
+                         len(self._conns))
+                self.reset(now, "link down, not resumed within %d s" % grace)
+                continue
             rec = self._by_id.get(key)
             if rec is None:
                 continue
@@ -973,7 +1003,7 @@ class IPStack(object):
                     self._arm_datagrams(rec)
                 continue
             idle = self.config.tcp.idle_timeout
-            if idle and rec.accepted and now >= rec.last_activity + idle * 1000:
+            if idle and rec.accepted and self._suspended_at is None and now >= rec.last_activity + idle * 1000:
                 rec.reason = "idle"
                 log.debug("idle timeout: %s", self._describe(rec))
                 rec.conn.abort(now)
@@ -994,6 +1024,9 @@ class IPStack(object):
         ``allow_one_over``: with a positive budget the first bulk datagram may exceed it -- a bound on the
         line's queue smaller than one segment must still let data through.
         """
+        if self._suspended_at is not None:
+            self._control.clear()
+            return []
         urgent = []
         bulk = []
         while self._control:
@@ -1109,22 +1142,87 @@ class IPStack(object):
             self.dns = None         # queries in flight are forgotten; their answers are ignored
             self.timers.cancel(_DNS_KEY)
 
-    def reset(self, now):
-        """The link went down: drop every flow quietly (no RST onto a dead link), close every service."""
+    def reset(self, now, reason="link down"):
+        """The link went down: drop every flow quietly (no RST onto a dead link), close every service.
+
+        Also ends a suspension (see :meth:`suspend`).
+        """
         self._now = now
+        self._end_suspension()
         for rec in list(self._conns.values()):
-            rec.reason = "link down"
+            rec.reason = reason
             self._forget(rec)
             if not rec.service_closed:
                 rec.service_closed = True
-                self._events.append(ServiceClose(rec.conn_id, "link down"))
+                self._events.append(ServiceClose(rec.conn_id, reason))
             if rec.accepted:
-                self._log_closed(rec, now, rec.reason)
+                # A connection waiting out TIME_WAIT had finished cleanly before the link went.
+                done = rec.peer_fin and rec.eof and rec.conn.state is TcpState.TIME_WAIT
+                self._log_closed(rec, now, "fin" if done else reason)
             else:
-                self._events.append(ConnectionLog(rec.conn_id, "abandoned %s reason=link down" % self._describe(rec)))
+                self._events.append(ConnectionLog(rec.conn_id, "abandoned %s reason=%s" % (
+                    self._describe(rec), reason)))
         self._conns.clear()
+        self._drop_link_state()
+
+    def _drop_link_state(self):
+        """What belongs to the session that ended: UDP and ping flows, the line's queue, reassembly."""
         for rec in list(self._datagram_flows.values()):
             self._close_datagrams(rec, "link down")
         self._control.clear()
         self.ip.clear()
         self.timers.cancel(_FRAG_KEY)
+
+    def _end_suspension(self):
+        self._suspended_at = None
+        self.timers.cancel(_RESUME_KEY)
+
+    def suspend(self, now):
+        """The line was lost (no administrative close): keep the TCP flows for ``resume_grace`` seconds.
+
+        Every connection is suspended (no segment, no retransmission or give-up timer) and keeps its
+        service socket; UDP and ping flows are closed.  Returns True, or, with ``resume_grace`` 0, resets
+        as :meth:`reset` does and returns False.  A second call while suspended keeps the first deadline.
+        """
+        self._now = now
+        grace = self.config.resume_grace
+        if grace <= 0:
+            self.reset(now)
+            return False
+        if self._suspended_at is None:
+            self._suspended_at = now
+            self.suspensions += 1
+            self.timers.schedule(_RESUME_KEY, now + grace * 1000)
+            if self._conns:
+                log.info("line lost: %d TCP connections wait up to %d s for the client",
+                         len(self._conns), grace)
+        for rec in list(self._conns.values()):
+            if not rec.gone:
+                rec.conn.suspend(now)
+                self._after(rec, now)
+        self._drop_link_state()
+        return True
+
+    def resume(self, now):
+        """The client is back, with the same address: the suspended TCP flows carry on.
+
+        Each connection resends what was in flight, or probes (net/tcp/conn.py ``resume``); the idle
+        timeout does not count the time the link was down.  Call :meth:`set_mtu` for the new session first:
+        no connection sends segments larger than it carries.
+        """
+        self._now = now
+        if self._suspended_at is None:
+            return
+        down = now - self._suspended_at
+        self._end_suspension()
+        self.resumptions += 1
+        if self._conns:
+            log.info("session resumed after %.1f s: %d TCP connections carry on", down / 1000.0,
+                     len(self._conns))
+        mss_limit = self.mss_limit
+        for rec in list(self._conns.values()):
+            if rec.gone:
+                continue
+            rec.last_activity = min(now, rec.last_activity + down)
+            rec.conn.resume(now, mss_limit)
+            self._after(rec, now)
