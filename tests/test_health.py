@@ -388,3 +388,27 @@ def test_cancel_ends_open_any_without_blaming_a_target():
         for f in fillers:
             f.close()
         silent.close()
+
+
+def test_open_any_through_a_proxy_tries_the_next_target_when_the_proxy_refuses_one():
+    from test_connectors import ScriptedProxy, proxy_of
+
+    def script(self, conn):
+        request = b""
+        while not request.endswith(b"\r\n\r\n"):
+            request += conn.recv(1)
+        self.received.append(request)
+        if request.startswith(b"CONNECT primary:22 "):
+            conn.sendall(b"HTTP/1.1 403 Forbidden\r\n\r\n")
+        else:
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\nhello")
+
+    with ScriptedProxy(script) as proxy:
+        index, sock, leftover, failures = Connector("http", proxy_of(proxy), 5).open_any(
+            [("primary", 22), ("backup", 2222)])
+        sock.close()
+    assert (index, leftover) == (1, b"hello")
+    ((failed, exc),) = failures
+    assert failed == 0 and exc.outcome == refusal.ADMIN_PROHIBITED and exc.code == 403
+    assert exc.hop == "http 127.0.0.1:%d" % proxy.port
+    assert [r.split(b" ")[1] for r in proxy.received] == [b"primary:22", b"backup:2222"]

@@ -185,7 +185,7 @@ class Connector(object):
                 left = len(targets) - index
                 share = deadline if left == 1 else time.monotonic() + (deadline - time.monotonic()) / left
                 try:
-                    sock, leftover = self._attempt(host, port, share, share - time.monotonic())
+                    sock, leftover = self._attempt(host, port, share, max(0.0, share - time.monotonic()))
                 except ConnectFailed as exc:
                     if self._cancelled:
                         raise self._fail("cancelled", refusal.RESET)
