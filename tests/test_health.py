@@ -82,6 +82,16 @@ def test_an_unused_trial_goes_to_the_next_flow():
     assert h.state(A) == HALF_OPEN
 
 
+def test_a_trial_that_never_reports_is_given_up_after_a_cooldown():
+    h = Health(failures=1, cooldown=1000)
+    h.failed(A, flow(0), "refused", 0)
+    assert h.usable(A, flow(1), 1000)     # flow 1 is the trial, and is never heard of again
+    assert not h.usable(A, flow(2), 1999)
+    assert h.usable(A, flow(2), 2000)
+    h.succeeded(A, flow(2), 2001)
+    assert h.state(A) == CLOSED
+
+
 def test_a_late_failure_of_an_older_flow_extends_the_cooldown():
     h = Health(failures=2, cooldown=1000)
     h.failed(A, flow(0), "refused", 0)

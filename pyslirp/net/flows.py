@@ -317,6 +317,8 @@ class Policy(object):
                 return refused("max_per_service (%d) reached for %s" % (cfg.max_per_service, label),
                                refusal.RESET, CAUSE_LIMIT)
             if route.kind == SERVICE:
+                # Last: it may make this flow a breaker's trial, which a refusal after it would have to give
+                # back (abandoned()).
                 route = self._healthy(flow, route, now)
                 if not route.admitted:
                     return route

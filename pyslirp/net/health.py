@@ -16,6 +16,7 @@ The breaker is the classic three-state circuit breaker::
     OPEN --(cooldown elapsed; a new flow asks)--> HALF_OPEN (that flow's connect is the one trial)
     HALF_OPEN --trial connected--> CLOSED        HALF_OPEN --trial failed--> OPEN (a new cooldown)
     HALF_OPEN --trial never made (the flow went, or connected to an earlier target)--> OPEN, trial free again
+    HALF_OPEN --no result within a cooldown--> HALF_OPEN with the next flow as the trial
 
 While a target is OPEN, or HALF_OPEN with its trial in flight, new flows
 skip it: they go to the next target, and when no target is left the flow is
@@ -81,7 +82,7 @@ class BreakerChange:
 
 class Breaker(object):
     """The state of one target (see the module docstring); changed only through ``Health._set``."""
-    __slots__ = ("target", "state", "failures", "until", "trial", "reason")
+    __slots__ = ("target", "state", "failures", "until", "trial", "trial_at", "reason")
 
     def __init__(self, target):
         self.target = target
@@ -89,6 +90,7 @@ class Breaker(object):
         self.failures = 0       # consecutive failed connects
         self.until = 0          # OPEN: ms when the cooldown ends
         self.trial = None       # HALF_OPEN: the flow whose connect is the trial
+        self.trial_at = 0       # ... since when (a trial never reported is given up after a cooldown)
         self.reason = ""        # the last failure's reason
 
 
@@ -156,7 +158,13 @@ class Health(object):
             return True
         if breaker.state == OPEN and now >= breaker.until:
             breaker.trial = flow
+            breaker.trial_at = now
             self._set(breaker, HALF_OPEN, logging.DEBUG, "cooldown over, one trial connect")
+            return True
+        if breaker.state == HALF_OPEN and now >= breaker.trial_at + self.cooldown:
+            # The trial never reported (its flow was refused later, or lost): another flow is the trial.
+            breaker.trial = flow
+            breaker.trial_at = now
             return True
         self.skipped += 1
         return False
