@@ -229,6 +229,8 @@ def test_a_new_policy_carries_counts_and_breakers_over():
     assert q.tcp_active == 0 and q.per_label == {}
     r = Policy(StackConfig(services=(Service(80, "127.0.0.1", 8080, "web"),)), previous=q)
     assert r.breakers == {"127.0.0.1:8080": CLOSED}     # targets no longer configured are forgotten
+    r.connect_result(flow(0), route, None, ((0, "late"),), 10)   # a result for a target removed meanwhile
+    assert r.breakers == {"127.0.0.1:8080": CLOSED}
 
 
 # -- the stack ------------------------------------------------------------------------------------------------------

@@ -378,8 +378,9 @@ class Policy(object):
         for index, reason in failures:
             if 0 <= index < len(targets) and index not in tried:
                 tried.add(index)
-                host, port = targets[index]
-                self.health.failed(Target(host, port, route.via), flow, reason, now)
+                target = Target(targets[index][0], targets[index][1], route.via)
+                if target in self.health.breakers:      # not one a reload has removed since
+                    self.health.failed(target, flow, reason, now)
         if connected is not None and 0 <= connected < len(targets):
             tried.add(connected)
             host, port = targets[connected]
