@@ -3,8 +3,13 @@
 Theory of operation: parse the options, build the configuration (defaults <-
 ``-c FILE`` <- options), set up logging, open the line and hand everything to
 the threaded runtime; wire SIGINT/SIGTERM (clean stop: LCP Terminate-Request,
-exit 0) and SIGHUP (reload the ``-c`` file, see runtime/reload.py, and
-reopen the log files).  This is the only module that wires the runtime.
+exit 0), SIGHUP (reload the ``-c`` file, see runtime/reload.py, and reopen
+the log files and the audit log) and SIGUSR1 (the metrics snapshot as one
+log line).  This is the only module that wires the runtime: the audit log
+(``[logging] audit_file``) and the metrics server (``[monitoring]
+metrics_listen``) are opened here, before serving, so that a file that
+cannot be written or an address that cannot be bound is one line and an
+exit code.
 
 Exit codes: 0 clean stop, 1 runtime failure (e.g. permission denied on the
 device, a pseudo-terminal that cannot be created), 2 usage or configuration
@@ -200,7 +205,19 @@ def _main(argv):
     except OSError as exc:
         _err("config error: logging.file: cannot open %s: %s" % (lg.file, exc.strerror or exc))
         return 2
-    return _serve(cfg, args, settings)
+    audit = None
+    if lg.audit_file:
+        from pyslirp.runtime.audit import AuditLog
+        try:
+            audit = AuditLog(lg.audit_file, lg.max_size, lg.rotate_count)
+        except OSError as exc:
+            _err("config error: logging.audit_file: cannot open %s: %s" % (lg.audit_file, exc.strerror or exc))
+            return 2
+    try:
+        return _serve(cfg, args, settings, audit)
+    finally:
+        if audit is not None:
+            audit.close()
 
 
 def _line_params(cfg):
@@ -256,7 +273,17 @@ def _dns(cfg):
     return servers, factory
 
 
-def _serve(cfg, args, settings):
+def _metrics_server(cfg, runtime):
+    """The metrics server on ``[monitoring] metrics_listen`` (None when off); OSError when it cannot bind."""
+    mon = cfg.monitoring
+    if not mon.metrics_listen:
+        return None
+    from pyslirp.runtime.metrics_server import MetricsServer
+    return MetricsServer(config.parse_listen(mon.metrics_listen), runtime.metrics_box,
+                         allow_remote=mon.metrics_allow_remote)
+
+
+def _serve(cfg, args, settings, audit=None):
     from pyslirp.runtime.endpoints import PtyEndpoint, StdioEndpoint
     from pyslirp.runtime.hostaddrs import interface_addresses
     from pyslirp.runtime.reload import Reloader
@@ -298,13 +325,18 @@ def _serve(cfg, args, settings):
         runtime = Runtime(config.link_config(cfg), stack_config, opener=opener, endpoint=endpoint,
                           line_budget=budget, coalesce=coalesce, stats_interval=cfg.monitoring.stats_interval,
                           tap=tap, connection_log=cfg.logging.connection_log, baudrate=cfg.serial.baudrate,
-                          connect_timeout=cfg.proxy.connect_timeout, proxy=proxy)
+                          connect_timeout=cfg.proxy.connect_timeout, proxy=proxy, audit=audit)
         if dns_relay is not None:
             runtime.dns_relay = dns_relay(runtime.post)
         if args.config:
             runtime.reloader = Reloader(lambda: _load(args, settings)[0], cfg, _dns, interface_addresses,
                                         args.config)
             runtime.reloader.started(dns_servers)
+        try:
+            runtime.metrics_server = _metrics_server(cfg, runtime)
+        except OSError as exc:
+            _err("cannot serve metrics on %s: %s" % (cfg.monitoring.metrics_listen, exc.strerror or exc))
+            return 1
         _install_signals(runtime)
         services = config.describe_services(cfg.services)
         log.info("pyslirp %s on %s: gateway %s, client %s, services: %s", __version__,
@@ -320,6 +352,12 @@ def _serve(cfg, args, settings):
         if dns_servers:
             log.info("DNS forwarder on %s:53 -> %s", cfg.network.local_ip,
                      ", ".join("%s:%d" % hp for hp in dns_servers))
+        if runtime.metrics_server is not None:
+            host, mport = runtime.metrics_server.address
+            log.info("metrics on http://%s:%d/metrics (and /metrics.json)",
+                     "[%s]" % host if ":" in host else host, mport)
+        if audit is not None:
+            log.info("audit log: %s", audit.path)
         if port == "pty":
             print("pty: %s" % endpoint.path, flush=True)
         endpoint = None     # the runtime owns it now
@@ -338,7 +376,12 @@ def _install_signals(runtime):
     def hup(signum, frame):
         runtime.request_reload()
 
+    def usr1(signum, frame):
+        runtime.request_snapshot_log()
+
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, hup)
+    if hasattr(signal, "SIGUSR1"):
+        signal.signal(signal.SIGUSR1, usr1)

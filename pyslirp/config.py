@@ -32,8 +32,11 @@ Decisions worth knowing:
   parser that validated them).
 * ``proxy.password`` may come from the environment
   (``PYSLIRP_PROXY_PASSWORD``), never from the command line.
-* ``monitoring.metrics_listen`` is reserved: validated and stored, not used
-  yet.
+* ``monitoring.metrics_listen`` is ``ADDRESS:PORT`` (an IPv4 address,
+  ``localhost`` or a bracketed IPv6 address); a non-loopback address is
+  refused unless ``monitoring.metrics_allow_remote`` is true.
+* ``logging.audit_file`` is rotated with the log file's ``max_size`` and
+  ``rotate_count``.
 * ``[services.PORT] fallback`` is an array of ``"HOST:PORT"`` (``"[V6]:PORT"``)
   tried in order when the connect to host:port fails; ``[health]`` holds the
   circuit breakers' thresholds (net/health.py).  ``--service PORT=...``
@@ -149,11 +152,13 @@ class LoggingConfig:
     max_size: int = 10 * 1024 * 1024
     rotate_count: int = 5
     connection_log: bool = True
+    audit_file: str = ""            # JSON lines, one per link, login and flow event ("" = none)
 
 
 @dataclass(frozen=True)
 class MonitoringConfig:
-    metrics_listen: str = ""
+    metrics_listen: str = ""        # "127.0.0.1:9090": Prometheus text at /metrics, JSON at /metrics.json
+    metrics_allow_remote: bool = False
     stats_interval: int = 0         # seconds, 0 = off
 
 
@@ -301,14 +306,31 @@ def v_size(key, value):
     return size
 
 
+def parse_listen(text):
+    """``"127.0.0.1:9090"``, ``"localhost:9090"``, ``"[::1]:9090"`` -> (address, port); None when it is not one."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return None
+    if host == "localhost":
+        host = "127.0.0.1"
+    elif host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return None
+    elif _parse_ipv4(host) is None:
+        return None
+    return host, int(port)
+
+
 def v_listen(key, value):
     v_str(key, value)
     if value == "":
         return value
-    host, sep, port = value.rpartition(":")
-    if not sep or host not in ("127.0.0.1", "localhost") or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ConfigError(key, 'must be "" or "127.0.0.1:PORT" / "localhost:PORT" (loopback only), got %s'
-                          % _show(value))
+    if parse_listen(value) is None:
+        raise ConfigError(key, 'must be "" or ADDRESS:PORT like "127.0.0.1:9090", "localhost:9090" or '
+                          '"[::1]:9090", got %s' % _show(value))
     return value
 
 
@@ -426,9 +448,11 @@ SECTIONS = (
         "max_size": v_size,
         "rotate_count": v_int(0, 1000),
         "connection_log": v_bool,
+        "audit_file": v_str,
     }),
     ("monitoring", MonitoringConfig, {
         "metrics_listen": v_listen,
+        "metrics_allow_remote": v_bool,
         "stats_interval": v_int(0),
     }),
 )
@@ -583,6 +607,16 @@ def _cross_checks(cfg):
             raise ConfigError("outbound.via", '"proxy" needs a proxy: set proxy.type and host')
     if proxy.username and proxy.type == "none":
         raise ConfigError("proxy.username", "is set but proxy.type is \"none\"")
+    mon = cfg.monitoring
+    if mon.metrics_listen and not mon.metrics_allow_remote:
+        host = parse_listen(mon.metrics_listen)[0]
+        if not ipaddress.ip_address(host).is_loopback:
+            raise ConfigError("monitoring.metrics_listen", "%s is not a loopback address; set "
+                              "monitoring.metrics_allow_remote = true to serve metrics to other hosts"
+                              % json.dumps(mon.metrics_listen))
+    if cfg.logging.audit_file and cfg.logging.audit_file == cfg.logging.file:
+        raise ConfigError("logging.audit_file", "must not be the log file (both are %s)"
+                          % json.dumps(cfg.logging.file))
     if cfg.serial.pty_link and cfg.serial.port not in ("", "pty"):
         raise ConfigError("serial.pty_link", 'only makes sense with port = "pty" (got port = %s)'
                           % json.dumps(cfg.serial.port))
@@ -805,7 +839,7 @@ def describe_services(services):
 RESTART_SECTIONS = ("serial", "network", "ppp")
 RELOADABLE_KEYS = (("ppp", "resume_grace"),)       # the stack's, not the link's
 # Single keys of other sections that a running daemon cannot change.
-RESTART_KEYS = (("monitoring", "metrics_listen"),)
+RESTART_KEYS = (("monitoring", "metrics_listen"), ("monitoring", "metrics_allow_remote"))
 
 
 def _section_keys(name):

@@ -130,8 +130,21 @@ def test_example_file_changes_are_noticed(tmp_path):
     ("[logging]\nmax_size = -1\n",
      'logging.max_size: must be a size like "10MB" (units B, KB, MB, GB; 0 = no rotation), got -1'),
     ("[monitoring]\nmetrics_listen = \"0.0.0.0:9100\"\n",
-     'monitoring.metrics_listen: must be "" or "127.0.0.1:PORT" / "localhost:PORT" (loopback only), '
-     'got "0.0.0.0:9100"'),
+     'monitoring.metrics_listen: "0.0.0.0:9100" is not a loopback address; set monitoring.metrics_allow_remote = '
+     'true to serve metrics to other hosts'),
+    ("[monitoring]\nmetrics_listen = \"9100\"\n",
+     'monitoring.metrics_listen: must be "" or ADDRESS:PORT like "127.0.0.1:9090", "localhost:9090" or '
+     '"[::1]:9090", got "9100"'),
+    ("[monitoring]\nmetrics_listen = \"example.org:9100\"\n",
+     'monitoring.metrics_listen: must be "" or ADDRESS:PORT like "127.0.0.1:9090", "localhost:9090" or '
+     '"[::1]:9090", got "example.org:9100"'),
+    ("[monitoring]\nmetrics_listen = \"127.0.0.1:0\"\n",
+     'monitoring.metrics_listen: must be "" or ADDRESS:PORT like "127.0.0.1:9090", "localhost:9090" or '
+     '"[::1]:9090", got "127.0.0.1:0"'),
+    ("[monitoring]\nmetrics_allow_remote = 1\n",
+     "monitoring.metrics_allow_remote: must be true or false, got 1"),
+    ("[logging]\nfile = \"/tmp/p.log\"\naudit_file = \"/tmp/p.log\"\n",
+     'logging.audit_file: must not be the log file (both are "/tmp/p.log")'),
     ("[monitoring]\nstats_interval = 1.5\n", "monitoring.stats_interval: must be an integer >= 0, got 1.5"),
     ("[serial]\nport = \"/dev/ttyS0\"\npty_link = \"/tmp/x\"\n",
      'serial.pty_link: only makes sense with port = "pty" (got port = "/dev/ttyS0")'),
@@ -356,3 +369,21 @@ def test_moved_limit_keys_still_work_and_are_named(tmp_path):
     cfg = load_text(tmp_path, "[tcp]\nmax_connections = 9\n[limits]\nmax_connections = 20\n")
     assert cfg.limits.max_connections == 20
     assert config.deprecations({"limits": {"max_connections": 9}}) == []
+
+
+@pytest.mark.parametrize("listen, allow_remote", [
+    ("127.0.0.1:9090", False), ("localhost:9100", False), ("127.0.0.5:9100", False), ("[::1]:9100", False),
+    ("0.0.0.0:9100", True), ("192.0.2.1:9100", True), ("[::]:9100", True),
+])
+def test_metrics_listen_addresses(tmp_path, listen, allow_remote):
+    text = '[monitoring]\nmetrics_listen = "%s"\nmetrics_allow_remote = %s\n' % (
+        listen, "true" if allow_remote else "false")
+    cfg = load_text(tmp_path, text)
+    assert (cfg.monitoring.metrics_listen, cfg.monitoring.metrics_allow_remote) == (listen, allow_remote)
+    assert config.parse_listen(listen)[1] == int(listen.rsplit(":", 1)[1])
+    assert config.parse_listen("localhost:9100") == ("127.0.0.1", 9100)
+
+
+def test_audit_file_setting(tmp_path):
+    cfg = load_text(tmp_path, '[logging]\naudit_file = "/var/log/pyslirp/audit.jsonl"\n')
+    assert cfg.logging.audit_file == "/var/log/pyslirp/audit.jsonl" and config.defaults().logging.audit_file == ""

@@ -807,13 +807,16 @@ def test_looped_back_line_is_detected(caplog):
 
 
 def test_counters_are_visible_to_the_metrics():
-    from pyslirp.metrics import collect
+    from pyslirp import metrics
+    from pyslirp.core import Core
+    from pyslirp.net.stack import StackConfig
     link, client = negotiated({"lcp_echo_interval": 10})
     client.send(wppp.PROTO_CCP, b"\x01\x01\x00\x04")
     client.advance(10000)
-    got = collect(link, "link")
-    assert got["link.frames_in"] == link.frames_in > 0 and got["link.frames_out"] == link.frames_out > 0
-    assert got["link.bytes_in"] > 0 and got["link.bytes_out"] > 0
-    assert got["link.protocol_rejects_sent"] == 1
-    assert got["link.lcp_counters.echoes_sent"] == 1 and got["link.lcp_counters.echo_replies"] == 1
-    assert got["link.counters.protocol_reject"] == 1
+    snap = metrics.collect(Core(link.config, StackConfig(), random.Random(1), link=link), 10000)
+    assert snap.value("pyslirp_ppp_frames_total", direction="in") == link.frames_in > 0
+    assert snap.value("pyslirp_ppp_frames_total", direction="out") == link.frames_out > 0
+    assert snap.value("pyslirp_link_up") == 1
+    assert link.protocol_rejects_sent == 1 and link.counters["protocol_reject"] == 1
+    assert link.lcp_counters["echoes_sent"] == 1 and link.lcp_counters["echo_replies"] == 1
+    assert snap.value("pyslirp_lcp_echo_rtt_seconds") == 0.0      # the scripted client answers at once

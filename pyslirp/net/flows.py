@@ -133,6 +133,7 @@ class Route:
     reason: str = ""
     cause: str = ""
     outcome: str = ""
+    limit: str = ""             # refused by a limit: its configuration key (max_connections, ...)
     fallback: Tuple[Tuple[str, int], ...] = ()  # (host, port) to try in order after host:port fails
 
     @property
@@ -177,8 +178,8 @@ def _hostport(host, port):
     return "%s:%d" % ("[%s]" % host if ":" in host else host, port)
 
 
-def refused(reason, outcome, cause=CAUSE_POLICY):
-    return Route(REFUSED, reason=reason, cause=cause, outcome=outcome)
+def refused(reason, outcome, cause=CAUSE_POLICY, limit=""):
+    return Route(REFUSED, reason=reason, cause=cause, outcome=outcome, limit=limit)
 
 
 # ---------------------------------------------------------------------------
@@ -311,11 +312,12 @@ class Policy(object):
         if flow.protocol == PROTO_TCP:
             cfg = self.config
             if self.tcp_active >= cfg.max_connections:
-                return refused("max_connections (%d) reached" % cfg.max_connections, refusal.RESET, CAUSE_LIMIT)
+                return refused("max_connections (%d) reached" % cfg.max_connections, refusal.RESET, CAUSE_LIMIT,
+                               "max_connections")
             label = route.label
             if self.per_label.get(label, 0) >= cfg.max_per_service:
                 return refused("max_per_service (%d) reached for %s" % (cfg.max_per_service, label),
-                               refusal.RESET, CAUSE_LIMIT)
+                               refusal.RESET, CAUSE_LIMIT, "max_per_service")
             if route.kind == SERVICE:
                 # Last: it may make this flow a breaker's trial, which a refusal after it would have to give
                 # back (abandoned()).
@@ -327,7 +329,7 @@ class Policy(object):
         elif flow.protocol == PROTO_UDP and route.kind != DNS:
             if self.udp_active >= self.config.max_udp_flows:
                 return refused("max_udp_flows (%d) reached" % self.config.max_udp_flows,
-                               refusal.PORT_UNREACHABLE, CAUSE_LIMIT)
+                               refusal.PORT_UNREACHABLE, CAUSE_LIMIT, "max_udp_flows")
             self.udp_active += 1
         return route
 

@@ -62,7 +62,8 @@ magic number other than ours) clears the count of outstanding ones; when
 ``lcp_echo_failure`` requests are outstanding at the next interval the owner
 is told (``lcp_echo_failed``).  ``note_traffic()`` (the link calls it for every
 IP frame received) also proves the peer alive: the next interval then sends
-nothing (pppd's lcp-echo-adaptive).
+nothing (pppd's lcp-echo-adaptive).  A reply whose identifier is that of the
+latest request gives ``echo_rtt`` (ms; the metrics' LCP round-trip time).
 """
 
 import copy
@@ -191,6 +192,8 @@ class Lcp(FsmCallbacks):
         self.echos_pending = 0
         self.echo_disabled = False
         self._traffic = False
+        self.echo_rtt = None            # ms: round trip of the latest answered Echo-Request (metrics)
+        self._echo_sent = None          # (identifier, ms) of the latest Echo-Request
         for key in ("echoes_sent", "echoes_missed", "echo_replies", "protocol_rejects_received"):
             self.counters[key] = 0
 
@@ -390,6 +393,8 @@ class Lcp(FsmCallbacks):
         self.echos_pending = 0
         self.echo_disabled = False
         self._traffic = False
+        self.echo_rtt = None            # a new session: its round trip is not known yet
+        self._echo_sent = None
         interval = self.config.lcp_echo_interval
         self.echo_timer = now + interval * 1000 if interval > 0 else None
         self.fsm.mru = self.peer_mru
@@ -432,7 +437,7 @@ class Lcp(FsmCallbacks):
                 self.counters["bad_echo"] = self.counters.get("bad_echo", 0) + 1
                 return True
             if code == ECHO_REPLY:
-                self._echo_reply(data)
+                self._echo_reply(ident, data, now)
             self.fsm.rxr(code, ident, data, now)
             return True
         if code in (IDENTIFICATION, TIME_REMAINING):
@@ -469,7 +474,7 @@ class Lcp(FsmCallbacks):
         """A frame other than LCP arrived: the peer is alive (lcp-echo-adaptive)."""
         self._traffic = True
 
-    def _echo_reply(self, data):
+    def _echo_reply(self, ident, data, now):
         if self.fsm.state != State.OPENED:
             return
         magic = _U32.unpack_from(data)[0]
@@ -479,6 +484,10 @@ class Lcp(FsmCallbacks):
             return
         self.counters["echo_replies"] += 1
         self.echos_pending = 0
+        sent = self._echo_sent
+        if sent is not None and sent[0] == ident:
+            self.echo_rtt = now - sent[1]
+            self._echo_sent = None
 
     def get_timer(self):
         return earliest(self.fsm.timer, self.echo_timer)
@@ -507,4 +516,6 @@ class Lcp(FsmCallbacks):
             return
         self.echos_pending += 1
         self.counters["echoes_sent"] += 1
-        self.fsm.send(ECHO_REQUEST, self.fsm.next_id(), _U32.pack(self.our_magic))
+        ident = self.fsm.next_id()
+        self._echo_sent = (ident, now)
+        self.fsm.send(ECHO_REQUEST, ident, _U32.pack(self.our_magic))

@@ -14,12 +14,12 @@ it applies races with the protocol code.  In order:
    (``[serial]``, ``[network]``, ``[ppp]``: the line, the addresses, the MTU, authentication); each of the latter
    is logged as needing a restart and keeps its running value;
 3. everything that can still fail is prepared before anything is applied: the DNS upstream servers (a forwarder
-   with no upstream refuses the reload, as it refuses to start) and the log file (a file that cannot be opened
-   refuses the reload and the old one stays);
+   with no upstream refuses the reload, as it refuses to start), the audit file and the log file (a file that
+   cannot be opened refuses the reload and the old one stays);
 4. applied: the stack's configuration (``Runtime.reconfigure`` -> ``Core.reconfigure`` -> ``IPStack.reconfigure``:
    services added, removed or changed, limits, outbound policy, DNS forwarder, TCP tunables for new connections,
-   breakers), the connectors' proxy and connect timeout, the connection log, the stats interval, logging, and a new
-   DNS relay when its servers or its way out changed.  Established flows carry on on the Route they were admitted
+   breakers), the connectors' proxy and connect timeout, the connection log, the stats interval, logging, the
+   audit log, and a new DNS relay when its servers or its way out changed.  Established flows carry on on the Route they were admitted
    with; a removed service refuses new connections.
 
 The result is a :class:`ReloadResult` (ok, what changed, what needs a restart, the error) and one log line.
@@ -85,11 +85,23 @@ class Reloader(object):
         except ValueError as exc:
             return self._refuse("dns.upstream: %s" % exc)
         lg, old_lg = effective.logging, self.cfg.logging
+        audit = False                   # False: keep the running audit log
+        if (lg.audit_file, lg.max_size, lg.rotate_count) != (old_lg.audit_file, old_lg.max_size, old_lg.rotate_count):
+            audit = None
+            if lg.audit_file:
+                from pyslirp.runtime.audit import AuditLog
+                try:
+                    audit = AuditLog(lg.audit_file, lg.max_size, lg.rotate_count)
+                except OSError as exc:
+                    return self._refuse("logging.audit_file: cannot open %s: %s" % (lg.audit_file,
+                                                                                   exc.strerror or exc))
         if (lg.level, lg.file, lg.max_size, lg.rotate_count) != (old_lg.level, old_lg.file, old_lg.max_size,
                                                                  old_lg.rotate_count):
             try:
                 logsetup.setup(lg.level, lg.file, lg.max_size, lg.rotate_count)
             except OSError as exc:
+                if audit:
+                    audit.close()
                 return self._refuse("logging.file: cannot open %s: %s" % (lg.file, exc.strerror or exc))
         for key in restart:
             log.warning("reload: %s changed; that needs a restart and is not applied", key)
@@ -99,6 +111,8 @@ class Reloader(object):
         runtime.reconfigure(now, stack_config, proxy=proxy, connect_timeout=effective.proxy.connect_timeout,
                             connection_log=effective.logging.connection_log,
                             stats_interval=effective.monitoring.stats_interval)
+        if audit is not False:
+            runtime.replace_audit(audit)
         key = self._relay_key(effective, servers)
         if key != self._dns_key:
             runtime.replace_dns_relay(relay_factory(runtime.post) if relay_factory is not None else None)

@@ -55,8 +55,7 @@ import socket
 import struct
 import threading
 
-from pyslirp.net.events import (ConnectionLog, ServiceClose, ServiceConnect, ServiceReadCredit,
-                                ServiceSend, ServiceShutdown)
+from pyslirp.net.events import ServiceClose, ServiceConnect, ServiceReadCredit, ServiceSend, ServiceShutdown
 from pyslirp.runtime.connectors import CONNECT_TIMEOUT, ConnectFailed, Connector
 from pyslirp.runtime.wakeup import Wakeup
 
@@ -283,11 +282,10 @@ class ServiceConnection(threading.Thread):
 class ServiceManager(object):
     """Routes the stack's service events to connection threads (stack thread only)."""
 
-    def __init__(self, post, connect_timeout=CONNECT_TIMEOUT, connection_log=True, proxy=None):
+    def __init__(self, post, connect_timeout=CONNECT_TIMEOUT, proxy=None):
         self._post = post
         self._connect_timeout = connect_timeout
         self._proxy = proxy
-        self._connection_log = connection_log
         self.connections = {}
         self.started = 0
 
@@ -315,18 +313,15 @@ class ServiceManager(object):
         elif isinstance(event, ServiceClose):
             if conn is not None:
                 conn.abort(event.reason)
-        elif isinstance(event, ConnectionLog):
-            log.log(logging.INFO if self._connection_log else logging.DEBUG, "%s", event.text)
         else:
             return False
         return True
 
-    def reconfigure(self, proxy=None, connect_timeout=CONNECT_TIMEOUT, connection_log=True):
+    def reconfigure(self, proxy=None, connect_timeout=CONNECT_TIMEOUT):
         """A reloaded configuration: new connections use this proxy and timeout; those already connecting or
         connected keep theirs."""
         self._proxy = proxy
         self._connect_timeout = connect_timeout
-        self._connection_log = connection_log
 
     def forget(self, conn_id):
         """The connection's thread has finished."""
