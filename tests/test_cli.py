@@ -291,9 +291,16 @@ def test_metrics_server_audit_log_and_signals_of_the_daemon(tmp_path):
         with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as resp:
             text = resp.read().decode()
         assert "# TYPE pyslirp_link_up gauge\npyslirp_link_up 0\n" in text
-        with urllib.request.urlopen("http://127.0.0.1:%d/metrics.json" % port, timeout=10) as resp:
-            doc = json.loads(resp.read().decode())
-        assert doc["metrics"]["pyslirp_serial_line_open"]["samples"] == [{"labels": {}, "value": 1}]
+        # The line opens in the runtime's own time after the pty line is printed (a snapshot lives 250 ms).
+        deadline = time.monotonic() + 10
+        while True:
+            with urllib.request.urlopen("http://127.0.0.1:%d/metrics.json" % port, timeout=10) as resp:
+                doc = json.loads(resp.read().decode())
+            samples = doc["metrics"]["pyslirp_serial_line_open"]["samples"]
+            if samples == [{"labels": {}, "value": 1}] or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert samples == [{"labels": {}, "value": 1}]
         proc.send_signal(signal.SIGUSR1)
         proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 10

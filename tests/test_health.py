@@ -9,7 +9,7 @@ import pytest
 
 from pyslirp.net import health as H
 from pyslirp.net import refusal
-from pyslirp.net.events import BreakerChange, ConnectionLog, ServiceConnect
+from pyslirp.net.events import BreakerChange, FlowLog, ServiceConnect
 from pyslirp.net.flows import CAUSE_SERVICE, FlowKey, Policy, Route, Service
 from pyslirp.net.health import CLOSED, HALF_OPEN, OPEN, Health, Target
 from pyslirp.runtime.connectors import ConnectFailed, Connector
@@ -275,8 +275,9 @@ def test_a_connection_to_a_fallback_keeps_that_target_as_its_route():
     stack.service_connected(connect.conn_id, 5, 1, ((0, "direct: connection refused"),))
     client.receive()
     client.send(tcp.ACK, now=6)
-    (log,) = of_type(stack.take_events(), ConnectionLog)
-    assert log.text == "opened 10.0.0.2:40312 -> SSH 127.0.0.1:2222"
+    (log,) = of_type(stack.take_events(), FlowLog)
+    assert log.kind == "opened" and log.text == "opened 10.0.0.2:40312 -> SSH 127.0.0.1:2222"
+    assert (log.route.host, log.route.port, log.route.fallback) == ("127.0.0.1", 2222, ())
     assert stack.policy.health.breakers[A].failures == 1
 
 
@@ -424,3 +425,39 @@ def test_open_any_through_a_proxy_tries_the_next_target_when_the_proxy_refuses_o
     assert failed == 0 and exc.outcome == refusal.ADMIN_PROHIBITED and exc.code == 403
     assert exc.hop == "http 127.0.0.1:%d" % proxy.port
     assert [r.split(b" ")[1] for r in proxy.received] == [b"primary:22", b"backup:2222"]
+
+
+# -- the breakers in the metrics and the audit log ---------------------------------------------------------------
+
+def test_breakers_are_in_the_metrics_and_the_audit_log(tmp_path):
+    import json
+    import random
+    from pyslirp import metrics
+    from pyslirp.core import Core
+    from pyslirp.ppp.link import LinkConfig
+    from pyslirp.runtime.audit import AuditLog, EventLog
+    stack = make_stack(services=(Service(22, "127.0.0.1", 22, "SSH"), Service(80, "127.0.0.1", 8080, "web")),
+                       breaker_failures=1)
+    Client(stack).syn(0)
+    (connect,) = of_type(stack.take_events(), ServiceConnect)
+    stack.service_failed(connect.conn_id, "direct: connection refused", 1, refusal.RESET,
+                         ((0, "direct: connection refused"),))
+    Client(stack, port=40400).syn(2)                 # refused at once: the breaker is open
+    core = Core(LinkConfig(), stack.config, random.Random(1), stack=stack)
+    snap = metrics.collect(core, 3)
+    text = metrics.render_text(snap)
+    assert '# TYPE pyslirp_service_breaker_open gauge' in text
+    assert 'pyslirp_service_breaker_open{target="127.0.0.1:22"} 1\n' in text
+    assert 'pyslirp_service_breaker_open{target="127.0.0.1:8080"} 0\n' in text
+    assert 'pyslirp_service_breaker_transitions_total{state="open"} 1\n' in text
+    assert 'pyslirp_connections_refused_total{reason="service_down"} 2\n' in text
+    changes = of_type(stack.take_events(), BreakerChange)
+    path = str(tmp_path / "audit.jsonl")
+    log = EventLog(AuditLog(path))
+    for change in changes:
+        log.breaker(change)
+    log.audit.close()
+    with open(path) as f:
+        (record,) = [json.loads(line) for line in f]
+    assert (record["event"], record["target"], record["state"], record["failures"], record["reason"]) == \
+        ("breaker", "127.0.0.1:22", "open", 1, "direct: connection refused")

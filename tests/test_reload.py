@@ -264,7 +264,8 @@ def test_a_good_file_is_applied_and_what_needs_a_restart_is_logged(tmp_path, cap
     assert sorted(stack.policy.services) == [22, 2222] and stack.policy.health.failures == 2
     assert stack.config.mtu == 1500                     # not applied: it needs a new link
     services = files.runtime.services
-    assert services._proxy.port == 1080 and services._connect_timeout == 4 and not services._connection_log
+    assert services._proxy.port == 1080 and services._connect_timeout == 4
+    assert not files.runtime.records.connection_log
     assert files.runtime.stats_interval == 7000
     messages = [r.getMessage() for r in caplog.records]
     assert "reload: network.mtu changed; that needs a restart and is not applied" in messages

@@ -10,7 +10,7 @@ runtime writes the connection log's line (``FlowLog.text``) and the audit record
 from dataclasses import dataclass
 
 from pyslirp.net.flows import PROTO_TCP, FlowKey, Route, addr_str
-from pyslirp.net.health import BreakerChange
+from pyslirp.net.health import BreakerChange  # noqa: F401  (one of the stack's events, defined with the breakers)
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,3 @@ class DnsQuery:
     """Send a query to the upstream DNS servers; answer with Core.dns_answer / dns_failed."""
     upstream_id: int
     payload: bytes
-
-
-__all__ = ["BreakerChange", "ConnectionLog", "DnsQuery", "PingClose", "PingOpen", "PingSend", "ServiceClose",
-           "ServiceConnect", "ServiceReadCredit", "ServiceSend", "ServiceShutdown", "UdpClose", "UdpOpen", "UdpSend"]
