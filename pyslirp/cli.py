@@ -3,12 +3,13 @@
 Theory of operation: parse the options, build the configuration (defaults <-
 ``-c FILE`` <- options), set up logging, open the line and hand everything to
 the threaded runtime; wire SIGINT/SIGTERM (clean stop: LCP Terminate-Request,
-exit 0), SIGHUP (reopen the log files and the audit log) and SIGUSR1 (the
-metrics snapshot as one log line).  This is the only module that wires the
-runtime: the audit log (``[logging] audit_file``) and the metrics server
-(``[monitoring] metrics_listen``) are opened here, before serving, so that a
-file that cannot be written or an address that cannot be bound is one line
-and an exit code.
+exit 0), SIGHUP (reload the ``-c`` file, see runtime/reload.py, and reopen
+the log files and the audit log) and SIGUSR1 (the metrics snapshot as one
+log line).  This is the only module that wires the runtime: the audit log
+(``[logging] audit_file``) and the metrics server (``[monitoring]
+metrics_listen``) are opened here, before serving, so that a file that
+cannot be written or an address that cannot be bound is one line and an
+exit code.
 
 Exit codes: 0 clean stop, 1 runtime failure (e.g. permission denied on the
 device, a pseudo-terminal that cannot be created), 2 usage or configuration
@@ -163,17 +164,23 @@ def main(argv=None):
         return 0
 
 
+def _load(args, settings):
+    """(Config, raw file dict): the file, the environment and the command line, validated (ConfigError)."""
+    raw = config.apply_environment(config.read_file(args.config) if args.config else {}, os.environ)
+    settings = dict(settings)
+    if args.socks_host is not None and args.socks_port is None:
+        proxy = raw.get("proxy")
+        if not (isinstance(proxy, dict) and proxy.get("port")):
+            settings["proxy.port"] = 1080
+    return config.validate(config.apply_overrides(raw, settings, args.service)), raw
+
+
 def _main(argv):
     parser = build_parser()
     args = parser.parse_args(argv)
     settings = _settings(args, parser)
     try:
-        raw = config.apply_environment(config.read_file(args.config) if args.config else {}, os.environ)
-        if args.socks_host is not None and args.socks_port is None:
-            proxy = raw.get("proxy")
-            if not (isinstance(proxy, dict) and proxy.get("port")):
-                settings["proxy.port"] = 1080
-        cfg = config.validate(config.apply_overrides(raw, settings, args.service))
+        cfg, raw = _load(args, settings)
     except config.ConfigError as exc:
         _err("config error: %s" % exc)
         return 2
@@ -210,7 +217,7 @@ def _main(argv):
             _err("config error: logging.audit_file: cannot open %s: %s" % (lg.audit_file, exc.strerror or exc))
             return 2
     try:
-        return _serve(cfg, args, audit)
+        return _serve(cfg, args, settings, audit)
     finally:
         if audit is not None:
             audit.close()
@@ -279,9 +286,10 @@ def _metrics_server(cfg, runtime):
                          allow_remote=mon.metrics_allow_remote)
 
 
-def _serve(cfg, args, audit=None):
+def _serve(cfg, args, settings, audit=None):
     from pyslirp.runtime.endpoints import PtyEndpoint, StdioEndpoint
     from pyslirp.runtime.hostaddrs import interface_addresses
+    from pyslirp.runtime.reload import Reloader
     from pyslirp.runtime.stackloop import Runtime
 
     port = cfg.serial.port
@@ -324,15 +332,17 @@ def _serve(cfg, args, audit=None):
                           connect_timeout=cfg.proxy.connect_timeout, proxy=proxy, audit=audit)
         if dns_relay is not None:
             runtime.dns_relay = dns_relay(runtime.post)
+        if args.config:
+            runtime.reloader = Reloader(lambda: _load(args, settings)[0], cfg, _dns, interface_addresses,
+                                        args.config)
+            runtime.reloader.started(dns_servers)
         try:
             runtime.metrics_server = _metrics_server(cfg, runtime)
         except OSError as exc:
             _err("cannot serve metrics on %s: %s" % (cfg.monitoring.metrics_listen, exc.strerror or exc))
             return 1
         _install_signals(runtime)
-        services = ", ".join("%d -> %s:%d%s%s" % (s.port, s.host, s.target_port, " (%s)" % s.name if s.name else "",
-                                                  " via proxy" if s.via == "proxy" else "")
-                             for s in cfg.services) or "none"
+        services = config.describe_services(cfg.services)
         log.info("pyslirp %s on %s: gateway %s, client %s, services: %s", __version__,
                  endpoint.name if endpoint is not None else port, cfg.network.local_ip, cfg.network.remote_ip,
                  services)
@@ -368,7 +378,7 @@ def _install_signals(runtime):
         runtime.request_stop()
 
     def hup(signum, frame):
-        runtime.request_reopen_logs()
+        runtime.request_reload()
 
     def usr1(signum, frame):
         runtime.request_snapshot_log()

@@ -50,6 +50,9 @@ milliseconds supplied by the caller.
 Flow reports from the runtime (service threads, UDP sockets, the pinger, the DNS
 relay) are passed through to the stack as they come.
 
+Reload: :meth:`reconfigure` hands a new stack configuration to the stack
+(``IPStack.reconfigure``); the PPP link is not renegotiated.
+
 Contract notes: ``Core(link_config, stack_config, rng, tap=None, link=None,
 stack=None)``: ``link`` and ``stack`` may be injected by tests;
 ``take_serial_output`` takes an optional ``now`` (default: the time of the
@@ -193,6 +196,14 @@ class Core(object):
             allow_one_over = False
         return out
 
+    def reconfigure(self, stack_config, now):
+        """A reloaded configuration for the IP stack (IPStack.reconfigure): new flows follow it, established
+        ones carry on.  The link is not touched: what would need a new negotiation (addresses, MTU,
+        authentication) is not part of ``stack_config``'s reloadable values."""
+        self._now = now
+        self.stack.reconfigure(stack_config, now)
+        self.stack_config = stack_config
+
     def set_line_rate(self, rate):
         """The line's measured drain rate in bytes/s (the runtime measures it; see runtime/serialio.py)."""
         self.line_rate = rate
@@ -209,13 +220,13 @@ class Core(object):
 
     # -- service threads' reports (pass-throughs) --------------------------------
 
-    def service_connected(self, conn_id, now):
+    def service_connected(self, conn_id, now, target=0, failures=()):
         self._now = now
-        self.stack.service_connected(conn_id, now)
+        self.stack.service_connected(conn_id, now, target, failures)
 
-    def service_failed(self, conn_id, reason, now, outcome=refusal.RESET):
+    def service_failed(self, conn_id, reason, now, outcome=refusal.RESET, failures=()):
         self._now = now
-        self.stack.service_failed(conn_id, reason, now, outcome)
+        self.stack.service_failed(conn_id, reason, now, outcome, failures)
 
     def service_data(self, conn_id, data, now):
         self._now = now

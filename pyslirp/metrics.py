@@ -139,6 +139,12 @@ DATAGRAM_BYTES = counter("pyslirp_datagram_bytes_total",
                          "UDP and ICMP echo payload bytes from the client (in) and to it (out).",
                          ("protocol", "service", "direction"))
 INTERNAL_ERRORS = counter("pyslirp_internal_errors_total", "Unexpected exceptions caught by the stack thread.")
+BREAKER_OPEN = gauge("pyslirp_service_breaker_open",
+                     "1 while a service target's circuit breaker is open or half-open (new connections skip it, "
+                     "or one is its trial), else 0.", ("target",))
+BREAKER_TRANSITIONS = counter("pyslirp_service_breaker_transitions_total",
+                              "Circuit breaker state changes of the service targets, by the state entered.",
+                              ("state",))
 AUDIT_RECORDS = counter("pyslirp_audit_records_total",
                         "Audit log records written, suppressed (refusal floods) or lost (write errors).", ("result",))
 
@@ -147,7 +153,8 @@ FAMILIES = (
     LINK_SUSPENSIONS, LCP_ECHO_RTT, AUTH,
     LINE_DRAIN, IP_PACKETS, IP_DROPPED, TCP_ACTIVE, TCP_CONNECTING, TCP_TOTAL, CONNECTION_ERRORS,
     CONNECTIONS_REFUSED, FLOWS_REFUSED, TCP_RETRANSMISSIONS, TCP_RESETS, SERVICE_BYTES, SERVICE_CONNECT,
-    DATAGRAM_ACTIVE, DATAGRAM_TOTAL, DATAGRAM_BYTES, INTERNAL_ERRORS, AUDIT_RECORDS,
+    DATAGRAM_ACTIVE, DATAGRAM_TOTAL, DATAGRAM_BYTES, INTERNAL_ERRORS, AUDIT_RECORDS, BREAKER_OPEN,
+    BREAKER_TRANSITIONS,
 )
 BY_NAME = dict((f.name, f) for f in FAMILIES)
 
@@ -317,6 +324,11 @@ def collect(core, now, serial_in=0, serial_out=0, line_open=False, drain_rate=No
         b.set(DATAGRAM_BYTES, fig.bytes_out, name, label, "out")
     for name, n in active.items():
         b.set(DATAGRAM_ACTIVE, n, name)
+    health = stack.policy.health
+    for label, state in sorted(health.states().items()):
+        b.set(BREAKER_OPEN, 0 if state == "closed" else 1, label)
+    for state, n in sorted(health.transitions.items()):
+        b.set(BREAKER_TRANSITIONS, n, state)
     return Snapshot(now, b.samples)
 
 

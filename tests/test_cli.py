@@ -75,7 +75,7 @@ def test_check_config_applies_options(tmp_path):
     assert raw["serial"] == {"port": "/dev/ttyUSB3", "baudrate": 9600, "flow_control": "hardware",
                              "pty_link": "", "answer": "auto", "lock": True, "lock_dir": "/var/lock"}
     assert raw["logging"]["level"] == "debug"
-    assert raw["services"]["80"] == {"host": "web", "port": 8080, "name": "", "via": "direct"}
+    assert raw["services"]["80"] == {"host": "web", "port": 8080, "name": "", "via": "direct", "fallback": []}
     assert raw["services"]["22"]["port"] == 22
     assert (raw["proxy"]["type"], raw["proxy"]["host"], raw["proxy"]["port"]) == ("socks5", "127.0.0.1", 1080)
     assert (raw["outbound"]["enabled"], raw["outbound"]["via"]) == (True, "proxy")   # --socks-host turns it on

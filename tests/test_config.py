@@ -42,7 +42,8 @@ def test_example_file_lists_every_key():
         assert set(raw[name]) == set(schema) <= fields, name
         if cls is not config.TcpConfig:          # [tcp] is the TCP tunables' value: most of its fields are internal
             assert set(schema) == fields, name
-    assert raw["services"] == {"22": {"host": "127.0.0.1", "port": 22, "name": "SSH", "via": "direct"}}
+    assert raw["services"] == {"22": {"host": "127.0.0.1", "port": 22, "name": "SSH", "via": "direct",
+                                      "fallback": []}}
     assert raw["udp_services"] == {}
     assert set(raw) == set(config.SECTION_NAMES)
 

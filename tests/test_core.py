@@ -313,12 +313,16 @@ def test_without_compression_the_stack_is_asked_once():
 def test_service_calls_pass_through():
     core, link, stack = make()
     core.service_connected(1, 10)
+    core.service_connected(7, 10, 1, ((0, "refused"),))
     core.service_failed(2, "refused", 11, "host_unreachable")
+    core.service_failed(8, "timeout", 11, "reset", ((0, "timeout"),))
     core.service_data(3, b"abc", 12)
     core.service_eof(4, 13)
     core.service_written(5, 99, 14)
     core.service_error(6, "reset", 15)
-    assert stack.calls == [("service_connected", 1, 10), ("service_failed", 2, "refused", 11, "host_unreachable"),
+    assert stack.calls == [("service_connected", 1, 10, 0, ()), ("service_connected", 7, 10, 1, ((0, "refused"),)),
+                           ("service_failed", 2, "refused", 11, "host_unreachable", ()),
+                           ("service_failed", 8, "timeout", 11, "reset", ((0, "timeout"),)),
                            ("service_data", 3, b"abc", 12), ("service_eof", 4, 13),
                            ("service_written", 5, 99, 14), ("service_error", 6, "reset", 15)]
 

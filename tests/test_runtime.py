@@ -132,7 +132,7 @@ def connected_service(servers, handler, conn_id, name=""):
     inbox = Inbox()
     manager = ServiceManager(inbox.post)
     manager.handle(connect_event(conn_id, "127.0.0.1", server.port, name))
-    assert inbox.get() == ("svc_connected", conn_id)
+    assert inbox.get() == ("svc_connected", conn_id, 0, ())
     return server, inbox, manager
 
 
@@ -208,7 +208,7 @@ def test_service_through_a_proxy_delivers_the_tunnel_bytes_that_came_with_the_an
     manager = ServiceManager(inbox.post, proxy=settings)
     flow = FlowKey(6, b"\x0a\x00\x00\x02", 40000, b"\xc6\x12\x00\x02", 22)
     manager.handle(ServiceConnect(8, flow, Route("nat", "198.18.0.2", 22, "http", "nat")))
-    assert inbox.get() == ("svc_connected", 8)
+    assert inbox.get() == ("svc_connected", 8, 0, ())
     assert requests[0].startswith(b"CONNECT 198.18.0.2:22 HTTP/1.1\r\n")
     assert inbox.quiet() is None                     # no credit yet: the early bytes wait
     manager.handle(ServiceReadCredit(8, 5))
@@ -228,7 +228,8 @@ def test_service_connect_refused_is_reported():
     inbox = Inbox()
     manager = ServiceManager(inbox.post)
     manager.handle(connect_event(3, "127.0.0.1", port, client_port=1))
-    assert inbox.get() == ("svc_failed", 3, "direct: connection refused", "reset")
+    assert inbox.get() == ("svc_failed", 3, "direct: connection refused", "reset",
+                           ((0, "direct: connection refused"),))
     assert inbox.get() == ("svc_done", 3)
 
 

@@ -3,12 +3,14 @@
 TCP flows go to one service thread each (``ServiceConnect`` opens it, the rest address it by ``conn_id``); UDP
 and ping flows to the runtime's datagram sockets (by ``flow_id``); DNS queries to the upstream relay.  Flow ids
 are unique across all three.  ``FlowLog`` says that a flow of any of them opened, closed or was refused: the
-runtime writes the connection log's line (``FlowLog.text``) and the audit record from it.
+runtime writes the connection log's line (``FlowLog.text``) and the audit record from it.  ``BreakerChange``
+(net/health.py) reports a service target's circuit breaker changing state, for the metrics and the audit log.
 """
 
 from dataclasses import dataclass
 
 from pyslirp.net.flows import PROTO_TCP, FlowKey, Route, addr_str
+from pyslirp.net.health import BreakerChange  # noqa: F401  (one of the stack's events, defined with the breakers)
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,21 @@ INTERACTIVE_HOLD ms; it ends INTERACTIVE_HOLD ms after the last one.  Bulk
 efficiency wants large segments and a window of many of them; latency wants
 the opposite: this is the trade-off, measured by bench/bench_link.py.
 
+Service health: a service's Route lists its targets (``host:port`` and its
+``fallback``, without those whose circuit breaker is open, net/health.py);
+the runtime tries them in order and reports which one connected and which
+failed (``service_connected(target=, failures=)``,
+``service_failed(failures=)``), which the policy's breakers learn from; a
+connection that connected to a fallback keeps the Route of that target.
+Breaker state changes come out of :meth:`take_events` as ``BreakerChange``.
+
+Reload: :meth:`reconfigure` swaps in a new configuration (services, limits,
+outbound policy, DNS forwarder on or off, TCP tunables for new connections,
+UDP timeout) with a new Policy that carries over the running one's counts
+and breakers.  Every flow keeps the Route it was admitted with; only new
+flows see the new configuration.  The link's own values (addresses, MTU)
+cannot change this way.
+
 Link down.  After an administrative close (ours, or the client's
 Terminate-Request) :meth:`reset` drops every flow without a word on the dead
 link and closes every service socket.  When the line was lost instead (the
@@ -137,6 +152,7 @@ from pyslirp.net import events as ev
 from pyslirp.net.events import (DnsQuery, FlowLog, PingClose, PingOpen, PingSend, ServiceClose, ServiceConnect,
                                 ServiceReadCredit, ServiceSend, ServiceShutdown, UdpClose, UdpOpen, UdpSend)
 from pyslirp.net.flows import FlowKey, Policy, Service
+from pyslirp.net.health import DEFAULT_COOLDOWN, DEFAULT_FAILURES
 from pyslirp.net.ipv4 import Ipv4Layer
 from pyslirp.net.ratelimit import TokenBucket
 from pyslirp.net.tcp import events as tcp_events
@@ -213,6 +229,8 @@ class StackConfig:
     udp_timeout: int = 60                   # seconds a UDP or ping flow lives without traffic
     resume_grace: int = 120                 # seconds TCP flows wait for the client after a lost line; 0 = none
     tcp: TcpConfig = field(default_factory=TcpConfig)
+    breaker_failures: int = DEFAULT_FAILURES            # net/health.py: failed connects in a row that open
+    breaker_cooldown: int = DEFAULT_COOLDOWN // 1000    # ... a target's breaker, and its cooldown in seconds
 
 
 class _Flow(object):
@@ -806,6 +824,8 @@ class IPStack(object):
 
     def _forget(self, rec):
         rec.gone = True
+        if isinstance(rec, _Conn) and not rec.accepted:
+            self.policy.abandoned(rec.key, rec.route)     # a breaker trial it held and did not make is free
         self._release(rec)
         # The metrics' totals keep what the flow counted.
         if isinstance(rec, _Conn):
@@ -871,11 +891,16 @@ class IPStack(object):
     def _service_rec(self, conn_id, what):
         return self._rec(conn_id, _Conn, "service_stale_" + what)
 
-    def service_connected(self, conn_id, now):
+    def service_connected(self, conn_id, now, target=0, failures=()):
+        """The connector reached ``route.targets[target]``; ``failures``: ``((index, reason), ...)`` of the
+        targets that failed before it."""
         self._now = now
         rec = self._service_rec(conn_id, "connected")
         if rec is None or rec.accepted:
             return
+        self.policy.connect_result(rec.key, rec.route, target, failures, now)
+        if 0 <= target < len(rec.route.targets):
+            rec.route = rec.route.connected_to(target)
         rec.accepted = True
         rec.syn_ip = None
         rec.last_activity = now
@@ -887,12 +912,14 @@ class IPStack(object):
         self._grant(rec, now)
         self._after(rec, now)
 
-    def service_failed(self, conn_id, reason, now, outcome=refusal.RESET):
-        """The connector could not reach the target: RST|ACK, or the ICMP error ``outcome`` names."""
+    def service_failed(self, conn_id, reason, now, outcome=refusal.RESET, failures=()):
+        """The connector could not reach any target: RST|ACK, or the ICMP error ``outcome`` names.
+        ``failures``: ``((index, reason), ...)``, one per target tried."""
         self._now = now
         rec = self._service_rec(conn_id, "failed")
         if rec is None or rec.accepted:
             return
+        self.policy.connect_result(rec.key, rec.route, None, failures, now)
         rec.reason = reason
         self._conn_error(rec, "connect_" + (outcome or refusal.RESET))
         code = _ICMP_CODE.get(outcome)
@@ -1213,7 +1240,28 @@ class IPStack(object):
 
     def take_events(self):
         events, self._events = self._events, []
+        changes = self.policy.health.take_changes()
+        if changes:
+            events.extend(changes)
         return events
+
+    # -- reload ------------------------------------------------------------------------
+
+    def reconfigure(self, config, now):
+        """Run with ``config`` from now on (see "Reload" above); ValueError if it changes the link's values."""
+        self._now = now
+        old = self.config
+        if (config.local_ip, config.remote_ip, config.mtu) != (old.local_ip, old.remote_ip, old.mtu):
+            raise ValueError("local_ip, remote_ip and mtu need a new link; they cannot be reconfigured")
+        self.config = config
+        self.policy = Policy(config, previous=self.policy)
+        self._conn_configs.clear()
+        if config.dns_forwarder and self.dns is None:
+            from pyslirp.net.dns import DnsForwarder
+            self.dns = DnsForwarder(self.rng)
+        elif not config.dns_forwarder and self.dns is not None:
+            self.dns = None         # queries in flight are forgotten; their answers are ignored
+            self.timers.cancel(_DNS_KEY)
 
     def reset(self, now, reason="link down"):
         """The link went down: drop every flow quietly (no RST onto a dead link), close every service.

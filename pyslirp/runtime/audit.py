@@ -39,7 +39,11 @@ after every line.  Events and their fields:
   route's fields when the refusal came from the service or the proxy;
 * ``limit``: ``limit`` (the configuration key that was hit, e.g.
   ``max_connections``), ``cause``, ``protocol``, ``client``, ``server``;
-* ``reload``: ``ok`` and ``detail``.
+* ``reload``: ``ok`` and ``detail`` (what was applied and what needs a
+  restart, or why the file was refused);
+* ``breaker``: ``target`` (``host:port``, ``via`` when not direct), ``state``
+  (``open``, ``half_open``, ``closed``), ``failures`` (consecutive failed
+  connects) and ``reason`` (the last failure's).
 
 Never a password, never a payload byte: the records are built from the
 fields above only.  ``flow_refused`` and ``limit`` records are written at
@@ -199,6 +203,11 @@ class EventLog(object):
 
     def reload(self, ok, detail):
         self._write("reload", ok=bool(ok), detail=detail)
+
+    def breaker(self, event):
+        """A service target's circuit breaker changed state (net/health.py BreakerChange)."""
+        self._write("breaker", target=event.target, state=event.state, failures=event.failures,
+                    reason=event.reason)
 
     # -- flows --------------------------------------------------------------------------------
 

@@ -39,7 +39,16 @@ Stopping (SIGINT/SIGTERM): ``Core.close`` sends LCP Terminate-Request; the
 loop waits for the link to die (Terminate-Ack) for at most ``stop_timeout``
 ms, lets the writer drain, then stops the line, aborts the service
 connections and returns 0.  A second signal while stopping returns at once.
-SIGHUP reopens the log files and the audit log.
+
+SIGHUP reloads: the ``reloader`` (runtime/reload.py, built by the command
+line) re-reads the configuration file on this thread and, when it
+validates, applies it through :meth:`Runtime.reconfigure` -- the Core's
+stack (services, limits, outbound policy, DNS), the service connectors'
+proxy and timeout, the connection log, the stats interval -- and
+:meth:`Runtime.replace_dns_relay` / :meth:`Runtime.replace_audit`.  The PPP
+link is not touched and the flows already open carry on.  The log files
+and the audit log are reopened either way (an external log rotator sends
+SIGHUP too), and the audit log records the reload.
 
 Metrics and records: the figures are the stack thread's, so the snapshot
 (pyslirp/metrics.py ``collect``) is built here: when the metrics server asks
@@ -58,7 +67,7 @@ import time
 
 from pyslirp import logsetup, metrics
 from pyslirp.core import Core
-from pyslirp.net.events import DnsQuery
+from pyslirp.net.events import BreakerChange, DnsQuery
 from pyslirp.net.ratelimit import every_power_of_two
 from pyslirp.ppp.events import AuthResult, LinkDown, LinkUp
 from pyslirp.runtime.connectors import CONNECT_TIMEOUT
@@ -89,7 +98,7 @@ class Runtime(object):
     def __init__(self, link_config, stack_config, opener=None, endpoint=None, line_budget=65536,
                  coalesce=16384, stats_interval=0, tap=None, rng=None, connection_log=True,
                  connect_timeout=CONNECT_TIMEOUT, stop_timeout=STOP_TIMEOUT, baudrate=0, core=None, proxy=None,
-                 dns_relay=None, datagrams=None, audit=None):
+                 dns_relay=None, datagrams=None, audit=None, reloader=None):
         self.inbox = queue.SimpleQueue()
         self.core = core if core is not None else Core(
             link_config, stack_config, rng if rng is not None else random.SystemRandom(), tap=tap)
@@ -100,6 +109,8 @@ class Runtime(object):
         # UDP and ping flows: one relay thread for all their sockets; the DNS relay only with the forwarder.
         self.datagrams = datagrams if datagrams is not None else DatagramRelay(self.post)
         self.dns_relay = dns_relay
+        self.reloader = reloader        # reloader(runtime, now) on SIGHUP; None: only reopen the log files
+        self._running = False
         self.line_budget = line_budget
         self.baudrate = baudrate
         self.line = LineManager(self.post, opener=opener, endpoint=endpoint, coalesce=coalesce,
@@ -119,7 +130,7 @@ class Runtime(object):
         self._next_stats = None
         self._counters = {"line_ups": 0, "line_downs": 0, "link_ups": 0, "link_downs": 0,
                           "auth_failures": 0, "serial_bytes_in": 0, "serial_bytes_out": 0,
-                          "internal_errors": 0}
+                          "internal_errors": 0, "reloads": 0, "reloads_refused": 0}
         self._auth = {}                 # (method, "ok" | "fail") -> count
 
     def _new_meter(self):
@@ -146,6 +157,60 @@ class Runtime(object):
 
     def request_snapshot_log(self):
         self.inbox.put(("signal", "usr1"))
+
+    request_reload = request_reopen_logs
+
+    # -- reload (stack thread only) ------------------------------------------------
+
+    def reconfigure(self, now, stack_config, proxy=None, connect_timeout=CONNECT_TIMEOUT, connection_log=True,
+                    stats_interval=0):
+        """Apply a reloaded configuration: the Core's stack, then the runtime's own settings.  New flows use
+        it; open flows keep what they have."""
+        self.core.reconfigure(stack_config, now)
+        self.services.reconfigure(proxy=proxy, connect_timeout=connect_timeout)
+        self.records.connection_log = connection_log
+        interval = stats_interval * 1000
+        if interval != self.stats_interval:
+            self.stats_interval = interval
+            self._next_stats = now + interval if interval else None
+
+    def replace_dns_relay(self, relay):
+        """Stop the DNS relay (queries in flight there are dropped; the forwarder times them out) and use
+        ``relay`` (not yet started; None: no relay) from now on."""
+        old, self.dns_relay = self.dns_relay, relay
+        if old is not None:
+            old.stop(join_timeout=1.0)
+        if relay is not None and self._running:
+            relay.start()
+
+    def replace_audit(self, audit):
+        """Write the audit log to ``audit`` (an open AuditLog, or None: no audit log) from now on."""
+        old, self.records.audit = self.records.audit, audit
+        if old is not None and old is not audit:
+            old.close()
+
+    def _reload(self, now):
+        """SIGHUP: the reloader, if any; the log files and the audit log reopened; a ``reload`` record."""
+        result = None
+        if self.reloader is not None:
+            result = self.reloader(self, now)
+            if result.ok:
+                self._counters["reloads"] += 1
+            else:
+                self._counters["reloads_refused"] += 1
+        logsetup.reopen()
+        if self.records.audit is not None:
+            self.records.audit.reopen()
+        if result is None:
+            log.info("log files reopened")
+            self.records.reload(True, "log files reopened")
+        elif result.ok:
+            self.records.reload(True, "applied: %s%s" % (", ".join(result.changed) or "no change",
+                                                       "; needs a restart: " + ", ".join(result.restart)
+                                                       if result.restart else ""))
+        else:
+            self.records.reload(False, result.error)
+        return result
 
     def counters(self):
         out = dict(("runtime." + k, v) for k, v in self._counters.items())
@@ -180,6 +245,7 @@ class Runtime(object):
         self.datagrams.start()
         if self.dns_relay is not None:
             self.dns_relay.start()
+        self._running = True
         try:
             while self.exit_code is None:
                 now = monotonic_ms()
@@ -248,9 +314,9 @@ class Runtime(object):
         elif kind == "svc_written":
             core.service_written(item[1], item[2], now)
         elif kind == "svc_connected":
-            core.service_connected(item[1], now)
+            core.service_connected(item[1], now, item[2], item[3])
         elif kind == "svc_failed":
-            core.service_failed(item[1], item[2], now, item[3])
+            core.service_failed(item[1], item[2], now, item[3], item[4])
         elif kind == "svc_eof":
             core.service_eof(item[1], now)
         elif kind == "svc_error":
@@ -295,11 +361,7 @@ class Runtime(object):
                 self.metrics_box.publish(self.snapshot(now))
         elif kind == "signal":
             if item[1] == "hup":
-                logsetup.reopen()
-                if self.records.audit is not None:
-                    self.records.audit.reopen()
-                log.info("log files reopened")
-                self.records.reload(True, "log files reopened")
+                self._reload(now)
             elif item[1] == "usr1":
                 log.info("metrics: %s", metrics.format_line(self.snapshot(now), skip_zero=False))
             else:
@@ -350,6 +412,8 @@ class Runtime(object):
                 continue
             if isinstance(event, FlowLog):
                 self.records.flow(event, now)
+            elif isinstance(event, BreakerChange):
+                self.records.breaker(event)
             elif isinstance(event, DnsQuery):
                 if self.dns_relay is not None:
                     self.dns_relay.submit(event.upstream_id, event.payload)
