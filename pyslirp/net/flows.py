@@ -29,6 +29,28 @@ It returns a :class:`Route`:
 The policy also counts what it admitted (``release`` gives a slot back), so
 the connection limits cost O(1) per SYN.
 
+Rate, half-open flows and SYN cookies (TCP).  Besides ``max_connections``
+and ``max_per_service``, a new TCP flow needs a token from a bucket of
+``new_connections_per_second`` with bursts of ``burst`` (net/ratelimit.py),
+and a place among the ``max_half_open`` flows that wait for their service or
+proxy connect (the stack reports the end of that wait, :meth:`connect_done`).
+A bucket alone cannot tell a SYN flood from the client's real connections:
+they come from the same address.  So when either runs out, the SYN is not
+refused: the route is ``deferred`` and the stack answers it statelessly with
+a SYN cookie (RFC 4987 section 3.6, net/tcp/syncookie.py).  Only a client
+that completes the handshake comes back (``decide(flow, now,
+handshake=True)``), and only then is it given a token, or refused for the
+rate with a reset.  Flood SYNs that never complete take no token, no slot
+and no service connection.
+
+Once cookies were needed, every SYN gets one for COOKIE_HOLD ms after the
+last sign of pressure: a full half-open table, an empty bucket, or SYNs
+arriving faster than the rate (a second bucket of the same size meters every
+SYN).  Otherwise a flood would take each token as it refills, ahead of the
+client's real handshakes.  Once the SYNs slow down below the rate, new flows
+are admitted statefully again (a cookie's connection has no window scaling or
+SACK unless timestamps carried them).
+
 The allow-list (``[outbound] allow`` / ``deny``) is a list of
 :class:`AddressRule`: an address or CIDR, optionally ``:PORT`` or
 ``:LOW-HIGH``.  A flow to an address other than local_ip is admitted only if
@@ -49,6 +71,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 from pyslirp.net import refusal
+from pyslirp.net.ratelimit import TokenBucket
 
 PROTO_ICMP = 1
 PROTO_TCP = 6
@@ -61,6 +84,7 @@ UDP_SERVICE = "udp_service"
 DNS = "dns"
 NAT = "nat"
 REFUSED = "refused"
+DEFERRED = "deferred"           # a TCP SYN to answer with a SYN cookie: admitted only once the handshake completes
 
 # How an admitted flow leaves this host.
 VIA_DIRECT = "direct"
@@ -73,6 +97,8 @@ CAUSE_LIMIT = "limit"
 CAUSE_RATE = "rate"
 CAUSE_PROXY = "proxy"
 CAUSE_SERVICE = "service_down"
+
+COOKIE_HOLD = 5000              # ms: SYN cookies stay on this long after the last sign of pressure
 
 
 class FlowKey(namedtuple("FlowKey", "protocol client_addr client_port server_addr server_port")):
@@ -115,7 +141,12 @@ class Route:
 
     @property
     def admitted(self):
-        return self.kind != REFUSED
+        return self.kind != REFUSED and self.kind != DEFERRED
+
+    @property
+    def deferred(self):
+        """Answer the SYN with a cookie; the flow is decided again when the client completes the handshake."""
+        return self.kind == DEFERRED
 
     @property
     def label(self):
@@ -139,6 +170,11 @@ class Route:
 
 def refused(reason, outcome, cause=CAUSE_POLICY):
     return Route(REFUSED, reason=reason, cause=cause, outcome=outcome)
+
+
+def deferred(route, reason):
+    """``route``'s target, deferred until the handshake completes (a SYN cookie)."""
+    return Route(DEFERRED, route.host, route.port, route.via, route.name, reason=reason)
 
 
 # ---------------------------------------------------------------------------
@@ -210,6 +246,9 @@ class PolicyConfig:
     max_connections: int = 64
     max_per_service: int = 16
     max_udp_flows: int = 64
+    new_connections_per_second: int = 20
+    burst: int = 40
+    max_half_open: int = 32
 
 
 class Policy(object):
@@ -225,6 +264,11 @@ class Policy(object):
         self.tcp_active = 0
         self.udp_active = 0
         self.per_label = {}                # route label -> active TCP flows
+        self.half_open = 0                 # TCP flows admitted and still waiting for their service connect
+        self.rate = TokenBucket(config.new_connections_per_second, config.burst)     # admitted TCP flows
+        self._syn_meter = TokenBucket(config.new_connections_per_second, config.burst)   # every new SYN
+        self._cookies_until = None         # ms: SYNs are answered with cookies until then
+        self.cookie_periods = 0            # times SYN cookies were switched on
 
     def _via(self, choice):
         """``direct`` / ``proxy`` -> the connector to use."""
@@ -232,8 +276,22 @@ class Policy(object):
             return self.config.proxy_via or VIA_DIRECT
         return choice or VIA_DIRECT
 
-    def decide(self, flow, now):
-        """The Route for a new flow; admitted routes are counted until :meth:`release`."""
+    def cookies_on(self, now):
+        """Are new SYNs being answered with cookies (see the module docstring)?"""
+        return self._cookies_until is not None and now < self._cookies_until
+
+    def _pressure(self, now):
+        if not self.cookies_on(now):
+            self.cookie_periods += 1
+        self._cookies_until = now + COOKIE_HOLD
+
+    def decide(self, flow, now, handshake=False):
+        """The Route for a new flow; admitted routes are counted until :meth:`release`.
+
+        For a TCP SYN the route may be ``deferred`` (answer with a SYN cookie); ``handshake=True`` decides the
+        flow of a client that completed the handshake with a valid cookie, which is admitted or refused, never
+        deferred.  An admitted TCP flow also counts as half-open until :meth:`connect_done`.
+        """
         route = self._route(flow)
         if not route.admitted:
             return route
@@ -245,6 +303,25 @@ class Policy(object):
             if self.per_label.get(label, 0) >= cfg.max_per_service:
                 return refused("max_per_service (%d) reached for %s" % (cfg.max_per_service, label),
                                refusal.RESET, CAUSE_LIMIT)
+            if handshake:
+                if not self.rate.allow(now):
+                    return refused("new_connections_per_second (%d) exceeded" % cfg.new_connections_per_second,
+                                   refusal.RESET, CAUSE_RATE)
+            else:
+                # Every SYN is metered, cookie or not: the flood is over only when SYNs fit the rate again.
+                if not self._syn_meter.allow(now):
+                    self._pressure(now)
+                if self.half_open >= cfg.max_half_open:
+                    self._pressure(now)
+                    return deferred(route, "max_half_open (%d) reached" % cfg.max_half_open)
+                if self.cookies_on(now):
+                    return deferred(route, "SYNs faster than new_connections_per_second (%d)"
+                                    % cfg.new_connections_per_second)
+                if not self.rate.allow(now):
+                    self._pressure(now)
+                    return deferred(route, "new_connections_per_second (%d) exceeded"
+                                    % cfg.new_connections_per_second)
+            self.half_open += 1
             self.tcp_active += 1
             self.per_label[label] = self.per_label.get(label, 0) + 1
         elif flow.protocol == PROTO_UDP and route.kind != DNS:
@@ -253,6 +330,10 @@ class Policy(object):
                                refusal.PORT_UNREACHABLE, CAUSE_LIMIT)
             self.udp_active += 1
         return route
+
+    def connect_done(self):
+        """An admitted TCP flow no longer waits for its service connect (connected, failed or gone)."""
+        self.half_open = max(0, self.half_open - 1)
 
     def release(self, flow, route):
         """An admitted flow no longer counts against the limits (closed, or TCP in TIME_WAIT)."""
