@@ -117,7 +117,7 @@ from pyslirp.net.tcp.conn import (TcpConfig, TcpConnection, TcpState, initial_wi
                                    window_shift)
 from pyslirp.net.tcp.isn import IsnGenerator
 from pyslirp.net.tcp.seq import seq_add
-from pyslirp.net.tcp.syncookie import SynCookies, ts_decode, ts_encode
+from pyslirp.net.tcp.syncookie import SynCookies, UnansweredSyns, ts_decode, ts_encode
 from pyslirp.timers import TimerQueue
 from pyslirp.wire import icmp as icmp_wire
 from pyslirp.wire import tcp as tcp_wire
@@ -147,6 +147,7 @@ SYNACK_WIRE = 64            # bytes: what one SYN-ACK costs on the line (IPv4 + 
 SYNACK_DEFAULT_RATE = 200   # SYN-ACKs per second while the line's rate is unknown
 SYNACK_MIN_RATE = 10        # ... never fewer than this
 SYNACK_MIN_BURST = 4        # bursts of a tenth of a second's worth, at least this many
+SYNACK_RETRY_SHARE = 4      # SYN-ACKs for retransmitted SYNs the limit left unanswered: a quarter as many more
 _FRAG_KEY = "frag"
 _DNS_KEY = "dns"
 _MAX_EVENT_ROUNDS = 8
@@ -271,7 +272,8 @@ class IPStack(object):
         self.timers = TimerQueue()
         self._isn = IsnGenerator(rng)
         self.cookies = SynCookies(rng)
-        self._synack_bucket = TokenBucket(SYNACK_DEFAULT_RATE, max(SYNACK_MIN_BURST, SYNACK_DEFAULT_RATE // 10))
+        self._unanswered = None         # UnansweredSyns, made when the SYN-ACK limit first leaves a SYN out
+        self._synack_bucket = self._retry_bucket = None
         self._conns = OrderedDict()     # FlowKey -> _Conn, in round-robin order
         self._datagram_flows = {}       # FlowKey -> _Datagrams (UDP and ping flows)
         self._by_id = {}                # flow id -> _Conn or _Datagrams
@@ -279,6 +281,7 @@ class IPStack(object):
         self._control = deque()         # datagrams to send ahead of everything (ICMP, resets, UDP)
         self._events = []
         self._now = 0
+        self._synack_limits(SYNACK_DEFAULT_RATE)
         self._log_bucket = TokenBucket(1, 10)
         self._refusal_bucket = TokenBucket(1, 5)
         self._log_suppressed = 0
@@ -421,7 +424,13 @@ class IPStack(object):
         if rate:
             per_second = max(SYNACK_MIN_RATE, int(rate * SYNACK_LINE_SHARE) // SYNACK_WIRE)
         if per_second != self._synack_bucket.rate:
-            self._synack_bucket = TokenBucket(per_second, max(SYNACK_MIN_BURST, per_second // 10), self._now)
+            self._synack_limits(per_second)
+
+    def _synack_limits(self, per_second):
+        """Cookie SYN-ACKs: ``per_second`` with bursts of a tenth of that, and a quarter more for retransmissions."""
+        self._synack_bucket = TokenBucket(per_second, max(SYNACK_MIN_BURST, per_second // 10), self._now)
+        retries = max(1, per_second // SYNACK_RETRY_SHARE)
+        self._retry_bucket = TokenBucket(retries, max(SYNACK_MIN_BURST, retries // 10), self._now)
 
     def set_mtu(self, mtu):
         """The session MTU (the smaller of ours and the peer's MRU); new connections size their MSS from it."""
@@ -443,12 +452,14 @@ class IPStack(object):
         self._counters[name] = self._counters.get(name, 0) + 1
 
     def _queue_control(self, packet):
+        """Queue a packet to go ahead of everything; False if it was dropped (none, or the queue is full)."""
         if packet is None:
-            return
+            return False
         if len(self._control) >= MAX_CONTROL_QUEUE:
             self._drop("out_control_queue_full")
-            return
+            return False
         self._control.append(packet)
+        return True
 
     def _queue_all(self, packets):
         for packet in packets:
@@ -651,8 +662,15 @@ class IPStack(object):
         window scaling nor SACK is offered: only timestamps have room to bring them back (syncookie.py).
         """
         if not self._synack_bucket.allow(now):
-            self.syncookies_limited += 1
-            return
+            # The limit leaves this SYN out.  If the client sends it again it is probably real (a flood
+            # hardly ever repeats a port and ISN): answer it then, from a budget of its own.
+            unanswered = self._unanswered
+            if unanswered is None:
+                unanswered = self._unanswered = UnansweredSyns(self.rng)
+            if not (unanswered.again(key, seg.seq) and self._retry_bucket.allow(now)):
+                unanswered.add(key, seg.seq)
+                self.syncookies_limited += 1
+                return
         tcp_config, mss_limit = self.new_connection_params()
         iss, _ = self.cookies.make(key, seg.seq, seg.mss, now)
         wscale = None
@@ -668,8 +686,8 @@ class IPStack(object):
             self._cookie_window(tcp_config, mss_limit), mss=our_mss(tcp_config, mss_limit),
             wscale=window_shift(tcp_config.rcvbuf) if wscale is not None else None, sack_permitted=sack,
             timestamp=timestamp)
-        self.syncookies_sent += 1
-        self._queue_control(self.ip.datagram(PROTO_TCP, synack.emit(ip.dst, ip.src), ip.dst, ip.src))
+        if self._queue_control(self.ip.datagram(PROTO_TCP, synack.emit(ip.dst, ip.src), ip.dst, ip.src)):
+            self.syncookies_sent += 1
 
     def _cookie_ack(self, key, ip, seg, now):
         """An ACK for no connection: if it returns a valid cookie, the flow is decided now.  False: no cookie.

@@ -15,25 +15,25 @@ the information from the SYN [...] The value is a cryptographic hash of the
 connection's addressing information, a coarse time counter, and some of the
 TCP options."  Our layout of the 32-bit ISS::
 
-     31  29 28                                            0
-    +------+-----------------------------------------------+
-    | tick |  (H(secret[tick], tuple, client ISN) + data)   |   mod 2**29
-    +------+-----------------------------------------------+
+     31  29 28 26 25                                       0
+    +------+-----+------------------------------------------+
+    | tick | mss | H(secret[tick], tuple, client ISN, mss)   |
+    +------+-----+------------------------------------------+
 
 * ``tick`` is ``now // TICK_MS`` (the caller's clock, integer ms), its low
   three bits in the cookie so that the check knows which secret to use;
+* ``mss`` is the index of the client's MSS in :data:`MSS_TABLE`, rounded
+  down, as Linux does (net/ipv4/syncookies.c encodes 2 bits the same way);
 * every tick has its own 128-bit secret, drawn from the injected ``rng`` when
   the first cookie of that tick is made and forgotten MAX_AGE ticks later:
   the secret rotates, and a cookie expires with its secret (after between
   MAX_AGE and MAX_AGE + 1 ticks; 32 to 48 s);
 * ``H`` is BLAKE2s keyed with that secret over the 4-tuple (client address
-  and port, server address and port) and the client's ISN, truncated to 29
-  bits;
-* ``data`` is the index of the client's MSS in :data:`MSS_TABLE` (3 bits),
-  rounded down, as Linux does (net/ipv4/syncookies.c encodes 2 bits the same
-  way).  The check recovers ``data`` as the low 29 bits minus ``H``: anything
-  beyond the table's size is a forgery or a stale cookie.  A blind guess is
-  accepted with probability 8 / 2**29 per valid tick.
+  and port, server address and port), the client's ISN and the MSS index,
+  truncated to 26 bits.  Linux adds its data to the hash, so that a cookie
+  with its low bits changed still decodes (to another MSS); here the index
+  is covered by the hash, and changing any bit of the cookie invalidates it.
+  A blind guess is accepted with probability 2**-26 per valid tick.
 
 The sequence number has no room for the rest of the SYN's options.  When the
 client offers timestamps (RFC 7323) and we answer with them, the low six bits
@@ -44,19 +44,32 @@ The TSval is rounded down, never up, so that the connection's later TSvals
 (its clock plus the same offset) never go backwards.  Without timestamps a
 cookie's SYN-ACK offers neither window scaling nor SACK: the connection works
 with a window of at most 64 KiB and recovers losses without SACK.
+
+Cookie SYN-ACKs are rate-limited (by the stack) so that a flood cannot fill
+the line with them; a flood that outruns the limit then also leaves most of
+the real client's SYNs unanswered.  But a real client sends the same SYN
+again (same port, same ISN) after its retransmission timeout, and a flood
+from random ports almost never does.  :class:`UnansweredSyns` remembers the
+SYNs the limit left unanswered, as 32-bit fingerprints in a fixed table
+(newer overwrite older), so that the stack can answer a SYN that comes back
+from a budget of its own.
 """
 
 import hashlib
 import struct
+from array import array
 
 from .seq import seq_sub
 
 TICK_MS = 16000              # the coarse time counter's period
 MAX_AGE = 2                  # ticks a cookie stays valid after the one it was made in
 TICK_BITS = 3                # low bits of the tick in the cookie
+MSS_BITS = 3                 # the MSS table's index
 _TICK_SHIFT = 32 - TICK_BITS
-_HASH_MASK = (1 << _TICK_SHIFT) - 1
+_MSS_SHIFT = _TICK_SHIFT - MSS_BITS
+_HASH_MASK = (1 << _MSS_SHIFT) - 1
 _TICK_MASK = (1 << TICK_BITS) - 1
+_MSS_MASK = (1 << MSS_BITS) - 1
 
 # The client's MSS, rounded down to one of these (8 entries: the 3 bits of ``data``).  From small PPP MTUs
 # (296 -> 256) through the default of RFC 9293 3.7.1 (536) to Ethernet's 1460; 64 is the floor of any MSS we use.
@@ -71,7 +84,7 @@ TS_SACK = 0x10
 TS_MARK = 0x20
 MAX_WSCALE = 14              # RFC 7323 2.3
 
-_PORTS_ISN = struct.Struct("!HHI")
+_PORTS_ISN_MSS = struct.Struct("!HHIB")
 
 
 def mss_index(mss):
@@ -136,8 +149,9 @@ class SynCookies(object):
             del self._secrets[old]
 
     @staticmethod
-    def _hash(secret, client_addr, client_port, server_addr, server_port, client_isn):
-        data = bytes(client_addr) + bytes(server_addr) + _PORTS_ISN.pack(client_port, server_port, client_isn)
+    def _hash(secret, flow, client_isn, index):
+        data = (bytes(flow.client_addr) + bytes(flow.server_addr)
+                + _PORTS_ISN_MSS.pack(flow.client_port, flow.server_port, client_isn, index))
         digest = hashlib.blake2s(data, key=secret, digest_size=4).digest()
         return int.from_bytes(digest, "big") & _HASH_MASK
 
@@ -160,9 +174,9 @@ class SynCookies(object):
             self._prune(tick)
             secret = self._secrets[tick] = self._rng.getrandbits(128).to_bytes(16, "big")
         index = mss_index(mss)
-        h = self._hash(secret, flow.client_addr, flow.client_port, flow.server_addr, flow.server_port, client_isn)
         self.made += 1
-        return ((tick & _TICK_MASK) << _TICK_SHIFT) | ((h + index) & _HASH_MASK), MSS_TABLE[index]
+        iss = ((tick & _TICK_MASK) << _TICK_SHIFT) | (index << _MSS_SHIFT) | self._hash(secret, flow, client_isn, index)
+        return iss, MSS_TABLE[index]
 
     def check(self, flow, client_isn, iss, now):
         """The client's MSS the cookie ``iss`` encodes, or None if ``iss`` is not a live cookie for this SYN."""
@@ -175,12 +189,43 @@ class SynCookies(object):
             secret = self._secrets.get(t)
             if secret is None:
                 break
-            h = self._hash(secret, flow.client_addr, flow.client_port, flow.server_addr, flow.server_port,
-                           client_isn)
-            index = ((iss & _HASH_MASK) - h) & _HASH_MASK
-            if index < len(MSS_TABLE):
+            index = (iss >> _MSS_SHIFT) & _MSS_MASK
+            if iss & _HASH_MASK == self._hash(secret, flow, client_isn, index):
                 self.valid += 1
                 return MSS_TABLE[index]
             break
         self.invalid += 1
         return None
+
+
+class UnansweredSyns(object):
+    """SYNs the SYN-ACK limit left unanswered, so that their retransmissions can be recognised. Fixed memory.
+
+    ``slots`` fingerprints (4 bytes each) of keyed hashes of the 4-tuple and the client's ISN; a new entry
+    overwrites whatever shared its slot, so a flood can only make this forget, never grow.
+    """
+
+    def __init__(self, rng, slots=16384):
+        self._key = rng.getrandbits(128).to_bytes(16, "big")
+        self._slots = array("I", bytes(4 * slots))
+        self._n = slots
+        self.recognised = 0
+
+    def _place(self, flow, client_isn):
+        data = (bytes(flow.client_addr) + bytes(flow.server_addr)
+                + _PORTS_ISN_MSS.pack(flow.client_port, flow.server_port, client_isn, 0))
+        digest = hashlib.blake2s(data, key=self._key, digest_size=8).digest()
+        return int.from_bytes(digest[:4], "big") % self._n, int.from_bytes(digest[4:], "big") | 1
+
+    def add(self, flow, client_isn):
+        slot, fingerprint = self._place(flow, client_isn)
+        self._slots[slot] = fingerprint
+
+    def again(self, flow, client_isn):
+        """Was this SYN left unanswered before?  (A match is forgotten: it is answered now.)"""
+        slot, fingerprint = self._place(flow, client_isn)
+        if self._slots[slot] != fingerprint:
+            return False
+        self._slots[slot] = 0
+        self.recognised += 1
+        return True
