@@ -473,16 +473,61 @@ def test_a_spoofed_flood_is_dropped_and_counted():
     assert stack.syncookies_sent == 0
 
 
-def test_limits_refuse_before_cookies():
+def test_under_cookies_the_limits_are_checked_when_the_handshake_completes():
     stack = make_stack(max_connections=2, max_per_service=2, max_half_open=1)
     wire = Wire(stack)
     fill_half_open(stack, 1)
     Client(stack, wire, 40030).handshake(0)
     assert len(of_type(stack.take_events(), ServiceConnect)) == 1
     third = Client(stack, wire, 40031)
-    third.syn(1)
+    assert third.handshake(1) is not None            # no reset for a SYN while cookies are on
     (rst,) = third.receive()
-    assert rst.flags == tcp.RST | tcp.ACK and stack.flows_refused == {F.CAUSE_LIMIT: 1}
+    assert rst.flags == tcp.RST and stack.flows_refused == {F.CAUSE_LIMIT: 1}
+    assert stack.half_open_evicted == 0              # nothing may go: one waits for its service, one is open
+
+
+def test_a_completed_handshake_evicts_a_flow_whose_syn_ack_was_never_answered():
+    stack = make_stack(max_connections=3, max_per_service=3, max_half_open=3)
+    wire = Wire(stack)
+    connects = fill_half_open(stack, 3)               # a flood's first SYNs, before the cookies took over
+    for c in connects:
+        stack.service_connected(c.conn_id, 10)       # their SYN-ACKs go out and are never answered
+    wire.pump()
+    real = Client(stack, wire, 40040)
+    for i in range(60):                              # SYNs faster than the rate: cookies from now on
+        stack.receive_packet(syn_packet(30100 + i), 20)
+    assert real.handshake(30) is not None            # too early: an ACK may still be on its way to them
+    (rst,) = real.receive()
+    assert rst.flags == tcp.RST and stack.half_open_evicted == 0
+    stack.handle_timer(1010)                         # their SYN-ACKs time out and go again: now they may go
+    wire.pump()
+    wire.by_port = {}
+    stack.take_events()
+    assert stack.policy.cookies_on(1010)
+    refused = dict(stack.flows_refused)              # the SYNs before the cookies met the limits
+    real = Client(stack, wire, 40040, isn=9000)
+    assert real.handshake(1020) is not None
+    events = stack.take_events()
+    (connect,) = of_type(events, ServiceConnect)
+    assert stack.half_open_evicted == 1
+    (close,) = [e for e in events if type(e).__name__ == "ServiceClose"]
+    assert close.conn_id == connects[0].conn_id and close.reason == "evicted"   # the oldest went
+    assert [seg.flags & tcp.RST for seg in wire.take(30000)] == [tcp.RST]
+    assert stack.flows_refused == refused and stack.connections_active == 3
+    # Established connections are never evicted: once every slot holds one, a completed handshake is refused.
+    stack.service_connected(connect.conn_id, 1030)
+    real.receive()
+    others = [Client(stack, wire, 40041 + i) for i in range(3)]
+    for c in others:
+        c.handshake(1040)
+    # Two more evictions; the third finds only completed handshakes (two of them still waiting for their
+    # service) and is refused.
+    assert stack.half_open_evicted == 3 and len(of_type(stack.take_events(), ServiceConnect)) == 2
+    assert stack.flows_refused[F.CAUSE_LIMIT] == refused[F.CAUSE_LIMIT] + 1
+    late = Client(stack, wire, 40050)
+    late.handshake(1050)
+    (rst,) = late.receive()
+    assert rst.flags == tcp.RST and stack.flows_refused[F.CAUSE_LIMIT] == refused[F.CAUSE_LIMIT] + 2
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -144,24 +144,22 @@ def test_ts_wscale_is_clamped_and_garbage_rejected():
 
 # -- unanswered SYNs -----------------------------------------------------------------------------------------------
 
-def test_an_unanswered_syn_is_recognised_once_when_it_comes_back():
+def test_an_unanswered_syn_is_recognised_when_it_comes_back():
     u = UnansweredSyns(random.Random(1), slots=1024)
-    u.add(FLOW, ISN)
+    assert not u.again(FLOW, ISN)                        # first seen: remembered
     assert not u.again(FLOW, ISN + 1) and not u.again(FLOW._replace(client_port=40001), ISN)
-    assert u.again(FLOW, ISN)
-    assert not u.again(FLOW, ISN)                        # answered now: forgotten
-    assert u.recognised == 1
+    assert u.again(FLOW, ISN) and u.again(FLOW, ISN)
+    assert u.recognised == 2
 
 
 def test_a_flood_makes_the_table_forget_but_never_grow():
     u = UnansweredSyns(random.Random(2), slots=1024)
     size = len(u._slots)
-    u.add(FLOW, ISN)
+    u.again(FLOW, ISN)
     for port in range(20000):
-        u.add(FLOW._replace(client_port=port % 65536 + 1 if port != 40000 else 1), port * 31)
+        u.again(FLOW._replace(client_port=port % 65536 + 1 if port != 40000 else 1), port * 31)
     assert len(u._slots) == size == 1024
-    assert not u.again(FLOW, ISN)                        # long overwritten
-    u.add(FLOW, ISN)
+    assert not u.again(FLOW, ISN)                        # long overwritten (and now remembered again)
     for port in range(50):                               # a short flood: most of the table survives
-        u.add(FLOW._replace(client_port=port + 1), port)
+        u.again(FLOW._replace(client_port=port + 1), port)
     assert u.again(FLOW, ISN)

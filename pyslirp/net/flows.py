@@ -47,9 +47,11 @@ Once cookies were needed, every SYN gets one for COOKIE_HOLD ms after the
 last sign of pressure: a full half-open table, an empty bucket, or SYNs
 arriving faster than the rate (a second bucket of the same size meters every
 SYN).  Otherwise a flood would take each token as it refills, ahead of the
-client's real handshakes.  Once the SYNs slow down below the rate, new flows
-are admitted statefully again (a cookie's connection has no window scaling or
-SACK unless timestamps carried them).
+client's real handshakes.  While cookies are on, the connection limits too
+are checked only when the handshake completes, so that a flood cannot make
+us answer each of its SYNs with a reset.  Once the SYNs slow down below the
+rate, new flows are admitted statefully again (a cookie's connection has no
+window scaling or SACK unless timestamps carried them).
 
 The allow-list (``[outbound] allow`` / ``deny``) is a list of
 :class:`AddressRule`: an address or CIDR, optionally ``:PORT`` or
@@ -297,17 +299,7 @@ class Policy(object):
             return route
         if flow.protocol == PROTO_TCP:
             cfg = self.config
-            if self.tcp_active >= cfg.max_connections:
-                return refused("max_connections (%d) reached" % cfg.max_connections, refusal.RESET, CAUSE_LIMIT)
-            label = route.label
-            if self.per_label.get(label, 0) >= cfg.max_per_service:
-                return refused("max_per_service (%d) reached for %s" % (cfg.max_per_service, label),
-                               refusal.RESET, CAUSE_LIMIT)
-            if handshake:
-                if not self.rate.allow(now):
-                    return refused("new_connections_per_second (%d) exceeded" % cfg.new_connections_per_second,
-                                   refusal.RESET, CAUSE_RATE)
-            else:
+            if not handshake:
                 # Every SYN is metered, cookie or not: the flood is over only when SYNs fit the rate again.
                 if not self._syn_meter.allow(now):
                     self._pressure(now)
@@ -315,12 +307,22 @@ class Policy(object):
                     self._pressure(now)
                     return deferred(route, "max_half_open (%d) reached" % cfg.max_half_open)
                 if self.cookies_on(now):
+                    # The limits are checked when the handshake completes: a flood must not make us
+                    # answer each of its SYNs with a reset, at the rate it likes.
                     return deferred(route, "SYNs faster than new_connections_per_second (%d)"
                                     % cfg.new_connections_per_second)
-                if not self.rate.allow(now):
-                    self._pressure(now)
-                    return deferred(route, "new_connections_per_second (%d) exceeded"
-                                    % cfg.new_connections_per_second)
+            if self.tcp_active >= cfg.max_connections:
+                return refused("max_connections (%d) reached" % cfg.max_connections, refusal.RESET, CAUSE_LIMIT)
+            label = route.label
+            if self.per_label.get(label, 0) >= cfg.max_per_service:
+                return refused("max_per_service (%d) reached for %s" % (cfg.max_per_service, label),
+                               refusal.RESET, CAUSE_LIMIT)
+            if not self.rate.allow(now):
+                if handshake:
+                    return refused("new_connections_per_second (%d) exceeded" % cfg.new_connections_per_second,
+                                   refusal.RESET, CAUSE_RATE)
+                self._pressure(now)
+                return deferred(route, "new_connections_per_second (%d) exceeded" % cfg.new_connections_per_second)
             self.half_open += 1
             self.tcp_active += 1
             self.per_label[label] = self.per_label.get(label, 0) + 1
@@ -330,6 +332,11 @@ class Policy(object):
                                refusal.PORT_UNREACHABLE, CAUSE_LIMIT)
             self.udp_active += 1
         return route
+
+    def label(self, flow):
+        """The label (per-service limit) a TCP flow would count under, or None if it would be refused."""
+        route = self._route(flow)
+        return route.label if route.admitted else None
 
     def connect_done(self):
         """An admitted TCP flow no longer waits for its service connect (connected, failed or gone)."""

@@ -307,6 +307,7 @@ class IPStack(object):
         self.syncookies_limited = 0     # ... not answered: the SYN-ACK rate limit (the client retransmits)
         self.syncookies_accepted = 0    # handshakes completed with a valid cookie (then admitted or refused)
         self.syncookies_invalid = 0     # ACKs for no connection with no valid cookie (answered with RST)
+        self.half_open_evicted = 0      # flows whose SYN-ACK was never acknowledged, reset to make room
 
     # -- configuration ------------------------------------------------------------
 
@@ -668,7 +669,6 @@ class IPStack(object):
             if unanswered is None:
                 unanswered = self._unanswered = UnansweredSyns(self.rng)
             if not (unanswered.again(key, seg.seq) and self._retry_bucket.allow(now)):
-                unanswered.add(key, seg.seq)
                 self.syncookies_limited += 1
                 return
         tcp_config, mss_limit = self.new_connection_params()
@@ -689,6 +689,34 @@ class IPStack(object):
         if self._queue_control(self.ip.datagram(PROTO_TCP, synack.emit(ip.dst, ip.src), ip.dst, ip.src)):
             self.syncookies_sent += 1
 
+    def _evict_unanswered(self, key, now):
+        """Make room for a client that completed its handshake: reset the oldest flow that has not.
+
+        Only a flow whose SYN-ACK went unanswered for a whole retransmission timeout qualifies (a flood's
+        SYNs that came in before the cookies took over hold their service sockets until the SYN-ACK gives
+        up; a real client answers within a round trip); one of the same service first.  Connections that
+        completed their handshake are never evicted.
+        """
+        label = self.policy.label(key)
+        oldest = same = None
+        for rec in self._conns.values():
+            conn = rec.conn
+            if rec.accepted and conn.state is TcpState.SYN_RECEIVED and conn.retransmits:
+                if oldest is None or rec.opened_at < oldest.opened_at:
+                    oldest = rec
+                if rec.route.label == label and (same is None or rec.opened_at < same.opened_at):
+                    same = rec
+        victim = same or oldest
+        if victim is None:
+            return False
+        self.half_open_evicted += 1
+        victim.reason = "evicted"
+        victim.conn.abort(now)
+        self._after(victim, now)
+        if not victim.gone:
+            self._finish(victim, now)
+        return True
+
     def _cookie_ack(self, key, ip, seg, now):
         """An ACK for no connection: if it returns a valid cookie, the flow is decided now.  False: no cookie.
 
@@ -704,6 +732,8 @@ class IPStack(object):
             return False
         self.syncookies_accepted += 1
         route = self.policy.decide(key, now, handshake=True)
+        if route.cause == F.CAUSE_LIMIT and self._evict_unanswered(key, now):
+            route = self.policy.decide(key, now, handshake=True)
         if not route.admitted:
             self._refuse(key, route, ip, seg)
             return True

@@ -217,15 +217,11 @@ class UnansweredSyns(object):
         digest = hashlib.blake2s(data, key=self._key, digest_size=8).digest()
         return int.from_bytes(digest[:4], "big") % self._n, int.from_bytes(digest[4:], "big") | 1
 
-    def add(self, flow, client_isn):
-        slot, fingerprint = self._place(flow, client_isn)
-        self._slots[slot] = fingerprint
-
     def again(self, flow, client_isn):
-        """Was this SYN left unanswered before?  (A match is forgotten: it is answered now.)"""
+        """Was this SYN left unanswered before?  It is remembered from now on either way (one hash per SYN)."""
         slot, fingerprint = self._place(flow, client_isn)
-        if self._slots[slot] != fingerprint:
-            return False
-        self._slots[slot] = 0
-        self.recognised += 1
-        return True
+        if self._slots[slot] == fingerprint:
+            self.recognised += 1
+            return True
+        self._slots[slot] = fingerprint
+        return False
