@@ -30,6 +30,23 @@ the client sees the refusal at once and never a connection that opens and
 drops).  Segments for no connection are answered by ``rst_for`` (RFC 9293
 3.10.7.1) from the address they were sent to.
 
+SYN floods.  When the policy defers a SYN (its half-open table is full, or
+SYNs come faster than its rate; see net/flows.py) the SYN is answered
+statelessly: a SYN-ACK whose ISS is a SYN cookie (net/tcp/syncookie.py),
+within a rate limit of SYNACK_LINE_SHARE of the line's measured rate, and
+nothing is kept.  A SYN the limit left out is remembered in a fixed table;
+if the client sends it again (a real client's retransmission; a flood from
+changing ports hardly ever repeats one) it is answered from a budget of its
+own.  An ACK for no connection that returns a valid cookie is decided again
+(``handshake=True``): admitted, the connection is built in the state after
+the handshake (``TcpConnection.from_cookie``) and fed the ACK, and only then
+does ``ServiceConnect`` go out; the client's data waits in the receive
+window (not read, so not sent to the service) until ``service_connected``,
+and a connect that fails resets the established connection.  A completed
+handshake that finds a limit full first evicts the oldest flow whose
+SYN-ACK went unanswered for a retransmission timeout; connections that
+completed their handshake are never evicted.
+
 Connection events become service events (pyslirp/net/events.py):
 ``readable`` -> ``ServiceSend``; ``writable`` -> ``ServiceReadCredit``;
 ``peer_fin`` -> ``ServiceShutdown``; ``reset``/``timeout`` ->

@@ -229,3 +229,48 @@ def percentile(values, q):
     lo = int(k)
     hi = min(lo + 1, len(values) - 1)
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def _probes(p):
+    probes = p["probes"]
+    ok = [r for r in probes if r["ok"]]
+    worst = max((r.get("connect_s", 0) for r in ok), default=0.0)
+    return "%d/%d ok (slowest connect %.2f s)" % (len(ok), len(probes), worst)
+
+
+def _rtts(held, window):
+    if not window:
+        return "n/a"
+    rtts, errors = held_rtts(held, window)
+    if not rtts:
+        return "no samples, %d errors" % errors
+    return "median %.0f ms, p90 %.0f ms, max %.0f ms (%d samples, %d errors)" % (
+        1000 * percentile(rtts, 0.5), 1000 * percentile(rtts, 0.9), 1000 * max(rtts), len(rtts), errors)
+
+
+def summary(fig):
+    """The figures as a few lines of text."""
+    c = fig["counters"]
+    held = fig["held"]
+    before = [r for t, r in held["rtts"] if r is not None
+              and fig["phases"]["syn"]["window"] and t < fig["phases"]["syn"]["window"][0]]
+    lines = ["pyslirp peak RSS %.1f MB, still running: %s; held session before the floods: %s" % (
+        (fig["rss_peak_kib"] or 0) / 1024.0, fig["pyslirp_running"],
+        "median %.0f ms" % (1000 * percentile(before, 0.5)) if before else "n/a")]
+    for name, title in (("syn", "SYN flood (hping3 --flood -S -p 22 -s 20000)"),
+                        ("spoof", "spoofed flood (hping3 --flood -S -p 22 --rand-source)")):
+        p = fig["phases"][name]
+        lines.append("%s: %s SYNs sent in %.1f s, pyslirp CPU %s" % (
+            title, p["hping_sent"], p["seconds"] or 0, "%.0f%%" % (100 * p["cpu"]) if p["cpu"] is not None else "?"))
+        lines.append("  new connections during: %s; after: %s" % (_probes(p["during"]), _probes(p["after"])))
+        lines.append("  held session during: %s" % _rtts(held, p["window"]))
+        lines.append("  connections the service accepted during the phase: %s" % p["accepts"])
+    b = fig["phases"]["burst"]
+    lines.append("300 connections at once: %s in %.1f s; the service accepted %s in %.1f s; after: %s" % (
+        ", ".join("%s %d" % kv for kv in sorted(b["result"]["outcomes"].items())), b["result"]["seconds"],
+        b["accepts"], b["seconds"] or 0, _probes(b["after"])))
+    lines.append("counters: syncookies sent %d, limited %d, accepted %d, invalid %d; half-open evicted %d; "
+                 "ip_bad_src %d; refused: limit %d, rate %d" % tuple(counter(c, n) for n in (
+                     "syncookies_sent", "syncookies_limited", "syncookies_accepted", "syncookies_invalid",
+                     "half_open_evicted", "ip_bad_src", "flows_refused.limit", "flows_refused.rate")))
+    return "\n".join(lines)

@@ -91,7 +91,11 @@ Theory of operation
 -------------------
 Passive open only: a client SYN creates the connection in SYN_RECEIVED; the
 SYN-ACK goes out once the service socket has connected (accept), so a dead
-service means an honest RST instead of an open-then-reset connection.
+service means an honest RST instead of an open-then-reset connection.  The
+exception is a SYN the stack answered statelessly with a SYN cookie
+(net/tcp/syncookie.py): ``from_cookie`` creates that connection, already
+accepted and with its SYN-ACK counted as sent, from the SYN the cookie
+recorded, and the client's ACK then completes the handshake as usual.
 
 Input (``receive``) follows RFC 9293 3.10.7.4 in order: RST validation (RFC
 5961 3.2: exact RCV.NXT resets, in-window gets a challenge ACK, anything else
