@@ -237,7 +237,7 @@ def _dns(cfg):
         return [], None
     from pyslirp.runtime.connectors import Connector
     from pyslirp.runtime.dnsrelay import DnsRelay, upstream_servers
-    servers = upstream_servers(config.dns_upstreams(cfg))
+    servers = upstream_servers(cfg.dns.upstream)    # the configured "ADDR" / "ADDR:PORT" strings
     proxy = cfg.proxy if cfg.outbound.via == "proxy" and cfg.proxy.type != "none" else None
 
     def factory(post):

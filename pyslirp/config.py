@@ -94,6 +94,7 @@ class PPPConfig:
     negotiate_magic: bool = True
     require_auth: str = "none"      # "none" | "pap" | "chap"
     secrets: Tuple[Tuple[str, str], ...] = ()
+    resume_grace: int = 120         # seconds TCP sessions wait for the client after a lost line; 0 = none
 
 
 @dataclass(frozen=True)
@@ -371,6 +372,7 @@ SECTIONS = (
         "negotiate_magic": v_bool,
         "require_auth": v_enum("none", "pap", "chap"),
         "secrets": v_secrets,
+        "resume_grace": v_int(0, 86400),
     }),
     ("tcp", TcpConfig, {
         "rcvbuf": v_int(4096, 16 << 20),
@@ -685,19 +687,13 @@ def to_toml(cfg, mask_secrets=True):
     if not cfg.services:
         lines.append("[services]")
         lines.append("")
-    for svc in cfg.services:
-        lines.append("[services.%d]" % svc.port)
-        lines.append("host = %s" % _toml_value(svc.host))
-        lines.append("port = %d" % svc.target_port)
-        lines.append("name = %s" % _toml_value(svc.name))
-        lines.append("via = %s" % _toml_value(svc.via))
-        lines.append("")
-    for svc in cfg.udp_services:
-        lines.append("[udp_services.%d]" % svc.port)
-        lines.append("host = %s" % _toml_value(svc.host))
-        lines.append("port = %d" % svc.target_port)
-        lines.append("name = %s" % _toml_value(svc.name))
-        lines.append("")
+    for section, services, keys in (("services", cfg.services, SERVICE_KEYS),
+                                     ("udp_services", cfg.udp_services, UDP_SERVICE_KEYS)):
+        for svc in services:
+            values = {"host": svc.host, "port": svc.target_port, "name": svc.name, "via": svc.via}
+            lines.append("[%s.%d]" % (section, svc.port))
+            lines.extend("%s = %s" % (key, _toml_value(values[key])) for key in keys)
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -715,11 +711,6 @@ def link_config(cfg):
         lcp_echo_interval=ppp.lcp_echo_interval, lcp_echo_failure=ppp.lcp_echo_failure,
         max_configure=ppp.max_configure_requests, restart_interval=ppp.restart_interval,
         negotiate_magic=ppp.negotiate_magic, require_auth=ppp.require_auth, secrets=tuple(ppp.secrets))
-
-
-def dns_upstreams(cfg):
-    """The configured upstream DNS servers as [(addr, port)] (empty: the caller reads /etc/resolv.conf)."""
-    return [parse_hostport(text, 53) for text in cfg.dns.upstream]
 
 
 def stack_config(cfg, host_addresses=(), dns_upstream=()):
@@ -742,4 +733,5 @@ def stack_config(cfg, host_addresses=(), dns_upstream=()):
         dns_forwarder=cfg.dns.forwarder, dns_tcp_upstream=tuple(dns_upstream[0]) if dns_upstream else None,
         max_connections=cfg.limits.max_connections, max_per_service=cfg.limits.max_per_service,
         max_udp_flows=cfg.limits.max_udp_flows, new_connections_per_second=cfg.limits.new_connections_per_second,
-        burst=cfg.limits.burst, max_half_open=cfg.limits.max_half_open, udp_timeout=out.udp_timeout, tcp=cfg.tcp)
+        burst=cfg.limits.burst, max_half_open=cfg.limits.max_half_open, udp_timeout=out.udp_timeout,
+        resume_grace=cfg.ppp.resume_grace, tcp=cfg.tcp)

@@ -10,8 +10,21 @@ and IPCP); the link's events are dispatched at once:
   of ours and the peer's MRU, RFC 1661 section 6.1: the peer's MRU is what we
   may send) and reported to the runtime;
 * ``LinkDown``    -> ``IPStack.reset`` (every connection dropped, its service
-  socket closed through ``ServiceClose`` events), logged, reported;
+  socket closed through ``ServiceClose`` events) when the session was closed
+  administratively, else ``IPStack.suspend`` (see below); logged, reported;
 * anything else (``AuthResult``) -> reported to the runtime.
+
+Sessions that survive the line: when the link goes down without an
+administrative close (``LinkDown.administrative`` false: the client's pppd
+killed and restarted, the line cut, the adapter unplugged, an echo timeout)
+the stack keeps every TCP flow and its service socket for ``resume_grace``
+seconds (``StackConfig.resume_grace``; 0 resets at once, as before).  At the
+next ``LinkUp`` the flows carry on (``IPStack.resume``) if the new session is
+the same client: the same addresses and, with authentication, the same user;
+otherwise they are reset at once (``resumes_refused``).  The grace timer
+itself is the stack's: past it the stack resets by itself.  Our own close
+(SIGTERM) and the client's Terminate-Request reset at once, suspended or not;
+``lower_down`` (the serial device gone) is a lost line like any other.
 
 Output is pulled, never pushed: :meth:`take_serial_output` first takes the
 link's own framed control frames (LCP/IPCP/auth, urgent), then asks the stack
@@ -43,7 +56,7 @@ stack; at ``LinkUp`` the stack is told the session MTU (``IPStack.set_mtu``).
 import logging
 
 from pyslirp.net import refusal
-from pyslirp.ppp.events import IPReceived, LinkDown, LinkUp
+from pyslirp.ppp.events import AuthResult, IPReceived, LinkDown, LinkUp
 from pyslirp.timers import earliest
 
 log = logging.getLogger("pyslirp.core")
@@ -70,7 +83,9 @@ class Core(object):
         self.session_mtu = None
         self.line_rate = None
         self.sessions = 0
-        self.counters = {"ip_out_link_down": 0}
+        self.counters = {"ip_out_link_down": 0, "resumes_refused": 0}
+        self._auth_user = None          # the user authenticated in the current LCP session
+        self._session = None            # (local_ip, remote_ip, user) of the session whose flows the stack holds
 
     # -- the line -------------------------------------------------------------
 
@@ -81,11 +96,10 @@ class Core(object):
         self._pump(now)
 
     def lower_down(self, now):
-        """The serial line is gone (device unplugged, EOF)."""
+        """The serial line is gone (device unplugged, EOF): a lost line (the flows may be kept)."""
         self._now = now
         self.link.lower_down(now)
         self._pump(now)
-        self._reset_stack(now)
 
     def receive_serial(self, data, now):
         """Raw bytes read from the serial line."""
@@ -236,10 +250,11 @@ class Core(object):
                     self._link_up(event, now)
                     self._events.append(event)
                 elif isinstance(event, LinkDown):
-                    log.debug("link down: %s", event.reason)
-                    self._reset_stack(now)
+                    self._link_down(event, now)
                     self._events.append(event)
                 else:
+                    if isinstance(event, AuthResult) and event.ok:
+                        self._auth_user = event.user
                     self._events.append(event)
 
     def _link_up(self, event, now):
@@ -251,10 +266,29 @@ class Core(object):
         if mtu != self._stack_mtu:
             self.stack.set_mtu(mtu)
             self._stack_mtu = mtu
+        session = (event.local_ip, event.remote_ip, self._auth_user)
+        if self.stack.suspended:
+            if session == self._session:
+                self.stack.resume(now)
+            else:
+                self.counters["resumes_refused"] += 1
+                log.info("the new session is not the one that was lost (%s): closing its connections",
+                         "another user" if session[:2] == self._session[:2] else "other addresses")
+                self.stack.reset(now, "link down, another client")
+        self._session = session
         self._stack_live = True
         log.debug("session up: %s <-> %s, mtu %d", event.local_ip, event.remote_ip, mtu)
 
+    def _link_down(self, event, now):
+        log.debug("link down: %s%s", event.reason, " (administrative)" if event.administrative else "")
+        self._auth_user = None
+        if event.administrative:
+            self._reset_stack(now)
+        elif self._stack_live:
+            self._stack_live = False
+            self.stack.suspend(now)
+
     def _reset_stack(self, now):
-        if self._stack_live:
+        if self._stack_live or self.stack.suspended:
             self._stack_live = False
             self.stack.reset(now)

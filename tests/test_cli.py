@@ -241,3 +241,13 @@ def test_proxy_password_comes_from_the_environment_and_is_masked(tmp_path):
     raw = toml.loads(out)
     assert raw["proxy"]["type"] == "http" and raw["proxy"]["password"] == config.MASK
     assert "s3cret-pw" not in out + err
+
+
+def test_dns_forwarder_uses_the_configured_upstream_servers():
+    from pyslirp import cli
+    cfg = config.validate({"dns": {"forwarder": True, "upstream": ["127.0.0.1:5353", "192.0.2.1"]}})
+    servers, factory = cli._dns(cfg)
+    assert servers == [("127.0.0.1", 5353), ("192.0.2.1", 53)] and factory is not None
+    stack = config.stack_config(cfg, dns_upstream=servers)
+    assert stack.dns_forwarder and stack.dns_tcp_upstream == ("127.0.0.1", 5353)
+    assert cli._dns(config.validate({})) == ([], None)

@@ -64,6 +64,7 @@ class FakeStack(object):
         self.events = []
         self.packets = []
         self.timer = None
+        self.suspended = False
 
     def receive_packet(self, packet, now):
         self.calls.append(("receive_packet", packet, now))
@@ -84,8 +85,18 @@ class FakeStack(object):
         out, self.events = self.events, []
         return out
 
-    def reset(self, now):
+    def reset(self, now, reason="link down"):
         self.calls.append(("reset", now))
+        self.suspended = False
+
+    def suspend(self, now):
+        self.calls.append(("suspend", now))
+        self.suspended = True
+        return True
+
+    def resume(self, now):
+        self.calls.append(("resume", now))
+        self.suspended = False
 
     def set_mtu(self, mtu):
         self.calls.append(("set_mtu", mtu))
@@ -119,7 +130,7 @@ def test_ip_packets_reach_the_stack_only_while_the_link_is_up():
     assert core.take_events() == []
 
 
-def test_link_down_resets_the_stack_and_is_reported():
+def test_a_lost_line_suspends_the_stack_and_is_reported():
     core, link, stack = make()
     link.events = [LinkUp("10.0.0.1", "10.0.0.2", 1500)]
     core.lower_up(1)
@@ -129,23 +140,61 @@ def test_link_down_resets_the_stack_and_is_reported():
     assert ("handle_timer", 7) not in link.calls
     link.timer = 7              # ...until one is due
     core.handle_timer(7)
-    assert ("reset", 7) in stack.calls
+    assert ("suspend", 7) in stack.calls and ("reset", 7) not in stack.calls
     assert core.take_events() == [LinkUp("10.0.0.1", "10.0.0.2", 1500), LinkDown("echo timeout"),
                                   AuthResult("bob", False, "pap"), "service-event"]
 
 
-def test_lower_down_and_close_reset_the_stack_once():
+def test_an_administrative_link_down_resets_the_stack():
     core, link, stack = make()
     link.events = [LinkUp("10.0.0.1", "10.0.0.2", 1500)]
     core.lower_up(1)
+    link.events = [LinkDown("peer requested termination", administrative=True)]
+    core.receive_serial(b"", 2)
+    assert [c for c in stack.calls if c[0] in ("reset", "suspend")] == [("reset", 2)]
+
+
+def test_the_same_client_resumes_another_one_resets():
+    core, link, stack = make()
+    link.events = [LinkUp("10.0.0.1", "10.0.0.2", 1500)]
+    core.lower_up(1)
+    link.events = [LinkDown("peer renegotiates"), LinkUp("10.0.0.1", "10.0.0.2", 1500)]
+    core.receive_serial(b"", 2)
+    assert [c for c in stack.calls if c[0] in ("reset", "suspend", "resume")] == [("suspend", 2), ("resume", 2)]
+    del stack.calls[:]
+    link.events = [LinkDown("echo timeout"), LinkUp("10.0.0.1", "10.0.0.3", 1500)]
+    core.receive_serial(b"", 3)
+    assert [c for c in stack.calls if c[0] in ("reset", "suspend", "resume")] == [("suspend", 3), ("reset", 3)]
+    assert core.counters["resumes_refused"] == 1
+
+
+def test_resumption_needs_the_same_user():
+    core, link, stack = make()
+    link.events = [AuthResult("alice", True, "pap"), LinkUp("10.0.0.1", "10.0.0.2", 1500)]
+    core.lower_up(1)
+    link.events = [LinkDown("echo timeout"), AuthResult("alice", True, "pap"), LinkUp("10.0.0.1", "10.0.0.2", 1500)]
+    core.receive_serial(b"", 2)
+    assert ("resume", 2) in stack.calls
+    link.events = [LinkDown("echo timeout"), AuthResult("bob", True, "pap"), LinkUp("10.0.0.1", "10.0.0.2", 1500)]
+    core.receive_serial(b"", 3)
+    assert ("reset", 3) in stack.calls and ("resume", 3) not in stack.calls
+
+
+def test_lower_down_suspends_close_resets_even_while_suspended():
+    core, link, stack = make()
+    link.events = [LinkUp("10.0.0.1", "10.0.0.2", 1500)]
+    core.lower_up(1)
+    link.events = [LinkDown("lower layer down")]
     core.lower_down(2)
     core.lower_down(3)
-    assert [c for c in stack.calls if c[0] == "reset"] == [("reset", 2)]
-    link.events = [LinkUp("10.0.0.1", "10.0.0.2", 1500)]
-    core.lower_up(4)
+    assert [c for c in stack.calls if c[0] in ("reset", "suspend")] == [("suspend", 2)]
     core.close(5)
     assert link.calls[-1] == ("close", "pyslirp is shutting down", 5)
-    assert [c for c in stack.calls if c[0] == "reset"] == [("reset", 2), ("reset", 5)]
+    assert [c for c in stack.calls if c[0] in ("reset", "suspend")] == [("suspend", 2), ("reset", 5)]
+    link.events = [LinkUp("10.0.0.1", "10.0.0.2", 1500)]
+    core.lower_up(6)
+    core.close(7)
+    assert [c for c in stack.calls if c[0] == "reset"] == [("reset", 5), ("reset", 7)]
 
 
 def test_session_mtu_is_the_smaller_of_ours_and_the_peers():
@@ -157,7 +206,7 @@ def test_session_mtu_is_the_smaller_of_ours_and_the_peers():
     link.events = [LinkDown("x"), LinkUp("10.0.0.1", "10.0.0.2", 9000)]
     core.receive_serial(b"", 2)
     assert core.session_mtu == 1500
-    assert stack.calls[-1] == ("set_mtu", 1500)
+    assert [c for c in stack.calls if c[0] == "set_mtu"][-1] == ("set_mtu", 1500)
     link.events = [LinkDown("x"), LinkUp("10.0.0.1", "10.0.0.2", 1500)]
     before = len(stack.calls)
     core.receive_serial(b"", 3)

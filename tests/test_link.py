@@ -668,7 +668,7 @@ def test_terminate_from_peer_then_new_session_from_scratch():
     client.send_cp(LCP, 5, 9, b"User request")
     client.collect()
     assert client.of(LCP, 6)[-1][:2] == (6, 9)
-    assert events_of(client, LinkDown) == [LinkDown("peer requested termination")]
+    assert events_of(client, LinkDown) == [LinkDown("peer requested termination", administrative=True)]
     assert not link.is_up and link.phase == Phase.TERMINATE
     client.advance(client.now + 3000)
     assert link.lcp.state == State.STOPPED
@@ -690,7 +690,7 @@ def test_close_sends_terminate_request_retransmits_then_dead():
     client.collect()
     assert [c[0] for c in client.of(LCP, 5)] == [5]
     assert client.of(LCP, 5)[0][2] == b"shutting down"
-    assert events_of(client, LinkDown) == [LinkDown("shutting down")]
+    assert events_of(client, LinkDown) == [LinkDown("shutting down", administrative=True)]
     assert not link.is_dead
     client.advance(3999)
     assert len(client.of(LCP, 5)) == 1

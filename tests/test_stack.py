@@ -910,3 +910,55 @@ def test_fuzzed_traffic_never_raises_and_output_stays_valid():
     assert stack.echo_replies > 0 and stack.unreachable_sent > 0
     stack.reset(now)
     assert stack.connections_active == 0 and stack.get_timer() is None
+
+
+# -- outbound: addresses the policy decides -----------------------------------------------------------------------
+
+def outside_syn(dst, port, sport=40400):
+    seg = TcpRepr(sport, port, 1000, 0, tcp.SYN, 65535, mss=1460)
+    return ip_packet(PROTO_TCP, seg.emit(REMOTE, dst), dst=dst)
+
+
+def test_loopback_destinations_reach_the_policy():
+    # 127.0.0.1 named in outbound.allow is a NAT target like any other (the IP layer must not drop it), and under a
+    # catch-all it is refused at once with administratively prohibited, not silently dropped.
+    from pyslirp.net.flows import AddressRule, OutboundPolicy
+    loopback = ip_bytes("127.0.0.1")
+    allow = tuple(AddressRule.parse(t) for t in ("0.0.0.0/0", "127.0.0.1/32:5000"))
+    stack = make_stack(outbound=OutboundPolicy(enabled=True, allow=allow))
+    stack.receive_packet(outside_syn(loopback, 5000), 0)
+    (connect,) = of_type(stack.take_events(), ServiceConnect)
+    assert connect.flow == FlowKey(PROTO_TCP, REMOTE, 40400, loopback, 5000)
+    assert (connect.route.kind, connect.route.host, connect.route.port) == ("nat", "127.0.0.1", 5000)
+    packet = outside_syn(loopback, 5001, sport=40401)
+    stack.receive_packet(packet, 0)
+    (msg,) = icmp_out(stack)
+    assert (msg.type, msg.code) == (icmp.TYPE_DEST_UNREACHABLE, icmp.CODE_ADMIN_PROHIBITED)
+    assert msg.payload == packet
+    assert "ip_broadcast" not in stack.counters and stack.flows_refused == {"policy": 1}
+    # 0.0.0.0 is no NAT target either way, but it is the policy that says so.
+    stack.receive_packet(outside_syn(ip_bytes("0.0.0.0"), 80, sport=40402), 0)
+    (msg,) = icmp_out(stack)
+    assert msg.code == icmp.CODE_ADMIN_PROHIBITED and stack.flows_refused == {"policy": 2}
+
+
+def test_a_deny_entry_with_ports_does_not_refuse_ping():
+    from pyslirp.net.events import PingOpen
+    from pyslirp.net.flows import AddressRule, OutboundPolicy
+    outside = ip_bytes("198.18.0.2")
+
+    def stack_with(deny):
+        return make_stack(outbound=OutboundPolicy(enabled=True, allow=(AddressRule.parse("198.18.0.2/32:7000-7099"),),
+                                                  deny=(AddressRule.parse(deny),)))
+
+    stack = stack_with("198.18.0.2/32:7011")
+    stack.receive_packet(ping_packet(dst=outside), 0)
+    (opened,) = of_type(stack.take_events(), PingOpen)
+    assert (opened.route.kind, opened.route.host) == ("nat", "198.18.0.2") and stack.flows_refused == {}
+    stack.receive_packet(outside_syn(outside, 7011), 0)          # ...while the port it names stays refused
+    (msg,) = icmp_out(stack)
+    assert msg.code == icmp.CODE_ADMIN_PROHIBITED and stack.flows_refused == {"policy": 1}
+    stack = stack_with("198.18.0.2")                             # a deny for every port refuses ping too
+    stack.receive_packet(ping_packet(dst=outside), 0)
+    (msg,) = icmp_out(stack)
+    assert msg.code == icmp.CODE_ADMIN_PROHIBITED and stack.take_events() == []

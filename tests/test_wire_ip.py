@@ -195,6 +195,11 @@ def test_address_helpers():
     assert ipv4.is_unicast(b"\x0a\x00\x00\x02")
     for addr in ("0.0.0.0", "127.0.0.1", "224.0.0.1", "239.255.255.250", "240.0.0.1", "255.255.255.255"):
         assert not ipv4.is_unicast(ipv4.ip_bytes(addr)), addr
+    # Only multicast and class E (with the limited broadcast) name no single host; loopback and 0/8 do.
+    for addr in ("224.0.0.1", "239.255.255.250", "240.0.0.1", "255.255.255.255"):
+        assert ipv4.is_multicast_or_broadcast(ipv4.ip_bytes(addr)), addr
+    for addr in ("0.0.0.0", "127.0.0.1", "10.0.0.2", "223.255.255.255"):
+        assert not ipv4.is_multicast_or_broadcast(ipv4.ip_bytes(addr)), addr
 
 
 # -- every parse error -------------------------------------------------------------------------------------------

@@ -63,7 +63,8 @@ as ``0.0.0.0/0`` does not count): ``0.0.0.0/8``, ``127.0.0.0/8``,
 ``169.254.0.0/16`` (cloud metadata services live there), ``224.0.0.0/4``,
 ``255.255.255.255`` and each of the host's own interface addresses (given by
 the runtime, which can see them).  ICMP echo is allowed to any address some
-rule covers, whatever its ports.
+rule covers, whatever its ports, and refused only by a ``deny`` entry for all
+ports of its address.
 """
 
 import ipaddress
@@ -402,7 +403,9 @@ class Policy(object):
                                refusal.ADMIN_PROHIBITED)
             return refused("not in outbound.allow", refusal.ADMIN_PROHIBITED)
         for rule in out.deny:
-            if rule.matches(addr, port):
+            # A deny entry with ports refuses those ports only; ICMP echo has none, so only an entry for all
+            # ports (an address or network alone) refuses it.
+            if rule.matches(addr, port) and (port is not None or rule.all_ports):
                 return refused("outbound.deny %s" % rule.text, refusal.ADMIN_PROHIBITED)
         via = out.via
         if flow.protocol != PROTO_TCP and via != VIA_DIRECT:

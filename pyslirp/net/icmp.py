@@ -16,7 +16,7 @@ how many errors leave per second.
 
 from pyslirp.net.ratelimit import TokenBucket
 from pyslirp.wire import icmp as icmp_wire
-from pyslirp.wire.ipv4 import PROTO_ICMP, is_unicast
+from pyslirp.wire.ipv4 import PROTO_ICMP, is_multicast_or_broadcast, is_unicast
 
 __all__ = ["ERROR_BURST", "ERROR_RATE", "TokenBucket", "echo_reply", "may_send_error", "quote"]
 
@@ -39,7 +39,7 @@ def may_send_error(ip):
     """
     if ip.frag_offset != 0:
         return False, "non_initial_fragment"
-    if not is_unicast(ip.dst) or ip.dst == b"\xff\xff\xff\xff":
+    if is_multicast_or_broadcast(ip.dst):
         return False, "to_broadcast"
     if not is_unicast(ip.src):
         return False, "from_non_unicast"

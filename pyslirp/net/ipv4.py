@@ -14,9 +14,11 @@ stack's ``drop`` callback:
    checksum; link padding trimmed, options skipped by IHL);
 2. the source must be the client (RFC 1122 3.2.1.3: only the peer lives on a
    point-to-point link; anything else is spoofed and dropped);
-3. the destination must be a unicast address (broadcast and multicast are
-   dropped: nothing here answers them); which unicast addresses are served
-   is the flow policy's business, not this layer's;
+3. the destination must not be a broadcast or multicast address (dropped:
+   nothing here answers them); which other addresses are served --
+   loopback and 0/8 included, which net/flows.py refuses unless
+   ``outbound.allow`` names them -- is the flow policy's business, not this
+   layer's;
 4. fragments are reassembled (net/frag.py, bounded, 30 s timeout).
 
 Output: :meth:`datagram` wraps a transport payload into one IPv4 datagram
@@ -40,7 +42,7 @@ from pyslirp.net.ratelimit import TokenBucket
 from pyslirp.wire import icmp as icmp_wire
 from pyslirp.wire.errors import ParseError
 from pyslirp.wire.icmp import IcmpRepr
-from pyslirp.wire.ipv4 import PROTO_ICMP, Ipv4Repr, ip_bytes, ip_str, is_unicast
+from pyslirp.wire.ipv4 import PROTO_ICMP, Ipv4Repr, ip_bytes, ip_str, is_multicast_or_broadcast
 
 TTL = 64
 HEADER_LEN = 20                 # IPv4 header without options
@@ -75,7 +77,7 @@ class Ipv4Layer(object):
         if ip.src != self.remote:
             self._drop("ip_bad_src", ip_str(ip.src))
             return None
-        if not is_unicast(ip.dst):
+        if is_multicast_or_broadcast(ip.dst):
             self._drop("ip_broadcast", ip_str(ip.dst))
             return None
         if ip.is_fragment:

@@ -111,8 +111,20 @@ INTERACTIVE_HOLD ms; it ends INTERACTIVE_HOLD ms after the last one.  Bulk
 efficiency wants large segments and a window of many of them; latency wants
 the opposite: this is the trade-off, measured by bench/bench_link.py.
 
-Link down: :meth:`reset` drops every flow without a word on the dead link
-and closes every service socket.
+Link down.  After an administrative close (ours, or the client's
+Terminate-Request) :meth:`reset` drops every flow without a word on the dead
+link and closes every service socket.  When the line was lost instead (the
+client's pppd restarted, the line cut, the adapter unplugged: the Core tells
+the two apart), :meth:`suspend` keeps every TCP flow and its service socket
+for ``resume_grace`` seconds: each connection is suspended (net/tcp/conn.py,
+"Link outages": nothing sent, no retransmission or give-up timer running),
+nothing is taken for the line, and the credit scheme holds the service
+sockets back once the send buffers are full, so memory stays bounded by
+``sndbuf`` per connection.  UDP and ping flows are closed at once (the
+client's next datagram opens a new one) and so is everything queued for
+the line.  If the client comes back in time with the same address,
+:meth:`resume` carries the connections on (each resends what was in flight,
+or probes); if not, the grace timer resets the stack as :meth:`reset` does.
 """
 
 import logging
@@ -166,6 +178,7 @@ SYNACK_MIN_RATE = 10        # ... never fewer than this
 SYNACK_MIN_BURST = 4        # bursts of a tenth of a second's worth, at least this many
 SYNACK_RETRY_SHARE = 4      # SYN-ACKs for retransmitted SYNs the limit left unanswered: a quarter as many more
 _FRAG_KEY = "frag"
+_RESUME_KEY = "resume"
 _DNS_KEY = "dns"
 _MAX_EVENT_ROUNDS = 8
 
@@ -212,6 +225,7 @@ class StackConfig:
     burst: int = 40
     max_half_open: int = 32                 # TCP flows waiting for their service connect; beyond: SYN cookies
     udp_timeout: int = 60                   # seconds a UDP or ping flow lives without traffic
+    resume_grace: int = 120                 # seconds TCP flows wait for the client after a lost line; 0 = none
     tcp: TcpConfig = field(default_factory=TcpConfig)
 
 
@@ -299,6 +313,7 @@ class IPStack(object):
         self._events = []
         self._now = 0
         self._synack_limits(SYNACK_DEFAULT_RATE)
+        self._suspended_at = None       # ms the link was lost (see suspend), None while it is up
         self._log_bucket = TokenBucket(1, 10)
         self._refusal_bucket = TokenBucket(1, 5)
         self._log_suppressed = 0
@@ -325,6 +340,9 @@ class IPStack(object):
         self.syncookies_accepted = 0    # handshakes completed with a valid cookie (then admitted or refused)
         self.syncookies_invalid = 0     # ACKs for no connection with no valid cookie (answered with RST)
         self.half_open_evicted = 0      # flows whose SYN-ACK was never acknowledged, reset to make room
+        self.suspensions = 0            # lost lines whose TCP flows were kept
+        self.resumptions = 0            # ... and carried on by a new session
+        self.resume_expiries = 0        # ... and reset when resume_grace ran out
 
     # -- configuration ------------------------------------------------------------
 
@@ -343,6 +361,11 @@ class IPStack(object):
     @property
     def icmp_rate_limited(self):
         return self.ip.icmp_rate_limited
+
+    @property
+    def suspended(self):
+        """The link was lost and the TCP flows wait for the client (see suspend)."""
+        return self._suspended_at is not None
 
     @property
     def connections_active(self):
@@ -864,7 +887,7 @@ class IPStack(object):
     def _arm(self, rec):
         deadline = rec.conn.get_timer()
         idle = self.config.tcp.idle_timeout
-        if idle and rec.accepted:
+        if idle and rec.accepted and self._suspended_at is None:
             idle_deadline = rec.last_activity + idle * 1000
             if deadline is None or idle_deadline < deadline:
                 deadline = idle_deadline
@@ -921,12 +944,16 @@ class IPStack(object):
 
     # -- service threads' reports -----------------------------------------------------
 
-    def _service_rec(self, conn_id, what):
-        rec = self._by_id.get(conn_id)
-        if rec is None or not isinstance(rec, _Conn):
-            self._count("service_stale_" + what)
+    def _rec(self, flow_id, cls, stale):
+        """The live flow ``flow_id`` of type ``cls``, or None (counted as ``stale``: a report for a gone flow)."""
+        rec = self._by_id.get(flow_id)
+        if rec is None or not isinstance(rec, cls):
+            self._count(stale)
             return None
         return rec
+
+    def _service_rec(self, conn_id, what):
+        return self._rec(conn_id, _Conn, "service_stale_" + what)
 
     def service_connected(self, conn_id, now):
         self._now = now
@@ -1033,11 +1060,7 @@ class IPStack(object):
         self.timers.schedule(rec.flow_id, rec.last_activity + self.config.udp_timeout * 1000)
 
     def _datagram_rec(self, flow_id, what):
-        rec = self._by_id.get(flow_id)
-        if rec is None or not isinstance(rec, _Datagrams):
-            self._count("flow_stale_" + what)
-            return None
-        return rec
+        return self._rec(flow_id, _Datagrams, "flow_stale_" + what)
 
     def _close_datagrams(self, rec, reason):
         if rec.gone:
@@ -1144,6 +1167,13 @@ class IPStack(object):
                 self.dns.handle_timer(now)
                 self._dns_flush()
                 continue
+            if key == _RESUME_KEY:
+                self.resume_expiries += 1
+                grace = self.config.resume_grace
+                log.info("no session within %d s of the lost line: closing %d TCP connections", grace,
+                         len(self._conns))
+                self.reset(now, "link down, not resumed within %d s" % grace)
+                continue
             rec = self._by_id.get(key)
             if rec is None:
                 continue
@@ -1154,7 +1184,7 @@ class IPStack(object):
                     self._arm_datagrams(rec)
                 continue
             idle = self.config.tcp.idle_timeout
-            if idle and rec.accepted and now >= rec.last_activity + idle * 1000:
+            if idle and rec.accepted and self._suspended_at is None and now >= rec.last_activity + idle * 1000:
                 rec.reason = "idle"
                 log.debug("idle timeout: %s", self._describe(rec))
                 rec.conn.abort(now)
@@ -1175,6 +1205,9 @@ class IPStack(object):
         ``allow_one_over``: with a positive budget the first bulk datagram may exceed it -- a bound on the
         line's queue smaller than one segment must still let data through.
         """
+        if self._suspended_at is not None:
+            self._control.clear()
+            return []
         urgent = []
         bulk = []
         while self._control:
@@ -1269,22 +1302,87 @@ class IPStack(object):
         events, self._events = self._events, []
         return events
 
-    def reset(self, now):
-        """The link went down: drop every flow quietly (no RST onto a dead link), close every service."""
+    def reset(self, now, reason="link down"):
+        """The link went down: drop every flow quietly (no RST onto a dead link), close every service.
+
+        Also ends a suspension (see :meth:`suspend`).
+        """
         self._now = now
+        self._end_suspension()
         for rec in list(self._conns.values()):
-            rec.reason = "link down"
+            rec.reason = reason
             self._forget(rec)
             if not rec.service_closed:
                 rec.service_closed = True
-                self._events.append(ServiceClose(rec.conn_id, "link down"))
+                self._events.append(ServiceClose(rec.conn_id, reason))
             if rec.accepted:
-                self._log_closed(rec, now, rec.reason)
+                # A connection waiting out TIME_WAIT had finished cleanly before the link went.
+                done = rec.peer_fin and rec.eof and rec.conn.state is TcpState.TIME_WAIT
+                self._log_closed(rec, now, "fin" if done else reason)
             else:
-                self._events.append(ConnectionLog(rec.conn_id, "abandoned %s reason=link down" % self._describe(rec)))
+                self._events.append(ConnectionLog(rec.conn_id, "abandoned %s reason=%s" % (
+                    self._describe(rec), reason)))
         self._conns.clear()
+        self._drop_link_state()
+
+    def _drop_link_state(self):
+        """What belongs to the session that ended: UDP and ping flows, the line's queue, reassembly."""
         for rec in list(self._datagram_flows.values()):
             self._close_datagrams(rec, "link down")
         self._control.clear()
         self.ip.clear()
         self.timers.cancel(_FRAG_KEY)
+
+    def _end_suspension(self):
+        self._suspended_at = None
+        self.timers.cancel(_RESUME_KEY)
+
+    def suspend(self, now):
+        """The line was lost (no administrative close): keep the TCP flows for ``resume_grace`` seconds.
+
+        Every connection is suspended (no segment, no retransmission or give-up timer) and keeps its
+        service socket; UDP and ping flows are closed.  Returns True, or, with ``resume_grace`` 0, resets
+        as :meth:`reset` does and returns False.  A second call while suspended keeps the first deadline.
+        """
+        self._now = now
+        grace = self.config.resume_grace
+        if grace <= 0:
+            self.reset(now)
+            return False
+        if self._suspended_at is None:
+            self._suspended_at = now
+            self.suspensions += 1
+            self.timers.schedule(_RESUME_KEY, now + grace * 1000)
+            if self._conns:
+                log.info("line lost: %d TCP connections wait up to %d s for the client",
+                         len(self._conns), grace)
+        for rec in list(self._conns.values()):
+            if not rec.gone:
+                rec.conn.suspend(now)
+                self._after(rec, now)
+        self._drop_link_state()
+        return True
+
+    def resume(self, now):
+        """The client is back, with the same address: the suspended TCP flows carry on.
+
+        Each connection resends what was in flight, or probes (net/tcp/conn.py ``resume``); the idle
+        timeout does not count the time the link was down.  Call :meth:`set_mtu` for the new session first:
+        no connection sends segments larger than it carries.
+        """
+        self._now = now
+        if self._suspended_at is None:
+            return
+        down = now - self._suspended_at
+        self._end_suspension()
+        self.resumptions += 1
+        if self._conns:
+            log.info("session resumed after %.1f s: %d TCP connections carry on", down / 1000.0,
+                     len(self._conns))
+        mss_limit = self.mss_limit
+        for rec in list(self._conns.values()):
+            if rec.gone:
+                continue
+            rec.last_activity = min(now, rec.last_activity + down)
+            rec.conn.resume(now, mss_limit)
+            self._after(rec, now)

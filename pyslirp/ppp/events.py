@@ -19,8 +19,14 @@ class LinkUp:
 
 @dataclass(frozen=True)
 class LinkDown:
-    """IP may no longer flow (IPCP left Opened or LCP went down)."""
+    """IP may no longer flow (IPCP left Opened or LCP went down).
+
+    ``administrative``: the session was ended on purpose, by our close() or by the peer's
+    Terminate-Request; otherwise the line was lost (echo timeout, lower layer down, the peer
+    renegotiating after a restart) and the client may come back.
+    """
     reason: str
+    administrative: bool = False
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,9 @@ TERMREQ = wppp.TERMINATE_REQUEST
 TERMACK = wppp.TERMINATE_ACK
 CODEREJ = wppp.CODE_REJECT
 
+# The reason of a session the peer ended with a Terminate-Request (an administrative close on its side).
+PEER_TERMINATED = "peer requested termination"
+
 
 class State(enum.IntEnum):
     """RFC 1661 section 4.2, numbered as in the section 4.1 table."""
@@ -438,7 +441,7 @@ class Fsm(object):
         elif code in (CONFNAK, CONFREJ):
             self._rcv_conf_nak_rej(code, ident, data)
         elif code == TERMREQ:
-            self.reason = "peer requested termination"
+            self.reason = PEER_TERMINATED
             self.event(Event.RTR, now, ident=ident)
         elif code == TERMACK:
             self.reason = "unexpected Terminate-Ack"

@@ -29,7 +29,18 @@ and negotiation starts from scratch.  So does Max-Configure running out before
 anyone answered.  Only :meth:`close` (administrative close) leaves LCP in
 Closed, which refuses new sessions; ``is_dead`` then says it is safe to exit.
 ``LinkDown`` is emitted once per LCP session, when IPCP leaves Opened or LCP
-leaves Opened, whichever comes first.
+leaves Opened, whichever comes first; it says whether the session was closed
+administratively (our :meth:`close`, the peer's Terminate-Request) or the
+line was lost (echo timeout, lower layer down, the peer renegotiating after
+its pppd restarted), after which the owner may keep the session's flows.
+A lost line can leave the peer Opened while we listen in Stopped (our
+Terminate-Requests went into a cut line): when it then sends what only an
+Opened peer sends (IP, IPCP, Echo-Requests), we answer with a Terminate-Ack,
+at most once per restart interval (to read those frames, our receive ACCM
+stays the session's after a lost line).  RFC 1661 5.2: "Reception of an
+unelicited Terminate-Ack indicates that the peer is in the Closed or Stopped
+states, or is otherwise in need of re-negotiation"; an Opened peer then
+renegotiates (the RTA event in Opened: tld, scr), and a new session starts.
 
 Framing (RFC 1662): the link owns the :class:`~pyslirp.wire.hdlc.Deframer`.
 Until LCP is Opened we send with ACCM 0xFFFFFFFF (every control character
@@ -78,7 +89,7 @@ from typing import Tuple
 from pyslirp.net.ratelimit import every_power_of_two
 from pyslirp.ppp.auth import IDLE, WAITING, ChapServer, PapServer
 from pyslirp.ppp.events import AuthResult, IPReceived, LinkDown, LinkUp
-from pyslirp.ppp.fsm import NEGOTIATING, State
+from pyslirp.ppp.fsm import NEGOTIATING, PEER_TERMINATED, State
 from pyslirp.ppp.ipcp import Ipcp
 from pyslirp.ppp.lcp import DEFAULT_ACCM, Lcp
 from pyslirp.wire import hdlc
@@ -160,6 +171,7 @@ class PPPLink(object):
         self._peer_open = False       # the peer has shown that its LCP is Opened too
         self._down_reported = True
         self._end_reason = None       # why we are ending the session (overrides the automaton's)
+        self._nudged_at = None        # ms of the last Terminate-Ack sent to a peer that thinks it is Opened
         self._output = []
         self._pending = 0
         self._events = []
@@ -281,13 +293,17 @@ class PPPLink(object):
             self._drop("frame_" + exc.reason, "malformed frame: %s" % exc)
             return
         if protocol == wppp.PROTO_LCP:
-            if self._lcp_open and info and info[0] not in _LCP_BASIC_CODES:
-                self._peer_open = True      # Echo, Discard, ...: only sent once Opened
+            if info and info[0] not in _LCP_BASIC_CODES:
+                if self._lcp_open:
+                    self._peer_open = True      # Echo, Discard, ...: only sent once Opened
+                else:
+                    self._nudge(now)
             self.lcp.fsm.input(info, now)
             return
         if not self._lcp_open:
             # RFC 1661 3.4: "Any non-LCP packets received during this phase MUST be silently discarded."
             self._drop("before_lcp_open", "%s frame before LCP is open" % wppp.protocol_name(protocol))
+            self._nudge(now)
             return
         self._peer_open = True
         phase = self.phase
@@ -386,7 +402,10 @@ class PPPLink(object):
         reason = self._end_reason or self.lcp.fsm.reason or "LCP down"
         self._lcp_open = False
         self._peer_open = False
-        self.deframer.accm = DEFAULT_ACCM
+        if self._closed or reason == PEER_TERMINATED:
+            self.deframer.accm = DEFAULT_ACCM
+        # else the peer may not know the session ended and still send with the negotiated ACCM (the
+        # Terminate-Ack below needs its frames); escaped characters decode the same with either ACCM.
         if self.auth is not None:
             self.auth.stop()
         self.ipcp.fsm.down(now, reason)
@@ -461,13 +480,25 @@ class PPPLink(object):
         self.lcp.fsm.open(now)
         self._end_reason = None
 
+    def _nudge(self, now):
+        """The peer acts Opened while we listen: a Terminate-Ack makes it renegotiate (module docstring)."""
+        if self._closed or self.lcp.fsm.state != State.STOPPED:
+            return
+        if self._nudged_at is not None and now - self._nudged_at < self.config.restart_interval * 1000:
+            return
+        self._nudged_at = now
+        self._note("terminate_ack_nudges", "the peer acts as if LCP were open: Terminate-Ack sent",
+                   level=logging.INFO)
+        self.lcp.fsm.send(wppp.TERMINATE_ACK, self.lcp.fsm.next_id())
+
     def _report_down(self, reason):
         """LinkDown once per session: IPCP or LCP left Opened, whichever came first."""
         self.is_up = False
         if not self._down_reported:
             self._down_reported = True
+            administrative = self._closed or reason == PEER_TERMINATED
             log.info("link down: %s", reason)
-            self._events.append(LinkDown(reason))
+            self._events.append(LinkDown(reason, administrative))
 
     def _after(self, now):
         """Run work deferred out of the automata's hooks."""

@@ -36,11 +36,11 @@ import os
 import random
 import select
 import socket
-import struct
 import threading
 
 from pyslirp.net import refusal
 from pyslirp.net.events import PingClose, PingOpen, PingSend, UdpClose, UdpOpen, UdpSend
+from pyslirp.runtime.wakeup import Wakeup
 from pyslirp.wire.errors import ParseError
 from pyslirp.wire.icmp import TYPE_ECHO_REPLY, IcmpRepr
 from pyslirp.wire.ipv4 import Ipv4Repr
@@ -49,7 +49,6 @@ log = logging.getLogger("pyslirp.runtime.datagrams")
 
 MAX_COMMANDS = 1024             # events waiting for the relay thread
 MAX_DATAGRAM = 65535
-_IP_VHL = struct.Struct("!B")
 
 
 def open_ping_socket(kind):
@@ -90,9 +89,7 @@ class DatagramRelay(threading.Thread):
         self._rng = rng or random.SystemRandom()
         self._lock = threading.Lock()
         self._commands = collections.deque()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._wakeup = Wakeup()
         self._stopping = False
         self._udp = {}              # flow_id -> _UdpFlow
         self._pings = {}            # flow_id -> _PingFlow
@@ -115,24 +112,18 @@ class DatagramRelay(threading.Thread):
                 self.dropped += 1
                 return True
             self._commands.append(event)
-        self._wake()
+        self._wakeup.wake()
         return True
 
     def stop(self):
         self._stopping = True
-        self._wake()
-
-    def _wake(self):
-        try:
-            self._wake_w.send(b"x")
-        except OSError:
-            pass
+        self._wakeup.wake()
 
     # -- the thread ---------------------------------------------------------------------
 
     def run(self):
         poller = select.poll()
-        poller.register(self._wake_r, select.POLLIN)
+        poller.register(self._wakeup, select.POLLIN)
         registered = set()
         try:
             while not self._stopping:
@@ -144,12 +135,8 @@ class DatagramRelay(threading.Thread):
                     poller.register(fd, select.POLLIN)
                 registered = fds
                 for fd, _ in poller.poll():
-                    if fd == self._wake_r.fileno():
-                        try:
-                            while self._wake_r.recv(4096):
-                                pass
-                        except OSError:
-                            pass
+                    if fd == self._wakeup.fileno():
+                        self._wakeup.drain()
                         continue
                     owner = self._by_fd.get(fd)
                     if owner is not None:
@@ -162,8 +149,7 @@ class DatagramRelay(threading.Thread):
                     flow.sock.close()
             if self._raw is not None:
                 self._raw.close()
-            self._wake_r.close()
-            self._wake_w.close()
+            self._wakeup.close()
 
     def _run_commands(self):
         while True:

@@ -48,6 +48,7 @@ import socket
 import threading
 import time
 
+from pyslirp.runtime.wakeup import Wakeup
 from pyslirp.wire import dns
 
 log = logging.getLogger("pyslirp.runtime.dnsrelay")
@@ -186,9 +187,7 @@ class DnsRelay(threading.Thread):
         self._submitted = collections.deque()
         self._stopping = False
         self._dead = False
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._wakeup = Wakeup()
         self._udp = None
         if via == "direct":
             self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -229,10 +228,7 @@ class DnsRelay(threading.Thread):
         return len(self._conns)
 
     def _wake(self):
-        try:
-            self._wake_w.send(b"x")
-        except OSError:
-            pass        # buffer full (already awake) or closed (thread gone)
+        self._wakeup.wake()
 
     # -- the thread ----------------------------------------------------------------------------------
 
@@ -270,8 +266,7 @@ class DnsRelay(threading.Thread):
             self._close_conn(conn)
         if self._udp is not None:
             self._udp.close()
-        self._wake_r.close()
-        self._wake_w.close()
+        self._wakeup.close()
 
     def _poll_timeout(self, now):
         deadlines = [q.deadline for q in self._pending.values()]
@@ -282,7 +277,7 @@ class DnsRelay(threading.Thread):
 
     def _poll(self, timeout_ms):
         poller = select.poll()
-        poller.register(self._wake_r, select.POLLIN)
+        poller.register(self._wakeup, select.POLLIN)
         if self._udp is not None:
             poller.register(self._udp, select.POLLIN)
         by_fd = {}
@@ -291,12 +286,8 @@ class DnsRelay(threading.Thread):
             by_fd[fd] = conn
             poller.register(fd, select.POLLIN | (select.POLLOUT if conn.outbuf else 0))
         for fd, events in poller.poll(timeout_ms):
-            if fd == self._wake_r.fileno():
-                try:
-                    while self._wake_r.recv(4096):
-                        pass
-                except OSError:
-                    pass
+            if fd == self._wakeup.fileno():
+                self._wakeup.drain()
             elif self._udp is not None and fd == self._udp.fileno():
                 self._read_udp()
             else:

@@ -52,6 +52,7 @@ import threading
 from pyslirp.net.events import (ConnectionLog, ServiceClose, ServiceConnect, ServiceReadCredit,
                                 ServiceSend, ServiceShutdown)
 from pyslirp.runtime.connectors import CONNECT_TIMEOUT, ConnectFailed, Connector
+from pyslirp.runtime.wakeup import Wakeup
 
 log = logging.getLogger("pyslirp.runtime.services")
 
@@ -80,9 +81,7 @@ class ServiceConnection(threading.Thread):
         self._credit = 0
         self._shutdown_requested = False
         self._abort = None                      # reason, once ServiceClose arrived
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._wakeup = Wakeup()
         self.bytes_to_service = 0
         self.bytes_from_service = 0
 
@@ -111,10 +110,7 @@ class ServiceConnection(threading.Thread):
         self._wake()
 
     def _wake(self):
-        try:
-            self._wake_w.send(b"x")
-        except OSError:
-            pass        # buffer full (already awake) or closed (thread gone)
+        self._wakeup.wake()
 
     # -- the thread ---------------------------------------------------------------
 
@@ -147,14 +143,13 @@ class ServiceConnection(threading.Thread):
         finally:
             if sock is not None:
                 self._close(sock, abort=True)
-            self._wake_r.close()
-            self._wake_w.close()
+            self._wakeup.close()
             self._post(("svc_done", self.conn_id))
 
     def _serve(self, sock):
         """Move bytes until finished; True if the socket must be aborted."""
         poller = select.poll()
-        poller.register(self._wake_r, select.POLLIN)
+        poller.register(self._wakeup, select.POLLIN)
         sfd = sock.fileno()
         registered = 0
         read_eof = False
@@ -185,11 +180,7 @@ class ServiceConnection(threading.Thread):
                 registered = mask
             for fd, revents in poller.poll():
                 if fd != sfd:
-                    try:
-                        while self._wake_r.recv(4096):
-                            pass
-                    except OSError:
-                        pass
+                    self._wakeup.drain()
                     continue
                 if revents & (select.POLLIN | select.POLLHUP | select.POLLERR) and mask & select.POLLIN:
                     result = self._do_read(sock, credit)

@@ -61,6 +61,16 @@ def ip_str(address):
     return str(ipaddress.IPv4Address(bytes(address)))
 
 
+def is_multicast_or_broadcast(address):
+    """True when the 4-byte address names no single host: 224/4 (multicast) or 240/4 (class E, which includes
+    the limited broadcast 255.255.255.255).
+
+    Loopback (127/8) and "this network" (0/8) are not such addresses: a datagram to them names one host, and
+    whether it may go there is the flow policy's decision (net/flows.py: refused unless outbound.allow names it).
+    """
+    return address[0] >= 224
+
+
 def is_unicast(address):
     """True when the 4-byte address names a single host (RFC 1122 3.2.1.3).
 

@@ -19,6 +19,10 @@ does not oversleep), so the emulator's own scheduling jitter costs no throughput
 
 Both directions are served by one thread, woken by poll(2) with a timeout of the next delivery or the next time the
 FIFO has room for a useful chunk.
+
+``cut(True)`` cuts the line: what is on the wire is lost and so is every byte either side sends until ``cut(False)``
+(the senders are still drained, as a UART transmits into a dead line at its own pace); ``lost`` counts those bytes
+per direction.
 """
 
 import errno
@@ -117,6 +121,12 @@ class PacedRelay(SerialRelay):
         # tty -> guest: pyslirp transmits; guest -> tty: the guest transmits.
         self.down = _Direction("to_guest", self.rate, fifo, self.to_guest)
         self.up = _Direction("from_guest", self.rate, fifo, self.from_guest)
+        self._cut = False
+        self.lost = {"to_guest": 0, "from_guest": 0}
+
+    def cut(self, on=True):
+        """Cut the line (``on``) or restore it; see the module docstring."""
+        self._cut = bool(on)
 
     @classmethod
     def factory(cls, baud=115200, fifo=64, guest_pipe_size=PIPE_SIZE):
@@ -149,6 +159,12 @@ class PacedRelay(SerialRelay):
         down, up = self.down, self.up
         while not self._stop.is_set() and not self.guest_closed:
             now = time.monotonic()
+            cut = self._cut
+            if cut:
+                for d in (down, up):
+                    for _, data in d.in_flight:
+                        self.lost[d.name] += len(data)
+                    d.in_flight = []
             # 1. Deliver what has finished crossing the line.
             for d, dst in ((down, self.guest_in_w), (up, self.tty_fd)):
                 data = d.due(now)
@@ -181,6 +197,11 @@ class PacedRelay(SerialRelay):
                     else:
                         self.guest_closed = True
                     d.backlogged = False
+                    continue
+                if cut:                 # transmitted at the line's pace, into nothing
+                    self.lost[d.name] += len(data)
+                    d.backlogged = len(data) >= room
+                    d.busy_until = max(d.busy_until, now) + len(data) / d.rate
                     continue
                 d.backlogged = len(data) >= room
                 self._capture(d.capture, data)

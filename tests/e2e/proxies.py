@@ -7,10 +7,12 @@ own directory, and waits until the port accepts connections.  Each is a context 
 program runs in a process group of its own (``start_new_session``), and ``stop()`` signals exactly that group
 (TERM, then KILL), so every process it forked goes too and nothing else is touched.
 
-* ``Danted(directory, methods="none")``: ``danted -f danted.conf``; ``methods="username"`` makes the SOCKS
-  method username/password, checked against the system's password database (see ``SystemUser``).  The rules let
-  clients from 127.0.0.0/8 reach 127.0.0.0/8 only (Debian's example configuration blocks loopback destinations)
-  and log every connect to ``danted.log``.
+* ``Danted(directory, methods="none", destinations=("127.0.0.0/8",), externals=("lo",))``: ``danted -f
+  danted.conf``; ``methods="username"`` makes the SOCKS method username/password, checked against the system's
+  password database (see ``SystemUser``).  The rules let clients from 127.0.0.0/8 reach ``destinations`` only
+  (by default loopback, which Debian's example configuration blocks) and log every connect to ``danted.log``.
+  ``externals`` are the interfaces it connects out from; with more than one, the route to the destination
+  picks (``external.rotation: route``).
 * ``Microsocks(directory, username="", password="")``: ``microsocks -i 127.0.0.1 -p PORT [-u USER -P PASS]``.  It
   logs nothing; ``socket_owner`` shows which program holds a socket instead.
 * ``SshDynamic(directory)``: ``ssh -N -D 127.0.0.1:PORT`` to a throwaway ``services.Sshd`` that it starts itself
@@ -21,7 +23,10 @@ program runs in a process group of its own (``start_new_session``), and ``stop()
   ``BasicAuth``, ``Allow 127.0.0.1`` and ``ConnectPort`` for each of ``connect_ports`` (CONNECT to any other port is
   answered 403); its log is ``tinyproxy.log`` at level Info.
 * ``SystemUser(name, password)``: ``useradd`` + ``chpasswd`` a system user without home or shell, ``userdel`` on
-  stop.  Needs root.
+  stop; ``set_password`` changes its password.  Needs root.
+
+Every proxy takes ``port=``: by default a free port; a proxy restarted on the port of one that was stopped (with
+other credentials) is the same proxy to its clients.
 
 ``require(name)`` checks that a program exists: under CI its absence fails the test, locally it skips it.
 """
@@ -58,10 +63,10 @@ class _Process(services._Service):
 
     name = "proxy"
 
-    def __init__(self, directory):
+    def __init__(self, directory, port=None):
         self.directory = directory
         os.makedirs(directory, exist_ok=True)
-        self.port = services.free_port()
+        self.port = port or services.free_port()
         self.proc = None
         self.out_path = os.path.join(directory, "%s.out" % self.name)
 
@@ -101,43 +106,41 @@ class _Process(services._Service):
 class Danted(_Process):
     name = "danted"
 
-    def __init__(self, directory, methods="none"):
-        _Process.__init__(self, directory)
+    def __init__(self, directory, methods="none", destinations=("127.0.0.0/8",), externals=("lo",), port=None):
+        _Process.__init__(self, directory, port)
         self.methods = methods
+        self.destinations = tuple(destinations)
+        self.externals = tuple(externals)
         self.config_path = os.path.join(directory, "danted.conf")
         self.log_path = os.path.join(directory, "danted.log")
 
     def start(self):
         danted = require("danted")
+        lines = ["logoutput: %s" % self.log_path, "internal: %s port = %d" % (LOOPBACK, self.port)]
+        lines += ["external: %s" % name for name in self.externals]
+        if len(self.externals) > 1:
+            lines.append("external.rotation: route")
+        lines += [
+            "socksmethod: %s" % self.methods,
+            "clientmethod: none",
+            "user.privileged: root",
+            "user.unprivileged: nobody",
+            "",
+            "client pass {",
+            "    from: 127.0.0.0/8 to: 0.0.0.0/0",
+            "    log: connect disconnect error",
+            "}",
+            "client block {",
+            "    from: 0.0.0.0/0 to: 0.0.0.0/0",
+            "    log: connect error",
+            "}",
+        ]
+        for dest in self.destinations:
+            lines += ["socks pass {", "    from: 127.0.0.0/8 to: %s" % dest, "    command: connect",
+                      "    log: connect disconnect error", "}"]
+        lines += ["socks block {", "    from: 0.0.0.0/0 to: 0.0.0.0/0", "    log: connect error", "}", ""]
         with open(self.config_path, "w") as f:
-            f.write("\n".join([
-                "logoutput: %s" % self.log_path,
-                "internal: %s port = %d" % (LOOPBACK, self.port),
-                "external: lo",
-                "socksmethod: %s" % self.methods,
-                "clientmethod: none",
-                "user.privileged: root",
-                "user.unprivileged: nobody",
-                "",
-                "client pass {",
-                "    from: 127.0.0.0/8 to: 0.0.0.0/0",
-                "    log: connect disconnect error",
-                "}",
-                "client block {",
-                "    from: 0.0.0.0/0 to: 0.0.0.0/0",
-                "    log: connect error",
-                "}",
-                "socks pass {",
-                "    from: 127.0.0.0/8 to: 127.0.0.0/8",
-                "    command: connect",
-                "    log: connect disconnect error",
-                "}",
-                "socks block {",
-                "    from: 0.0.0.0/0 to: 0.0.0.0/0",
-                "    log: connect error",
-                "}",
-                "",
-            ]))
+            f.write("\n".join(lines))
         return self._spawn([danted, "-f", self.config_path, "-N", "1"])
 
     def log(self):
@@ -147,8 +150,8 @@ class Danted(_Process):
 class Microsocks(_Process):
     name = "microsocks"
 
-    def __init__(self, directory, username="", password=""):
-        _Process.__init__(self, directory)
+    def __init__(self, directory, username="", password="", port=None):
+        _Process.__init__(self, directory, port)
         self.username = username
         self.password = password
 
@@ -195,8 +198,8 @@ class SshDynamic(_Process):
 class Tinyproxy(_Process):
     name = "tinyproxy"
 
-    def __init__(self, directory, username, password, connect_ports):
-        _Process.__init__(self, directory)
+    def __init__(self, directory, username, password, connect_ports, port=None):
+        _Process.__init__(self, directory, port)
         self.username = username
         self.password = password
         self.connect_ports = list(connect_ports)
@@ -242,12 +245,16 @@ class SystemUser(services._Service):
                        check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
         self.created = True
         try:
-            subprocess.run([chpasswd], input="%s:%s\n" % (self.name, self.password), universal_newlines=True,
-                           check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+            self.set_password(self.password)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def set_password(self, password):
+        subprocess.run([require("chpasswd")], input="%s:%s\n" % (self.name, password), universal_newlines=True,
+                       check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+        self.password = password
 
     def stop(self):
         if self.created:

@@ -17,6 +17,7 @@ always stop what they started (a ``ServiceSet`` stops all of its members in one 
 * ``HashSink``: reads each connection to its end, then answers ``"<count> <sha256 hex>\\n"`` and closes; the
   results are also kept host-side (``results``) for the test to compare.
 * ``PayloadSource``: writes a deterministic payload (``payload(seed, size)``) to each connection, then closes.
+* ``UdpEchoServer``: sends every UDP datagram back to its sender; remembers (peer, size) of each.
 
 Threads are daemons and sockets have timeouts, so a broken test cannot hang the suite on them.
 """
@@ -229,6 +230,42 @@ class PayloadSource(_ThreadedServer):
             pass
         with self.lock:
             self.completed += 1
+
+
+class UdpEchoServer(_Service):
+    """A UDP echo server on 127.0.0.1:<free port>: every datagram goes back to its sender; ``datagrams`` lists
+    (peer, size) of each one received."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((LOOPBACK, 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.lock = threading.Lock()
+        self.datagrams = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="udp-echo", daemon=True)
+        self._thread.start()
+
+    def _loop(self):
+        while not self._stop.is_set():
+            try:
+                data, peer = self.sock.recvfrom(65535)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            with self.lock:
+                self.datagrams.append((peer, len(data)))
+            try:
+                self.sock.sendto(data, peer)
+            except OSError:
+                pass
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
 
 
 class Sshd(_Service):

@@ -74,6 +74,11 @@ ADDITIONS to the contract (all optional, nothing above changed):
                                       # left): keeps the client's own queue toward a slow line short
     conn.ack_every = 2 or 1           # ACK at least every this many full-sized segments (RFC 5681 4.2:
                                       # at least every second): 1 lets a small window keep a slow line busy
+    conn.suspend(now)             # the link is down but may come back: send nothing, run no timer but
+                                  # TIME_WAIT's, keep every byte and all sequence state
+    conn.resume(now, mss_limit=None)  # the link is back (the same client): carry on at once (see "Link
+                                  # outages"); mss_limit: the new session's link MTU - 40, if smaller
+    conn.suspended -> bool
     Counters: bytes_in, bytes_out, segs_out, retransmits, fast_retransmits, dup_acks, ooo_segments,
     rto_count, challenge_acks, window_probes, keepalives_sent, window_updates.
 
@@ -124,6 +129,26 @@ SND.UNA (RFC 9293 3.8.6.1, RFC 1122 4.2.2.17) with backoff.
 
 Timers (integer ms deadlines, ``get_timer`` is their minimum): retransmission,
 persist (also the SWS override), delayed ACK, keepalive and TIME_WAIT.
+
+Link outages: while the PPP link is down and may come back (the client's
+pppd restarting, a line cut and restored), the stack suspends the
+connection.  A suspended connection sends nothing and runs no timer except
+TIME_WAIT's: retransmitting into a dead link would only count towards the
+give-up (``max_retries``) and end in an RST nobody receives.  The service may
+still queue data up to ``send_space`` and take what was received, so its
+socket backs up as on a stalled path.  ``resume`` is TCP's response to the
+lower layer's "connected again" indication (as in Schuetz et al., "TCP
+Response to Lower-Layer Connectivity-Change Indications", the expired
+draft-schuetz-tcpm-tcp-rlci-03): the outage is no evidence about the path or the
+peer, so the give-up counts and the RTO backoff restart (the RTO is the
+estimate's again), and what was in flight, which died with the link, is
+resent at once from SND.UNA (go-back-N) rather than after a backed-off
+timeout.  It was not lost to congestion: ssthresh is kept and cwnd restarts
+from the restart window, as after an idle period (RFC 5681 4.1).  With
+nothing in flight a keepalive-style probe (RFC 1122 4.2.3.6) goes instead:
+its answer tells us the client's window, or its RST that the client no
+longer knows the connection.  Either way the client's own retransmissions,
+and its ACKs, carry the connection on from there.
 """
 
 import enum
@@ -264,6 +289,7 @@ class TcpConnection(object):
         self.accepted = False
         self.close_reason = None        # why the connection closed: refused, reset, timeout, ...
         self.last_activity = now
+        self._suspended_at = None       # ms the link went down (see suspend), None while it is up
 
         # Counters.
         self.bytes_in = 0               # payload delivered in order to the receive queue
@@ -393,7 +419,9 @@ class TcpConnection(object):
 
     def _queue_ctl(self, seg):
         # Bounded: input between two take_segments() calls cannot pile up control segments.
-        if len(self._ctl) < _MAX_CTL:
+        if self._suspended_at is not None:
+            self._drop("suspended", seg)            # the link is down: it could never arrive
+        elif len(self._ctl) < _MAX_CTL:
             self._ctl.append(seg)
         else:
             self._drop("ctl_queue_full", seg)
@@ -461,6 +489,70 @@ class TcpConnection(object):
     @property
     def unsent(self):
         return max(0, seq_sub(self._fin_seq(), self.snd_nxt))
+
+    # ============================================================ link outages
+
+    @property
+    def suspended(self):
+        return self._suspended_at is not None
+
+    def suspend(self, now):
+        """The link is down but may come back: send nothing and run no timer but TIME_WAIT's (see
+        "Link outages")."""
+        if self._state is TcpState.CLOSED or self._suspended_at is not None:
+            return
+        self._suspended_at = now
+        self._ctl = []
+        log.debug("%s: suspended in %s", self.name, self._state)
+
+    def resume(self, now, mss_limit=None):
+        """The link is back, to the same client: resend what was in flight at once, or probe (see
+        "Link outages").  ``mss_limit``: the largest MSS the new session's link carries."""
+        if self._suspended_at is None:
+            return
+        down = now - self._suspended_at
+        self._suspended_at = None
+        state = self._state
+        if state is TcpState.CLOSED or state is TcpState.TIME_WAIT:
+            return
+        log.debug("%s: resumed in %s after %d ms", self.name, state, down)
+        if mss_limit:
+            # RFC 9293 3.7.1: the effective send MSS may only be lowered by what the path carries.
+            limit = max(MIN_MSS, mss_limit)
+            if self.send_mss > limit:
+                self.send_mss = limit
+                self._cc.set_mss(self._smss())
+        # The client could not answer while the link was down: nothing counts against it.
+        self._retries = 0
+        self._probes_unanswered = 0
+        self._ka_probes = 0
+        self._persist_backoff = 0
+        self._rtt.clear_backoff()
+        self._last_ack_rx = now
+        self._rtx_at = self._persist_at = self._delack_at = None
+        if self._keepalive_at is not None:
+            self._keepalive_at = now + self.config.keepalive * 1000
+        if state is TcpState.SYN_RECEIVED:
+            if self.accepted and self._synack_sends:
+                self._synack_due = True             # our SYN-ACK may have died with the link
+            self._update_timers(now)
+            return
+        outstanding = seq_sub(self.snd_max, self.snd_una)
+        if outstanding > 0 and state in _SEND_STATES:
+            # Go back to SND.UNA now (RFC 6298 5.4 without 5.5: no backoff), restart window (RFC 5681 4.1).
+            self._cc.on_idle(now)
+            self._in_recovery = False
+            self._dup_acks = 0
+            self._partial_acks = 0
+            self._rtx_pending = False
+            self._recover = self.snd_max            # RFC 6582 4: no fast retransmit for go-back duplicates
+            self._rtt_seq = None                    # Karn
+            self.snd_nxt = self.snd_una
+            if self.snd_wnd == 0:
+                self._probe_due = True
+        else:
+            self._probe_due = True                  # an old sequence number: the client must answer
+        self._update_timers(now)
 
     # ========================================================= service side
 
@@ -744,6 +836,9 @@ class TcpConnection(object):
 
     def take_segments(self, budget, now):
         """Segments to send now, in order (see the contract)."""
+        if self._suspended_at is not None:
+            self._ctl = []                          # nothing reaches the client while the link is down
+            return []
         out = self._ctl
         self._ctl = []
         state = self._state
@@ -790,6 +885,8 @@ class TcpConnection(object):
 
     @property
     def pending_output(self):
+        if self._suspended_at is not None:
+            return False
         if self._ctl:
             return True
         state = self._state
@@ -825,6 +922,8 @@ class TcpConnection(object):
             self._keepalive_at = None
 
     def get_timer(self):
+        if self._suspended_at is not None:
+            return self._tw_at                      # only TIME_WAIT runs while suspended
         best = None
         for t in (self._tw_at, self._rtx_at, self._persist_at, self._delack_at, self._keepalive_at):
             if t is not None and (best is None or t < best):
@@ -837,6 +936,8 @@ class TcpConnection(object):
         if self._tw_at is not None and now >= self._tw_at:
             self._tw_at = None
             self._close("time_wait")
+            return
+        if self._suspended_at is not None:
             return
         if self._rtx_at is not None and now >= self._rtx_at:
             self._rtx_at = None

@@ -69,6 +69,11 @@ class RttEstimator(object):
         if self.rto < self.max_rto:
             self.backoff += 1
 
+    def clear_backoff(self):
+        """Forget the doublings: the expiries were caused by a known outage, not by the path (see
+        TcpConnection.resume); the RTO is again the estimate's."""
+        self.backoff = 0
+
     def reset_after_syn_loss(self):
         """RFC 6298 5.7: the SYN(-ACK) was retransmitted and no sample exists: RTO = 3 s for data."""
         if self.srtt is None:
