@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Flood benchmark: a SYN flood, a spoofed flood and 300 connections at once, through the real pppd.
 
-Usage: python3 bench/bench_flood.py [--baud 115200] [--flood-seconds 12] [--set SECTION.KEY=VALUE ...]
-                                    [--json FILE] [--keep]
+Usage: python3 bench/bench_flood.py [--baud 115200] [--syns-per-second N] [--flood-seconds 12]
+                                    [--set SECTION.KEY=VALUE ...] [--json FILE] [--keep]
 
 The scenario is tests/e2e/flood.py's, the one tests/test_e2e_flood.py judges: one PPP session with the real Linux
 pppd in a User-Mode Linux guest; an echo server on a loopback port the benchmark starts is the service on port 22;
@@ -13,7 +13,9 @@ three after each phase.  It prints what the client saw (connections, the held se
 saw (connections accepted in each phase), pyslirp's CPU per phase and peak RSS, and its counters.
 
 Without ``--baud`` the serial line is relayed as fast as it goes (about 2 MB/s); with it, tests/e2e/pacing.py
-emulates a real line at that speed (the flood then fills the client's uplink).  Nothing here talks to anything but
+emulates a real line at that speed.  ``hping3 --flood`` then fills the client's own uplink: its queue toward the
+line drops the client's other packets before pyslirp sees them, so measure with ``--syns-per-second`` below the
+line's capacity (about 240 bare SYNs a second at 115200).  Nothing here talks to anything but
 127.0.0.1 and the guest's own PPP link.
 """
 
@@ -46,6 +48,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--baud", type=int, default=0, help="pace the line at this speed (default: unpaced)")
     p.add_argument("--flood-seconds", type=int, default=12, help="each flood lasts about this long")
+    p.add_argument("--syns-per-second", type=int, default=0,
+                   help="hping3's rate (-i uN); default: --flood, as fast as the guest sends")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="pyslirp configuration override, e.g. limits.burst=10 (repeatable)")
     p.add_argument("--json", help="also write the figures to this file")
@@ -65,7 +69,7 @@ def main(argv=None):
     lab = uml.Lab(basedir)
     try:
         fig = flood.run(lab, extra_config=parse_set(a.set), relay_factory=relay_factory,
-                        flood_seconds=a.flood_seconds)
+                        flood_seconds=a.flood_seconds, syns_per_second=a.syns_per_second)
     except Exception:
         sys.stderr.write(lab.diagnostics() + "\n")
         raise

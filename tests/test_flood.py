@@ -361,11 +361,11 @@ def test_the_bucket_counts_completed_handshakes_under_cookies():
 
 def test_a_flood_opens_no_service_connections_and_real_clients_get_in():
     stack = make_stack()                                        # the defaults: 20/s, burst 40, 32 half-open
-    stack.set_line_rate(11520 * 4)                              # SYN-ACKs: 360/s (half of a 460800 bit/s line)
+    stack.set_line_rate(11520 * 4)                              # SYN-ACKs: 180/s (a quarter of 460800 bit/s)
     wire = Wire(stack)
     # A flood of 1000 SYNs a second for 30 s (never completed: the flooder ignores every SYN-ACK), and ten real
     # clients starting one a second, each retrying its SYN as Linux does (after 1, 2, 4, 8 s) until answered.
-    # The SYN-ACK limit answers about a third of the SYNs; a SYN that comes back is answered first.
+    # The SYN-ACK limit answers about a fifth of the SYNs; a SYN that comes back is answered first.
     order = random.Random(5)
     attempts = {}
     for i in range(10):
@@ -412,8 +412,8 @@ def test_syn_acks_stay_within_their_share_of_the_line():
     fill_half_open(stack, 1)
     flood(stack, 3000, now=0, step_ms=1, wire=wire)             # three seconds of SYNs at 1000/s
     sent = wire.synacks()
-    # At most half the line: 5760 bytes/s / 64 bytes = 90 SYN-ACKs a second, plus a burst of 9.
-    assert 0 < sent <= 3 * 90 + 9 + 1
+    # A quarter of the line: 2880 bytes/s / 64 bytes = 45 SYN-ACKs a second, plus a burst of 4.
+    assert 0 < sent <= 3 * 45 + 4 + 1
     assert stack.syncookies_limited == 3000 - sent
 
 

@@ -171,7 +171,7 @@ INTERACTIVE_SEGMENTS = 3    # ... and this many of them, without a pause of INTE
 MIN_WINDOW_SEGMENTS = 2     # the receive window never goes below two of the client's segments
 BULK_WINDOW_SEGMENTS = 6    # ... nor below six while only bulk flows (a client that keeps running into the
                             # window probes its tail (TLP) and resends into its own queue)
-SYNACK_LINE_SHARE = 0.5     # cookie SYN-ACKs take at most this share of the line's measured rate
+SYNACK_LINE_SHARE = 0.25    # cookie SYN-ACKs take at most this share of the line's measured rate
 SYNACK_WIRE = 64            # bytes: what one SYN-ACK costs on the line (IPv4 + TCP with options, PPP framing)
 SYNACK_DEFAULT_RATE = 200   # SYN-ACKs per second while the line's rate is unknown
 SYNACK_MIN_RATE = 10        # ... never fewer than this

@@ -42,7 +42,7 @@ flood() {{
     local name=$1
     shift
     stamp ${{name}}_start
-    {hping3} --flood -S -p 22 "$@" 10.0.0.1 >"$RESULTS/hping-$name.out" 2>&1 &
+    {hping3} {pace} -S -p 22 "$@" 10.0.0.1 >"$RESULTS/hping-$name.out" 2>&1 &
     local hp=$!
     sleep {lead_s}
     $FC probe --count 5 --gap 1 --timeout 20 --out "$RESULTS/during-$name.json"
@@ -157,13 +157,18 @@ class Accepts(object):
         return (b[2] - a[2]) / (b[0] - a[0])
 
 
-def run(lab, extra_config=None, relay_factory=None, flood_seconds=12, settle=7, burst=300, timeout=400):
-    """Run the scenario once; returns the figures (a dict) and leaves the files in the lab's directories."""
+def run(lab, extra_config=None, relay_factory=None, flood_seconds=12, settle=7, burst=300, timeout=400,
+        syns_per_second=0):
+    """Run the scenario once; returns the figures (a dict) and leaves the files in the lab's directories.
+
+    ``syns_per_second``: hping3's rate (``-i uN``); 0 is ``--flood``, as fast as the guest can send.
+    """
     echo = services.EchoServer(backlog=512)
     try:
         slirp = lab.start_pyslirp(config(echo.port, extra_config), debug=False)
         lead = 2
-        script = SCRIPT.format(clients=CLIENTS, hping3=HPING3, flood_s=flood_seconds, lead_s=lead,
+        pace = "-i u%d" % (1000000 // syns_per_second) if syns_per_second else "--flood"
+        script = SCRIPT.format(clients=CLIENTS, hping3=HPING3, pace=pace, flood_s=flood_seconds, lead_s=lead,
                                tail_s=max(0, flood_seconds - lead - 5), settle_s=settle, burst=burst)
         kw = {"relay_factory": relay_factory} if relay_factory is not None else {}
         guest = lab.boot_guest(script, slirp=slirp, timeout=timeout, name="guest", **kw)
@@ -175,7 +180,8 @@ def run(lab, extra_config=None, relay_factory=None, flood_seconds=12, settle=7, 
         time.sleep(1.5)                     # one more stats line, after the last connection closed
         counters = stats(slirp.log())
         running = slirp.running()
-        figures = {"rss_peak_kib": rss, "pyslirp_running": running, "counters": counters, "phases": {}}
+        figures = {"rss_peak_kib": rss, "pyslirp_running": running, "counters": counters, "phases": {},
+                   "hping3": pace}
         for name in ("syn", "spoof"):
             phase = {"during": _load(res, "during-%s.json" % name), "after": _load(res, "after-%s.json" % name),
                      "accepts": accepts.between(name + "_start", name + "_end"),
@@ -257,8 +263,9 @@ def summary(fig):
     lines = ["pyslirp peak RSS %.1f MB, still running: %s; held session before the floods: %s" % (
         (fig["rss_peak_kib"] or 0) / 1024.0, fig["pyslirp_running"],
         "median %.0f ms" % (1000 * percentile(before, 0.5)) if before else "n/a")]
-    for name, title in (("syn", "SYN flood (hping3 --flood -S -p 22 -s 20000)"),
-                        ("spoof", "spoofed flood (hping3 --flood -S -p 22 --rand-source)")):
+    pace = fig.get("hping3", "--flood")
+    for name, title in (("syn", "SYN flood (hping3 %s -S -p 22 -s 20000)" % pace),
+                        ("spoof", "spoofed flood (hping3 %s -S -p 22 --rand-source)" % pace)):
         p = fig["phases"][name]
         lines.append("%s: %s SYNs sent in %.1f s, pyslirp CPU %s" % (
             title, p["hping_sent"], p["seconds"] or 0, "%.0f%%" % (100 * p["cpu"]) if p["cpu"] is not None else "?"))
