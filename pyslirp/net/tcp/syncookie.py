@@ -205,9 +205,9 @@ class UnansweredSyns(object):
     overwrites whatever shared its slot, so a flood can only make this forget, never grow.
     """
 
-    def __init__(self, rng, slots=65536):
+    def __init__(self, rng, slots=16384):
         self._key = rng.getrandbits(128).to_bytes(16, "big")
-        self._slots = array("I", [0]) * slots       # 32-bit fingerprints ("I" is 4 bytes where we run)
+        self._slots = array("I", bytes(4 * slots))
         self._n = slots
         self.recognised = 0
 
