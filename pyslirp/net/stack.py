@@ -30,23 +30,6 @@ the client sees the refusal at once and never a connection that opens and
 drops).  Segments for no connection are answered by ``rst_for`` (RFC 9293
 3.10.7.1) from the address they were sent to.
 
-SYN floods.  When the policy defers a SYN (its half-open table is full, or
-SYNs come faster than its rate; see net/flows.py) the SYN is answered
-statelessly: a SYN-ACK whose ISS is a SYN cookie (net/tcp/syncookie.py),
-within a rate limit of SYNACK_LINE_SHARE of the line's measured rate, and
-nothing is kept.  A SYN the limit left out is remembered in a fixed table;
-if the client sends it again (a real client's retransmission; a flood from
-changing ports hardly ever repeats one) it is answered from a budget of its
-own.  An ACK for no connection that returns a valid cookie is decided again
-(``handshake=True``): admitted, the connection is built in the state after
-the handshake (``TcpConnection.from_cookie``) and fed the ACK, and only then
-does ``ServiceConnect`` go out; the client's data waits in the receive
-window (not read, so not sent to the service) until ``service_connected``,
-and a connect that fails resets the established connection.  A completed
-handshake that finds a limit full first evicts the oldest flow whose
-SYN-ACK went unanswered for a retransmission timeout; connections that
-completed their handshake are never evicted.
-
 Connection events become service events (pyslirp/net/events.py):
 ``readable`` -> ``ServiceSend``; ``writable`` -> ``ServiceReadCredit``;
 ``peer_fin`` -> ``ServiceShutdown``; ``reset``/``timeout`` ->
@@ -173,11 +156,8 @@ from pyslirp.net.health import DEFAULT_COOLDOWN, DEFAULT_FAILURES
 from pyslirp.net.ipv4 import Ipv4Layer
 from pyslirp.net.ratelimit import TokenBucket
 from pyslirp.net.tcp import events as tcp_events
-from pyslirp.net.tcp.conn import (TcpConfig, TcpConnection, TcpState, initial_window, our_mss, rst_for,
-                                   window_shift)
+from pyslirp.net.tcp.conn import TcpConfig, TcpConnection, TcpState, rst_for
 from pyslirp.net.tcp.isn import IsnGenerator
-from pyslirp.net.tcp.seq import seq_add
-from pyslirp.net.tcp.syncookie import SynCookies, UnansweredSyns, ts_decode, ts_encode
 from pyslirp.timers import TimerQueue
 from pyslirp.wire import icmp as icmp_wire
 from pyslirp.wire import tcp as tcp_wire
@@ -202,12 +182,6 @@ INTERACTIVE_SEGMENTS = 3    # ... and this many of them, without a pause of INTE
 MIN_WINDOW_SEGMENTS = 2     # the receive window never goes below two of the client's segments
 BULK_WINDOW_SEGMENTS = 6    # ... nor below six while only bulk flows (a client that keeps running into the
                             # window probes its tail (TLP) and resends into its own queue)
-SYNACK_LINE_SHARE = 0.25    # cookie SYN-ACKs take at most this share of the line's measured rate
-SYNACK_WIRE = 64            # bytes: what one SYN-ACK costs on the line (IPv4 + TCP with options, PPP framing)
-SYNACK_DEFAULT_RATE = 200   # SYN-ACKs per second while the line's rate is unknown
-SYNACK_MIN_RATE = 10        # ... never fewer than this
-SYNACK_MIN_BURST = 4        # bursts of a tenth of a second's worth, at least this many
-SYNACK_RETRY_SHARE = 4      # SYN-ACKs for retransmitted SYNs the limit left unanswered: a quarter as many more
 _FRAG_KEY = "frag"
 _RESUME_KEY = "resume"
 _DNS_KEY = "dns"
@@ -252,9 +226,6 @@ class StackConfig:
     max_connections: int = 64
     max_per_service: int = 16
     max_udp_flows: int = 64
-    new_connections_per_second: int = 20    # token bucket on new TCP flows (completed handshakes under cookies)
-    burst: int = 40
-    max_half_open: int = 32                 # TCP flows waiting for their service connect; beyond: SYN cookies
     udp_timeout: int = 60                   # seconds a UDP or ping flow lives without traffic
     resume_grace: int = 120                 # seconds TCP flows wait for the client after a lost line; 0 = none
     tcp: TcpConfig = field(default_factory=TcpConfig)
@@ -264,7 +235,7 @@ class StackConfig:
 
 class _Flow(object):
     """What every flow record has: its id, tuple, route and activity."""
-    __slots__ = ("flow_id", "key", "route", "opened_at", "last_activity", "gone", "counted", "waiting")
+    __slots__ = ("flow_id", "key", "route", "opened_at", "last_activity", "gone", "counted")
 
     def __init__(self, flow_id, key, route, now):
         self.flow_id = flow_id
@@ -274,7 +245,6 @@ class _Flow(object):
         self.last_activity = now
         self.gone = False
         self.counted = True             # holds a slot in the policy's limits
-        self.waiting = False            # TCP: counts as half-open until its service connect ends
 
     @property
     def client(self):
@@ -284,7 +254,7 @@ class _Flow(object):
 class _Conn(_Flow):
     """The stack's bookkeeping around one TcpConnection."""
     __slots__ = ("conn", "syn_ip", "accepted", "established", "granted", "received", "backlog", "eof",
-                 "peer_fin", "service_closed", "reason", "error", "small_at", "small_count", "cookie")
+                 "peer_fin", "service_closed", "reason", "error", "small_at", "small_count")
 
     def __init__(self, flow_id, key, route, conn, syn_ip, now):
         _Flow.__init__(self, flow_id, key, route, now)
@@ -302,8 +272,6 @@ class _Conn(_Flow):
         self.error = None               # the metrics' reason of a failed or abnormally ended connection
         self.small_at = None            # ms of the last small (interactive) payload segment, either way
         self.small_count = 0            # small payload segments since a pause of INTERACTIVE_HOLD
-        self.waiting = True
-        self.cookie = False             # the handshake completed with a SYN cookie (before the service connect)
 
     @property
     def conn_id(self):
@@ -356,9 +324,6 @@ class IPStack(object):
         self.policy = Policy(config)
         self.timers = TimerQueue()
         self._isn = IsnGenerator(rng)
-        self.cookies = SynCookies(rng)
-        self._unanswered = None         # UnansweredSyns, made when the SYN-ACK limit first leaves a SYN out
-        self._synack_bucket = self._retry_bucket = None
         self._conns = OrderedDict()     # FlowKey -> _Conn, in round-robin order
         self._datagram_flows = {}       # FlowKey -> _Datagrams (UDP and ping flows)
         self._by_id = {}                # flow id -> _Conn or _Datagrams
@@ -366,7 +331,6 @@ class IPStack(object):
         self._control = deque()         # datagrams to send ahead of everything (ICMP, resets, UDP)
         self._events = []
         self._now = 0
-        self._synack_limits(SYNACK_DEFAULT_RATE)
         self._suspended_at = None       # ms the link was lost (see suspend), None while it is up
         self._log_bucket = TokenBucket(1, 10)
         self._log_suppressed = 0
@@ -389,11 +353,6 @@ class IPStack(object):
         self.tcp_refused = {}           # cause -> count, TCP only
         self.udp_flows_opened = 0
         self.ping_flows_opened = 0
-        self.syncookies_sent = 0        # SYNs answered with a cookie
-        self.syncookies_limited = 0     # ... not answered: the SYN-ACK rate limit (the client retransmits)
-        self.syncookies_accepted = 0    # handshakes completed with a valid cookie (then admitted or refused)
-        self.syncookies_invalid = 0     # ACKs for no connection with no valid cookie (answered with RST)
-        self.half_open_evicted = 0      # flows whose SYN-ACK was never acknowledged, reset to make room
         self.suspensions = 0            # lost lines whose TCP flows were kept
         self.resumptions = 0            # ... and carried on by a new session
         self.resume_expiries = 0        # ... and reset when resume_grace ran out
@@ -470,11 +429,6 @@ class IPStack(object):
         return self.retransmits_closed + sum(rec.conn.retransmits for rec in self._conns.values())
 
     @property
-    def half_open(self):
-        """TCP flows waiting for their service or proxy connect."""
-        return self.policy.half_open
-
-    @property
     def mss_limit(self):
         return self.mtu - IP_TCP_HEADER
 
@@ -522,32 +476,27 @@ class IPStack(object):
         if self.line_rate and not self._fitted[1]:
             self._fit_to_line(now)
 
-    @staticmethod
-    def _line_fit(rate, interactive):
-        """(segment limit or None, window bytes or None, window segments at least) for the line's state."""
-        if not rate:
-            return None, None, 0
-        if interactive:
-            return (max(MIN_LINE_MSS, int(rate * SEGMENT_TIME) - IP_TCP_HEADER),
-                    rate * INTERACTIVE_WINDOW_TIME, MIN_WINDOW_SEGMENTS)
-        return None, rate * WINDOW_TIME, BULK_WINDOW_SEGMENTS
-
-    @staticmethod
-    def _rcv_limit(win, segments, mss):
-        if win is None:
-            return None
-        # Whole segments: a window with a remainder makes the client send a runt to fill it.
-        return mss * max(segments, int(win) // mss)
-
     def _fit_to_line(self, now):
         """Size every connection's segments and receive window to the line (see "Fitting a slow line")."""
         rate = self.line_rate
         interactive = bool(rate) and now <= self._interactive_until
         self._fitted = (rate, interactive)
-        seg, win, segments = self._line_fit(rate, interactive)
+        if not rate:
+            seg = win = None
+        elif interactive:
+            seg = max(MIN_LINE_MSS, int(rate * SEGMENT_TIME) - IP_TCP_HEADER)
+            win, segments = rate * INTERACTIVE_WINDOW_TIME, MIN_WINDOW_SEGMENTS
+        else:
+            seg = None
+            win, segments = rate * WINDOW_TIME, BULK_WINDOW_SEGMENTS
         for rec in self._conns.values():
             conn = rec.conn
-            conn.rcv_limit = self._rcv_limit(win, segments, conn.our_mss)
+            if win is None:
+                conn.rcv_limit = None
+            else:
+                # Whole segments: a window with a remainder makes the client send a runt to fill it.
+                mss = conn.our_mss
+                conn.rcv_limit = mss * max(segments, int(win) // mss)
             conn.segment_limit = seg if seg is not None and seg < conn.send_mss else None
             conn.ack_every = 1 if interactive and rate < SLOW_LINE else 2
 
@@ -555,17 +504,6 @@ class IPStack(object):
         """The serial line's measured drain rate in bytes/s (None: unknown)."""
         self.line_rate = rate
         self._fit_to_line(self._now)
-        per_second = SYNACK_DEFAULT_RATE
-        if rate:
-            per_second = max(SYNACK_MIN_RATE, int(rate * SYNACK_LINE_SHARE) // SYNACK_WIRE)
-        if per_second != self._synack_bucket.rate:
-            self._synack_limits(per_second)
-
-    def _synack_limits(self, per_second):
-        """Cookie SYN-ACKs: ``per_second`` with bursts of a tenth of that, and a quarter more for retransmissions."""
-        self._synack_bucket = TokenBucket(per_second, max(SYNACK_MIN_BURST, per_second // 10), self._now)
-        retries = max(1, per_second // SYNACK_RETRY_SHARE)
-        self._retry_bucket = TokenBucket(retries, max(SYNACK_MIN_BURST, retries // 10), self._now)
 
     def set_mtu(self, mtu):
         """The session MTU (the smaller of ours and the peer's MRU); new connections size their MSS from it."""
@@ -611,14 +549,12 @@ class IPStack(object):
                                     now - rec.opened_at, reason, cause))
 
     def _queue_control(self, packet):
-        """Queue a packet to go ahead of everything; False if it was dropped (none, or the queue is full)."""
         if packet is None:
-            return False
+            return
         if len(self._control) >= MAX_CONTROL_QUEUE:
             self._drop("out_control_queue_full")
-            return False
+            return
         self._control.append(packet)
-        return True
 
     def _queue_all(self, packets):
         for packet in packets:
@@ -769,9 +705,6 @@ class IPStack(object):
         if is_syn:
             self._admit(key, ip, seg, now)
             return
-        if flags & (tcp_wire.SYN | tcp_wire.ACK | tcp_wire.RST) == tcp_wire.ACK and self.cookies.active(now):
-            if self._cookie_ack(key, ip, seg, now):
-                return
         self._drop("tcp_no_connection")
         self._reset(seg, ip)
 
@@ -785,149 +718,25 @@ class IPStack(object):
     # -- admission ------------------------------------------------------------------
 
     def _admit(self, key, ip, seg, now):
-        """A SYN for no connection: the policy's Route, then ServiceConnect -- or a SYN cookie, or the refusal."""
-        periods = self.policy.cookie_periods
+        """A SYN for no connection: the policy's Route, then ServiceConnect -- or the refusal it names."""
         route = self.policy.decide(key, now)
-        if route.deferred:
-            if self.policy.cookie_periods != periods:
-                log.info("answering new SYNs with SYN cookies: %s", route.reason)
-            self._send_cookie(key, ip, seg, now)
-            return
         if not route.admitted:
             self._refuse(key, route, ip, seg)
             return
         iss = self._isn(ip.dst, seg.dst_port, ip.src, seg.src_port, now)
         tcp_config, mss_limit = self.new_connection_params()
         conn = TcpConnection(seg, ip.dst, ip.src, tcp_config, iss, now, mss_limit)
-        self._open(key, route, conn, ip, now)
-
-    def _open(self, key, route, conn, syn_ip, now):
-        rec = _Conn(self._new_id(), key, route, conn, syn_ip, now)
+        rec = _Conn(self._new_id(), key, route, conn, ip, now)
         self._conns[key] = rec
         self._by_id[rec.flow_id] = rec
         self._events.append(ServiceConnect(rec.flow_id, key, route))
         self._fit_to_line(now)
-        return rec
-
-    # -- SYN cookies (RFC 4987 section 3.6; the encoding is net/tcp/syncookie.py's) ----------------
-
-    def _cookie_window(self, tcp_config, mss_limit):
-        """The window of a cookie's SYN-ACK: what a new connection would advertise on the line as it is fitted."""
-        _, win, segments = self._line_fit(*self._fitted)
-        return initial_window(tcp_config, self._rcv_limit(win, segments, our_mss(tcp_config, mss_limit)))
-
-    def _send_cookie(self, key, ip, seg, now):
-        """Answer a SYN statelessly: a SYN-ACK whose ISS is the cookie, within the SYN-ACK rate limit.
-
-        The options are the ones a connection would answer with, except that without timestamps neither
-        window scaling nor SACK is offered: only timestamps have room to bring them back (syncookie.py).
-        """
-        if not self._synack_bucket.allow(now):
-            # The limit leaves this SYN out.  If the client sends it again it is probably real (a flood
-            # hardly ever repeats a port and ISN): answer it then, from a budget of its own.
-            unanswered = self._unanswered
-            if unanswered is None:
-                unanswered = self._unanswered = UnansweredSyns(self.rng)
-            if not (unanswered.again(key, seg.seq) and self._retry_bucket.allow(now)):
-                self.syncookies_limited += 1
-                return
-        tcp_config, mss_limit = self.new_connection_params()
-        iss, _ = self.cookies.make(key, seg.seq, seg.mss, now)
-        wscale = None
-        sack = False
-        timestamp = None
-        if seg.timestamp is not None and tcp_config.timestamps:
-            if seg.wscale is not None and tcp_config.window_scaling:
-                wscale = seg.wscale
-            sack = bool(seg.sack_permitted) and tcp_config.sack
-            timestamp = (ts_encode((now + iss) & 0xFFFFFFFF, wscale, sack), seg.timestamp[0])
-        synack = tcp_wire.TcpRepr(
-            seg.dst_port, seg.src_port, iss, seq_add(seg.seq, 1), tcp_wire.SYN | tcp_wire.ACK,
-            self._cookie_window(tcp_config, mss_limit), mss=our_mss(tcp_config, mss_limit),
-            wscale=window_shift(tcp_config.rcvbuf) if wscale is not None else None, sack_permitted=sack,
-            timestamp=timestamp)
-        if self._queue_control(self.ip.datagram(PROTO_TCP, synack.emit(ip.dst, ip.src), ip.dst, ip.src)):
-            self.syncookies_sent += 1
-
-    def _evict_unanswered(self, key, now):
-        """Make room for a client that completed its handshake: reset the oldest flow that has not.
-
-        Only a flow whose SYN-ACK went unanswered for a whole retransmission timeout qualifies (a flood's
-        SYNs that came in before the cookies took over hold their service sockets until the SYN-ACK gives
-        up; a real client answers within a round trip); one of the same service first.  Connections that
-        completed their handshake are never evicted.
-        """
-        label = self.policy.label(key)
-        oldest = same = None
-        for rec in self._conns.values():
-            conn = rec.conn
-            if rec.accepted and conn.state is TcpState.SYN_RECEIVED and conn.retransmits:
-                if oldest is None or rec.opened_at < oldest.opened_at:
-                    oldest = rec
-                if rec.route.label == label and (same is None or rec.opened_at < same.opened_at):
-                    same = rec
-        victim = same or oldest
-        if victim is None:
-            return False
-        self.half_open_evicted += 1
-        victim.reason = "evicted"
-        victim.conn.abort(now)
-        self._after(victim, now)
-        if not victim.gone:
-            self._finish(victim, now)
-        return True
-
-    def _cookie_ack(self, key, ip, seg, now):
-        """An ACK for no connection: if it returns a valid cookie, the flow is decided now.  False: no cookie.
-
-        Admitted, the connection is created in the state after the handshake (``TcpConnection.from_cookie``)
-        and told the ACK, with any data it carries, which waits in the receive window until the service
-        has connected.  A service that turns out to be down then gets the client an RST after the handshake.
-        """
-        iss = seq_add(seg.ack, -1)
-        irs = seq_add(seg.seq, -1)
-        mss = self.cookies.check(key, irs, iss, now)
-        if mss is None:
-            self.syncookies_invalid += 1
-            return False
-        self.syncookies_accepted += 1
-        route = self.policy.decide(key, now, handshake=True)
-        if route.cause == F.CAUSE_LIMIT and self._evict_unanswered(key, now):
-            route = self.policy.decide(key, now, handshake=True)
-        if not route.admitted:
-            self._refuse(key, route, ip, seg)
-            return True
-        options = ts_decode(seg.timestamp[1]) if seg.timestamp is not None else None
-        tcp_config, mss_limit = self.new_connection_params()
-        if options is not None:
-            wscale, sack = options
-            timestamp = (seg.timestamp[0], 0)
-            if not tcp_config.timestamps:
-                tcp_config = replace(tcp_config, timestamps=True)   # the SYN-ACK had them (the line changed)
-        else:
-            wscale, sack, timestamp = None, False, None
-        syn = tcp_wire.TcpRepr(seg.src_port, seg.dst_port, irs, 0, tcp_wire.SYN, seg.window, mss=mss,
-                               wscale=wscale, sack_permitted=sack, timestamp=timestamp)
-        conn = TcpConnection.from_cookie(syn, ip.dst, ip.src, tcp_config, iss, now, mss_limit,
-                                         self._cookie_window(tcp_config, mss_limit))
-        rec = self._open(key, route, conn, None, now)
-        rec.cookie = True
-        if seg.seg_len:
-            rec.last_activity = now
-        conn.receive(seg, now)
         self._after(rec, now)
-        return True
 
     def _release(self, rec):
         if rec.counted:
             rec.counted = False
             self.policy.release(rec.key, rec.route)
-
-    def _settle(self, rec):
-        """The flow's service connect is over (or the flow is): it no longer counts as half-open."""
-        if rec.waiting:
-            rec.waiting = False
-            self.policy.connect_done()
 
     # -- connection events ----------------------------------------------------------
 
@@ -953,8 +762,6 @@ class IPStack(object):
     def _on_event(self, rec, event, now):
         conn_id = rec.conn_id
         if isinstance(event, tcp_events.Readable):
-            if not rec.accepted:
-                return          # a cookie's connection: the data waits in the window for the service socket
             data = rec.conn.read()
             if data:
                 self._events.append(ServiceSend(conn_id, data))
@@ -962,8 +769,7 @@ class IPStack(object):
             self._grant(rec, now)
         elif isinstance(event, tcp_events.Established):
             rec.established = True
-            if rec.accepted:
-                self._opened(rec, now)
+            self._flow_log(ev.OPENED, rec, now)
         elif isinstance(event, tcp_events.PeerFin):
             if not rec.peer_fin:
                 rec.peer_fin = True
@@ -975,10 +781,6 @@ class IPStack(object):
             self._close_service(rec, reason)
         elif isinstance(event, tcp_events.Closed):
             self._finish(rec, now)
-
-    def _opened(self, rec, now):
-        """Handshake complete and service connected (in either order)."""
-        self._flow_log(ev.OPENED, rec, now)
 
     def _close_service(self, rec, reason):
         if not rec.service_closed:
@@ -1037,7 +839,6 @@ class IPStack(object):
             tally = self._tally(self._datagram_tally, (rec.key.protocol, rec.route.label))
             tally.bytes_in += rec.bytes_in
             tally.bytes_out += rec.bytes_out
-        self._settle(rec)
         self.timers.cancel(rec.flow_id)
         del self._by_id[rec.flow_id]
 
@@ -1103,20 +904,11 @@ class IPStack(object):
         rec.accepted = True
         rec.syn_ip = None
         rec.last_activity = now
-        self._settle(rec)
         self.connections_opened += 1
         tally = self._tally(self._tcp_tally, rec.route.label)
         tally.opened += 1
         tally.connect.observe(now - rec.opened_at)      # from the client's SYN to the service socket connected
-        if rec.cookie:
-            # The handshake is long done: say so, and hand the service what the client sent meanwhile.
-            if rec.established:
-                self._opened(rec, now)
-            data = rec.conn.read()
-            if data:
-                self._events.append(ServiceSend(conn_id, data))
-        else:
-            rec.conn.accept(now)
+        rec.conn.accept(now)
         self._grant(rec, now)
         self._after(rec, now)
 
