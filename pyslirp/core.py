@@ -8,7 +8,9 @@ and IPCP); the link's events are dispatched at once:
 * ``IPReceived``  -> ``IPStack.receive_packet``;
 * ``LinkUp``      -> logged; the stack is told the session's MTU (the smaller
   of ours and the peer's MRU, RFC 1661 section 6.1: the peer's MRU is what we
-  may send) and reported to the runtime;
+  may send) and whether the link compresses TCP/IP headers (Van Jacobson:
+  the stack then leaves TCP timestamps out of its SYN-ACKs), and reported
+  to the runtime;
 * ``LinkDown``    -> ``IPStack.reset`` (every connection dropped, its service
   socket closed through ``ServiceClose`` events) when the session was closed
   administratively, else ``IPStack.suspend`` (see below); logged, reported;
@@ -300,6 +302,7 @@ class Core(object):
         if mtu != self._stack_mtu:
             self.stack.set_mtu(mtu)
             self._stack_mtu = mtu
+        self.stack.set_header_compression(event.header_compression)
         session = (event.local_ip, event.remote_ip, self._auth_user)
         if self.stack.suspended:
             if session == self._session:

@@ -101,6 +101,9 @@ class FakeStack(object):
     def set_mtu(self, mtu):
         self.calls.append(("set_mtu", mtu))
 
+    def set_header_compression(self, on):
+        self.header_compression = on
+
     def __getattr__(self, name):
         if name.startswith("service_"):
             return lambda *args: self.calls.append((name,) + args)
@@ -416,9 +419,10 @@ class Client(object):
         self.send_cp(wppp.PROTO_IPCP, wppp.CONFIGURE_ACK, ident, wppp.parse_options(data))
 
 
-def real_core(text=""):
-    cfg = config_mod.validate(config_mod.apply_overrides({}, {"ppp.lcp_echo_interval": 0,
-                                                               "ppp.restart_interval": 1}))
+def real_core(text="", **overrides):
+    values = {"ppp.lcp_echo_interval": 0, "ppp.restart_interval": 1}
+    values.update(overrides)
+    cfg = config_mod.validate(config_mod.apply_overrides({}, values))
     return Core(config_mod.link_config(cfg), config_mod.stack_config(cfg), random.Random(7))
 
 
@@ -426,8 +430,35 @@ def test_real_core_negotiates_and_reports_link_up():
     client = Client(real_core())
     client.bring_up()
     assert client.core.is_up
-    assert [e for e in client.events if isinstance(e, LinkUp)] == [LinkUp("10.0.0.1", "10.0.0.2", 1500)]
+    # The client acknowledged our request for VJ: it compresses its TCP/IP headers towards us.
+    assert [e for e in client.events if isinstance(e, LinkUp)] == [LinkUp("10.0.0.1", "10.0.0.2", 1500, True)]
     assert client.core.session_mtu == 1500
+
+
+def synack_to(client, port):
+    """The SYN-ACK answering a SYN that offers TCP timestamps (RFC 7323) to service port 22."""
+    client.send_tcp(TcpRepr(port, 22, 1000, 0, SYN, 65535, mss=1460, timestamp=(77, 0)))
+    (connect,) = [e for e in client.events if isinstance(e, ServiceConnect) and e.flow.client_port == port]
+    client.core.service_connected(connect.conn_id, client.now)
+    client.pump()
+    (urgent, synack), = client.tcp_segments()
+    assert synack.flags == SYN | ACK
+    return synack
+
+
+def test_no_tcp_timestamps_while_the_link_compresses_headers():
+    # RFC 1144 3.2.3: a changed TCP option sends the header uncompressed; a timestamp changes every segment.
+    client = Client(real_core())
+    client.bring_up()
+    assert client.core.link.vj_active and client.core.stack.header_compression
+    assert synack_to(client, 40000).timestamp is None
+    # Without VJ (and no measured line rate) the stack offers them as configured.
+    client = Client(real_core(**{"ppp.vj": False}))
+    client.bring_up()
+    assert not client.core.link.vj_active and not client.core.stack.header_compression
+    assert [e for e in client.events if isinstance(e, LinkUp)] == [LinkUp("10.0.0.1", "10.0.0.2", 1500, False)]
+    timestamp = synack_to(client, 40000).timestamp
+    assert timestamp is not None and timestamp[1] == 77        # TSecr echoes the SYN's TSval
 
 
 def test_real_core_restart_timer_through_get_timer():

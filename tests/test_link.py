@@ -257,7 +257,7 @@ def events_of(client, cls):
 def test_pppd_like_client_reaches_link_up_with_dns():
     link, client = negotiated({"dns": ("192.0.2.53", "192.0.2.54")})
     assert link.is_up and link.phase == Phase.NETWORK
-    assert events_of(client, LinkUp) == [LinkUp("10.0.0.1", "10.0.0.2", 1500)]
+    assert events_of(client, LinkUp) == [LinkUp("10.0.0.1", "10.0.0.2", 1500, True)]
     # Our LCP request: ACCM 0, magic, PFC, ACFC; no MRU (default) and no auth.
     first = client.of(LCP, 1)[0]
     opts = wppp.parse_options(first[2])
@@ -305,11 +305,13 @@ def test_windows_like_options_are_rejected_and_link_comes_up():
     # the Reject repeats the options unmodified (RFC 1661 5.4)
     assert ipcp_rej[0] == (130, b"\0\0\0\0")
     assert link.ipcp.his_vj == (15, 1) and link.vj_active
+    assert [e.header_compression for e in events_of(client, LinkUp)] == [True]
     # With VJ off the same request has its VJ option rejected as it was sent.
     link, client = negotiated({"dns": ("192.0.2.53", "192.0.2.54"), "vj": False}, lcp_options=lcp_opts,
                               ipcp_options=ipcp_opts)
     ipcp_rej = wppp.parse_options(client.of(IPCP, 4)[0][2])
     assert link.is_up and ipcp_rej[0] == (2, b"\x00\x2d\x0f\x01") and not link.vj_active
+    assert [e.header_compression for e in events_of(client, LinkUp)] == [False]
 
 
 def test_mru_below_minimum_is_naked_and_small_mru_accepted():
@@ -682,7 +684,7 @@ def test_terminate_from_peer_then_new_session_from_scratch():
     first_magic = link.lcp.got.magic
     fresh = Client(link, now=client.now + 1000)
     fresh.start()
-    assert link.is_up and events_of(fresh, LinkUp) == [LinkUp("10.0.0.1", "10.0.0.2", 1500)]
+    assert link.is_up and events_of(fresh, LinkUp) == [LinkUp("10.0.0.1", "10.0.0.2", 1500, True)]
     # negotiated from scratch: a new LCP request with a new magic, IPCP Nak'd again
     assert fresh.of(LCP, 1) and link.lcp.got.magic != first_magic
     assert len(fresh.of(IPCP, 3)) == 1

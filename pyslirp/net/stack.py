@@ -78,7 +78,10 @@ upload, waits that long.  Therefore:
   sends us on that connection) is about MSS_TIME of line time, at least
   MIN_LINE_MSS, unless ``tcp.mss`` is configured (RFC 9293 3.7.1 lets the
   receiver announce any MSS); TCP timestamps are not offered on a line
-  slower than SLOW_LINE (12 bytes per segment);
+  slower than SLOW_LINE (12 bytes per segment), nor while the link
+  compresses TCP/IP headers (``set_header_compression``: with Van
+  Jacobson compression a timestamp, which changes with every segment,
+  sends every header uncompressed, RFC 1144 section 3.2.3);
 * our receive window (``conn.rcv_limit``) is WINDOW_TIME of line time (at
   least BULK_WINDOW_SEGMENTS of the client's segments), and only
   INTERACTIVE_WINDOW_TIME (at least two segments) while interactive traffic
@@ -318,6 +321,7 @@ class IPStack(object):
         self.local_ip = self.ip.local
         self.remote_ip = self.ip.remote
         self.line_rate = None
+        self.header_compression = False # the link compresses TCP/IP headers (Van Jacobson): no timestamps
         self._fitted = (None, False)    # (line rate, interactive) the connections were last fitted to
         self._conn_configs = {}         # (announced mss, timestamps) -> TcpConfig for new connections
         self._interactive_until = -1    # ms: interactive traffic seen recently (see _interactive)
@@ -440,7 +444,8 @@ class IPStack(object):
         sized to the line (``line_mss``), while our own segments may be as large as the link allows and
         are sized dynamically (``segment_limit``, see _fit_to_line).  On a slow line TCP timestamps are
         not offered: 12 bytes more per segment buy nothing there (RFC 7323 PAWS protects against
-        wrapped sequence numbers at gigabit speeds; Karn's algorithm times segments well enough).
+        wrapped sequence numbers at gigabit speeds; Karn's algorithm times segments well enough).  Nor
+        are they offered while the link compresses TCP/IP headers (``set_header_compression``).
         """
         tcp = self.config.tcp
         limit = self.mss_limit
@@ -450,7 +455,10 @@ class IPStack(object):
             announce = tcp.mss
         else:
             announce = line_mss(rate, limit)
-        timestamps = tcp.timestamps and not (rate and rate < SLOW_LINE)
+        # RFC 1144 section 3.2.3: "any change in [the TCP options] ... the packet is sent uncompressed";
+        # a timestamp changes with every segment.  The option is used only if both SYNs carry it (RFC 7323
+        # section 3.2), so leaving it out of our SYN-ACK turns it off for the connection both ways.
+        timestamps = tcp.timestamps and not (rate and rate < SLOW_LINE) and not self.header_compression
         key = (announce, timestamps)
         config = self._conn_configs.get(key)
         if config is None:
@@ -504,6 +512,11 @@ class IPStack(object):
         """The serial line's measured drain rate in bytes/s (None: unknown)."""
         self.line_rate = rate
         self._fit_to_line(self._now)
+
+    def set_header_compression(self, on):
+        """The link compresses TCP/IP headers (Van Jacobson, RFC 1144) in at least one direction, or not:
+        connections opened from now on are negotiated without TCP timestamps while it does."""
+        self.header_compression = bool(on)
 
     def set_mtu(self, mtu):
         """The session MTU (the smaller of ours and the peer's MRU); new connections size their MSS from it."""

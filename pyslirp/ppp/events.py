@@ -11,10 +11,16 @@ class IPReceived:
 
 @dataclass(frozen=True)
 class LinkUp:
-    """IPCP reached Opened: IP may flow."""
+    """IPCP reached Opened: IP may flow.
+
+    ``header_compression``: Van Jacobson TCP/IP header compression runs in at least one direction; TCP
+    options that change with every segment (timestamps) would force every header out uncompressed
+    (RFC 1144 section 3.2.3), so the stack should not negotiate them on this session.
+    """
     local_ip: str
     remote_ip: str
     mtu: int
+    header_compression: bool = False
 
 
 @dataclass(frozen=True)

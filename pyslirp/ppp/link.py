@@ -598,7 +598,7 @@ class PPPLink(object):
         self._down_reported = False
         cfg = self.config
         log.info("link up: %s <-> %s, peer MRU %d", cfg.local_ip, cfg.remote_ip, self.mtu)
-        self._events.append(LinkUp(cfg.local_ip, cfg.remote_ip, self.mtu))
+        self._events.append(LinkUp(cfg.local_ip, cfg.remote_ip, self.mtu, self.vj_active))
 
     def ipcp_down(self):
         self._report_down(self._end_reason or self.ipcp.fsm.reason or "IPCP down")
