@@ -43,7 +43,9 @@ output queue), so what is returned is what goes onto the line next, in that
 order, and bulk data waits in the TCP send buffers (where it is backpressure
 on the service sockets) instead of in front of keystrokes.  The runtime also
 reports the line's measured drain rate (:meth:`set_line_rate`), which the
-stack uses to size segments and windows to the line.
+stack uses to size segments and windows to the line, and takes the round
+trips the stack's connections measured (:meth:`take_delay_signal`), which
+slow a paced line whose real queue grows out of sight.
 
 Timers: :meth:`get_timer` is the earlier of the link's and the stack's
 deadlines; :meth:`handle_timer` runs whichever is due.  Times are integer
@@ -210,6 +212,11 @@ class Core(object):
         """The line's measured drain rate in bytes/s (the runtime measures it; see runtime/serialio.py)."""
         self.line_rate = rate
         self.stack.set_line_rate(rate)
+
+    def take_delay_signal(self):
+        """The smallest round trip (ms) the stack's TCP connections measured across the link since the last
+        call, or None (``IPStack.take_delay_signal``): the runtime paces a line it cannot see by it."""
+        return self.stack.take_delay_signal()
 
     def take_events(self):
         """Link events of interest (LinkUp, LinkDown, AuthResult), then the stack's service events."""

@@ -163,6 +163,9 @@ class BudgetCore(object):
     def set_line_rate(self, rate):
         self.rates.append(rate)
 
+    def take_delay_signal(self):
+        return None
+
 
 def test_budget_is_the_bound_minus_our_queue_and_the_os_queue():
     core = BudgetCore()

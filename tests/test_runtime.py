@@ -308,6 +308,9 @@ class ScriptedCore(object):
     def set_line_rate(self, rate):
         self.calls.append(("rate", rate))
 
+    def take_delay_signal(self):
+        return None
+
     def take_events(self):
         return []
 

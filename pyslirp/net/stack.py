@@ -93,6 +93,17 @@ upload, waits that long.  Therefore:
   is acknowledged at once (``conn.ack_every``), so a two-segment window
   keeps its upload going.
 
+The delay signal: every RTT sample a connection takes of a segment with
+at most SMALL_PAYLOAD bytes (its SYN-ACK, keystroke echoes; the clock runs
+from the segment leaving the stack to the client's ACK) is a round trip
+across the whole line, queues included, whose own transmission time is
+small; :meth:`take_delay_signal` hands the smallest since the last call to
+the runtime, which paces a line whose backlog it cannot see by it (a rising
+minimum is a queue growing out of sight: runtime/serialio.py
+``LinePacer``).  Samples of bulk segments are left out: they include the
+segment's own line time (130 ms for 1500 bytes at 115200 bit/s), and the
+client's delayed ACK of the first of two segments waits for the second.
+
 "Interactive" means that some connection carried INTERACTIVE_SEGMENTS small
 payload segments (at most SMALL_PAYLOAD bytes), either way, with no pause of
 INTERACTIVE_HOLD ms; it ends INTERACTIVE_HOLD ms after the last one.  Bulk
@@ -322,6 +333,7 @@ class IPStack(object):
         self.remote_ip = self.ip.remote
         self.line_rate = None
         self.header_compression = False # the link compresses TCP/IP headers (Van Jacobson): no timestamps
+        self._delay_min = None          # ms: the smallest small-segment RTT since take_delay_signal
         self._fitted = (None, False)    # (line rate, interactive) the connections were last fitted to
         self._conn_configs = {}         # (announced mss, timestamps) -> TcpConfig for new connections
         self._interactive_until = -1    # ms: interactive traffic seen recently (see _interactive)
@@ -512,6 +524,12 @@ class IPStack(object):
         """The serial line's measured drain rate in bytes/s (None: unknown)."""
         self.line_rate = rate
         self._fit_to_line(self._now)
+
+    def take_delay_signal(self):
+        """The smallest RTT (ms) the connections measured on small segments since the last call, or None
+        (see "The delay signal")."""
+        rtt, self._delay_min = self._delay_min, None
+        return rtt
 
     def set_header_compression(self, on):
         """The link compresses TCP/IP headers (Van Jacobson, RFC 1144) in at least one direction, or not:
@@ -767,6 +785,12 @@ class IPStack(object):
                 if rec.gone:
                     return
                 self._on_event(rec, event, now)
+        sample = conn.rtt_sample
+        if sample is not None:
+            conn.rtt_sample = None
+            rtt, size = sample
+            if size is not None and size <= SMALL_PAYLOAD and (self._delay_min is None or rtt < self._delay_min):
+                self._delay_min = rtt
         if not rec.gone:
             if rec.counted and conn.state == TcpState.TIME_WAIT:
                 self._release(rec)      # TIME_WAIT holds no service socket: it does not count against limits

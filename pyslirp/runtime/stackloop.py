@@ -29,7 +29,12 @@ waits in the TCP send buffers, where the next keystroke can still overtake
 it.  The writer's "room" report (the line drained below the bound) wakes the
 loop to refill; a 20 ms re-flush is the safety net.  Whenever the measured
 rate moves by more than an eighth the Core is told (``set_line_rate``): the
-stack sizes segments and windows to it.
+stack sizes segments and windows to it.  The other way, each flush hands
+the writer the smallest round trip the stack's connections measured on
+small segments since the last one (``Core.take_delay_signal`` ->
+``SerialWriter.set_delay_signal``): on a paced line (backlog not visible) a
+rising minimum slows the pace, and the slower pace comes back to the Core as
+a new rate.
 
 The inbox is a ``queue.SimpleQueue``, whose ``put`` is safe to call from a
 signal handler.  Producers bound themselves: the reader by bytes in flight,
@@ -404,6 +409,9 @@ class Runtime(object):
                 # safety net should the bound move under it.
                 self._reflush_at = now + REFLUSH_MS
             self._tell_rate(writer.rate)
+            rtt = core.take_delay_signal()
+            if rtt is not None:
+                writer.set_delay_signal(rtt)
         else:
             core.take_serial_output(0, now)
         downs = []

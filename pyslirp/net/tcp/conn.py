@@ -312,6 +312,10 @@ class TcpConnection(object):
         self._cc = NewReno(self._smss(), max_window=max(4 * config.sndbuf, 1 << 16))
         self._rtt_seq = None            # Karn: the segment being timed (no timestamps)
         self._rtt_time = 0
+        self._rtt_len = 0               # payload bytes of the segment being timed
+        # The latest RTT sample as (ms, payload bytes of the timed segment; None when it came from a
+        # timestamp), for the owner to take (the stack's delay signal); None when taken.
+        self.rtt_sample = None
         self._dup_acks = 0
         self._in_recovery = False
         self._recover = iss
@@ -677,6 +681,7 @@ class TcpConnection(object):
         else:
             self._rtt_seq = self.iss
             self._rtt_time = now
+            self._rtt_len = 0
         self._synack_sends += 1
         self.snd_nxt = self.snd_max = seq_add(self.iss, 1)
         if self._rtx_at is None:
@@ -763,6 +768,7 @@ class TcpConnection(object):
             if self._rtt_seq is None and not self.ts_ok:
                 self._rtt_seq = seq
                 self._rtt_time = now
+                self._rtt_len = n
             self.last_activity = now
         if seq_gt(new_end, self.snd_nxt):
             self.snd_nxt = new_end
@@ -1227,8 +1233,10 @@ class TcpConnection(object):
             if 0 <= rtt <= self.config.max_rto_ms:
                 expected = max(1, flight_before // (2 * self._smss()))
                 self._rtt.sample(rtt, expected)
+                self.rtt_sample = (rtt, None)
         elif self._rtt_seq is not None and seq_gt(ack, self._rtt_seq):
             self._rtt.sample(now - self._rtt_time)
+            self.rtt_sample = (now - self._rtt_time, self._rtt_len)
             self._rtt_seq = None
 
         # Congestion control and recovery (RFC 5681, RFC 6582).
