@@ -340,36 +340,56 @@ def probe_message(n):
 
 
 def rtt_breakdown(relay, probe, warmup):
-    """Where each exchange's time went, from the pacing relay's timeline (medians in ms).
+    """Where each exchange's time went, from the pacing relay's timeline (medians in ms; frame sizes in bytes).
 
-    guest_queue: the request waiting in the guest (behind its own upload) plus the guest's own processing;
-    request_line / response_line: from the first byte going onto the line to the last coming off it (the
-    64 bytes only: the frame's headers go before them); pyslirp: from the request's last byte reaching
-    pyslirp's pty to the response's first byte leaving it onto the line, i.e. pyslirp's processing, the
-    echo service and everything queued toward the line ahead of the response.
+    The request and the response are followed as whole HDLC frames (flag to flag, found around the 64 bytes):
+    guest_queue: the request waiting in the guest (behind its own upload) plus the guest's own processing, up
+    to the request frame's first byte going onto the line and from the response frame's last byte coming off
+    it; request_line / response_line: from a frame's first byte going onto the line to its last coming off
+    it (its bytes at the line rate, plus the UART FIFO's delivery); pyslirp: from the request frame's last
+    byte reaching pyslirp's line to the response frame's first byte leaving it onto the line, i.e. pyslirp's
+    processing, the echo service and everything queued toward the line ahead of the response.
     """
-    parts = {"guest_queue": [], "request_line": [], "pyslirp": [], "response_line": []}
+    parts = {"guest_queue": [], "request_line": [], "pyslirp": [], "response_line": [],
+             "request_frame": [], "response_frame": []}
     up_from = down_from = 0
+    sys.path.insert(0, ROOT)
+    from pyslirp.wire.hdlc import escape
+    up, down = bytes(relay.from_guest), bytes(relay.to_guest)
     for n, (t, rtt) in enumerate(probe["rtts"]):
         if rtt is None:
             break
-        msg = probe_message(n)
-        i = bytes(relay.from_guest).find(msg, up_from)
-        j = bytes(relay.to_guest).find(msg, down_from)
+        # On the line the message is HDLC-escaped (ACCM 0 both ways, pppd's default: 0x7d and 0x7e only).
+        msg = escape(probe_message(n), 0)
+        i = up.find(msg, up_from)
+        j = down.find(msg, down_from)
         if i < 0 or j < 0:
-            break
+            continue        # not in the clear on the line (the first response of a session goes deflated)
         up_from, down_from = i + len(msg), j + len(msg)
         if t < warmup:
             continue
-        a, b = relay.times_of("from_guest", i), relay.times_of("from_guest", i + len(msg) - 1)
-        c, d = relay.times_of("to_guest", j), relay.times_of("to_guest", j + len(msg) - 1)
+        # The frames around the message: from the flag before it (or the byte after that flag when the flag
+        # closed the previous frame and was sent long before) to the flag after it.
+        i0, i1 = up.rfind(b"\x7e", 0, i), up.find(b"\x7e", i + len(msg))
+        j0, j1 = down.rfind(b"\x7e", 0, j), down.find(b"\x7e", j + len(msg))
+        if min(i0, i1, j0, j1) < 0:
+            continue
+        a, b = relay.times_of("from_guest", i0), relay.times_of("from_guest", i1)
+        c, d = relay.times_of("to_guest", j0), relay.times_of("to_guest", j1)
         if None in (a, b, c, d):
             continue
+        # A shared flag (the one that ended the previous frame) may have gone much earlier.
+        if b[0] - a[0] > 2.0 * (i1 - i0 + 1) / relay.rate:
+            a = relay.times_of("from_guest", i0 + 1)
+        if d[0] - c[0] > 2.0 * (j1 - j0 + 1) / relay.rate:
+            c = relay.times_of("to_guest", j0 + 1)
         req_on, req_off, resp_on, resp_off = a[0], b[1], c[0], d[1]
         parts["request_line"].append(req_off - req_on)
         parts["pyslirp"].append(resp_on - req_off)
         parts["response_line"].append(resp_off - resp_on)
         parts["guest_queue"].append(rtt - (resp_off - req_on))
+        parts["request_frame"].append((i1 - i0 + 1) / 1000.0)
+        parts["response_frame"].append((j1 - j0 + 1) / 1000.0)
     return dict((k, 1000 * percentile(v, 0.5)) for k, v in parts.items() if v)
 
 
@@ -388,6 +408,7 @@ LINE_LABELS = {
     "device": "device path on a pty (the relay's)",
     "stdio": "--stdio on pipes",
     "stdio-pty": "--stdio on a pty",
+    "socket": "socket:// (a TCP connection, as to a terminal server)",
 }
 
 
@@ -570,9 +591,10 @@ class Bench(object):
                     rt["median"], rt["p10"], rt["p90"], rt["max"], rt["n"]))
                 b = rt.get("breakdown")
                 if b:
-                    lines.append("      medians: in the guest %.1f ms, request on the line %.1f, pyslirp %.1f, "
-                                 "response on the line %.1f" % (b.get("guest_queue", 0), b.get("request_line", 0),
-                                                                 b.get("pyslirp", 0), b.get("response_line", 0)))
+                    lines.append("      medians: in the guest %.1f ms, request on the line %.1f (%d-byte frame), "
+                                 "pyslirp %.1f, response on the line %.1f (%d-byte frame)" % (
+                                     b.get("guest_queue", 0), b.get("request_line", 0), b.get("request_frame", 0),
+                                     b.get("pyslirp", 0), b.get("response_line", 0), b.get("response_frame", 0)))
             for key in ("download", "upload"):
                 if key in p:
                     lines.append("    one-way %-8s goodput %.0f B/s (%.1f%% of the line)" % (
@@ -613,7 +635,7 @@ def main(argv=None):
     p.add_argument("--mbytes", type=float, default=8.0, help="MB per unpaced transfer")
     p.add_argument("--only", choices=("unpaced", "paced"))
     p.add_argument("--lines", default="pty,device,stdio",
-                   help="kinds of line for the paced phases (comma-separated: pty, device, stdio, stdio-pty)")
+                   help="kinds of line for the paced phases (comma-separated: pty, device, stdio, stdio-pty, socket)")
     p.add_argument("--phases", default="idle,download,upload,two-way",
                    help="paced phases to run (comma-separated: idle, download, upload, two-way)")
     p.add_argument("--idle-seconds", type=float, default=10.0, help="64-byte exchanges on an idle line")

@@ -466,3 +466,29 @@ def test_keepalive_probes_and_gives_up():
 def test_keepalive_off_by_default():
     h = Conn()
     assert h.conn.get_timer() is None
+
+
+def test_an_echo_exchange_leaves_the_window_field_unchanged():
+    # Keystrokes and their echoes: the service takes each request at once and answers it.  The window field
+    # stays the same on every answer, so VJ compression keeps its 3-byte header (RFC 1144 3.2.3).
+    for wscale in (None, 7):
+        h = Conn(config=TcpConfig(timestamps=False), wscale=wscale)
+        fields = []
+        for i in range(20):
+            h.send(ACK | PSH, payload=b"k" * 64, at=100 * i)
+            data = h.conn.read()
+            h.conn.consumed(len(data), h.now)
+            h.conn.send(data, h.now)
+            out = h.recv()
+            (echo,) = [s for s in out if s.payload]
+            assert echo.payload == data and echo.ack == h.cseq
+            fields.append(echo.window)
+            h.ack_all(out)
+        assert len(set(fields)) == 1, (wscale, fields)
+    # Data the service has not taken still closes the window.
+    h = Conn(config=TcpConfig(timestamps=False, rcvbuf=4096))
+    for i in range(3):
+        h.send(ACK | PSH, payload=b"k" * 64, at=1000 * i)
+        h.conn.read()
+        out = h.recv(at=1000 * i + 500)         # the delayed ACK
+        assert out and out[-1].window == 4096 - 64 * (i + 1), out

@@ -589,7 +589,7 @@ def _toml_key(k):
     return k if re.match(r"^[A-Za-z0-9_-]+$", k) else json.dumps(k)
 
 
-LINE_TYPES = ("pty", "device", "stdio", "stdio-pty")
+LINE_TYPES = ("pty", "device", "stdio", "stdio-pty", "socket")
 
 
 class Pyslirp(object):
@@ -602,6 +602,8 @@ class Pyslirp(object):
       like a serial device (``pyslirp.py /dev/pts/N``); the relay holds the master.
     * ``"stdio"``: ``--stdio`` with standard input and output pipes to the relay (``pppd pty "ssh ..."``).
     * ``"stdio-pty"``: ``--stdio`` on a pty's slave (a login shell on a terminal); the relay holds the master.
+    * ``"socket"``: ``socket://127.0.0.1:PORT`` (pyserial's URL), a TCP connection to a listening socket here,
+      standing in for a terminal server's port; the relay holds the accepted socket.
     """
 
     def __init__(self, rundir, config=None, pcap=False, debug=True, args=(), line="pty"):
@@ -642,6 +644,12 @@ class Pyslirp(object):
             self._relay_end = (out_r, in_w)
             self._child_fds = {"stdin": in_r, "stdout": out_w}
             mode = ["--stdio"]
+        elif line == "socket":
+            import socket as socket_mod
+            self._listener = socket_mod.socket(socket_mod.AF_INET, socket_mod.SOCK_STREAM)
+            self._listener.bind(("127.0.0.1", 0))
+            self._listener.listen(1)
+            mode = ["socket://127.0.0.1:%d" % self._listener.getsockname()[1]]
         else:
             master, slave = os.openpty()
             set_raw(master)
@@ -681,8 +689,11 @@ class Pyslirp(object):
                     return self.pty
             else:
                 with open(self.log_path, "r", errors="replace") as f:
-                    if "serial line open: " in f.read():
-                        return self.pty
+                    opened = "serial line open: " in f.read()
+                if opened and self.line == "socket":
+                    self._accept(end)
+                if opened:
+                    return self.pty
             if self.proc.poll() is not None:
                 break
             time.sleep(0.05)
@@ -691,6 +702,15 @@ class Pyslirp(object):
         raise AssertionError("pyslirp did not %s within %.0fs (exit status %s)\n%s"
                              % ("print its pty line" if self.line == "pty" else "open its line",
                                 timeout, rc, self.diagnostics()))
+
+    def _accept(self, end):
+        """The terminal server's side of a ``socket`` line: the connection pyslirp opened (the relay's end)."""
+        self._listener.settimeout(max(0.1, end - time.monotonic()))
+        conn, _ = self._listener.accept()
+        self._listener.close()
+        self._sock = conn               # keeps the socket object (and its descriptor) alive
+        self._relay_end = conn.fileno()
+        os.set_blocking(self._relay_end, True)
 
     def open_tty(self):
         """The relay's end of the line, raw: a descriptor, or (read fd, write fd) for --stdio on pipes.
@@ -735,6 +755,11 @@ class Pyslirp(object):
             _close(fd)
         self._fds = []
         self._child_fds = {}
+        for name in ("_sock", "_listener"):
+            sock = getattr(self, name, None)
+            if sock is not None:
+                sock.close()
+                setattr(self, name, None)
 
     def log(self):
         text = ""

@@ -282,6 +282,7 @@ class TcpConnection(object):
         self.irs = syn.seq
         self.rcv_nxt = seq_add(syn.seq, 1)
         self.rcv_adv = self.rcv_nxt     # right edge of the window we advertised
+        self._adv_size = 0              # the window (bytes) the last segment advertised
         self.last_ack_sent = self.rcv_nxt
         self._rx = bytearray()          # in order, not yet read()
         self._rx_unconsumed = 0         # read() but not yet consumed()
@@ -620,6 +621,14 @@ class TcpConnection(object):
         space = self._rcv_space()
         if space > cur and space - cur >= min(self._rcv_buf() // 2, self.our_mss):
             return space
+        # A window already as large as the one last advertised is no silly window: keep offering that size
+        # (the edge moves on by what the service took, as Linux's tcp_select_window does), so that an
+        # exchange of small segments (keystrokes, their echoes) leaves the window field unchanged and Van
+        # Jacobson compression can send its 3-byte header (RFC 1144 section 3.2.3: a changed window costs
+        # two or three bytes and rules out the special cases for echoed traffic).
+        size = self._adv_size
+        if cur < size <= space and size >= min(self._rcv_buf() // 2, self.our_mss):
+            return size
         return cur
 
     def _select_window(self):
@@ -634,6 +643,7 @@ class TcpConnection(object):
         edge = seq_add(self.rcv_nxt, field << ws)
         if seq_gt(edge, self.rcv_adv):
             self.rcv_adv = edge
+        self._adv_size = field << ws
         return field
 
     # ============================================================== output
