@@ -511,7 +511,11 @@ class Bench(object):
         out = {}
         self.results["paced"] = out
         for line in self.args.lines:
-            out[line] = self.paced_line(line)
+            try:
+                out[line] = self.paced_line(line)
+            except Exception as exc:       # one line failing must not lose the others' figures
+                sys.stderr.write("%s: %s: %s\n" % (line, type(exc).__name__, exc))
+                out[line] = {"error": "%s: %s" % (type(exc).__name__, exc)}
         return out
 
     def paced_line(self, line):
@@ -585,6 +589,9 @@ class Bench(object):
         lines.append("%d bit/s 8N1 (line rate %d bytes/s each way):" % (r["baud"], r["line_rate"]))
         for line, p in r["paced"].items():
             lines.append("  %s:" % LINE_LABELS.get(line, line))
+            if "error" in p:
+                lines.append("    failed: %s" % p["error"].splitlines()[0])
+                continue
             if "idle_rtt_ms" in p:
                 rt = p["idle_rtt_ms"]
                 lines.append("    idle 64-byte RTT: median %.1f ms (p10 %.1f, p90 %.1f, max %.1f; n=%d)" % (
