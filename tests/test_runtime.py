@@ -757,6 +757,37 @@ def test_pyserial_url_line_is_reopened_after_disconnect(monkeypatch):
         listener.close()
 
 
+def test_a_socket_url_is_read_in_whole_chunks():
+    # socket:// counts "something waiting" as 1: a read takes everything that has arrived, not 1 or 2 bytes.
+    pytest.importorskip("serial")
+    from pyslirp.runtime.endpoints import PySerialEndpoint
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(10)
+    endpoint = PySerialEndpoint("socket://127.0.0.1:%d" % listener.getsockname()[1])
+    conn, _ = listener.accept()
+    try:
+        assert not endpoint.backlog_visible
+        payload = bytes(range(256)) * 4
+        conn.sendall(payload)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([endpoint.ser.fileno()], [], [], 0)
+            time.sleep(0.05)            # everything sent has arrived
+            if ready:
+                break
+        got = endpoint.read(16384)
+        assert got == payload
+        assert endpoint.read(300) == b""                    # nothing more: back after the poll interval
+        conn.sendall(b"abc")
+        assert endpoint.read(2) + endpoint.read(2) == b"abc"
+    finally:
+        conn.close()
+        endpoint.close()
+        listener.close()
+
+
 def test_bad_pyserial_setting_is_fatal_with_exit_2():
     pytest.importorskip("serial")
     from pyslirp.runtime.endpoints import PySerialEndpoint

@@ -331,7 +331,8 @@ class PySerialEndpoint(Endpoint):
         kwargs = dict(baudrate=baudrate, bytesize=serial.EIGHTBITS, parity=serial.PARITY_NONE,
                       stopbits=serial.STOPBITS_ONE, rtscts=flow_control == "hardware",
                       xonxoff=flow_control == "software", timeout=POLL_INTERVAL, write_timeout=None)
-        if "://" in port:
+        self._url = "://" in port
+        if self._url:
             self.backlog_visible = False
             self.ser = self._open(serial, port, kwargs, url=True)
             return
@@ -396,6 +397,8 @@ class PySerialEndpoint(Endpoint):
 
     def read(self, n):
         try:
+            if self._url:
+                return self._read_url(n)
             waiting = self.ser.in_waiting
             data = self.ser.read(min(n, waiting) if waiting else 1)
             if data and len(data) < n:
@@ -405,6 +408,19 @@ class PySerialEndpoint(Endpoint):
         except (OSError, self._serial_exc, TypeError, AttributeError) as exc:
             # TypeError/AttributeError: pyserial raises these when the port is closed under it.
             raise LineGone(_strip(exc))
+        return data
+
+    def _read_url(self, n):
+        """A URL's handler may not count what is waiting (socket:// says 1 for "something"): wait for one byte
+        within the poll interval, then take whatever else has arrived, up to ``n``, without waiting."""
+        ser = self.ser
+        data = ser.read(1)
+        if data and n > 1:
+            ser.timeout = 0
+            try:
+                data += ser.read(n - 1)
+            finally:
+                ser.timeout = POLL_INTERVAL
         return data
 
     def write(self, data):
