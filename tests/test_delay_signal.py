@@ -61,6 +61,24 @@ def test_bulk_segments_are_no_delay_signal():
     assert stack.take_delay_signal() is None               # ...but it is not a delay signal
 
 
+def test_a_round_trip_that_shared_the_way_back_with_the_clients_upload_is_no_delay_signal():
+    # The ACK of our small segment waited behind the client's own bulk upload: that queue is the client's.
+    stack, client = connected()
+    upload = Client(stack, 40002, now=0)
+    stack.take_delay_signal()
+    stack.service_data(client.conn_id, b"x" * 10, 1000)
+    segs = [parse(p) for _, p in stack.take_packets(-1)]
+    upload.send(tcp.ACK, payload=b"u" * 536, now=1200)     # bulk from the client meanwhile
+    for seg in segs:
+        client.deliver(seg, 1400)
+    assert client.conn.snd_una == client.conn.snd_max
+    assert stack.take_delay_signal() is None
+    # Bulk that arrived before the segment left does not count against it.
+    stack.service_data(client.conn_id, b"y" * 10, 2000)
+    deliver_all(stack, client, 2040)
+    assert stack.take_delay_signal() == 40
+
+
 class SignalCore(object):
     """A Core whose stack measured the round trips in ``rtts`` (one per flush, None: none)."""
 

@@ -103,6 +103,10 @@ minimum is a queue growing out of sight: runtime/serialio.py
 ``LinePacer``).  Samples of bulk segments are left out: they include the
 segment's own line time (130 ms for 1500 bytes at 115200 bit/s), and the
 client's delayed ACK of the first of two segments waits for the second.
+So is every sample whose round trip saw bulk data arrive from the client:
+its ACK then queued behind the client's own upload on the way back, and
+that queue is the client's, not ours (at 9600 bit/s it is hundreds of ms,
+and pacing our output down for it would starve the download for nothing).
 
 "Interactive" means that some connection carried INTERACTIVE_SEGMENTS small
 payload segments (at most SMALL_PAYLOAD bytes), either way, with no pause of
@@ -334,6 +338,7 @@ class IPStack(object):
         self.line_rate = None
         self.header_compression = False # the link compresses TCP/IP headers (Van Jacobson): no timestamps
         self._delay_min = None          # ms: the smallest small-segment RTT since take_delay_signal
+        self._bulk_in_at = None         # ms: when the client's latest bulk segment arrived
         self._fitted = (None, False)    # (line rate, interactive) the connections were last fitted to
         self._conn_configs = {}         # (announced mss, timestamps) -> TcpConfig for new connections
         self._interactive_until = -1    # ms: interactive traffic seen recently (see _interactive)
@@ -730,6 +735,8 @@ class IPStack(object):
                 rec.last_activity = now
                 if 0 < len(seg.payload) <= SMALL_PAYLOAD:
                     self._interactive(rec, now)
+                elif len(seg.payload) > SMALL_PAYLOAD:
+                    self._bulk_in_at = now
             rec.conn.receive(seg, now)
             self._after(rec, now)
             return
@@ -789,7 +796,10 @@ class IPStack(object):
         if sample is not None:
             conn.rtt_sample = None
             rtt, size = sample
-            if size is not None and size <= SMALL_PAYLOAD and (self._delay_min is None or rtt < self._delay_min):
+            # A small segment's round trip, which no bulk from the client shared (see "The delay signal").
+            clear = self._bulk_in_at is None or self._bulk_in_at < now - rtt
+            if size is not None and size <= SMALL_PAYLOAD and clear and (
+                    self._delay_min is None or rtt < self._delay_min):
                 self._delay_min = rtt
         if not rec.gone:
             if rec.counted and conn.state == TcpState.TIME_WAIT:
