@@ -537,3 +537,51 @@ def test_backlog_of_a_pipe_is_its_unread_bytes():
         endpoint.close()
         for fd in (r1, w1, r2, w2):
             os.close(fd)
+
+
+# -- the retransmission timeout on a slow line ------------------------------------------------------------------
+
+def clean_line_transfer(rate, seconds, bound=128, delack=15):
+    """Bulk to the client over a clean line of ``rate`` bytes/s, fed as the runtime feeds it (``bound`` bytes
+    queued at most, one frame may exceed it); the client acknowledges each segment ``delack`` ms after it
+    arrived.  Returns the connection and the bytes delivered."""
+    import collections
+    stack = make_stack(rate=rate)
+    c = Client(stack, 40001)
+    line = collections.deque()
+    acks = collections.deque()
+    busy = 0.0
+    for now in range(1, seconds * 1000):
+        t = stack.get_timer()
+        if t is not None and t <= now:
+            stack.handle_timer(now)
+        if c.conn.send_space > 4096 and now % 50 == 0:
+            stack.service_data(c.conn_id, b"d" * 2048, now)
+        stack.take_events()
+        budget = int(bound - max(0.0, (busy - now) * rate / 1000.0))
+        for _, packet in stack.take_packets(budget if budget > 0 else 0, allow_one_over=True):
+            busy = max(busy, now) + (len(packet) + 7) * 1000.0 / rate
+            line.append((busy, parse(packet)))
+        while line and line[0][0] <= now:
+            before = len(c.data)
+            c.deliver(line.popleft()[1], now, ack=False)
+            if len(c.data) > before:
+                acks.append(now + delack)
+        while acks and acks[0] <= now:
+            acks.popleft()
+            c.send(tcp.ACK, now=now)
+    return c.conn, len(c.data)
+
+
+def test_a_clean_9600_line_sends_nothing_twice():
+    # 960 bytes/s: a 1500-byte frame holds the line for 1.6 s, and every round trip is about that.  The RTO's
+    # variation term is at least the line time of a frame each way plus the minimum RTO, so neither the first
+    # data segment (the estimate then comes from the small handshake) nor later ones time out.
+    conn, delivered = clean_line_transfer(960, 12)
+    assert conn.retransmits == 0
+    assert conn.rto_slack == 200 + 1000 * ((1460 + 40) + (conn.our_mss + 40)) // 960
+    assert delivered >= 0.8 * 960 * 11
+    # At 115200 the slack is the same arithmetic, and a fast line has none.
+    assert clean_line_transfer(11520, 3)[0].retransmits == 0
+    fast = Client(make_stack(rate=2000000), 40001)
+    assert fast.conn.rto_slack == 0

@@ -61,3 +61,14 @@ def test_many_samples_per_window_use_smaller_gains():
     b.sample(300, expected_samples=8)
     assert 100 < b.srtt < a.srtt
     assert b.rttvar < a.rttvar
+
+
+def test_slack_is_the_least_variation_term():
+    est = RttEstimator(initial_rto=1000, min_rto=200, max_rto=60000)
+    est.slack = 500
+    for _ in range(50):
+        est.sample(1600)                # identical round trips: RTTVAR decays towards 0
+    assert est.rttvar < 1 and est.rto == 2100           # SRTT + slack, not SRTT + 4 * RTTVAR
+    est.slack = 0
+    est.sample(1600)
+    assert est.rto < 1610

@@ -524,6 +524,22 @@ class IPStack(object):
                 conn.rcv_limit = mss * max(segments, int(win) // mss)
             conn.segment_limit = seg if seg is not None and seg < conn.send_mss else None
             conn.ack_every = 1 if interactive and rate < SLOW_LINE else 2
+            conn.rto_slack = self._rto_slack(conn, rate)
+
+    def _rto_slack(self, conn, rate):
+        """What a slow line's queueing may add to one round trip (ms), the least RTO variation term.
+
+        Round trips on a serial line hardly vary, so RFC 6298's 4 * RTTVAR shrinks towards nothing, and the
+        first estimate comes from the handshake, whose segments are small; but a data segment holds the line
+        for its own length, may wait behind the tail of the frame before it, and the client's ACK behind one
+        of the client's own segments and its delayed-ACK timer: the line time of one of our largest segments
+        and one of the client's, plus the minimum RTO (Linux's least variation term).
+        """
+        if not rate or rate >= SLOW_LINE:
+            return 0
+        ours = (conn.segment_limit or conn.send_mss) + IP_TCP_HEADER
+        theirs = conn.our_mss + IP_TCP_HEADER
+        return self.config.tcp.min_rto_ms + 1000 * (ours + theirs) // int(rate)
 
     def set_line_rate(self, rate):
         """The serial line's measured drain rate in bytes/s (None: unknown)."""

@@ -442,6 +442,15 @@ class TcpConnection(object):
         return self._in_recovery
 
     @property
+    def rto_slack(self):
+        """ms: the least variation term of the RTO (RttEstimator.slack); the stack sets it on a slow line."""
+        return self._rtt.slack
+
+    @rto_slack.setter
+    def rto_slack(self, ms):
+        self._rtt.slack = max(0, int(ms))
+
+    @property
     def rcv_wnd(self):
         """The window currently advertised (bytes from RCV.NXT to the right edge)."""
         return max(0, seq_sub(self.rcv_adv, self.rcv_nxt))

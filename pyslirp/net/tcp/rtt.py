@@ -19,6 +19,14 @@ When samples come from the Timestamps option on many ACKs per round trip the
 gains are divided by the number of samples expected per window (RFC 7323
 appendix G), so that SRTT and RTTVAR keep their usual memory.
 
+``slack`` (ms, 0 by default) is the least the variation term may be: RTO =
+SRTT + max(G, 4 * RTTVAR, slack), as Linux's srtt + max(mdev, rto_min).  On
+a serial line every round trip is nearly the same (a frame's line time), so
+RTTVAR decays towards zero and the RTO ends a hair above SRTT: a frame that
+waited behind another one's tail, or a delayed ACK, then times out and is
+sent twice, at 9600 bit/s 1.6 s of line for a 1500-byte frame.  The owner
+sets it to what the line's queueing may add to a round trip.
+
 All times are integer milliseconds; the estimator keeps floats internally.
 """
 
@@ -36,6 +44,7 @@ class RttEstimator(object):
         self.srtt = None        # float ms, None before the first sample
         self.rttvar = None
         self.backoff = 0        # number of doublings since the last sample
+        self.slack = 0          # ms: the least variation term (see "slack" above)
         self._base = initial_rto
 
     @property
@@ -58,7 +67,7 @@ class RttEstimator(object):
             self.rttvar = (1 - beta) * self.rttvar + beta * abs(self.srtt - rtt)
             self.srtt = (1 - alpha) * self.srtt + alpha * rtt
         self.backoff = 0
-        self._base = self._clamp(int(math.ceil(self.srtt + max(self.granularity, 4 * self.rttvar))))
+        self._base = self._clamp(int(math.ceil(self.srtt + max(self.granularity, 4 * self.rttvar, self.slack))))
 
     def _clamp(self, rto):
         # RFC 6298 2.4 / 2.5: a lower bound (configurable; 1 s in the RFC) and an upper bound (>= 60 s).
