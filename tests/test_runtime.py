@@ -769,6 +769,12 @@ def test_a_socket_url_is_read_in_whole_chunks():
     conn, _ = listener.accept()
     try:
         assert not endpoint.backlog_visible
+        # Frames go out as written: no Nagle on the connection to the terminal server.
+        sock = socket.socket(fileno=os.dup(endpoint.ser.fileno()))
+        try:
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        finally:
+            sock.close()
         payload = bytes(range(256)) * 4
         conn.sendall(payload)
         deadline = time.monotonic() + 5

@@ -39,6 +39,7 @@ import fcntl
 import logging
 import os
 import select
+import socket
 import stat
 import struct
 import termios
@@ -335,6 +336,8 @@ class PySerialEndpoint(Endpoint):
         if self._url:
             self.backlog_visible = False
             self.ser = self._open(serial, port, kwargs, url=True)
+            if port.startswith(("socket://", "rfc2217://")):
+                self._no_delay()
             return
         pty = ownership.is_pty_path(port)
         if pty and not os.path.exists(port):
@@ -389,6 +392,22 @@ class PySerialEndpoint(Endpoint):
                 # flock(2) refused (another pyserial program, another pyslirp) or TIOCEXCL (open: EBUSY).
                 raise OpenError("cannot open %s: in use by another program" % port, startup_fatal=True)
             raise OpenError("cannot open %s: %s" % (port, _strip(exc)))
+
+    def _no_delay(self):
+        """A TCP connection to a terminal server carries our frames as we write them: no Nagle (pyserial leaves
+        it on), or a frame written while the previous one is unacknowledged waits for the peer's delayed ACK
+        (40 ms on Linux) -- in front of a keystroke's echo."""
+        try:
+            fd = self.ser.fileno()
+        except Exception:           # a handler without a descriptor
+            return
+        sock = socket.socket(fileno=os.dup(fd))
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        finally:
+            sock.close()
 
     def _release_lock(self):
         if self._lock is not None:
