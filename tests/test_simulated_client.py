@@ -70,6 +70,8 @@ def test_refusals_map_to_reasons():
     hang = s.connect("10.0.0.1", 9)                     # the service never connects: no answer at all
     assert s.run(lambda: rst.done and unreachable.done and hang.done, 60000)
     assert (rst.refused, unreachable.refused, hang.refused) == ("rst", "unreachable", "timeout")
+    codes = dict((e.flow_id, e.icmp_code) for e in s.client_events if isinstance(e, FlowRefused))
+    assert codes[unreachable.flow_id] == 13 and codes[rst.flow_id] == -1     # the server's policy: prohibited
     assert s.now - start == 5000                        # connect_timeout, not the SYN give-up
     assert not (rst.connected or unreachable.connected or hang.connected)
 

@@ -93,9 +93,13 @@ class FlowConnected:
 
 @dataclass(frozen=True)
 class FlowRefused:
-    """The flow could not be opened: ``rst``, ``unreachable``, ``timeout``, ``link down`` or ``too many``."""
+    """The flow could not be opened: ``rst``, ``unreachable``, ``timeout``, ``link down`` or ``too many``.
+
+    ``icmp_code``: for ``unreachable``, the ICMP Destination Unreachable code (0 net, 1 host, 3 port,
+    13 administratively prohibited, ...; -1 for an address we cannot send to at all)."""
     flow_id: int
     reason: str
+    icmp_code: int = -1
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,7 @@ class FlowClosed:
 
 class _Flow(object):
     __slots__ = ("flow_id", "host", "port", "conn", "key", "deadline", "connected", "granted", "received",
-                 "backlog", "eof", "gone", "reported")
+                 "backlog", "eof", "gone", "reported", "icmp_code")
 
     def __init__(self, flow_id, host, port, deadline):
         self.flow_id = flow_id
@@ -125,6 +129,7 @@ class _Flow(object):
         self.eof = False
         self.gone = False
         self.reported = False           # FlowRefused / FlowClosed emitted
+        self.icmp_code = -1             # of the ICMP unreachable that ended the open
 
     def describe(self):
         return "flow %d to %s:%d" % (self.flow_id, ip_str(self.host), self.port)
@@ -350,6 +355,7 @@ class ClientStack(object):
             self._drop("icmp_no_flow")
             return
         log.debug("%s: ICMP destination unreachable (code %d)", rec.describe(), message.code)
+        rec.icmp_code = message.code
         rec.conn.unreachable(now)
         self._after(rec, now)
 
@@ -527,7 +533,7 @@ class ClientStack(object):
                 self._events.append(FlowClosed(rec.flow_id, reason, conn.bytes_in, conn.bytes_out))
             else:
                 self.refused += 1
-                self._events.append(FlowRefused(rec.flow_id, reason))
+                self._events.append(FlowRefused(rec.flow_id, reason, rec.icmp_code))
         rec.gone = True
         self.timers.cancel(rec.flow_id)
         self._flows.pop(rec.flow_id, None)
