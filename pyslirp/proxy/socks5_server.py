@@ -146,12 +146,14 @@ class Socks5Server(object):
         buf = self._buf
         if buf and buf[0] != VERSION:
             return self._fail("bad request version %d" % buf[0], _reply(REP_GENERAL_FAILURE))
-        if len(buf) < _REQUEST_HEAD.size + 1:
+        if len(buf) < _REQUEST_HEAD.size:
             return None
         _, cmd, _, atyp = _REQUEST_HEAD.unpack_from(buf)
         if atyp == ATYP_IPV4:
             end = _REQUEST_HEAD.size + 4
         elif atyp == ATYP_DOMAIN:
+            if len(buf) < _REQUEST_HEAD.size + 1:
+                return None
             end = _REQUEST_HEAD.size + 1 + buf[_REQUEST_HEAD.size]
         elif atyp == ATYP_IPV6:
             end = _REQUEST_HEAD.size + 16
