@@ -133,3 +133,17 @@ def test_many_flows_at_once():
     assert s.run(lambda: all(f.done for f in flows), 60000)
     assert [bytes(f.received) for f in flows] == [b"flow %d" % i for i in range(50)]
     assert not [e for e in s.client_events if isinstance(e, FlowRefused)]
+
+
+def test_the_recorder_sees_the_line_of_a_server_given_by_the_test():
+    import random
+    from pyslirp.core import Core
+    server = Core(LinkConfig(require_auth="pap", secrets=(("u", "p"),)), ECHO, random.Random(9))
+    s = SimulatedClient(server=server, link_config=client_link_config(user="u", password="p"))
+    assert s.link_up()
+    requests = s.recorder.of(wppp.PROTO_PAP, "in")
+    acks = s.recorder.of(wppp.PROTO_PAP, "out")
+    assert len(requests) == 1 and len(acks) == 1
+    assert wppp.parse_cp(wppp.parse_frame(requests[0].frame)[1])[0] == 1       # Authenticate-Request
+    assert wppp.parse_cp(wppp.parse_frame(acks[0].frame)[1])[0] == 2           # Authenticate-Ack
+    assert [f.at for f in s.recorder.frames] == sorted(f.at for f in s.recorder.frames)

@@ -30,9 +30,10 @@ bytes, ``closed`` (the reason), ``peer_fin``; :meth:`SimFlow.send` and
 the line: ``bytes`` starting with an IPv4 version nibble are framed as a PPP
 IP frame, other ``bytes`` are taken as one PPP frame (protocol and
 information, without the HDLC framing), and :class:`RawBytes` goes in as it
-is.  The :class:`Recorder` (``recorder``) keeps every PPP frame in and out of
-the server, with its time, direction and the decoded protocol, so that a test
-can assert what crossed the link.
+is.  The :class:`Recorder` (``recorder``) keeps every PPP frame that crossed
+the line (injected ones too), with its time, direction ("in" to the server,
+"out" from it) and the decoded protocol, so that a test can assert what
+crossed the link.
 """
 
 import random
@@ -50,6 +51,7 @@ from pyslirp.wire import ppp as wppp
 from pyslirp.wire.errors import ParseError
 
 DEFAULT_ACCM = 0xFFFFFFFF
+MAX_RECORDED = 65535            # the recorder's deframers take frames up to this long
 NEVER_CONNECTS = "never connects"   # a ``services`` value: the service's socket never connects
 MAX_EXCHANGE_ROUNDS = 64        # line exchanges within one step before time must move on
 
@@ -77,13 +79,24 @@ class Frame:
 
 
 class Recorder(object):
-    """Every PPP frame in and out of the server Core, in order (the link's tap)."""
+    """Every PPP frame on the line, in order: "in" travels to the server, "out" from it.
+
+    The line's bytes are deframed here (each direction with its own deframer), so what is recorded is
+    what crossed the line, injected frames included, whichever server Core is under test.  ``protocol``
+    is -1 for a frame whose PPP header does not parse.
+    """
 
     def __init__(self, clock):
         self._clock = clock
         self.frames = []
+        self._deframers = {"in": hdlc.Deframer(mru=MAX_RECORDED, accm=0),
+                           "out": hdlc.Deframer(mru=MAX_RECORDED, accm=0)}
 
-    def __call__(self, direction, frame):
+    def feed(self, direction, data):
+        for frame in self._deframers[direction].feed(data):
+            self.record(direction, frame)
+
+    def record(self, direction, frame):
         try:
             protocol = wppp.parse_frame(frame)[0]
         except ParseError:
@@ -166,7 +179,7 @@ class SimulatedClient(object):
         if server is None:
             from pyslirp.net.stack import StackConfig
             server = Core(server_link_config or LinkConfig(), server_stack_config or StackConfig(),
-                          random.Random(seed + 1), tap=self.recorder)
+                          random.Random(seed + 1))
         self.server = server
         self.services = {} if services is None else services
         self.flows = {}
@@ -250,6 +263,7 @@ class SimulatedClient(object):
                 if item and item[0] >> 4 == 4:
                     item = wppp.build_frame(wppp.PROTO_IP, item)
                 data = hdlc.encode_frame(item, DEFAULT_ACCM)
+            self.recorder.feed("in" if to == "server" else "out", data)
             core.receive_serial(data, self.now)
         self._exchange()
 
@@ -258,9 +272,10 @@ class SimulatedClient(object):
     def _exchange(self):
         for _ in range(MAX_EXCHANGE_ROUNDS):
             moved = False
-            for src, dst in ((self.client, self.server), (self.server, self.client)):
+            for src, dst, direction in ((self.client, self.server, "in"), (self.server, self.client, "out")):
                 for _, data in src.take_serial_output(-1, self.now):
                     moved = True
+                    self.recorder.feed(direction, data)
                     dst.receive_serial(data, self.now)
             moved = self._client_events() or moved
             moved = self._server_events() or moved
