@@ -194,3 +194,27 @@ def test_exit_codes(tmp_path):
     assert silent.proc.wait(30) == 3
     silent.close()
     assert "no PPP link within 2 s" in silent.log()
+
+
+@pytest.mark.parametrize("method", ["pap", "chap"])
+def test_authentication_against_pyslirp(tmp_path, method):
+    """Right credentials: the link comes up; a wrong password: exit 4 (the server refused us)."""
+    conf = tmp_path / "server.toml"
+    conf.write_text('[ppp]\nrequire_auth = "%s"\nsecrets = { alice = "correct horse" }\n' % method)
+    server = "%s %s --stdio -q -c %s" % (shlex.quote(sys.executable), shlex.quote(SCRIPT), shlex.quote(str(conf)))
+    good = tmp_path / "good"
+    good.write_text("correct horse\n")
+    bad = tmp_path / "bad"
+    bad.write_text("wrong\n")
+    ok = Client(tmp_path, "--exec", server, "--user", "alice", "--password-file", str(good))
+    try:
+        assert ok.wait_up(), ok.log()
+        assert "authenticated to the server (%s) as 'alice'" % method.upper() in ok.log()
+    finally:
+        assert ok.stop() == 0, ok.log()
+    refused = Client(tmp_path, "--exec", server, "--user", "alice", "--password-file", str(bad))
+    try:
+        assert refused.proc.wait(60) == 4, refused.log()
+    finally:
+        refused.close()
+    assert "authentication failed" in refused.log() and "wrong" not in refused.log()
