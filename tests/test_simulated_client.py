@@ -147,3 +147,20 @@ def test_the_recorder_sees_the_line_of_a_server_given_by_the_test():
     assert wppp.parse_cp(wppp.parse_frame(requests[0].frame)[1])[0] == 1       # Authenticate-Request
     assert wppp.parse_cp(wppp.parse_frame(acks[0].frame)[1])[0] == 2           # Authenticate-Ack
     assert [f.at for f in s.recorder.frames] == sorted(f.at for f in s.recorder.frames)
+
+
+def test_flows_in_time_wait_do_not_count_against_max_flows():
+    s = sim(stack_config=ClientStackConfig(max_flows=2))
+    assert s.link_up()
+    for i in range(4):
+        flow = s.connect("10.0.0.1", 7)
+        assert s.run(lambda: flow.connected, 5000), flow.refused
+        flow.send(b"x")
+        flow.shutdown()
+        assert s.run(lambda: flow.done, 10000)
+        assert flow.closed == "closed"
+    assert len(s.client.stack) == 4                     # all four linger in TIME_WAIT ...
+    s.advance(31000)
+    assert len(s.client.stack) == 0                     # ... for 2 MSL
+    busy = [s.connect("10.0.0.1", 9) for _ in range(3)]
+    assert busy[2].refused == "too many" and not busy[0].done

@@ -113,7 +113,7 @@ class FlowClosed:
 
 class _Flow(object):
     __slots__ = ("flow_id", "host", "port", "conn", "key", "deadline", "connected", "granted", "received",
-                 "backlog", "eof", "gone", "reported", "icmp_code")
+                 "backlog", "eof", "gone", "reported", "icmp_code", "lingering")
 
     def __init__(self, flow_id, host, port, deadline):
         self.flow_id = flow_id
@@ -130,6 +130,7 @@ class _Flow(object):
         self.gone = False
         self.reported = False           # FlowRefused / FlowClosed emitted
         self.icmp_code = -1             # of the ICMP unreachable that ended the open
+        self.lingering = False          # reported closed, its connection in TIME_WAIT
 
     def describe(self):
         return "flow %d to %s:%d" % (self.flow_id, ip_str(self.host), self.port)
@@ -158,6 +159,7 @@ class ClientStack(object):
         self.counters = {}
         self.packets_in = self.packets_out = self.bytes_in = self.bytes_out = 0
         self.opened = self.refused = 0
+        self._lingering = 0             # flows reported closed whose connection waits in TIME_WAIT
 
     # -- accounting --------------------------------------------------------------------
 
@@ -227,7 +229,7 @@ class ClientStack(object):
         if flow_id in self._flows:
             raise ValueError("flow %d is already open" % flow_id)
         rec = _Flow(flow_id, address, port, deadline)
-        if len(self._flows) >= self.config.max_flows:
+        if len(self._flows) - self._lingering >= self.config.max_flows:
             self._count("refused_too_many")
             self._events.append(FlowRefused(flow_id, "too many"))
             return
@@ -469,6 +471,8 @@ class ClientStack(object):
                 # Both FINs exchanged: the flow is done for the user; the connection lingers in
                 # TIME_WAIT (RFC 9293 3.6) to answer a retransmitted FIN, then goes.
                 rec.reported = True
+                rec.lingering = True
+                self._lingering += 1            # no longer counts against max_flows
                 self._events.append(FlowClosed(rec.flow_id, "closed", conn.bytes_in, conn.bytes_out))
             self._arm(rec)
 
@@ -534,6 +538,9 @@ class ClientStack(object):
             else:
                 self.refused += 1
                 self._events.append(FlowRefused(rec.flow_id, reason, rec.icmp_code))
+        if rec.lingering:
+            rec.lingering = False
+            self._lingering -= 1
         rec.gone = True
         self.timers.cancel(rec.flow_id)
         self._flows.pop(rec.flow_id, None)
