@@ -33,7 +33,8 @@ examples:
 
 A refused connection is shown as the far side showed it: a RST closes the local connection at
 once (SOCKS reply 05), an ICMP unreachable is SOCKS 03/04 (02 when prohibited), no answer within
---connect-timeout is SOCKS 04. Host names are not resolved: HOST is an IPv4 address.
+--connect-timeout is SOCKS 04. Host names (-L HOST, SOCKS domain names) are looked up at the DNS
+server the PPP server names in IPCP, over the link; one that does not resolve is SOCKS 04.
 
 exit status: 0 stopped by SIGINT/SIGTERM, 1 runtime failure (the line or the command went away,
 a local port that cannot be bound), 2 usage error, 3 no PPP link within --link-timeout,
@@ -130,7 +131,13 @@ def parse_forward(text):
     if len(parts) != 3:
         raise ValueError("-L: expected [BIND:]LPORT:HOST:HPORT, got %r" % text)
     lport = _port(parts[0], "-L")
-    host = _ipv4(parts[1], "-L HOST")
+    host = parts[1]
+    if not host:
+        raise ValueError("-L: empty HOST in %r" % text)
+    try:
+        host = _ipv4(host, "-L HOST")
+    except ValueError:
+        pass                    # a name: resolved over the link, at the server's DNS, per connection
     hport = _port(parts[2], "-L")
     return bind or "127.0.0.1", lport, host, hport
 

@@ -15,7 +15,8 @@ flow (the stack's ``suspend`` is a reset in the client role).  The runtime
 opens flows with :meth:`open_flow` and reads their fate from
 :meth:`take_events` (``FlowConnected``, ``FlowRefused``, ``FlowClosed`` and
 the service events of the bytes, see :mod:`pyslirp.net.client_stack`).
-``dns_servers`` lists what the server offered in IPCP (RFC 1877).
+``dns_servers`` lists what the server offered in IPCP (RFC 1877);
+:meth:`resolve` looks a name up there (a ``Resolved`` event).
 """
 
 import logging
@@ -45,8 +46,14 @@ class ClientCore(Core):
         self._now = now
         self.stack.open_flow(flow_id, host, port, now)
 
+    def resolve(self, query_id, name, now):
+        """Look ``name`` up at the link's DNS server (ClientStack.resolve): a Resolved event follows."""
+        self._now = now
+        self.stack.resolve(query_id, name, now)
+
     def _link_up(self, event, now):
         Core._link_up(self, event, now)
         self.local_ip = event.local_ip
         self.remote_ip = event.remote_ip
+        self.stack.set_dns(self.dns_servers)
         self.stack.set_addresses(event.local_ip, event.remote_ip, now)

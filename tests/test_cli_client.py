@@ -22,7 +22,8 @@ def test_parse_forward():
     assert cli_client.parse_forward("8022:10.0.0.1:22") == ("127.0.0.1", 8022, "10.0.0.1", 22)
     assert cli_client.parse_forward("0.0.0.0:8022:10.0.0.1:22") == ("0.0.0.0", 8022, "10.0.0.1", 22)
     assert cli_client.parse_forward("[::1]:8022:10.0.0.1:22") == ("::1", 8022, "10.0.0.1", 22)
-    for bad in ("8022:10.0.0.1", "0:10.0.0.1:22", "8022:host.example:22", "8022:10.0.0.1:70000", "a:b:c:d:e"):
+    assert cli_client.parse_forward("8022:files.example:22") == ("127.0.0.1", 8022, "files.example", 22)
+    for bad in ("8022:10.0.0.1", "0:10.0.0.1:22", "8022::22", "8022:10.0.0.1:70000", "a:b:c:d:e"):
         with pytest.raises(ValueError):
             cli_client.parse_forward(bad)
 
@@ -37,7 +38,7 @@ def test_parse_socks():
 @pytest.mark.parametrize("args,message", [
     ((), "name one line"),
     (("--stdio", "--exec", "x"), "cannot be combined"),
-    (("--stdio", "-L", "1:2:3"), "not an IPv4 address"),
+    (("--stdio", "-L", "1:2:x"), "not a port"),
     (("--stdio", "--local-ip", "10.0.0.300"), "--local-ip"),
     (("--stdio", "--password-file", "/nonexistent"), "--password-file needs --user"),
 ])

@@ -218,3 +218,45 @@ def test_authentication_against_pyslirp(tmp_path, method):
     finally:
         refused.close()
     assert "authentication failed" in refused.log() and "wrong" not in refused.log()
+
+
+def socks_connect_name(port, name, hport, timeout=60):
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.sendall(b"\x05\x01\x00")
+    assert s.recv(2) == b"\x05\x00"
+    raw = name.encode("ascii")
+    s.sendall(b"\x05\x01\x00\x03" + bytes([len(raw)]) + raw + struct.pack("!H", hport))
+    reply = s.recv(10)
+    if reply[1:2] != b"\x00":
+        s.close()
+        return reply[1], None
+    return 0, s
+
+
+def test_names_resolve_at_the_servers_dns(tmp_path):
+    """-L and SOCKS host names are looked up over the link at the DNS server IPCP names (pyslirp's forwarder)."""
+    require_program("dnsmasq", "dnsmasq-base")
+    from e2e.dnsserver import Dnsmasq
+    ports = [services.free_port() for _ in range(2)]
+    with Dnsmasq(str(tmp_path), "--address=/files.test/10.0.0.1", "--local=/test/") as dns, \
+            services.ServiceSet() as svc:
+        source = svc.add(services.PayloadSource(3, 200000))
+        conf = tmp_path / "server.toml"
+        conf.write_text('[dns]\nforwarder = true\nupstream = ["127.0.0.1:%d"]\n' % dns.port)
+        server = "%s %s --stdio -q --baudrate 4000000 -c %s --service 80=127.0.0.1:%d" % (
+            shlex.quote(sys.executable), shlex.quote(SCRIPT), shlex.quote(str(conf)), source.port)
+        client = Client(tmp_path, "--exec", server, "-L", "%d:files.test:80" % ports[0], "-D", str(ports[1]))
+        try:
+            assert client.wait_up(), client.log()
+            assert "DNS 10.0.0.1" in client.log()
+            data = download(ports[0])
+            assert hashlib.sha256(data).hexdigest() == source.sha256
+            rep, s = socks_connect_name(ports[1], "files.test", 80)
+            assert rep == 0
+            with s:
+                assert hashlib.sha256(_read_all(s)).hexdigest() == source.sha256
+            assert socks_connect_name(ports[1], "nowhere.test", 80)[0] == 4      # NXDOMAIN: host unreachable
+        finally:
+            status = client.stop()
+        assert status == 0, client.log()
+        assert "files.test" in dns.log()

@@ -164,3 +164,32 @@ def test_flows_in_time_wait_do_not_count_against_max_flows():
     assert len(s.client.stack) == 0                     # ... for 2 MSL
     busy = [s.connect("10.0.0.1", 9) for _ in range(3)]
     assert busy[2].refused == "too many" and not busy[0].done
+
+
+def test_names_are_resolved_at_the_servers_dns_over_the_link():
+    s = sim(server_link_config=LinkConfig(dns=("10.0.0.1",)),
+            server_stack_config=StackConfig(services=ECHO.services, dns_forwarder=True),
+            names={"echo.example": "10.0.0.1"})
+    assert s.link_up()
+    assert s.client.dns_servers == ("10.0.0.1",)
+    found = s.resolve("echo.example")
+    missing = s.resolve("nowhere.example")
+    bad = s.resolve("a..b")
+    assert s.run(lambda: len(s.resolved) == 3, 10000)
+    assert s.resolved[found].address == "10.0.0.1"
+    assert s.resolved[missing].address is None and s.resolved[missing].error == "no such name"
+    assert s.resolved[bad].address is None and s.resolved[bad].error.startswith("bad name")
+
+
+def test_resolution_without_a_dns_server_fails_at_once_and_times_out_without_answers():
+    s = sim()
+    assert s.link_up()
+    q = s.resolve("echo.example")
+    assert s.resolved[q].error == "no DNS server from the link"
+    quiet = sim(server_link_config=LinkConfig(dns=("10.0.0.9",)))    # nobody answers there
+    assert quiet.link_up()
+    start = quiet.now
+    q = quiet.resolve("echo.example")
+    assert quiet.run(lambda: q in quiet.resolved, 60000)
+    assert quiet.resolved[q].error == "no answer from the DNS server"
+    assert quiet.now - start == 6000                  # three tries, 2 s apart

@@ -38,6 +38,7 @@ def test_byte_by_byte_and_pipelined_data():
     ("unreachable", 1, S.REP_HOST_UNREACHABLE),
     ("unreachable", 13, S.REP_NOT_ALLOWED),
     ("timeout", -1, S.REP_HOST_UNREACHABLE),
+    ("unresolved", -1, S.REP_HOST_UNREACHABLE),
     ("link down", -1, S.REP_GENERAL_FAILURE),
 ])
 def test_refusals_map_to_reply_codes(reason, code, rep):
@@ -53,7 +54,7 @@ def test_unsupported_requests():
         (b"\x05\x01\x02", b"\x05\xff"),                                          # only user/password offered
         (b"\x05\x01\x00" + bytes([5, 2, 0, 1]) + bytes(6), b"\x05\x00" + b"\x05\x07"),    # BIND
         (b"\x05\x01\x00" + connect_request(S.ATYP_IPV6, bytes(16), 1), b"\x05\x00" + b"\x05\x08"),
-        (b"\x05\x01\x00" + connect_request(S.ATYP_DOMAIN, b"example.org", 1), b"\x05\x00" + b"\x05\x04"),
+        (b"\x05\x01\x00" + connect_request(S.ATYP_DOMAIN, b"", 1), b"\x05\x00" + b"\x05\x04"),
         (b"\x05\x01\x00" + bytes([5, 1, 0, 9]), b"\x05\x00" + b"\x05\x08"),         # unknown ATYP
     ]
     for data, prefix in cases:
@@ -79,3 +80,9 @@ def test_fuzz_never_raises_and_stays_bounded():
             pos += n
             assert s.buffered <= S.MAX_REQUEST
         assert s.state in (S.GREETING, S.REQUEST, S.REQUESTED, S.CLOSED)
+
+
+def test_a_name_is_left_for_the_owner_to_resolve():
+    s = S.Socks5Server()
+    s.receive(b"\x05\x01\x00" + connect_request(S.ATYP_DOMAIN, b"files.example", 443))
+    assert s.state == S.REQUESTED and s.target == ("files.example", 443)

@@ -40,6 +40,12 @@ sessions across a lost line.  Local ports are ephemeral (49152-65535, RFC
 6335), taken in turn and never two alike towards one destination; initial
 sequence numbers follow RFC 6528 (net/tcp/isn.py).
 
+Names (:meth:`resolve`): an A query (RFC 1035) goes over the link to the
+DNS servers IPCP gave us (RFC 1877), every ``DNS_RETRY_MS`` to each in turn,
+``DNS_TRIES`` times each; the first IPv4 address of the answer, or why there
+is none, comes back as :class:`Resolved`.  The runtime resolves ``-L`` and
+SOCKS host names this way, on the far side, where they mean what they mean.
+
 Input: an IPv4 datagram for our address carrying TCP goes to its flow, and a
 segment for no flow is answered with a RST (RFC 9293 3.10.7.1); an ICMP
 destination unreachable quoting one of our segments ends that flow's open
@@ -58,12 +64,14 @@ from pyslirp.net.tcp import events as tcp_events
 from pyslirp.net.tcp.conn import TcpConfig, TcpConnection, TcpState, rst_for
 from pyslirp.net.tcp.isn import IsnGenerator
 from pyslirp.timers import TimerQueue, earliest
+from pyslirp.wire import dns as wdns
 from pyslirp.wire import icmp as icmp_wire
 from pyslirp.wire.errors import ParseError
 from pyslirp.wire.icmp import IcmpRepr
-from pyslirp.wire.ipv4 import PROTO_ICMP, PROTO_TCP, Ipv4Repr, ip_bytes, ip_str
+from pyslirp.wire.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Ipv4Repr, ip_bytes, ip_str
 from pyslirp.wire.tcp import HEADER as TCP_HEADER
 from pyslirp.wire.tcp import TcpRepr
+from pyslirp.wire.udp import UdpRepr
 
 log = logging.getLogger("pyslirp.net.client")
 
@@ -75,6 +83,10 @@ TCP_HEADER_LEN = 20
 SMALL_PAYLOAD = 256             # a segment with at most this much payload is never held for the budget
 _MAX_EVENT_ROUNDS = 8
 _PORTS = TCP_HEADER.size        # the quoted TCP header of an ICMP error: its first 8 octets name the ports
+DNS_PORT = 53
+DNS_RETRY_MS = 2000             # a DNS query is sent again after this long without an answer ...
+DNS_TRIES = 3                   # ... at most this many times in all, to each server in turn
+MAX_QUERIES = 64                # name lookups in flight at once
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,15 @@ class ClientStackConfig:
     max_flows: int = 1024               # flows open or waiting at once; more are refused at once
     mtu: int = 1500                     # our MTU (the link's session MTU replaces it at LinkUp)
     tcp: TcpConfig = field(default_factory=TcpConfig)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The answer to :meth:`ClientStack.resolve`: the first IPv4 address of ``name``, or None and why."""
+    query_id: int
+    name: str
+    address: object = None          # dotted IPv4 text, or None
+    error: str = ""
 
 
 @dataclass(frozen=True)
@@ -136,6 +157,38 @@ class _Flow(object):
         return "flow %d to %s:%d" % (self.flow_id, ip_str(self.host), self.port)
 
 
+class _Query(object):
+    __slots__ = ("query_id", "name", "msg_id", "port", "packet", "tries", "server")
+
+    def __init__(self, query_id, name, msg_id, port, packet):
+        self.query_id = query_id
+        self.name = name
+        self.msg_id = msg_id
+        self.port = port
+        self.packet = packet
+        self.tries = 0
+        self.server = 0
+
+
+def dns_query(msg_id, name):
+    """An RFC 1035 4.1 query for the A records of ``name`` (recursion desired); ValueError for a bad name."""
+    header = wdns.HEADER.pack(msg_id, wdns.FLAG_RD, 1, 0, 0, 0)
+    return header + wdns.encode_name(name) + wdns.QUESTION_TAIL.pack(wdns.TYPE_A, 1)
+
+
+def dns_first_address(data, msg_id):
+    """(address or None, error) from a DNS answer to ``dns_query(msg_id, ...)``."""
+    msg = wdns.Message.parse(data)
+    if msg.id != msg_id or not msg.qr:
+        raise ParseError("not_our_answer")
+    if msg.rcode != wdns.RCODE_NOERROR:
+        return None, "no such name" if msg.rcode == wdns.RCODE_NXDOMAIN else "DNS error %d" % msg.rcode
+    for record in msg.answers:
+        if record.rtype == wdns.TYPE_A and record.rdlength == 4:
+            return ip_str(data[record.rdata_offset:record.end]), ""
+    return None, "no IPv4 address"
+
+
 class ClientStack(object):
     """The client role's IP stack (see the module docstring)."""
 
@@ -160,6 +213,9 @@ class ClientStack(object):
         self.packets_in = self.packets_out = self.bytes_in = self.bytes_out = 0
         self.opened = self.refused = 0
         self._lingering = 0             # flows reported closed whose connection waits in TIME_WAIT
+        self.dns = ()                   # 4-byte addresses of the DNS servers IPCP gave us
+        self._queries = {}              # query_id -> _Query
+        self._rng = rng
 
     # -- accounting --------------------------------------------------------------------
 
@@ -187,6 +243,10 @@ class ClientStack(object):
             if not rec.gone:
                 self._start(rec, now)
 
+    def set_dns(self, servers):
+        """The DNS servers of this session (RFC 1877, dotted text), for :meth:`resolve`."""
+        self.dns = tuple(ip_bytes(d) for d in servers)
+
     def set_mtu(self, mtu):
         self.mtu = mtu
 
@@ -213,6 +273,8 @@ class ClientStack(object):
             self._end(rec, "link down")
         self._waiting = []
         self._control = []
+        for query in list(self._queries.values()):
+            self._resolved(query, None, "link down")
         self.local = self.remote = None
 
     # -- the runtime ----------------------------------------------------------------
@@ -239,6 +301,69 @@ class ClientStack(object):
             self._waiting.append(rec)
         else:
             self._start(rec, now)
+
+    def resolve(self, query_id, name, now):
+        """Look ``name`` up (A records) at the session's DNS server; a :class:`Resolved` event follows."""
+        self._now = now
+        if self.local is None or not self.dns:
+            self._events.append(Resolved(query_id, name, None, "no DNS server from the link"
+                                         if self.local is not None else "link down"))
+            return
+        if len(self._queries) >= MAX_QUERIES:
+            self._events.append(Resolved(query_id, name, None, "too many lookups"))
+            return
+        msg_id = self._rng.getrandbits(16)
+        try:
+            packet = dns_query(msg_id, name)
+        except ValueError as exc:
+            self._events.append(Resolved(query_id, name, None, "bad name: %s" % exc))
+            return
+        port = self._udp_port()
+        query = _Query(query_id, name, msg_id, port, packet)
+        self._queries[query_id] = query
+        self._send_query(query, now)
+
+    def _udp_port(self):
+        used = set(q.port for q in self._queries.values())
+        while True:
+            port = EPHEMERAL_LOW + self._rng.randrange(EPHEMERAL_HIGH - EPHEMERAL_LOW + 1)
+            if port not in used:
+                return port
+
+    def _send_query(self, query, now):
+        server = self.dns[query.server % len(self.dns)]
+        query.tries += 1
+        self._ident = (self._ident + 1) & 0xFFFF
+        payload = UdpRepr(query.port, DNS_PORT, query.packet).emit(self.local, server)
+        self._control.append(Ipv4Repr(src=self.local, dst=server, protocol=PROTO_UDP, payload=payload, ttl=TTL,
+                                      ident=self._ident, dont_fragment=True).emit())
+        self.timers.schedule(("dns", query.query_id), now + DNS_RETRY_MS)
+
+    def _resolved(self, query, address, error):
+        self._queries.pop(query.query_id, None)
+        self.timers.cancel(("dns", query.query_id))
+        self._events.append(Resolved(query.query_id, query.name, address, error))
+
+    def _udp_input(self, ip, now):
+        try:
+            udp = UdpRepr.parse(ip.payload, ip.src, ip.dst)
+        except ParseError as exc:
+            self._drop("udp_" + exc.reason, exc.detail)
+            return
+        query = None
+        for candidate in self._queries.values():
+            if candidate.port == udp.dst_port:
+                query = candidate
+                break
+        if query is None or udp.src_port != DNS_PORT or ip.src not in self.dns:
+            self._drop("udp_unexpected")
+            return
+        try:
+            address, error = dns_first_address(udp.payload, query.msg_id)
+        except ParseError as exc:
+            self._drop("dns_" + exc.reason)
+            return
+        self._resolved(query, address, error)
 
     def service_data(self, flow_id, data, now):
         """Bytes read from the local socket, within the credit granted."""
@@ -312,6 +437,8 @@ class ClientStack(object):
             self._tcp_input(ip, now)
         elif ip.protocol == PROTO_ICMP:
             self._icmp_input(ip, now)
+        elif ip.protocol == PROTO_UDP:
+            self._udp_input(ip, now)
         else:
             self._drop("ip_protocol_%d" % ip.protocol)
 
@@ -411,6 +538,15 @@ class ClientStack(object):
     def handle_timer(self, now):
         self._now = now
         for flow_id in self.timers.pop_due(now):
+            if isinstance(flow_id, tuple):
+                query = self._queries.get(flow_id[1])
+                if query is not None:
+                    if query.tries >= DNS_TRIES * len(self.dns):
+                        self._resolved(query, None, "no answer from the DNS server")
+                    else:
+                        query.server += 1
+                        self._send_query(query, now)
+                continue
             rec = self._flows.get(flow_id)
             if rec is None or rec.gone:
                 continue

@@ -16,10 +16,9 @@ The exchange::
               anything else: VER REP=07/08 ... and CLOSED
     reply     VER=5 REP RSV=0 ATYP=1 BND.ADDR=0.0.0.0 BND.PORT=0 -> ESTABLISHED (REP 00) or CLOSED
 
-Names are not resolved here: the far side has the resolver that matters, and
-the link carries no DNS of ours, so a domain name that is not an IPv4 literal
-gets REP 04 (host unreachable); IPv6 (ATYP 4) gets 08 (address type not
-supported).  Bytes after the request (a client that pipelines its first data)
+Names are not resolved here: ``target`` then holds the name, and the owner
+resolves it on the far side (the link's DNS server), where it means what the
+user meant; IPv6 (ATYP 4) gets 08 (address type not supported).  Bytes after the request (a client that pipelines its first data)
 are kept in ``early`` for the flow.  Malformed input closes the conversation
 (``error`` says why), never raises; ``buffered`` never exceeds the longest
 request, 4 + 1 + 255 + 2 = 262 bytes.
@@ -27,8 +26,9 @@ request, 4 + 1 + 255 + 2 = 262 bytes.
 The outcome of a flow maps to REP (RFC 1928 6) as a local user expects:
 ``rst`` -> 05 connection refused; ``unreachable`` -> 03 network unreachable
 for ICMP code 0, 02 not allowed by ruleset for 13 (RFC 1812 5.2.7.1), 04 host
-unreachable otherwise; ``timeout`` -> 04; anything else (the link down, too
-many flows) -> 01 general failure.
+unreachable otherwise; ``timeout`` and ``unresolved`` (the name did not
+resolve) -> 04; anything else (the link down, too many flows) -> 01 general
+failure.
 """
 
 import ipaddress
@@ -78,7 +78,7 @@ def reply_code(reason, icmp_code=-1):
         if icmp_code == ICMP_ADMIN_PROHIBITED:
             return REP_NOT_ALLOWED
         return REP_HOST_UNREACHABLE
-    if reason == "timeout":
+    if reason in ("timeout", "unresolved"):
         return REP_HOST_UNREACHABLE
     return REP_GENERAL_FAILURE
 
@@ -176,8 +176,9 @@ class Socks5Server(object):
             try:
                 host = str(ipaddress.IPv4Address(name))
             except ValueError:
-                return self._fail("the name %r is not an IPv4 address (names are not resolved)" % name,
-                                  _reply(REP_HOST_UNREACHABLE))
+                host = name             # resolved on the far side, by the owner
+        if not host:
+            return self._fail("an empty name", _reply(REP_HOST_UNREACHABLE))
         self.target = (host, port)
         self.state = REQUESTED
         return b""

@@ -17,6 +17,10 @@ connection:
   ``("fwd_open", flow_id, host, port, connection)``; the stack thread
   registers it with the :class:`ForwardManager` and opens the flow over the
   link (``ClientCore.open_flow``);
+* a host name (``-L`` HOST, a SOCKS domain name) is first looked up at the
+  link's DNS server (``ClientCore.resolve``; ``Resolved`` posts
+  ``("fwd_resolved", flow_id, address, port)``); one that does not resolve
+  is refused as ``unresolved``;
 * the stack's answer: ``FlowConnected`` starts moving bytes (a SOCKS client
   first gets REP 00); ``FlowRefused`` closes the local connection -- with a
   RST for ``-L`` (the local user sees "connection reset" at once, as the far
@@ -37,12 +41,13 @@ keepalive found it gone).
 """
 
 import collections
+import ipaddress
 import itertools
 import logging
 import socket
 import threading
 
-from pyslirp.net.client_stack import FlowClosed, FlowConnected, FlowRefused
+from pyslirp.net.client_stack import FlowClosed, FlowConnected, FlowRefused, Resolved
 from pyslirp.net.events import ServiceClose, ServiceReadCredit, ServiceSend, ServiceShutdown
 from pyslirp.ppp.events import AuthResult, LinkDown, LinkUp
 from pyslirp.proxy import socks5_server as socks
@@ -60,6 +65,14 @@ EXIT_LINK_DOWN = 5
 
 SOCKS_TIMEOUT = 30.0        # s for a SOCKS client to send its greeting and request
 ACCEPT_POLL = 0.5           # s between stop-flag checks of a listener
+
+
+def _is_ipv4(host):
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class LocalConnection(ServiceConnection):
@@ -202,6 +215,16 @@ class ForwardManager(object):
             if not event.ok:
                 self.auth_failed = event
             return False
+        if isinstance(event, Resolved):
+            conn = self.connections.get(event.query_id)
+            if conn is not None:
+                if event.address is None:
+                    log.info("%s: not resolved: %s", event.name, event.error)
+                    conn.refused("unresolved")
+                else:
+                    log.debug("%s is %s", event.name, event.address)
+                    self._post(("fwd_resolved", event.query_id, event.address, conn.target[1]))
+            return True
         flow_id = getattr(event, "flow_id", getattr(event, "conn_id", None))
         conn = self.connections.get(flow_id)
         if isinstance(event, FlowConnected):
@@ -330,7 +353,15 @@ class ClientRuntime(Runtime):
             if self._stopping is not None:
                 conn.refused("stopping")
                 return
-            self.core.open_flow(flow_id, host, port, now)
+            if _is_ipv4(host):
+                self.core.open_flow(flow_id, host, port, now)
+            else:
+                self.core.resolve(flow_id, host, now)      # the flow opens when the name resolves
+            return
+        if item[0] == "fwd_resolved":
+            _, flow_id, address, port = item
+            if flow_id in self.services.connections and self._stopping is None:
+                self.core.open_flow(flow_id, address, port, now)
             return
         if item[0] == "line_up" and self._link_deadline is None and self.link_timeout > 0:
             self._link_deadline = now + self.link_timeout

@@ -20,6 +20,11 @@ port with no entry is refused as a dead service would be (``service_failed``:
 the server answers the SYN with a RST); :data:`NEVER_CONNECTS` as the value
 leaves the service connecting forever (the server never answers the SYN).
 
+Names: with the server's DNS forwarder on, :meth:`resolve` has the client
+look a name up over the link; the server's upstream is ``names`` (a dict
+name -> IPv4 address; anything else is NXDOMAIN) and the answer lands in
+``resolved``.
+
 The client's flows (:meth:`connect`) are :class:`SimFlow` values that
 collect what happened: ``connected``, ``refused`` (the reason), ``received``
 bytes, ``closed`` (the reason), ``peer_fin``; :meth:`SimFlow.send` and
@@ -42,10 +47,11 @@ from dataclasses import dataclass
 from pyslirp.client_core import ClientCore
 from pyslirp.core import Core
 from pyslirp.net import refusal
-from pyslirp.net.client_stack import ClientStackConfig, FlowClosed, FlowConnected, FlowRefused
-from pyslirp.net.events import (ServiceClose, ServiceConnect, ServiceReadCredit, ServiceSend,
+from pyslirp.net.client_stack import ClientStackConfig, FlowClosed, FlowConnected, FlowRefused, Resolved
+from pyslirp.net.events import (DnsQuery, ServiceClose, ServiceConnect, ServiceReadCredit, ServiceSend,
                                 ServiceShutdown)
 from pyslirp.ppp.link import LinkConfig
+from pyslirp.wire import dns as wdns
 from pyslirp.wire import hdlc
 from pyslirp.wire import ppp as wppp
 from pyslirp.wire.errors import ParseError
@@ -171,7 +177,7 @@ class SimulatedClient(object):
     """A ClientCore against a server Core in memory, with a fake clock (see the module docstring)."""
 
     def __init__(self, server=None, services=None, link_config=None, stack_config=None, seed=0,
-                 server_link_config=None, server_stack_config=None):
+                 server_link_config=None, server_stack_config=None, names=None):
         self.now = 0
         self.recorder = Recorder(lambda: self.now)
         self.client = ClientCore(link_config or client_link_config(), stack_config or ClientStackConfig(),
@@ -182,6 +188,9 @@ class SimulatedClient(object):
                           random.Random(seed + 1))
         self.server = server
         self.services = {} if services is None else services
+        self.names = {} if names is None else names     # the "upstream DNS": name -> IPv4 text
+        self.resolved = {}                              # query_id -> Resolved, for resolve()
+        self._next_query = 1
         self.flows = {}
         self.client_events = []
         self.server_events = []
@@ -235,6 +244,14 @@ class SimulatedClient(object):
         self._exchange()
         return flow
 
+    def resolve(self, name):
+        """Ask the client to look ``name`` up over the link; returns the query id (see ``resolved``)."""
+        query_id = self._next_query
+        self._next_query += 1
+        self.client.resolve(query_id, name, self.now)
+        self._exchange()
+        return query_id
+
     def _feed(self, flow):
         if flow.done:
             return
@@ -287,6 +304,9 @@ class SimulatedClient(object):
         now = self.now
         for event in events:
             self.client_events.append(event)
+            if isinstance(event, Resolved):
+                self.resolved[event.query_id] = event
+                continue
             flow = self.flows.get(getattr(event, "conn_id", getattr(event, "flow_id", None)))
             if flow is None:
                 continue
@@ -314,6 +334,9 @@ class SimulatedClient(object):
         for event in events:
             self.server_events.append(event)
             conn_id = getattr(event, "conn_id", None)
+            if isinstance(event, DnsQuery):
+                self.server.dns_answer(self._dns_answer(event.payload), now)
+                continue
             if isinstance(event, ServiceConnect):
                 route = event.route
                 factory = self.services.get((route.host, route.port), self.services.get(route.port))
@@ -351,6 +374,22 @@ class SimulatedClient(object):
                 conn.eof_pending = False
                 self.server.service_eof(conn_id, now)
         return bool(events)
+
+
+    def _dns_answer(self, query):
+        """The server's upstream DNS, in memory: ``names`` answers A questions, anything else is NXDOMAIN."""
+        msg = wdns.Message.parse(query)
+        question = msg.questions[0]
+        name = wdns.name_text(question.name).rstrip(".").lower()
+        address = self.names.get(name)
+        head = query[:msg.question_end]
+        if address is None or question.qtype != wdns.TYPE_A:
+            rcode = wdns.RCODE_NXDOMAIN if address is None else wdns.RCODE_NOERROR
+            return wdns.HEADER.pack(msg.id, wdns.FLAG_QR | wdns.FLAG_RD | wdns.FLAG_RA | rcode, 1, 0, 0, 0) + \
+                head[wdns.HEADER_LEN:]
+        answer = b"\xc0\x0c" + wdns.RR_FIXED.pack(wdns.TYPE_A, 1, 60, 4) + bytes(int(x) for x in address.split("."))
+        return wdns.HEADER.pack(msg.id, wdns.FLAG_QR | wdns.FLAG_RD | wdns.FLAG_RA, 1, 1, 0, 0) + \
+            head[wdns.HEADER_LEN:] + answer
 
 
 def _earliest(a, b):
