@@ -250,10 +250,7 @@ def _main(argv):
         elif args.stdio:
             endpoint = StdioEndpoint()
         else:
-            port, baudrate = args.port, args.baudrate
-
-            def opener():
-                return PySerialEndpoint(port, baudrate, "none")
+            opener = _serial_opener(PySerialEndpoint, args.port, args.baudrate)
         paced = bool(args.port) and not args.port.startswith(("socket://", "loop://"))
         runtime = rc.ClientRuntime(core, forwards=listeners, socks_listeners=socks_socks,
                                    link_timeout=args.link_timeout, endpoint=endpoint, opener=opener,
@@ -273,6 +270,12 @@ def _main(argv):
             sock.close()
         for sock in socks_socks:
             sock.close()
+
+
+def _serial_opener(endpoint_class, port, baudrate):
+    def opener():
+        return endpoint_class(port, baudrate, "none")
+    return opener
 
 
 def _install_signals(runtime):

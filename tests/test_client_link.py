@@ -5,7 +5,7 @@ import random
 import pytest
 
 from pyslirp.ppp import lcp as L
-from pyslirp.ppp.events import AuthResult, LinkDown, LinkUp
+from pyslirp.ppp.events import AuthResult, LinkUp
 from pyslirp.ppp.fsm import State
 from pyslirp.ppp.link import LinkConfig, PPPLink
 from pyslirp.ppp.protocol import Phase

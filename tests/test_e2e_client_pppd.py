@@ -18,7 +18,7 @@ import time
 import pytest
 
 from e2e import services
-from e2e.fixtures import lab, unavailable  # noqa: F401
+from e2e.fixtures import lab, unavailable  # noqa: F401  (lab: the fixture)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

@@ -4,9 +4,7 @@ The test plays the server: it answers the SYN (or does not) and checks what the 
 """
 
 from pyslirp.net.tcp.conn import TcpConfig, TcpConnection, TcpState
-from pyslirp.net.tcp.events import (CLOSED, ESTABLISHED, READABLE, RESET, TIMED_OUT, UNREACHABLE,
-                                    WRITABLE)
-from pyslirp.net.tcp.seq import seq_add
+from pyslirp.net.tcp.events import CLOSED, ESTABLISHED, RESET, TIMED_OUT, UNREACHABLE
 from pyslirp.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpRepr
 
 LOCAL = bytes([10, 0, 0, 2])
