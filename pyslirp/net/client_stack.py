@@ -52,7 +52,7 @@ destination unreachable quoting one of our segments ends that flow's open
 (``TcpConnection.unreachable``).  Everything else (fragments, other
 protocols, other addresses, malformed packets) is counted and dropped.
 Output (:meth:`take_packets`): control and small segments always, bulk
-within the budget, connections taken in turn.
+within the budget, each call starting with the next flow (round-robin).
 """
 
 import logging
@@ -213,6 +213,7 @@ class ClientStack(object):
         self.packets_in = self.packets_out = self.bytes_in = self.bytes_out = 0
         self.opened = self.refused = 0
         self._lingering = 0             # flows reported closed whose connection waits in TIME_WAIT
+        self._turn = 0                  # take_packets starts with this flow (round-robin)
         self.dns = ()                   # 4-byte addresses of the DNS servers IPCP gave us
         self._queries = {}              # query_id -> _Query
         self._rng = rng
@@ -502,7 +503,13 @@ class ClientStack(object):
         self._control = []
         remaining = budget
         first_bulk = allow_one_over and budget > 0
-        for rec in list(self._flows.values()):
+        flows = list(self._flows.values())
+        if flows:
+            # Each call starts with the next flow, so that one bulk flow cannot keep the budget to itself.
+            start = self._turn % len(flows)
+            self._turn += 1
+            flows = flows[start:] + flows[:start]
+        for rec in flows:
             conn = rec.conn
             if conn is None:
                 continue
