@@ -38,7 +38,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -240,6 +239,7 @@ class Run(object):
         self.args = bench.args
         self.kind = kind
         self.out = {}
+        self.spy = None
 
     def guest_cmd(self, script, mode, port, outname, **kw):
         cmd = '$PYTHON %s %s --host %s --port %d --out "$RESULTS/%s"' % (
@@ -288,10 +288,16 @@ class Run(object):
                 gateway = uml.Pyslirp(os.path.join(lab.basedir, "pyslirp"), pyslirp_config(services, a),
                                       debug=False)
                 gateway.cmd[0] = a.python
+                if a.profile == "cprofile":
+                    gateway.cmd[1:1] = [os.path.join(HERE, "profile_pyslirp.py"), a.profile_out + ".pstats"]
                 lab.slirps.append(gateway)
                 gateway.start()
                 self.host = "10.0.0.1"
             pid = gateway.proc.pid
+            if a.profile == "py-spy" and self.kind == "pyslirp":
+                self.spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", "250", "--format",
+                                             "raw", "--output", a.profile_out + ".txt", "--nonblocking"],
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             services.cpu_pid = pid
             timeout = 120 + a.idle_seconds + a.conns * 0.2 + a.mib * 4
             guest = lab.boot_guest(self.script(), tty_fd=gateway.open_tty(), timeout=timeout, name="guest")
@@ -307,6 +313,10 @@ class Run(object):
             raise
         finally:
             if gateway is not None:
+                if a.profile and self.kind == "pyslirp":
+                    gateway.stop()          # a clean exit: the profile is written on the way out
+                    if self.spy is not None:
+                        self.spy.wait(30)
                 gateway.kill()
             services.close()
             lab.close()
@@ -494,10 +504,15 @@ def main(argv=None):
                    help="comma-separated: startup, " + ", ".join(PHASES))
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="pyslirp configuration override, e.g. ppp.compression=none (repeatable)")
+    p.add_argument("--profile", choices=("cprofile", "py-spy"),
+                   help="profile pyslirp: cProfile in every thread (PREFIX.pstats) or py-spy (PREFIX.txt, "
+                        "collapsed stacks); the figures are then not comparable")
+    p.add_argument("--profile-out", default="pyslirp-profile", metavar="PREFIX")
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--keep", action="store_true", help="keep the run directories (printed)")
     a = p.parse_args(argv)
     a.phases = [x.strip() for x in a.phases.split(",") if x.strip()]
+    a.profile_out = os.path.abspath(a.profile_out)
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from e2e import uml
     reason = uml.unavailable_reason()
