@@ -48,6 +48,7 @@ within read credit like everything read later.
 """
 
 import collections
+import itertools
 import logging
 import os
 import select
@@ -62,6 +63,7 @@ from pyslirp.runtime.wakeup import Wakeup
 log = logging.getLogger("pyslirp.runtime.services")
 
 READ_MAX = 65536
+SEND_CHUNKS = 64        # pending chunks handed to one sendmsg (well under IOV_MAX, 1024 on Linux)
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 
 
@@ -239,21 +241,25 @@ class ServiceConnection(threading.Thread):
         return "ok"
 
     def _do_write(self, sock):
-        """Write what is pending; False after an error (reported)."""
+        """Write what is pending, several chunks per ``sendmsg``; False after an error (reported)."""
         written = 0
         try:
             while True:
                 with self._lock:
                     if not self._pending:
                         break
-                    chunk = self._pending[0]
-                n = sock.send(chunk)
+                    chunks = list(itertools.islice(self._pending, SEND_CHUNKS))
+                n = sock.sendmsg(chunks)
                 written += n
                 with self._lock:
-                    if n < len(chunk):
-                        self._pending[0] = chunk[n:]
-                        break
-                    self._pending.popleft()
+                    pending = self._pending
+                    left = n
+                    while left and left >= len(pending[0]):
+                        left -= len(pending.popleft())
+                    if left:
+                        pending[0] = pending[0][left:]
+                if n < sum(len(c) for c in chunks):
+                    break                               # the socket is full: wait for POLLOUT
         except (BlockingIOError, InterruptedError):
             pass
         except OSError as exc:
