@@ -31,6 +31,12 @@ finished (service EOF read and our write side shut down) the thread closes
 the socket by itself.  A socket pair wakes the thread from ``poll`` when the
 stack thread hands it something.
 
+Threads: ``Thread.start`` waits until the new thread runs, a context switch
+or two on the stack thread for every SYN.  :class:`SpareThread` keeps one
+thread started ahead and idle (waiting on a condition, not polling); the
+stack thread hands it the connection, and that thread starts the next spare
+itself before it connects.
+
 Connecting: the event carries the flow's Route; a
 :class:`~pyslirp.runtime.connectors.Connector` reaches the route's targets
 (``route.targets``: the service's host:port, then its fallbacks, without
@@ -83,9 +89,56 @@ def _failures(failed, targets):
     return tuple((index, "%s: %s" % (exc.hop, exc.reason)) for index, exc in failed if index < len(targets))
 
 
-class ServiceConnection(threading.Thread):
+class SpareThread(object):
+    """Runs each job on a thread of its own, with one thread started ahead, idle, for the next job.
+
+    A job handed over while the spare is still starting waits for it (a thread start is never on the stack
+    thread's path but for the very first job); every thread that takes a job first starts the next spare,
+    unless one is already idle or starting.  Idle spares wait on a condition: no polling, no timer.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._jobs = collections.deque()    # handed over, not yet taken by a spare
+        self._spares = 0                    # threads idle or starting to be
+        self._closed = False
+
+    def start(self, job):
+        """Run ``job()`` on a thread: a spare's, or (none there) a new one's."""
+        with self._cond:
+            if self._spares > len(self._jobs) and not self._closed:
+                self._jobs.append(job)
+                self._cond.notify()
+                return
+        threading.Thread(target=self._run, args=(job,), name="service", daemon=True).start()
+
+    def close(self):
+        """Idle spares end; jobs already running carry on."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _run(self, job):
+        with self._cond:
+            if job is None:
+                while not self._jobs and not self._closed:
+                    self._cond.wait()
+                self._spares -= 1
+                if not self._jobs:
+                    return
+                job = self._jobs.popleft()
+            spawn = not self._closed and self._spares <= len(self._jobs)
+            if spawn:
+                self._spares += 1
+        if spawn:
+            # The next job's thread, started from here rather than from the stack thread.
+            threading.Thread(target=self._run, args=(None,), name="service-spare", daemon=True).start()
+        job()
+
+
+class ServiceConnection(object):
     def __init__(self, conn_id, route, post, connect_timeout=CONNECT_TIMEOUT, proxy=None):
-        super().__init__(name="service-%d" % conn_id, daemon=True)
+        self.name = "service-%d" % conn_id
         self.conn_id = conn_id
         self.route = route
         self.host = route.host
@@ -99,8 +152,15 @@ class ServiceConnection(threading.Thread):
         self._shutdown_requested = False
         self._abort = None                      # reason, once ServiceClose arrived
         self._wakeup = Wakeup()
+        self._done = threading.Event()
         self.bytes_to_service = 0
         self.bytes_from_service = 0
+
+    def start(self, starter):
+        starter.start(self.run)
+
+    def join(self, timeout=None):
+        self._done.wait(timeout)
 
     # -- called by the stack thread -------------------------------------------
 
@@ -132,6 +192,7 @@ class ServiceConnection(threading.Thread):
     # -- the thread ---------------------------------------------------------------
 
     def run(self):
+        threading.current_thread().name = self.name
         sock = None
         targets = self.route.targets
         try:
@@ -167,6 +228,7 @@ class ServiceConnection(threading.Thread):
             if sock is not None:
                 self._close(sock, abort=True)
             self._wakeup.close()
+            self._done.set()
             self._post(("svc_done", self.conn_id))
 
     def _serve(self, sock):
@@ -294,6 +356,7 @@ class ServiceManager(object):
         self._proxy = proxy
         self.connections = {}
         self.started = 0
+        self._threads = SpareThread()
 
     def __len__(self):
         return len(self.connections)
@@ -306,7 +369,7 @@ class ServiceManager(object):
             conn = ServiceConnection(event.conn_id, event.route, self._post, self._connect_timeout, self._proxy)
             self.connections[event.conn_id] = conn
             self.started += 1
-            conn.start()
+            conn.start(self._threads)
         elif isinstance(event, ServiceSend):
             if conn is not None:
                 conn.send(event.data)
@@ -334,6 +397,7 @@ class ServiceManager(object):
         self.connections.pop(conn_id, None)
 
     def close_all(self, timeout=1.0):
+        self._threads.close()
         conns = list(self.connections.values())
         for conn in conns:
             conn.abort("shutdown")
