@@ -352,6 +352,24 @@ class SerialWriter(threading.Thread):
             self._cond.notify()
             return True
 
+    def put_all(self, frames):
+        """Queue framed frames in order, under one lock and one wake-up; the bytes queued.
+
+        Frames past the limit (or all, once stopped) are dropped and counted, as :meth:`put` does.
+        """
+        queued = 0
+        with self._cond:
+            for frame in frames:
+                if self._halt or self._queued + len(frame) > self._limit:
+                    self.dropped += 1
+                    continue
+                self._frames.append(frame)
+                self._queued += len(frame)
+                queued += len(frame)
+            if queued:
+                self._cond.notify()
+        return queued
+
     def stop(self):
         with self._cond:
             self._halt = True

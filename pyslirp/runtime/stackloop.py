@@ -402,9 +402,9 @@ class Runtime(object):
             target = writer.target()
             backlog = writer.backlog()
             budget = target - self.line_queued - backlog
-            for urgent, frame in self._take_output(budget if budget > 0 else 0, now):
-                if writer.put(urgent, frame):
-                    self.line_queued += len(frame)
+            frames = [frame for _, frame in self._take_output(budget if budget > 0 else 0, now)]
+            if frames:
+                self.line_queued += writer.put_all(frames)      # one hand-over for the whole flush
             if budget <= 0:
                 # The writer posts "room" when the line drains below the bound; this is only the
                 # safety net should the bound move under it.
