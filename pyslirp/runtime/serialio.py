@@ -67,13 +67,15 @@ class SerialReader(threading.Thread):
         self._inflight = 0
         self._cond = threading.Condition()
         self._halt = False
+        self._waiting = False           # the reader waits for the stack thread to consume
         self.bytes_read = 0
 
     def consumed(self, nbytes):
         """The stack thread has fed ``nbytes`` of ours to the Core."""
         with self._cond:
             self._inflight -= nbytes
-            self._cond.notify()
+            if self._waiting:
+                self._cond.notify()
 
     def stop(self):
         with self._cond:
@@ -85,7 +87,9 @@ class SerialReader(threading.Thread):
             while True:
                 with self._cond:
                     while self._inflight >= self._max and not self._halt:
+                        self._waiting = True
                         self._cond.wait(0.5)
+                        self._waiting = False
                     if self._halt:
                         return
                 data = self.endpoint.read(self._chunk)
