@@ -39,4 +39,5 @@ def pseudo_header_sum(src, dst, protocol, length):
     """
     if len(src) != 4 or len(dst) != 4:
         raise ValueError("the IPv4 pseudo-header needs 4-byte addresses, got %d and %d bytes" % (len(src), len(dst)))
-    return ones_sum(_PSEUDO.pack(src, dst, 0, protocol, length))
+    # bytes(): PyPy's struct takes no bytearray for "4s" (on bytes it is the object itself, no copy).
+    return ones_sum(_PSEUDO.pack(bytes(src), bytes(dst), 0, protocol, length))
