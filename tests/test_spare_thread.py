@@ -25,6 +25,7 @@ def test_every_job_runs_on_its_own_thread_and_a_spare_waits_for_the_next():
     def job():
         with lock:
             seen.append(threading.get_ident())
+        starter.replenish()
         release.wait(5)
 
     try:
@@ -63,8 +64,12 @@ def test_close_ends_the_idle_spare_and_no_job_is_lost():
     before = threading.active_count()
     starter = SpareThread()
     done = []
+    def job(i):
+        starter.replenish()
+        done.append(i)
+
     for i in range(50):
-        starter.start(lambda i=i: done.append(i))
+        starter.start(lambda i=i: job(i))
     assert _wait(lambda: len(done) == 50)
     assert sorted(done) == list(range(50))
     starter.close()

@@ -32,10 +32,11 @@ the socket by itself.  A socket pair wakes the thread from ``poll`` when the
 stack thread hands it something.
 
 Threads: ``Thread.start`` waits until the new thread runs, a context switch
-or two on the stack thread for every SYN.  :class:`SpareThread` keeps one
-thread started ahead and idle (waiting on a condition, not polling); the
-stack thread hands it the connection, and that thread starts the next spare
-itself before it connects.
+or two (and a wait for the GIL) on the stack thread for every SYN.
+:class:`SpareThread` keeps one thread started ahead and idle (waiting on a
+condition, not polling); the stack thread hands it the connection, and that
+thread starts the next spare itself once its connect is done, off both the
+stack thread's and the connect's path.
 
 Connecting: the event carries the flow's Route; a
 :class:`~pyslirp.runtime.connectors.Connector` reaches the route's targets
@@ -92,9 +93,10 @@ def _failures(failed, targets):
 class SpareThread(object):
     """Runs each job on a thread of its own, with one thread started ahead, idle, for the next job.
 
-    A job handed over while the spare is still starting waits for it (a thread start is never on the stack
-    thread's path but for the very first job); every thread that takes a job first starts the next spare,
-    unless one is already idle or starting.  Idle spares wait on a condition: no polling, no timer.
+    A job handed over while the spare is still starting waits for it (a thread start is on the stack thread's
+    path only for the very first job).  A job calls :meth:`replenish` when starting a thread no longer delays
+    it (a service connection: once connected); that starts the next spare, unless one is idle or starting.
+    Idle spares wait on a condition: no polling, no timer.
     """
 
     def __init__(self):
@@ -112,6 +114,14 @@ class SpareThread(object):
                 return
         threading.Thread(target=self._run, args=(job,), name="service", daemon=True).start()
 
+    def replenish(self):
+        """Start the next spare if none is idle or starting (called by a job, on its own thread)."""
+        with self._cond:
+            if self._closed or self._spares > len(self._jobs):
+                return
+            self._spares += 1
+        threading.Thread(target=self._run, args=(None,), name="service-spare", daemon=True).start()
+
     def close(self):
         """Idle spares end; jobs already running carry on."""
         with self._cond:
@@ -119,20 +129,14 @@ class SpareThread(object):
             self._cond.notify_all()
 
     def _run(self, job):
-        with self._cond:
-            if job is None:
+        if job is None:
+            with self._cond:
                 while not self._jobs and not self._closed:
                     self._cond.wait()
                 self._spares -= 1
                 if not self._jobs:
                     return
                 job = self._jobs.popleft()
-            spawn = not self._closed and self._spares <= len(self._jobs)
-            if spawn:
-                self._spares += 1
-        if spawn:
-            # The next job's thread, started from here rather than from the stack thread.
-            threading.Thread(target=self._run, args=(None,), name="service-spare", daemon=True).start()
         job()
 
 
@@ -153,10 +157,12 @@ class ServiceConnection(object):
         self._abort = None                      # reason, once ServiceClose arrived
         self._wakeup = Wakeup()
         self._done = threading.Event()
+        self._starter = None
         self.bytes_to_service = 0
         self.bytes_from_service = 0
 
     def start(self, starter):
+        self._starter = starter
         starter.start(self.run)
 
     def join(self, timeout=None):
@@ -197,7 +203,11 @@ class ServiceConnection(object):
         targets = self.route.targets
         try:
             try:
-                index, sock, self._early, failed = self._connector.open_any(targets)
+                try:
+                    index, sock, self._early, failed = self._connector.open_any(targets)
+                finally:
+                    if self._starter is not None:
+                        self._starter.replenish()       # the next connection's thread, now that ours is done
             except ConnectFailed as exc:
                 if self._abort is None and not self._connector.cancelled:
                     # The stack logs the refusal once, with the flow, the route and this reason.
