@@ -1,2 +1,3 @@
-"""The public test framework: a link emulator, TCP compliance scripts and a load test (see README, "Testing your
-link and your client").  Each module is imported on its own: ``from pyslirp.testing import linkemu``."""
+"""The public test framework (README, "Testing your link and your client"): one module per tool."""
+
+from . import compliance, linkemu, load  # noqa: F401
