@@ -37,10 +37,12 @@ class EmulatedRelay(SerialRelay):
         self._cuts = []
 
     @classmethod
-    def factory(cls, impairments=None, up=None, seed=0):
-        """``impairments`` both ways (or toward the guest only, when ``up`` gives the other direction)."""
+    def factory(cls, impairments=None, up=None, seed=0, guest_pipe_size=PIPE_SIZE):
+        """``impairments`` both ways (or toward the guest only, when ``up`` gives the other direction);
+        ``guest_pipe_size`` 0 leaves the guest's serial pipe as it is (for an unpaced line)."""
         def make(tty_fd, guest_in_w, guest_out_r, name="relay"):
-            return cls(tty_fd, guest_in_w, guest_out_r, name=name, impairments=impairments, up=up, seed=seed)
+            return cls(tty_fd, guest_in_w, guest_out_r, name=name, impairments=impairments, up=up, seed=seed,
+                       guest_pipe_size=guest_pipe_size)
         return make
 
     def now(self):
