@@ -178,11 +178,13 @@ def _e2e():
 class Session(object):
     """One pyslirp and one guest running ``body`` between pppd up and down (see ``run``)."""
 
+    debug = False
+
     def __init__(self, basedir, name, config, body, relay_factory=None, timeout=240):
         uml, _, _ = _e2e()
         self.lab = uml.Lab(os.path.join(basedir, name))
         os.makedirs(self.lab.basedir, exist_ok=True)
-        self.slirp = self.lab.start_pyslirp(config, debug=False)
+        self.slirp = self.lab.start_pyslirp(config, debug=self.debug)
         script = """
             pppd_start pppd noauth
             wait_ppp_up 30 pppd || exit 1
@@ -405,7 +407,9 @@ def main(argv=None):
     p.add_argument("--fuzz-count", type=int, default=1000000)
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--keep", action="store_true", help="keep the run directories (printed)")
+    p.add_argument("--debug", action="store_true", help="run pyslirp with -d (slower: debug logging)")
     a = p.parse_args(argv)
+    Session.debug = a.debug
     only = set(x.strip() for x in a.only.split(",")) if a.only else None
     rows = [r for r in ROWS if only is None or r[0] in only]
     if only and len(rows) != len(only):
