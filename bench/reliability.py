@@ -179,9 +179,19 @@ class Session(object):
     """One pyslirp and one guest running ``body`` between pppd up and down (see ``run``)."""
 
     debug = False
+    settings = ()           # "SECTION.KEY=VALUE" overrides for every row's pyslirp
 
     def __init__(self, basedir, name, config, body, relay_factory=None, timeout=240):
         uml, _, _ = _e2e()
+        for item in self.settings:
+            key, _, value = item.partition("=")
+            section, _, name_ = key.partition(".")
+            try:
+                value = int(value)
+            except ValueError:
+                if value in ("true", "false"):
+                    value = value == "true"
+            config.setdefault(section, {})[name_] = value
         self.lab = uml.Lab(os.path.join(basedir, name))
         os.makedirs(self.lab.basedir, exist_ok=True)
         self.slirp = self.lab.start_pyslirp(config, debug=self.debug)
@@ -407,9 +417,12 @@ def main(argv=None):
     p.add_argument("--fuzz-count", type=int, default=1000000)
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--keep", action="store_true", help="keep the run directories (printed)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="pyslirp configuration override, e.g. ppp.compression=none (repeatable)")
     p.add_argument("--debug", action="store_true", help="run pyslirp with -d (slower: debug logging)")
     a = p.parse_args(argv)
     Session.debug = a.debug
+    Session.settings = tuple(a.set)
     only = set(x.strip() for x in a.only.split(",")) if a.only else None
     rows = [r for r in ROWS if only is None or r[0] in only]
     if only and len(rows) != len(only):

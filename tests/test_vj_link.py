@@ -90,6 +90,7 @@ def test_tcp_goes_compressed_both_ways_and_arrives_intact():
 
 def test_a_frame_lost_on_the_line_tosses_the_decompressor():
     link, client = vj_session()
+    link.ipcp.vj.decompressor.repair = False        # RFC 1144 alone (the repair: the next test)
     up = segments(PEER, US, 40000, 22, 6, start=5000, ack=4000)
     for p in up[:2]:
         client.send_tcp(p)
@@ -107,6 +108,24 @@ def test_a_frame_lost_on_the_line_tosses_the_decompressor():
     for p in up[2:]:
         client.send_tcp(p)
     assert [e.packet for e in client.events if isinstance(e, IPReceived)] == up
+
+
+def test_a_frame_lost_on_the_line_is_repaired_after_a_run_of_bulk_segments():
+    link, client = vj_session()
+    up = segments(PEER, US, 40000, 22, 14, start=5000, ack=4000)
+    for p in up[:10]:
+        client.send_tcp(p)
+    proto, data = client.tx.compress(up[10])
+    raw = client.encode(proto, data)
+    client.send_raw(raw[:-3] + bytes([raw[-3] ^ 0x55]) + raw[-2:])
+    assert link.deframer.bad_fcs == 1 and link.ipcp.vj.decompressor.tossing
+    # The next segments decompress (the lost one assumed, the TCP checksum verified): only it is missing,
+    # so the receiving TCP sees out-of-order data and asks for it at once.
+    for p in up[11:]:
+        assert client.send_tcp(p) == VJC
+    got = [e.packet for e in client.events if isinstance(e, IPReceived)]
+    assert got == up[:10] + up[11:]
+    assert link.ipcp.vj.decompressor.repaired == 1 and link.ipcp_counters["vj_tossed"] == 0
 
 
 def test_vj_off_rejects_pppds_request_and_sends_plain_ip():
