@@ -189,3 +189,17 @@ def test_vj_then_deflate_on_the_wire_and_a_ccp_drop_tosses_vj():
     client.send_tcp(up[2])
     assert link.ccp.resetting and link.ipcp.vj.decompressor.tossing
     assert [e.packet for e in client.events if isinstance(e, IPReceived)] == up[:1]
+
+
+def test_a_frame_lost_on_input_makes_our_compressor_refresh_its_slots_for_a_while():
+    from pyslirp.ppp.ipcp import NOISY_PACKETS, NOISY_REFRESH
+    link, client = vj_session()
+    stage = link.ipcp.vj
+    assert stage.compressor.refresh_every == 0
+    client.send_raw(b"~\xff\x03\x00\x21garbage~")           # a frame with a bad FCS
+    assert link.deframer.bad_fcs == 1
+    assert stage.compressor.refresh_every == NOISY_REFRESH
+    packet = segments(US, PEER, 22, 40000, 1)[0]
+    for _ in range(NOISY_PACKETS):
+        stage.compress(wppp.PROTO_IP, packet)
+    assert stage.compressor.refresh_every == 0

@@ -48,7 +48,15 @@ reaching Opened to IPCP leaving it, IP packets we send go through
 :class:`~pyslirp.wire.vj.VjCompressor` when the peer asked for VJ, and VJ
 packets we receive through :class:`~pyslirp.wire.vj.VjDecompressor` when the
 peer acknowledged ours; ``toss`` (a frame lost on the line) makes the
-decompressor wait for an explicit slot number (RFC 1144 section 4.2).  VJ
+decompressor wait for an explicit slot number (RFC 1144 section 4.2), or
+repair the slot (wire/vj.py, "Repair").  A lost frame is also the sign of a
+noisy line, where the peer's decompressor (Linux's slhc has no repair) loses
+every packet of a slot after a damaged one until an uncompressed one comes:
+for the next NOISY_PACKETS packets we send, every slot is refreshed with an
+uncompressed packet after NOISY_REFRESH compressed ones (about 35 more bytes
+per NOISY_REFRESH + 1 packets), so a damaged frame costs the peer a few
+segments, which its TCP asks for again at once, not everything up to our
+retransmission timeout.  VJ
 packets that were not negotiated, or that do not decompress, are counted and
 dropped.  ``active`` says whether VJ runs in either direction: TCP
 timestamps change every segment and force uncompressed headers, so a stack
@@ -253,6 +261,10 @@ def _vj_text(params):
     return "%d slots%s" % (params[0] + 1, "" if params[1] else ", slot ids always sent")
 
 
+NOISY_REFRESH = 4           # compressed packets per slot between two uncompressed ones on a noisy line
+NOISY_PACKETS = 2000        # packets sent that way after the last frame lost on input
+
+
 class VjStage(Transform):
     """Van Jacobson TCP/IP header compression on the open link (see the module docstring)."""
 
@@ -263,6 +275,7 @@ class VjStage(Transform):
             counters[key] = 0
         self.compressor = None
         self.decompressor = None
+        self._noisy = 0             # packets still to send with refreshes (see NOISY_PACKETS)
 
     @property
     def active(self):
@@ -283,6 +296,10 @@ class VjStage(Transform):
     def compress(self, protocol, info):
         if protocol != wppp.PROTO_IP or self.compressor is None:
             return protocol, info
+        if self._noisy:
+            self._noisy -= 1
+            if not self._noisy:
+                self.compressor.refresh_every = 0
         protocol, info = self.compressor.compress(info)
         if protocol == wppp.PROTO_VJC:
             self.counters["vj_compressed_out"] += 1
@@ -311,3 +328,6 @@ class VjStage(Transform):
     def toss(self):
         if self.decompressor is not None:
             self.decompressor.toss()
+        if self.compressor is not None:
+            self.compressor.refresh_every = NOISY_REFRESH
+            self._noisy = NOISY_PACKETS

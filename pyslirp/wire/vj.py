@@ -207,9 +207,10 @@ def _check_slots(slots):
 class _TxSlot(object):
     """What the compressor remembers of the last header sent on one slot."""
 
-    __slots__ = ("fixed", "options", "total", "ident", "seq", "ack", "window", "urgent")
+    __slots__ = ("fixed", "options", "total", "ident", "seq", "ack", "window", "urgent", "run")
 
     def __init__(self, fixed, options, total, ident, seq, ack, window, urgent):
+        self.run = 0                # compressed packets sent since the last uncompressed one
         self.fixed = fixed          # (ver_ihl, tos, flags/fragment, ttl, data offset byte, flags w/o PSH|URG)
         self.options = options      # IP options + TCP options, verbatim
         self.total = total
@@ -244,6 +245,12 @@ class VjCompressor(object):
     Comp-Slot-Id flag (RFC 1332 section 4): whether the slot number may be
     left out when it repeats.  Counters: ``compressed``, ``uncompressed``,
     ``ip`` (passed unchanged).
+
+    ``refresh_every`` (0: never) sends a slot's packet uncompressed after that
+    many compressed ones: a receiver that lost a frame discards the slot's
+    packets until an uncompressed one comes (RFC 1144 4.2), so on a noisy line a
+    refresh bounds the damage to a few segments, which its TCP then asks for
+    with duplicate ACKs, instead of everything until our retransmission timeout.
     """
 
     def __init__(self, slots=DEFAULT_SLOTS, compress_slot_id=True):
@@ -252,6 +259,7 @@ class VjCompressor(object):
         self.compressed = 0
         self.uncompressed = 0
         self.ip = 0
+        self.refresh_every = 0
         self._state = [None] * self.slots
         # key -> slot, least recently used first.  The placeholder keys make the first
         # connections take slots 0, 1, 2 ... in order, as slhc's circular list does.
@@ -294,7 +302,8 @@ class VjCompressor(object):
             options = packet[IP_HEADER_LEN:ip_len] + packet[ip_len + TCP_HEADER_LEN:header_len]
         else:
             options = b""
-        if state is None or state.fixed != fixed or state.options != options:
+        if state is None or state.fixed != fixed or state.options != options or \
+                (self.refresh_every and state.run >= self.refresh_every):
             return self._uncompressed(packet, slot, fixed, options, total, ident, seq, ack, window, urgent)
 
         # RFC 1144 3.2.3: the changes in the order the receiver expects them: urgent, window, ack, seq.
@@ -356,6 +365,7 @@ class VjCompressor(object):
         state.ack = ack
         state.window = window
         state.urgent = urgent
+        state.run += 1
 
         if self.compress_slot_id and self._last_slot == slot:
             head = _SHORT_DELTA[changes]
@@ -385,6 +395,7 @@ class VjCompressor(object):
             state.ack = ack
             state.window = window
             state.urgent = urgent
+            state.run = 0
         self._last_slot = slot
         self.uncompressed += 1
         return PROTO_VJ_UNCOMPRESSED, b"".join(
