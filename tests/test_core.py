@@ -76,6 +76,12 @@ class FakeStack(object):
     def get_timer(self):
         return self.timer
 
+    def stalled(self):
+        return False
+
+    def link_alive(self, now):
+        self.calls.append(("link_alive", now))
+
     def take_packets(self, budget):
         self.calls.append(("take_packets", budget))
         out, self.packets = self.packets, []

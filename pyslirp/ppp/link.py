@@ -334,6 +334,13 @@ class PPPLink(object):
         self._emit(wppp.PROTO_IP, packet, False)
         return True
 
+    def probe(self, now):
+        """An LCP Echo-Request now (LCP.probe), to learn whether the line carries; False unless LCP is Opened."""
+        self._now = now
+        sent = self.lcp.probe(now)
+        self._after(now)
+        return sent
+
     def close(self, reason, now):
         """Administrative close: LCP Terminate-Request, then Closed (``is_dead``)."""
         self._now = now

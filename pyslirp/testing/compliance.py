@@ -110,6 +110,7 @@ class LinkPeer(object):
         self.events = []            # the core's events
         self.local_ip = None        # the core's address
         self.remote_ip = None       # ours
+        self.answer_echoes = True   # False: the line is cut as far as LCP is concerned
 
     def pump(self):
         for _, data in self.core.take_serial_output(-1, self.now):
@@ -123,6 +124,8 @@ class LinkPeer(object):
                 elif proto in (wppp.PROTO_LCP, wppp.PROTO_IPCP):
                     code, ident, body = wppp.parse_cp(info)
                     if proto == wppp.PROTO_LCP and code == wppp.ECHO_REQUEST and self.core.is_up:
+                        if not self.answer_echoes:
+                            continue
                         reply = wppp.build_cp(wppp.ECHO_REPLY, ident, b"\0\0\0" + bytes([LCP_MAGIC]) + body[4:])
                         self.core.receive_serial(hdlc.encode_frame(wppp.build_frame(wppp.PROTO_LCP, reply)),
                                                  self.now)
