@@ -787,14 +787,14 @@ def test_fuzz_compressor_never_raises_and_round_trips(seed):
 
 def test_refresh_every_sends_a_slot_uncompressed_after_that_many_compressed():
     comp = VjCompressor()
-    comp.refresh_every = 4
+    comp.noisy(4)
     kinds = [comp.compress(tcp_packet(seq=1000 + 100 * i, ident=100 + i, data=bytes(100)))[0] for i in range(11)]
     assert kinds == [PROTO_VJ_UNCOMPRESSED] + [PROTO_VJ_COMPRESSED] * 4 + [PROTO_VJ_UNCOMPRESSED] + \
         [PROTO_VJ_COMPRESSED] * 4 + [PROTO_VJ_UNCOMPRESSED]
     # Without a repair, a receiver that lost a frame is back after the next refresh.
     decomp = VjDecompressor(repair=False)
     comp = VjCompressor()
-    comp.refresh_every = 4
+    comp.noisy(4)
     segs = [tcp_packet(seq=1000 + 100 * i, ident=100 + i, data=bytes(100)) for i in range(8)]
     decomp.decompress(*comp.compress(segs[0]))
     decomp.decompress(*comp.compress(segs[1]))
@@ -803,3 +803,8 @@ def test_refresh_every_sends_a_slot_uncompressed_after_that_many_compressed():
     assert reason(decomp, *comp.compress(segs[3])) == "tossed"
     assert reason(decomp, *comp.compress(segs[4])) == "tossed"
     assert decomp.decompress(*comp.compress(segs[5])) == segs[5]
+    # noisy(0): every packet whole; noisy(None): compressed again.
+    comp.noisy(0)
+    assert [comp.compress(seg)[0] for seg in segs[6:8]] == [PROTO_VJ_UNCOMPRESSED] * 2
+    comp.noisy(None)
+    assert comp.compress(tcp_packet(seq=1800, ident=108, data=bytes(100)))[0] == PROTO_VJ_COMPRESSED

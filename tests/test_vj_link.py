@@ -195,11 +195,12 @@ def test_a_frame_lost_on_input_makes_our_compressor_refresh_its_slots_for_a_whil
     from pyslirp.ppp.ipcp import NOISY_PACKETS, NOISY_REFRESH
     link, client = vj_session()
     stage = link.ipcp.vj
-    assert stage.compressor.refresh_every == 0
+    assert stage.compressor.refresh_every is None
     client.send_raw(b"~\xff\x03\x00\x21garbage~")           # a frame with a bad FCS
     assert link.deframer.bad_fcs == 1
     assert stage.compressor.refresh_every == NOISY_REFRESH
     packet = segments(US, PEER, 22, 40000, 1)[0]
-    for _ in range(NOISY_PACKETS):
-        stage.compress(wppp.PROTO_IP, packet)
-    assert stage.compressor.refresh_every == 0
+    protocols = [stage.compress(wppp.PROTO_IP, packet)[0] for _ in range(NOISY_PACKETS)]
+    assert set(protocols) == {VJUC}                     # NOISY_REFRESH 0: whole headers while noisy
+    assert stage.compressor.refresh_every is None
+    assert stage.compress(wppp.PROTO_IP, segments(US, PEER, 22, 40000, 2)[1])[0] == VJC

@@ -246,8 +246,8 @@ class VjCompressor(object):
     left out when it repeats.  Counters: ``compressed``, ``uncompressed``,
     ``ip`` (passed unchanged).
 
-    ``refresh_every`` (0: never) sends a slot's packet uncompressed after that
-    many compressed ones: a receiver that lost a frame discards the slot's
+    ``noisy(n)`` sends a slot's packet uncompressed after ``n`` compressed ones
+    (0: every packet; ``noisy(None)`` ends it): a receiver that lost a frame discards the slot's
     packets until an uncompressed one comes (RFC 1144 4.2), so on a noisy line a
     refresh bounds the damage to a few segments, which its TCP then asks for
     with duplicate ACKs, instead of everything until our retransmission timeout.
@@ -259,12 +259,17 @@ class VjCompressor(object):
         self.compressed = 0
         self.uncompressed = 0
         self.ip = 0
-        self.refresh_every = 0
+        self.refresh_every = None   # see noisy()
         self._state = [None] * self.slots
         # key -> slot, least recently used first.  The placeholder keys make the first
         # connections take slots 0, 1, 2 ... in order, as slhc's circular list does.
         self._lru = OrderedDict((("unused", i), i) for i in range(self.slots))
         self._last_slot = None      # slot of the last VJ packet sent (for the C bit)
+
+    def noisy(self, refresh_every):
+        """Refresh every slot after ``refresh_every`` compressed packets (0: send all uncompressed), or
+        stop refreshing (None)."""
+        self.refresh_every = refresh_every
 
     def compress(self, packet):
         """Compress one IPv4 packet; returns ``(protocol, data)``."""
@@ -303,7 +308,7 @@ class VjCompressor(object):
         else:
             options = b""
         if state is None or state.fixed != fixed or state.options != options or \
-                (self.refresh_every and state.run >= self.refresh_every):
+                (self.refresh_every is not None and state.run >= self.refresh_every):
             return self._uncompressed(packet, slot, fixed, options, total, ident, seq, ack, window, urgent)
 
         # RFC 1144 3.2.3: the changes in the order the receiver expects them: urgent, window, ack, seq.
