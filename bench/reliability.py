@@ -270,7 +270,7 @@ def row_cut(args):
     try:
         relay = s.guest.relay
         deadline = time.monotonic() + 120
-        while relay.bytes_to_guest < size // 2 and time.monotonic() < deadline and s.guest.running:
+        while relay.bytes_to_guest < size // 2 and time.monotonic() < deadline and s.guest.running():
             time.sleep(0.005)
         cut_at = time.time()
         relay.cut(True)
