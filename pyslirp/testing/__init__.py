@@ -1,3 +1,6 @@
 """The public test framework (README, "Testing your link and your client"): one module per tool."""
 
-from . import compliance, linkemu, load  # noqa: F401
+from . import compliance  # noqa: F401
+from . import fuzz  # noqa: F401
+from . import linkemu  # noqa: F401
+from . import load  # noqa: F401
