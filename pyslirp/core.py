@@ -56,7 +56,7 @@ link up while TCP backs off its retransmission timer, and nothing tells it
 when the line carries again: the client, a receiver, has nothing to send.
 So while some connection is backed off (``IPStack.stalled``) and nothing was
 received for PROBE_MS, the Core asks the link for an LCP Echo-Request every
-PROBE_MS (``PPPLink.probe``, about 20 bytes).  A probe answered within
+PROBE_MS (``PPPLink.probe``, about 20 bytes each).  A probe answered within
 PROBE_MS shows the line is fine (the client's TCP is what is silent): the
 timers keep their backoff and there is no more probing until no connection
 is backed off.  Once a probe went unanswered the line is taken to be out; the
@@ -85,7 +85,7 @@ log = logging.getLogger("pyslirp.core")
 
 # take_serial_output asks the stack again while compression leaves budget over, at most this often.
 MAX_TAKE_ROUNDS = 8
-PROBE_MS = 1000             # a silent line under a stalled flow is probed this often (see above)
+PROBE_MS = 500              # a silent line under a stalled flow is probed this often (see above)
 
 
 class Core(object):
