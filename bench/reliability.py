@@ -18,7 +18,8 @@ restart    an interactive session (an echo connection) while its service is stop
 fuzz       ``--fuzz-count`` (default 1,000,000) seeded random frames into a Core whose link is up: garbage HDLC,
            PPP frames of every protocol with random bodies, IPv4 packets with random or mutated headers, TCP
            segments to the mapped port; only counted drops may happen (no exception), and the link must still be
-           up and answer a ping afterwards.
+           up and answer a ping afterwards.  With atheris installed, as many coverage-guided inputs follow
+           (bench/fuzz_atheris.py).
 clients    1,000 concurrent connections through ``pyslirp.py client``: needs the client role.
 
 Nothing here talks to anything but 127.0.0.1 and the guest's own PPP link.
@@ -382,16 +383,33 @@ class FixedPortEcho(object):
 
 
 def row_fuzz(args):
-    """Seeded random frames and packets into a Core with the link up: only counted drops."""
+    """Seeded random frames and packets into a Core with the link up: only counted drops; then, if atheris is
+    installed, as many coverage-guided inputs (bench/fuzz_atheris.py)."""
     sys.path.insert(0, ROOT)
     from pyslirp.testing import fuzz
     t0 = time.monotonic()
     report = fuzz.fuzz_core(args.fuzz_count, seed=args.seed)
     elapsed = time.monotonic() - t0
     drops = sum(report.drops.values())
-    return dict(ok=report.ok, text="%d inputs in %.0f s: %d exceptions, %d counted drops, link up %s, ping %s" % (
-        report.inputs, elapsed, len(report.exceptions), drops, report.link_up, "answered" if report.ping else "LOST"),
-        exceptions=report.exceptions[:5], drops=report.drops)
+    text = "seeded: %d inputs in %.0f s, %d exceptions, %d counted drops, link up %s, ping %s" % (
+        report.inputs, elapsed, len(report.exceptions), drops, report.link_up, "answered" if report.ping else "LOST")
+    ok = report.ok
+    import importlib.util
+    if importlib.util.find_spec("atheris") is None:
+        text += "; atheris not installed"
+    else:
+        import subprocess
+        t0 = time.monotonic()
+        res = subprocess.run([sys.executable, os.path.join(HERE, "fuzz_atheris.py"), "-runs=%d" % args.fuzz_count,
+                              "-seed=%d" % args.seed], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             universal_newlines=True, cwd=args.basedir)
+        lines = [x for x in res.stdout.splitlines() if x.startswith("atheris:")]
+        crashed = "Uncaught Python exception" in res.stdout or res.returncode != 0
+        ok = ok and not crashed and bool(lines) and "answered" in lines[-1]
+        text += "; atheris (coverage-guided): %s in %.0f s%s" % (
+            lines[-1][len("atheris: "):] if lines else "no report", time.monotonic() - t0,
+            ", CRASHED (rc %d)" % res.returncode if crashed else "")
+    return dict(ok=ok, text=text, exceptions=report.exceptions[:5], drops=report.drops)
 
 
 def row_clients(args):
