@@ -1,6 +1,10 @@
-"""The public test framework (README, "Testing your link and your client"): one module per tool."""
+"""The public test framework (README, "Testing your link and your client"): one module per tool, imported by
+name (``from pyslirp.testing import linkemu``); nothing is imported here, so that ``python3 -m
+pyslirp.testing.linkemu`` and ``... .load`` run their module only once."""
 
-from . import compliance  # noqa: F401
-from . import fuzz  # noqa: F401
-from . import linkemu  # noqa: F401
-from . import load  # noqa: F401
+__all__ = [
+    "compliance",
+    "fuzz",
+    "linkemu",
+    "load",
+]
