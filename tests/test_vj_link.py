@@ -189,6 +189,12 @@ def test_vj_then_deflate_on_the_wire_and_a_ccp_drop_tosses_vj():
     client.send_tcp(up[2])
     assert link.ccp.resetting and link.ipcp.vj.decompressor.tossing
     assert [e.packet for e in client.events if isinstance(e, IPReceived)] == up[:1]
+    # The peer asks for a CCP reset (it lost one of our frames, so its VJ tossed too): we refresh VJ slots.
+    from pyslirp.ppp.ccp import RESET_REQUEST
+    link.ipcp.vj.compressor.noisy(None)
+    client.send_cp(wppp.PROTO_CCP, RESET_REQUEST, 0x42)
+    assert link.ccp_counters["reset_requests_received"] == 1
+    assert link.ipcp.vj.compressor.refresh_every == 0
 
 
 def test_a_frame_lost_on_input_makes_our_compressor_refresh_its_slots_for_a_while():

@@ -52,7 +52,8 @@ decompressor wait for an explicit slot number (RFC 1144 section 4.2), or
 repair the slot (wire/vj.py, "Repair").  A lost frame is also the sign of a
 noisy line, where the peer's decompressor (Linux's slhc has no repair) loses
 every packet of a slot after a damaged one until an uncompressed one comes:
-for the next NOISY_PACKETS packets we send, every slot is refreshed with an
+(the link also says so when the peer's CCP asks for a Reset: the peer lost one
+of ours), for the next NOISY_PACKETS packets we send, every slot is refreshed with an
 uncompressed packet after NOISY_REFRESH compressed ones, so a damaged frame
 costs the peer only the segments up to the next refresh, which its TCP asks
 for again at once (duplicate ACKs), not everything up to our retransmission
@@ -331,6 +332,11 @@ class VjStage(Transform):
     def toss(self):
         if self.decompressor is not None:
             self.decompressor.toss()
+        self.peer_lost_frame()
+
+    def peer_lost_frame(self):
+        """A frame was lost on the line (ours: ``toss``; the peer's: its CCP Reset-Request): refresh for a
+        while (NOISY_PACKETS)."""
         if self.compressor is not None:
             self.compressor.noisy(NOISY_REFRESH)
             self._noisy = NOISY_PACKETS

@@ -222,6 +222,7 @@ class PPPLink(object):
         self.ipcp_counters = self.ipcp.counters
         self.auth_counters = self.auth.counters if self.auth is not None else {}
         self.ccp_counters = self.ccp.counters if self.ccp is not None else {}
+        self._peer_resets = 0           # CCP Reset-Requests received so far (see receive_data)
         self.answer_counters = self.answer.counters if self.answer is not None else {}
         self._closed = False
         self._lcp_open = False
@@ -317,6 +318,12 @@ class PPPLink(object):
                         stage.toss()
                 else:
                     self._receive_frame(frame, now)
+        ccp = self.ccp
+        if ccp is not None and ccp.counters["reset_requests_received"] != self._peer_resets:
+            # The peer's decompressor lost one of our frames: its VJ decompressor tosses too (Linux calls
+            # slhc_toss on every receive error), so our VJ compressor refreshes for a while (ipcp.py).
+            self._peer_resets = ccp.counters["reset_requests_received"]
+            self.ipcp.vj.peer_lost_frame()
         self._after(now)
 
     def send_ip(self, packet, now):
