@@ -460,7 +460,9 @@ def main(argv=None):
             try:
                 out = fn(a)
             except Exception as exc:
-                out = dict(ok=False, text="ERROR %s: %s" % (type(exc).__name__, exc))
+                sys.stderr.write("%s: %s\n" % (key, exc))       # the whole diagnostics
+                first = (str(exc).splitlines() or [""])[0]
+                out = dict(ok=False, text="ERROR %s: %s" % (type(exc).__name__, first))
             results[key] = out
             verdict = {True: "met", False: "MISSED", None: "-"}[out["ok"]]
             lines.append("%-8s %-38s %-6s %s" % (key, what, verdict, out["text"]))
