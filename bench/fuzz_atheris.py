@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Coverage-guided fuzzing of the Core with atheris (pip install atheris): only counted drops may happen.
 
-Usage: python3 bench/fuzz_atheris.py -runs=1000000 [other libFuzzer flags]
+Usage: python3 bench/fuzz_atheris.py -runs=1000000 | -max_total_time=SECONDS [other libFuzzer flags]
 
 One Core with its link up (pyslirp/testing/fuzz.py brings it up) takes every input atheris makes: the first byte
 chooses what the rest is (raw line bytes, a framed PPP frame of a protocol the next two bytes name, an IPv4 packet
@@ -27,11 +27,12 @@ with atheris.instrument_imports():
 FUZZER = _Fuzzer(default_core(), random.Random(0))
 RUNS = [0]
 TARGET = [None]     # -runs=N: the report is printed after the N-th input (libFuzzer exits without atexit)
+REPORT_EVERY = 50000    # ... and every so many (with -max_total_time the last of these is the figure)
 
 
 def one_input(data):
     RUNS[0] += 1
-    if RUNS[0] == TARGET[0]:
+    if RUNS[0] == TARGET[0] or RUNS[0] % REPORT_EVERY == 0:
         report()
     if not data:
         return

@@ -19,7 +19,7 @@ fuzz       ``--fuzz-count`` (default 1,000,000) seeded random frames into a Core
            PPP frames of every protocol with random bodies, IPv4 packets with random or mutated headers, TCP
            segments to the mapped port; only counted drops may happen (no exception), and the link must still be
            up and answer a ping afterwards.  With atheris installed, as many coverage-guided inputs follow
-           (bench/fuzz_atheris.py).
+           (bench/fuzz_atheris.py), for at most ``--atheris-seconds`` (120).
 clients    1,000 concurrent connections through ``pyslirp.py client``: needs the client role.
 
 Nothing here talks to anything but 127.0.0.1 and the guest's own PPP link.
@@ -401,10 +401,10 @@ def row_fuzz(args):
         import subprocess
         t0 = time.monotonic()
         res = subprocess.run([sys.executable, os.path.join(HERE, "fuzz_atheris.py"), "-runs=%d" % args.fuzz_count,
-                              "-seed=%d" % args.seed], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              "-max_total_time=%d" % args.atheris_seconds, "-seed=%d" % args.seed], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              universal_newlines=True, cwd=args.basedir)
         lines = [x for x in res.stdout.splitlines() if x.startswith("atheris:")]
-        crashed = "Uncaught Python exception" in res.stdout or res.returncode != 0
+        crashed = "Uncaught Python exception" in res.stdout or "ERROR: libFuzzer" in res.stdout
         ok = ok and not crashed and bool(lines) and "answered" in lines[-1]
         text += "; atheris (coverage-guided): %s in %.0f s%s" % (
             lines[-1][len("atheris: "):] if lines else "no report", time.monotonic() - t0,
@@ -433,6 +433,7 @@ def main(argv=None):
     p.add_argument("--ber", type=float, default=1e-5)
     p.add_argument("--cut-seconds", type=float, default=10.0)
     p.add_argument("--fuzz-count", type=int, default=1000000)
+    p.add_argument("--atheris-seconds", type=int, default=120, help="the coverage-guided run's time limit")
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--keep", action="store_true", help="keep the run directories (printed)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
