@@ -16,11 +16,11 @@ from e2e.fixtures import lab  # noqa: F401  (pytest fixture)
 from e2e.linkrelay import EmulatedRelay
 from pyslirp.testing.linkemu import Impairments
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench", "reliability.py")
-SIZE = 40000
+SIZE = 20000
 SEED = 5
 
 
@@ -38,7 +38,7 @@ def test_transfers_are_intact_over_a_noisy_paced_line(lab):  # noqa: F811
             $PYTHON {bench} --guest download 5002 "$RESULTS/dl.json"
             $PYTHON {bench} --guest upload 5001 {seed} {size} "$RESULTS/ul.json"
             pppd_stop pppd 15
-        """.format(bench=shlex.quote(BENCH), seed=SEED + 1, size=SIZE), slirp=slirp, timeout=200,
+        """.format(bench=shlex.quote(BENCH), seed=SEED + 1, size=SIZE), slirp=slirp, timeout=300,
             relay_factory=EmulatedRelay.factory(imp, seed=SEED))
         res = guest.wait().check_ran()
         dl = json.loads(res.read("dl.json") or "null")
