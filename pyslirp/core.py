@@ -62,7 +62,10 @@ timers keep their backoff and there is no more probing until no connection
 is backed off.  Once a probe went unanswered the line is taken to be out; the
 first bytes received after that are the line's "connected again" and the
 stack retransmits at once (``IPStack.link_alive``), instead of after a
-backed-off timeout.
+backed-off timeout.  A backed-off connection also tells the link that the
+client may have lost a frame (``PPPLink.peer_lost_frame``): its Van Jacobson
+decompressor then discards the slot's packets until an uncompressed one, so
+ours are sent whole for a while and the next loss costs a fast retransmit.
 
 Reload: :meth:`reconfigure` hands a new stack configuration to the stack
 (``IPStack.reconfigure``); the PPP link is not renegotiated.
@@ -182,6 +185,10 @@ class Core(object):
             self.stack.handle_timer(now)
             if self._probe_at is None and self._stack_live:
                 stalled = self.stack.stalled()
+                if stalled:
+                    # A retransmission timeout: the client may have lost a frame of ours, and its VJ
+                    # decompressor with it the slot (ppp/ipcp.py, NOISY_PACKETS).
+                    self.link.peer_lost_frame()
                 if self._line_ok and not stalled:
                     self._line_ok = False
                 elif stalled and not self._line_ok:

@@ -47,3 +47,4 @@ def test_a_promptly_answered_probe_keeps_the_backoff():
     gaps = [b - a for a, b in zip(times, times[1:])]
     assert len(gaps) >= 3 and all(b == 2 * a for a, b in zip(gaps, gaps[1:])), times
     assert s.core.probes == 1
+

@@ -210,3 +210,10 @@ def test_a_frame_lost_on_input_makes_our_compressor_refresh_its_slots_for_a_whil
     assert set(protocols) == {VJUC}                     # NOISY_REFRESH 0: whole headers while noisy
     assert stage.compressor.refresh_every is None
     assert stage.compress(wppp.PROTO_IP, segments(US, PEER, 22, 40000, 2)[1])[0] == VJC
+
+
+def test_the_link_told_the_peer_may_have_lost_a_frame_refreshes_vj():
+    link, client = vj_session()
+    assert link.ipcp.vj.compressor.refresh_every is None
+    link.peer_lost_frame()                          # the Core saw a TCP retransmission timeout
+    assert link.ipcp.vj.compressor.refresh_every == 0

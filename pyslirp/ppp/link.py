@@ -341,6 +341,11 @@ class PPPLink(object):
         self._emit(wppp.PROTO_IP, packet, False)
         return True
 
+    def peer_lost_frame(self):
+        """The peer may have lost one of our frames (a TCP retransmission timeout): VJ refreshes its slots for
+        a while (ipcp.py, NOISY_PACKETS), as after a CCP Reset-Request."""
+        self.ipcp.vj.peer_lost_frame()
+
     def probe(self, now):
         """An LCP Echo-Request now (LCP.probe), to learn whether the line carries; False unless LCP is Opened."""
         self._now = now
