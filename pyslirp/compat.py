@@ -6,7 +6,9 @@ needs them:
 
 * a TOML parser, needed only when a configuration file is read: ``tomllib``
   (standard library since 3.11), else ``tomli`` (the same API; bundled in the
-  single-file zipapp for older Pythons);
+  single-file zipapp for older Pythons), else :mod:`pyslirp.tomlsubset`, our
+  own reader of the subset pyslirp's files use (an interpreter without pip,
+  such as an air-gapped PyPy 3.9, still reads its configuration);
 * pyserial, needed only to open real serial devices and pyserial URLs
   (``--pty`` and ``--stdio`` do not use it).
 """
@@ -15,8 +17,6 @@ import sys
 
 PYSERIAL_HINT = ("pyserial is required to open serial devices: "
                  "apt install python3-serial or pip install pyserial")
-TOML_HINT = ("reading a configuration file needs Python 3.11+ or the tomli package: "
-             "apt install python3-tomli or pip install tomli")
 
 
 class MissingDependency(Exception):
@@ -24,15 +24,19 @@ class MissingDependency(Exception):
 
 
 def toml_module():
-    """The TOML parser module (``loads``, ``load``, ``TOMLDecodeError``)."""
+    """The TOML parser module (``loads``, ``load``, ``TOMLDecodeError``): tomllib, tomli or our subset reader."""
     if sys.version_info >= (3, 11):
-        import tomllib  # novermin (only on 3.11+)
-        return tomllib
+        try:
+            import tomllib  # novermin (only on 3.11+)
+            return tomllib
+        except ImportError:
+            pass
     try:
         import tomli
+        return tomli
     except ImportError:
-        raise MissingDependency(TOML_HINT)
-    return tomli
+        from pyslirp import tomlsubset
+        return tomlsubset
 
 
 def serial_module():

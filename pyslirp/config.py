@@ -644,10 +644,7 @@ def _cross_checks(cfg):
 
 def read_file(path):
     """Parse a TOML file into a raw dict (ConfigError on any problem)."""
-    try:
-        toml = compat.toml_module()
-    except compat.MissingDependency as exc:
-        raise ConfigError("", str(exc))
+    toml = compat.toml_module()
     try:
         with open(path, "rb") as f:
             data = f.read()

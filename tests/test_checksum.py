@@ -35,6 +35,29 @@ def test_random_against_reference_including_memoryview_and_odd_lengths():
         assert internet_checksum(bytearray(data)) == want
 
 
+def _reference_sum(data, initial):
+    """Word by word with end-around carry, as RFC 1071 section 4.1 does it."""
+    if len(data) % 2:
+        data += b"\x00"
+    total = initial
+    for i in range(0, len(data), 2):
+        total += (data[i] << 8) | data[i + 1]
+        total = (total & 0xFFFF) + (total >> 16)
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def test_folded_sum_zero_and_all_ones_and_initial_values():
+    # A non-zero total folds to 0xFFFF, never to 0; only nothing at all sums to 0.
+    rng = random.Random(3)
+    cases = [b"", b"\x00", b"\x00\x00", b"\xff\xff", b"\xff", b"\xff" * 7, b"\x00\x01\xff\xfe", bytes(1500)]
+    cases += [bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 60))) for _ in range(300)]
+    for data in cases:
+        for initial in (0, 1, 0xFFFE, 0xFFFF, 0x1FFFE, rng.randrange(0x20000)):
+            assert ones_sum(data, initial) == _reference_sum(data, initial), (data, initial)
+
+
 def test_pseudo_header_feeds_into_sum():
     src, dst = bytes([10, 0, 0, 2]), bytes([10, 0, 0, 1])
     seg = b"\x12\x34\x00\x16" + bytes(16)

@@ -3,6 +3,7 @@
 import dataclasses
 import os
 import re
+import sys
 
 import pytest
 
@@ -180,15 +181,16 @@ def test_file_errors(tmp_path):
     assert str(info.value).endswith(": not valid UTF-8")
 
 
-def test_missing_toml_parser_is_a_config_error(tmp_path, monkeypatch):
-    def missing():
-        raise compat.MissingDependency(compat.TOML_HINT)
-    monkeypatch.setattr(compat, "toml_module", missing)
-    (tmp_path / "c.toml").write_text("")
-    with pytest.raises(ConfigError) as info:
-        config.load(str(tmp_path / "c.toml"))
-    assert str(info.value) == compat.TOML_HINT
-    assert config.load(None) == config.defaults()      # no file: no parser needed
+def test_without_tomllib_and_tomli_the_subset_reader_reads_the_file(tmp_path, monkeypatch):
+    reference = config.load(os.path.join(ROOT, "pyslirp.toml"))
+    monkeypatch.setitem(sys.modules, "tomllib", None)     # import tomllib / tomli: ImportError
+    monkeypatch.setitem(sys.modules, "tomli", None)
+    from pyslirp import tomlsubset
+    assert compat.toml_module() is tomlsubset
+    assert config.load(os.path.join(ROOT, "pyslirp.toml")) == reference
+    got = error_of(tmp_path, "[serial\nport = 1\n")
+    assert got == "%s: invalid TOML: expected ']' at the end of the table header (at line 1, column 8)" % (
+        tmp_path / "c.toml")
 
 
 # -- accepted values ---------------------------------------------------------------

@@ -146,6 +146,10 @@ class FakeWriter(object):
         self.frames.append(frame)
         return True
 
+    def put_all(self, frames):
+        self.frames.extend(frames)
+        return sum(len(f) for f in frames)
+
 
 class BudgetCore(object):
     def __init__(self):

@@ -544,6 +544,29 @@ def test_writer_keeps_the_order_given_and_coalesces():
     assert writer.queued == 0
 
 
+def test_writer_put_all_queues_in_order_under_the_limit():
+    inbox = Inbox()
+    endpoint = SlowEndpoint()
+    writer = serialio.SerialWriter(endpoint, inbox.post, lambda reason: None, coalesce=10, limit=40)
+    writer.start()
+    assert writer.put_all([b"first"]) == 5
+    deadline = time.monotonic() + 5
+    while not endpoint.writes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # 15 + 4 bytes fit under the limit of 40 with "first" in flight; the 30-byte frame does not.
+    assert writer.put_all([b"b1---", b"b2---", b"x" * 30, b"b3---", b"U1U2"]) == 19
+    assert writer.dropped == 1
+    assert writer.put_all([]) == 0
+    endpoint.release.set()
+    written = 0
+    while written < 5 + 19:
+        written += inbox.get("written")[2]
+    writer.stop()
+    writer.join(5)
+    assert endpoint.writes == [b"first", b"b1---b2---", b"b3---U1U2"]
+    assert writer.put_all([b"late"]) == 0 and writer.dropped == 2     # stopped: dropped
+
+
 def test_fd_endpoint_read_reports_end_of_file():
     endpoint, to_rt, from_rt = pipe_endpoint()
     os.write(to_rt, b"data")

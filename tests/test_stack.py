@@ -973,3 +973,34 @@ def test_a_deny_entry_with_ports_does_not_refuse_ping():
     (msg,) = icmp_out(stack)
     assert msg.code == icmp.CODE_ADMIN_PROHIBITED
     assert [(e.kind, e.reason) for e in stack.take_events()] == [("refused", "outbound.deny 198.18.0.2")]
+
+
+def test_a_flush_asks_only_the_connections_something_happened_to():
+    # With many connections open, a segment for one of them must not make every other one build segments.
+    stack = make_stack(max_connections=64, max_per_service=64)
+    clients = [open_connection(stack, port=41000 + i)[0] for i in range(40)]
+    stack.take_events()
+    tcp_out(stack)
+    asked = []
+    for rec in stack._conns.values():
+        take = rec.conn.take_segments
+
+        def counting(budget, now, take=take, port=rec.key.client_port):
+            asked.append(port)
+            return take(budget, now)
+        rec.conn.take_segments = counting
+    tcp_out(stack)
+    assert asked == []                              # nothing happened to any of them: none is asked
+    clients[7].send(tcp.ACK | tcp.PSH, payload=b"ls\n", now=10)
+    (send,) = of_type(stack.take_events(), ServiceSend)
+    stack.service_written(send.conn_id, 3, 11)
+    stack.service_data(send.conn_id, b"file\n", 12)
+    segs = clients[7].receive()
+    assert asked and set(asked) == {41007}
+    assert [s.payload for s in segs if s.payload] == [b"file\n"]
+    # A timer reaches the connection it is for, and only that one is asked again.
+    del asked[:]
+    clients[7].send(tcp.ACK, now=20)
+    stack.handle_timer(20)
+    tcp_out(stack)
+    assert set(asked) <= {41007}

@@ -325,6 +325,7 @@ class IPStack(object):
         self.timers = TimerQueue()
         self._isn = IsnGenerator(rng)
         self._conns = OrderedDict()     # FlowKey -> _Conn, in round-robin order
+        self._ready = set()             # FlowKeys of the connections that may have segments to send
         self._datagram_flows = {}       # FlowKey -> _Datagrams (UDP and ping flows)
         self._by_id = {}                # flow id -> _Conn or _Datagrams
         self._next_id = 1
@@ -492,13 +493,18 @@ class IPStack(object):
         for rec in self._conns.values():
             conn = rec.conn
             if win is None:
-                conn.rcv_limit = None
+                rcv_limit = None
             else:
                 # Whole segments: a window with a remainder makes the client send a runt to fill it.
                 mss = conn.our_mss
-                conn.rcv_limit = mss * max(segments, int(win) // mss)
-            conn.segment_limit = seg if seg is not None and seg < conn.send_mss else None
-            conn.ack_every = 1 if interactive and rate < SLOW_LINE else 2
+                rcv_limit = mss * max(segments, int(win) // mss)
+            segment_limit = seg if seg is not None and seg < conn.send_mss else None
+            ack_every = 1 if interactive and rate < SLOW_LINE else 2
+            if (conn.rcv_limit, conn.segment_limit, conn.ack_every) != (rcv_limit, segment_limit, ack_every):
+                conn.rcv_limit = rcv_limit
+                conn.segment_limit = segment_limit
+                conn.ack_every = ack_every
+                self._ready.add(rec.key)    # a window update, larger segments or an ACK may be due
 
     def set_line_rate(self, rate):
         """The serial line's measured drain rate in bytes/s (None: unknown)."""
@@ -744,20 +750,24 @@ class IPStack(object):
         return "%s:%d -> %s" % (rec.client[0], rec.client[1], rec.route.describe())
 
     def _after(self, rec, now):
-        """Turn the connection's events into service events; re-arm its timer."""
+        """Turn the connection's events into service events; re-arm its timer.  True if it had events."""
         conn = rec.conn
+        had = False
         for _ in range(_MAX_EVENT_ROUNDS):
             events = conn.take_events()
             if not events:
                 break
+            had = True
             for event in events:
                 if rec.gone:
-                    return
+                    return had
                 self._on_event(rec, event, now)
         if not rec.gone:
             if rec.counted and conn.state == TcpState.TIME_WAIT:
                 self._release(rec)      # TIME_WAIT holds no service socket: it does not count against limits
             self._arm(rec)
+            self._ready.add(rec.key)    # whatever happened to it may have made segments due
+        return had
 
     def _on_event(self, rec, event, now):
         conn_id = rec.conn_id
@@ -852,6 +862,7 @@ class IPStack(object):
             return
         self._forget(rec)
         del self._conns[rec.key]
+        self._ready.discard(rec.key)
         conn = rec.conn
         # The connection's last words (the RST of refuse/abort/give-up) go out with the control packets.
         for seg in conn.take_segments(0, now):
@@ -1185,7 +1196,10 @@ class IPStack(object):
         took_bulk = False
         bulk_senders = set()            # connections with bulk in this call: nothing of theirs is urgent now
         now = self._now
-        order = list(self._conns.values())
+        # Only the connections something happened to since they last had nothing to send (see _after):
+        # with a thousand connections open, a segment for one of them must not ask all the others.
+        ready = self._ready
+        order = [rec for rec in self._conns.values() if rec.key in ready]
         first = True
         while order:
             again = []
@@ -1207,6 +1221,13 @@ class IPStack(object):
                     elif allowance <= 0:
                         continue
                 segs = conn.take_segments(allowance, now)
+                if not segs and (unlimited or allowance >= _segment_payload(conn)):
+                    # Room for a full segment and nothing to send: unless its events give it more, it
+                    # stays quiet until an input, a service report or a timer calls _after again (or
+                    # _fit_to_line changes it).
+                    if not self._after(rec, now):
+                        ready.discard(rec.key)
+                    continue
                 sent_bulk = False
                 seen_bulk = rec in bulk_senders
                 for seg in segs:
@@ -1286,6 +1307,7 @@ class IPStack(object):
             else:
                 self._flow_log(ev.ABANDONED, rec, now, reason)
         self._conns.clear()
+        self._ready.clear()
         self._drop_link_state()
 
     def _drop_link_state(self):

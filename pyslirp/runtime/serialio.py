@@ -67,13 +67,15 @@ class SerialReader(threading.Thread):
         self._inflight = 0
         self._cond = threading.Condition()
         self._halt = False
+        self._waiting = False           # the reader waits for the stack thread to consume
         self.bytes_read = 0
 
     def consumed(self, nbytes):
         """The stack thread has fed ``nbytes`` of ours to the Core."""
         with self._cond:
             self._inflight -= nbytes
-            self._cond.notify()
+            if self._waiting:
+                self._cond.notify()
 
     def stop(self):
         with self._cond:
@@ -85,7 +87,9 @@ class SerialReader(threading.Thread):
             while True:
                 with self._cond:
                     while self._inflight >= self._max and not self._halt:
+                        self._waiting = True
                         self._cond.wait(0.5)
+                        self._waiting = False
                     if self._halt:
                         return
                 data = self.endpoint.read(self._chunk)
@@ -351,6 +355,24 @@ class SerialWriter(threading.Thread):
             self._queued += len(frame)
             self._cond.notify()
             return True
+
+    def put_all(self, frames):
+        """Queue framed frames in order, under one lock and one wake-up; the bytes queued.
+
+        Frames past the limit (or all, once stopped) are dropped and counted, as :meth:`put` does.
+        """
+        queued = 0
+        with self._cond:
+            for frame in frames:
+                if self._halt or self._queued + len(frame) > self._limit:
+                    self.dropped += 1
+                    continue
+                self._frames.append(frame)
+                self._queued += len(frame)
+                queued += len(frame)
+            if queued:
+                self._cond.notify()
+        return queued
 
     def stop(self):
         with self._cond:

@@ -31,6 +31,13 @@ finished (service EOF read and our write side shut down) the thread closes
 the socket by itself.  A socket pair wakes the thread from ``poll`` when the
 stack thread hands it something.
 
+Threads: ``Thread.start`` waits until the new thread runs, a context switch
+or two (and a wait for the GIL) on the stack thread for every SYN.
+:class:`SpareThread` keeps one thread started ahead and idle (waiting on a
+condition, not polling); the stack thread hands it the connection, and that
+thread starts the next spare itself once its connect is done, off both the
+stack thread's and the connect's path.
+
 Connecting: the event carries the flow's Route; a
 :class:`~pyslirp.runtime.connectors.Connector` reaches the route's targets
 (``route.targets``: the service's host:port, then its fallbacks, without
@@ -48,6 +55,7 @@ within read credit like everything read later.
 """
 
 import collections
+import itertools
 import logging
 import os
 import select
@@ -62,6 +70,7 @@ from pyslirp.runtime.wakeup import Wakeup
 log = logging.getLogger("pyslirp.runtime.services")
 
 READ_MAX = 65536
+SEND_CHUNKS = 64        # pending chunks handed to one sendmsg (well under IOV_MAX, 1024 on Linux)
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 
 
@@ -81,9 +90,59 @@ def _failures(failed, targets):
     return tuple((index, "%s: %s" % (exc.hop, exc.reason)) for index, exc in failed if index < len(targets))
 
 
-class ServiceConnection(threading.Thread):
+class SpareThread(object):
+    """Runs each job on a thread of its own, with one thread started ahead, idle, for the next job.
+
+    A job handed over while the spare is still starting waits for it (a thread start is on the stack thread's
+    path only for the very first job).  A job calls :meth:`replenish` when starting a thread no longer delays
+    it (a service connection: once connected); that starts the next spare, unless one is idle or starting.
+    Idle spares wait on a condition: no polling, no timer.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._jobs = collections.deque()    # handed over, not yet taken by a spare
+        self._spares = 0                    # threads idle or starting to be
+        self._closed = False
+
+    def start(self, job):
+        """Run ``job()`` on a thread: a spare's, or (none there) a new one's."""
+        with self._cond:
+            if self._spares > len(self._jobs) and not self._closed:
+                self._jobs.append(job)
+                self._cond.notify()
+                return
+        threading.Thread(target=self._run, args=(job,), name="service", daemon=True).start()
+
+    def replenish(self):
+        """Start the next spare if none is idle or starting (called by a job, on its own thread)."""
+        with self._cond:
+            if self._closed or self._spares > len(self._jobs):
+                return
+            self._spares += 1
+        threading.Thread(target=self._run, args=(None,), name="service-spare", daemon=True).start()
+
+    def close(self):
+        """Idle spares end; jobs already running carry on."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _run(self, job):
+        if job is None:
+            with self._cond:
+                while not self._jobs and not self._closed:
+                    self._cond.wait()
+                self._spares -= 1
+                if not self._jobs:
+                    return
+                job = self._jobs.popleft()
+        job()
+
+
+class ServiceConnection(object):
     def __init__(self, conn_id, route, post, connect_timeout=CONNECT_TIMEOUT, proxy=None):
-        super().__init__(name="service-%d" % conn_id, daemon=True)
+        self.name = "service-%d" % conn_id
         self.conn_id = conn_id
         self.route = route
         self.host = route.host
@@ -97,8 +156,17 @@ class ServiceConnection(threading.Thread):
         self._shutdown_requested = False
         self._abort = None                      # reason, once ServiceClose arrived
         self._wakeup = Wakeup()
+        self._done = threading.Event()
+        self._starter = None
         self.bytes_to_service = 0
         self.bytes_from_service = 0
+
+    def start(self, starter):
+        self._starter = starter
+        starter.start(self.run)
+
+    def join(self, timeout=None):
+        self._done.wait(timeout)
 
     # -- called by the stack thread -------------------------------------------
 
@@ -130,11 +198,16 @@ class ServiceConnection(threading.Thread):
     # -- the thread ---------------------------------------------------------------
 
     def run(self):
+        threading.current_thread().name = self.name
         sock = None
         targets = self.route.targets
         try:
             try:
-                index, sock, self._early, failed = self._connector.open_any(targets)
+                try:
+                    index, sock, self._early, failed = self._connector.open_any(targets)
+                finally:
+                    if self._starter is not None:
+                        self._starter.replenish()       # the next connection's thread, now that ours is done
             except ConnectFailed as exc:
                 if self._abort is None and not self._connector.cancelled:
                     # The stack logs the refusal once, with the flow, the route and this reason.
@@ -165,6 +238,7 @@ class ServiceConnection(threading.Thread):
             if sock is not None:
                 self._close(sock, abort=True)
             self._wakeup.close()
+            self._done.set()
             self._post(("svc_done", self.conn_id))
 
     def _serve(self, sock):
@@ -239,21 +313,25 @@ class ServiceConnection(threading.Thread):
         return "ok"
 
     def _do_write(self, sock):
-        """Write what is pending; False after an error (reported)."""
+        """Write what is pending, several chunks per ``sendmsg``; False after an error (reported)."""
         written = 0
         try:
             while True:
                 with self._lock:
                     if not self._pending:
                         break
-                    chunk = self._pending[0]
-                n = sock.send(chunk)
+                    chunks = list(itertools.islice(self._pending, SEND_CHUNKS))
+                n = sock.sendmsg(chunks)
                 written += n
                 with self._lock:
-                    if n < len(chunk):
-                        self._pending[0] = chunk[n:]
-                        break
-                    self._pending.popleft()
+                    pending = self._pending
+                    left = n
+                    while left and left >= len(pending[0]):
+                        left -= len(pending.popleft())
+                    if left:
+                        pending[0] = pending[0][left:]
+                if n < sum(len(c) for c in chunks):
+                    break                               # the socket is full: wait for POLLOUT
         except (BlockingIOError, InterruptedError):
             pass
         except OSError as exc:
@@ -288,6 +366,7 @@ class ServiceManager(object):
         self._proxy = proxy
         self.connections = {}
         self.started = 0
+        self._threads = SpareThread()
 
     def __len__(self):
         return len(self.connections)
@@ -300,7 +379,7 @@ class ServiceManager(object):
             conn = ServiceConnection(event.conn_id, event.route, self._post, self._connect_timeout, self._proxy)
             self.connections[event.conn_id] = conn
             self.started += 1
-            conn.start()
+            conn.start(self._threads)
         elif isinstance(event, ServiceSend):
             if conn is not None:
                 conn.send(event.data)
@@ -328,6 +407,7 @@ class ServiceManager(object):
         self.connections.pop(conn_id, None)
 
     def close_all(self, timeout=1.0):
+        self._threads.close()
         conns = list(self.connections.values())
         for conn in conns:
             conn.abort("shutdown")

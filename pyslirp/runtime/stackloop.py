@@ -63,6 +63,7 @@ audit log.
 import logging
 import queue
 import random
+import threading
 import time
 
 from pyslirp import logsetup, metrics
@@ -86,6 +87,10 @@ TARGET_DELAY = 0.010    # s: the bound is this much line time at the measured ra
 REFLUSH_MS = 20         # look again this soon when the line had no room (safety net for "room")
 STOP_TIMEOUT = 3000     # ms to wait for the LCP Terminate-Ack
 DRAIN_TIMEOUT = 1000    # ms to let the writer drain before closing the line
+# Stack of every thread started from here on (serial reader and writer, one per service connection): our
+# threads run shallow loops, and the default (8 MiB of address space each on Linux) would reserve 8 GB for
+# a thousand connections.
+THREAD_STACK = 512 * 1024
 
 
 def monotonic_ms():
@@ -236,6 +241,7 @@ class Runtime(object):
                                auth=self._auth, internal_errors=c["internal_errors"], audit=self.records.counts())
 
     def run(self):
+        threading.stack_size(THREAD_STACK)
         now = monotonic_ms()
         if self.stats_interval:
             self._next_stats = now + self.stats_interval
@@ -396,9 +402,9 @@ class Runtime(object):
             target = writer.target()
             backlog = writer.backlog()
             budget = target - self.line_queued - backlog
-            for urgent, frame in self._take_output(budget if budget > 0 else 0, now):
-                if writer.put(urgent, frame):
-                    self.line_queued += len(frame)
+            frames = [frame for _, frame in self._take_output(budget if budget > 0 else 0, now)]
+            if frames:
+                self.line_queued += writer.put_all(frames)      # one hand-over for the whole flush
             if budget <= 0:
                 # The writer posts "room" when the line drains below the bound; this is only the
                 # safety net should the bound move under it.

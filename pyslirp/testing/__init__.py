@@ -1,10 +1,11 @@
-"""The public test framework (README, "Testing your link and your client"): one module per tool, imported by
-name (``from pyslirp.testing import linkemu``); nothing is imported here, so that ``python3 -m
-pyslirp.testing.linkemu`` and ``... .load`` run their module only once."""
+"""The public test framework (README, "Testing your link and your client"): a simulated client, link emulation,
+compliance scripts, load tests, fuzzing.
 
-__all__ = [
-    "compliance",
-    "fuzz",
-    "linkemu",
-    "load",
-]
+The simulated client is imported here; ``compliance``, ``fuzz``, ``linkemu`` and ``load`` are imported by name
+(``from pyslirp.testing import linkemu``), so that ``python3 -m pyslirp.testing.linkemu`` (or ``.load``) runs its
+module only once.
+"""
+
+from pyslirp.testing.client import NEVER_CONNECTS, EchoService, RawBytes, Recorder, SimFlow, SimulatedClient  # noqa
+
+__all__ = ["NEVER_CONNECTS", "EchoService", "RawBytes", "Recorder", "SimFlow", "SimulatedClient"]
