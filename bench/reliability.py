@@ -413,7 +413,7 @@ def row_fuzz(args):
 
 
 def row_clients(args):
-    return dict(ok=None, text="needs client (pyslirp.py client)")
+    return dict(ok=None, text="not run yet: needs a load run through pyslirp.py client (-D SOCKS) against pyslirp")
 
 
 ROWS = [("ber", "200 kB each way, 115200, BER 1e-5", row_ber),
