@@ -54,6 +54,23 @@ milliseconds supplied by the caller.
 Flow reports from the runtime (service threads, UDP sockets, the pinger, the DNS
 relay) are passed through to the stack as they come.
 
+A silent line under a stalled flow: a line cut that the keepalive does not
+notice (shorter than ``lcp_echo_interval * lcp_echo_failure``) leaves the
+link up while TCP backs off its retransmission timer, and nothing tells it
+when the line carries again: the client, a receiver, has nothing to send.
+So while some connection is backed off (``IPStack.stalled``) and nothing was
+received for PROBE_MS, the Core asks the link for an LCP Echo-Request every
+PROBE_MS (``PPPLink.probe``, about 20 bytes each).  A probe answered within
+PROBE_MS shows the line is fine (the client's TCP is what is silent): the
+timers keep their backoff and there is no more probing until no connection
+is backed off.  Once a probe went unanswered the line is taken to be out; the
+first bytes received after that are the line's "connected again" and the
+stack retransmits at once (``IPStack.link_alive``), instead of after a
+backed-off timeout.  A backed-off connection also tells the link that the
+client may have lost a frame (``PPPLink.peer_lost_frame``): its Van Jacobson
+decompressor then discards the slot's packets until an uncompressed one, so
+ours are sent whole for a while and the next loss costs a fast retransmit.
+
 Reload: :meth:`reconfigure` hands a new stack configuration to the stack
 (``IPStack.reconfigure``); the PPP link is not renegotiated.
 
@@ -75,6 +92,7 @@ log = logging.getLogger("pyslirp.core")
 
 # take_serial_output asks the stack again while compression leaves budget over, at most this often.
 MAX_TAKE_ROUNDS = 8
+PROBE_MS = 500              # a silent line under a stalled flow is probed this often (see above)
 
 
 class Core(object):
@@ -101,6 +119,12 @@ class Core(object):
         self.counters = {"ip_out_link_down": 0, "resumes_refused": 0}
         self._auth_user = None          # the user authenticated in the current LCP session
         self._session = None            # (local_ip, remote_ip, user) of the session whose flows the stack holds
+        self._last_rx = None            # ms: the latest bytes from the line
+        self._probe_at = None           # ms: next look at a stalled flow on a silent line
+        self._probing = False           # an Echo-Request went out and was not answered yet
+        self._outage = False            # one went unanswered: the next bytes mean the line is back
+        self._line_ok = False           # one was answered in time: no probing until nothing is stalled
+        self.probes = 0
 
     # -- the line -------------------------------------------------------------
 
@@ -119,8 +143,17 @@ class Core(object):
     def receive_serial(self, data, now):
         """Raw bytes read from the serial line."""
         self._now = now
+        self._last_rx = now
         self.link.receive_data(data, now)
         self._pump(now)
+        if self._probing:
+            outage = self._outage
+            self._probing = self._outage = False
+            self._probe_at = None
+            if not outage:
+                self._line_ok = True
+            elif self._stack_live:
+                self.stack.link_alive(now)
 
     def close(self, now, reason="pyslirp is shutting down"):
         """Administrative close: LCP Terminate-Request (see ``is_dead``)."""
@@ -142,7 +175,7 @@ class Core(object):
 
     def get_timer(self):
         """The earliest deadline (absolute ms) of the link and the stack, or None."""
-        return earliest(self.link.get_timer(), self.stack.get_timer())
+        return earliest(earliest(self.link.get_timer(), self.stack.get_timer()), self._probe_at)
 
     def handle_timer(self, now):
         """Run whatever is due at ``now``."""
@@ -154,6 +187,34 @@ class Core(object):
         deadline = self.stack.get_timer()
         if deadline is not None and deadline <= now:
             self.stack.handle_timer(now)
+            if self._probe_at is None and self._stack_live:
+                stalled = self.stack.stalled()
+                if stalled:
+                    # A retransmission timeout: the client may have lost a frame of ours, and its VJ
+                    # decompressor with it the slot (ppp/ipcp.py, NOISY_PACKETS).
+                    self.link.peer_lost_frame()
+                if self._line_ok and not stalled:
+                    self._line_ok = False
+                elif stalled and not self._line_ok:
+                    self._probe_at = now
+        if self._probe_at is not None and self._probe_at <= now:
+            self._probe(now)
+
+    def _probe(self, now):
+        """A stalled flow: probe the line if it has been silent for PROBE_MS (see "A silent line")."""
+        if not (self._stack_live and self.link.is_up and self.stack.stalled()):
+            self._probe_at = None
+            self._probing = self._outage = False
+            return
+        silent_since = self._last_rx if self._last_rx is not None else now - PROBE_MS
+        if now - silent_since >= PROBE_MS and self.link.probe(now):
+            if self._probing:
+                self._outage = True     # the previous probe went unanswered
+            self.probes += 1
+            self._probing = True
+            self._probe_at = now + PROBE_MS
+        else:
+            self._probe_at = max(now + 1, silent_since + PROBE_MS)
 
     # -- output and events -----------------------------------------------------
 

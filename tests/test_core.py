@@ -48,6 +48,13 @@ class FakeLink(object):
     def get_timer(self):
         return self.timer
 
+    def peer_lost_frame(self):
+        self.calls.append(("peer_lost_frame",))
+
+    def probe(self, now):
+        self.calls.append(("probe", now))
+        return True
+
     def take_output(self):
         out, self.output = self.output, []
         return out
@@ -75,6 +82,12 @@ class FakeStack(object):
 
     def get_timer(self):
         return self.timer
+
+    def stalled(self):
+        return False
+
+    def link_alive(self, now):
+        self.calls.append(("link_alive", now))
 
     def take_packets(self, budget):
         self.calls.append(("take_packets", budget))
@@ -131,6 +144,50 @@ def test_ip_packets_reach_the_stack_only_while_the_link_is_up():
     assert stack.calls == [("receive_packet", b"p1", 6), ("receive_packet", b"p2", 6)]
     assert core.take_events() == [LinkUp("10.0.0.1", "10.0.0.2", 1500)]
     assert core.take_events() == []
+
+
+class StalledStack(FakeStack):
+    """A stack whose connection waits out a backed-off retransmission timer."""
+
+    def stalled(self):
+        return True
+
+
+def test_a_stalled_flow_tells_the_link_and_probes_the_silent_line_then_retransmits_when_it_answers():
+    from pyslirp.core import PROBE_MS
+    core, link, stack = make(StalledStack)
+    link.is_up = True
+    link.events = [LinkUp("10.0.0.1", "10.0.0.2", 1500)]
+    core.lower_up(1)
+    core.receive_serial(b"x", 10)                   # the last bytes from the line
+    stack.timer = 20                                # an RTO runs
+    core.handle_timer(20)
+    assert ("peer_lost_frame",) in link.calls       # VJ refreshes: the client may have lost a frame
+    assert core.get_timer() == 10 + PROBE_MS        # silent for PROBE_MS: then a probe
+    core.handle_timer(10 + PROBE_MS)
+    assert ("probe", 10 + PROBE_MS) in link.calls
+    core.handle_timer(10 + 2 * PROBE_MS)            # unanswered: the line is out
+    assert ("probe", 10 + 2 * PROBE_MS) in link.calls
+    core.receive_serial(b"y", 10 + 2 * PROBE_MS + 5)
+    assert ("link_alive", 10 + 2 * PROBE_MS + 5) in stack.calls
+    assert core.probes == 2
+
+
+def test_a_promptly_answered_probe_does_not_count_as_the_line_returning():
+    from pyslirp.core import PROBE_MS
+    core, link, stack = make(StalledStack)
+    link.is_up = True
+    link.events = [LinkUp("10.0.0.1", "10.0.0.2", 1500)]
+    core.lower_up(1)
+    core.receive_serial(b"x", 10)
+    stack.timer = 20
+    core.handle_timer(20)
+    core.handle_timer(10 + PROBE_MS)
+    core.receive_serial(b"echo reply", 10 + PROBE_MS + 30)
+    assert not [c for c in stack.calls if c[0] == "link_alive"]
+    stack.timer = 5000
+    core.handle_timer(5000)                         # still stalled, but the line is known to be fine
+    assert core.get_timer() != 5000 + PROBE_MS and core.probes == 1
 
 
 def test_a_lost_line_suspends_the_stack_and_is_reported():

@@ -90,6 +90,7 @@ def test_tcp_goes_compressed_both_ways_and_arrives_intact():
 
 def test_a_frame_lost_on_the_line_tosses_the_decompressor():
     link, client = vj_session()
+    link.ipcp.vj.decompressor.repair = False        # RFC 1144 alone (the repair: the next test)
     up = segments(PEER, US, 40000, 22, 6, start=5000, ack=4000)
     for p in up[:2]:
         client.send_tcp(p)
@@ -107,6 +108,24 @@ def test_a_frame_lost_on_the_line_tosses_the_decompressor():
     for p in up[2:]:
         client.send_tcp(p)
     assert [e.packet for e in client.events if isinstance(e, IPReceived)] == up
+
+
+def test_a_frame_lost_on_the_line_is_repaired_after_a_run_of_bulk_segments():
+    link, client = vj_session()
+    up = segments(PEER, US, 40000, 22, 14, start=5000, ack=4000)
+    for p in up[:10]:
+        client.send_tcp(p)
+    proto, data = client.tx.compress(up[10])
+    raw = client.encode(proto, data)
+    client.send_raw(raw[:-3] + bytes([raw[-3] ^ 0x55]) + raw[-2:])
+    assert link.deframer.bad_fcs == 1 and link.ipcp.vj.decompressor.tossing
+    # The next segments decompress (the lost one assumed, the TCP checksum verified): only it is missing,
+    # so the receiving TCP sees out-of-order data and asks for it at once.
+    for p in up[11:]:
+        assert client.send_tcp(p) == VJC
+    got = [e.packet for e in client.events if isinstance(e, IPReceived)]
+    assert got == up[:10] + up[11:]
+    assert link.ipcp.vj.decompressor.repaired == 1 and link.ipcp_counters["vj_tossed"] == 0
 
 
 def test_vj_off_rejects_pppds_request_and_sends_plain_ip():
@@ -170,3 +189,31 @@ def test_vj_then_deflate_on_the_wire_and_a_ccp_drop_tosses_vj():
     client.send_tcp(up[2])
     assert link.ccp.resetting and link.ipcp.vj.decompressor.tossing
     assert [e.packet for e in client.events if isinstance(e, IPReceived)] == up[:1]
+    # The peer asks for a CCP reset (it lost one of our frames, so its VJ tossed too): we refresh VJ slots.
+    from pyslirp.ppp.ccp import RESET_REQUEST
+    link.ipcp.vj.compressor.noisy(None)
+    client.send_cp(wppp.PROTO_CCP, RESET_REQUEST, 0x42)
+    assert link.ccp_counters["reset_requests_received"] == 1
+    assert link.ipcp.vj.compressor.refresh_every == 0
+
+
+def test_a_frame_lost_on_input_makes_our_compressor_refresh_its_slots_for_a_while():
+    from pyslirp.ppp.ipcp import NOISY_PACKETS, NOISY_REFRESH
+    link, client = vj_session()
+    stage = link.ipcp.vj
+    assert stage.compressor.refresh_every is None
+    client.send_raw(b"~\xff\x03\x00\x21garbage~")           # a frame with a bad FCS
+    assert link.deframer.bad_fcs == 1
+    assert stage.compressor.refresh_every == NOISY_REFRESH
+    packet = segments(US, PEER, 22, 40000, 1)[0]
+    protocols = [stage.compress(wppp.PROTO_IP, packet)[0] for _ in range(NOISY_PACKETS)]
+    assert set(protocols) == {VJUC}                     # NOISY_REFRESH 0: whole headers while noisy
+    assert stage.compressor.refresh_every is None
+    assert stage.compress(wppp.PROTO_IP, segments(US, PEER, 22, 40000, 2)[1])[0] == VJC
+
+
+def test_the_link_told_the_peer_may_have_lost_a_frame_refreshes_vj():
+    link, client = vj_session()
+    assert link.ipcp.vj.compressor.refresh_every is None
+    link.peer_lost_frame()                          # the Core saw a TCP retransmission timeout
+    assert link.ipcp.vj.compressor.refresh_every == 0

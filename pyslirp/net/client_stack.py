@@ -275,6 +275,21 @@ class ClientStack(object):
     def resume(self, now):
         pass
 
+    def stalled(self):
+        """Some flow waits out a backed-off retransmission timer (core.py, "A silent line")."""
+        for rec in self._flows.values():
+            if rec.conn is not None and rec.conn.backed_off:
+                return True
+        return False
+
+    def link_alive(self, now):
+        """The line carries again after a silence: backed-off flows retransmit at once."""
+        self._now = now
+        for rec in list(self._flows.values()):
+            if rec.conn is not None and rec.conn.backed_off:
+                rec.conn.link_alive(now)
+                self._after(rec, now)
+
     def reset(self, now, reason="link down"):
         """Every flow ends: refused if it was still opening, closed (aborted) otherwise."""
         self._now = now

@@ -1411,6 +1411,22 @@ class IPStack(object):
         self._drop_link_state()
         return True
 
+    def stalled(self):
+        """Some connection waits out a backed-off retransmission timer (TcpConnection.backed_off)."""
+        for rec in self._conns.values():
+            if rec.conn.backed_off:
+                return True
+        return False
+
+    def link_alive(self, now):
+        """The line carries again after a silence (the Core's probe was answered): backed-off connections
+        retransmit at once (TcpConnection.link_alive)."""
+        self._now = now
+        for rec in list(self._conns.values()):
+            if not rec.gone and rec.conn.backed_off:
+                rec.conn.link_alive(now)
+                self._after(rec, now)
+
     def resume(self, now):
         """The client is back, with the same address: the suspended TCP flows carry on.
 

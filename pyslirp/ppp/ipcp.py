@@ -57,7 +57,19 @@ reaching Opened to IPCP leaving it, IP packets we send go through
 :class:`~pyslirp.wire.vj.VjCompressor` when the peer asked for VJ, and VJ
 packets we receive through :class:`~pyslirp.wire.vj.VjDecompressor` when the
 peer acknowledged ours; ``toss`` (a frame lost on the line) makes the
-decompressor wait for an explicit slot number (RFC 1144 section 4.2).  VJ
+decompressor wait for an explicit slot number (RFC 1144 section 4.2), or
+repair the slot (wire/vj.py, "Repair").  A lost frame is also the sign of a
+noisy line, where the peer's decompressor (Linux's slhc has no repair) loses
+every packet of a slot after a damaged one until an uncompressed one comes:
+(the link also says so when the peer's CCP asks for a Reset: the peer lost one
+of ours), for the next NOISY_PACKETS packets we send, every slot is refreshed with an
+uncompressed packet after NOISY_REFRESH compressed ones, so a damaged frame
+costs the peer only the segments up to the next refresh, which its TCP asks
+for again at once (duplicate ACKs), not everything up to our retransmission
+timeout.  NOISY_REFRESH is 0, every packet uncompressed while the line is
+noisy: a header costs about 35 bytes more (2-6% of a bulk frame), while each
+segment a refresh later would lose costs a whole segment again, and at a bit
+error rate of 1e-5 a 1500-byte frame is damaged one time in nine.  VJ
 packets that were not negotiated, or that do not decompress, are counted and
 dropped.  ``active`` says whether VJ runs in either direction: TCP
 timestamps change every segment and force uncompressed headers, so a stack
@@ -317,6 +329,10 @@ def _vj_text(params):
     return "%d slots%s" % (params[0] + 1, "" if params[1] else ", slot ids always sent")
 
 
+NOISY_REFRESH = 0           # compressed packets per slot between two uncompressed ones on a noisy line
+NOISY_PACKETS = 2000        # packets sent that way after the last frame lost on input
+
+
 class VjStage(Transform):
     """Van Jacobson TCP/IP header compression on the open link (see the module docstring)."""
 
@@ -327,6 +343,7 @@ class VjStage(Transform):
             counters[key] = 0
         self.compressor = None
         self.decompressor = None
+        self._noisy = 0             # packets still to send with refreshes (see NOISY_PACKETS)
 
     @property
     def active(self):
@@ -347,6 +364,10 @@ class VjStage(Transform):
     def compress(self, protocol, info):
         if protocol != wppp.PROTO_IP or self.compressor is None:
             return protocol, info
+        if self._noisy:
+            self._noisy -= 1
+            if not self._noisy:
+                self.compressor.noisy(None)
         protocol, info = self.compressor.compress(info)
         if protocol == wppp.PROTO_VJC:
             self.counters["vj_compressed_out"] += 1
@@ -375,3 +396,11 @@ class VjStage(Transform):
     def toss(self):
         if self.decompressor is not None:
             self.decompressor.toss()
+        self.peer_lost_frame()
+
+    def peer_lost_frame(self):
+        """A frame was lost on the line (ours: ``toss``; the peer's: its CCP Reset-Request): refresh for a
+        while (NOISY_PACKETS)."""
+        if self.compressor is not None:
+            self.compressor.noisy(NOISY_REFRESH)
+            self._noisy = NOISY_PACKETS

@@ -547,6 +547,15 @@ class Lcp(ControlProtocol):
         self.fsm.send(PROTOCOL_REJECT, self.fsm.next_id(), _U16.pack(protocol) + bytes(info[:room]))
         return True
 
+    def probe(self, now):
+        """An Echo-Request now, outside the keepalive (it counts towards no failure): its reply, like any
+        frame, shows the line carries again.  False unless Opened."""
+        if self.fsm.state != State.OPENED:
+            return False
+        self.counters["probes_sent"] = self.counters.get("probes_sent", 0) + 1
+        self.fsm.send(ECHO_REQUEST, self.fsm.next_id(), _U32.pack(self.our_magic))
+        return True
+
     def note_traffic(self):
         """A frame other than LCP arrived: the peer is alive (lcp-echo-adaptive)."""
         self._traffic = True

@@ -256,6 +256,7 @@ class PPPLink(object):
         self.ipcp_counters = self.ipcp.counters
         self.auth_counters = self.auth.counters if self.auth is not None else {}
         self.ccp_counters = self.ccp.counters if self.ccp is not None else {}
+        self._peer_resets = 0           # CCP Reset-Requests received so far (see receive_data)
         self.answer_counters = self.answer.counters if self.answer is not None else {}
         self._closed = False
         self._lcp_open = False
@@ -351,6 +352,12 @@ class PPPLink(object):
                         stage.toss()
                 else:
                     self._receive_frame(frame, now)
+        ccp = self.ccp
+        if ccp is not None and ccp.counters["reset_requests_received"] != self._peer_resets:
+            # The peer's decompressor lost one of our frames: its VJ decompressor tosses too (Linux calls
+            # slhc_toss on every receive error), so our VJ compressor refreshes for a while (ipcp.py).
+            self._peer_resets = ccp.counters["reset_requests_received"]
+            self.ipcp.vj.peer_lost_frame()
         self._after(now)
 
     def send_ip(self, packet, now):
@@ -367,6 +374,18 @@ class PPPLink(object):
             return False
         self._emit(wppp.PROTO_IP, packet, False)
         return True
+
+    def peer_lost_frame(self):
+        """The peer may have lost one of our frames (a TCP retransmission timeout): VJ refreshes its slots for
+        a while (ipcp.py, NOISY_PACKETS), as after a CCP Reset-Request."""
+        self.ipcp.vj.peer_lost_frame()
+
+    def probe(self, now):
+        """An LCP Echo-Request now (LCP.probe), to learn whether the line carries; False unless LCP is Opened."""
+        self._now = now
+        sent = self.lcp.probe(now)
+        self._after(now)
+        return sent
 
     def close(self, reason, now):
         """Administrative close: LCP Terminate-Request, then Closed (``is_dead``)."""

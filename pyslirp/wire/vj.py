@@ -78,6 +78,27 @@ in that state.  Data lost meanwhile is recovered by TCP: the sender
 retransmits, and a retransmission (no U/W/A/S change, or seq moving backwards)
 always goes out uncompressed, which re-establishes the slot.
 
+*Repair* (RFC 2507 section 10.1, the "twice" algorithm, applied to RFC 1144's
+format).  Waiting for the retransmission costs the sender a retransmission
+timeout per damaged frame: every segment after the lost one is discarded, so
+the receiving TCP sees no out-of-order data and sends no duplicate ACK.  While
+tossing, a compressed packet for the current slot is therefore rebuilt anyway,
+provided the last ``REPAIR_RUN`` packets all were on that slot (a single bulk
+transfer: a lost packet is then unlikely to have named another slot),
+assuming the packets lost on that slot (0 up to ``REPAIR_LIMIT``) each carried
+as much data as the last one it knows of (a bulk transfer's full-sized
+segments), and the rebuilt packet is kept only if its TCP checksum, which
+travels verbatim and was computed over the true header, verifies.  The first
+guess that verifies resynchronises the slot (counted in ``repaired``); if none
+does, the packet is tossed as before.  The guesses cannot verify by accident
+against each other: they differ only in seq (and, for SPECIAL_I, ack) by
+multiples of the data length, less than 65535 in all, which changes the one's
+complement sum; what remains is the TCP checksum's usual 2^-16 for a packet
+that belonged to another slot after all, the same risk the stale rebuild
+above already takes.  The lost segments themselves are then an
+ordinary TCP loss: the packets after them arrive out of order, the receiver
+SACKs, and the sender's fast retransmit fills the hole.
+
 *What the codec cannot see.*  If a compressed packet is lost, the next one for
 the same slot is applied to a stale header: the rebuilt packet is wrong (its
 sequence or ack numbers are off by the lost deltas) but well formed.  The
@@ -99,7 +120,7 @@ from collections import OrderedDict
 
 import struct
 
-from .checksum import internet_checksum
+from .checksum import internet_checksum, ones_sum, pseudo_header_sum
 from .errors import ParseError
 
 PROTO_IP = 0x0021
@@ -154,6 +175,8 @@ _LONG_DELTA = struct.Struct("!BH")             # 0x00, then the value in two oct
 _MASK_SLOT = struct.Struct("!BB")
 _SHORT_DELTA = [bytes((i,)) for i in range(256)]
 _MAX_DELTA = 0xFFFF
+REPAIR_LIMIT = 4                               # lost packets per slot a repair may assume (RFC 2507 10.1)
+REPAIR_RUN = 8                                 # ... only after this many packets in a row on the slot
 
 
 def _encode(value):
@@ -184,9 +207,10 @@ def _check_slots(slots):
 class _TxSlot(object):
     """What the compressor remembers of the last header sent on one slot."""
 
-    __slots__ = ("fixed", "options", "total", "ident", "seq", "ack", "window", "urgent")
+    __slots__ = ("fixed", "options", "total", "ident", "seq", "ack", "window", "urgent", "run")
 
     def __init__(self, fixed, options, total, ident, seq, ack, window, urgent):
+        self.run = 0                # compressed packets sent since the last uncompressed one
         self.fixed = fixed          # (ver_ihl, tos, flags/fragment, ttl, data offset byte, flags w/o PSH|URG)
         self.options = options      # IP options + TCP options, verbatim
         self.total = total
@@ -221,6 +245,12 @@ class VjCompressor(object):
     Comp-Slot-Id flag (RFC 1332 section 4): whether the slot number may be
     left out when it repeats.  Counters: ``compressed``, ``uncompressed``,
     ``ip`` (passed unchanged).
+
+    ``noisy(n)`` sends a slot's packet uncompressed after ``n`` compressed ones
+    (0: every packet; ``noisy(None)`` ends it): a receiver that lost a frame discards the slot's
+    packets until an uncompressed one comes (RFC 1144 4.2), so on a noisy line a
+    refresh bounds the damage to a few segments, which its TCP then asks for
+    with duplicate ACKs, instead of everything until our retransmission timeout.
     """
 
     def __init__(self, slots=DEFAULT_SLOTS, compress_slot_id=True):
@@ -229,11 +259,17 @@ class VjCompressor(object):
         self.compressed = 0
         self.uncompressed = 0
         self.ip = 0
+        self.refresh_every = None   # see noisy()
         self._state = [None] * self.slots
         # key -> slot, least recently used first.  The placeholder keys make the first
         # connections take slots 0, 1, 2 ... in order, as slhc's circular list does.
         self._lru = OrderedDict((("unused", i), i) for i in range(self.slots))
         self._last_slot = None      # slot of the last VJ packet sent (for the C bit)
+
+    def noisy(self, refresh_every):
+        """Refresh every slot after ``refresh_every`` compressed packets (0: send all uncompressed), or
+        stop refreshing (None)."""
+        self.refresh_every = refresh_every
 
     def compress(self, packet):
         """Compress one IPv4 packet; returns ``(protocol, data)``."""
@@ -271,7 +307,8 @@ class VjCompressor(object):
             options = packet[IP_HEADER_LEN:ip_len] + packet[ip_len + TCP_HEADER_LEN:header_len]
         else:
             options = b""
-        if state is None or state.fixed != fixed or state.options != options:
+        if state is None or state.fixed != fixed or state.options != options or \
+                (self.refresh_every is not None and state.run >= self.refresh_every):
             return self._uncompressed(packet, slot, fixed, options, total, ident, seq, ack, window, urgent)
 
         # RFC 1144 3.2.3: the changes in the order the receiver expects them: urgent, window, ack, seq.
@@ -333,6 +370,7 @@ class VjCompressor(object):
         state.ack = ack
         state.window = window
         state.urgent = urgent
+        state.run += 1
 
         if self.compress_slot_id and self._last_slot == slot:
             head = _SHORT_DELTA[changes]
@@ -362,6 +400,7 @@ class VjCompressor(object):
             state.ack = ack
             state.window = window
             state.urgent = urgent
+            state.run = 0
         self._last_slot = slot
         self.uncompressed += 1
         return PROTO_VJ_UNCOMPRESSED, b"".join(
@@ -376,16 +415,21 @@ class VjDecompressor(object):
     an error (counted in ``tossed``), any other reason for a malformed packet
     (counted in ``errors``; the decompressor then tosses).  Counters:
     ``compressed``, ``uncompressed`` (packets rebuilt or remembered), ``ip``
-    (``PROTO_IP`` passed through), ``tossed``, ``errors``.
+    (``PROTO_IP`` passed through), ``tossed``, ``errors``, ``repaired`` (packets
+    that resynchronised a slot after a loss, see "Repair"; ``repair=False``
+    turns it off).
     """
 
-    def __init__(self, slots=DEFAULT_SLOTS):
+    def __init__(self, slots=DEFAULT_SLOTS, repair=True):
         self.slots = _check_slots(slots)
+        self.repair = bool(repair)
         self.compressed = 0
         self.uncompressed = 0
         self.ip = 0
         self.tossed = 0
         self.errors = 0
+        self.repaired = 0
+        self._run = 0               # packets in a row on the current slot
         self._state = [None] * self.slots
         self._current = None
         # Like slhc_init: no implicit-slot packet makes sense before an explicit slot number.
@@ -444,6 +488,7 @@ class VjDecompressor(object):
         if internet_checksum(packet[:ip_len]) != 0:
             raise ParseError("bad_checksum", "IP header of uncompressed TCP, slot %d" % slot)
         self._state[slot] = _RxSlot(packet, ip_len, tcp_len)
+        self._run = self._run + 1 if slot == self._current else 1
         self._current = slot
         self._toss = False
         self.uncompressed += 1
@@ -466,12 +511,19 @@ class VjDecompressor(object):
             if state is None:
                 raise ParseError("unknown_slot", "slot %d never established" % slot)
         else:
-            if self._toss:
+            slot = self._current
+            if self._toss and (not self.repair or slot is None or self._state[slot] is None
+                               or self._run < REPAIR_RUN):
                 self.tossed += 1
                 raise ParseError("tossed", "implicit slot while resynchronising")
-            slot = self._current
             state = self._state[slot]
             pos = 1
+        repairing = self._toss and self.repair
+        if repairing and (slot != self._current or self._run < REPAIR_RUN):
+            if not changes & NEW_C:
+                self.tossed += 1
+                raise ParseError("tossed", "implicit slot while resynchronising")
+            repairing = False       # an explicit slot after a switch: decoded as RFC 1144 says
         if pos + TCP_CHECKSUM_LEN > end:
             raise ParseError("truncated", "no TCP checksum")
         checksum = _U16.unpack_from(data, pos)[0]
@@ -512,6 +564,9 @@ class VjDecompressor(object):
         total = state.header_len + end - pos
         if total > IP_MAX_LEN:
             raise ParseError("bad_length", "rebuilt datagram of %d octets" % total)
+        if repairing:
+            seq, ack, ident = self._repair(state, data[pos:], total, seq, ack, ident, flags, window, checksum,
+                                           urgent, special == SPECIAL_I)
 
         # Decoded: commit to the slot, then rebuild the headers.
         seq &= 0xFFFFFFFF
@@ -523,6 +578,7 @@ class VjDecompressor(object):
         state.window = window
         state.urgent = urgent
         state.flags = flags
+        self._run = self._run + 1 if slot == self._current else 1
         self._current = slot
         self._toss = False
         self.compressed += 1
@@ -534,3 +590,19 @@ class VjDecompressor(object):
         ip = b"".join((ip[:IP_CHECKSUM_OFFSET], _U16.pack(internet_checksum(ip)), ip[IP_CHECKSUM_OFFSET + 2:]))
         tcp = TCP_HEADER.pack(state.sport, state.dport, seq, ack, state.offset, flags, window, checksum, urgent)
         return b"".join((ip, tcp, state.tcp_options, data[pos:]))
+
+    def _repair(self, state, payload, total, seq, ack, ident, flags, window, checksum, urgent, interactive):
+        """While tossing: the (seq, ack, ident) whose rebuilt segment's TCP checksum verifies, assuming 0 to
+        REPAIR_LIMIT lost packets of the last known data length on this slot (see "Repair"); else tossed."""
+        last_data = state.total - state.header_len
+        tcp_len = total - IP_HEADER_LEN - len(state.ip_options)
+        base = ones_sum(state.tcp_options + payload, pseudo_header_sum(state.src, state.dst, PROTO_TCP, tcp_len))
+        for lost in range(REPAIR_LIMIT + 1 if last_data else 1):
+            s = (seq + lost * last_data) & 0xFFFFFFFF
+            a = (ack + lost * last_data) & 0xFFFFFFFF if interactive else ack
+            header = TCP_HEADER.pack(state.sport, state.dport, s, a, state.offset, flags, window, checksum, urgent)
+            if internet_checksum(header, base) == 0:
+                self.repaired += 1
+                return s, a, (ident + lost) & 0xFFFF
+        self.tossed += 1
+        raise ParseError("tossed", "no repair of slot %d verifies" % self._current)

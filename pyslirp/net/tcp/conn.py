@@ -565,6 +565,28 @@ class TcpConnection(object):
             self._probe_due = True                  # an old sequence number: the client must answer
         self._update_timers(now)
 
+    @property
+    def backed_off(self):
+        """An RTO expired and nothing was acknowledged since: the connection waits out a backed-off timer."""
+        return (self._rtt.backoff > 0 and self._suspended_at is None and self._state in _SEND_STATES
+                and seq_sub(self.snd_max, self.snd_una) > 0)
+
+    def link_alive(self, now):
+        """The line was silent and carries again (the stack's connectivity indication, see "Link outages"):
+        a backed-off connection retransmits from SND.UNA at once with the backoff cleared, as on resume()."""
+        if not self.backed_off:
+            return
+        log.debug("%s: the line carries again: retransmitting at once", self.name)
+        self._retries = 0
+        self._rtt.clear_backoff()
+        self._rtt_seq = None                        # Karn
+        self._in_recovery = False
+        self._dup_acks = 0
+        self._rtx_pending = False
+        self._recover = self.snd_max                # RFC 6582 4: no fast retransmit for go-back duplicates
+        self.snd_nxt = self.snd_una
+        self._arm_rtx(now)
+
     # ========================================================= service side
 
     def accept(self, now):

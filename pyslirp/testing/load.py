@@ -1,0 +1,238 @@
+"""A load test: many concurrent request/response flows through a PPP link, with throughput, latency, errors, memory.
+
+Theory of operation
+-------------------
+``load_test(connections, duration, target)`` opens ``connections`` TCP connections to ``target`` (an echo
+service: what it gets, it sends back) and keeps every one busy for ``duration`` seconds: each sends a
+``message_size``-byte message (numbered, so a reply from the wrong flow or a stale one is caught), waits for the
+same bytes back, and sends the next one at once.  One thread per connection; the connections are opened
+``ramp`` seconds apart at most so the link is not asked for all the handshakes in the same millisecond.
+
+Where the flows cross pyslirp depends on the caller: run it inside the machine that has the PPP client (a pppd
+guest: ``python3 -m pyslirp.testing.load 10.0.0.1:7 ...`` prints a JSON report; the file runs on its own, it
+imports only the standard library), or give ``connect`` a function that opens a connection over the link another
+way (through ``pyslirp.py client``'s SOCKS server, say).  ``pid`` names the pyslirp process whose peak resident
+memory (``VmHWM`` of /proc/PID/status) goes into the report, when it runs on this machine; otherwise read it with
+:func:`peak_rss_kb` where it runs.
+
+The report (:class:`LoadReport`) counts what went wrong by kind instead of stopping at the first error: connect
+failures, resets, timeouts, wrong bytes, early EOFs.
+"""
+
+import argparse
+import json
+import math
+import os
+import socket
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+HEADER = 12             # connection number (4 bytes) and message number (8 bytes), big endian
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    connections: int                # asked for
+    connected: int                  # that were opened
+    duration: float                 # seconds the exchanges ran
+    exchanges: int                  # messages answered correctly
+    bytes_sent: int
+    bytes_received: int
+    throughput: float               # payload bytes per second, both directions together
+    latency_ms: dict = field(default_factory=dict)      # p50, p90, p99, max of the round trips
+    errors: dict = field(default_factory=dict)          # kind -> count
+    peak_rss_kb: int = 0            # VmHWM of ``pid``; 0 if unknown
+
+    def as_dict(self):
+        return asdict(self)
+
+    def __str__(self):
+        lat = self.latency_ms
+        return ("%d/%d connections, %.1f s: %d exchanges, %.0f B/s, latency p50 %.1f p90 %.1f p99 %.1f max %.1f ms, "
+                "errors %s, peak RSS %s" % (
+                    self.connected, self.connections, self.duration, self.exchanges, self.throughput,
+                    lat.get("p50", 0), lat.get("p90", 0), lat.get("p99", 0), lat.get("max", 0),
+                    self.errors or "none", ("%d kB" % self.peak_rss_kb) if self.peak_rss_kb else "unknown"))
+
+
+def percentile(sorted_values, p):
+    """The ``p``-th percentile (nearest rank) of an already sorted list; 0.0 when empty."""
+    if not sorted_values:
+        return 0.0
+    k = max(0, min(len(sorted_values) - 1, int(math.ceil(p / 100.0 * len(sorted_values))) - 1))
+    return sorted_values[k]
+
+
+def peak_rss_kb(pid):
+    """Peak resident set size of process ``pid`` in kB (``VmHWM``), or 0 if it cannot be read."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _message(conn, n, size):
+    head = conn.to_bytes(4, "big") + n.to_bytes(8, "big")
+    body = (head * (size // HEADER + 1))[:max(size, HEADER)]
+    return body
+
+
+class _Flow(object):
+    def __init__(self, index):
+        self.index = index
+        self.latencies = []
+        self.sent = 0
+        self.received = 0
+        self.error = None
+        self.connected = False
+
+
+def _recv_exactly(sock, n):
+    chunks = []
+    got = 0
+    while got < n:
+        data = sock.recv(n - got)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+        got += len(data)
+    return b"".join(chunks)
+
+
+def _run_flow(flow, target, connect, size, start_at, stop_at, timeout):
+    delay = start_at - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+    try:
+        sock = connect(target, timeout)
+    except socket.timeout:
+        flow.error = "connect_timeout"
+        return
+    except ConnectionRefusedError:
+        flow.error = "connect_refused"
+        return
+    except OSError as exc:
+        flow.error = "connect_" + (type(exc).__name__)
+        return
+    flow.connected = True
+    try:
+        sock.settimeout(timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        n = 0
+        while time.monotonic() < stop_at:
+            msg = _message(flow.index, n, size)
+            t = time.monotonic()
+            sock.sendall(msg)
+            flow.sent += len(msg)
+            reply = _recv_exactly(sock, len(msg))
+            flow.received += len(reply)
+            if len(reply) < len(msg):
+                flow.error = "eof"
+                return
+            if reply != msg:
+                flow.error = "wrong_bytes"
+                return
+            flow.latencies.append((time.monotonic() - t) * 1000.0)
+            n += 1
+    except socket.timeout:
+        flow.error = "timeout"
+    except ConnectionResetError:
+        flow.error = "reset"
+    except OSError as exc:
+        flow.error = type(exc).__name__
+    finally:
+        sock.close()
+
+
+def _default_connect(target, timeout):
+    return socket.create_connection(target, timeout=timeout)
+
+
+def load_test(connections, duration, target, message_size=64, connect=None, pid=None, ramp=0.005,
+              timeout=30.0):
+    """Run ``connections`` echo flows against ``target`` (host, port) for ``duration`` seconds: a LoadReport.
+
+    ``connect(target, timeout)`` opens one connection (default: ``socket.create_connection``); ``pid``: the
+    process whose peak RSS to report; ``ramp``: seconds between two connection starts; ``timeout``: seconds a
+    connect or a reply may take before the flow counts as timed out.
+    """
+    connect = connect or _default_connect
+    flows = [_Flow(i) for i in range(connections)]
+    t0 = time.monotonic()
+    opened_by = t0 + ramp * connections
+    stop_at = opened_by + duration
+    threads = []
+    for flow in flows:
+        th = threading.Thread(target=_run_flow, name="load-%d" % flow.index,
+                              args=(flow, target, connect, message_size, t0 + ramp * flow.index, stop_at,
+                                    timeout), daemon=True)
+        th.start()
+        threads.append(th)
+    for th in threads:
+        th.join(max(0.0, stop_at - time.monotonic()) + timeout + 5)
+    elapsed = max(1e-6, min(time.monotonic(), stop_at) - t0)
+    latencies = sorted(x for f in flows for x in f.latencies)
+    errors = {}
+    for f in flows:
+        if f.error:
+            errors[f.error] = errors.get(f.error, 0) + 1
+    hung = sum(1 for th in threads if th.is_alive())
+    if hung:
+        errors["hung"] = hung
+    sent = sum(f.sent for f in flows)
+    received = sum(f.received for f in flows)
+    lat = {"p50": percentile(latencies, 50), "p90": percentile(latencies, 90), "p99": percentile(latencies, 99),
+           "max": latencies[-1] if latencies else 0.0}
+    return LoadReport(connections=connections, connected=sum(1 for f in flows if f.connected),
+                      duration=round(elapsed, 3), exchanges=len(latencies), bytes_sent=sent,
+                      bytes_received=received, throughput=(sent + received) / elapsed,
+                      latency_ms={k: round(v, 2) for k, v in lat.items()}, errors=errors,
+                      peak_rss_kb=peak_rss_kb(pid) if pid else 0)
+
+
+def _target(text):
+    host, _, port = text.rpartition(":")
+    try:
+        return (host or "127.0.0.1", int(port))
+    except ValueError:
+        raise argparse.ArgumentTypeError("the target is HOST:PORT")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python3 -m pyslirp.testing.load",
+                                description="Concurrent echo flows against HOST:PORT; prints a JSON report.")
+    p.add_argument("target", type=_target, help="HOST:PORT of an echo service (through the PPP link)")
+    p.add_argument("--connections", type=int, default=20)
+    p.add_argument("--duration", type=float, default=3.0, help="seconds")
+    p.add_argument("--size", type=int, default=64, help="bytes per message (at least %d)" % HEADER)
+    p.add_argument("--pid", type=int, default=0, help="a process on this machine whose peak RSS to report")
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--out", help="write the JSON report here instead of standard output")
+    a = p.parse_args(argv)
+    if a.connections < 1 or a.duration <= 0:
+        sys.stderr.write("load: --connections and --duration must be positive\n")
+        return 2
+    report = load_test(a.connections, a.duration, a.target, message_size=max(HEADER, a.size),
+                       pid=a.pid or None, timeout=a.timeout)
+    text = json.dumps(report.as_dict(), sort_keys=True)
+    if a.out:
+        with open(a.out + ".tmp", "w") as f:
+            f.write(text + "\n")
+        os.rename(a.out + ".tmp", a.out)
+    else:
+        print(text)
+    sys.stderr.write("load: %s\n" % report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
