@@ -134,7 +134,7 @@ def burst(a):
                     result = "refused"
                 else:
                     result = "error"
-                    name = errno.errorcode.get(exc.errno, repr(exc))
+                    name = "%s in %s" % (errno.errorcode.get(exc.errno, repr(exc)), phase)
                     errors[name] = errors.get(name, 0) + 1
             if result is not None:
                 outcomes[i] = result
