@@ -378,6 +378,14 @@ def percentile(values, q):
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
+LINE_LABELS = {
+    "pty": "--pty (pyslirp's own pty)",
+    "device": "device path on a pty (the relay's)",
+    "stdio": "--stdio on pipes",
+    "stdio-pty": "--stdio on a pty",
+}
+
+
 class Bench(object):
     def __init__(self, args):
         sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -393,7 +401,7 @@ class Bench(object):
             "5001": {"host": "127.0.0.1", "port": services.ports["sink"], "name": "sink"},
             "5002": {"host": "127.0.0.1", "port": services.ports["source"], "name": "source"},
             "5003": {"host": "127.0.0.1", "port": services.ports["echo"], "name": "echo"},
-        }}
+        }, "serial": {"baudrate": self.args.baud}}
         for item in self.args.set:
             key, _, value = item.partition("=")
             section, _, name = key.partition(".")
@@ -411,14 +419,16 @@ class Bench(object):
             cmd += " --%s %s" % (k, v)
         return cmd
 
-    def session(self, name, body, relay_factory=None, timeout=120):
-        """One pyslirp + one guest running ``body`` between pppd up and down; returns (guest result, services)."""
+    def session(self, name, body, relay_factory=None, timeout=120, line="pty"):
+        """One pyslirp on ``line`` + one guest running ``body`` between pppd up and down.
+
+        Returns (guest result, services, guest)."""
         uml = self.uml
         lab = uml.Lab(os.path.join(self.basedir, name))
         os.makedirs(lab.basedir, exist_ok=True)
         services = Services()
         try:
-            slirp = lab.start_pyslirp(self.config(services), debug=self.args.debug, pcap=self.args.pcap)
+            slirp = lab.start_pyslirp(self.config(services), debug=self.args.debug, pcap=self.args.pcap, line=line)
             services.cpu_pid = slirp.proc.pid
             script = """
                 pppd_start pppd noauth
@@ -472,25 +482,40 @@ class Bench(object):
         return out
 
     def paced(self):
+        out = {}
+        self.results["paced"] = out
+        for line in self.args.lines:
+            out[line] = self.paced_line(line)
+        return out
+
+    def paced_line(self, line):
         from e2e.pacing import PacedRelay
         a = self.args
         factory = PacedRelay.factory(a.baud)
-        line = a.baud / 10.0
+        rate = a.baud / 10.0
         out = {}
+        if "idle" in a.phases:
+            # 64-byte exchanges on an otherwise idle line.
+            body = self.guest_cmd("probe", 5003, "probe.json", seconds=a.idle_seconds, gap=a.probe_gap)
+            res, services, guest = self.session("%s-idle" % line, body, relay_factory=factory,
+                                                timeout=60 + a.idle_seconds, line=line)
+            probe = self.load(res, "probe.json")
+            rtts = [r for t, r in probe["rtts"] if r is not None and t >= 1.0]
+            out["idle_rtt_ms"] = rtt_summary(rtts)
+            out["idle_rtt_ms"]["breakdown"] = rtt_breakdown(guest.relay, probe, 1.0)
         # One-way, each direction in its own session.
-        for key, mode, port, kind in (("download", "download", 5002, "source"), ("upload", "upload", 5001, "sink")):
+        for key, mode, port in (("download", "download", 5002), ("upload", "upload", 5001)):
             if key not in a.phases:
                 continue
             body = self.guest_cmd(mode, port, "bulk.json", seconds=a.seconds)
-            res, services, guest = self.session("paced-" + key, body, relay_factory=factory,
-                                                timeout=60 + a.seconds)
+            res, services, guest = self.session("%s-%s" % (line, key), body, relay_factory=factory,
+                                                timeout=60 + a.seconds, line=line)
             if key == "download":
-                rate = steady_rate(self.load(res, "bulk.json"), a.warmup, a.seconds)
+                got = steady_rate(self.load(res, "bulk.json"), a.warmup, a.seconds)
             else:
                 sink = services.wait_for("sink")
-                rate = steady_rate(sink[0], a.warmup, a.seconds) if sink else 0.0
-            out[key] = {"goodput": rate, "fraction": rate / line}
-        self.results["paced"] = out
+                got = steady_rate(sink[0], a.warmup, a.seconds) if sink else 0.0
+            out[key] = {"goodput": got, "fraction": got / rate}
         if "two-way" not in a.phases:
             return out
         # Two-way with latency probes.
@@ -502,57 +527,72 @@ class Bench(object):
             self.guest_cmd("probe", 5003, "probe.json", seconds=s, gap=a.probe_gap) + " & p3=$!",
             "wait $p1 $p2 $p3",
         ])
-        res, services, guest = self.session("paced-two-way", body, relay_factory=factory, timeout=60 + s)
+        res, services, guest = self.session("%s-two-way" % line, body, relay_factory=factory, timeout=60 + s,
+                                            line=line)
         dl = steady_rate(self.load(res, "dl.json"), a.warmup, s)
         sink = services.wait_for("sink")
         ul = steady_rate(sink[0], a.warmup, s) if sink else 0.0
         probe = self.load(res, "probe.json")
         rtts = [r for t, r in probe["rtts"] if r is not None and t >= a.warmup]
-        breakdown = rtt_breakdown(guest.relay, probe, a.warmup)
         out["two_way"] = {
-            "download": {"goodput": dl, "fraction": dl / line},
-            "upload": {"goodput": ul, "fraction": ul / line},
-            "rtt_ms": {"n": len(rtts), "median": 1000 * percentile(rtts, 0.5), "p10": 1000 * percentile(rtts, 0.1),
-                       "p90": 1000 * percentile(rtts, 0.9), "max": 1000 * max(rtts) if rtts else float("nan")},
+            "download": {"goodput": dl, "fraction": dl / rate},
+            "upload": {"goodput": ul, "fraction": ul / rate},
+            "rtt_ms": rtt_summary(rtts),
             "probe_errors": sum(1 for _, r in probe["rtts"] if r is None),
-            "rtt_breakdown_ms": breakdown,
+            "rtt_breakdown_ms": rtt_breakdown(guest.relay, probe, a.warmup),
         }
-        self.results["paced"] = out
         return out
 
     def report(self):
         r = self.results
-        lines = ["pyslirp link benchmark: Linux pppd in a UML guest <-> pyslirp on a pty%s" % (
+        lines = ["pyslirp link benchmark: Linux pppd in a UML guest <-> pyslirp%s" % (
             " (settings: %s)" % ", ".join(r["settings"]) if r["settings"] else "")]
         if "unpaced" in r:
             u = r["unpaced"]
-            lines.append("unpaced:  download %.2f MB/s, upload %.2f MB/s" % (
+            lines.append("unpaced, --pty:  download %.2f MB/s, upload %.2f MB/s" % (
                 u["download"]["MB_per_s"], u["upload"]["MB_per_s"]))
             if u["download"]["cpu_s_per_MB"] is not None:
                 lines.append("          pyslirp CPU: %.2f s/MB downloading, %.2f s/MB uploading" % (
                     u["download"]["cpu_s_per_MB"], u["upload"]["cpu_s_per_MB"]))
-        if "paced" in r:
-            p = r["paced"]
-            lines.append("%d bit/s 8N1 (line rate %d bytes/s each way):" % (r["baud"], r["line_rate"]))
+        if "paced" not in r:
+            return "\n".join(lines)
+        lines.append("%d bit/s 8N1 (line rate %d bytes/s each way):" % (r["baud"], r["line_rate"]))
+        for line, p in r["paced"].items():
+            lines.append("  %s:" % LINE_LABELS.get(line, line))
+            if "idle_rtt_ms" in p:
+                rt = p["idle_rtt_ms"]
+                lines.append("    idle 64-byte RTT: median %.1f ms (p10 %.1f, p90 %.1f, max %.1f; n=%d)" % (
+                    rt["median"], rt["p10"], rt["p90"], rt["max"], rt["n"]))
+                b = rt.get("breakdown")
+                if b:
+                    lines.append("      medians: in the guest %.1f ms, request on the line %.1f, pyslirp %.1f, "
+                                 "response on the line %.1f" % (b.get("guest_queue", 0), b.get("request_line", 0),
+                                                                 b.get("pyslirp", 0), b.get("response_line", 0)))
             for key in ("download", "upload"):
                 if key in p:
-                    lines.append("  one-way %-8s goodput %.0f B/s (%.1f%% of the line)" % (
+                    lines.append("    one-way %-8s goodput %.0f B/s (%.1f%% of the line)" % (
                         key, p[key]["goodput"], 100 * p[key]["fraction"]))
             if "two_way" not in p:
-                return "\n".join(lines)
+                continue
             t = p["two_way"]
-            lines.append("  two-way goodput:  download %.0f B/s (%.1f%%), upload %.0f B/s (%.1f%%)" % (
+            lines.append("    two-way goodput:  download %.0f B/s (%.1f%%), upload %.0f B/s (%.1f%%)" % (
                 t["download"]["goodput"], 100 * t["download"]["fraction"],
                 t["upload"]["goodput"], 100 * t["upload"]["fraction"]))
             rt = t["rtt_ms"]
-            lines.append("  64-byte RTT during two-way bulk: median %.0f ms (p10 %.0f, p90 %.0f, max %.0f; n=%d)" % (
-                rt["median"], rt["p10"], rt["p90"], rt["max"], rt["n"]))
+            lines.append("    64-byte RTT during two-way bulk: median %.0f ms (p10 %.0f, p90 %.0f, max %.0f; n=%d)"
+                         % (rt["median"], rt["p10"], rt["p90"], rt["max"], rt["n"]))
             b = t.get("rtt_breakdown_ms")
             if b:
-                lines.append("    medians: in the guest %.0f ms, request on the line %.0f, pyslirp and its queue %.0f, "
-                             "response on the line %.0f" % (b.get("guest_queue", 0), b.get("request_line", 0),
-                                                             b.get("pyslirp", 0), b.get("response_line", 0)))
+                lines.append("      medians: in the guest %.0f ms, request on the line %.0f, pyslirp and its queue "
+                             "%.0f, response on the line %.0f" % (b.get("guest_queue", 0), b.get("request_line", 0),
+                                                                   b.get("pyslirp", 0), b.get("response_line", 0)))
         return "\n".join(lines)
+
+
+def rtt_summary(rtts):
+    """Median, p10, p90 and max of RTTs in seconds, as ms."""
+    return {"n": len(rtts), "median": 1000 * percentile(rtts, 0.5), "p10": 1000 * percentile(rtts, 0.1),
+            "p90": 1000 * percentile(rtts, 0.9), "max": 1000 * max(rtts) if rtts else float("nan")}
 
 
 def main(argv=None):
@@ -567,8 +607,11 @@ def main(argv=None):
     p.add_argument("--probe-gap", type=float, default=0.25, help="seconds between two 64-byte exchanges")
     p.add_argument("--mbytes", type=float, default=8.0, help="MB per unpaced transfer")
     p.add_argument("--only", choices=("unpaced", "paced"))
-    p.add_argument("--phases", default="download,upload,two-way",
-                   help="paced phases to run (comma-separated: download, upload, two-way)")
+    p.add_argument("--lines", default="pty,device,stdio",
+                   help="kinds of line for the paced phases (comma-separated: pty, device, stdio, stdio-pty)")
+    p.add_argument("--phases", default="idle,download,upload,two-way",
+                   help="paced phases to run (comma-separated: idle, download, upload, two-way)")
+    p.add_argument("--idle-seconds", type=float, default=10.0, help="64-byte exchanges on an idle line")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="pyslirp configuration override, e.g. tcp.mss=536 (repeatable)")
     p.add_argument("--debug", action="store_true", help="run pyslirp with -d (slower: debug logging)")
@@ -577,6 +620,10 @@ def main(argv=None):
     p.add_argument("--keep", action="store_true", help="keep the run directories (printed)")
     a = p.parse_args(argv)
     a.phases = [x.strip() for x in a.phases.split(",") if x.strip()]
+    a.lines = [x.strip() for x in a.lines.split(",") if x.strip()]
+    for line in a.lines:
+        if line not in LINE_LABELS:
+            p.error("unknown line type %r (known: %s)" % (line, ", ".join(LINE_LABELS)))
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from e2e import uml
     reason = uml.unavailable_reason()

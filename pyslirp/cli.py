@@ -3,8 +3,13 @@
 Theory of operation: parse the options, build the configuration (defaults <-
 ``-c FILE`` <- options), set up logging, open the line and hand everything to
 the threaded runtime; wire SIGINT/SIGTERM (clean stop: LCP Terminate-Request,
-exit 0) and SIGHUP (reopen log files).  This is the only module that wires
-the runtime.
+exit 0), SIGHUP (reload the ``-c`` file, see runtime/reload.py, and reopen
+the log files and the audit log) and SIGUSR1 (the metrics snapshot as one
+log line).  This is the only module that wires the runtime: the audit log
+(``[logging] audit_file``) and the metrics server (``[monitoring]
+metrics_listen``) are opened here, before serving, so that a file that
+cannot be written or an address that cannot be bound is one line and an
+exit code.
 
 Exit codes: 0 clean stop, 1 runtime failure (e.g. permission denied on the
 device, a pseudo-terminal that cannot be created), 2 usage or configuration
@@ -13,10 +18,13 @@ standard error starting with ``pyslirp:``.
 
 A serial device that cannot be opened at start-up, or that disappears later
 (USB unplugged), is retried with a back-off of 1 s doubling to 30 s, forever,
-like pppd's ``persist``: the adapter may be plugged in later.  Two failures
-cannot fix themselves and end the program at start-up instead: an invalid
-setting (exit 2) and permission denied (exit 1; add the user to the group
-owning the device, usually ``dialout``).
+like pppd's ``persist``: the adapter may be plugged in later.  Some failures
+end the program at start-up instead: an invalid setting (exit 2), permission
+denied (exit 1; add the user to the group owning the device, usually
+``dialout``) and a device another program holds (exit 1: its UUCP lock file
+names a live process, or it is open exclusively).  A device path that is a
+pseudo-terminal is never reopened (see ``runtime/ownership.py``): pyslirp
+exits 1 when it goes away.
 """
 
 import argparse
@@ -156,17 +164,23 @@ def main(argv=None):
         return 0
 
 
+def _load(args, settings):
+    """(Config, raw file dict): the file, the environment and the command line, validated (ConfigError)."""
+    raw = config.apply_environment(config.read_file(args.config) if args.config else {}, os.environ)
+    settings = dict(settings)
+    if args.socks_host is not None and args.socks_port is None:
+        proxy = raw.get("proxy")
+        if not (isinstance(proxy, dict) and proxy.get("port")):
+            settings["proxy.port"] = 1080
+    return config.validate(config.apply_overrides(raw, settings, args.service)), raw
+
+
 def _main(argv):
     parser = build_parser()
     args = parser.parse_args(argv)
     settings = _settings(args, parser)
     try:
-        raw = config.apply_environment(config.read_file(args.config) if args.config else {}, os.environ)
-        if args.socks_host is not None and args.socks_port is None:
-            proxy = raw.get("proxy")
-            if not (isinstance(proxy, dict) and proxy.get("port")):
-                settings["proxy.port"] = 1080
-        cfg = config.validate(config.apply_overrides(raw, settings, args.service))
+        cfg, raw = _load(args, settings)
     except config.ConfigError as exc:
         _err("config error: %s" % exc)
         return 2
@@ -194,7 +208,19 @@ def _main(argv):
     except OSError as exc:
         _err("config error: logging.file: cannot open %s: %s" % (lg.file, exc.strerror or exc))
         return 2
-    return _serve(cfg, args)
+    audit = None
+    if lg.audit_file:
+        from pyslirp.runtime.audit import AuditLog
+        try:
+            audit = AuditLog(lg.audit_file, lg.max_size, lg.rotate_count)
+        except OSError as exc:
+            _err("config error: logging.audit_file: cannot open %s: %s" % (lg.audit_file, exc.strerror or exc))
+            return 2
+    try:
+        return _serve(cfg, args, settings, audit)
+    finally:
+        if audit is not None:
+            audit.close()
 
 
 def _line_params(cfg):
@@ -220,11 +246,11 @@ def _make_tap(pcap_writer):
     return tap
 
 
-def _serial_opener(port, baudrate, flow_control):
+def _serial_opener(port, baudrate, flow_control, lock_dir=None):
     from pyslirp.runtime.endpoints import PySerialEndpoint
 
     def opener():
-        return PySerialEndpoint(port, baudrate, flow_control)
+        return PySerialEndpoint(port, baudrate, flow_control, lock_dir=lock_dir)
     return opener
 
 
@@ -250,9 +276,20 @@ def _dns(cfg):
     return servers, factory
 
 
-def _serve(cfg, args):
+def _metrics_server(cfg, runtime):
+    """The metrics server on ``[monitoring] metrics_listen`` (None when off); OSError when it cannot bind."""
+    mon = cfg.monitoring
+    if not mon.metrics_listen:
+        return None
+    from pyslirp.runtime.metrics_server import MetricsServer
+    return MetricsServer(config.parse_listen(mon.metrics_listen), runtime.metrics_box,
+                         allow_remote=mon.metrics_allow_remote)
+
+
+def _serve(cfg, args, settings, audit=None):
     from pyslirp.runtime.endpoints import PtyEndpoint, StdioEndpoint
     from pyslirp.runtime.hostaddrs import interface_addresses
+    from pyslirp.runtime.reload import Reloader
     from pyslirp.runtime.stackloop import Runtime
 
     port = cfg.serial.port
@@ -278,7 +315,8 @@ def _serve(cfg, args):
         elif port == "stdio":
             endpoint = StdioEndpoint()
         else:
-            opener = _serial_opener(port, cfg.serial.baudrate, cfg.serial.flow_control)
+            opener = _serial_opener(port, cfg.serial.baudrate, cfg.serial.flow_control,
+                                    lock_dir=cfg.serial.lock_dir if cfg.serial.lock else None)
 
         budget, coalesce = _line_params(cfg)
         try:
@@ -291,13 +329,20 @@ def _serve(cfg, args):
         runtime = Runtime(config.link_config(cfg), stack_config, opener=opener, endpoint=endpoint,
                           line_budget=budget, coalesce=coalesce, stats_interval=cfg.monitoring.stats_interval,
                           tap=tap, connection_log=cfg.logging.connection_log, baudrate=cfg.serial.baudrate,
-                          connect_timeout=cfg.proxy.connect_timeout, proxy=proxy)
+                          connect_timeout=cfg.proxy.connect_timeout, proxy=proxy, audit=audit)
         if dns_relay is not None:
             runtime.dns_relay = dns_relay(runtime.post)
+        if args.config:
+            runtime.reloader = Reloader(lambda: _load(args, settings)[0], cfg, _dns, interface_addresses,
+                                        args.config)
+            runtime.reloader.started(dns_servers)
+        try:
+            runtime.metrics_server = _metrics_server(cfg, runtime)
+        except OSError as exc:
+            _err("cannot serve metrics on %s: %s" % (cfg.monitoring.metrics_listen, exc.strerror or exc))
+            return 1
         _install_signals(runtime)
-        services = ", ".join("%d -> %s:%d%s%s" % (s.port, s.host, s.target_port, " (%s)" % s.name if s.name else "",
-                                                  " via proxy" if s.via == "proxy" else "")
-                             for s in cfg.services) or "none"
+        services = config.describe_services(cfg.services)
         log.info("pyslirp %s on %s: gateway %s, client %s, services: %s", __version__,
                  endpoint.name if endpoint is not None else port, cfg.network.local_ip, cfg.network.remote_ip,
                  services)
@@ -311,6 +356,12 @@ def _serve(cfg, args):
         if dns_servers:
             log.info("DNS forwarder on %s:53 -> %s", cfg.network.local_ip,
                      ", ".join("%s:%d" % hp for hp in dns_servers))
+        if runtime.metrics_server is not None:
+            host, mport = runtime.metrics_server.address
+            log.info("metrics on http://%s:%d/metrics (and /metrics.json)",
+                     "[%s]" % host if ":" in host else host, mport)
+        if audit is not None:
+            log.info("audit log: %s", audit.path)
         if port == "pty":
             print("pty: %s" % endpoint.path, flush=True)
         endpoint = None     # the runtime owns it now
@@ -327,9 +378,14 @@ def _install_signals(runtime):
         runtime.request_stop()
 
     def hup(signum, frame):
-        runtime.request_reopen_logs()
+        runtime.request_reload()
+
+    def usr1(signum, frame):
+        runtime.request_snapshot_log()
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, hup)
+    if hasattr(signal, "SIGUSR1"):
+        signal.signal(signal.SIGUSR1, usr1)

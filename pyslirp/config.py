@@ -32,8 +32,18 @@ Decisions worth knowing:
   parser that validated them).
 * ``proxy.password`` may come from the environment
   (``PYSLIRP_PROXY_PASSWORD``), never from the command line.
-* ``monitoring.metrics_listen`` is reserved: validated and stored, not used
-  yet.
+* ``monitoring.metrics_listen`` is ``ADDRESS:PORT`` (an IPv4 address,
+  ``localhost`` or a bracketed IPv6 address); a non-loopback address is
+  refused unless ``monitoring.metrics_allow_remote`` is true.
+* ``logging.audit_file`` is rotated with the log file's ``max_size`` and
+  ``rotate_count``.
+* ``[services.PORT] fallback`` is an array of ``"HOST:PORT"`` (``"[V6]:PORT"``)
+  tried in order when the connect to host:port fails; ``[health]`` holds the
+  circuit breakers' thresholds (net/health.py).  ``--service PORT=...``
+  replaces a service's targets, fallbacks included.
+* Reload (SIGHUP): :func:`reload_changes` tells what a re-read file changes,
+  which of it is applied at once and which needs a restart (the serial line,
+  the addresses, the MTU, PPP and authentication: a new link).
 
 The ``[tcp]`` section is the TCP tunables' own value
 (:class:`pyslirp.net.tcp.conn.TcpConfig`, whose other fields are internal);
@@ -47,7 +57,7 @@ import difflib
 import ipaddress
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Tuple
 
 from pyslirp import compat
@@ -75,6 +85,9 @@ class SerialConfig:
     baudrate: int = 115200
     flow_control: str = "none"      # "none" | "hardware" | "software"
     pty_link: str = ""
+    answer: str = "auto"            # answer CLIENT / AT commands before PPP: "auto" | "none"
+    lock: bool = True               # UUCP lock file for a device path
+    lock_dir: str = "/var/lock"
 
 
 @dataclass(frozen=True)
@@ -95,6 +108,8 @@ class PPPConfig:
     require_auth: str = "none"      # "none" | "pap" | "chap"
     secrets: Tuple[Tuple[str, str], ...] = ()
     resume_grace: int = 120         # seconds TCP sessions wait for the client after a lost line; 0 = none
+    compression: str = "deflate"    # CCP: "deflate" | "none"
+    vj: bool = True                 # Van Jacobson TCP/IP header compression
 
 
 @dataclass(frozen=True)
@@ -105,6 +120,12 @@ class LimitsConfig:
     new_connections_per_second: int = 20    # token bucket on new TCP connections ...
     burst: int = 40                 # ... with bursts of this many
     max_half_open: int = 32         # connections waiting for their service connect; beyond: SYN cookies
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    breaker_failures: int = 5       # failed connects in a row after which a service target is skipped (0 = never)
+    breaker_cooldown: int = 30      # seconds it is skipped before one trial connect
 
 
 @dataclass(frozen=True)
@@ -139,11 +160,13 @@ class LoggingConfig:
     max_size: int = 10 * 1024 * 1024
     rotate_count: int = 5
     connection_log: bool = True
+    audit_file: str = ""            # JSON lines, one per link, login and flow event ("" = none)
 
 
 @dataclass(frozen=True)
 class MonitoringConfig:
-    metrics_listen: str = ""
+    metrics_listen: str = ""        # "127.0.0.1:9090": Prometheus text at /metrics, JSON at /metrics.json
+    metrics_allow_remote: bool = False
     stats_interval: int = 0         # seconds, 0 = off
 
 
@@ -159,6 +182,7 @@ class Config:
     udp_services: Tuple[Service, ...] = ()
     tcp: TcpConfig = field(default_factory=TcpConfig)     # the [tcp] keys are fields of the TCP tunables
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
@@ -213,6 +237,13 @@ def v_str(key, value):
         raise ConfigError(key, "must be a string, got %s" % _show(value))
     if "\x00" in value:
         raise ConfigError(key, "must not contain NUL characters")
+    return value
+
+
+def v_abs_path(key, value):
+    v_str(key, value)
+    if not value.startswith("/"):
+        raise ConfigError(key, "must be an absolute path, got %s" % _show(value))
     return value
 
 
@@ -290,14 +321,31 @@ def v_size(key, value):
     return size
 
 
+def parse_listen(text):
+    """``"127.0.0.1:9090"``, ``"localhost:9090"``, ``"[::1]:9090"`` -> (address, port); None when it is not one."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return None
+    if host == "localhost":
+        host = "127.0.0.1"
+    elif host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return None
+    elif _parse_ipv4(host) is None:
+        return None
+    return host, int(port)
+
+
 def v_listen(key, value):
     v_str(key, value)
     if value == "":
         return value
-    host, sep, port = value.rpartition(":")
-    if not sep or host not in ("127.0.0.1", "localhost") or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ConfigError(key, 'must be "" or "127.0.0.1:PORT" / "localhost:PORT" (loopback only), got %s'
-                          % _show(value))
+    if parse_listen(value) is None:
+        raise ConfigError(key, 'must be "" or ADDRESS:PORT like "127.0.0.1:9090", "localhost:9090" or '
+                          '"[::1]:9090", got %s' % _show(value))
     return value
 
 
@@ -357,6 +405,9 @@ SECTIONS = (
         "baudrate": v_int(50, 20000000),
         "flow_control": v_enum("none", "hardware", "software"),
         "pty_link": v_str,
+        "answer": v_enum("auto", "none"),
+        "lock": v_bool,
+        "lock_dir": v_abs_path,
     }),
     ("network", NetworkConfig, {
         "local_ip": v_unicast_ipv4,
@@ -373,6 +424,8 @@ SECTIONS = (
         "require_auth": v_enum("none", "pap", "chap"),
         "secrets": v_secrets,
         "resume_grace": v_int(0, 86400),
+        "compression": v_enum("deflate", "none"),
+        "vj": v_bool,
     }),
     ("tcp", TcpConfig, {
         "rcvbuf": v_int(4096, 16 << 20),
@@ -388,6 +441,10 @@ SECTIONS = (
         "new_connections_per_second": v_int(1, 10000),
         "burst": v_int(1, 10000),
         "max_half_open": v_int(1, 4096),
+    }),
+    ("health", HealthConfig, {
+        "breaker_failures": v_int(0, 1000),
+        "breaker_cooldown": v_int(1, 86400),
     }),
     ("proxy", ProxyConfig, {
         "type": v_enum("none", "socks5", "http"),
@@ -414,20 +471,48 @@ SECTIONS = (
         "max_size": v_size,
         "rotate_count": v_int(0, 1000),
         "connection_log": v_bool,
+        "audit_file": v_str,
     }),
     ("monitoring", MonitoringConfig, {
         "metrics_listen": v_listen,
+        "metrics_allow_remote": v_bool,
         "stats_interval": v_int(0),
     }),
 )
 SECTION_NAMES = tuple(s[0] for s in SECTIONS) + ("services", "udp_services")
-SERVICE_KEYS = ("host", "port", "name", "via")
+SERVICE_KEYS = ("host", "port", "name", "via", "fallback")
+MAX_FALLBACK = 8
 UDP_SERVICE_KEYS = ("host", "port", "name")
 
 
 def _unknown(key, known):
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
     return "unknown key" + (" (did you mean %s?)" % json.dumps(close[0]) if close else "")
+
+
+def parse_target(text):
+    """``"HOST:PORT"`` or ``"[V6]:PORT"`` -> (host, port); None when it is not one."""
+    if not isinstance(text, str):
+        return None
+    m = re.match(r"^(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]\s]+)):(\d{1,5})$", text.strip())
+    if not m or not 1 <= int(m.group(3)) <= 65535:
+        return None
+    return (m.group(1) or m.group(2)), int(m.group(3))
+
+
+def v_fallback(key, value):
+    if not isinstance(value, list):
+        raise ConfigError(key, 'must be an array of "HOST:PORT", got %s' % _show(value))
+    if len(value) > MAX_FALLBACK:
+        raise ConfigError(key, "at most %d fallback targets, got %d" % (MAX_FALLBACK, len(value)))
+    out = []
+    for i, item in enumerate(value):
+        target = parse_target(item)
+        if target is None:
+            raise ConfigError("%s[%d]" % (key, i), 'must be "HOST:PORT" (or "[IPv6]:PORT") with a port '
+                              'between 1 and 65535, got %s' % _show(item))
+        out.append(target)
+    return tuple(out)
 
 
 def _services(value, section="services", keys=SERVICE_KEYS):
@@ -450,7 +535,8 @@ def _services(value, section="services", keys=SERVICE_KEYS):
             port=int(port_text), host=host,
             target_port=PORT(key + ".port", table.get("port", int(port_text))),
             name=v_str(key + ".name", table.get("name", "")),
-            via=v_enum("direct", "proxy")(key + ".via", table.get("via", "direct"))))
+            via=v_enum("direct", "proxy")(key + ".via", table.get("via", "direct")),
+            fallback=v_fallback(key + ".fallback", table.get("fallback", []))))
     out.sort(key=lambda s: s.port)
     return tuple(out)
 
@@ -544,6 +630,16 @@ def _cross_checks(cfg):
             raise ConfigError("outbound.via", '"proxy" needs a proxy: set proxy.type and host')
     if proxy.username and proxy.type == "none":
         raise ConfigError("proxy.username", "is set but proxy.type is \"none\"")
+    mon = cfg.monitoring
+    if mon.metrics_listen and not mon.metrics_allow_remote:
+        host = parse_listen(mon.metrics_listen)[0]
+        if not ipaddress.ip_address(host).is_loopback:
+            raise ConfigError("monitoring.metrics_listen", "%s is not a loopback address; set "
+                              "monitoring.metrics_allow_remote = true to serve metrics to other hosts"
+                              % json.dumps(mon.metrics_listen))
+    if cfg.logging.audit_file and cfg.logging.audit_file == cfg.logging.file:
+        raise ConfigError("logging.audit_file", "must not be the log file (both are %s)"
+                          % json.dumps(cfg.logging.file))
     if cfg.serial.pty_link and cfg.serial.port not in ("", "pty"):
         raise ConfigError("serial.pty_link", 'only makes sense with port = "pty" (got port = %s)'
                           % json.dumps(cfg.serial.port))
@@ -583,8 +679,14 @@ def parse_service(text):
 
 
 def _services_raw(services):
-    return dict((str(s.port), {"host": s.host, "port": s.target_port, "name": s.name, "via": s.via})
+    return dict((str(s.port), {"host": s.host, "port": s.target_port, "name": s.name, "via": s.via,
+                               "fallback": [_target_text(t) for t in s.fallback]})
                 for s in services)
+
+
+def _target_text(target):
+    host, port = target
+    return "%s:%d" % ("[%s]" % host if ":" in host else host, port)
 
 
 def apply_overrides(raw, settings=None, services=()):
@@ -690,7 +792,8 @@ def to_toml(cfg, mask_secrets=True):
     for section, services, keys in (("services", cfg.services, SERVICE_KEYS),
                                      ("udp_services", cfg.udp_services, UDP_SERVICE_KEYS)):
         for svc in services:
-            values = {"host": svc.host, "port": svc.target_port, "name": svc.name, "via": svc.via}
+            values = {"host": svc.host, "port": svc.target_port, "name": svc.name, "via": svc.via,
+                      "fallback": [_target_text(t) for t in svc.fallback]}
             lines.append("[%s.%d]" % (section, svc.port))
             lines.extend("%s = %s" % (key, _toml_value(values[key])) for key in keys)
             lines.append("")
@@ -710,7 +813,8 @@ def link_config(cfg):
         local_ip=net.local_ip, remote_ip=net.remote_ip, dns=dns, mru=net.mtu,
         lcp_echo_interval=ppp.lcp_echo_interval, lcp_echo_failure=ppp.lcp_echo_failure,
         max_configure=ppp.max_configure_requests, restart_interval=ppp.restart_interval,
-        negotiate_magic=ppp.negotiate_magic, require_auth=ppp.require_auth, secrets=tuple(ppp.secrets))
+        negotiate_magic=ppp.negotiate_magic, require_auth=ppp.require_auth, secrets=tuple(ppp.secrets),
+        compression=ppp.compression, vj=ppp.vj, answer=cfg.serial.answer, line_speed=cfg.serial.baudrate)
 
 
 def stack_config(cfg, host_addresses=(), dns_upstream=()):
@@ -734,4 +838,91 @@ def stack_config(cfg, host_addresses=(), dns_upstream=()):
         max_connections=cfg.limits.max_connections, max_per_service=cfg.limits.max_per_service,
         max_udp_flows=cfg.limits.max_udp_flows, new_connections_per_second=cfg.limits.new_connections_per_second,
         burst=cfg.limits.burst, max_half_open=cfg.limits.max_half_open, udp_timeout=out.udp_timeout,
-        resume_grace=cfg.ppp.resume_grace, tcp=cfg.tcp)
+        resume_grace=cfg.ppp.resume_grace, tcp=cfg.tcp,
+        breaker_failures=cfg.health.breaker_failures, breaker_cooldown=cfg.health.breaker_cooldown)
+
+
+# ---------------------------------------------------------------------------
+# Reload
+
+def describe_services(services):
+    """``22 -> 127.0.0.1:22 (SSH) or 127.0.0.1:2222, 80 -> web:8080 via proxy`` for the log ("none" if empty)."""
+    parts = []
+    for s in services:
+        text = "%d -> %s" % (s.port, _target_text((s.host, s.target_port)))
+        if s.name:
+            text += " (%s)" % s.name
+        if s.fallback:
+            text += " or " + " or ".join(_target_text(t) for t in s.fallback)
+        if s.via == "proxy":
+            text += " via proxy"
+        parts.append(text)
+    return ", ".join(parts) or "none"
+
+
+# Sections whose keys need a new link (or a new line) to change, but for RELOADABLE_KEYS.
+RESTART_SECTIONS = ("serial", "network", "ppp")
+RELOADABLE_KEYS = (("ppp", "resume_grace"),)       # the stack's, not the link's
+# Single keys of other sections that a running daemon cannot change.
+RESTART_KEYS = (("monitoring", "metrics_listen"), ("monitoring", "metrics_allow_remote"))
+
+
+def _section_keys(name):
+    for sec_name, _, schema in SECTIONS:
+        if sec_name == name:
+            return list(schema)
+    return []
+
+
+def reload_changes(old, new):
+    """What loading ``new`` over the running ``old`` does: ``(effective, changed, restart)``.
+
+    ``effective`` is ``new`` with the values that need a restart kept as they run now (so that the next
+    reload compares with what really runs); ``changed`` names what is applied (section names, and
+    ``+services.PORT`` added, ``-services.PORT`` removed, ``~services.PORT`` changed, likewise
+    ``udp_services``); ``restart`` the
+    dotted keys that differ but wait for a restart.  Nothing here touches a secret's value.
+    """
+    restart = []
+    replaced = {}
+    applied = []
+    for name in RESTART_SECTIONS:
+        old_sec, new_sec = getattr(old, name), getattr(new, name)
+        if old_sec != new_sec:
+            keep = old_sec
+            for key in _section_keys(name):
+                if getattr(old_sec, key) == getattr(new_sec, key):
+                    continue
+                if (name, key) in RELOADABLE_KEYS:
+                    keep = replace(keep, **{key: getattr(new_sec, key)})
+                    applied.append("%s.%s" % (name, key))
+                else:
+                    restart.append("%s.%s" % (name, key))
+            replaced[name] = keep
+    for name, key in RESTART_KEYS:
+        old_sec, new_sec = getattr(old, name), getattr(new, name)
+        if getattr(old_sec, key) != getattr(new_sec, key):
+            restart.append("%s.%s" % (name, key))
+            new_sec = replace(new_sec, **{key: getattr(old_sec, key)})
+            replaced[name] = new_sec
+    # The DNS server IPCP offers follows dns.forwarder when [network] dns is empty: that is the link's.
+    if old.dns.forwarder != new.dns.forwarder and not old.network.dns:
+        restart.append("dns.forwarder (the DNS server offered over IPCP)")
+    effective = replace(new, **replaced) if replaced else new
+    changed = list(applied)
+    for name, _, _ in SECTIONS:
+        if name in RESTART_SECTIONS:
+            continue
+        if getattr(old, name) != getattr(effective, name):
+            changed.append(name)
+    for section in ("services", "udp_services"):
+        before = dict((s.port, s) for s in getattr(old, section))
+        after = dict((s.port, s) for s in getattr(effective, section))
+        for port in sorted(set(before) | set(after)):
+            if port not in before:
+                changed.append("+%s.%d" % (section, port))
+            elif port not in after:
+                changed.append("-%s.%d" % (section, port))
+            elif before[port] != after[port]:
+                changed.append("~%s.%d" % (section, port))
+    return effective, changed, restart

@@ -29,7 +29,12 @@ itself is the stack's: past it the stack resets by itself.  Our own close
 Output is pulled, never pushed: :meth:`take_serial_output` first takes the
 link's own framed control frames (LCP/IPCP/auth, urgent), then asks the stack
 for IP datagrams within ``budget`` bulk bytes (control and small packets
-always come) and frames each through ``PPPLink.send_ip``.  The runtime calls
+always come) and frames each through ``PPPLink.send_ip``.  The budget is
+spent in line bytes: the stack counts the IP bytes of the bulk datagrams it
+hands out, the frames the link makes of them are what the line carries, and
+when compression (Van Jacobson, Deflate) made them smaller, what is left of
+the budget is asked for again, so that the bytes queued toward the line
+stay near the budget whatever the compression ratio.  The runtime calls
 it when the line has room and passes as budget the room left under a small
 bound on the bytes queued toward the line (its writer queue plus the OS
 output queue), so what is returned is what goes onto the line next, in that
@@ -44,6 +49,9 @@ milliseconds supplied by the caller.
 
 Flow reports from the runtime (service threads, UDP sockets, the pinger, the DNS
 relay) are passed through to the stack as they come.
+
+Reload: :meth:`reconfigure` hands a new stack configuration to the stack
+(``IPStack.reconfigure``); the PPP link is not renegotiated.
 
 Contract notes: ``Core(link_config, stack_config, rng, tap=None, link=None,
 stack=None)``: ``link`` and ``stack`` may be injected by tests;
@@ -60,6 +68,9 @@ from pyslirp.ppp.events import AuthResult, IPReceived, LinkDown, LinkUp
 from pyslirp.timers import earliest
 
 log = logging.getLogger("pyslirp.core")
+
+# take_serial_output asks the stack again while compression leaves budget over, at most this often.
+MAX_TAKE_ROUNDS = 8
 
 
 class Core(object):
@@ -153,22 +164,45 @@ class Core(object):
             now = self._now
         link = self.link
         out = list(link.take_output())
-        if allow_one_over:
-            packets = self.stack.take_packets(budget, allow_one_over=True)
-        else:
-            packets = self.stack.take_packets(budget)
-        if not packets:
-            return out
-        if not link.is_up:
-            self.counters["ip_out_link_down"] += len(packets)
-            return out
-        for urgent, packet in packets:
-            if link.send_ip(packet, now):
-                for frame_urgent, frame in link.take_output():
-                    out.append((urgent or frame_urgent, frame))
+        remaining = budget
+        for _ in range(MAX_TAKE_ROUNDS):
+            if allow_one_over:
+                packets = self.stack.take_packets(remaining, allow_one_over=True)
             else:
-                self.counters["ip_out_link_down"] += 1
+                packets = self.stack.take_packets(remaining)
+            if not packets:
+                return out
+            if not link.is_up:
+                self.counters["ip_out_link_down"] += len(packets)
+                return out
+            asked = cost = 0
+            for urgent, packet in packets:
+                if not urgent:
+                    asked += len(packet)
+                if link.send_ip(packet, now):
+                    for frame_urgent, frame in link.take_output():
+                        out.append((urgent or frame_urgent, frame))
+                        if not urgent:
+                            cost += len(frame)
+                else:
+                    self.counters["ip_out_link_down"] += 1
+            # The stack counted the bulk datagrams' IP bytes; the line carries their frames.  When
+            # compression made those cheaper, the budget left over is asked for again.
+            if budget < 0 or not asked or cost >= asked:
+                return out
+            remaining -= cost
+            if remaining <= 0:
+                return out
+            allow_one_over = False
         return out
+
+    def reconfigure(self, stack_config, now):
+        """A reloaded configuration for the IP stack (IPStack.reconfigure): new flows follow it, established
+        ones carry on.  The link is not touched: what would need a new negotiation (addresses, MTU,
+        authentication) is not part of ``stack_config``'s reloadable values."""
+        self._now = now
+        self.stack.reconfigure(stack_config, now)
+        self.stack_config = stack_config
 
     def set_line_rate(self, rate):
         """The line's measured drain rate in bytes/s (the runtime measures it; see runtime/serialio.py)."""
@@ -186,13 +220,13 @@ class Core(object):
 
     # -- service threads' reports (pass-throughs) --------------------------------
 
-    def service_connected(self, conn_id, now):
+    def service_connected(self, conn_id, now, target=0, failures=()):
         self._now = now
-        self.stack.service_connected(conn_id, now)
+        self.stack.service_connected(conn_id, now, target, failures)
 
-    def service_failed(self, conn_id, reason, now, outcome=refusal.RESET):
+    def service_failed(self, conn_id, reason, now, outcome=refusal.RESET, failures=()):
         self._now = now
-        self.stack.service_failed(conn_id, reason, now, outcome)
+        self.stack.service_failed(conn_id, reason, now, outcome, failures)
 
     def service_data(self, conn_id, data, now):
         self._now = now

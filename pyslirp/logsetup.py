@@ -6,7 +6,9 @@ standard error (never standard output: in ``--stdio`` mode standard output
 is the serial line), and, when ``[logging] file`` is set, a
 ``RotatingFileHandler`` (``max_size`` bytes, ``rotate_count`` old files).
 :func:`reopen` closes and reopens the file (SIGHUP, for an external log
-rotator).  One line per event; passwords are never passed to the logger.
+rotator); calling :func:`setup` again (a reload) replaces the handlers, and
+leaves them as they were when the new file cannot be opened.  One line per
+event; passwords are never passed to the logger.
 """
 
 import logging
@@ -22,22 +24,24 @@ _handlers = []
 def setup(level="info", file="", max_size=0, rotate_count=0, stream=None):
     """Attach handlers to the "pyslirp" logger (replacing earlier ones).
 
-    Raises OSError when the log file cannot be opened.
+    Raises OSError when the log file cannot be opened; the handlers in place then stay (a reload with a
+    log file that cannot be opened changes nothing).
     """
     root = logging.getLogger("pyslirp")
-    for handler in _handlers:
-        root.removeHandler(handler)
-        handler.close()
-    del _handlers[:]
     formatter = logging.Formatter(FORMAT)
-    console = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    console.setFormatter(formatter)
-    _handlers.append(console)
+    new = []
     if file:
         handler = logging.handlers.RotatingFileHandler(
             file, maxBytes=max_size, backupCount=rotate_count, encoding="utf-8")
         handler.setFormatter(formatter)
-        _handlers.append(handler)
+        new.append(handler)
+    console = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    console.setFormatter(formatter)
+    new.insert(0, console)
+    for handler in _handlers:
+        root.removeHandler(handler)
+        handler.close()
+    _handlers[:] = new
     for handler in _handlers:
         root.addHandler(handler)
     root.setLevel(LEVELS.get(level, logging.INFO))

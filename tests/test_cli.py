@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -72,9 +73,9 @@ def test_check_config_applies_options(tmp_path):
     assert "hunter2" not in out
     raw = toml.loads(out)
     assert raw["serial"] == {"port": "/dev/ttyUSB3", "baudrate": 9600, "flow_control": "hardware",
-                             "pty_link": ""}
+                             "pty_link": "", "answer": "auto", "lock": True, "lock_dir": "/var/lock"}
     assert raw["logging"]["level"] == "debug"
-    assert raw["services"]["80"] == {"host": "web", "port": 8080, "name": "", "via": "direct"}
+    assert raw["services"]["80"] == {"host": "web", "port": 8080, "name": "", "via": "direct", "fallback": []}
     assert raw["services"]["22"]["port"] == 22
     assert (raw["proxy"]["type"], raw["proxy"]["host"], raw["proxy"]["port"]) == ("socks5", "127.0.0.1", 1080)
     assert (raw["outbound"]["enabled"], raw["outbound"]["via"]) == (True, "proxy")   # --socks-host turns it on
@@ -251,3 +252,72 @@ def test_dns_forwarder_uses_the_configured_upstream_servers():
     stack = config.stack_config(cfg, dns_upstream=servers)
     assert stack.dns_forwarder and stack.dns_tcp_upstream == ("127.0.0.1", 5353)
     assert cli._dns(config.validate({})) == ([], None)
+
+
+def test_unwritable_audit_file_and_a_metrics_address_in_use(tmp_path):
+    import socket
+    nowhere = str(tmp_path / "no" / "such" / "dir")
+    conf = tmp_path / "c.toml"
+    conf.write_text('[logging]\naudit_file = "%s/audit.jsonl"\n' % nowhere)
+    line = assert_one_line_error(*run("--pty", "-c", str(conf)))
+    assert line.startswith("pyslirp: config error: logging.audit_file: cannot open %s/audit.jsonl: " % nowhere)
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    try:
+        port = holder.getsockname()[1]
+        conf.write_text('[monitoring]\nmetrics_listen = "127.0.0.1:%d"\n' % port)
+        line = assert_one_line_error(*run("--pty", "-c", str(conf)), expected_code=1)
+        assert line == "pyslirp: cannot serve metrics on 127.0.0.1:%d: Address already in use" % port
+    finally:
+        holder.close()
+
+
+def test_metrics_server_audit_log_and_signals_of_the_daemon(tmp_path):
+    import json
+    import select
+    import signal
+    import urllib.request
+    from e2e.services import free_port
+    port = free_port()
+    audit = tmp_path / "audit.jsonl"
+    conf = tmp_path / "c.toml"
+    conf.write_text('[logging]\naudit_file = "%s"\n[monitoring]\nmetrics_listen = "localhost:%d"\n' % (audit, port))
+    proc = subprocess.Popen([PYTHON, SCRIPT, "--pty", "-c", str(conf)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert select.select([proc.stdout], [], [], 20)[0]
+        assert proc.stdout.readline().decode().startswith("pty: /dev/pts/")
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as resp:
+            text = resp.read().decode()
+        assert "# TYPE pyslirp_link_up gauge\npyslirp_link_up 0\n" in text
+        deadline = time.monotonic() + 10
+        while True:         # the snapshot is rebuilt at most a few times a second: the line may open after it
+            with urllib.request.urlopen("http://127.0.0.1:%d/metrics.json" % port, timeout=10) as resp:
+                doc = json.loads(resp.read().decode())
+            samples = doc["metrics"]["pyslirp_serial_line_open"]["samples"]
+            if samples == [{"labels": {}, "value": 1}] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert samples == [{"labels": {}, "value": 1}]
+        proc.send_signal(signal.SIGUSR1)
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while not (audit.exists() and "reload" in audit.read_text()):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        err = proc.stderr.read().decode()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert "Traceback" not in err
+    assert "metrics on http://127.0.0.1:%d/metrics" % port in err
+    (usr1,) = [line for line in err.splitlines() if " metrics: " in line]
+    assert "serial_line_open=1" in usr1 and "link_up=0" in usr1
+    (record,) = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert (record["event"], record["ok"]) == ("reload", True)

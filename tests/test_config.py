@@ -42,7 +42,8 @@ def test_example_file_lists_every_key():
         assert set(raw[name]) == set(schema) <= fields, name
         if cls is not config.TcpConfig:          # [tcp] is the TCP tunables' value: most of its fields are internal
             assert set(schema) == fields, name
-    assert raw["services"] == {"22": {"host": "127.0.0.1", "port": 22, "name": "SSH", "via": "direct"}}
+    assert raw["services"] == {"22": {"host": "127.0.0.1", "port": 22, "name": "SSH", "via": "direct",
+                                      "fallback": []}}
     assert raw["udp_services"] == {}
     assert set(raw) == set(config.SECTION_NAMES)
 
@@ -80,6 +81,8 @@ def test_example_file_changes_are_noticed(tmp_path):
     ("[serial]\nflow_control = \"rts\"\n",
      'serial.flow_control: must be one of "none", "hardware", "software", got "rts"'),
     ("[serial]\nport = 5\n", "serial.port: must be a string, got 5"),
+    ("[serial]\nlock = \"yes\"\n", 'serial.lock: must be true or false, got "yes"'),
+    ("[serial]\nlock_dir = \"var/lock\"\n", 'serial.lock_dir: must be an absolute path, got "var/lock"'),
     ("[serial]\nbaud = 9600\n", 'serial.baud: unknown key (did you mean "baudrate"?)'),
     ("[serial]\nzzz = 1\n", "serial.zzz: unknown key"),
     ("[serail]\nport = \"x\"\n", "unknown section [serail] (did you mean [serial]?)"),
@@ -107,6 +110,9 @@ def test_example_file_changes_are_noticed(tmp_path):
     ("[ppp]\nrequire_auth = \"pap\"\n", 'ppp.secrets: require_auth = "pap" needs at least one user = "password"'),
     ("[ppp]\nsecrets = [\"a\"]\n", 'ppp.secrets: must be a table of user = "password", got an array'),
     ("[ppp.secrets]\nalice = 5\n", "ppp.secrets.alice: the password must be a string"),
+    ("[ppp]\ncompression = \"bsd\"\n", 'ppp.compression: must be one of "deflate", "none", got "bsd"'),
+    ("[ppp]\nvj = \"yes\"\n", 'ppp.vj: must be true or false, got "yes"'),
+    ("[serial]\nanswer = \"modem\"\n", 'serial.answer: must be one of "auto", "none", got "modem"'),
     ("[services.0]\nhost = \"x\"\n", "services.0: the table name must be a port number between 1 and 65535"),
     ("[services.ssh]\nport = 22\n", "services.ssh: the table name must be a port number between 1 and 65535"),
     ("[services.22]\nport = 70000\n", "services.22.port: must be an integer between 1 and 65535, got 70000"),
@@ -133,8 +139,21 @@ def test_example_file_changes_are_noticed(tmp_path):
     ("[logging]\nmax_size = -1\n",
      'logging.max_size: must be a size like "10MB" (units B, KB, MB, GB; 0 = no rotation), got -1'),
     ("[monitoring]\nmetrics_listen = \"0.0.0.0:9100\"\n",
-     'monitoring.metrics_listen: must be "" or "127.0.0.1:PORT" / "localhost:PORT" (loopback only), '
-     'got "0.0.0.0:9100"'),
+     'monitoring.metrics_listen: "0.0.0.0:9100" is not a loopback address; set monitoring.metrics_allow_remote = '
+     'true to serve metrics to other hosts'),
+    ("[monitoring]\nmetrics_listen = \"9100\"\n",
+     'monitoring.metrics_listen: must be "" or ADDRESS:PORT like "127.0.0.1:9090", "localhost:9090" or '
+     '"[::1]:9090", got "9100"'),
+    ("[monitoring]\nmetrics_listen = \"example.org:9100\"\n",
+     'monitoring.metrics_listen: must be "" or ADDRESS:PORT like "127.0.0.1:9090", "localhost:9090" or '
+     '"[::1]:9090", got "example.org:9100"'),
+    ("[monitoring]\nmetrics_listen = \"127.0.0.1:0\"\n",
+     'monitoring.metrics_listen: must be "" or ADDRESS:PORT like "127.0.0.1:9090", "localhost:9090" or '
+     '"[::1]:9090", got "127.0.0.1:0"'),
+    ("[monitoring]\nmetrics_allow_remote = 1\n",
+     "monitoring.metrics_allow_remote: must be true or false, got 1"),
+    ("[logging]\nfile = \"/tmp/p.log\"\naudit_file = \"/tmp/p.log\"\n",
+     'logging.audit_file: must not be the log file (both are "/tmp/p.log")'),
     ("[monitoring]\nstats_interval = 1.5\n", "monitoring.stats_interval: must be an integer >= 0, got 1.5"),
     ("[serial]\nport = \"/dev/ttyS0\"\npty_link = \"/tmp/x\"\n",
      'serial.pty_link: only makes sense with port = "pty" (got port = "/dev/ttyS0")'),
@@ -329,6 +348,12 @@ def test_link_config_conversion(tmp_path):
     assert isinstance(lc, link.LinkConfig)
     assert (lc.mru, lc.dns, lc.max_configure, lc.restart_interval, lc.require_auth, lc.secrets) == (
         1400, ("1.1.1.1",), 7, 2, "chap", (("a", "b"),))
+    assert lc.compression == "deflate" and lc.vj is True
+    assert config.link_config(load_text(tmp_path, '[ppp]\nvj = false\n')).vj is False
+    assert (lc.answer, lc.line_speed) == ("auto", 115200)
+    lc = config.link_config(load_text(tmp_path, '[serial]\nanswer = "none"\nbaudrate = 9600\n'))
+    assert (lc.answer, lc.line_speed) == ("none", 9600)
+    assert config.link_config(load_text(tmp_path, '[ppp]\ncompression = "none"\n')).compression == "none"
 
 
 def test_stack_and_tcp_config_conversion(tmp_path):
@@ -360,3 +385,21 @@ def test_moved_limit_keys_still_work_and_are_named(tmp_path):
     cfg = load_text(tmp_path, "[tcp]\nmax_connections = 9\n[limits]\nmax_connections = 20\n")
     assert cfg.limits.max_connections == 20
     assert config.deprecations({"limits": {"max_connections": 9}}) == []
+
+
+@pytest.mark.parametrize("listen, allow_remote", [
+    ("127.0.0.1:9090", False), ("localhost:9100", False), ("127.0.0.5:9100", False), ("[::1]:9100", False),
+    ("0.0.0.0:9100", True), ("192.0.2.1:9100", True), ("[::]:9100", True),
+])
+def test_metrics_listen_addresses(tmp_path, listen, allow_remote):
+    text = '[monitoring]\nmetrics_listen = "%s"\nmetrics_allow_remote = %s\n' % (
+        listen, "true" if allow_remote else "false")
+    cfg = load_text(tmp_path, text)
+    assert (cfg.monitoring.metrics_listen, cfg.monitoring.metrics_allow_remote) == (listen, allow_remote)
+    assert config.parse_listen(listen)[1] == int(listen.rsplit(":", 1)[1])
+    assert config.parse_listen("localhost:9100") == ("127.0.0.1", 9100)
+
+
+def test_audit_file_setting(tmp_path):
+    cfg = load_text(tmp_path, '[logging]\naudit_file = "/var/log/pyslirp/audit.jsonl"\n')
+    assert cfg.logging.audit_file == "/var/log/pyslirp/audit.jsonl" and config.defaults().logging.audit_file == ""

@@ -255,15 +255,74 @@ def test_output_without_an_open_link_drops_stack_packets():
     assert core.counters["ip_out_link_down"] == 3
 
 
+class QueueStack(FakeStack):
+    """Hands out queued bulk datagrams while their IP bytes fit the budget (the first may go over)."""
+
+    def take_packets(self, budget, allow_one_over=False):
+        self.calls.append(("take_packets", budget, allow_one_over))
+        out, used = [], 0
+        while self.packets and (budget < 0 or used + len(self.packets[0]) <= budget
+                                or (allow_one_over and not out and budget > 0)):
+            packet = self.packets.pop(0)
+            used += len(packet)
+            out.append((False, packet))
+        return out
+
+
+class ShrinkingLink(FakeLink):
+    """Frames every datagram to a quarter of its size, as compression would."""
+
+    def send_ip(self, packet, now):
+        self.calls.append(("send_ip", packet, now))
+        self.output.append((False, packet[:len(packet) // 4]))
+        return True
+
+
+def test_the_budget_counts_line_bytes_after_compression():
+    stack = QueueStack()
+    stack.packets = [bytes([i]) * 1000 for i in range(40)]
+    core = Core(None, Cfg(), random.Random(1), link=ShrinkingLink(), stack=stack)
+    core.link.is_up = True
+    out = core.take_serial_output(3000, 5)
+    line = sum(len(frame) for _, frame in out)
+    # More than the budget's worth of IP bytes went, and what goes on the line stays within it.
+    assert len(out) > 3 and line <= 3000 and 3000 - line < 1000      # less than one more datagram left
+    assert [frame[:1] for _, frame in out] == [bytes([i]) for i in range(len(out))]     # in order
+    budgets = [c[1] for c in stack.calls if c[0] == "take_packets"]
+    assert budgets[0] == 3000 and budgets == sorted(budgets, reverse=True) and len(budgets) > 2
+    # allow_one_over applies to the first request only: the leftovers are never exceeded.
+    assert [c[2] for c in stack.calls if c[0] == "take_packets"] == [False] * len(budgets)
+    stack.calls.clear()
+    core.take_serial_output(500, 6, allow_one_over=True)
+    assert [c[2] for c in stack.calls if c[0] == "take_packets"][0] is True
+    assert all(not c[2] for c in stack.calls[1:] if c[0] == "take_packets")
+
+
+def test_without_compression_the_stack_is_asked_once():
+    stack = QueueStack()
+    stack.packets = [b"x" * 1000 for _ in range(10)]
+    link = FakeLink()
+    link.is_up = True
+    core = Core(None, Cfg(), random.Random(1), link=link, stack=stack)
+    out = core.take_serial_output(3000, 5)
+    assert len(out) == 3 and [c[0] for c in stack.calls] == ["take_packets"]
+    stack.calls.clear()
+    assert len(core.take_serial_output(-1, 6)) == 7 and len(stack.calls) == 1      # unlimited: one call
+
+
 def test_service_calls_pass_through():
     core, link, stack = make()
     core.service_connected(1, 10)
+    core.service_connected(7, 10, 1, ((0, "refused"),))
     core.service_failed(2, "refused", 11, "host_unreachable")
+    core.service_failed(8, "timeout", 11, "reset", ((0, "timeout"),))
     core.service_data(3, b"abc", 12)
     core.service_eof(4, 13)
     core.service_written(5, 99, 14)
     core.service_error(6, "reset", 15)
-    assert stack.calls == [("service_connected", 1, 10), ("service_failed", 2, "refused", 11, "host_unreachable"),
+    assert stack.calls == [("service_connected", 1, 10, 0, ()), ("service_connected", 7, 10, 1, ((0, "refused"),)),
+                           ("service_failed", 2, "refused", 11, "host_unreachable", ()),
+                           ("service_failed", 8, "timeout", 11, "reset", ((0, "timeout"),)),
                            ("service_data", 3, b"abc", 12), ("service_eof", 4, 13),
                            ("service_written", 5, 99, 14), ("service_error", 6, "reset", 15)]
 

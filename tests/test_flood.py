@@ -10,7 +10,7 @@ import random
 import pytest
 
 from pyslirp.net import flows as F
-from pyslirp.net.events import ConnectionLog, ServiceConnect, ServiceReadCredit, ServiceSend, ServiceShutdown
+from pyslirp.net.events import FlowLog, ServiceConnect, ServiceReadCredit, ServiceSend, ServiceShutdown
 from pyslirp.net.flows import Service
 from pyslirp.net.stack import IPStack, StackConfig
 from pyslirp.net.tcp.conn import TcpConfig, TcpState, window_shift
@@ -170,7 +170,7 @@ def test_cookie_syn_ack_values_and_the_completed_handshake():
     events = stack.take_events()
     (connect,) = of_type(events, ServiceConnect)
     assert connect.route == F.Route("service", "127.0.0.1", 22, "direct", "SSH")
-    assert of_type(events, ServiceSend) == [] and of_type(events, ConnectionLog) == []
+    assert of_type(events, ServiceSend) == [] and of_type(events, FlowLog) == []
     rec = stack._by_id[connect.conn_id]
     assert rec.conn.state is TcpState.ESTABLISHED and rec.conn.iss == synack.seq
     assert stack.half_open == 2 and stack.syncookies_accepted == 1
@@ -181,7 +181,7 @@ def test_cookie_syn_ack_values_and_the_completed_handshake():
     events = stack.take_events()
     assert [e.data for e in of_type(events, ServiceSend)] == [b"hello"]
     assert of_type(events, ServiceReadCredit)[0].nbytes > 0
-    assert [e.text for e in of_type(events, ConnectionLog)] == ["opened 10.0.0.2:40000 -> SSH 127.0.0.1:22"]
+    assert [e.text for e in of_type(events, FlowLog)] == ["opened 10.0.0.2:40000 -> SSH 127.0.0.1:22"]
     assert stack.half_open == 1
     stack.service_data(connect.conn_id, b"SSH-2.0-test\r\n", 510)
     (data,) = client.receive()
@@ -261,7 +261,7 @@ def test_a_service_that_is_down_resets_the_completed_handshake():
     (rst,) = client.receive()
     assert rst.flags & tcp.RST and rst.seq == (synack.seq + 1) & 0xFFFFFFFF
     events = stack.take_events()
-    (log,) = of_type(events, ConnectionLog)
+    (log,) = of_type(events, FlowLog)
     assert log.text.startswith("refused 10.0.0.2:40003") and "connection refused" in log.text
     assert stack.flows_refused == {F.CAUSE_SERVICE: 1} and stack.connections_active == 1
 

@@ -11,6 +11,7 @@ from pyslirp.wire import ppp as wppp
 from test_link import IPCP, Client, ip4, make_link
 
 ZERO = b"\0\0\0\0"
+VJ_0F_01 = b"\x00\x2d\x0f\x01"      # Van Jacobson, Max-Slot-Id 15, Comp-Slot-Id allowed
 
 
 class Owner(object):
@@ -42,8 +43,11 @@ def judge(ipcp, options, reject_if_disagree=False):
 
 
 def test_our_request_carries_local_address():
-    ipcp, _, _ = make_ipcp(local_ip="192.168.77.1")
+    ipcp, _, _ = make_ipcp(local_ip="192.168.77.1", vj=False)
     assert wppp.parse_options(ipcp.addci()) == [(3, ip4("192.168.77.1"))]
+    # With VJ on (the default), pppd's own request: <compress VJ 0f 01> first.
+    ipcp, _, _ = make_ipcp(local_ip="192.168.77.1")
+    assert wppp.parse_options(ipcp.addci()) == [(2, VJ_0F_01), (3, ip4("192.168.77.1"))]
 
 
 @pytest.mark.parametrize("address", ["0.0.0.0", "10.0.0.1", "10.0.0.3", "192.168.1.5"])
@@ -94,7 +98,8 @@ def test_dns_options(dns, asked, verdict, reply):
 
 
 @pytest.mark.parametrize("kind,value", [
-    (2, b"\x00\x2d\x0f\x01"),          # Van Jacobson compression
+    (2, b"\x00\x2d"),                  # RFC 1172's Van Jacobson option without the slot fields
+    (2, b"\x00\x37\x00\x10"),          # another IP compression protocol
     (1, ip4("10.0.0.2") + ip4("10.0.0.1")),   # IP-Addresses (deprecated)
     (130, ZERO), (132, ZERO),          # NBNS
     (0x90, b"xyz"),                    # unknown
@@ -106,8 +111,53 @@ def test_unsupported_options_rejected(kind, value):
     assert code == CONFREJ and reply == [(kind, value)]
 
 
+def test_vj_off_rejects_the_peers_vj_and_asks_for_none():
+    ipcp, _, _ = make_ipcp(vj=False)
+    code, reply, _ = judge(ipcp, [(2, VJ_0F_01), (3, ip4("10.0.0.2"))])
+    assert code == CONFREJ and reply == [(2, VJ_0F_01)]
+    assert 2 not in dict(wppp.parse_options(ipcp.addci()))
+
+
+@pytest.mark.parametrize("asked,code,reply,his", [
+    (VJ_0F_01, CONFACK, None, (15, 1)),                            # pppd's default
+    (b"\x00\x2d\x07\x00", CONFACK, None, (7, 0)),                 # fewer slots, slot ids always sent
+    (b"\x00\x2d\xff\x01", CONFNAK, b"\x00\x2d\x0f\x01", None),    # more slots than we keep
+    (b"\x00\x2d\x3f\x00", CONFNAK, b"\x00\x2d\x0f\x00", None),
+])
+def test_judging_the_peers_vj_request(asked, code, reply, his):
+    ipcp, _, _ = make_ipcp()
+    got_code, got, data = judge(ipcp, [(2, asked), (3, ip4("10.0.0.2"))])
+    assert got_code == code
+    if reply is None:
+        assert got == data and ipcp.his_vj == his
+    else:
+        assert got == [(2, reply)] and ipcp.his_vj is None
+
+
+def test_naks_and_rejects_of_our_vj_request():
+    ipcp, _, _ = make_ipcp(max_failure=3)
+    ipcp.addci()
+    # Fewer slots and no slot-id compression: followed.
+    assert ipcp.nakci(wppp.build_options([(2, b"\x00\x2d\x07\x00")]))
+    assert dict(wppp.parse_options(ipcp.addci()))[2] == b"\x00\x2d\x07\x00"
+    # The same again and again: Max-Failure, then we stop asking.
+    for _ in range(3):
+        ipcp.nakci(wppp.build_options([(2, b"\x00\x2d\x07\x00")]))
+    assert 2 not in dict(wppp.parse_options(ipcp.addci()))
+    ipcp.resetci()
+    ipcp.addci()
+    assert ipcp.nakci(wppp.build_options([(2, b"\x00\x37\x00\x10")]))       # another protocol
+    assert 2 not in dict(wppp.parse_options(ipcp.addci()))
+    ipcp.resetci()
+    sent = ipcp.addci()
+    assert ipcp.rejci(wppp.build_options([(2, VJ_0F_01)]))
+    assert 2 not in dict(wppp.parse_options(ipcp.addci())) and sent != ipcp.addci()
+    ipcp.resetci()
+    assert ipcp.ackci(ipcp.addci()) and ipcp.got_vj == (15, 1)
+
+
 def test_ack_nak_reject_of_our_request():
-    ipcp, _, _ = make_ipcp(max_failure=2)
+    ipcp, _, _ = make_ipcp(max_failure=2, vj=False)
     data = ipcp.addci()
     assert not ipcp.ackci(wppp.build_options([(3, ip4("10.0.0.9"))]))
     assert ipcp.ackci(data)
@@ -156,7 +206,7 @@ def test_dns_nak_then_ack_over_the_link():
     assert link.is_up
     up, = [e for e in client.events if type(e).__name__ == "LinkUp"]
     assert (up.local_ip, up.remote_ip) == ("10.1.0.1", "10.1.0.2")
-    assert client.link_ipcp == {3: ip4("10.1.0.1")}
+    assert client.link_ipcp == {2: VJ_0F_01, 3: ip4("10.1.0.1")}
     assert dict(client.ipcp_options) == {3: ip4("10.1.0.2"), 129: ip4("198.51.100.1"),
                                         131: ip4("198.51.100.2")}
     assert link.ipcp.peer_addr == ip4("10.1.0.2")

@@ -263,8 +263,8 @@ def test_pppd_like_client_reaches_link_up_with_dns():
     opts = wppp.parse_options(first[2])
     assert [k for k, _ in opts] == [2, 5, 7, 8]
     assert dict(opts)[2] == b"\0\0\0\0" and dict(opts)[5] != b"\0\0\0\0"
-    # IPCP: our request says 10.0.0.1; the client's address and DNS were Nak'd then acked.
-    assert client.link_ipcp == {3: ip4("10.0.0.1")}
+    # IPCP: our request asks for VJ (as pppd) and says 10.0.0.1; the client's address and DNS were Nak'd then acked.
+    assert client.link_ipcp == {2: b"\x00\x2d\x0f\x01", 3: ip4("10.0.0.1")}
     naks = client.of(IPCP, 3)
     assert len(naks) == 1
     assert wppp.parse_options(naks[0][2]) == [(3, ip4("10.0.0.2")), (129, ip4("192.0.2.53")),
@@ -301,9 +301,15 @@ def test_windows_like_options_are_rejected_and_link_comes_up():
     lcp_rej = wppp.parse_options(client.of(LCP, 4)[0][2])
     assert [k for k, _ in lcp_rej] == [13, 17, 19, 4]
     ipcp_rej = wppp.parse_options(client.of(IPCP, 4)[0][2])
-    assert [k for k, _ in ipcp_rej] == [2, 130, 132]
+    assert [k for k, _ in ipcp_rej] == [130, 132]       # VJ is accepted
     # the Reject repeats the options unmodified (RFC 1661 5.4)
-    assert ipcp_rej[0] == (2, b"\x00\x2d\x0f\x01")
+    assert ipcp_rej[0] == (130, b"\0\0\0\0")
+    assert link.ipcp.his_vj == (15, 1) and link.vj_active
+    # With VJ off the same request has its VJ option rejected as it was sent.
+    link, client = negotiated({"dns": ("192.0.2.53", "192.0.2.54"), "vj": False}, lcp_options=lcp_opts,
+                              ipcp_options=ipcp_opts)
+    ipcp_rej = wppp.parse_options(client.of(IPCP, 4)[0][2])
+    assert link.is_up and ipcp_rej[0] == (2, b"\x00\x2d\x0f\x01") and not link.vj_active
 
 
 def test_mru_below_minimum_is_naked_and_small_mru_accepted():
@@ -434,7 +440,8 @@ def test_frames_after_the_opening_ack_in_the_same_read_use_the_new_accm():
 
 
 def test_unknown_protocols_get_protocol_reject_while_open():
-    link, client = negotiated()
+    # With compression off CCP is one of the protocols we do not speak (as pppd's noccp).
+    link, client = negotiated({"compression": "none"})
     for proto, info in ((wppp.PROTO_IPV6CP, b"\x01\x01\x00\x0e\x01\x0a" + bytes(8)),
                         (wppp.PROTO_CCP, b"\x01\x02\x00\x04"), (wppp.PROTO_IPV6, b"\x60" + bytes(39))):
         client.send(proto, info)
@@ -449,7 +456,7 @@ def test_protocol_reject_log_lines_are_throttled_to_powers_of_two(caplog):
     link, client = negotiated()
     with caplog.at_level(logging.INFO, logger="pyslirp.ppp"):
         for _ in range(9):
-            client.send(wppp.PROTO_CCP, b"\x01\x02\x00\x04")
+            client.send(wppp.PROTO_IPV6CP, b"\x01\x02\x00\x04")      # a protocol we do not speak
             client.collect()
     assert link.protocol_rejects_sent == 9
     lines = [r.getMessage() for r in caplog.records if "Protocol-Reject sent" in r.getMessage()]
@@ -807,13 +814,16 @@ def test_looped_back_line_is_detected(caplog):
 
 
 def test_counters_are_visible_to_the_metrics():
-    from pyslirp.metrics import collect
-    link, client = negotiated({"lcp_echo_interval": 10})
+    from pyslirp import metrics
+    from pyslirp.core import Core
+    from pyslirp.net.stack import StackConfig
+    link, client = negotiated({"lcp_echo_interval": 10, "compression": "none"})
     client.send(wppp.PROTO_CCP, b"\x01\x01\x00\x04")
     client.advance(10000)
-    got = collect(link, "link")
-    assert got["link.frames_in"] == link.frames_in > 0 and got["link.frames_out"] == link.frames_out > 0
-    assert got["link.bytes_in"] > 0 and got["link.bytes_out"] > 0
-    assert got["link.protocol_rejects_sent"] == 1
-    assert got["link.lcp_counters.echoes_sent"] == 1 and got["link.lcp_counters.echo_replies"] == 1
-    assert got["link.counters.protocol_reject"] == 1
+    snap = metrics.collect(Core(link.config, StackConfig(), random.Random(1), link=link), 10000)
+    assert snap.value("pyslirp_ppp_frames_total", direction="in") == link.frames_in > 0
+    assert snap.value("pyslirp_ppp_frames_total", direction="out") == link.frames_out > 0
+    assert snap.value("pyslirp_link_up") == 1
+    assert link.protocol_rejects_sent == 1 and link.counters["protocol_reject"] == 1
+    assert link.lcp_counters["echoes_sent"] == 1 and link.lcp_counters["echo_replies"] == 1
+    assert snap.value("pyslirp_lcp_echo_rtt_seconds") == 0.0      # the scripted client answers at once

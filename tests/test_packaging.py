@@ -169,6 +169,7 @@ def test_deb_contents(deb):
         "etc/default/pyslirp": 0o644,
         "etc/pyslirp/pyslirp.toml": 0o644,
         "lib/systemd/system/pyslirp.service": 0o644,
+        "lib/systemd/system/pyslirp@.service": 0o644,
         "usr/share/man/man8/pyslirp.8.gz": 0o644,
         "usr/share/doc/pyslirp/copyright": 0o644,
         "usr/share/doc/pyslirp/changelog.Debian.gz": 0o644,
@@ -205,38 +206,52 @@ def test_init_script_and_unit_contents(deb):
     _, contents = deb_members(deb)
     init = utf8(contents["etc/init.d/pyslirp"])
     assert "### BEGIN INIT INFO" in init and "### END INIT INFO" in init
-    for word in ("start)", "stop)", "restart|force-reload)", "status)", "start-stop-daemon",
-                 "--chuid $DAEMON_USER:$DAEMON_GROUP", "--background", "--make-pidfile"):
+    for word in ("start)", "stop)", "restart)", "reload|force-reload)", "status)", "start-stop-daemon",
+                 "--chuid $DAEMON_USER:$DAEMON_GROUP", "--background", "--make-pidfile", "--signal HUP"):
         assert word in init, word
     assert re.search(r"^DAEMON_USER=pyslirp$", init, re.M)
     assert re.search(r"^DAEMON_GROUP=dialout$", init, re.M)
-    assert re.search(r"^PIDFILE=\$RUNDIR/pyslirp\.pid$", init, re.M)
+    assert re.search(r"^        PIDFILE=\$RUNDIR/\$NAME\.pid$", init, re.M)
+    assert re.search(r"^        PIDFILE=\$RUNDIR/\$INSTANCE\.pid$", init, re.M)
     assert re.search(r"^RUNDIR=/run/pyslirp$", init, re.M)
     default = utf8(contents["etc/default/pyslirp"])
     assert re.search(r"^ENABLED=no$", default, re.M)
     assert re.search(r'^DAEMON_OPTS="-c /etc/pyslirp/pyslirp.toml"$', default, re.M)
-    unit = utf8(contents["lib/systemd/system/pyslirp.service"])
+    assert re.search(r'^INSTANCES=""$', default, re.M) and re.search(r'^INSTANCE_OPTS=""$', default, re.M)
+    common = (("User", "pyslirp"), ("Group", "dialout"), ("Restart", "always"),
+              ("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("ProtectHome", "yes"),
+              ("PrivateTmp", "yes"), ("CapabilityBoundingSet", ""),
+              ("RestrictAddressFamilies", "AF_UNIX AF_INET AF_INET6"), ("ExecReload", "/bin/kill -HUP $MAINPID"),
+              ("EnvironmentFile", "-/etc/default/pyslirp"))
+    for name, own in (("pyslirp.service", (("RuntimeDirectory", "pyslirp"),
+                                           ("ExecStart", "/usr/bin/pyslirp $DAEMON_OPTS"))),
+                      ("pyslirp@.service", (("RuntimeDirectory", "pyslirp/%i"),
+                                            ("ExecStart", "/usr/bin/pyslirp -c /etc/pyslirp/%i.toml $INSTANCE_OPTS"),
+                                            ("ConditionPathExists", "/etc/pyslirp/%i.toml"),
+                                            ("RestartPreventExitStatus", "2")))):
+        settings = unit_settings(utf8(contents["lib/systemd/system/" + name]))
+        for key, value in common + own:
+            assert settings.get(key) == [value], (name, key, settings.get(key))
+    if shutil.which("systemd-analyze"):
+        # Syntax only: the command and man page are not installed here.  A template is checked as an instance.
+        for name, as_name in (("pyslirp.service", "pyslirp.service"), ("pyslirp@.service", "pyslirp@ttyS0.service")):
+            tmp_unit = os.path.join(os.path.dirname(deb), as_name)
+            with open(tmp_unit, "wb") as f:
+                f.write(contents["lib/systemd/system/" + name])
+            out = run(["systemd-analyze", "verify", tmp_unit], check=False).stdout
+            problems = [line for line in out.splitlines()
+                        if "pyslirp" in line and "is not executable" not in line
+                        and "man pyslirp(8)" not in line]
+            assert not problems, out
+
+
+def unit_settings(unit):
     settings = {}
     for line in unit.splitlines():
         if "=" in line and not line.startswith("#"):
             key, value = line.split("=", 1)
             settings.setdefault(key, []).append(value)
-    for key, value in (("User", "pyslirp"), ("Group", "dialout"), ("Restart", "always"),
-                       ("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("ProtectHome", "yes"),
-                       ("PrivateTmp", "yes"), ("CapabilityBoundingSet", ""), ("RuntimeDirectory", "pyslirp"),
-                       ("RestrictAddressFamilies", "AF_UNIX AF_INET AF_INET6"),
-                       ("ExecStart", "/usr/bin/pyslirp $DAEMON_OPTS")):
-        assert settings.get(key) == [value], (key, settings.get(key))
-    if shutil.which("systemd-analyze"):
-        # Syntax only: the command and man page are not installed here.
-        tmp_unit = os.path.join(os.path.dirname(deb), "pyslirp.service")
-        with open(tmp_unit, "wb") as f:
-            f.write(contents["lib/systemd/system/pyslirp.service"])
-        out = run(["systemd-analyze", "verify", tmp_unit], check=False).stdout
-        problems = [line for line in out.splitlines()
-                    if "pyslirp.service" in line and "is not executable" not in line
-                    and "man pyslirp(8)" not in line]
-        assert not problems, out
+    return settings
 
 
 def test_man_page_renders_without_warnings(deb):
@@ -452,6 +467,27 @@ def _install_run_purge(deb):
     log = "/var/log/pyslirp/pyslirp.log"
     assert os.path.exists(log) and pwd.getpwuid(os.stat(log).st_uid).pw_name == "pyslirp"
 
+    # reload: the daemon re-reads its file (SIGHUP), same process, the pty stays; a broken file is reported by
+    # the script and refused by the daemon.
+    with open("/etc/pyslirp/pyslirp.toml", "a") as f:
+        f.write("\n[services.2222]\nhost = \"127.0.0.1\"\nport = 22\n")
+    proc = run(["/etc/init.d/pyslirp", "reload"], timeout=60)
+    reloaded = "configuration reloaded from /etc/pyslirp/pyslirp.toml: "
+    wait_for(lambda: reloaded + "-services.22, +services.2222" in read_text(log), 15, "the reload in %s" % log)
+    with open("/run/pyslirp/pyslirp.pid") as f:
+        assert int(f.read()) == pid
+    assert os.readlink("/run/pyslirp/pty") == link
+    with open("/etc/pyslirp/pyslirp.toml", "a") as f:
+        f.write("[limits]\nmax_connections = 0\n")
+    proc = run(["/etc/init.d/pyslirp", "reload"], check=False, timeout=60)
+    assert proc.returncode == 1 and "limits.max_connections: must be an integer between 1 and 4096" in proc.stdout
+    assert "reload refused" not in read_text(log)        # the script did not even signal it
+    assert run(["/etc/init.d/pyslirp", "status"]).returncode == 0
+    with open("/etc/pyslirp/pyslirp.toml", "w") as f:
+        f.write(TEST_CONFIG)
+    assert run(["/etc/init.d/pyslirp", "force-reload"]).returncode == 0
+    wait_for(lambda: reloaded + "+services.22, -services.2222" in read_text(log), 15, "the second reload")
+
     # restart gives a new process; stop ends it.
     run(["/etc/init.d/pyslirp", "restart"], timeout=60)
     with open("/run/pyslirp/pyslirp.pid") as f:
@@ -462,7 +498,10 @@ def _install_run_purge(deb):
     run(["/etc/init.d/pyslirp", "stop"], timeout=60)
     wait_for(lambda: not processes_of(user.pw_uid), 20, "the daemon to exit")
     assert run(["/etc/init.d/pyslirp", "status"], check=False).returncode == 3
+    assert run(["/etc/init.d/pyslirp", "reload"], check=False).returncode == 7     # LSB: not running
     assert not os.path.exists("/run/pyslirp/pty")  # removed at exit
+
+    _instances(user)
 
     # Purge: nothing left.
     run(["dpkg", "--purge", "pyslirp"], timeout=300)
@@ -474,6 +513,73 @@ def _install_run_purge(deb):
     assert leftover_files() == []
     overrides = run(["dpkg-statoverride", "--list"]).stdout
     assert "pyslirp" not in overrides
+
+
+def read_text(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+INSTANCE_CONFIG = """\
+# Written by tests/test_packaging.py: instance %(name)s on its own pty.
+[serial]
+port = "pty"
+pty_link = "/run/pyslirp/%(name)s.pty"
+
+[network]
+local_ip = "10.%(net)d.0.1"
+remote_ip = "10.%(net)d.0.2"
+
+[ppp]
+restart_interval = 1
+"""
+
+
+def _instances(user):
+    """INSTANCES="a b": one daemon per file, each with its own pid file, log and pty; reload and stop by name."""
+    for net, name in enumerate(("a", "b"), 1):
+        with open("/etc/pyslirp/%s.toml" % name, "w") as f:
+            f.write(INSTANCE_CONFIG % {"name": name, "net": net})
+    with open("/etc/default/pyslirp") as f:
+        default = f.read()
+    with open("/etc/default/pyslirp", "w") as f:
+        f.write(re.sub(r'^INSTANCES=""$', 'INSTANCES="a b"', default, flags=re.M))
+    run(["/etc/init.d/pyslirp", "start"], timeout=60)
+    pids = {}
+    for name in ("a", "b"):
+        with open("/run/pyslirp/%s.pid" % name) as f:
+            pids[name] = int(f.read())
+        assert read_status(pids[name])[0] == user.pw_uid
+        with open("/proc/%d/cmdline" % pids[name], "rb") as f:
+            cmdline = f.read().split(b"\0")
+        assert b"/etc/pyslirp/%s.toml" % name.encode() in cmdline
+        assert b"/var/log/pyslirp/%s.log" % name.encode() in cmdline
+        pty = "/run/pyslirp/%s.pty" % name
+        wait_for(lambda: os.path.islink(pty), 15, pty)
+        seen = read_lcp_from_pty(pty, 15)
+        assert b"\x7e\xff\x7d\x23\xc0\x21\x7d\x21" in seen, "no LCP Configure-Request on %s" % pty
+    assert pids["a"] != pids["b"] and not os.path.exists("/run/pyslirp/pyslirp.pid")
+    status = run(["/etc/init.d/pyslirp", "status"])
+    assert "pyslirp a is running" in status.stdout and "pyslirp b is running" in status.stdout
+    # Reload one instance by name: only its log says so.
+    with open("/etc/pyslirp/b.toml", "a") as f:
+        f.write("\n[limits]\nmax_udp_flows = 5\n")
+    run(["/etc/init.d/pyslirp", "reload", "b"], timeout=60)
+    wait_for(lambda: "reloaded from /etc/pyslirp/b.toml: limits" in read_text("/var/log/pyslirp/b.log"), 15,
+             "the reload of b")
+    assert "configuration reloaded" not in read_text("/var/log/pyslirp/a.log")
+    assert run(["/etc/init.d/pyslirp", "reload", "../x"], check=False).returncode == 2
+    # Stopping one leaves the other; status is not 0 while one is down.
+    run(["/etc/init.d/pyslirp", "stop", "a"], timeout=60)
+    wait_for(lambda: not os.path.exists("/proc/%d" % pids["a"]), 15, "instance a to exit")
+    assert os.path.exists("/proc/%d" % pids["b"])
+    assert run(["/etc/init.d/pyslirp", "status"], check=False).returncode == 3
+    assert run(["/etc/init.d/pyslirp", "status", "b"]).returncode == 0
+    run(["/etc/init.d/pyslirp", "stop"], timeout=60)
+    wait_for(lambda: not processes_of(user.pw_uid), 20, "the instances to exit")
 
 
 def _cleanup():

@@ -18,7 +18,7 @@ from test_link import Client as Pppd
 from test_link import events_of, negotiated
 from pyslirp import config as config_mod
 from pyslirp.core import Core
-from pyslirp.net.events import ConnectionLog, ServiceClose, ServiceConnect, ServiceReadCredit, ServiceSend, UdpClose, \
+from pyslirp.net.events import FlowLog, ServiceClose, ServiceConnect, ServiceReadCredit, ServiceSend, UdpClose, \
     UdpOpen
 from pyslirp.net.stack import IPStack, StackConfig
 from pyslirp.net.tcp.seq import seq_add, seq_sub
@@ -239,7 +239,7 @@ def test_pppd_restarted_mid_transfer_within_the_grace_loses_nothing():
     assert bytes(guest.received) == service.data
     assert service.got == b"ls\n"
     assert service.closes() == [] and guest.resets == 0
-    logs = [e.text for e in fresh.events if isinstance(e, ConnectionLog)]
+    logs = [e.text for e in fresh.events if isinstance(e, FlowLog)]
     assert not any(t.startswith("closed") for t in logs)
 
 
@@ -261,7 +261,7 @@ def test_past_the_grace_the_connections_are_reset_and_the_client_gets_rst():
     events = core.take_events()
     assert [e for e in events if isinstance(e, ServiceClose)] == [
         ServiceClose(service.conn_id, "link down, not resumed within 30 s")]
-    assert any(isinstance(e, ConnectionLog) and "reason=link down, not resumed within 30 s" in e.text
+    assert any(isinstance(e, FlowLog) and "reason=link down, not resumed within 30 s" in e.text
                for e in events)
     assert not core.stack.suspended and core.stack.resume_expiries == 1 and core.stack.connections_active == 0
     # The client comes back later: its retransmission for the old connection is answered with a reset.
@@ -490,7 +490,7 @@ def test_stack_reset_logs_a_connection_in_time_wait_as_finished():
     assert stack.connections_active == 1            # TIME_WAIT
     stack.take_events()
     stack.reset(7)
-    (log,) = of_type(stack.take_events(), ConnectionLog)
+    (log,) = of_type(stack.take_events(), FlowLog)
     assert log.text.endswith("reason=fin")
 
 

@@ -16,8 +16,7 @@ import time
 import pytest
 
 from pyslirp.net.flows import FlowKey, Route
-from pyslirp.net.events import (ConnectionLog, ServiceClose, ServiceConnect, ServiceReadCredit, ServiceSend,
-                                ServiceShutdown)
+from pyslirp.net.events import ServiceClose, ServiceConnect, ServiceReadCredit, ServiceSend, ServiceShutdown
 from pyslirp.runtime import serialio
 from pyslirp.runtime.endpoints import FdEndpoint, LineGone, OpenError, PtyEndpoint, make_symlink
 from pyslirp.config import ProxyConfig
@@ -133,7 +132,7 @@ def connected_service(servers, handler, conn_id, name=""):
     inbox = Inbox()
     manager = ServiceManager(inbox.post)
     manager.handle(connect_event(conn_id, "127.0.0.1", server.port, name))
-    assert inbox.get() == ("svc_connected", conn_id)
+    assert inbox.get() == ("svc_connected", conn_id, 0, ())
     return server, inbox, manager
 
 
@@ -209,7 +208,7 @@ def test_service_through_a_proxy_delivers_the_tunnel_bytes_that_came_with_the_an
     manager = ServiceManager(inbox.post, proxy=settings)
     flow = FlowKey(6, b"\x0a\x00\x00\x02", 40000, b"\xc6\x12\x00\x02", 22)
     manager.handle(ServiceConnect(8, flow, Route("nat", "198.18.0.2", 22, "http", "nat")))
-    assert inbox.get() == ("svc_connected", 8)
+    assert inbox.get() == ("svc_connected", 8, 0, ())
     assert requests[0].startswith(b"CONNECT 198.18.0.2:22 HTTP/1.1\r\n")
     assert inbox.quiet() is None                     # no credit yet: the early bytes wait
     manager.handle(ServiceReadCredit(8, 5))
@@ -229,7 +228,8 @@ def test_service_connect_refused_is_reported():
     inbox = Inbox()
     manager = ServiceManager(inbox.post)
     manager.handle(connect_event(3, "127.0.0.1", port, client_port=1))
-    assert inbox.get() == ("svc_failed", 3, "direct: connection refused", "reset")
+    assert inbox.get() == ("svc_failed", 3, "direct: connection refused", "reset",
+                           ((0, "direct: connection refused"),))
     assert inbox.get() == ("svc_done", 3)
 
 
@@ -256,15 +256,6 @@ def test_service_peer_reset_is_an_error(servers):
     kind = inbox.get("svc_error")
     assert kind[:2] == ("svc_error", 5) and "reset" in kind[2]
     assert inbox.get("svc_done") == ("svc_done", 5)
-
-
-def test_connection_log_lines(caplog):
-    inbox = Inbox()
-    with caplog.at_level(logging.DEBUG, logger="pyslirp"):
-        ServiceManager(inbox.post).handle(ConnectionLog(1, "opened 10.0.0.2:4000 -> SSH"))
-        ServiceManager(inbox.post, connection_log=False).handle(ConnectionLog(2, "closed quietly"))
-    levels = dict((r.getMessage(), r.levelno) for r in caplog.records)
-    assert levels == {"opened 10.0.0.2:4000 -> SSH": logging.INFO, "closed quietly": logging.DEBUG}
 
 
 def test_events_for_unknown_connections_are_ignored():
@@ -699,9 +690,10 @@ def test_pty_mode_speaks_lcp_and_terminates_on_sigterm(tmp_path):
     directions = set(r[1] for r in records)
     assert linktype == 204 and directions == {"in", "out"}
     protocols = set((r[1], r[2][:4]) for r in records)
-    lcp, ipcp = b"\xff\x03\xc0\x21", b"\xff\x03\x80\x21"
+    lcp, ipcp, ccp = b"\xff\x03\xc0\x21", b"\xff\x03\x80\x21", b"\xff\x03\x80\xfd"
     assert ("in", lcp) in protocols and ("out", lcp) in protocols
-    assert protocols <= {("in", lcp), ("out", lcp), ("out", ipcp)}     # our IPCP requests, once LCP opened
+    # our IPCP and CCP requests, once LCP opened
+    assert protocols <= {("in", lcp), ("out", lcp), ("out", ipcp), ("out", ccp)}
 
 
 def test_stdio_mode_keeps_stdout_for_ppp_only(tmp_path):
@@ -808,35 +800,15 @@ def test_log_file_rotates_at_max_size(tmp_path):
         logsetup.teardown()
 
 
-def test_metrics_snapshot_collects_plain_counters():
-    from pyslirp import metrics
-
-    class Thing(object):
-        def __init__(self):
-            self.frames_in = 3
-            self.is_up = True               # booleans are not counters
-            self.name = "x"
-            self.counters = {"bad_fcs": 2, "label": "no"}
-            self._private = 9
-
-    class FakeCore(object):
-        def __init__(self):
-            self.link = Thing()
-            self.stack = Thing()
-            self.sessions = 1
-    snap = metrics.snapshot(FakeCore())
-    assert snap == {"core.sessions": 1, "link.frames_in": 3, "link.counters.bad_fcs": 2,
-                    "stack.frames_in": 3, "stack.counters.bad_fcs": 2}
-    assert metrics.format_line({"b": 0, "a": 2, "c": 1}) == "a=2 c=1"
-
-
 def test_stats_line_is_logged_periodically(caplog):
+    from pyslirp.net.stack import StackConfig
+    from pyslirp.ppp.link import LinkConfig
     endpoint, to_rt, from_rt = pipe_endpoint()
-    runtime = Runtime(None, None, endpoint=endpoint, core=ScriptedCore(), stats_interval=1)
+    runtime = Runtime(LinkConfig(), StackConfig(), endpoint=endpoint, stats_interval=1, stop_timeout=100)
     with caplog.at_level(logging.INFO, logger="pyslirp"):
         thread, result = start(runtime)
         try:
-            read_until(from_rt, b"HELLO")
+            read_until(from_rt, b"\x7e\xff")              # our first LCP Configure-Request
             os.write(to_rt, b"abc")
             time.sleep(1.3)
         finally:
@@ -846,7 +818,8 @@ def test_stats_line_is_logged_periodically(caplog):
             os.close(from_rt)
     stats = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stats: ")]
     assert len(stats) == 1
-    assert "runtime.serial_bytes_in=3" in stats[0] and "runtime.line_ups=1" in stats[0]
+    assert "serial_bytes_total{direction=in}=3" in stats[0] and "serial_line_open=1" in stats[0]
+    assert "link_up=" not in stats[0]               # zero figures are left out
 
 
 class FakeSerialModule(object):

@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from pyslirp.net.events import (ConnectionLog, ServiceClose, ServiceConnect, ServiceReadCredit, ServiceSend,
+from pyslirp.net.events import (FlowLog, ServiceClose, ServiceConnect, ServiceReadCredit, ServiceSend,
                                 ServiceShutdown)
 from pyslirp.net.stack import IPStack, StackConfig
 from pyslirp.wire import tcp
@@ -235,7 +235,7 @@ class SimService(object):
             self.shutdown = True
         elif isinstance(e, ServiceClose):
             self.closed = e.reason
-        elif isinstance(e, ConnectionLog):
+        elif isinstance(e, FlowLog):
             self.logs.append(e.text)
 
     def poll(self, now):
@@ -262,7 +262,7 @@ class Services(object):
         for e in events:
             if isinstance(e, ServiceConnect):
                 self.by_id[e.conn_id] = self.by_port[e.flow.client_port]
-            self.by_id[e.conn_id].handle(e, now)
+            self.by_id[e.flow_id if isinstance(e, FlowLog) else e.conn_id].handle(e, now)
 
     def poll(self, now):
         for svc in self.by_port.values():

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from pyslirp.net import icmp as icmp_policy
-from pyslirp.net.events import (ConnectionLog, ServiceClose, ServiceConnect, ServiceReadCredit, ServiceSend,
+from pyslirp.net.events import (FlowLog, ServiceClose, ServiceConnect, ServiceReadCredit, ServiceSend,
                                 ServiceShutdown, UdpClose, UdpOpen, UdpSend)
 from pyslirp.net.frag import Reassembler, fragment
 from pyslirp.net.flows import FlowKey, Route, Service
@@ -158,7 +158,9 @@ def test_other_destinations_are_administratively_prohibited_while_outbound_is_of
     assert (msg.type, msg.code) == (icmp.TYPE_DEST_UNREACHABLE, icmp.CODE_ADMIN_PROHIBITED)
     assert msg.payload == packet                     # header + data, all of it since it is short
     assert stack.unreachable_sent == 1 and stack.flows_refused == {"policy": 1}
-    assert stack.take_events() == []
+    (log,) = stack.take_events()                     # only the refusal, for the connection and audit logs
+    assert (log.kind, log.cause, log.reason) == ("refused", "policy", "outbound is disabled")
+    assert log.text == "refused udp 10.0.0.2:5353 -> 192.0.2.7:53: outbound is disabled"
 
 
 def test_no_icmp_errors_about_errors_broadcasts_or_later_fragments():
@@ -235,8 +237,9 @@ def test_udp_bad_checksum_dropped_without_error():
 def test_udp_service_flow_relays_both_ways_and_closes_when_idle():
     stack = make_stack(udp_services=(Service(7, "127.0.0.1", 7007, "echo"),), udp_timeout=60)
     stack.receive_packet(udp_packet(3333, 7, b"hello"), 42)
-    opened, sent = stack.take_events()
+    opened, flow_log, sent = stack.take_events()
     assert isinstance(opened, UdpOpen) and isinstance(sent, UdpSend)
+    assert (flow_log.kind, flow_log.flow, flow_log.route) == ("opened", opened.flow, opened.route)
     assert (opened.route.kind, opened.route.host, opened.route.port) == ("udp_service", "127.0.0.1", 7007)
     assert (opened.flow.client_port, opened.flow.server_port) == (3333, 7) and sent.data == b"hello"
     assert output(stack) == []
@@ -265,8 +268,13 @@ def test_udp_service_flow_relays_both_ways_and_closes_when_idle():
     assert stack.udp_flows_active == 1
     stack.handle_timer(51 + 60000)                  # the first flow's last traffic: the answer at 50
     assert stack.udp_flows_active == 0
-    assert sorted(e.flow_id for e in stack.take_events() if isinstance(e, UdpClose)) == sorted(
-        [opened.flow_id, other.flow_id])
+    events = stack.take_events()
+    assert sorted(e.flow_id for e in events if isinstance(e, UdpClose)) == sorted([opened.flow_id, other.flow_id])
+    closed = dict((e.flow_id, e) for e in of_type(events, FlowLog))
+    assert closed[opened.flow_id].kind == "closed" and closed[opened.flow_id].reason == "idle"
+    assert (closed[opened.flow_id].bytes_in, closed[opened.flow_id].bytes_out) == (10, 5)
+    assert closed[opened.flow_id].duration_ms == 51 + 60000 - 42
+    assert closed[opened.flow_id].text == "closed udp 10.0.0.2:3333 -> 10.0.0.1:7: idle in=10 out=5"
     stack.udp_data(opened.flow_id, b"late", 200000)
     assert output(stack) == [] and stack.counters["flow_stale_udp_data"] == 1
 
@@ -275,7 +283,7 @@ def test_unmapped_udp_port_on_local_ip_still_answers_port_unreachable():
     stack = make_stack(udp_services=(Service(7, "127.0.0.1", 7007, "echo"),))
     stack.receive_packet(udp_packet(3333, 8, b"x"), 0)
     assert icmp_out(stack)[0].code == icmp.CODE_PORT_UNREACHABLE
-    assert stack.take_events() == [] and stack.counters["udp_no_port"] == 1
+    assert [e.kind for e in stack.take_events()] == ["refused"] and stack.counters["udp_no_port"] == 1
 
 
 # -- fragments -------------------------------------------------------------------------------------------------------
@@ -438,7 +446,7 @@ def test_syn_to_mapped_port_waits_for_the_service():
     credits = of_type(events, ServiceReadCredit)
     assert len(credits) == 1 and credits[0].conn_id == 1 and credits[0].nbytes > 0
     client.send(tcp.ACK, now=800)
-    (log,) = of_type(stack.take_events(), ConnectionLog)
+    (log,) = of_type(stack.take_events(), FlowLog)
     assert log.text == "opened 10.0.0.2:40312 -> SSH 127.0.0.1:22"
     assert stack.connections_opened == 1
 
@@ -453,22 +461,22 @@ def test_service_failed_refuses_with_rst_ack():
     assert rst.flags == tcp.RST | tcp.ACK and rst.ack == 1001
     events = stack.take_events()
     assert of_type(events, ServiceClose) == []       # there is no socket to close
-    (log,) = of_type(events, ConnectionLog)
+    (log,) = of_type(events, FlowLog)
     assert log.text.startswith("refused 10.0.0.2:40312 -> SSH 127.0.0.1:22") and "connection refused" in log.text
     assert stack.connections_active == 0 and stack.connections_refused == 1
     stack.service_connected(connect.conn_id, 20)      # too late: ignored
     assert tcp_out(stack) == [] and stack.counters["service_stale_connected"] == 1
 
 
-def test_syn_to_unmapped_port_is_refused(caplog):
+def test_syn_to_unmapped_port_is_refused():
     stack = make_stack()
     client = Client(stack, dst=80)
-    with caplog.at_level(logging.INFO, logger="pyslirp.net"):
-        client.syn(0)
+    client.syn(0)
     (rst,) = client.receive()
     assert rst.flags == tcp.RST | tcp.ACK and rst.ack == 1001 and rst.src_port == 80
-    assert stack.take_events() == [] and stack.connections_refused == 1
-    assert any("port 80" in r.getMessage() for r in caplog.records)
+    (log,) = stack.take_events()
+    assert log.text == "refused tcp 10.0.0.2:40312 -> 10.0.0.1:80: no service on port 80"
+    assert stack.connections_refused == 1 and stack.tcp_refused == {"policy": 1}
 
 
 def test_segments_for_no_connection_get_reset():
@@ -495,7 +503,9 @@ def test_connection_limits():
     (connect,) = of_type(stack.take_events(), ServiceConnect)
     assert (connect.route.host, connect.route.port, connect.route.label) == ("127.0.0.1", 8080, "80")
     Client(stack, port=40005, dst=80).syn(0)                   # over the total
-    assert stack.take_events() == [] and stack.connections_refused == 2
+    (log,) = stack.take_events()
+    assert (log.kind, log.cause, log.route.limit) == ("refused", "limit", "max_connections")
+    assert stack.connections_refused == 2 and stack.tcp_refused == {"limit": 2}
     # A slot frees when a connection goes away.
     stack.service_failed(ids[0], "refused", 1)
     stack.take_events()
@@ -572,7 +582,7 @@ def test_fin_both_ways():
     client.ack = (segs[-1].seq + segs[-1].seg_len) & 0xFFFFFFFF
     client.send(tcp.ACK, now=14)
     events = stack.take_events()
-    (log,) = of_type(events, ConnectionLog)
+    (log,) = of_type(events, FlowLog)
     assert log.text.startswith("closed 10.0.0.2:40312 -> SSH 127.0.0.1:22 in=3 out=2 duration=0.0s")
     assert log.text.endswith("reason=fin")
     assert of_type(events, ServiceClose) == []      # a clean close: the service side shut down on its own
@@ -592,7 +602,7 @@ def test_service_eof_first_then_client_fin():
     # We closed first: TIME_WAIT, then the connection is gone and logged.
     assert stack.connections_active == 1 and stack.get_timer() is not None
     stack.handle_timer(stack.get_timer())
-    (log,) = of_type(stack.take_events(), ConnectionLog)
+    (log,) = of_type(stack.take_events(), FlowLog)
     assert log.text.endswith("reason=fin") and stack.connections_active == 0
 
 
@@ -603,7 +613,7 @@ def test_client_reset_closes_the_service():
     client.send(tcp.RST, now=10)
     events = stack.take_events()
     assert ServiceClose(cid, "reset") in events
-    (log,) = of_type(events, ConnectionLog)
+    (log,) = of_type(events, FlowLog)
     assert log.text.endswith("reason=reset")
     assert stack.connections_active == 0
 
@@ -615,7 +625,7 @@ def test_service_error_resets_the_client():
     stack.service_error(cid, "Broken pipe", 10)
     (rst,) = client.receive()
     assert rst.flags & tcp.RST
-    (log,) = of_type(stack.take_events(), ConnectionLog)
+    (log,) = of_type(stack.take_events(), FlowLog)
     assert "reason=service error: Broken pipe" in log.text and stack.connections_active == 0
 
 
@@ -639,7 +649,7 @@ def test_idle_timeout():
     assert rst.flags & tcp.RST
     events = stack.take_events()
     assert ServiceClose(cid, "idle") in events
-    assert of_type(events, ConnectionLog)[0].text.endswith("reason=idle")
+    assert of_type(events, FlowLog)[0].text.endswith("reason=idle")
 
 
 def test_no_idle_timeout_when_disabled():
@@ -666,7 +676,7 @@ def test_reset_drops_everything_quietly():
     events = stack.take_events()
     assert sorted(e.conn_id for e in of_type(events, ServiceClose)) == [1, 2, 3]
     assert all(e.reason == "link down" for e in of_type(events, ServiceClose))
-    logs = sorted(e.text for e in of_type(events, ConnectionLog))
+    logs = sorted(e.text for e in of_type(events, FlowLog))
     assert len(logs) == 3 and logs[0].startswith("abandoned 10.0.0.2:40003 -> SSH")
     assert all(t.endswith("reason=link down") for t in logs)
     assert stack.take_packets(-1) == []                       # no RST onto a dead link, nothing stale
@@ -790,7 +800,7 @@ def test_new_syn_reuses_a_time_wait_connection():
     new = Client(stack, isn=client.seq + 100000)
     new.syn(10)
     events = stack.take_events()
-    assert any(isinstance(e, ConnectionLog) and e.text.startswith("closed ") for e in events)
+    assert any(isinstance(e, FlowLog) and e.text.startswith("closed ") for e in events)
     (connect,) = of_type(events, ServiceConnect)
     assert connect.conn_id == cid + 1 and stack.connections_active == 1
 
@@ -961,4 +971,5 @@ def test_a_deny_entry_with_ports_does_not_refuse_ping():
     stack = stack_with("198.18.0.2")                             # a deny for every port refuses ping too
     stack.receive_packet(ping_packet(dst=outside), 0)
     (msg,) = icmp_out(stack)
-    assert msg.code == icmp.CODE_ADMIN_PROHIBITED and stack.take_events() == []
+    assert msg.code == icmp.CODE_ADMIN_PROHIBITED
+    assert [(e.kind, e.reason) for e in stack.take_events()] == [("refused", "outbound.deny 198.18.0.2")]

@@ -91,7 +91,9 @@ def test_policy_refusal_of_a_syn_is_admin_prohibited_at_once():
     (ip,) = out(stack)
     msg = IcmpRepr.parse(ip.payload)
     assert (msg.type, msg.code) == (icmp.TYPE_DEST_UNREACHABLE, icmp.CODE_ADMIN_PROHIBITED)
-    assert stack.take_events() == [] and stack.flows_refused == {"policy": 1} and stack.connections_refused == 1
+    (log,) = stack.take_events()
+    assert (log.kind, log.cause, log.reason) == ("refused", "policy", "not in outbound.allow")
+    assert stack.flows_refused == {"policy": 1} and stack.connections_refused == 1
 
 
 def test_limit_slots_come_back_when_connections_end_or_reach_time_wait():
@@ -110,8 +112,9 @@ def test_limit_slots_come_back_when_connections_end_or_reach_time_wait():
 def test_ping_flow_restores_the_clients_identifier_and_expires():
     stack = nat_stack(udp_timeout=30)
     send(stack, PROTO_ICMP, IcmpRepr.echo(0x1234, 1, b"ping-data").emit(), now=100)
-    opened, first = stack.take_events()
+    opened, flow_log, first = stack.take_events()
     assert isinstance(opened, PingOpen) and opened.route.host == "198.18.0.2"
+    assert flow_log.kind == "opened" and flow_log.flow_id == opened.flow_id
     assert first == PingSend(opened.flow_id, 1, b"ping-data")
     send(stack, PROTO_ICMP, IcmpRepr.echo(0x1234, 2, b"again").emit(), now=200)
     assert stack.take_events() == [PingSend(opened.flow_id, 2, b"again")]      # the same flow
@@ -121,7 +124,9 @@ def test_ping_flow_restores_the_clients_identifier_and_expires():
     assert ip.src == OUTSIDE and reply.type == icmp.TYPE_ECHO_REPLY
     assert (reply.echo_ident, reply.echo_seq, reply.payload) == (0x1234, 2, b"again")
     stack.handle_timer(250 + 30000)
-    assert [type(e) for e in stack.take_events()] == [PingClose]
+    close, flow_log = stack.take_events()
+    assert isinstance(close, PingClose) and (flow_log.kind, flow_log.reason) == ("closed", "idle")
+    assert (flow_log.bytes_in, flow_log.bytes_out, flow_log.duration_ms) == (14, 5, 30150)
     assert stack.udp_flows_active == 0
 
 
@@ -132,7 +137,10 @@ def test_ping_that_cannot_be_served_is_admin_prohibited():
     stack.flow_failed(opened.flow_id, "ping not permitted here", refusal.ADMIN_PROHIBITED, 5)
     (ip,) = out(stack)
     assert IcmpRepr.parse(ip.payload).code == icmp.CODE_ADMIN_PROHIBITED
-    assert [type(e) for e in stack.take_events()] == [PingClose] and stack.udp_flows_active == 0
+    refused, close, closed = stack.take_events()
+    assert (refused.kind, refused.cause, refused.reason) == ("refused", "service_down", "ping not permitted here")
+    assert isinstance(close, PingClose) and closed.kind == "closed" and stack.udp_flows_active == 0
+    assert stack.flows_refused == {"service_down": 1} and stack.tcp_refused == {}
 
 
 def test_nat_udp_large_datagrams_both_ways_and_a_relayed_port_unreachable():
@@ -141,7 +149,7 @@ def test_nat_udp_large_datagrams_both_ways_and_a_relayed_port_unreachable():
     request = Ipv4Repr(CLIENT, OUTSIDE, PROTO_UDP, UdpRepr(5000, 7, big).emit(CLIENT, OUTSIDE), ident=99)
     for piece in fragment(request, 1500):
         stack.receive_packet(piece.emit(), 0)
-    opened, sent = stack.take_events()
+    opened, _, sent = stack.take_events()
     assert isinstance(opened, UdpOpen) and opened.route.kind == "nat" and sent == UdpSend(opened.flow_id, big)
     stack.udp_data(opened.flow_id, big[::-1], 5)
     pieces = out(stack)

@@ -57,6 +57,7 @@ file 0644 "$SRC/pyslirp.toml" /etc/pyslirp/pyslirp.toml
 file 0644 "$DEB/pyslirp.default" /etc/default/pyslirp
 file 0755 "$DEB/pyslirp.init" /etc/init.d/pyslirp
 file 0644 "$DEB/pyslirp.service" /lib/systemd/system/pyslirp.service
+file 0644 "$DEB/pyslirp@.service" /lib/systemd/system/pyslirp@.service
 
 dir 0755 "$ROOT/usr/share/man/man8" "$ROOT/usr/share/doc/pyslirp"
 sed "s/@VERSION@/$VERSION/" "$DEB/pyslirp.8" | gzip -9n > "$ROOT/usr/share/man/man8/pyslirp.8.gz"

@@ -29,6 +29,19 @@ It returns a :class:`Route`:
 The policy also counts what it admitted (``release`` gives a slot back), so
 the connection limits cost O(1) per SYN.
 
+Service health (net/health.py).  A TCP service's Route carries every target
+to try, in order: ``host``/``port`` first, then ``fallback``, leaving out
+the targets whose circuit breaker is open; a service with no target left is
+refused at once (cause ``service_down``, an RST).  The runtime reports what
+its connects found (:meth:`Policy.connect_result`: which target connected,
+which failed), and that feeds the breakers; a flow that goes before its
+connect ends gives back a trial it held (:meth:`Policy.abandoned`).
+
+Reload.  A new configuration is a new Policy built with ``previous=`` the
+running one: it takes over the counts of admitted flows (flows keep the
+Route they were admitted with, and give their slot back to whichever Policy
+is current) and the breakers of the targets it still names.
+
 Rate, half-open flows and SYN cookies (TCP).  Besides ``max_connections``
 and ``max_per_service``, a new TCP flow needs a token from a bucket of
 ``new_connections_per_second`` with bursts of ``burst`` (net/ratelimit.py),
@@ -70,10 +83,11 @@ ports of its address.
 import ipaddress
 import re
 from collections import namedtuple
-from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from dataclasses import dataclass, replace
+from typing import Tuple
 
 from pyslirp.net import refusal
+from pyslirp.net.health import Health, Target
 from pyslirp.net.ratelimit import TokenBucket
 
 PROTO_ICMP = 1
@@ -128,6 +142,12 @@ class Service:
     target_port: int
     name: str = ""
     via: str = VIA_DIRECT       # "direct" or "proxy" (the configured upstream proxy)
+    fallback: Tuple[Tuple[str, int], ...] = ()  # TCP: (host, port) tried in order when a connect fails
+
+    @property
+    def targets(self):
+        """Every (host, port) of the service, in the order they are tried."""
+        return ((self.host, self.target_port),) + tuple(self.fallback)
 
 
 @dataclass(frozen=True)
@@ -141,6 +161,8 @@ class Route:
     reason: str = ""
     cause: str = ""
     outcome: str = ""
+    limit: str = ""             # refused by a limit: its configuration key (max_connections, ...)
+    fallback: Tuple[Tuple[str, int], ...] = ()  # (host, port) to try in order after host:port fails
 
     @property
     def admitted(self):
@@ -150,6 +172,18 @@ class Route:
     def deferred(self):
         """Answer the SYN with a cookie; the flow is decided again when the client completes the handshake."""
         return self.kind == DEFERRED
+
+    @property
+    def targets(self):
+        """(host, port) of every target to try, in order: host:port, then the fallbacks."""
+        return ((self.host, self.port),) + self.fallback
+
+    def connected_to(self, index):
+        """The Route as it turned out: target ``index`` reached (no fallbacks left to mention)."""
+        if index == 0 and not self.fallback:
+            return self
+        host, port = self.targets[index]
+        return replace(self, host=host, port=port, fallback=())
 
     @property
     def label(self):
@@ -166,13 +200,19 @@ class Route:
                 text = self.name + " " + text
         else:
             text = self.kind + " " + text
+        if self.fallback:
+            text += " (fallback %s)" % ", ".join(_hostport(h, p) for h, p in self.fallback)
         if self.via != VIA_DIRECT:
             text += " via " + self.via
         return text
 
 
-def refused(reason, outcome, cause=CAUSE_POLICY):
-    return Route(REFUSED, reason=reason, cause=cause, outcome=outcome)
+def _hostport(host, port):
+    return "%s:%d" % ("[%s]" % host if ":" in host else host, port)
+
+
+def refused(reason, outcome, cause=CAUSE_POLICY, limit=""):
+    return Route(REFUSED, reason=reason, cause=cause, outcome=outcome, limit=limit)
 
 
 def deferred(route, reason):
@@ -237,41 +277,55 @@ class OutboundPolicy:
     host_addresses: Tuple[str, ...] = ()  # this host's own interface addresses (always special)
 
 
-@dataclass(frozen=True)
-class PolicyConfig:
-    local_ip: str = "10.0.0.1"
-    services: Tuple[Service, ...] = (Service(22, "127.0.0.1", 22, "SSH"),)
-    udp_services: Tuple[Service, ...] = ()
-    proxy_via: str = ""                    # the configured proxy's type (socks5, http) or "" for none
-    outbound: OutboundPolicy = field(default_factory=OutboundPolicy)
-    dns_forwarder: bool = False
-    dns_tcp_upstream: Optional[Tuple[str, int]] = None   # where DNS over TCP to local_ip:53 is relayed
-    max_connections: int = 64
-    max_per_service: int = 16
-    max_udp_flows: int = 64
-    new_connections_per_second: int = 20
-    burst: int = 40
-    max_half_open: int = 32
-
-
 class Policy(object):
-    """The single admission point for new flows (see the module docstring)."""
+    """The single admission point for new flows (see the module docstring).
 
-    def __init__(self, config):
+    ``previous``: the Policy this one replaces (a reload): its counts of admitted flows and its breakers carry
+    over.
+    """
+
+    def __init__(self, config, previous=None):
         self.config = config
         self.local_ip = ipaddress.IPv4Address(config.local_ip).packed
         self.services = dict((s.port, s) for s in config.services)
         self.udp_services = dict((s.port, s) for s in config.udp_services)
         out = config.outbound
         self._specials = SPECIAL_NETWORKS + tuple(ipaddress.IPv4Network(a + "/32") for a in out.host_addresses)
-        self.tcp_active = 0
-        self.udp_active = 0
-        self.per_label = {}                # route label -> active TCP flows
-        self.half_open = 0                 # TCP flows admitted and still waiting for their service connect
-        self.rate = TokenBucket(config.new_connections_per_second, config.burst)     # admitted TCP flows
+        failures, cooldown = config.breaker_failures, config.breaker_cooldown * 1000
+        if previous is None:
+            self.tcp_active = 0
+            self.udp_active = 0
+            self.per_label = {}            # route label -> active TCP flows
+            self.half_open = 0             # TCP flows admitted and still waiting for their service connect
+            self.health = Health(failures, cooldown)
+            self._cookies_until = None     # ms: SYNs are answered with cookies until then
+            self.cookie_periods = 0        # times SYN cookies were switched on
+        else:
+            self.tcp_active = previous.tcp_active
+            self.udp_active = previous.udp_active
+            self.per_label = previous.per_label
+            self.half_open = previous.half_open
+            self.health = previous.health
+            self.health.configure(failures, cooldown)
+            self._cookies_until = previous._cookies_until
+            self.cookie_periods = previous.cookie_periods
+        self.health.track(self.service_targets())
+        self.rate = TokenBucket(config.new_connections_per_second, config.burst)         # admitted TCP flows
         self._syn_meter = TokenBucket(config.new_connections_per_second, config.burst)   # every new SYN
-        self._cookies_until = None         # ms: SYNs are answered with cookies until then
-        self.cookie_periods = 0            # times SYN cookies were switched on
+
+    def service_targets(self):
+        """The health Target of every configured TCP service target."""
+        out = []
+        for svc in self.config.services:
+            via = self._via(svc.via)
+            for host, port in svc.targets:
+                out.append(Target(host, port, via))
+        return out
+
+    @property
+    def breakers(self):
+        """``{target label: "closed" | "open" | "half_open"}`` (for the metrics)."""
+        return self.health.states()
 
     def _via(self, choice):
         """``direct`` / ``proxy`` -> the connector to use."""
@@ -313,24 +367,31 @@ class Policy(object):
                     return deferred(route, "SYNs faster than new_connections_per_second (%d)"
                                     % cfg.new_connections_per_second)
             if self.tcp_active >= cfg.max_connections:
-                return refused("max_connections (%d) reached" % cfg.max_connections, refusal.RESET, CAUSE_LIMIT)
+                return refused("max_connections (%d) reached" % cfg.max_connections, refusal.RESET, CAUSE_LIMIT,
+                               "max_connections")
             label = route.label
             if self.per_label.get(label, 0) >= cfg.max_per_service:
                 return refused("max_per_service (%d) reached for %s" % (cfg.max_per_service, label),
-                               refusal.RESET, CAUSE_LIMIT)
+                               refusal.RESET, CAUSE_LIMIT, "max_per_service")
             if not self.rate.allow(now):
                 if handshake:
                     return refused("new_connections_per_second (%d) exceeded" % cfg.new_connections_per_second,
-                                   refusal.RESET, CAUSE_RATE)
+                                   refusal.RESET, CAUSE_RATE, "new_connections_per_second")
                 self._pressure(now)
                 return deferred(route, "new_connections_per_second (%d) exceeded" % cfg.new_connections_per_second)
+            if route.kind == SERVICE:
+                # Last: it may make this flow a breaker's trial, which a refusal after it would have to give
+                # back (abandoned()).
+                route = self._healthy(flow, route, now)
+                if not route.admitted:
+                    return route
             self.half_open += 1
             self.tcp_active += 1
             self.per_label[label] = self.per_label.get(label, 0) + 1
         elif flow.protocol == PROTO_UDP and route.kind != DNS:
             if self.udp_active >= self.config.max_udp_flows:
                 return refused("max_udp_flows (%d) reached" % self.config.max_udp_flows,
-                               refusal.PORT_UNREACHABLE, CAUSE_LIMIT)
+                               refusal.PORT_UNREACHABLE, CAUSE_LIMIT, "max_udp_flows")
             self.udp_active += 1
         return route
 
@@ -356,6 +417,58 @@ class Policy(object):
         elif flow.protocol == PROTO_UDP and route.kind != DNS:
             self.udp_active = max(0, self.udp_active - 1)
 
+    # -- service health ------------------------------------------------------------------
+
+    def _healthy(self, flow, route, now):
+        """``route`` with the targets whose breaker is open left out; refused when none is left."""
+        health = self.health
+        live = []
+        down = []
+        for host, port in route.targets:
+            target = Target(host, port, route.via)
+            if health.usable(target, flow, now):
+                live.append((host, port))
+            else:
+                down.append(target)
+        if not down:
+            return route
+        if not live:
+            parts = []
+            for target in down:
+                wait = health.retry_in(target, now)
+                parts.append("%s %s" % (target.label, "retried in %d s" % ((wait + 999) // 1000) if wait
+                                        else "trial connect in progress"))
+            return refused("%s is down (%s)" % (route.label, "; ".join(parts)), refusal.RESET, CAUSE_SERVICE)
+        return replace(route, host=live[0][0], port=live[0][1], fallback=tuple(live[1:]))
+
+    def connect_result(self, flow, route, connected, failures, now):
+        """What the connects of ``flow`` found: ``connected`` is the index (into ``route.targets``) of the target
+        reached, None if none was; ``failures`` is ``((index, reason), ...)`` for those that failed."""
+        if route.kind != SERVICE:
+            return
+        targets = route.targets
+        tried = set()
+        for index, reason in failures:
+            if 0 <= index < len(targets) and index not in tried:
+                tried.add(index)
+                target = Target(targets[index][0], targets[index][1], route.via)
+                if target in self.health.breakers:      # not one a reload has removed since
+                    self.health.failed(target, flow, reason, now)
+        if connected is not None and 0 <= connected < len(targets):
+            tried.add(connected)
+            host, port = targets[connected]
+            self.health.succeeded(Target(host, port, route.via), flow, now)
+        for index, (host, port) in enumerate(targets):
+            if index not in tried:
+                self.health.release(Target(host, port, route.via), flow)
+
+    def abandoned(self, flow, route):
+        """``flow`` went before its connect ended (client reset, link down): its trials are free again."""
+        if route.kind != SERVICE:
+            return
+        for host, port in route.targets:
+            self.health.release(Target(host, port, route.via), flow)
+
     # -- the mapping -------------------------------------------------------------------
 
     def _route(self, flow):
@@ -366,7 +479,8 @@ class Policy(object):
             if proto == PROTO_TCP:
                 svc = self.services.get(port)
                 if svc is not None:
-                    return Route(SERVICE, svc.host, svc.target_port, self._via(svc.via), svc.name or str(port))
+                    return Route(SERVICE, svc.host, svc.target_port, self._via(svc.via), svc.name or str(port),
+                                 fallback=tuple(svc.fallback))
                 if port == 53 and cfg.dns_forwarder and cfg.dns_tcp_upstream is not None:
                     host, uport = cfg.dns_tcp_upstream
                     return Route(DNS, host, uport, self._via(cfg.outbound.via), "dns")

@@ -50,7 +50,9 @@ completed their handshake are never evicted.
 Connection events become service events (pyslirp/net/events.py):
 ``readable`` -> ``ServiceSend``; ``writable`` -> ``ServiceReadCredit``;
 ``peer_fin`` -> ``ServiceShutdown``; ``reset``/``timeout`` ->
-``ServiceClose``; ``established`` and ``closed`` -> ``ConnectionLog``.
+``ServiceClose``; ``established`` and ``closed`` -> ``FlowLog`` (one value
+per flow opened, closed or refused, TCP, UDP and ping alike, from which the
+runtime writes the connection log's line and the audit record).
 Read credit is the backpressure from the client's TCP window to the service
 socket: we grant the service thread at most ``conn.send_space`` bytes in
 total that we have not yet received from it (granted - received), so every
@@ -111,6 +113,21 @@ INTERACTIVE_HOLD ms; it ends INTERACTIVE_HOLD ms after the last one.  Bulk
 efficiency wants large segments and a window of many of them; latency wants
 the opposite: this is the trade-off, measured by bench/bench_link.py.
 
+Service health: a service's Route lists its targets (``host:port`` and its
+``fallback``, without those whose circuit breaker is open, net/health.py);
+the runtime tries them in order and reports which one connected and which
+failed (``service_connected(target=, failures=)``,
+``service_failed(failures=)``), which the policy's breakers learn from; a
+connection that connected to a fallback keeps the Route of that target.
+Breaker state changes come out of :meth:`take_events` as ``BreakerChange``.
+
+Reload: :meth:`reconfigure` swaps in a new configuration (services, limits,
+outbound policy, DNS forwarder on or off, TCP tunables for new connections,
+UDP timeout) with a new Policy that carries over the running one's counts
+and breakers.  Every flow keeps the Route it was admitted with; only new
+flows see the new configuration.  The link's own values (addresses, MTU)
+cannot change this way.
+
 Link down.  After an administrative close (ours, or the client's
 Terminate-Request) :meth:`reset` drops every flow without a word on the dead
 link and closes every service socket.  When the line was lost instead (the
@@ -125,6 +142,18 @@ client's next datagram opens a new one) and so is everything queued for
 the line.  If the client comes back in time with the same address,
 :meth:`resume` carries the connections on (each resends what was in flight,
 or probes); if not, the grace timer resets the stack as :meth:`reset` does.
+
+Metrics: besides the plain counters, the stack keeps per route label
+(``Route.label``: the service's name, ``nat``, ``dns``) a :class:`FlowTally`:
+flows opened, the TCP connect time from the client's SYN to
+``service_connected`` (a histogram), and the payload bytes and
+retransmissions of flows that are gone, folded in when a flow is forgotten.
+:meth:`service_figures`, :meth:`datagram_figures` and
+:meth:`tcp_retransmissions` add the live flows' figures; they walk the flow
+table, so only the stack thread calls them (pyslirp/metrics.py ``collect``).
+``connection_errors`` counts TCP connections that failed or ended
+abnormally once each, by label and first reason (``connect_<outcome>``,
+``reset``, ``timeout``, ``idle``, ``service_error``, ``link_down``).
 """
 
 import logging
@@ -135,10 +164,12 @@ from typing import Optional, Tuple
 from pyslirp.net import flows as F
 from pyslirp.net import icmp as icmp_policy
 from pyslirp.net import refusal
-from pyslirp.net.events import (ConnectionLog, DnsQuery, PingClose, PingOpen, PingSend, ServiceClose,
-                                ServiceConnect, ServiceReadCredit, ServiceSend, ServiceShutdown, UdpClose, UdpOpen,
-                                UdpSend)
+from pyslirp.metrics import Buckets
+from pyslirp.net import events as ev
+from pyslirp.net.events import (DnsQuery, FlowLog, PingClose, PingOpen, PingSend, ServiceClose, ServiceConnect,
+                                ServiceReadCredit, ServiceSend, ServiceShutdown, UdpClose, UdpOpen, UdpSend)
 from pyslirp.net.flows import FlowKey, Policy, Service
+from pyslirp.net.health import DEFAULT_COOLDOWN, DEFAULT_FAILURES
 from pyslirp.net.ipv4 import Ipv4Layer
 from pyslirp.net.ratelimit import TokenBucket
 from pyslirp.net.tcp import events as tcp_events
@@ -227,6 +258,8 @@ class StackConfig:
     udp_timeout: int = 60                   # seconds a UDP or ping flow lives without traffic
     resume_grace: int = 120                 # seconds TCP flows wait for the client after a lost line; 0 = none
     tcp: TcpConfig = field(default_factory=TcpConfig)
+    breaker_failures: int = DEFAULT_FAILURES            # net/health.py: failed connects in a row that open
+    breaker_cooldown: int = DEFAULT_COOLDOWN // 1000    # ... a target's breaker, and its cooldown in seconds
 
 
 class _Flow(object):
@@ -251,7 +284,7 @@ class _Flow(object):
 class _Conn(_Flow):
     """The stack's bookkeeping around one TcpConnection."""
     __slots__ = ("conn", "syn_ip", "accepted", "established", "granted", "received", "backlog", "eof",
-                 "peer_fin", "service_closed", "reason", "small_at", "small_count", "cookie")
+                 "peer_fin", "service_closed", "reason", "error", "small_at", "small_count", "cookie")
 
     def __init__(self, flow_id, key, route, conn, syn_ip, now):
         _Flow.__init__(self, flow_id, key, route, now)
@@ -266,6 +299,7 @@ class _Conn(_Flow):
         self.peer_fin = False           # ServiceShutdown sent
         self.service_closed = False     # ServiceClose sent
         self.reason = ""
+        self.error = None               # the metrics' reason of a failed or abnormally ended connection
         self.small_at = None            # ms of the last small (interactive) payload segment, either way
         self.small_count = 0            # small payload segments since a pause of INTERACTIVE_HOLD
         self.waiting = True
@@ -274,6 +308,26 @@ class _Conn(_Flow):
     @property
     def conn_id(self):
         return self.flow_id
+
+
+class FlowTally(object):
+    """Per route label, what the metrics export: flows open now (TCP: connected, and still connecting), flows
+    opened in all, payload bytes each way (closed flows' folded in when they close) and TCP connect times."""
+    __slots__ = ("active", "connecting", "opened", "bytes_in", "bytes_out", "connect")
+
+    def __init__(self):
+        self.active = 0
+        self.connecting = 0
+        self.opened = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.connect = Buckets()
+
+    def copy(self):
+        other = FlowTally()
+        other.opened, other.bytes_in, other.bytes_out = self.opened, self.bytes_in, self.bytes_out
+        other.connect.merge(self.connect)
+        return other
 
 
 class _Datagrams(_Flow):
@@ -315,7 +369,6 @@ class IPStack(object):
         self._synack_limits(SYNACK_DEFAULT_RATE)
         self._suspended_at = None       # ms the link was lost (see suspend), None while it is up
         self._log_bucket = TokenBucket(1, 10)
-        self._refusal_bucket = TokenBucket(1, 5)
         self._log_suppressed = 0
         self.dns = None
         if config.dns_forwarder:
@@ -332,7 +385,8 @@ class IPStack(object):
         self.connections_opened = 0
         self.connections_refused = 0
         self.connections_closed = 0
-        self.flows_refused = {}         # cause -> count (policy, limit, ...)
+        self.flows_refused = {}         # cause -> count (policy, limit, ...), every protocol
+        self.tcp_refused = {}           # cause -> count, TCP only
         self.udp_flows_opened = 0
         self.ping_flows_opened = 0
         self.syncookies_sent = 0        # SYNs answered with a cookie
@@ -343,6 +397,11 @@ class IPStack(object):
         self.suspensions = 0            # lost lines whose TCP flows were kept
         self.resumptions = 0            # ... and carried on by a new session
         self.resume_expiries = 0        # ... and reset when resume_grace ran out
+        self.dropped = {}               # reason -> datagrams dropped (also in counters)
+        self.connection_errors = {}     # (route label, reason) -> TCP connections that failed or ended abnormally
+        self.retransmits_closed = 0     # retransmissions of the connections that are gone
+        self._tcp_tally = {}            # route label -> FlowTally (folded figures)
+        self._datagram_tally = {}       # (protocol, route label) -> FlowTally
 
     # -- configuration ------------------------------------------------------------
 
@@ -374,6 +433,41 @@ class IPStack(object):
     @property
     def udp_flows_active(self):
         return len(self._datagram_flows)
+
+    def service_figures(self):
+        """{route label: FlowTally} of TCP flows: the folded figures plus the live connections'."""
+        out = dict((label, t.copy()) for label, t in self._tcp_tally.items())
+        for rec in self._conns.values():
+            label = rec.route.label
+            fig = out.get(label)
+            if fig is None:
+                fig = out[label] = FlowTally()
+            if not rec.accepted:
+                fig.connecting += 1
+                continue
+            conn = rec.conn
+            if conn.state != TcpState.TIME_WAIT:
+                fig.active += 1
+            fig.bytes_in += conn.bytes_in
+            fig.bytes_out += conn.bytes_out
+        return out
+
+    def datagram_figures(self):
+        """{(protocol, route label): FlowTally} of UDP and ping flows, the live ones included."""
+        out = dict((key, t.copy()) for key, t in self._datagram_tally.items())
+        for rec in self._datagram_flows.values():
+            key = (rec.key.protocol, rec.route.label)
+            fig = out.get(key)
+            if fig is None:
+                fig = out[key] = FlowTally()
+            fig.active += 1
+            fig.bytes_in += rec.bytes_in
+            fig.bytes_out += rec.bytes_out
+        return out
+
+    def tcp_retransmissions(self):
+        """Segments retransmitted by every connection, the closed ones included."""
+        return self.retransmits_closed + sum(rec.conn.retransmits for rec in self._conns.values())
 
     @property
     def half_open(self):
@@ -481,6 +575,7 @@ class IPStack(object):
 
     def _drop(self, reason, detail=""):
         self._counters[reason] = self._counters.get(reason, 0) + 1
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
         if self._log_bucket.allow(self._now):
             if self._log_suppressed:
                 log.debug("(%d similar messages suppressed)", self._log_suppressed)
@@ -491,6 +586,29 @@ class IPStack(object):
 
     def _count(self, name):
         self._counters[name] = self._counters.get(name, 0) + 1
+
+    def _count_refusal(self, protocol, cause):
+        self.flows_refused[cause] = self.flows_refused.get(cause, 0) + 1
+        if protocol == PROTO_TCP:
+            self.tcp_refused[cause] = self.tcp_refused.get(cause, 0) + 1
+
+    def _conn_error(self, rec, reason):
+        """Count a failed or abnormally ended connection once, under its first reason."""
+        if rec.error is None:
+            rec.error = reason
+            key = (rec.route.label, reason)
+            self.connection_errors[key] = self.connection_errors.get(key, 0) + 1
+
+    @staticmethod
+    def _tally(table, key):
+        tally = table.get(key)
+        if tally is None:
+            tally = table[key] = FlowTally()
+        return tally
+
+    def _flow_log(self, kind, rec, now, reason="", cause="", bytes_in=0, bytes_out=0):
+        self._events.append(FlowLog(kind, rec.flow_id, rec.key, rec.route, bytes_in, bytes_out,
+                                    now - rec.opened_at, reason, cause))
 
     def _queue_control(self, packet):
         """Queue a packet to go ahead of everything; False if it was dropped (none, or the queue is full)."""
@@ -521,9 +639,9 @@ class IPStack(object):
         if key.protocol == PROTO_TCP:
             self.connections_refused += 1
         cause = route.cause or F.CAUSE_POLICY
-        self.flows_refused[cause] = self.flows_refused.get(cause, 0) + 1
-        if self._refusal_bucket.allow(self._now):
-            log.info("refused %s: %s", key.describe(), route.reason)
+        self._count_refusal(key.protocol, cause)
+        # The runtime logs it (at a limited rate) and writes the audit record.
+        self._events.append(FlowLog(ev.REFUSED, 0, key, route, reason=route.reason, cause=cause))
         if route.outcome == refusal.RESET and seg is not None:
             self._reset(seg, ip)
         else:
@@ -585,6 +703,7 @@ class IPStack(object):
             rec = self._new_datagram_flow(key, route, ip, now)
             self.ping_flows_opened += 1
             self._events.append(PingOpen(rec.flow_id, key, route))
+            self._flow_log(ev.OPENED, rec, now)
         rec.last_ip = ip
         rec.last_activity = now
         rec.bytes_in += len(msg.payload)
@@ -613,6 +732,7 @@ class IPStack(object):
             rec = self._new_datagram_flow(key, route, ip, now)
             self.udp_flows_opened += 1
             self._events.append(UdpOpen(rec.flow_id, key, route))
+            self._flow_log(ev.OPENED, rec, now)
         rec.last_ip = ip
         rec.last_activity = now
         rec.bytes_in += len(udp.payload)
@@ -843,7 +963,7 @@ class IPStack(object):
         elif isinstance(event, tcp_events.Established):
             rec.established = True
             if rec.accepted:
-                self._opened(rec)
+                self._opened(rec, now)
         elif isinstance(event, tcp_events.PeerFin):
             if not rec.peer_fin:
                 rec.peer_fin = True
@@ -851,13 +971,14 @@ class IPStack(object):
         elif isinstance(event, (tcp_events.Reset, tcp_events.TimedOut)):
             reason = "reset" if isinstance(event, tcp_events.Reset) else "timeout"
             rec.reason = rec.reason or reason
+            self._conn_error(rec, reason)
             self._close_service(rec, reason)
         elif isinstance(event, tcp_events.Closed):
             self._finish(rec, now)
 
-    def _opened(self, rec):
+    def _opened(self, rec, now):
         """Handshake complete and service connected (in either order)."""
-        self._events.append(ConnectionLog(rec.conn_id, "opened " + self._describe(rec)))
+        self._flow_log(ev.OPENED, rec, now)
 
     def _close_service(self, rec, reason):
         if not rec.service_closed:
@@ -901,7 +1022,21 @@ class IPStack(object):
 
     def _forget(self, rec):
         rec.gone = True
+        if isinstance(rec, _Conn) and not rec.accepted:
+            self.policy.abandoned(rec.key, rec.route)     # a breaker trial it held and did not make is free
         self._release(rec)
+        # The metrics' totals keep what the flow counted.
+        if isinstance(rec, _Conn):
+            conn = rec.conn
+            self.retransmits_closed += conn.retransmits
+            if conn.bytes_in or conn.bytes_out:
+                tally = self._tally(self._tcp_tally, rec.route.label)
+                tally.bytes_in += conn.bytes_in
+                tally.bytes_out += conn.bytes_out
+        else:
+            tally = self._tally(self._datagram_tally, (rec.key.protocol, rec.route.label))
+            tally.bytes_in += rec.bytes_in
+            tally.bytes_out += rec.bytes_out
         self._settle(rec)
         self.timers.cancel(rec.flow_id)
         del self._by_id[rec.flow_id]
@@ -926,9 +1061,10 @@ class IPStack(object):
             self._queue_control(self._wrap(rec, seg))
         if not rec.accepted:
             self.connections_refused += 1
-            self.flows_refused[F.CAUSE_SERVICE] = self.flows_refused.get(F.CAUSE_SERVICE, 0) + 1
-            self._events.append(ConnectionLog(rec.conn_id, "refused %s reason=%s" % (
-                self._describe(rec), rec.reason or reason or "closed")))
+            # Through a proxy the proxy answered (or could not be reached); directly the service is down.
+            cause = F.CAUSE_SERVICE if rec.route.via == F.VIA_DIRECT else F.CAUSE_PROXY
+            self._count_refusal(PROTO_TCP, cause)
+            self._flow_log(ev.REFUSED, rec, now, rec.reason or reason or "closed", cause)
             return
         clean = rec.peer_fin and rec.eof
         reason = rec.reason or reason or ("fin" if clean else "closed")
@@ -939,8 +1075,7 @@ class IPStack(object):
     def _log_closed(self, rec, now, reason):
         self.connections_closed += 1
         conn = rec.conn
-        self._events.append(ConnectionLog(rec.conn_id, "closed %s in=%d out=%d duration=%.1fs reason=%s" % (
-            self._describe(rec), conn.bytes_in, conn.bytes_out, (now - rec.opened_at) / 1000.0, reason)))
+        self._flow_log(ev.CLOSED, rec, now, reason, bytes_in=conn.bytes_in, bytes_out=conn.bytes_out)
 
     # -- service threads' reports -----------------------------------------------------
 
@@ -955,20 +1090,28 @@ class IPStack(object):
     def _service_rec(self, conn_id, what):
         return self._rec(conn_id, _Conn, "service_stale_" + what)
 
-    def service_connected(self, conn_id, now):
+    def service_connected(self, conn_id, now, target=0, failures=()):
+        """The connector reached ``route.targets[target]``; ``failures``: ``((index, reason), ...)`` of the
+        targets that failed before it."""
         self._now = now
         rec = self._service_rec(conn_id, "connected")
         if rec is None or rec.accepted:
             return
+        self.policy.connect_result(rec.key, rec.route, target, failures, now)
+        if 0 <= target < len(rec.route.targets):
+            rec.route = rec.route.connected_to(target)
         rec.accepted = True
         rec.syn_ip = None
         rec.last_activity = now
         self._settle(rec)
         self.connections_opened += 1
+        tally = self._tally(self._tcp_tally, rec.route.label)
+        tally.opened += 1
+        tally.connect.observe(now - rec.opened_at)      # from the client's SYN to the service socket connected
         if rec.cookie:
             # The handshake is long done: say so, and hand the service what the client sent meanwhile.
             if rec.established:
-                self._opened(rec)
+                self._opened(rec, now)
             data = rec.conn.read()
             if data:
                 self._events.append(ServiceSend(conn_id, data))
@@ -977,13 +1120,16 @@ class IPStack(object):
         self._grant(rec, now)
         self._after(rec, now)
 
-    def service_failed(self, conn_id, reason, now, outcome=refusal.RESET):
-        """The connector could not reach the target: RST|ACK, or the ICMP error ``outcome`` names."""
+    def service_failed(self, conn_id, reason, now, outcome=refusal.RESET, failures=()):
+        """The connector could not reach any target: RST|ACK, or the ICMP error ``outcome`` names.
+        ``failures``: ``((index, reason), ...)``, one per target tried."""
         self._now = now
         rec = self._service_rec(conn_id, "failed")
         if rec is None or rec.accepted:
             return
+        self.policy.connect_result(rec.key, rec.route, None, failures, now)
         rec.reason = reason
+        self._conn_error(rec, "connect_" + (outcome or refusal.RESET))
         code = _ICMP_CODE.get(outcome)
         if code is not None and rec.syn_ip is not None:
             self._unreachable(rec.syn_ip, code)
@@ -1043,6 +1189,7 @@ class IPStack(object):
         if not rec.accepted:
             self.service_failed(conn_id, reason, now)
             return
+        self._conn_error(rec, "service_error")
         rec.conn.abort(now)
         self._after(rec, now)
         if not rec.gone:
@@ -1052,6 +1199,7 @@ class IPStack(object):
 
     def _new_datagram_flow(self, key, route, ip, now):
         rec = _Datagrams(self._new_id(), key, route, ip, now)
+        self._tally(self._datagram_tally, (key.protocol, route.label)).opened += 1
         self._datagram_flows[key] = rec
         self._by_id[rec.flow_id] = rec
         return rec
@@ -1071,7 +1219,7 @@ class IPStack(object):
             self._events.append(UdpClose(rec.flow_id, reason))
         else:
             self._events.append(PingClose(rec.flow_id, reason))
-        log.debug("closed %s: %s in=%d out=%d", rec.key.describe(), reason, rec.bytes_in, rec.bytes_out)
+        self._flow_log(ev.CLOSED, rec, self._now, reason, bytes_in=rec.bytes_in, bytes_out=rec.bytes_out)
 
     def udp_data(self, flow_id, payload, now):
         """A datagram the flow's socket received: to the client, from the flow's server address and port."""
@@ -1116,9 +1264,8 @@ class IPStack(object):
         rec = self._datagram_rec(flow_id, "failed")
         if rec is None:
             return
-        if self._refusal_bucket.allow(now):
-            log.info("refused %s: %s", rec.key.describe(), reason)
-        self.flows_refused[F.CAUSE_SERVICE] = self.flows_refused.get(F.CAUSE_SERVICE, 0) + 1
+        self._count_refusal(rec.key.protocol, F.CAUSE_SERVICE)
+        self._flow_log(ev.REFUSED, rec, now, reason, F.CAUSE_SERVICE)
         self._unreachable(rec.last_ip, _ICMP_CODE.get(outcome, icmp_wire.CODE_ADMIN_PROHIBITED))
         self._close_datagrams(rec, reason)
 
@@ -1186,6 +1333,7 @@ class IPStack(object):
             idle = self.config.tcp.idle_timeout
             if idle and rec.accepted and self._suspended_at is None and now >= rec.last_activity + idle * 1000:
                 rec.reason = "idle"
+                self._conn_error(rec, "idle")
                 log.debug("idle timeout: %s", self._describe(rec))
                 rec.conn.abort(now)
                 self._after(rec, now)
@@ -1300,7 +1448,28 @@ class IPStack(object):
 
     def take_events(self):
         events, self._events = self._events, []
+        changes = self.policy.health.take_changes()
+        if changes:
+            events.extend(changes)
         return events
+
+    # -- reload ------------------------------------------------------------------------
+
+    def reconfigure(self, config, now):
+        """Run with ``config`` from now on (see "Reload" above); ValueError if it changes the link's values."""
+        self._now = now
+        old = self.config
+        if (config.local_ip, config.remote_ip, config.mtu) != (old.local_ip, old.remote_ip, old.mtu):
+            raise ValueError("local_ip, remote_ip and mtu need a new link; they cannot be reconfigured")
+        self.config = config
+        self.policy = Policy(config, previous=self.policy)
+        self._conn_configs.clear()
+        if config.dns_forwarder and self.dns is None:
+            from pyslirp.net.dns import DnsForwarder
+            self.dns = DnsForwarder(self.rng)
+        elif not config.dns_forwarder and self.dns is not None:
+            self.dns = None         # queries in flight are forgotten; their answers are ignored
+            self.timers.cancel(_DNS_KEY)
 
     def reset(self, now, reason="link down"):
         """The link went down: drop every flow quietly (no RST onto a dead link), close every service.
@@ -1310,18 +1479,20 @@ class IPStack(object):
         self._now = now
         self._end_suspension()
         for rec in list(self._conns.values()):
-            rec.reason = reason
+            if rec.conn.state == TcpState.TIME_WAIT:
+                # Over before the link went: its record says how it ended.
+                rec.reason = rec.reason or ("fin" if rec.peer_fin and rec.eof else "closed")
+            else:
+                rec.reason = reason
+                self._conn_error(rec, "link_down")
             self._forget(rec)
             if not rec.service_closed:
                 rec.service_closed = True
                 self._events.append(ServiceClose(rec.conn_id, reason))
             if rec.accepted:
-                # A connection waiting out TIME_WAIT had finished cleanly before the link went.
-                done = rec.peer_fin and rec.eof and rec.conn.state is TcpState.TIME_WAIT
-                self._log_closed(rec, now, "fin" if done else reason)
+                self._log_closed(rec, now, rec.reason)
             else:
-                self._events.append(ConnectionLog(rec.conn_id, "abandoned %s reason=%s" % (
-                    self._describe(rec), reason)))
+                self._flow_log(ev.ABANDONED, rec, now, reason)
         self._conns.clear()
         self._drop_link_state()
 

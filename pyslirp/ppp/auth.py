@@ -28,8 +28,10 @@ same packet; so do we).  A Response with another Identifier is discarded.  A
 repeated Response after Success is answered with Success again (our Success
 may have been lost).
 
-A failure (wrong password, unknown user, timeout) is reported once; the link
-then terminates LCP and goes back to listening.
+A failure (wrong password, unknown user, timeout, a Protocol-Reject of the
+protocol while we wait) is reported once; the link then terminates LCP and
+goes back to listening.  Both servers are entries of the link's protocol
+table (:mod:`pyslirp.ppp.protocol`): LCP going down stops them.
 """
 
 import hashlib
@@ -38,6 +40,7 @@ import logging
 import struct
 
 from pyslirp.ppp.fsm import note
+from pyslirp.ppp.protocol import AFTER_LCP, Protocol
 from pyslirp.wire import ppp as wppp
 from pyslirp.wire.errors import ParseError
 
@@ -76,9 +79,12 @@ def chap_md5_response(ident, secret, challenge):
     return hashlib.md5(_U8.pack(ident & 0xFF) + _to_bytes(secret) + bytes(challenge)).digest()
 
 
-class _Server(object):
+class _Server(Protocol):
+    """A protocol-table entry: packets are accepted once LCP is Opened (Authenticate and Network phases)."""
+
     method = ""
     protocol = 0
+    phases = AFTER_LCP
 
     def __init__(self, secrets, output, on_result):
         self.secrets = tuple((_to_bytes(user), _to_bytes(password)) for user, password in secrets)
@@ -104,6 +110,14 @@ class _Server(object):
         """LCP went down: forget this session."""
         self.state = IDLE
         self.timer = None
+
+    def lower_down(self, now, reason):
+        self.stop()
+
+    def protocol_rejected(self, now):
+        """The peer will not authenticate with this protocol: a failure, if we were waiting for it."""
+        if self.state == WAITING:
+            self._finish("", False)
 
     def get_timer(self):
         return self.timer

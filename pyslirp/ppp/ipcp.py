@@ -26,15 +26,44 @@ The peer's request (``reqci``):
 * Primary/Secondary-DNS-Server-Address (129/131, RFC 1877): Nak'd with
   ``dns[0]``/``dns[1]`` and acknowledged once the peer asks with those; when
   no such server is configured the option is rejected.
-* IP-Compression-Protocol (2, Van Jacobson), IP-Addresses (1, deprecated by
-  RFC 1332), the NBNS addresses (130/132) and anything unknown are rejected.
+* IP-Compression-Protocol (2) with Van Jacobson TCP/IP header compression
+  (RFC 1332 section 4: protocol 0x002D, Max-Slot-Id, Comp-Slot-Id), when
+  ``vj`` is on: acknowledged with a Max-Slot-Id up to 15 (16 slots, pppd's
+  default and most), Nak'd with 15 above that; our compressor then uses the
+  peer's slot count and leaves the slot number out only if the peer allows
+  it.  The short RFC 1172 form (no slot fields), another compression
+  protocol, and the option when ``vj`` is off are rejected.
+* IP-Addresses (1, deprecated by RFC 1332), the NBNS addresses (130/132) and
+  anything unknown are rejected.
+
+With ``vj`` on, our request also asks for Van Jacobson compression towards
+us, ``<compress VJ 0f 01>`` as pppd does (16 slots, the slot number may be
+left out); a Nak with fewer slots or without Comp-Slot-Id is followed, one
+with another protocol, a Reject, or Max-Failure Naks that change nothing
+stop us asking.
+
+:class:`VjStage` is the Van Jacobson compression stage of the link (a
+:class:`~pyslirp.ppp.protocol.Transform`, the first on output): from IPCP
+reaching Opened to IPCP leaving it, IP packets we send go through
+:class:`~pyslirp.wire.vj.VjCompressor` when the peer asked for VJ, and VJ
+packets we receive through :class:`~pyslirp.wire.vj.VjDecompressor` when the
+peer acknowledged ours; ``toss`` (a frame lost on the line) makes the
+decompressor wait for an explicit slot number (RFC 1144 section 4.2).  VJ
+packets that were not negotiated, or that do not decompress, are counted and
+dropped.  ``active`` says whether VJ runs in either direction: TCP
+timestamps change every segment and force uncompressed headers, so a stack
+on a VJ link should not use them.
 """
 
 import ipaddress
 import logging
+import struct
 
-from pyslirp.ppp.fsm import CONFACK, Fsm, FsmCallbacks, OptionVerdicts
+from pyslirp.ppp.fsm import CONFACK, OptionVerdicts, note
+from pyslirp.ppp.protocol import ControlProtocol, Transform
 from pyslirp.wire import ppp as wppp
+from pyslirp.wire import vj
+from pyslirp.wire.errors import ParseError
 
 log = logging.getLogger("pyslirp.ppp")
 
@@ -46,6 +75,10 @@ CI_MS_WINS1 = 130
 CI_MS_DNS2 = 131
 CI_MS_WINS2 = 132
 
+# RFC 1332 section 4: IP-Compression-Protocol = Van Jacobson, Max-Slot-Id, Comp-Slot-Id.
+VJ_OPTION = struct.Struct("!HBB")
+MAX_SLOT_ID = vj.DEFAULT_SLOTS - 1      # 15: what pppd asks for and accepts at most
+
 
 def ip_bytes(text):
     return ipaddress.IPv4Address(text).packed
@@ -55,17 +88,17 @@ def ip_text(packed):
     return str(ipaddress.IPv4Address(bytes(packed)))
 
 
-class Ipcp(FsmCallbacks):
-    """IPCP for one link."""
+class Ipcp(ControlProtocol):
+    """IPCP for one link; its data protocol is IP."""
+
+    protocol = wppp.PROTO_IPCP
+    data_protocol = wppp.PROTO_IP
+    name = "IPCP"
+    ncp = True
 
     def __init__(self, config, output, owner):
-        self.config = config
         self.owner = owner
-        self.counters = {}
-        self.fsm = Fsm("IPCP", self, output, max_configure=config.max_configure,
-                       max_terminate=config.max_terminate, max_failure=config.max_failure,
-                       restart_ms=config.restart_interval * 1000)
-        self.fsm.counters = self.counters
+        ControlProtocol.__init__(self, config, output)
         self.local = ip_bytes(config.local_ip)
         self.remote = ip_bytes(config.remote_ip)
         self.dns = tuple(ip_bytes(d) for d in config.dns[:2])
@@ -74,27 +107,50 @@ class Ipcp(FsmCallbacks):
         self.addr_naks = 0            # Naks of our address (not followed)
         self.peer_addr = None         # the peer's address as acknowledged
         self._sent = None
+        # Van Jacobson: (max_slot_id, comp_slot_id) we ask for / the peer acknowledged / the peer asked for.
+        self.ask_vj = self._want_vj()
+        self.got_vj = None
+        self.his_vj = None
+        self._his_vj = None           # from the request being judged, committed when acknowledged
+        self._vj_naks = 0
+        self.vj = VjStage(self.counters)
 
-    @property
-    def state(self):
-        return self.fsm.state
+    def data_input(self, info, now):
+        self.owner.ip_received(info, now)
+
+    def _want_vj(self):
+        return (MAX_SLOT_ID, 1) if self.config.vj else None
 
     def resetci(self):
         self.ask_addr = True
         self.appended_addr = False
         self.addr_naks = 0
+        self.ask_vj = self._want_vj()
+        self.got_vj = None
+        self._vj_naks = 0
 
     def addci(self):
-        data = wppp.build_options([(CI_ADDR, self.local)] if self.ask_addr else [])
+        options = []
+        if self.ask_vj is not None:
+            options.append((CI_COMPRESSTYPE, VJ_OPTION.pack(wppp.PROTO_VJC, *self.ask_vj)))
+        if self.ask_addr:
+            options.append((CI_ADDR, self.local))
+        data = wppp.build_options(options)
         self._sent = data
+        self._sent_vj = self.ask_vj
         return data
 
     def ackci(self, data):
-        return self._sent is not None and data == self._sent
+        if self._sent is None or data != self._sent:
+            return False
+        self.got_vj = self._sent_vj
+        return True
 
     def nakci(self, data):
         for kind, value in wppp.parse_options(data):
-            if kind == CI_ADDR and len(value) == 4 and value != self.local and self.ask_addr:
+            if kind == CI_COMPRESSTYPE and self.ask_vj is not None:
+                self._vj_nak(value)
+            elif kind == CI_ADDR and len(value) == 4 and value != self.local and self.ask_addr:
                 self.addr_naks += 1
                 if self.addr_naks >= self.config.max_failure:
                     log.warning("IPCP: peer keeps refusing our address %s: no longer sending it",
@@ -104,6 +160,22 @@ class Ipcp(FsmCallbacks):
                     log.info("IPCP: peer suggests %s as our address; we keep %s",
                              ip_text(value), self.config.local_ip)
         return True
+
+    def _vj_nak(self, value):
+        """RFC 1332 4: the peer suggests other VJ parameters (pppd's ipcp_nakci)."""
+        if len(value) != VJ_OPTION.size or VJ_OPTION.unpack(value)[0] != wppp.PROTO_VJC:
+            log.info("IPCP: peer suggests another IP compression (%s): no longer asking for VJ", value.hex())
+            self.ask_vj = None
+            return
+        _, max_slot, comp_slot = VJ_OPTION.unpack(value)
+        wanted = (min(max_slot, self.ask_vj[0]), 1 if comp_slot and self.ask_vj[1] else 0)
+        if wanted == self.ask_vj:
+            self._vj_naks += 1
+            if self._vj_naks >= self.config.max_failure:
+                log.info("IPCP: peer keeps refusing our VJ parameters: no longer asking for VJ")
+                self.ask_vj = None
+            return
+        self.ask_vj = wanted
 
     def rejci(self, data):
         sent = dict(wppp.parse_options(self._sent or b""))
@@ -115,14 +187,26 @@ class Ipcp(FsmCallbacks):
             if kind == CI_ADDR:
                 log.info("IPCP: peer rejects our IP-Address option")
                 self.ask_addr = False
+            elif kind == CI_COMPRESSTYPE:
+                log.info("IPCP: peer cannot compress TCP/IP headers (VJ) towards us")
+                self.ask_vj = None
         return True
 
     def reqci(self, data, reject_if_disagree):
         verdicts = OptionVerdicts(data, reject_if_disagree)
         seen_addr = False
         addr = None
+        his_vj = None
         for kind, value in wppp.parse_options(data):
-            if kind == CI_ADDR and len(value) == 4:
+            if kind == CI_COMPRESSTYPE and self.config.vj and len(value) == VJ_OPTION.size and \
+                    VJ_OPTION.unpack(value)[0] == wppp.PROTO_VJC:
+                _, max_slot, comp_slot = VJ_OPTION.unpack(value)
+                if max_slot > MAX_SLOT_ID:
+                    # More slots than we keep: pppd Naks with its own maximum.
+                    verdicts.nak(kind, value, VJ_OPTION.pack(wppp.PROTO_VJC, MAX_SLOT_ID, comp_slot and 1))
+                else:
+                    his_vj = (max_slot, 1 if comp_slot else 0)
+            elif kind == CI_ADDR and len(value) == 4:
                 seen_addr = True
                 if value == self.remote:
                     addr = value
@@ -139,8 +223,8 @@ class Ipcp(FsmCallbacks):
                 else:
                     verdicts.reject(kind, value)
             else:
-                # IP-Addresses (deprecated), IP-Compression-Protocol (VJ), NBNS,
-                # unknown options and known ones of the wrong length.
+                # IP-Addresses (deprecated), IP-Compression-Protocol other than VJ (or VJ when it is off),
+                # NBNS, unknown options and known ones of the wrong length.
                 verdicts.reject(kind, value)
         if not seen_addr and not self.appended_addr and not reject_if_disagree and not verdicts.rejects:
             # Prompt the peer to take the address we assign (RFC 1661 5.3).
@@ -149,14 +233,81 @@ class Ipcp(FsmCallbacks):
         code, reply = verdicts.result()
         if code == CONFACK:
             self.peer_addr = addr
+            self.his_vj = his_vj
         return code, reply
 
     def up(self):
         log.debug("IPCP up: local %s, remote %s", self.config.local_ip, self.config.remote_ip)
+        self.vj.start(self.his_vj, self.got_vj)
         self.owner.ipcp_up()
 
     def down(self):
+        self.vj.stop()
         self.owner.ipcp_down()
 
     def finished(self):
         self.owner.ipcp_finished()
+
+
+def _vj_text(params):
+    return "%d slots%s" % (params[0] + 1, "" if params[1] else ", slot ids always sent")
+
+
+class VjStage(Transform):
+    """Van Jacobson TCP/IP header compression on the open link (see the module docstring)."""
+
+    def __init__(self, counters):
+        self.counters = counters
+        for key in ("vj_compressed_out", "vj_uncompressed_out", "vj_compressed_in", "vj_uncompressed_in",
+                    "vj_errors", "vj_tossed", "vj_not_negotiated"):
+            counters[key] = 0
+        self.compressor = None
+        self.decompressor = None
+
+    @property
+    def active(self):
+        """VJ runs in at least one direction."""
+        return self.compressor is not None or self.decompressor is not None
+
+    def start(self, send, receive):
+        """IPCP is Opened: ``send``/``receive`` are the (max_slot_id, comp_slot_id) negotiated, or None."""
+        self.compressor = vj.VjCompressor(slots=send[0] + 1, compress_slot_id=bool(send[1])) if send else None
+        self.decompressor = vj.VjDecompressor(slots=receive[0] + 1) if receive else None
+        if self.active:
+            log.info("IPCP: Van Jacobson compression: send %s, receive %s",
+                     _vj_text(send) if send else "off", _vj_text(receive) if receive else "off")
+
+    def stop(self):
+        self.compressor = self.decompressor = None
+
+    def compress(self, protocol, info):
+        if protocol != wppp.PROTO_IP or self.compressor is None:
+            return protocol, info
+        protocol, info = self.compressor.compress(info)
+        if protocol == wppp.PROTO_VJC:
+            self.counters["vj_compressed_out"] += 1
+        elif protocol == wppp.PROTO_VJUC:
+            self.counters["vj_uncompressed_out"] += 1
+        return protocol, info
+
+    def decompress(self, protocol, info):
+        if protocol not in (wppp.PROTO_VJC, wppp.PROTO_VJUC):
+            return protocol, info
+        if self.decompressor is None:
+            note(self.counters, "vj_not_negotiated", logging.DEBUG,
+                 "IPCP: VJ packet while VJ was not negotiated towards us: dropped")
+            return None
+        try:
+            packet = self.decompressor.decompress(protocol, info)
+        except ParseError as exc:
+            if exc.reason == "tossed":
+                self.counters["vj_tossed"] += 1
+            else:
+                note(self.counters, "vj_errors", logging.DEBUG, "IPCP: VJ packet dropped: %s", exc)
+            return None
+        self.counters["vj_compressed_in" if protocol == wppp.PROTO_VJC else "vj_uncompressed_in"] += 1
+        return wppp.PROTO_IP, packet
+
+    def toss(self):
+        if self.decompressor is not None:
+            self.decompressor.toss()

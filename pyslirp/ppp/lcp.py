@@ -56,13 +56,22 @@ Opened, RFC 1661 5.7); Echo-Request, Echo-Reply, Discard-Request and the RFC
 ``ser`` action answers an Echo-Request (Opened only, RFC 1661 5.8) with our
 magic number.  Unknown codes get a Code-Reject from the automaton.
 
+Link up at once (:meth:`Lcp.input`): a Configure-Request that arrives in
+Req-Sent when nothing at all arrived since our last request means the peer
+started after our request went out and never saw it; our request is
+retransmitted at once (the Restart timer expiring early; the restart counter
+initialised again if it had run out) instead of after up to
+``restart_interval`` seconds.  The RFC 1661 table is not changed; the method's
+docstring argues it.
+
 Keepalive (pppd's lcp-echo-interval/-failure/-adaptive): while Opened an
 Echo-Request goes out every ``lcp_echo_interval`` seconds; a reply (with a
 magic number other than ours) clears the count of outstanding ones; when
 ``lcp_echo_failure`` requests are outstanding at the next interval the owner
 is told (``lcp_echo_failed``).  ``note_traffic()`` (the link calls it for every
 IP frame received) also proves the peer alive: the next interval then sends
-nothing (pppd's lcp-echo-adaptive).
+nothing (pppd's lcp-echo-adaptive).  A reply whose identifier is that of the
+latest request gives ``echo_rtt`` (ms; the metrics' LCP round-trip time).
 """
 
 import copy
@@ -70,8 +79,10 @@ import logging
 import struct
 
 from pyslirp.timers import earliest
-from pyslirp.ppp.fsm import CONFACK, Fsm, FsmCallbacks, OptionVerdicts, State, note
+from pyslirp.ppp.fsm import CONFACK, OptionVerdicts, State, note
+from pyslirp.ppp.protocol import ControlProtocol, Phase
 from pyslirp.wire import ppp as wppp
+from pyslirp.wire.errors import ParseError
 
 log = logging.getLogger("pyslirp.ppp")
 
@@ -166,18 +177,17 @@ def build_lcp_options(opts):
     return wppp.build_options(out)
 
 
-class Lcp(FsmCallbacks):
+class Lcp(ControlProtocol):
     """LCP for one link: automaton hooks, options, echo keepalive."""
 
+    protocol = wppp.PROTO_LCP
+    name = "LCP"
+    phases = frozenset(Phase)
+
     def __init__(self, config, rng, output, owner):
-        self.config = config
         self.rng = rng
         self.owner = owner
-        self.counters = {}
-        self.fsm = Fsm("LCP", self, output, max_configure=config.max_configure,
-                       max_terminate=config.max_terminate, max_failure=config.max_failure,
-                       restart_ms=config.restart_interval * 1000)
-        self.fsm.counters = self.counters
+        ControlProtocol.__init__(self, config, output)
         self.want = self._want_from_config()
         self.tried = copy.copy(self.want)
         self.got = LcpOptions()
@@ -191,14 +201,14 @@ class Lcp(FsmCallbacks):
         self.echos_pending = 0
         self.echo_disabled = False
         self._traffic = False
-        for key in ("echoes_sent", "echoes_missed", "echo_replies", "protocol_rejects_received"):
+        self.echo_rtt = None            # ms: round trip of the latest answered Echo-Request (metrics)
+        self._echo_sent = None          # (identifier, ms) of the latest Echo-Request
+        self._heard = False             # a packet arrived since our last Configure-Request went out
+        for key in ("echoes_sent", "echoes_missed", "echo_replies", "protocol_rejects_received",
+                    "early_requests"):
             self.counters[key] = 0
 
     # -- what the link reads ---------------------------------------------------
-
-    @property
-    def state(self):
-        return self.fsm.state
 
     @property
     def peer_mru(self):
@@ -255,7 +265,50 @@ class Lcp(FsmCallbacks):
     def addci(self):
         data = build_lcp_options(self.tried)
         self._sent = (copy.copy(self.tried), data)
+        self._heard = False
         return data
+
+    def input(self, info, now):
+        """One LCP packet; a Configure-Request after a silence first brings our own request forward.
+
+        Our Configure-Requests may have gone out before the peer opened the line (a client started
+        after us, a serial port opened late): they were lost, and the Restart timer would decide when
+        the peer sees ours -- up to ``restart_interval`` later, while it has already acknowledged us.
+        So a Configure-Request that arrives in Req-Sent, when nothing at all arrived since our last
+        request, is taken as what it shows: the peer has just started and never saw our request.  We
+        run the Timeout event at once (TO+: our request is retransmitted, same Identifier) and then
+        the Configure-Request as usual.  The automaton's table is untouched: RFC 1661 4.6 leaves the
+        Restart timer's value to the implementation ("the Restart timer MAY begin at an initial small
+        value and increase to the configured final value"), and this is a timer that expires early
+        because the peer spoke.  When the counter had run out, it is initialised again first (irc):
+        Max-Configure counts requests "sent without receiving a valid Configure-Ack, Configure-Nak or
+        Configure-Reject before assuming that the peer is unable to respond", and the peer has just
+        shown that it can.  (Our own request coming back on a looped-back line is not taken for a
+        peer's.)  If the peer had seen our request after all, it gets it twice with the same
+        Identifier, which RFC 1661 5.1 allows for a retransmission, and answers it twice; the second
+        answer is stale and ignored (5.2: only the last request's Identifier counts, once).
+        """
+        fsm = self.fsm
+        if info[:1] == b"\x01" and fsm.state == State.REQ_SENT and not self._heard and \
+                not self._is_our_request(info):
+            self.counters["early_requests"] += 1
+            log.debug("LCP: Configure-Request from a peer that has not seen ours: sending ours now")
+            if fsm.restart_count <= 0:
+                fsm.restart_count = fsm.max_configure
+            fsm.timer = now
+            fsm.handle_timer(now)
+        self._heard = True
+        fsm.input(info, now)
+
+    def _is_our_request(self, info):
+        """A looped-back line returns our own request: that is no peer starting up."""
+        if self._sent is None:
+            return False
+        try:
+            code, _, data = wppp.parse_cp(info)
+        except ParseError:
+            return False
+        return code == wppp.CONFIGURE_REQUEST and data == self._sent[1]
 
     def ackci(self, data):
         """RFC 1661 5.2: the Ack must repeat our request exactly."""
@@ -390,6 +443,8 @@ class Lcp(FsmCallbacks):
         self.echos_pending = 0
         self.echo_disabled = False
         self._traffic = False
+        self.echo_rtt = None            # a new session: its round trip is not known yet
+        self._echo_sent = None
         interval = self.config.lcp_echo_interval
         self.echo_timer = now + interval * 1000 if interval > 0 else None
         self.fsm.mru = self.peer_mru
@@ -432,7 +487,7 @@ class Lcp(FsmCallbacks):
                 self.counters["bad_echo"] = self.counters.get("bad_echo", 0) + 1
                 return True
             if code == ECHO_REPLY:
-                self._echo_reply(data)
+                self._echo_reply(ident, data, now)
             self.fsm.rxr(code, ident, data, now)
             return True
         if code in (IDENTIFICATION, TIME_REMAINING):
@@ -469,7 +524,7 @@ class Lcp(FsmCallbacks):
         """A frame other than LCP arrived: the peer is alive (lcp-echo-adaptive)."""
         self._traffic = True
 
-    def _echo_reply(self, data):
+    def _echo_reply(self, ident, data, now):
         if self.fsm.state != State.OPENED:
             return
         magic = _U32.unpack_from(data)[0]
@@ -479,6 +534,10 @@ class Lcp(FsmCallbacks):
             return
         self.counters["echo_replies"] += 1
         self.echos_pending = 0
+        sent = self._echo_sent
+        if sent is not None and sent[0] == ident:
+            self.echo_rtt = now - sent[1]
+            self._echo_sent = None
 
     def get_timer(self):
         return earliest(self.fsm.timer, self.echo_timer)
@@ -507,4 +566,6 @@ class Lcp(FsmCallbacks):
             return
         self.echos_pending += 1
         self.counters["echoes_sent"] += 1
-        self.fsm.send(ECHO_REQUEST, self.fsm.next_id(), _U32.pack(self.our_magic))
+        ident = self.fsm.next_id()
+        self._echo_sent = (ident, now)
+        self.fsm.send(ECHO_REQUEST, ident, _U32.pack(self.our_magic))

@@ -42,6 +42,19 @@ unelicited Terminate-Ack indicates that the peer is in the Closed or Stopped
 states, or is otherwise in need of re-negotiation"; an Opened peer then
 renegotiates (the RTA event in Opened: tld, scr), and a new session starts.
 
+Before the first PPP frame (``answer = "auto"``): an
+:class:`~pyslirp.ppp.answer.Answerer` sits in front of the deframer and
+answers a client that talks first -- ``CLIENT`` (a Windows direct cable
+connection) with ``CLIENTSERVER``, a modem dialler's AT commands with ``OK``
+and its dial with ``CONNECT <line_speed>`` -- and passes everything from the
+first flag octet on, undelayed.  Its answers go out as raw (unframed) output.
+While the client is in modem command mode our frames are held back (dropped,
+counted ``held_in_command_mode``; IP is refused).  A new call while LCP still
+winds down the last session restarts LCP at once; a ``+++`` escape followed by
+``ATH`` hangs the session up (``LinkDown("hangup")``) and LCP listens again; a
+session that ends (LCP terminated) returns the answerer to waiting for the
+next caller.
+
 Framing (RFC 1662): the link owns the :class:`~pyslirp.wire.hdlc.Deframer`.
 Until LCP is Opened we send with ACCM 0xFFFFFFFF (every control character
 escaped: Linux ppp_async drops unescaped control characters before LCP is up)
@@ -63,35 +76,60 @@ unescaped control characters would delete real data.  Because a whole read may
 hold the frame that opens LCP followed by frames already sent with the new
 ACCM, input is deframed one frame at a time until LCP is Opened.
 
-Demultiplexing received frames (RFC 1661 sections 3.4-3.5, 5.7): LCP always;
-before LCP is Opened anything else is silently discarded; during Authenticate
-only the authentication protocol; in Network IPCP, and IP (``IPReceived``)
-once IPCP is Opened (otherwise counted and dropped).  Any other protocol
-(IPV6CP, CCP, IPv6, ...) gets an LCP Protocol-Reject while LCP is Opened, so
-that the peer stops trying.  A Protocol-Reject *received* for IPCP or IP is
-IPCP's RXJ- event; for PAP/CHAP it fails authentication.
+The protocol table (:mod:`pyslirp.ppp.protocol`, pppd's ``protocols[]``):
+``protocols`` lists one entry per protocol we speak -- LCP, PAP, CHAP (the
+one not in use is a :class:`~pyslirp.ppp.protocol.Discard` entry, whose
+packets are dropped), IPCP (whose data protocol is IP), CCP (whose data
+protocol is the compressed datagram, 0x00FD; absent with ``compression =
+"none"``, so that CCP gets a Protocol-Reject as pppd's ``noccp`` does) -- and the receive
+path is a loop over it (RFC 1661 sections 3.4-3.5, 5.7): LCP always; before
+LCP is Opened anything else is silently discarded; then each entry takes its
+packets in the phases it lists (authentication from the Authenticate phase
+on, the NCPs only in Network), IP reaches ``IPReceived`` once IPCP is Opened
+(otherwise counted and dropped).  A protocol no entry claims (IPV6CP, IPv6,
+...) gets an LCP Protocol-Reject while LCP is Opened, so that the peer stops
+trying.  A Protocol-Reject *received* goes to the entry owning the protocol:
+IPCP's RXJ- for IPCP or IP, a failed authentication for PAP/CHAP.  LCP
+reaching Opened is ``lower_up`` for every other entry, leaving it
+``lower_down``; entering the Network phase opens every NCP.  The timers are
+the entries' timers.
+
+Compression sits between the table and the framing (``transforms``, in the
+order pppd and Linux apply them on output; input undoes them in reverse:
+Van Jacobson on IP packets, :class:`~pyslirp.ppp.ipcp.VjStage`, RFC 1144,
+then Deflate on the whole packet, :mod:`pyslirp.ppp.ccp`, RFC 1962/1979):
+each stage may rewrite ``(protocol, information)`` on the way out and undo it
+on the way in, or drop the packet; when a stage drops one, the stages that
+follow it on input are told (``toss``), and every frame the deframer drops
+(bad FCS, aborted, too long) is a ``toss`` for all of them.
 
 Counters (plain attributes, read by the metrics): ``frames_in``,
 ``frames_out``, ``bytes_in``, ``bytes_out`` (unframed PPP frame octets),
 ``protocol_rejects_sent``, ``counters`` (drops by reason), ``lcp_counters``
 (echoes sent/missed/replies, automaton drops), ``ipcp_counters``,
-``auth_counters``; the Deframer has its own (``deframer``).
+``auth_counters``, ``ccp_counters`` (packets and bytes compressed and
+decompressed, resets), ``answer_counters`` (commands, dials, escapes,
+hangups); the Deframer has its own (``deframer``).
 
 Contract note: beyond docs/ARCHITECTURE.md, :class:`PPPLink` also exposes
-``phase``, ``lcp``, ``ipcp``, ``auth`` and ``deframer`` for tests and metrics.
+``phase``, ``lcp``, ``ipcp``, ``auth``, ``ccp``, ``answer``, ``protocols``,
+``transforms`` and ``deframer`` for tests and metrics.
 """
 
-import enum
 import logging
 from dataclasses import dataclass
 from typing import Tuple
 
 from pyslirp.net.ratelimit import every_power_of_two
-from pyslirp.ppp.auth import IDLE, WAITING, ChapServer, PapServer
+from pyslirp.ppp.answer import CALL, ESCAPED, HANGUP, Answerer
+from pyslirp.ppp.auth import IDLE, ChapServer, PapServer
+from pyslirp.ppp.ccp import Ccp
 from pyslirp.ppp.events import AuthResult, IPReceived, LinkDown, LinkUp
 from pyslirp.ppp.fsm import NEGOTIATING, PEER_TERMINATED, State
 from pyslirp.ppp.ipcp import Ipcp
 from pyslirp.ppp.lcp import DEFAULT_ACCM, Lcp
+from pyslirp.ppp.protocol import NETWORK_ONLY, ControlProtocol, Discard, Phase
+from pyslirp.timers import earliest
 from pyslirp.wire import hdlc
 from pyslirp.wire import ppp as wppp
 from pyslirp.wire.errors import ParseError
@@ -120,15 +158,10 @@ class LinkConfig:
     negotiate_magic: bool = True
     require_auth: str = "none"          # "none" | "pap" | "chap"
     secrets: Tuple[Tuple[str, str], ...] = ()   # (user, password)
-
-
-class Phase(enum.Enum):
-    """RFC 1661 section 3.2."""
-    DEAD = "Dead"
-    ESTABLISH = "Establish"
-    AUTHENTICATE = "Authenticate"
-    NETWORK = "Network"
-    TERMINATE = "Terminate"
+    compression: str = "deflate"        # CCP: "deflate" | "none" (CCP is then Protocol-Rejected)
+    vj: bool = True                     # Van Jacobson TCP/IP header compression (IPCP option 2)
+    answer: str = "auto"                # "auto": answer CLIENT and AT commands before PPP; "none"
+    line_speed: int = 115200            # bit/s, reported in CONNECT
 
 
 class PPPLink(object):
@@ -137,22 +170,43 @@ class PPPLink(object):
     def __init__(self, config, rng, tap=None):
         if config.require_auth not in ("none", "pap", "chap"):
             raise ValueError("require_auth must be none, pap or chap, not %r" % (config.require_auth,))
+        if config.compression not in ("deflate", "none"):
+            raise ValueError("compression must be deflate or none, not %r" % (config.compression,))
+        if config.answer not in ("auto", "none"):
+            raise ValueError("answer must be auto or none, not %r" % (config.answer,))
         self.config = config
         self._rng = rng
         self._tap = tap
         # RFC 1661 6.1: always able to receive 1500-octet frames, whatever we ask for.
-        self.deframer = hdlc.Deframer(mru=max(config.mru, 1500), accm=DEFAULT_ACCM)
+        self.deframer = hdlc.Deframer(mru=max(config.mru, 1500), accm=DEFAULT_ACCM, mark_errors=True)
         self.lcp = Lcp(config, rng, self._lcp_output, self)
-        self.ipcp = Ipcp(config, self._ipcp_output, self)
+        self.ipcp = Ipcp(config, self._sender(wppp.PROTO_IPCP), self)
         restart_ms = config.restart_interval * 1000
         if config.require_auth == "pap":
-            self.auth = PapServer(config.secrets, self._auth_output, self._auth_result,
+            self.auth = PapServer(config.secrets, self._sender(wppp.PROTO_PAP), self._auth_result,
                                   wait_ms=restart_ms * config.max_configure)
         elif config.require_auth == "chap":
-            self.auth = ChapServer(config.secrets, self._auth_output, self._auth_result, rng,
+            self.auth = ChapServer(config.secrets, self._sender(wppp.PROTO_CHAP), self._auth_result, rng,
                                    restart_ms=restart_ms, max_challenges=config.max_configure)
         else:
             self.auth = None
+        # The protocol table (pppd's protocols[]): the receive path is a loop over it.
+        self.protocols = [self.lcp]
+        for proto in (wppp.PROTO_PAP, wppp.PROTO_CHAP):
+            if self.auth is not None and self.auth.protocol == proto:
+                self.protocols.append(self.auth)
+            else:
+                self.protocols.append(Discard(proto, wppp.protocol_name(proto), self._auth_unexpected))
+        self.protocols.append(self.ipcp)
+        # Compression stages, in output order (input runs them in reverse): VJ on IP, then CCP on the packet.
+        self.transforms = [self.ipcp.vj]
+        if config.compression == "deflate":
+            self.ccp = Ccp(config, self._sender(wppp.PROTO_CCP), mru=self.deframer.mru)
+            self.protocols.append(self.ccp)
+            self.transforms.append(self.ccp)
+        else:
+            self.ccp = None
+        self.answer = self._new_answerer()
         self.phase = Phase.DEAD
         self.is_up = False
         self.mtu = 1500
@@ -166,6 +220,8 @@ class PPPLink(object):
         self.lcp_counters = self.lcp.counters
         self.ipcp_counters = self.ipcp.counters
         self.auth_counters = self.auth.counters if self.auth is not None else {}
+        self.ccp_counters = self.ccp.counters if self.ccp is not None else {}
+        self.answer_counters = self.answer.counters if self.answer is not None else {}
         self._closed = False
         self._lcp_open = False
         self._peer_open = False       # the peer has shown that its LCP is Opened too
@@ -182,15 +238,30 @@ class PPPLink(object):
     # -- the contract --------------------------------------------------------------
 
     @property
+    def vj_active(self):
+        """Van Jacobson compression runs in at least one direction (IPCP Opened with VJ negotiated).
+
+        TCP options that change with every segment (timestamps) force uncompressed VJ headers: a stack
+        on this link should not negotiate them while this is true.
+        """
+        return self.ipcp.vj.active
+
+    @property
     def is_dead(self):
         """Closed administratively and LCP finished: safe to exit."""
         return self._closed and self.lcp.state in (State.INITIAL, State.CLOSED)
+
+    def _new_answerer(self):
+        if self.config.answer != "auto":
+            return None
+        return Answerer(speed=self.config.line_speed)
 
     def lower_up(self, now):
         """The serial line is ready: LCP Open and Up (we send Configure-Requests)."""
         self._now = now
         if self._closed:
             return
+        self._reset_answerer()
         self.deframer.reset()
         self.deframer.accm = DEFAULT_ACCM
         self.lcp.fsm.open(now)
@@ -205,11 +276,25 @@ class PPPLink(object):
         self._end_reason = None
         self.deframer.reset()
         self.deframer.accm = DEFAULT_ACCM
+        self._reset_answerer()
         self._after(now)
+
+    def _reset_answerer(self):
+        if self.answer is not None:
+            self.answer = self._new_answerer()
+            self.answer_counters = self.answer.counters
 
     def receive_data(self, data, now):
         """Raw serial bytes."""
         self._now = now
+        if self.answer is not None and not self.answer.started:
+            data = self.answer.receive(data, now)
+            self._answer_results(now)
+            if not data:
+                self._after(now)
+                return
+        elif self.answer is not None:
+            self.answer.receive(data, now)      # online: passes everything, watches for the +++ escape
         feed = self.deframer.feed
         pos = 0
         end = len(data)
@@ -225,7 +310,12 @@ class PPPLink(object):
                 chunk = data[pos:stop]
                 pos = stop
             for frame in feed(chunk):
-                self._receive_frame(frame, now)
+                if frame is None:
+                    # A frame was lost on the line (bad FCS, aborted, too long or short).
+                    for stage in self.transforms:
+                        stage.toss()
+                else:
+                    self._receive_frame(frame, now)
         self._after(now)
 
     def send_ip(self, packet, now):
@@ -233,6 +323,9 @@ class PPPLink(object):
         self._now = now
         if not self.is_up:
             self._count("ip_send_not_up")
+            return False
+        if self.answer is not None and self.answer.quiet:
+            self._count("ip_send_command_mode")
             return False
         if self._pending > MAX_PENDING_OUTPUT:
             self._count("ip_send_output_full")
@@ -254,19 +347,16 @@ class PPPLink(object):
         self._after(now)
 
     def get_timer(self):
-        best = None
-        for t in (self.lcp.get_timer(), self.ipcp.fsm.timer,
-                  self.auth.timer if self.auth is not None else None):
-            if t is not None and (best is None or t < best):
-                best = t
-        return best
+        answer = self.answer.get_timer() if self.answer is not None else None
+        return earliest(answer, *[entry.get_timer() for entry in self.protocols])
 
     def handle_timer(self, now):
         self._now = now
-        self.lcp.handle_timer(now)
-        self.ipcp.fsm.handle_timer(now)
-        if self.auth is not None:
-            self.auth.handle_timer(now)
+        if self.answer is not None:
+            self.answer.handle_timer(now)
+            self._answer_results(now)
+        for entry in self.protocols:
+            entry.handle_timer(now)
         self._after(now)
 
     def take_output(self):
@@ -298,7 +388,7 @@ class PPPLink(object):
                     self._peer_open = True      # Echo, Discard, ...: only sent once Opened
                 else:
                     self._nudge(now)
-            self.lcp.fsm.input(info, now)
+            self.lcp.input(info, now)
             return
         if not self._lcp_open:
             # RFC 1661 3.4: "Any non-LCP packets received during this phase MUST be silently discarded."
@@ -306,45 +396,68 @@ class PPPLink(object):
             self._nudge(now)
             return
         self._peer_open = True
+        for stage in reversed(self.transforms):
+            decoded = stage.decompress(protocol, info)
+            if decoded is None:
+                for earlier in self.transforms[:self.transforms.index(stage)]:
+                    earlier.toss()
+                return
+            protocol, info = decoded
+        self._dispatch(protocol, info, now)
+
+    def _dispatch(self, protocol, info, now):
+        """The demultiplexer: a loop over the protocol table (pppd's get_input)."""
         phase = self.phase
-        if protocol == wppp.PROTO_IP:
-            self.lcp.note_traffic()
-            if self.is_up:
-                self._events.append(IPReceived(info))
-            else:
-                self._drop("ip_not_open", "IP frame while IPCP is not open")
-            return
-        if protocol == wppp.PROTO_IPCP:
-            if phase == Phase.NETWORK:
-                self.ipcp.fsm.input(info, now)
-            else:
-                # RFC 1661 3.5: only LCP and authentication in the Authenticate phase.
-                self._drop("ipcp_before_network", "IPCP frame in phase %s" % phase.value)
-            return
-        if protocol in (wppp.PROTO_PAP, wppp.PROTO_CHAP):
-            if self.auth is not None and self.auth.protocol == protocol:
-                self.auth.input(info, now)
-            else:
-                self._drop("auth_unexpected", "%s frame, not in use" % wppp.protocol_name(protocol))
-            return
+        for entry in self.protocols:
+            if entry.protocol == protocol:
+                if phase in entry.phases:
+                    entry.input(info, now)
+                elif entry.phases == NETWORK_ONLY:
+                    # RFC 1661 3.5: only LCP and authentication in the Authenticate phase.
+                    self._drop("%s_before_network" % entry.name.lower(),
+                               "%s frame in phase %s" % (entry.name, phase.value))
+                else:
+                    self._drop("%s_in_%s" % (entry.name.lower(), phase.value.lower()),
+                               "%s frame in phase %s" % (entry.name, phase.value))
+                return
+            if entry.data_protocol == protocol:
+                entry.data_input(info, now)
+                return
         # RFC 1661 5.7: a protocol we do not speak gets a Protocol-Reject (only while LCP is Opened).
         if self.lcp.send_protocol_reject(protocol, info):
             self.protocol_rejects_sent += 1
             self._note("protocol_reject", "Protocol-Reject sent for %s" % wppp.protocol_name(protocol),
                        level=logging.INFO)
 
+    def ip_received(self, packet, now):
+        """IPCP's data protocol: an IP datagram (after any decompression)."""
+        self.lcp.note_traffic()
+        if self.is_up:
+            self._events.append(IPReceived(packet))
+        else:
+            self._drop("ip_not_open", "IP frame while IPCP is not open")
+
+    def _auth_unexpected(self, protocol):
+        self._drop("auth_unexpected", "%s frame, not in use" % wppp.protocol_name(protocol))
+
     # -- output -----------------------------------------------------------------------
 
     def _lcp_output(self, packet):
         self._emit(wppp.PROTO_LCP, packet, True)
 
-    def _ipcp_output(self, packet):
-        self._emit(wppp.PROTO_IPCP, packet, True)
-
-    def _auth_output(self, packet):
-        self._emit(self.auth.protocol, packet, True)
+    def _sender(self, protocol):
+        """The output callable of a control protocol: its packets are urgent."""
+        def output(packet):
+            self._emit(protocol, packet, True)
+        return output
 
     def _emit(self, protocol, info, urgent):
+        if self.answer is not None and self.answer.quiet:
+            # The client is in modem command mode: a modem would not carry our frames now.
+            self._count("held_in_command_mode")
+            return
+        for stage in self.transforms:
+            protocol, info = stage.compress(protocol, info)
         if self._peer_open and not (protocol == wppp.PROTO_LCP and info and info[0] in _LCP_BASIC_CODES):
             his = self.lcp.his
             accm = self.lcp.send_accm
@@ -360,6 +473,36 @@ class PPPLink(object):
         self._pending += len(framed)
         self._output.append((urgent, framed))
 
+    # -- the pre-PPP dialogue ------------------------------------------------------------
+
+    def _answer_results(self, now):
+        answer = self.answer
+        out = answer.take_output()
+        if out:
+            self._pending += len(out)
+            self._output.append((True, out))
+        for event in answer.take_events():
+            if event == ESCAPED:
+                self.deframer.reset()           # the "+++" it was holding as the start of a frame
+            elif event == HANGUP:
+                self._hangup(now)
+            elif event == CALL and self.lcp.state not in (State.REQ_SENT, State.STOPPED, State.CLOSED,
+                                                          State.INITIAL, State.STARTING):
+                # A new call while LCP still winds the last session down (Stopping lasts a restart
+                # interval) or holds one the client has forgotten: start afresh, as on a new line.
+                self._hangup(now)
+
+    def _hangup(self, now):
+        """The client hung up its "modem": the session ends as if the line had dropped, and we listen again."""
+        log.info("the client hung up: listening for a new call")
+        self._end_reason = "hangup"
+        self.lcp.fsm.down(now, "hangup")
+        self._end_reason = None
+        self.deframer.reset()
+        self.deframer.accm = DEFAULT_ACCM
+        if not self._closed:
+            self.lcp.fsm.up(now)
+
     # -- LCP owner hooks -------------------------------------------------------------
 
     def _set_phase(self, phase):
@@ -374,6 +517,9 @@ class PPPLink(object):
             self._set_phase(Phase.TERMINATE)
         elif new != State.OPENED:
             self._set_phase(Phase.DEAD)
+        if self.answer is not None and new in (State.CLOSING, State.STOPPING, State.CLOSED, State.STOPPED):
+            # The session is over: a client that talks before PPP is answered again.
+            self.answer.session_ended()
 
     def lcp_starting(self):
         pass
@@ -385,7 +531,13 @@ class PPPLink(object):
         self.sessions += 1
         self.deframer.accm = self.lcp.recv_accm
         self.mtu = self.lcp.peer_mru
-        self.ipcp.fsm.mru = self.mtu
+        for entry in self.protocols:
+            if entry is not self.lcp and isinstance(entry, ControlProtocol):
+                entry.fsm.mru = self.mtu        # bounds the Code-Rejects it sends
+        # pppd's link_established: the other protocols may now send.
+        for entry in self.protocols:
+            if entry is not self.lcp:
+                entry.lower_up(now)
         method = self.config.require_auth
         if method == "none":
             self._enter_network(now)
@@ -405,10 +557,14 @@ class PPPLink(object):
         if self._closed or reason == PEER_TERMINATED:
             self.deframer.accm = DEFAULT_ACCM
         # else the peer may not know the session ended and still send with the negotiated ACCM (the
-        # Terminate-Ack below needs its frames); escaped characters decode the same with either ACCM.
-        if self.auth is not None:
-            self.auth.stop()
-        self.ipcp.fsm.down(now, reason)
+        # Terminate-Ack of _nudge needs its frames); escaped characters decode the same with either ACCM.
+        # pppd's link_down: every other entry loses its lower layer, and the NCPs are closed so that the
+        # next session opens them only in its own Network phase.
+        for entry in self.protocols:
+            if entry is not self.lcp:
+                entry.lower_down(now, reason)
+                if entry.ncp:
+                    entry.close(now, "LCP down")
         self._report_down(reason)
 
     def lcp_finished(self):
@@ -422,11 +578,10 @@ class PPPLink(object):
         now = self.lcp.fsm.now
         self._note("peer_protocol_rejects", "the peer rejects protocol %s" % wppp.protocol_name(protocol),
                    level=logging.INFO)
-        if protocol in (wppp.PROTO_IPCP, wppp.PROTO_IP):
-            self.ipcp.fsm.protocol_rejected(now)
-        elif self.auth is not None and protocol == self.auth.protocol and self.auth.state == WAITING:
-            self.auth.stop()
-            self._todo.append(lambda now: self._auth_result("", False))
+        for entry in self.protocols:
+            if entry is not self.lcp and protocol in (entry.protocol, entry.data_protocol):
+                entry.protocol_rejected(now)
+                return
 
     def lcp_looped_back(self):
         log.warning("the serial line is looped back: LCP stops negotiating and listens")
@@ -454,9 +609,11 @@ class PPPLink(object):
     # -- sessions ------------------------------------------------------------------------
 
     def _enter_network(self, now):
+        """pppd's start_networks: every network-layer entry of the table is opened."""
         self._set_phase(Phase.NETWORK)
-        self.ipcp.fsm.open(now)
-        self.ipcp.fsm.up(now)
+        for entry in self.protocols:
+            if entry.ncp:
+                entry.open(now)
 
     def _auth_result(self, user, ok):
         now = self._now

@@ -25,6 +25,9 @@ OpenSSH's ``ssh -D`` is not such a proxy: it queues its "succeeded" reply but wr
 opened the connection, and closes without a reply when that fails (a ConnectFailed, RESET: "the proxy closed the
 connection before its reply to CONNECT").
 
+A service with fallback targets is one attempt over all of them: :meth:`Connector.open_any` tries each in turn
+under the same deadline and cancel, and says which one answered and which failed (net/health.py learns from that).
+
 One :class:`Connector` per attempt does the work; ``open_connection`` is the short form.  Everything runs on a
 non-blocking socket under ``poll()`` with one deadline, ``timeout`` seconds, for the whole attempt (name lookup,
 TCP connect, proxy handshake), and a wake-up socket pair: :meth:`Connector.cancel`, called from any thread, sets a
@@ -80,6 +83,7 @@ class ConnectFailed(Exception):
         self.outcome = outcome
         self.hop = hop
         self.code = code
+        self.failures = []      # Connector.open_any: [(index, ConnectFailed)] of every target that failed
 
 
 def errno_outcome(err):
@@ -115,6 +119,7 @@ class Connector(object):
         self._cancelled = False
         self._started = False
         self._wake_r = self._wake_w = None          # the wake-up pair, while open() runs
+        self._budget = self.timeout                 # seconds of the current attempt (open_any shares the timeout)
 
     def __repr__(self):
         return "Connector(%s, timeout=%g)" % (self.hop, self.timeout)
@@ -149,6 +154,22 @@ class Connector(object):
 
     def open(self, host, port):
         """Connect to ``host:port``; ``(socket, leftover)`` or ConnectFailed.  Once per Connector."""
+        _, sock, leftover, _ = self.open_any(((host, port),))
+        return sock, leftover
+
+    def open_any(self, targets):
+        """Connect to the first of ``targets`` (``[(host, port), ...]``) that answers, trying them in order.
+
+        Returns ``(index, socket, leftover, failures)``: the index of the target reached and
+        ``[(index, ConnectFailed), ...]`` for those that failed before it.  When every one fails, raises the last
+        ConnectFailed, whose ``failures`` lists them all (a cancel ends the whole attempt at once, and is not a
+        failure of any target).  The one deadline is shared fairly: each attempt may use the time left divided
+        by the number of targets left, so a target that swallows SYNs leaves time for the next one, and one that
+        refuses at once leaves it all.  Once per Connector.
+        """
+        targets = list(targets)
+        if not targets:
+            raise ValueError("open_any needs at least one target")
         if self._started:
             raise RuntimeError("a Connector opens one connection; make a new one")
         self._started = True
@@ -158,31 +179,51 @@ class Connector(object):
         wake_w.setblocking(False)
         with self._lock:
             self._wake_r, self._wake_w = wake_r, wake_w
+        failures = []
         try:
-            if self._cancelled:
-                raise self._fail("cancelled", refusal.RESET)
-            if self.proxy is None:
-                sock = self._connect(host, port, deadline, to_proxy=False)
-                leftover = b""
-            else:
+            for index, (host, port) in enumerate(targets):
+                left = len(targets) - index
+                share = deadline if left == 1 else time.monotonic() + (deadline - time.monotonic()) / left
                 try:
-                    client = CLIENTS[self.via](host, port, self.proxy.username or "", self.proxy.password or "")
-                except ValueError as exc:
-                    raise self._fail(str(exc), refusal.RESET)
-                sock = self._connect(self.proxy.host, self.proxy.port, deadline, to_proxy=True)
-                try:
-                    leftover = self._handshake(sock, client, deadline)
-                except BaseException:
-                    sock.close()
-                    raise
-            if self._cancelled:
-                sock.close()
-                raise self._fail("cancelled", refusal.RESET)
-            sock.setblocking(True)
-            log.debug("%s: connected to %s:%d (%d leftover bytes)", self.hop, host, port, len(leftover))
-            return sock, leftover
+                    sock, leftover = self._attempt(host, port, share, max(0.0, share - time.monotonic()))
+                except ConnectFailed as exc:
+                    if self._cancelled:
+                        raise self._fail("cancelled", refusal.RESET)
+                    failures.append((index, exc))
+                    if left == 1:
+                        exc.failures = failures
+                        raise
+                    continue
+                return index, sock, leftover, failures
         finally:
             self._close_wake()
+        raise AssertionError("not reached")
+
+    def _attempt(self, host, port, deadline, budget):
+        """One target: ``(socket, leftover)`` or ConnectFailed, by ``deadline``; ``budget``: its seconds."""
+        self._budget = budget
+        if self._cancelled:
+            raise self._fail("cancelled", refusal.RESET)
+        if self.proxy is None:
+            sock = self._connect(host, port, deadline, to_proxy=False)
+            leftover = b""
+        else:
+            try:
+                client = CLIENTS[self.via](host, port, self.proxy.username or "", self.proxy.password or "")
+            except ValueError as exc:
+                raise self._fail(str(exc), refusal.RESET)
+            sock = self._connect(self.proxy.host, self.proxy.port, deadline, to_proxy=True)
+            try:
+                leftover = self._handshake(sock, client, deadline)
+            except BaseException:
+                sock.close()
+                raise
+        if self._cancelled:
+            sock.close()
+            raise self._fail("cancelled", refusal.RESET)
+        sock.setblocking(True)
+        log.debug("%s: connected to %s:%d (%d leftover bytes)", self.hop, host, port, len(leftover))
+        return sock, leftover
 
     def _fail(self, reason, outcome, code=None):
         return ConnectFailed(reason, outcome, self.hop, code)
@@ -218,15 +259,19 @@ class Connector(object):
                 if sock is None:
                     return 0
 
+    def _seconds(self):
+        """The current attempt's time, rounded for messages (the whole timeout when there is one target)."""
+        return round(self._budget, 1)
+
     def _connect_timeout(self):
-        text = "connect timeout (%g s)" % self.timeout
+        text = "connect timeout (%g s)" % self._seconds()
         return self._unreachable_proxy(text) if self.proxy is not None else self._fail(text, refusal.RESET)
 
     def _lookup_timeout(self):
-        return self._fail("name lookup timeout (%g s)" % self.timeout, refusal.RESET)
+        return self._fail("name lookup timeout (%g s)" % self._seconds(), refusal.RESET)
 
     def _answer_timeout(self):
-        return self._fail("the proxy did not answer within %g s" % self.timeout, refusal.RESET)
+        return self._fail("the proxy did not answer within %g s" % self._seconds(), refusal.RESET)
 
     def _resolve(self, host, port, deadline, to_proxy):
         """getaddrinfo() results for a TCP connect to host:port, waiting at most until ``deadline``."""

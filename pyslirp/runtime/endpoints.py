@@ -13,8 +13,17 @@ queue, TIOCOUTQ) and the line manager ``cancel``/``close`` it.
   cancelled write returns early.
 * ``reopenable``: whether the line manager should open the same port again
   after :class:`LineGone` (a serial device that comes back: yes; standard
-  input or our own pseudo-terminal: no); ``final_exit_code``: the exit
-  status when a non-reopenable endpoint goes away.
+  input, our own pseudo-terminal or someone else's: no); ``final_exit_code``:
+  the exit status when a non-reopenable endpoint goes away, ``final_note``
+  why it is not reopened (logged).
+* ``backlog_visible``: whether ``out_waiting`` shows everything that waits
+  toward the line.  True for a serial port (TIOCOUTQ) and for our own
+  pseudo-terminal (FIONREAD on its slave: what the client has not read);
+  False for the slave of someone else's pseudo-terminal (TIOCOUTQ reads 0
+  there), for standard input/output that is a pipe, a socket or a pty (the
+  program behind it holds the backlog), and for pyserial URLs.  Where it is
+  False the runtime paces output at the configured line speed instead of
+  trusting a queue that always looks empty.
 
 Implementations: :class:`PySerialEndpoint` (a device path or a pyserial URL;
 8N1, RTS/CTS or XON/XOFF from the configuration; pyserial imported lazily),
@@ -36,6 +45,7 @@ import termios
 import tty
 
 from pyslirp import compat
+from pyslirp.runtime import ownership
 
 log = logging.getLogger("pyslirp.runtime")
 
@@ -86,6 +96,8 @@ class Endpoint(object):
     name = "?"
     reopenable = False
     final_exit_code = 0         # exit status when a non-reopenable endpoint goes away
+    final_note = ""             # why it is not reopened, if that needs saying
+    backlog_visible = False     # out_waiting() shows all that waits toward the line
 
     def read(self, n):
         raise NotImplementedError
@@ -211,6 +223,7 @@ class PtyEndpoint(FdEndpoint):
 
     reopenable = False
     final_exit_code = 1         # our own pty failing is a runtime failure
+    backlog_visible = True      # the slave's input queue is what the client has not read
 
     def __init__(self, link=""):
         master, slave = os.openpty()
@@ -273,6 +286,7 @@ class StdioEndpoint(FdEndpoint):
 
     def __init__(self, rfd=0, wfd=1):
         super().__init__(rfd, wfd, "stdio")
+        self.backlog_visible = _is_serial_port(wfd)
         self._saved = None
         if os.isatty(rfd):
             try:
@@ -293,22 +307,74 @@ class StdioEndpoint(FdEndpoint):
 
 
 class PySerialEndpoint(Endpoint):
-    """A serial device path or a pyserial URL (socket://, rfc2217://, loop://), 8N1."""
+    """A serial device path or a pyserial URL (socket://, rfc2217://, loop://), 8N1.
+
+    A device path is made ours before anything else touches it (see :mod:`pyslirp.runtime.ownership`): its UUCP
+    lock file in ``lock_dir`` (None: no lock file), a look that no other program has it in exclusive mode,
+    pyserial's flock (``exclusive=True``), then TIOCEXCL.  A device held by another program raises an
+    :class:`OpenError` that ends the program at start-up and is retried later.  A device that turns out to be a
+    pseudo-terminal (the slave of socat, tcpser, QEMU...) is not reopenable and its backlog is not visible
+    (TIOCOUTQ on a pty slave is always 0: what waits is in the master's input queue, someone else's); a
+    pseudo-terminal path that does not exist is not waited for: its number would go to the next program that
+    creates a pty.  A URL's backlog is not visible either (what waits in a terminal server is not ours to see).
+    """
 
     reopenable = True
+    backlog_visible = True
 
-    def __init__(self, port, baudrate=115200, flow_control="none"):
+    def __init__(self, port, baudrate=115200, flow_control="none", lock_dir=None):
         serial = compat.serial_module()
         self.name = port
         self._serial_exc = serial.SerialException
+        self._lock = None
+        self._exclusive_fd = None
         kwargs = dict(baudrate=baudrate, bytesize=serial.EIGHTBITS, parity=serial.PARITY_NONE,
                       stopbits=serial.STOPBITS_ONE, rtscts=flow_control == "hardware",
                       xonxoff=flow_control == "software", timeout=POLL_INTERVAL, write_timeout=None)
+        if "://" in port:
+            self.backlog_visible = False
+            self.ser = self._open(serial, port, kwargs, url=True)
+            return
+        pty = ownership.is_pty_path(port)
+        if pty and not os.path.exists(port):
+            raise OpenError("cannot open %s: no such pseudo-terminal (one that is gone does not come back: "
+                            "its number goes to the next program that asks for a pty)" % port, permanent=True)
+        if lock_dir:
+            lock = ownership.UucpLock(port, lock_dir)
+            try:
+                if lock.acquire():
+                    self._lock = lock
+            except ownership.LineBusy as exc:
+                raise OpenError("cannot open %s: %s" % (port, exc), startup_fatal=True)
         try:
-            if "://" in port:
-                self.ser = serial.serial_for_url(port, **kwargs)
-            else:
-                self.ser = serial.Serial(port, exclusive=True, **kwargs)
+            ownership.check_not_exclusive(port)
+            self.ser = self._open(serial, port, kwargs, url=False)
+        except ownership.LineBusy as exc:
+            self._release_lock()
+            raise OpenError("cannot open %s: %s" % (port, exc), startup_fatal=True)
+        except OpenError:
+            self._release_lock()
+            raise
+        fd = self.fileno()
+        if fd is not None:
+            try:
+                pty = ownership.is_pty_slave(os.fstat(fd))
+            except OSError:
+                pass
+            if ownership.set_exclusive(fd):
+                self._exclusive_fd = fd
+        if pty:
+            self.reopenable = False
+            self.backlog_visible = False
+            self.final_exit_code = 1
+            self.final_note = ("%s is a pseudo-terminal: it is not reopened, its number goes to the next "
+                               "program that asks for a pty" % port)
+
+    def _open(self, serial, port, kwargs, url):
+        try:
+            if url:
+                return serial.serial_for_url(port, **kwargs)
+            return serial.Serial(port, exclusive=True, **kwargs)
         except ValueError as exc:
             raise OpenError("invalid serial port setting for %s: %s" % (port, exc), permanent=True, code=2)
         except (OSError, serial.SerialException) as exc:
@@ -318,7 +384,15 @@ class PySerialEndpoint(Endpoint):
                                 "e.g. dialout?)" % port, startup_fatal=True)
             if err == errno.ENOENT:
                 raise OpenError("cannot open %s: no such device (not plugged in yet?)" % port)
+            if err in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY):
+                # flock(2) refused (another pyserial program, another pyslirp) or TIOCEXCL (open: EBUSY).
+                raise OpenError("cannot open %s: in use by another program" % port, startup_fatal=True)
             raise OpenError("cannot open %s: %s" % (port, _strip(exc)))
+
+    def _release_lock(self):
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def read(self, n):
         try:
@@ -361,10 +435,23 @@ class PySerialEndpoint(Endpoint):
                     pass
 
     def close(self):
+        if self._exclusive_fd is not None:
+            # The flag outlives our descriptor (a pty whose master is still open): give the line back.
+            ownership.set_exclusive(self._exclusive_fd, False)
+            self._exclusive_fd = None
         try:
             self.ser.close()
         except Exception:
             pass
+        self._release_lock()
+
+
+def _is_serial_port(fd):
+    """Whether ``fd`` is a terminal that is not a pseudo-terminal: a serial port, whose TIOCOUTQ is the backlog."""
+    try:
+        return os.isatty(fd) and not ownership.is_pty_slave(os.fstat(fd))
+    except OSError:
+        return False
 
 
 def _strip(exc):

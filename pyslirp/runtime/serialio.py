@@ -20,7 +20,12 @@ Theory of operation:
   drained below that bound it posts ``("room", writer)``: the stack thread
   then hands over the next frames.  The configured baud rate is only the
   first guess: a pty, a socket or a USB CDC-ACM port ignores it and is
-  measured running at full speed.
+  measured running at full speed.  Where the endpoint cannot show its
+  backlog at all (``endpoint.backlog_visible`` is false: the slave of
+  someone else's pty, standard output that is a pipe or a pty, a pyserial
+  URL) there is nothing to measure, and :class:`LinePacer` models the line
+  at the configured speed instead: the same bound, the same "room", but the
+  queue is the virtual line's.
 * :class:`LineManager` opens the endpoint, starts a reader and a writer on it
   and posts ``("line_up", line, endpoint, writer, reader)``; when either
   thread reports the line gone it posts ``("line_down", line, reason)``,
@@ -168,6 +173,100 @@ class DrainMeter(object):
         return int(min(self.max_target, max(self.min_target, self.rate * self.delay)))
 
 
+class LinePacer(object):
+    """Output paced at the configured line speed, for an endpoint that cannot show its backlog.
+
+    Sans-IO; ``now`` in integer milliseconds.  On the slave of someone else's pseudo-terminal (socat, QEMU),
+    on standard output that is a pipe, a socket or a pty, and behind a pyserial URL, the OS output queue always
+    looks empty: what waits is in a buffer that is not ours (the pty master's input queue, ssh, a terminal
+    server).  A :class:`DrainMeter` would conclude the line is infinitely fast and up to that buffer's size
+    (tens of kB: seconds at 115200 bit/s) would wait in front of every keystroke.  The configured baud rate is
+    the user telling us the line's speed, so this models the line instead of measuring it: a virtual line that
+    transmits ``rate`` bytes/s (baud / 10 for 8N1).  ``_busy`` is when it will have sent everything written so
+    far; what is still queued toward the line is ``(_busy - now) * rate``, and :meth:`backlog` also takes the part
+    of the OS queue that can be seen, if larger (a pipe's unread bytes: a reader slower than the line).  This
+    is a token bucket of depth :meth:`target` that the stack thread fills, through the writer, with the same
+    budget arithmetic as for a measured line: ``target - queued - backlog``.
+
+    Where the real line is slower than configured, a queue still grows out of sight.  The round trips the TCP
+    connections measure show it: :meth:`set_delay_signal` takes a round-trip figure (ms) whenever the stack has
+    one.  As in LEDBAT (RFC 6817), the base delay is the smallest figure seen over the last ``BASE_BUCKETS``
+    minutes, the current delay the smallest of the last ``CURRENT_SAMPLES``; their difference is the standing
+    queue.  Above ``DELAY_TARGET`` ms the pace falls (by up to ``DECREASE_GAIN`` per ``ADJUST_MS``), below it
+    climbs back (by up to ``INCREASE_GAIN``), never above the configured rate nor below ``FLOOR`` of it.
+    """
+
+    DELAY_TARGET = 200          # ms of standing queue tolerated (RFC 6817 allows at most 100 on the Internet;
+                                # a serial round trip carries frames of the client's own upload besides)
+    ADJUST_MS = 500             # at most one change of pace this often
+    DECREASE_GAIN = 0.25        # the largest fall per change (queue delay of twice the target and more)
+    INCREASE_GAIN = 0.05        # the largest rise per change (no queue at all)
+    FLOOR = 1.0 / 16            # never slower than this fraction of the configured rate
+    CURRENT_SAMPLES = 4         # RFC 6817 CURRENT_FILTER
+    BASE_BUCKETS = 10           # RFC 6817 BASE_HISTORY: minutes
+    BUCKET_MS = 60000
+
+    def __init__(self, rate, min_target=128, max_target=65536, delay=10):
+        self.ceiling = float(rate)
+        self.rate = float(rate)         # bytes/s, what the line is paced at now
+        self.min_target = min_target
+        self.max_target = max(min_target, max_target)
+        self.delay = delay              # ms of line time the bound holds
+        self.bytes = 0                  # written in all
+        self.queue_delay = None         # ms: the standing queue the round trips last showed
+        self._busy = 0.0                # ms: when the virtual line has sent everything written so far
+        self._current = collections.deque(maxlen=self.CURRENT_SAMPLES)
+        self._base = collections.deque(maxlen=self.BASE_BUCKETS)    # [bucket start, minimum]
+        self._adjusted = None
+
+    def wrote(self, nbytes, now):
+        """``nbytes`` went to the OS at ``now``: they follow what the virtual line still has to send."""
+        start = self._busy if self._busy > now else float(now)
+        self._busy = start + nbytes * 1000.0 / self.rate
+        self.bytes += nbytes
+
+    def queued(self, now):
+        """Bytes the virtual line has not sent yet."""
+        left = self._busy - now
+        return int(left * self.rate / 1000.0 + 0.999) if left > 0 else 0
+
+    def backlog(self, now, seen=0):
+        """What waits toward the line: the virtual queue or, if larger, the part of the OS queue we can see."""
+        queued = self.queued(now)
+        return seen if seen > queued else queued
+
+    def target(self):
+        return int(min(self.max_target, max(self.min_target, self.rate * self.delay / 1000.0)))
+
+    def set_delay_signal(self, now, rtt):
+        """A round-trip figure (ms, already minimum-filtered or a raw sample) measured across the link."""
+        self._current.append(rtt)
+        bucket = now - now % self.BUCKET_MS
+        if self._base and self._base[-1][0] == bucket:
+            if rtt < self._base[-1][1]:
+                self._base[-1][1] = rtt
+        else:
+            self._base.append([bucket, rtt])
+        base = min(b[1] for b in self._base)
+        self.queue_delay = min(self._current) - base
+        if self._adjusted is not None and now - self._adjusted < self.ADJUST_MS:
+            return
+        self._adjusted = now
+        off = (self.DELAY_TARGET - self.queue_delay) / float(self.DELAY_TARGET)    # 1: no queue; < 0: too much
+        if off < 0:
+            factor = 1.0 + self.DECREASE_GAIN * max(-1.0, off)
+        else:
+            factor = 1.0 + self.INCREASE_GAIN * off
+        self._set_rate(now, min(self.ceiling, max(self.ceiling * self.FLOOR, self.rate * factor)))
+
+    def _set_rate(self, now, rate):
+        if rate == self.rate:
+            return
+        queued = self.queued(now)       # the bytes still queued drain at the new rate from now on
+        self.rate = rate
+        self._busy = now + queued * 1000.0 / rate if queued else self._busy
+
+
 class SerialWriter(threading.Thread):
     """Writes framed frames to the line in the order given; measures the line's drain.
 
@@ -185,7 +284,7 @@ class SerialWriter(threading.Thread):
     POLL_MAX = 0.02
 
     def __init__(self, endpoint, post, on_gone, coalesce=16384, limit=1 << 20, meter=None,
-                 clock=time.monotonic):
+                 clock=time.monotonic, pacer=None):
         super().__init__(name="serial-writer", daemon=True)
         self.endpoint = endpoint
         self._post = post
@@ -199,7 +298,9 @@ class SerialWriter(threading.Thread):
         self._watching = False          # written since the last "room": the stack thread may be waiting
         self._clock = clock
         self.meter = meter if meter is not None else DrainMeter()
-        self.backlog = getattr(endpoint, "out_waiting", None) or (lambda: 0)
+        self.pacer = pacer              # a LinePacer where the endpoint cannot show its backlog
+        self._pace_lock = threading.Lock()      # the pacer is used by this thread and the stack thread
+        self._out_waiting = getattr(endpoint, "out_waiting", None) or (lambda: 0)
         self.dropped = 0
         self.bytes_written = 0
         self.writes = 0
@@ -212,11 +313,33 @@ class SerialWriter(threading.Thread):
 
     @property
     def rate(self):
-        """Measured drain rate in bytes/s (None while unknown)."""
+        """The line's rate in bytes/s: the pace, or the measured drain (None while unknown)."""
+        if self.pacer is not None:
+            return self.pacer.rate
         return self.meter.rate
 
     def target(self):
+        """The bound on what may wait toward the line."""
+        if self.pacer is not None:
+            return self.pacer.target()
         return self.meter.target()
+
+    def backlog(self):
+        """Bytes waiting toward the line: the OS queue, or for a paced line the virtual one (if larger)."""
+        seen = self._out_waiting()
+        if self.pacer is None:
+            return seen
+        with self._pace_lock:
+            return self.pacer.backlog(self._now_ms(), seen)
+
+    def set_delay_signal(self, rtt):
+        """A round trip across the link (ms) measured by the stack: a rising minimum slows a paced line."""
+        if self.pacer is not None:
+            with self._pace_lock:
+                self.pacer.set_delay_signal(self._now_ms(), rtt)
+
+    def _now_ms(self):
+        return int(self._clock() * 1000)
 
     def put(self, urgent, frame):
         """Queue one framed frame (``urgent`` is informational: order is kept); False if full or stopped."""
@@ -246,7 +369,9 @@ class SerialWriter(threading.Thread):
         return chunks, size
 
     def _look(self):
-        backlog = self.backlog()
+        if self.pacer is not None:
+            return self.backlog()
+        backlog = self._out_waiting()
         self.meter.observe(self._clock(), backlog)
         return backlog
 
@@ -272,7 +397,11 @@ class SerialWriter(threading.Thread):
             if chunks:
                 self._look()
                 self.endpoint.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-                self.meter.wrote(size)
+                if self.pacer is not None:
+                    with self._pace_lock:
+                        self.pacer.wrote(size, self._now_ms())
+                else:
+                    self.meter.wrote(size)
                 with self._cond:
                     self._queued -= size
                 self.bytes_written += size
@@ -284,13 +413,13 @@ class SerialWriter(threading.Thread):
             poll = None
             if self._watching:
                 backlog = self._look()
-                excess = backlog - self.meter.target()
+                excess = backlog - self.target()
                 if excess <= 0:
                     self._watching = False
                     self.rooms += 1
                     self._post(("room", self))
                 else:
-                    rate = self.meter.rate
+                    rate = self.rate
                     poll = excess / rate if rate else self.POLL_MAX
                     poll = min(self.POLL_MAX, max(self.POLL_MIN, poll))
 
@@ -299,7 +428,7 @@ class LineManager(threading.Thread):
     """Opens the endpoint (again and again, for devices) and runs its reader and writer."""
 
     def __init__(self, post, opener=None, endpoint=None, coalesce=16384, writer_limit=1 << 20,
-                 clock=time.monotonic, meter_factory=None):
+                 clock=time.monotonic, meter_factory=None, pacer_factory=None):
         super().__init__(name="line-manager", daemon=True)
         self._post = post
         self._opener = opener
@@ -307,6 +436,7 @@ class LineManager(threading.Thread):
         self._coalesce = coalesce
         self._writer_limit = writer_limit
         self._meter_factory = meter_factory or DrainMeter    # one fresh DrainMeter per opened line
+        self._pacer_factory = pacer_factory     # a fresh LinePacer per line whose backlog cannot be seen
         self._clock = clock
         self._stop_event = threading.Event()
         self._gone = threading.Event()
@@ -372,7 +502,9 @@ class LineManager(threading.Thread):
             if duration >= STABLE_AFTER:
                 backoff = BACKOFF_START
             if not endpoint.reopenable:
-                self._post(("line_final", self, self._reason, getattr(endpoint, "final_exit_code", 0)))
+                if endpoint.final_note:
+                    log.warning("%s", endpoint.final_note)
+                self._post(("line_final", self, self._reason, endpoint.final_exit_code))
                 return
             log.info("reopening %s in %g s", endpoint.name, backoff)
             if self._stop_event.wait(backoff):
@@ -382,8 +514,13 @@ class LineManager(threading.Thread):
     def _run_line(self, endpoint):
         """Serve one open endpoint until it is gone: (stopping, seconds it was up)."""
         self._gone.clear()
+        pacer = None
+        if not endpoint.backlog_visible and self._pacer_factory is not None:
+            pacer = self._pacer_factory()
+            log.info("%s: its backlog cannot be seen: output paced at %d bytes/s (the configured baudrate)",
+                     endpoint.name, pacer.rate)
         writer = SerialWriter(endpoint, self._post, None, self._coalesce, self._writer_limit,
-                              meter=self._meter_factory())
+                              meter=self._meter_factory(), pacer=pacer)
         reader = SerialReader(endpoint, self._post, None)
         on_gone = self._report_gone(reader, writer)
         writer._on_gone = reader._on_gone = on_gone

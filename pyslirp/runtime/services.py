@@ -6,7 +6,8 @@ by the stack thread only) starts a :class:`ServiceConnection` thread for it
 and routes the stack's later events to it.  The thread never touches a
 protocol object: it only posts tuples to the stack thread's inbox:
 
-    ("svc_connected", conn_id)          ("svc_failed", conn_id, reason, outcome)
+    ("svc_connected", conn_id, target, failures)
+    ("svc_failed", conn_id, reason, outcome, failures)
     ("svc_data", conn_id, bytes)        ("svc_eof", conn_id)
     ("svc_written", conn_id, nbytes)    ("svc_error", conn_id, reason)
     ("svc_done", conn_id)               (thread finished, socket closed)
@@ -31,11 +32,16 @@ the socket by itself.  A socket pair wakes the thread from ``poll`` when the
 stack thread hands it something.
 
 Connecting: the event carries the flow's Route; a
-:class:`~pyslirp.runtime.connectors.Connector` reaches the route's target by
-``route.via``: directly, or through the configured SOCKS5 or HTTP CONNECT
-proxy, all within ``connect_timeout`` seconds.  A failure is ``svc_failed``
-with the hop (direct, or which proxy), the reason and the outcome the client
-is shown (net/refusal.py); the stack logs it as one line with the flow.  An abort
+:class:`~pyslirp.runtime.connectors.Connector` reaches the route's targets
+(``route.targets``: the service's host:port, then its fallbacks, without
+those whose breaker is open) in order by ``route.via``: directly, or through
+the configured SOCKS5 or HTTP CONNECT proxy, all within ``connect_timeout``
+seconds (``Connector.open_any``).  ``target`` is the index of the target
+reached and ``failures`` is ``((index, reason), ...)`` for those that failed:
+the stack's circuit breakers learn from both.  When none answers,
+``svc_failed`` carries the hop (direct, or which proxy), the reason and the
+outcome the client is shown (net/refusal.py) of the last one, and the
+reasons of all; the stack logs it as one line with the flow.  An abort
 while connecting (link down) cancels the attempt at once.  Bytes that came
 with the proxy's answer are the tunnel's first bytes: they are delivered
 within read credit like everything read later.
@@ -49,8 +55,7 @@ import socket
 import struct
 import threading
 
-from pyslirp.net.events import (ConnectionLog, ServiceClose, ServiceConnect, ServiceReadCredit,
-                                ServiceSend, ServiceShutdown)
+from pyslirp.net.events import ServiceClose, ServiceConnect, ServiceReadCredit, ServiceSend, ServiceShutdown
 from pyslirp.runtime.connectors import CONNECT_TIMEOUT, ConnectFailed, Connector
 from pyslirp.runtime.wakeup import Wakeup
 
@@ -64,6 +69,16 @@ def _reason(exc):
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno).lower()
     return str(exc) or type(exc).__name__
+
+
+def _target(target):
+    host, port = target
+    return "%s:%d" % ("[%s]" % host if ":" in host else host, port)
+
+
+def _failures(failed, targets):
+    """``((index, "hop: reason"), ...)`` of ConnectFailed per target index (what the stack's breakers learn)."""
+    return tuple((index, "%s: %s" % (exc.hop, exc.reason)) for index, exc in failed if index < len(targets))
 
 
 class ServiceConnection(threading.Thread):
@@ -116,13 +131,19 @@ class ServiceConnection(threading.Thread):
 
     def run(self):
         sock = None
+        targets = self.route.targets
         try:
             try:
-                sock, self._early = self._connector.open(self.host, self.port)
+                index, sock, self._early, failed = self._connector.open_any(targets)
             except ConnectFailed as exc:
-                if self._abort is None:
+                if self._abort is None and not self._connector.cancelled:
                     # The stack logs the refusal once, with the flow, the route and this reason.
-                    self._post(("svc_failed", self.conn_id, "%s: %s" % (exc.hop, exc.reason), exc.outcome))
+                    failures = _failures(exc.failures, targets)
+                    if len(targets) == 1:
+                        reason = failures[0][1] if failures else "%s: %s" % (exc.hop, exc.reason)
+                    else:
+                        reason = "; ".join("%s %s" % (_target(targets[i]), text) for i, text in failures)
+                    self._post(("svc_failed", self.conn_id, reason, exc.outcome, failures))
                 return
             if self._abort is not None:
                 self._close(sock, abort=True)
@@ -133,7 +154,7 @@ class ServiceConnection(threading.Thread):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-            self._post(("svc_connected", self.conn_id))
+            self._post(("svc_connected", self.conn_id, index, _failures(failed, targets)))
             abort = self._serve(sock)
             self._close(sock, abort)
             sock = None
@@ -261,11 +282,10 @@ class ServiceConnection(threading.Thread):
 class ServiceManager(object):
     """Routes the stack's service events to connection threads (stack thread only)."""
 
-    def __init__(self, post, connect_timeout=CONNECT_TIMEOUT, connection_log=True, proxy=None):
+    def __init__(self, post, connect_timeout=CONNECT_TIMEOUT, proxy=None):
         self._post = post
         self._connect_timeout = connect_timeout
         self._proxy = proxy
-        self._connection_log = connection_log
         self.connections = {}
         self.started = 0
 
@@ -293,11 +313,15 @@ class ServiceManager(object):
         elif isinstance(event, ServiceClose):
             if conn is not None:
                 conn.abort(event.reason)
-        elif isinstance(event, ConnectionLog):
-            log.log(logging.INFO if self._connection_log else logging.DEBUG, "%s", event.text)
         else:
             return False
         return True
+
+    def reconfigure(self, proxy=None, connect_timeout=CONNECT_TIMEOUT):
+        """A reloaded configuration: new connections use this proxy and timeout; those already connecting or
+        connected keep theirs."""
+        self._proxy = proxy
+        self._connect_timeout = connect_timeout
 
     def forget(self, conn_id):
         """The connection's thread has finished."""

@@ -39,7 +39,25 @@ Stopping (SIGINT/SIGTERM): ``Core.close`` sends LCP Terminate-Request; the
 loop waits for the link to die (Terminate-Ack) for at most ``stop_timeout``
 ms, lets the writer drain, then stops the line, aborts the service
 connections and returns 0.  A second signal while stopping returns at once.
-SIGHUP reopens the log files.
+
+SIGHUP reloads: the ``reloader`` (runtime/reload.py, built by the command
+line) re-reads the configuration file on this thread and, when it
+validates, applies it through :meth:`Runtime.reconfigure` -- the Core's
+stack (services, limits, outbound policy, DNS), the service connectors'
+proxy and timeout, the connection log, the stats interval -- and
+:meth:`Runtime.replace_dns_relay` / :meth:`Runtime.replace_audit`.  The PPP
+link is not touched and the flows already open carry on.  The log files
+and the audit log are reopened either way (an external log rotator sends
+SIGHUP too), and the audit log records the reload.
+
+Metrics and records: the figures are the stack thread's, so the snapshot
+(pyslirp/metrics.py ``collect``) is built here: when the metrics server asks
+(``("metrics",)`` through the :class:`SnapshotBox`, at most once per
+MAX_AGE_MS), for the periodic stats line, and on SIGUSR1 (the snapshot as one
+log line).  The link's and the stack's events that are worth a record
+(``LinkUp``, ``LinkDown``, ``AuthResult``, ``FlowLog``) go to the
+:class:`~pyslirp.runtime.audit.EventLog`: the connection log's lines and the
+audit log.
 """
 
 import logging
@@ -49,12 +67,15 @@ import time
 
 from pyslirp import logsetup, metrics
 from pyslirp.core import Core
-from pyslirp.net.events import DnsQuery
+from pyslirp.net.events import BreakerChange, DnsQuery
 from pyslirp.net.ratelimit import every_power_of_two
 from pyslirp.ppp.events import AuthResult, LinkDown, LinkUp
 from pyslirp.runtime.connectors import CONNECT_TIMEOUT
+from pyslirp.net.events import FlowLog
+from pyslirp.runtime.audit import EventLog
 from pyslirp.runtime.datagrams import DatagramRelay
-from pyslirp.runtime.serialio import DrainMeter, LineManager
+from pyslirp.runtime.metrics_server import SnapshotBox
+from pyslirp.runtime.serialio import DrainMeter, LineManager, LinePacer
 from pyslirp.runtime.services import ServiceManager
 
 log = logging.getLogger("pyslirp.runtime")
@@ -77,19 +98,24 @@ class Runtime(object):
     def __init__(self, link_config, stack_config, opener=None, endpoint=None, line_budget=65536,
                  coalesce=16384, stats_interval=0, tap=None, rng=None, connection_log=True,
                  connect_timeout=CONNECT_TIMEOUT, stop_timeout=STOP_TIMEOUT, baudrate=0, core=None, proxy=None,
-                 dns_relay=None, datagrams=None):
+                 dns_relay=None, datagrams=None, audit=None, reloader=None):
         self.inbox = queue.SimpleQueue()
         self.core = core if core is not None else Core(
             link_config, stack_config, rng if rng is not None else random.SystemRandom(), tap=tap)
-        self.services = ServiceManager(self.post, connect_timeout=connect_timeout,
-                                       connection_log=connection_log, proxy=proxy)
+        self.services = ServiceManager(self.post, connect_timeout=connect_timeout, proxy=proxy)
+        self.records = EventLog(audit, connection_log=connection_log)
+        self.metrics_box = SnapshotBox(self.post)
+        self.metrics_server = None      # a MetricsServer on metrics_box, started and stopped with the loop
         # UDP and ping flows: one relay thread for all their sockets; the DNS relay only with the forwarder.
         self.datagrams = datagrams if datagrams is not None else DatagramRelay(self.post)
         self.dns_relay = dns_relay
+        self.reloader = reloader        # reloader(runtime, now) on SIGHUP; None: only reopen the log files
+        self._running = False
         self.line_budget = line_budget
         self.baudrate = baudrate
         self.line = LineManager(self.post, opener=opener, endpoint=endpoint, coalesce=coalesce,
-                                writer_limit=max(4 * line_budget, 1 << 20), meter_factory=self._new_meter)
+                                writer_limit=max(4 * line_budget, 1 << 20), meter_factory=self._new_meter,
+                                pacer_factory=self._new_pacer if baudrate else None)
         self.stats_interval = stats_interval * 1000
         self.stop_timeout = stop_timeout
         self.endpoint = None
@@ -104,13 +130,19 @@ class Runtime(object):
         self._next_stats = None
         self._counters = {"line_ups": 0, "line_downs": 0, "link_ups": 0, "link_downs": 0,
                           "auth_failures": 0, "serial_bytes_in": 0, "serial_bytes_out": 0,
-                          "internal_errors": 0}
+                          "internal_errors": 0, "reloads": 0, "reloads_refused": 0}
+        self._auth = {}                 # (method, "ok" | "fail") -> count
 
     def _new_meter(self):
         """The drain meter of a newly opened line: the configured speed is only the first guess."""
         return DrainMeter(initial=self.baudrate / 10.0 if self.baudrate else None,
                           max_target=self.line_budget, min_target=min(MIN_TARGET, self.line_budget),
                           delay=TARGET_DELAY)
+
+    def _new_pacer(self):
+        """The pacer of a line whose backlog cannot be seen: the configured speed is the line's speed."""
+        return LinePacer(self.baudrate / 10.0, max_target=self.line_budget,
+                         min_target=min(MIN_TARGET, self.line_budget), delay=int(TARGET_DELAY * 1000))
 
     # -- for other threads and signal handlers ------------------------------------
 
@@ -123,6 +155,63 @@ class Runtime(object):
     def request_reopen_logs(self):
         self.inbox.put(("signal", "hup"))
 
+    def request_snapshot_log(self):
+        self.inbox.put(("signal", "usr1"))
+
+    request_reload = request_reopen_logs
+
+    # -- reload (stack thread only) ------------------------------------------------
+
+    def reconfigure(self, now, stack_config, proxy=None, connect_timeout=CONNECT_TIMEOUT, connection_log=True,
+                    stats_interval=0):
+        """Apply a reloaded configuration: the Core's stack, then the runtime's own settings.  New flows use
+        it; open flows keep what they have."""
+        self.core.reconfigure(stack_config, now)
+        self.services.reconfigure(proxy=proxy, connect_timeout=connect_timeout)
+        self.records.connection_log = connection_log
+        interval = stats_interval * 1000
+        if interval != self.stats_interval:
+            self.stats_interval = interval
+            self._next_stats = now + interval if interval else None
+
+    def replace_dns_relay(self, relay):
+        """Stop the DNS relay (queries in flight there are dropped; the forwarder times them out) and use
+        ``relay`` (not yet started; None: no relay) from now on."""
+        old, self.dns_relay = self.dns_relay, relay
+        if old is not None:
+            old.stop(join_timeout=1.0)
+        if relay is not None and self._running:
+            relay.start()
+
+    def replace_audit(self, audit):
+        """Write the audit log to ``audit`` (an open AuditLog, or None: no audit log) from now on."""
+        old, self.records.audit = self.records.audit, audit
+        if old is not None and old is not audit:
+            old.close()
+
+    def _reload(self, now):
+        """SIGHUP: the reloader, if any; the log files and the audit log reopened; a ``reload`` record."""
+        result = None
+        if self.reloader is not None:
+            result = self.reloader(self, now)
+            if result.ok:
+                self._counters["reloads"] += 1
+            else:
+                self._counters["reloads_refused"] += 1
+        logsetup.reopen()
+        if self.records.audit is not None:
+            self.records.audit.reopen()
+        if result is None:
+            log.info("log files reopened")
+            self.records.reload(True, "log files reopened")
+        elif result.ok:
+            self.records.reload(True, "applied: %s%s" % (", ".join(result.changed) or "no change",
+                                                       "; needs a restart: " + ", ".join(result.restart)
+                                                       if result.restart else ""))
+        else:
+            self.records.reload(False, result.error)
+        return result
+
     def counters(self):
         out = dict(("runtime." + k, v) for k, v in self._counters.items())
         out["runtime.services_active"] = len(self.services)
@@ -133,18 +222,30 @@ class Runtime(object):
             rate = self.writer.rate
             out["runtime.line_rate"] = int(rate) if rate is not None else 0     # measured, bytes/s
             out["runtime.line_target"] = self.writer.target()                   # bound on the line's queue
+            out["runtime.line_paced"] = int(self.writer.pacer is not None)      # backlog unseen: paced at baud
         return out
 
     # -- the loop ---------------------------------------------------------------
+
+    def snapshot(self, now):
+        """The figures now (pyslirp/metrics.py); stack thread only."""
+        writer = self.writer
+        c = self._counters
+        return metrics.collect(self.core, now, serial_in=c["serial_bytes_in"], serial_out=c["serial_bytes_out"],
+                               line_open=writer is not None, drain_rate=writer.rate if writer is not None else None,
+                               auth=self._auth, internal_errors=c["internal_errors"], audit=self.records.counts())
 
     def run(self):
         now = monotonic_ms()
         if self.stats_interval:
             self._next_stats = now + self.stats_interval
+        if self.metrics_server is not None:
+            self.metrics_server.start()
         self.line.start()
         self.datagrams.start()
         if self.dns_relay is not None:
             self.dns_relay.start()
+        self._running = True
         try:
             while self.exit_code is None:
                 now = monotonic_ms()
@@ -213,9 +314,9 @@ class Runtime(object):
         elif kind == "svc_written":
             core.service_written(item[1], item[2], now)
         elif kind == "svc_connected":
-            core.service_connected(item[1], now)
+            core.service_connected(item[1], now, item[2], item[3])
         elif kind == "svc_failed":
-            core.service_failed(item[1], item[2], now, item[3])
+            core.service_failed(item[1], item[2], now, item[3], item[4])
         elif kind == "svc_eof":
             core.service_eof(item[1], now)
         elif kind == "svc_error":
@@ -255,10 +356,14 @@ class Runtime(object):
         elif kind == "fatal":
             log.error("%s", item[2])
             self.exit_code = item[1]
+        elif kind == "metrics":
+            if self.metrics_box.stale(now):
+                self.metrics_box.publish(self.snapshot(now))
         elif kind == "signal":
             if item[1] == "hup":
-                logsetup.reopen()
-                log.info("log files reopened")
+                self._reload(now)
+            elif item[1] == "usr1":
+                log.info("metrics: %s", metrics.format_line(self.snapshot(now), skip_zero=False))
             else:
                 self._begin_stop(now)
         else:
@@ -301,20 +406,33 @@ class Runtime(object):
             self._tell_rate(writer.rate)
         else:
             core.take_serial_output(0, now)
+        downs = []
         for event in core.take_events():
             if self.services.handle(event) or self.datagrams.handle(event):
                 continue
-            if isinstance(event, DnsQuery):
+            if isinstance(event, FlowLog):
+                self.records.flow(event, now)
+            elif isinstance(event, BreakerChange):
+                self.records.breaker(event)
+            elif isinstance(event, DnsQuery):
                 if self.dns_relay is not None:
                     self.dns_relay.submit(event.upstream_id, event.payload)
                 else:
                     core.dns_failed(event.upstream_id, now)
             elif isinstance(event, LinkUp):
                 self._counters["link_ups"] += 1
+                self.records.link_up(event)
             elif isinstance(event, LinkDown):
                 self._counters["link_downs"] += 1
-            elif isinstance(event, AuthResult) and not event.ok:
-                self._counters["auth_failures"] += 1
+                downs.append(event)         # recorded after the flows the link took down with it
+            elif isinstance(event, AuthResult):
+                if not event.ok:
+                    self._counters["auth_failures"] += 1
+                key = (event.method, "ok" if event.ok else "fail")
+                self._auth[key] = self._auth.get(key, 0) + 1
+                self.records.auth(event)
+        for event in downs:
+            self.records.link_down(event)
 
     def _take_output(self, budget, now):
         """The Core's next frames; a positive budget lets one bulk frame through even if it is larger."""
@@ -333,7 +451,7 @@ class Runtime(object):
     def _housekeeping(self, now):
         if self._next_stats is not None and now >= self._next_stats:
             self._next_stats = now + self.stats_interval
-            log.info("stats: %s", metrics.format_line(metrics.snapshot(self.core, self)))
+            log.info("stats: %s", metrics.format_line(self.snapshot(now)))
         if self._stopping == "closing":
             if self.core.is_dead or now >= self._stop_deadline or self.writer is None:
                 self._stopping = "draining"
@@ -346,6 +464,10 @@ class Runtime(object):
         self.line.stop()
         self.line.join(5.0)
         self.services.close_all()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+        if self.records.audit is not None:
+            self.records.audit.close()
         self.datagrams.stop()
         if self.dns_relay is not None:
             self.dns_relay.stop()

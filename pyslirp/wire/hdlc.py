@@ -230,12 +230,19 @@ class Deframer(object):
     ``mru``, ``accm`` (receive ACCM) and ``fcs_size`` may be changed between
     :meth:`feed` calls.  Counters: ``frames``, ``bad_fcs``, ``too_long``,
     ``too_short``, ``aborted``, ``bytes_in``, ``noise_bytes``.
+
+    With ``mark_errors`` set, every dropped frame (any of the counters but
+    ``frames``) also leaves a ``None`` in the list :meth:`feed` returns, where
+    the frame was in the stream: a receiver whose state depends on seeing every
+    frame (Van Jacobson decompression, RFC 1144 section 4.1) resynchronises
+    exactly there.
     """
 
-    def __init__(self, mru=1500, accm=0xFFFFFFFF, fcs_size=16):
+    def __init__(self, mru=1500, accm=0xFFFFFFFF, fcs_size=16, mark_errors=False):
         self.mru = mru
         self.accm = accm
         self.fcs_size = fcs_size
+        self.mark_errors = mark_errors
         self.frames = 0
         self.bad_fcs = 0
         self.too_long = 0
@@ -286,6 +293,9 @@ class Deframer(object):
                 first = bytes(self._partial)
                 self._partial = bytearray()
             self._complete(first, limit, out)
+        elif state == _DISCARD:
+            if self.mark_errors:
+                out.append(None)        # the end of the frame dropped as too long
         elif state == _HUNT:
             self.noise_bytes += len(first)
             if self.noise_bytes:
@@ -318,32 +328,28 @@ class Deframer(object):
         if len(esc) > limit:
             self.too_long += 1
             self._note("too_long", self.too_long, len(esc))
-            return
-        if esc[-1] == ESCAPE:
+        elif esc[-1] == ESCAPE:
             self.aborted += 1
             self._note("aborted", self.aborted, len(esc))
-            return
-        frame = unescape(esc)
-        n = len(frame)
-        if n > self.max_frame:
-            self.too_long += 1
-            self._note("too_long", self.too_long, n)
-            return
-        fcs_len = 4 if self.fcs_size == 32 else 2
-        if n < fcs_len + 2:
-            self.too_short += 1
-            self._note("too_short", self.too_short, n)
-            return
-        if fcs_len == 4:
-            good = fcs32(frame) == GOOD_FCS32
         else:
-            good = fcs16(frame) == GOOD_FCS16
-        if not good:
-            self.bad_fcs += 1
-            self._note("bad_fcs", self.bad_fcs, n)
-            return
-        self.frames += 1
-        out.append(frame[:-fcs_len])
+            frame = unescape(esc)
+            n = len(frame)
+            fcs_len = 4 if self.fcs_size == 32 else 2
+            if n > self.max_frame:
+                self.too_long += 1
+                self._note("too_long", self.too_long, n)
+            elif n < fcs_len + 2:
+                self.too_short += 1
+                self._note("too_short", self.too_short, n)
+            elif (fcs32(frame) == GOOD_FCS32) if fcs_len == 4 else (fcs16(frame) == GOOD_FCS16):
+                self.frames += 1
+                out.append(frame[:-fcs_len])
+                return
+            else:
+                self.bad_fcs += 1
+                self._note("bad_fcs", self.bad_fcs, n)
+        if self.mark_errors:
+            out.append(None)
 
     @staticmethod
     def _note(reason, count, length):

@@ -203,29 +203,34 @@ class PacedRelay(SerialRelay):
                     d.backlogged = len(data) >= room
                     d.busy_until = max(d.busy_until, now) + len(data) / d.rate
                     continue
-                d.backlogged = len(data) >= room
                 self._capture(d.capture, data)
                 if d is down:
                     self.bytes_to_guest += len(data)
                 else:
                     self.bytes_from_guest += len(data)
+                # take() decides from the state before this read whether the line stayed busy meanwhile: the
+                # first chunk after an idle spell starts now, not CATCHUP seconds ago.
                 d.take(data, now)
+                d.backlogged = len(data) >= room
             if self.guest_closed:
                 break
             # 3. Sleep until the next delivery, the next FIFO room, or new bytes from an idle sender.
             now = time.monotonic()
             poller = select.poll()
+            masks = {}
             timeouts = []
-            for d, src, dst in ((down, self.tty_fd, self.guest_in_w), (up, self.guest_out_r, self.tty_fd)):
-                src_open = not (src == self.tty_fd and self.tty_closed)
+            for d, src, dst in ((down, self.tty_r, self.guest_in_w), (up, self.guest_out_r, self.tty_w)):
+                src_open = not (src == self.tty_r and self.tty_closed)
                 t = d.next_event(now, src_open)
                 if t is not None:
                     timeouts.append(t)
                 if d.pending:
-                    if not (dst == self.tty_fd and self.tty_closed):
-                        poller.register(dst, select.POLLOUT)
+                    if not (dst == self.tty_w and self.tty_closed):
+                        masks[dst] = masks.get(dst, 0) | select.POLLOUT
                 elif src_open and not d.backlogged and d.room(now) >= 1:
-                    poller.register(src, select.POLLIN)
+                    masks[src] = masks.get(src, 0) | select.POLLIN
+            for fd, mask in masks.items():      # one registration per descriptor (a pty is both ends)
+                poller.register(fd, mask)
             timeout = min(timeouts) if timeouts else 0.1
             timeout_ms = max(1, min(100, int(timeout * 1000 + 0.999)))
             try:

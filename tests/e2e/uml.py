@@ -14,7 +14,8 @@ as files in the run directory, which both sides see: pppd's debug log, ``ip -o a
 host and the guest can also wait for each other with mark files (``Guest.wait_mark`` / ``Guest.mark``).
 
 ``Pyslirp`` runs ``pyslirp.py --pty --pty-link PATH -c CONFIG [--pcap FILE] -d`` with a generated TOML config and
-waits for its ``pty: /dev/pts/N`` line.  ``Lab`` owns every process a test started and tears all of them down
+waits for its ``pty: /dev/pts/N`` line; with ``line="device"``, ``"stdio"`` or ``"stdio-pty"`` it serves a pty the
+harness created (by its path, as a serial device) or runs ``--stdio`` on pipes or on a pty instead.  ``Lab`` owns every process a test started and tears all of them down
 (process groups killed by id, hard timeouts everywhere).
 
 No network is involved: the plumbing is ptys, pipes and files, and the guest's 10.0.0.x addresses exist only in
@@ -46,7 +47,7 @@ PYSLIRP = os.path.join(ROOT, "pyslirp.py")
 UML_BINARIES = ("/usr/bin/linux.uml", "/usr/bin/linux")
 MODULES_ROOT = "/usr/lib/uml/modules"
 # ppp_async pulls in ppp_generic, slhc and crc-ccitt; the compressors make pppd offer CCP as it does on a stock
-# distribution kernel (pyslirp must reject it).
+# distribution kernel (pyslirp negotiates Deflate and rejects BSD-Compress).
 PPP_MODULES = ("kernel/drivers/net/ppp/ppp_async.ko",)
 OPTIONAL_MODULES = ("kernel/drivers/net/ppp/ppp_deflate.ko", "kernel/drivers/net/ppp/bsd_comp.ko")
 
@@ -134,15 +135,22 @@ class SerialRelay(object):
     Each direction holds at most one read's worth of bytes: while a chunk waits to be written, its source is not
     read.  When the tty side hangs up (pyslirp exited), the guest's output is still drained and discarded so the
     guest never blocks.  The first CAPTURE_LIMIT bytes of each direction are kept for diagnostics.
+
+    ``tty_fd`` is one descriptor (a pty) or a pair ``(read_fd, write_fd)``: pyslirp's standard output and input
+    pipes for ``--stdio``.
     """
 
     CHUNK = 65536
 
     def __init__(self, tty_fd, guest_in_w, guest_out_r, name="relay"):
-        self.tty_fd = tty_fd
+        if isinstance(tty_fd, tuple):
+            self.tty_r, self.tty_w = tty_fd
+        else:
+            self.tty_r = self.tty_w = tty_fd
+        self.tty_fd = self.tty_r
         self.guest_in_w = guest_in_w
         self.guest_out_r = guest_out_r
-        for fd in (tty_fd, guest_in_w, guest_out_r):
+        for fd in set((self.tty_r, self.tty_w, guest_in_w, guest_out_r)):
             os.set_blocking(fd, False)
         self.to_guest = bytearray()    # tty -> guest capture
         self.from_guest = bytearray()  # guest -> tty capture
@@ -192,15 +200,19 @@ class SerialRelay(object):
         while not self._stop.is_set() and not self.guest_closed:
             poller = select.poll()
             if not self.tty_closed:
-                mask = (0 if pending_in else select.POLLIN) | (select.POLLOUT if pending_out else 0)
-                if mask:
-                    poller.register(self.tty_fd, mask)
+                masks = {}
+                if not pending_in:
+                    masks[self.tty_r] = select.POLLIN
+                if pending_out:
+                    masks[self.tty_w] = masks.get(self.tty_w, 0) | select.POLLOUT
+                for fd, mask in masks.items():
+                    poller.register(fd, mask)
             if pending_in:
                 poller.register(self.guest_in_w, select.POLLOUT)
             if not pending_out:
                 poller.register(self.guest_out_r, select.POLLIN)
             events = poller.poll(100)
-            for fd, ev in events:
+            for fd, ev in self._split_tty_events(events):
                 if fd == self.guest_out_r and ev & (select.POLLIN | select.POLLHUP | select.POLLERR):
                     data = self._read(fd)
                     if data is None:
@@ -235,6 +247,13 @@ class SerialRelay(object):
         with self._cond:
             self._cond.notify_all()
 
+    def _split_tty_events(self, events):
+        """poll() events with the tty's two descriptors (if two) reported as the one ``tty_fd``."""
+        if self.tty_r == self.tty_w:
+            return events
+        # The write end reports POLLOUT, or POLLERR once its reader is gone; never data.
+        return [(self.tty_r, ev & ~select.POLLIN) if fd == self.tty_w else (fd, ev) for fd, ev in events]
+
     def _tty_gone(self):
         self.tty_closed = True
 
@@ -250,13 +269,15 @@ class SerialRelay(object):
             raise
 
     def _write(self, fd, data):
+        if fd == self.tty_fd:
+            fd = self.tty_w
         try:
             n = os.write(fd, data)
         except BlockingIOError:
             return data
         except OSError as exc:
             if exc.errno in (errno.EIO, errno.EPIPE):
-                if fd == self.tty_fd:
+                if fd == self.tty_w:
                     self._tty_gone()
                 else:
                     self.guest_closed = True
@@ -568,54 +589,121 @@ def _toml_key(k):
     return k if re.match(r"^[A-Za-z0-9_-]+$", k) else json.dumps(k)
 
 
-class Pyslirp(object):
-    """pyslirp.py serving PPP on a fresh pty, with a generated config.  Use through ``Lab.start_pyslirp``."""
+LINE_TYPES = ("pty", "device", "stdio", "stdio-pty")
 
-    def __init__(self, rundir, config=None, pcap=False, debug=True, args=()):
+
+class Pyslirp(object):
+    """pyslirp.py serving PPP with a generated config.  Use through ``Lab.start_pyslirp``.
+
+    ``line`` is the kind of line pyslirp serves, each as a user would run it:
+
+    * ``"pty"``: ``--pty --pty-link PATH``: pyslirp creates the pty; the relay opens its slave.
+    * ``"device"``: the harness creates a pty (as socat, tcpser or QEMU do) and pyslirp opens the slave's path
+      like a serial device (``pyslirp.py /dev/pts/N``); the relay holds the master.
+    * ``"stdio"``: ``--stdio`` with standard input and output pipes to the relay (``pppd pty "ssh ..."``).
+    * ``"stdio-pty"``: ``--stdio`` on a pty's slave (a login shell on a terminal); the relay holds the master.
+    """
+
+    def __init__(self, rundir, config=None, pcap=False, debug=True, args=(), line="pty"):
+        if line not in LINE_TYPES:
+            raise ValueError("line must be one of %s, got %r" % (", ".join(LINE_TYPES), line))
         self.rundir = rundir
+        self.line = line
         os.makedirs(rundir, exist_ok=True)
         self.config_path = os.path.join(rundir, "pyslirp.toml")
+        config = dict(config or {})
+        if line == "device":
+            # The device's UUCP lock file goes into the run directory, not the host's /var/lock.
+            config["serial"] = dict(config.get("serial", {}))
+            config["serial"].setdefault("lock_dir", rundir)
         with open(self.config_path, "w") as f:
-            f.write(toml_dumps(config or {}))
+            f.write(toml_dumps(config))
         self.link_path = os.path.join(rundir, "pyslirp.pty")
         self.pcap_path = os.path.join(rundir, "pyslirp.pcap") if pcap else None
-        self.cmd = [sys.executable, PYSLIRP, "--pty", "--pty-link", self.link_path, "-c", self.config_path]
+        self._fds = []                  # descriptors of the line that the harness holds (device, stdio)
+        self._relay_end = None          # what the relay gets: a master fd, or (read fd, write fd)
+        self._child_fds = {}            # stdin/stdout for the child
+        self.pty = None
+        if line == "pty":
+            mode = ["--pty", "--pty-link", self.link_path]
+        elif line == "device":
+            master, slave = os.openpty()
+            set_raw(master)
+            set_raw(slave)
+            # The slave stays open here too: a pty master whose slave nobody holds reads EIO.
+            self._fds += [master, slave]
+            self._relay_end = master
+            self.pty = os.ttyname(slave)
+            mode = [self.pty]
+        elif line == "stdio":
+            in_r, in_w = os.pipe()      # relay -> pyslirp's standard input
+            out_r, out_w = os.pipe()    # pyslirp's standard output -> relay
+            self._fds += [in_w, out_r]
+            self._relay_end = (out_r, in_w)
+            self._child_fds = {"stdin": in_r, "stdout": out_w}
+            mode = ["--stdio"]
+        else:
+            master, slave = os.openpty()
+            set_raw(master)
+            set_raw(slave)
+            self._fds += [master]
+            self._relay_end = master
+            self._child_fds = {"stdin": slave, "stdout": slave}
+            mode = ["--stdio"]
+        self.cmd = [sys.executable, PYSLIRP] + mode + ["-c", self.config_path]
         if self.pcap_path:
             self.cmd += ["--pcap", self.pcap_path]
         if debug:
             self.cmd.append("-d")
         self.cmd += list(args)
         self.proc = None
-        self.pty = None
         self.returncode = None
         self.stdout_path = os.path.join(rundir, "pyslirp.stdout.out")
         self.log_path = os.path.join(rundir, "pyslirp.stderr.log")
 
     def start(self, timeout=20.0):
-        """Start pyslirp and return the pty path it printed."""
+        """Start pyslirp and wait until it serves its line; returns the pty path (None for --stdio on pipes)."""
         with open(self.stdout_path, "wb") as out, open(self.log_path, "wb") as err:
-            self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=ROOT,
+            stdin = self._child_fds.get("stdin", subprocess.DEVNULL)
+            stdout = self._child_fds.get("stdout", out)
+            self.proc = subprocess.Popen(self.cmd, stdin=stdin, stdout=stdout, stderr=err, cwd=ROOT,
                                          start_new_session=True, close_fds=True)
+        for fd in set(self._child_fds.values()):
+            _close(fd)                  # the child's ends now belong to the child
+        self._child_fds = {}
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            with open(self.stdout_path, "r", errors="replace") as f:
-                m = re.search(r"^pty: (/dev/\S+)$", f.read(), re.M)
-            if m:
-                self.pty = m.group(1)
-                return self.pty
+            if self.line == "pty":
+                with open(self.stdout_path, "r", errors="replace") as f:
+                    m = re.search(r"^pty: (/dev/\S+)$", f.read(), re.M)
+                if m:
+                    self.pty = m.group(1)
+                    return self.pty
+            else:
+                with open(self.log_path, "r", errors="replace") as f:
+                    if "serial line open: " in f.read():
+                        return self.pty
             if self.proc.poll() is not None:
                 break
             time.sleep(0.05)
         rc = self.proc.poll()
         self.kill()
-        raise AssertionError("pyslirp did not print its pty line within %.0fs (exit status %s)\n%s"
-                             % (timeout, rc, self.diagnostics()))
+        raise AssertionError("pyslirp did not %s within %.0fs (exit status %s)\n%s"
+                             % ("print its pty line" if self.line == "pty" else "open its line",
+                                timeout, rc, self.diagnostics()))
 
     def open_tty(self):
-        """Open the slave side of pyslirp's pty, raw, for the relay."""
-        fd = os.open(self.pty, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-        set_raw(fd)
-        return fd
+        """The relay's end of the line, raw: a descriptor, or (read fd, write fd) for --stdio on pipes.
+
+        The caller closes what it gets (an int, or both of a pair).
+        """
+        if self.line == "pty":
+            fd = os.open(self.pty, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+            set_raw(fd)
+            return fd
+        if isinstance(self._relay_end, tuple):
+            return tuple(os.dup(fd) for fd in self._relay_end)
+        return os.dup(self._relay_end)
 
     def running(self):
         return self.proc is not None and self.proc.poll() is None
@@ -643,6 +731,10 @@ class Pyslirp(object):
                 pass
         if self.proc is not None:
             self.returncode = self.proc.returncode
+        for fd in self._fds + list(set(self._child_fds.values())):
+            _close(fd)
+        self._fds = []
+        self._child_fds = {}
 
     def log(self):
         text = ""
@@ -684,7 +776,7 @@ class Lab(object):
             if slirp is None:
                 raise ValueError("boot_guest needs a tty_fd or a pyslirp")
             tty_fd = slirp.open_tty()
-            self._fds.append(tty_fd)
+            self._fds += list(tty_fd) if isinstance(tty_fd, tuple) else [tty_fd]
         self.guests.append(guest)
         return guest.start(tty_fd)
 
