@@ -255,6 +255,33 @@ def test_limit_records(tmp_path):
                      "protocol": "tcp", "client": "10.0.0.2:40002", "server": "10.0.0.1:22"}
 
 
+def test_limits_that_turn_syn_cookies_on_are_recorded_once_per_period(tmp_path):
+    path = str(tmp_path / "audit.jsonl")
+    log = EventLog(AuditLog(path))
+    stack = make_stack(services=(SSH,), max_half_open=1, new_connections_per_second=2, burst=2)
+    Client(stack, port=40001).syn(0)                            # stateful: its service never answers
+    for i in range(50):
+        Client(stack, port=40100 + i).syn(i)                    # the half-open table is full: SYN cookies
+    flow_logs(stack, log, now=50)
+    stack.service_connected(1, 60)                              # room again; but SYNs still come too fast
+    # The flood is long over; the services answer at once; SYNs come faster than 2 a second: cookies again.
+    for i in range(10):
+        Client(stack, port=40300 + i).syn(10000 + i)
+        events = stack.take_events()
+        for e in events:
+            if isinstance(e, ServiceConnect):
+                stack.service_connected(e.conn_id, 10000 + i)
+            elif isinstance(e, FlowLog):
+                log.flow(e, 10000 + i)
+    log.audit.close()
+    full, rate = [r for r in records(path) if r["event"] == "limit"]
+    assert full == {"ts": full["ts"], "event": "limit", "limit": "max_half_open", "cause": "limit",
+                    "action": "syn_cookies", "reason": "max_half_open (1) reached", "protocol": "tcp",
+                    "client": "10.0.0.2:40100", "server": "10.0.0.1:22"}
+    assert (rate["limit"], rate["cause"], rate["action"]) == ("new_connections_per_second", "rate", "syn_cookies")
+    assert not [r for r in records(path) if r["event"] == "flow_refused"]
+
+
 def test_a_refusal_flood_is_written_at_a_bounded_rate_and_counted(tmp_path):
     path = str(tmp_path / "audit.jsonl")
     log = EventLog(AuditLog(path))

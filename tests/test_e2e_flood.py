@@ -35,7 +35,7 @@ def test_syn_flood_spoofed_flood_and_300_at_once(lab):
     if not os.access(flood.HPING3, os.X_OK):
         unavailable("%s not found; install the hping3 package" % flood.HPING3)
     fig = flood.run(lab)
-    counters, phases, held = fig["counters"], fig["phases"], fig["held"]
+    figures, phases, held = fig["metrics"], fig["phases"], fig["held"]
     report = flood.summary(fig)
     assert fig["pyslirp_running"], report
     assert fig["rss_peak_kib"] is not None and fig["rss_peak_kib"] < RSS_LIMIT_KIB, report
@@ -50,10 +50,12 @@ def test_syn_flood_spoofed_flood_and_300_at_once(lab):
     # Before the cookies took over (within the first second) at most the bucket's burst and a second's worth of
     # tokens got state; then only the probes' handshakes: the flood's SYNs opened no service connections.
     assert syn["accepts"] <= BURST + RATE + 5, report
-    assert flood.counter(counters, "syncookies_sent") > 0 and flood.counter(counters, "syncookies_accepted") >= 4
+    assert flood.metric(figures, "pyslirp_syn_cookies_total", result="sent") > 0, report
+    assert flood.metric(figures, "pyslirp_syn_cookies_total", result="valid") >= 4, report
 
     spoof = phases["spoof"]
-    assert spoof["hping_sent"] and flood.counter(counters, "ip_bad_src") >= 0.9 * spoof["hping_sent"], report
+    bad_src = flood.metric(figures, "pyslirp_ip_dropped_total", reason="ip_bad_src")
+    assert spoof["hping_sent"] and bad_src >= 0.9 * spoof["hping_sent"], report
     assert _ok(spoof["during"]) >= 4 and _ok(spoof["after"]) == 3, report
     assert spoof["accepts"] == _ok(spoof["during"]), report           # nothing but the probes reached the service
     rtts, errors = flood.held_rtts(held, spoof["window"])

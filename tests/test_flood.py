@@ -164,7 +164,10 @@ def test_cookie_syn_ack_values_and_the_completed_handshake():
     assert synack.flags == tcp.SYN | tcp.ACK and synack.ack == 77778
     assert synack.mss == 1460 and synack.wscale is None and not synack.sack_permitted and synack.timestamp is None
     assert synack.window == 65535
-    assert stack.take_events() == [] and stack.connections_active == 1
+    # No state, and no ServiceConnect; one FlowLog says which limit turned the cookies on (an audit record).
+    (on,) = stack.take_events()
+    assert (on.kind, on.route.limit, on.cause, on.flow.client_port) == ("syn_cookies", "max_half_open", "limit", 40000)
+    assert stack.connections_active == 1
     # The client's ACK brings its first bytes; they wait until the service socket is there.
     client.send(tcp.ACK | tcp.PSH, b"hello", now=150)
     events = stack.take_events()
@@ -306,7 +309,7 @@ def test_forged_or_stale_cookies_get_a_reset_and_no_state():
     client.send(tcp.ACK, now=10)
     (rst,) = client.receive()
     assert rst.flags == tcp.RST and rst.seq == client.ack
-    assert stack.syncookies_invalid == 1 and stack.take_events() == []
+    assert stack.syncookies_invalid == 1 and [e.kind for e in stack.take_events()] == ["syn_cookies"]
     # The right cookie, but long after: its secret is gone.
     client.ack = (synack.seq + 1) & 0xFFFFFFFF
     client.send(tcp.ACK, now=4 * TICK_MS)
@@ -334,13 +337,25 @@ def test_syns_beyond_the_rate_get_cookies_instead_of_a_refusal():
     assert len(of_type(stack.take_events(), ServiceConnect)) == 3
     assert wire.synacks() == 0
     client = Client(stack, wire, 40013)
-    assert client.handshake(1) is not None                     # a cookie: no token now, no state
-    # Completed, it needs a token: none yet, so the client is refused for the rate.
-    (rst,) = client.receive()
-    assert rst.flags == tcp.RST and stack.flows_refused == {F.CAUSE_RATE: 1}
-    late = Client(stack, wire, 40014)
-    assert late.handshake(1500) is not None                    # a token came back meanwhile
-    assert len(of_type(stack.take_events(), ServiceConnect)) == 1
+    assert client.handshake(1, payload=b"hello") is not None  # a cookie: no token now, no state
+    # Completed, it needs a token: none yet.  Not refused (the client saw it open): its connect waits.
+    events = stack.take_events()
+    (on,) = of_type(events, FlowLog)
+    assert (on.kind, on.route.limit, on.cause) == ("syn_cookies", "new_connections_per_second", "rate")
+    assert of_type(events, ServiceConnect) == [] and stack.flows_refused == {}
+    assert not [s for s in client.receive() if s.flags & tcp.RST]
+    assert stack.connections_active == 4 and stack.token_waits == 1
+    assert stack.get_timer() <= 1000                            # the bucket's next token
+    stack.handle_timer(999)
+    assert of_type(stack.take_events(), ServiceConnect) == []
+    stack.handle_timer(1000)
+    (connect,) = of_type(stack.take_events(), ServiceConnect)
+    assert connect.flow.client_port == 40013
+    stack.service_connected(connect.conn_id, 1010)
+    assert [e.data for e in of_type(stack.take_events(), ServiceSend)] == [b"hello"]
+    stack.service_data(connect.conn_id, b"hi", 1020)
+    client.receive()
+    assert bytes(client.data) == b"hi"
 
 
 def test_the_bucket_counts_completed_handshakes_under_cookies():
@@ -352,11 +367,31 @@ def test_the_bucket_counts_completed_handshakes_under_cookies():
     for c in clients:
         assert c.handshake(10) is not None
     admitted = of_type(stack.take_events(), ServiceConnect)
-    assert len(admitted) == 39 and stack.flows_refused == {F.CAUSE_RATE: 21}
-    later = [Client(stack, wire, 42000 + i) for i in range(30)]
-    for c in later:
-        c.handshake(1010)                                       # one second later: 20 more tokens
-    assert len(of_type(stack.take_events(), ServiceConnect)) == 20
+    # 39 tokens now; the other 21 wait, in order, one token every 50 ms (never refused, never early).
+    assert len(admitted) == 39 and stack.flows_refused == {} and stack.connections_active == 61
+    assert [c.flow.client_port for c in admitted] == list(range(41000, 41039))
+    order = []
+    now = 10
+    while now <= 2000:
+        stack.handle_timer(now)
+        got = of_type(stack.take_events(), ServiceConnect)
+        assert len(got) <= 1 + (now - 10) // 50 - len(order)
+        order += [c.flow.client_port for c in got]
+        now += 10
+    assert order == list(range(41039, 41060))
+    assert stack.get_timer() is None or stack.get_timer() > 2000 or not stack._token_wait
+    # A client that gives up while it waits costs nothing more: it is skipped.
+    late = [Client(stack, wire, 42000 + i) for i in range(50)]
+    for c in late:
+        c.handshake(3100)                                       # two seconds later: the bucket is full again
+    assert len(of_type(stack.take_events(), ServiceConnect)) == 40
+    quitter = late[40]
+    quitter.send(tcp.RST, now=3101)
+    (gone,) = [e for e in stack.take_events() if isinstance(e, FlowLog)]
+    assert (gone.kind, gone.cause, gone.flow.client_port) == ("refused", "rate", 42040)
+    stack.handle_timer(3150)
+    (connect,) = of_type(stack.take_events(), ServiceConnect)
+    assert connect.flow.client_port == 42041
 
 
 def test_a_flood_opens_no_service_connections_and_real_clients_get_in():
@@ -554,3 +589,27 @@ def test_fuzzed_handshakes_never_raise_and_stay_bounded(seed):
         wire.by_port = {}
         assert 0 <= stack.half_open <= len(stack._by_id)
     assert len(stack._by_id) <= 64
+
+
+def test_the_flood_figures_are_in_the_metrics():
+    from pyslirp import metrics
+    from pyslirp.core import Core
+    from pyslirp.ppp.link import LinkConfig
+    stack = make_stack(max_half_open=1)
+    core = Core(LinkConfig(), stack.config, random.Random(1), stack=stack)
+    wire = Wire(stack)
+    assert metrics.collect(core, 0).value("pyslirp_syn_cookies_on") == 0
+    fill_half_open(stack, 1)
+    flood(stack, 500, step_ms=1, wire=wire)
+    client = Client(stack, wire, 40060)
+    client.handshake(600)
+    forged = Client(stack, wire, 40061)
+    forged.ack = 99
+    forged.send(tcp.ACK, now=601)
+    snap = metrics.collect(core, 601)
+    assert snap.samples("pyslirp_syn_cookies_total") == {
+        ("sent",): stack.syncookies_sent, ("limited",): stack.syncookies_limited, ("valid",): 1, ("invalid",): 1}
+    assert stack.syncookies_sent > 0 and stack.syncookies_limited > 0
+    assert snap.value("pyslirp_syn_cookies_on") == 1
+    assert snap.value("pyslirp_tcp_half_open_evicted_total") == 0
+    assert metrics.collect(core, 601 + F.COOKIE_HOLD).value("pyslirp_syn_cookies_on") == 0

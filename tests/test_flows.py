@@ -179,16 +179,25 @@ def test_half_open_flows_are_counted_until_their_connect_ends():
     assert p.cookie_periods == 1
 
 
-def test_the_rate_defers_syns_and_refuses_completed_handshakes():
+def test_the_rate_defers_syns_and_completed_handshakes_wait_for_a_token():
     p = policy(services=SSH, new_connections_per_second=2, burst=2, max_per_service=64, max_connections=64)
     assert p.decide(flow("10.0.0.1", 22, sport=1), 0).admitted
     assert p.decide(flow("10.0.0.1", 22, sport=2), 0).admitted
-    assert p.decide(flow("10.0.0.1", 22, sport=3), 0).deferred         # the bucket is empty: a cookie
+    syn = p.decide(flow("10.0.0.1", 22, sport=3), 0)
+    assert syn.deferred and (syn.cause, syn.limit) == ("rate", "new_connections_per_second")  # a cookie
+    # The handshake completes: admitted and counted, never refused for the rate; the token is the caller's.
     late = p.decide(flow("10.0.0.1", 22, sport=3), 100, handshake=True)
-    assert (late.kind, late.cause, late.outcome) == ("refused", "rate", refusal.RESET)
-    assert "new_connections_per_second (2)" in late.reason and p.tcp_active == 2
-    ok = p.decide(flow("10.0.0.1", 22, sport=3), 600, handshake=True)   # a token has come back
-    assert ok.admitted and p.tcp_active == 3 and p.half_open == 3
+    assert late.admitted and p.tcp_active == 3 and p.half_open == 3
+    assert not p.take_token(100) and p.token_wait(100) == 400       # 2 a second: one token every 500 ms
+    assert p.take_token(500) and not p.take_token(500) and p.token_wait(500) == 500
+
+
+def test_a_full_half_open_table_defers_with_its_limit_named():
+    p = policy(services=SSH, max_half_open=1)
+    assert p.decide(flow("10.0.0.1", 22, sport=1), 0).admitted
+    syn = p.decide(flow("10.0.0.1", 22, sport=2), 0)
+    assert syn.deferred and (syn.cause, syn.limit) == ("limit", "max_half_open")
+    assert "max_half_open (1)" in syn.reason
 
 
 def test_completed_handshakes_still_meet_the_connection_limits_and_the_policy():

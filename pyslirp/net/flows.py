@@ -52,9 +52,13 @@ they come from the same address.  So when either runs out, the SYN is not
 refused: the route is ``deferred`` and the stack answers it statelessly with
 a SYN cookie (RFC 4987 section 3.6, net/tcp/syncookie.py).  Only a client
 that completes the handshake comes back (``decide(flow, now,
-handshake=True)``), and only then is it given a token, or refused for the
-rate with a reset.  Flood SYNs that never complete take no token, no slot
-and no service connection.
+handshake=True)``): it is checked against the connection limits (refused
+with a reset beyond them), never refused for the rate: its service connect
+waits for a token instead (:meth:`take_token`, :meth:`token_wait`; the
+stack keeps such flows in arrival order), so a connection the client saw
+open works like any other, and the service still sees no more new
+connections than the rate.  Flood SYNs that never complete take no token,
+no slot and no service connection.
 
 Once cookies were needed, every SYN gets one for COOKIE_HOLD ms after the
 last sign of pressure: a full half-open table, an empty bucket, or SYNs
@@ -116,6 +120,10 @@ CAUSE_PROXY = "proxy"
 CAUSE_SERVICE = "service_down"
 
 COOKIE_HOLD = 5000              # ms: SYN cookies stay on this long after the last sign of pressure
+
+# The limits that turn SYN cookies on (their configuration keys, as in the audit log's ``limit`` records).
+LIMIT_HALF_OPEN = "max_half_open"
+LIMIT_RATE = "new_connections_per_second"
 
 
 class FlowKey(namedtuple("FlowKey", "protocol client_addr client_port server_addr server_port")):
@@ -215,9 +223,9 @@ def refused(reason, outcome, cause=CAUSE_POLICY, limit=""):
     return Route(REFUSED, reason=reason, cause=cause, outcome=outcome, limit=limit)
 
 
-def deferred(route, reason):
-    """``route``'s target, deferred until the handshake completes (a SYN cookie)."""
-    return Route(DEFERRED, route.host, route.port, route.via, route.name, reason=reason)
+def deferred(route, reason, cause, limit):
+    """``route``'s target, deferred until the handshake completes (a SYN cookie) because of ``limit``."""
+    return Route(DEFERRED, route.host, route.port, route.via, route.name, reason=reason, cause=cause, limit=limit)
 
 
 # ---------------------------------------------------------------------------
@@ -347,7 +355,8 @@ class Policy(object):
 
         For a TCP SYN the route may be ``deferred`` (answer with a SYN cookie); ``handshake=True`` decides the
         flow of a client that completed the handshake with a valid cookie, which is admitted or refused, never
-        deferred.  An admitted TCP flow also counts as half-open until :meth:`connect_done`.
+        deferred, and takes no token: its service connect waits for :meth:`take_token`.  An admitted TCP flow
+        also counts as half-open until :meth:`connect_done`.
         """
         route = self._route(flow)
         if not route.admitted:
@@ -360,12 +369,13 @@ class Policy(object):
                     self._pressure(now)
                 if self.half_open >= cfg.max_half_open:
                     self._pressure(now)
-                    return deferred(route, "max_half_open (%d) reached" % cfg.max_half_open)
+                    return deferred(route, "max_half_open (%d) reached" % cfg.max_half_open, CAUSE_LIMIT,
+                                    LIMIT_HALF_OPEN)
                 if self.cookies_on(now):
                     # The limits are checked when the handshake completes: a flood must not make us
                     # answer each of its SYNs with a reset, at the rate it likes.
                     return deferred(route, "SYNs faster than new_connections_per_second (%d)"
-                                    % cfg.new_connections_per_second)
+                                    % cfg.new_connections_per_second, CAUSE_RATE, LIMIT_RATE)
             if self.tcp_active >= cfg.max_connections:
                 return refused("max_connections (%d) reached" % cfg.max_connections, refusal.RESET, CAUSE_LIMIT,
                                "max_connections")
@@ -373,12 +383,10 @@ class Policy(object):
             if self.per_label.get(label, 0) >= cfg.max_per_service:
                 return refused("max_per_service (%d) reached for %s" % (cfg.max_per_service, label),
                                refusal.RESET, CAUSE_LIMIT, "max_per_service")
-            if not self.rate.allow(now):
-                if handshake:
-                    return refused("new_connections_per_second (%d) exceeded" % cfg.new_connections_per_second,
-                                   refusal.RESET, CAUSE_RATE, "new_connections_per_second")
+            if not handshake and not self.rate.allow(now):
                 self._pressure(now)
-                return deferred(route, "new_connections_per_second (%d) exceeded" % cfg.new_connections_per_second)
+                return deferred(route, "new_connections_per_second (%d) exceeded" % cfg.new_connections_per_second,
+                                CAUSE_RATE, LIMIT_RATE)
             if route.kind == SERVICE:
                 # Last: it may make this flow a breaker's trial, which a refusal after it would have to give
                 # back (abandoned()).
@@ -394,6 +402,14 @@ class Policy(object):
                                refusal.PORT_UNREACHABLE, CAUSE_LIMIT, "max_udp_flows")
             self.udp_active += 1
         return route
+
+    def take_token(self, now):
+        """A token for the service connect of a flow admitted with ``handshake=True``; False: none yet."""
+        return self.rate.allow(now)
+
+    def token_wait(self, now):
+        """Milliseconds until :meth:`take_token` can say yes."""
+        return self.rate.wait_ms(now)
 
     def label(self, flow):
         """The label (per-service limit) a TCP flow would count under, or None if it would be refused."""

@@ -40,9 +40,14 @@ changing ports hardly ever repeats one) it is answered from a budget of its
 own.  An ACK for no connection that returns a valid cookie is decided again
 (``handshake=True``): admitted, the connection is built in the state after
 the handshake (``TcpConnection.from_cookie``) and fed the ACK, and only then
-does ``ServiceConnect`` go out; the client's data waits in the receive
-window (not read, so not sent to the service) until ``service_connected``,
-and a connect that fails resets the established connection.  A completed
+does ``ServiceConnect`` go out, as soon as the policy has a token for it
+(``Policy.take_token``): a completed handshake is never refused for the
+rate, it waits, in arrival order, for the bucket to refill (a timer,
+``_TOKEN_KEY``).  The client's data waits in the receive window (not read,
+so not sent to the service) until ``service_connected``, and a connect that
+fails resets the established connection.  When a SYN turns cookies on, a
+``FlowLog`` of kind ``syn_cookies`` names the limit (the audit log's
+``limit`` record).  A completed
 handshake that finds a limit full first evicts the oldest flow whose
 SYN-ACK went unanswered for a retransmission timeout; connections that
 completed their handshake are never evicted.
@@ -211,6 +216,7 @@ SYNACK_RETRY_SHARE = 4      # SYN-ACKs for retransmitted SYNs the limit left una
 _FRAG_KEY = "frag"
 _RESUME_KEY = "resume"
 _DNS_KEY = "dns"
+_TOKEN_KEY = "token"            # the next token for a completed cookie handshake waiting for its service connect
 _MAX_EVENT_ROUNDS = 8
 
 # What the client sees for each refusal outcome (net/refusal.py); RESET is a TCP RST instead.
@@ -284,7 +290,7 @@ class _Flow(object):
 class _Conn(_Flow):
     """The stack's bookkeeping around one TcpConnection."""
     __slots__ = ("conn", "syn_ip", "accepted", "established", "granted", "received", "backlog", "eof",
-                 "peer_fin", "service_closed", "reason", "error", "small_at", "small_count", "cookie")
+                 "peer_fin", "service_closed", "reason", "error", "small_at", "small_count", "cookie", "queued")
 
     def __init__(self, flow_id, key, route, conn, syn_ip, now):
         _Flow.__init__(self, flow_id, key, route, now)
@@ -304,6 +310,7 @@ class _Conn(_Flow):
         self.small_count = 0            # small payload segments since a pause of INTERACTIVE_HOLD
         self.waiting = True
         self.cookie = False             # the handshake completed with a SYN cookie (before the service connect)
+        self.queued = False             # ... and its ServiceConnect waits for a token (IPStack._token_wait)
 
     @property
     def conn_id(self):
@@ -358,6 +365,7 @@ class IPStack(object):
         self._isn = IsnGenerator(rng)
         self.cookies = SynCookies(rng)
         self._unanswered = None         # UnansweredSyns, made when the SYN-ACK limit first leaves a SYN out
+        self._token_wait = deque()      # cookie flows admitted before a token was free, oldest first
         self._synack_bucket = self._retry_bucket = None
         self._conns = OrderedDict()     # FlowKey -> _Conn, in round-robin order
         self._datagram_flows = {}       # FlowKey -> _Datagrams (UDP and ping flows)
@@ -394,6 +402,7 @@ class IPStack(object):
         self.syncookies_accepted = 0    # handshakes completed with a valid cookie (then admitted or refused)
         self.syncookies_invalid = 0     # ACKs for no connection with no valid cookie (answered with RST)
         self.half_open_evicted = 0      # flows whose SYN-ACK was never acknowledged, reset to make room
+        self.token_waits = 0            # completed cookie handshakes whose service connect waited for a token
         self.suspensions = 0            # lost lines whose TCP flows were kept
         self.resumptions = 0            # ... and carried on by a new session
         self.resume_expiries = 0        # ... and reset when resume_grace ran out
@@ -791,6 +800,7 @@ class IPStack(object):
         if route.deferred:
             if self.policy.cookie_periods != periods:
                 log.info("answering new SYNs with SYN cookies: %s", route.reason)
+                self._events.append(FlowLog(ev.COOKIES, 0, key, route, reason=route.reason, cause=route.cause))
             self._send_cookie(key, ip, seg, now)
             return
         if not route.admitted:
@@ -801,13 +811,41 @@ class IPStack(object):
         conn = TcpConnection(seg, ip.dst, ip.src, tcp_config, iss, now, mss_limit)
         self._open(key, route, conn, ip, now)
 
-    def _open(self, key, route, conn, syn_ip, now):
+    def _open(self, key, route, conn, syn_ip, now, connect=True):
+        """A new flow; its ServiceConnect goes out now, or (``connect=False``) when a token is free."""
         rec = _Conn(self._new_id(), key, route, conn, syn_ip, now)
         self._conns[key] = rec
         self._by_id[rec.flow_id] = rec
-        self._events.append(ServiceConnect(rec.flow_id, key, route))
+        if connect:
+            self._events.append(ServiceConnect(rec.flow_id, key, route))
+        else:
+            rec.queued = True
+            self.token_waits += 1
+            self._token_wait.append(rec)
+            self._arm_tokens(now)
         self._fit_to_line(now)
         return rec
+
+    def _arm_tokens(self, now):
+        if self._token_wait:
+            self.timers.schedule(_TOKEN_KEY, now + max(1, self.policy.token_wait(now)))
+        else:
+            self.timers.cancel(_TOKEN_KEY)
+
+    def _hand_out_tokens(self, now):
+        """The flows waiting for a token connect, oldest first, as far as the bucket allows."""
+        wait = self._token_wait
+        while wait:
+            rec = wait[0]
+            if rec.gone:
+                wait.popleft()
+                continue
+            if not self.policy.take_token(now):
+                break
+            wait.popleft()
+            rec.queued = False
+            self._events.append(ServiceConnect(rec.flow_id, rec.key, rec.route))
+        self._arm_tokens(now)
 
     # -- SYN cookies (RFC 4987 section 3.6; the encoding is net/tcp/syncookie.py's) ----------------
 
@@ -910,7 +948,10 @@ class IPStack(object):
                                wscale=wscale, sack_permitted=sack, timestamp=timestamp)
         conn = TcpConnection.from_cookie(syn, ip.dst, ip.src, tcp_config, iss, now, mss_limit,
                                          self._cookie_window(tcp_config, mss_limit))
-        rec = self._open(key, route, conn, None, now)
+        # Not refused for the rate: the client has seen the connection open.  Its service connect waits for a
+        # token instead, behind any that wait already.
+        connect = not self._token_wait and self.policy.take_token(now)
+        rec = self._open(key, route, conn, None, now, connect)
         rec.cookie = True
         if seg.seg_len:
             rec.last_activity = now
@@ -1061,8 +1102,12 @@ class IPStack(object):
             self._queue_control(self._wrap(rec, seg))
         if not rec.accepted:
             self.connections_refused += 1
-            # Through a proxy the proxy answered (or could not be reached); directly the service is down.
-            cause = F.CAUSE_SERVICE if rec.route.via == F.VIA_DIRECT else F.CAUSE_PROXY
+            # Through a proxy the proxy answered (or could not be reached); directly the service is down; or
+            # the client gave up while its service connect waited for a token.
+            if rec.queued:
+                cause = F.CAUSE_RATE
+            else:
+                cause = F.CAUSE_SERVICE if rec.route.via == F.VIA_DIRECT else F.CAUSE_PROXY
             self._count_refusal(PROTO_TCP, cause)
             self._flow_log(ev.REFUSED, rec, now, rec.reason or reason or "closed", cause)
             return
@@ -1314,6 +1359,9 @@ class IPStack(object):
                 self.dns.handle_timer(now)
                 self._dns_flush()
                 continue
+            if key == _TOKEN_KEY:
+                self._hand_out_tokens(now)
+                continue
             if key == _RESUME_KEY:
                 self.resume_expiries += 1
                 grace = self.config.resume_grace
@@ -1494,6 +1542,8 @@ class IPStack(object):
             else:
                 self._flow_log(ev.ABANDONED, rec, now, reason)
         self._conns.clear()
+        self._token_wait.clear()
+        self.timers.cancel(_TOKEN_KEY)
         self._drop_link_state()
 
     def _drop_link_state(self):

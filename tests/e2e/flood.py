@@ -14,8 +14,9 @@ the echo server accepted in it:
    only the client's address is valid on the link), with five connections during it and three after.
 3. ``burst``: 300 connections opened at the same moment; then three more after.
 
-The host collects: the guest's JSON files, the accept counts per phase, hping3's own summary (packets sent), the
-counters of pyslirp's last stats line, and pyslirp's peak resident memory (VmHWM) at the end.
+The host collects: the guest's JSON files, the accept counts per phase, hping3's own summary (packets sent),
+pyslirp's figures from its loopback metrics server (``/metrics.json``) at the end, and its peak resident memory
+(VmHWM).
 """
 
 import json
@@ -23,6 +24,7 @@ import os
 import re
 import threading
 import time
+import urllib.request
 
 from e2e import services
 
@@ -70,28 +72,27 @@ pppd_stop pppd 15
 """
 
 
-def config(echo_port, extra=None):
+def config(echo_port, metrics_port, extra=None):
     cfg = {"services": {"22": {"host": services.LOOPBACK, "port": echo_port, "name": "echo"}},
-           "monitoring": {"stats_interval": 1}}
+           "monitoring": {"metrics_listen": "%s:%d" % (services.LOOPBACK, metrics_port)}}
     for section, values in (extra or {}).items():
         cfg.setdefault(section, {}).update(values)
     return cfg
 
 
-def stats(log_text):
-    """The counters of pyslirp's last stats line: {name: int}."""
-    lines = [line for line in log_text.splitlines() if "stats: " in line]
-    if not lines:
-        return {}
-    return dict((k, int(v)) for k, v in re.findall(r"(\S+)=(-?\d+)", lines[-1].split("stats: ", 1)[1]))
+def scrape(port):
+    """pyslirp's figures from its metrics server: {name: {((label, value), ...): value}}."""
+    with urllib.request.urlopen("http://%s:%d/metrics.json" % (services.LOOPBACK, port), timeout=10) as resp:
+        data = json.loads(resp.read().decode())
+    out = {}
+    for name, family in data["metrics"].items():
+        out[name] = dict((tuple(sorted(sample["labels"].items())), sample["value"]) for sample in family["samples"])
+    return out
 
 
-def counter(counters, name):
-    """The value of the counter whose name ends in ``name`` (the stats line's prefixes may change), else 0."""
-    for key, value in counters.items():
-        if key == name or key.endswith("." + name):
-            return value
-    return 0
+def metric(figures, name, **labels):
+    """One sample of a scrape (0 if absent)."""
+    return figures.get(name, {}).get(tuple(sorted(labels.items())), 0)
 
 
 def peak_rss_kib(pid):
@@ -164,8 +165,9 @@ def run(lab, extra_config=None, relay_factory=None, flood_seconds=12, settle=7, 
     ``syns_per_second``: hping3's rate (``-i uN``); 0 is ``--flood``, as fast as the guest can send.
     """
     echo = services.EchoServer(backlog=512)
+    metrics_port = services.free_port()
     try:
-        slirp = lab.start_pyslirp(config(echo.port, extra_config), debug=False)
+        slirp = lab.start_pyslirp(config(echo.port, metrics_port, extra_config), debug=False)
         lead = 2
         pace = "-i u%d" % (1000000 // syns_per_second) if syns_per_second else "--flood"
         script = SCRIPT.format(clients=CLIENTS, hping3=HPING3, pace=pace, flood_s=flood_seconds, lead_s=lead,
@@ -177,10 +179,9 @@ def run(lab, extra_config=None, relay_factory=None, flood_seconds=12, settle=7, 
         accepts.join()
         res.check_ran()
         rss = peak_rss_kib(slirp.proc.pid)
-        time.sleep(1.5)                     # one more stats line, after the last connection closed
-        counters = stats(slirp.log())
+        time.sleep(1.0)                     # the snapshot is refreshed a few times a second
         running = slirp.running()
-        figures = {"rss_peak_kib": rss, "pyslirp_running": running, "counters": counters, "phases": {},
+        figures = {"rss_peak_kib": rss, "pyslirp_running": running, "metrics": scrape(metrics_port), "phases": {},
                    "hping3": pace}
         for name in ("syn", "spoof"):
             phase = {"during": _load(res, "during-%s.json" % name), "after": _load(res, "after-%s.json" % name),
@@ -256,7 +257,7 @@ def _rtts(held, window):
 
 def summary(fig):
     """The figures as a few lines of text."""
-    c = fig["counters"]
+    m = fig["metrics"]
     held = fig["held"]
     before = [r for t, r in held["rtts"] if r is not None
               and fig["phases"]["syn"]["window"] and t < fig["phases"]["syn"]["window"][0]]
@@ -277,8 +278,14 @@ def summary(fig):
         ", ".join("%s %d" % kv for kv in sorted(b["result"]["outcomes"].items())),
         " (errors: %s)" % b["result"]["errors"] if b["result"].get("errors") else "", b["result"]["seconds"],
         b["accepts"], b["seconds"] or 0, _probes(b["after"])))
-    lines.append("counters: syncookies sent %d, limited %d, accepted %d, invalid %d; half-open evicted %d; "
-                 "ip_bad_src %d; refused: limit %d, rate %d" % tuple(counter(c, n) for n in (
-                     "syncookies_sent", "syncookies_limited", "syncookies_accepted", "syncookies_invalid",
-                     "half_open_evicted", "ip_bad_src", "flows_refused.limit", "flows_refused.rate")))
+    lines.append("metrics: SYN cookies sent %d, limited %d, valid %d, invalid %d; half-open evicted %d; "
+                 "dropped ip_bad_src %d; TCP refused: limit %d, rate %d" % (
+                     metric(m, "pyslirp_syn_cookies_total", result="sent"),
+                     metric(m, "pyslirp_syn_cookies_total", result="limited"),
+                     metric(m, "pyslirp_syn_cookies_total", result="valid"),
+                     metric(m, "pyslirp_syn_cookies_total", result="invalid"),
+                     metric(m, "pyslirp_tcp_half_open_evicted_total"),
+                     metric(m, "pyslirp_ip_dropped_total", reason="ip_bad_src"),
+                     metric(m, "pyslirp_connections_refused_total", reason="limit"),
+                     metric(m, "pyslirp_connections_refused_total", reason="rate")))
     return "\n".join(lines)
