@@ -90,9 +90,13 @@ def guest_upload(host, port, nbytes, seconds, out):
     if seconds:
         deadline = t0 + seconds
         s.settimeout(1.0)
+        view = memoryview(block)
         while time.monotonic() < deadline:
+            # Continue where the last (partial) send stopped: the stream cycles through 64 KB of random bytes,
+            # farther apart than Deflate's 32 KB window, so the link cannot compress it.
+            off = sent % len(block)
             try:
-                sent += s.send(block)
+                sent += s.send(view[off:])
             except socket.timeout:
                 pass
         end = time.monotonic()
@@ -331,7 +335,8 @@ def steady_rate(rec, warmup, seconds):
 
 
 def probe_message(n):
-    return (b"%08d" % n) * (PROBE_SIZE // 8)
+    """The ``n``-th 64-byte request: seeded random bytes, which no compressor on the link (Deflate) can shrink."""
+    return random.Random(n).getrandbits(8 * PROBE_SIZE).to_bytes(PROBE_SIZE, "little")
 
 
 def rtt_breakdown(relay, probe, warmup):

@@ -1,10 +1,11 @@
-"""The PPP link: HDLC framing, the link phases, LCP, authentication and IPCP (sans-IO).
+"""The PPP link: framing, the pre-PPP dialogue, the phases, the protocol table and compression (sans-IO).
 
 Theory of operation
 -------------------
 :class:`PPPLink` is the server end of one PPP link.  Raw serial bytes go in
 (:meth:`PPPLink.receive_data`), framed bytes come out (:meth:`take_output`,
-as ``(urgent, bytes)`` pairs: LCP, IPCP and authentication frames are urgent
+as ``(urgent, bytes)`` pairs: control frames (LCP, IPCP, CCP, authentication)
+and the answers of the pre-PPP dialogue are urgent
 so that the runtime can put them ahead of queued bulk data), and events
 (:mod:`pyslirp.ppp.events`) tell the owner when IP may flow.  Time is the
 ``now`` argument (integer milliseconds); randomness comes from ``rng``.
