@@ -613,3 +613,19 @@ def test_the_flood_figures_are_in_the_metrics():
     assert snap.value("pyslirp_syn_cookies_on") == 1
     assert snap.value("pyslirp_tcp_half_open_evicted_total") == 0
     assert metrics.collect(core, 601 + F.COOKIE_HOLD).value("pyslirp_syn_cookies_on") == 0
+
+
+def test_flows_waiting_for_a_token_are_dropped_with_the_link():
+    stack = make_stack(new_connections_per_second=1, burst=1, max_half_open=1)
+    wire = Wire(stack)
+    fill_half_open(stack, 1)                                    # the only token
+    for port in (40070, 40071):
+        Client(stack, wire, port).handshake(5)
+    assert stack.token_waits == 2 and stack.connections_active == 3
+    stack.take_events()
+    stack.reset(10)
+    abandoned = [e for e in stack.take_events() if isinstance(e, FlowLog)]
+    assert sorted(e.flow.client_port for e in abandoned if e.kind == "abandoned") == [30000, 40070, 40071]
+    stack.handle_timer(5000)
+    assert of_type(stack.take_events(), ServiceConnect) == [] and stack.get_timer() is None
+    assert stack.connections_active == 0 and stack.half_open == 0
