@@ -279,12 +279,13 @@ def summary(fig):
         " (errors: %s)" % b["result"]["errors"] if b["result"].get("errors") else "", b["result"]["seconds"],
         b["accepts"], b["seconds"] or 0, _probes(b["after"])))
     lines.append("metrics: SYN cookies sent %d, limited %d, valid %d, invalid %d; half-open evicted %d; "
-                 "dropped ip_bad_src %d; TCP refused: limit %d, rate %d" % (
+                 "waited for a token %d; dropped ip_bad_src %d; TCP refused: limit %d, rate %d" % (
                      metric(m, "pyslirp_syn_cookies_total", result="sent"),
                      metric(m, "pyslirp_syn_cookies_total", result="limited"),
                      metric(m, "pyslirp_syn_cookies_total", result="valid"),
                      metric(m, "pyslirp_syn_cookies_total", result="invalid"),
                      metric(m, "pyslirp_tcp_half_open_evicted_total"),
+                     metric(m, "pyslirp_tcp_rate_waits_total"),
                      metric(m, "pyslirp_ip_dropped_total", reason="ip_bad_src"),
                      metric(m, "pyslirp_connections_refused_total", reason="limit"),
                      metric(m, "pyslirp_connections_refused_total", reason="rate")))
