@@ -81,12 +81,13 @@ def config(echo_port, metrics_port, extra=None):
 
 
 def scrape(port):
-    """pyslirp's figures from its metrics server: {name: {((label, value), ...): value}}."""
+    """pyslirp's figures from its metrics server: {name: {((label, value), ...): value}} (histograms: the count)."""
     with urllib.request.urlopen("http://%s:%d/metrics.json" % (services.LOOPBACK, port), timeout=10) as resp:
         data = json.loads(resp.read().decode())
     out = {}
     for name, family in data["metrics"].items():
-        out[name] = dict((tuple(sorted(sample["labels"].items())), sample["value"]) for sample in family["samples"])
+        out[name] = dict((tuple(sorted(sample["labels"].items())), sample["value"] if "value" in sample
+                          else sample["count"]) for sample in family["samples"])
     return out
 
 
