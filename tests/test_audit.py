@@ -332,3 +332,20 @@ def test_refusal_lines_are_rate_limited(caplog):
         flow_logs(stack, log, now=2000)
     lines = [r.getMessage() for r in caplog.records if r.name == "pyslirp.runtime.flows"]
     assert len(lines) == audit_mod.REFUSAL_LOG_BURST + 1 and lines[-1].startswith("refused tcp 10.0.0.2:30000 ")
+
+
+def test_a_client_that_leaves_while_waiting_for_a_token_is_a_rate_limit_record(tmp_path):
+    from test_flood import Client as TcpClient, Wire, fill_half_open, make_stack as flood_stack
+    path = str(tmp_path / "audit.jsonl")
+    log = EventLog(AuditLog(path))
+    stack = flood_stack(new_connections_per_second=1, burst=1, max_half_open=1)
+    wire = Wire(stack)
+    fill_half_open(stack, 1)                                    # the only token
+    client = TcpClient(stack, wire, 40080)
+    client.handshake(5)                                         # a cookie; completed, it waits for a token
+    client.send(tcp.RST, now=6)
+    flow_logs(stack, log, now=6)
+    log.audit.close()
+    refused, limit = [r for r in records(path) if r["event"] in ("flow_refused", "limit") and "action" not in r]
+    assert (refused["cause"], refused["client"]) == ("rate", "10.0.0.2:40080")
+    assert (limit["limit"], limit["cause"]) == ("new_connections_per_second", "rate")

@@ -47,10 +47,9 @@ rate, it waits, in arrival order, for the bucket to refill (a timer,
 so not sent to the service) until ``service_connected``, and a connect that
 fails resets the established connection.  When a SYN turns cookies on, a
 ``FlowLog`` of kind ``syn_cookies`` names the limit (the audit log's
-``limit`` record).  A completed
-handshake that finds a limit full first evicts the oldest flow whose
-SYN-ACK went unanswered for a retransmission timeout; connections that
-completed their handshake are never evicted.
+``limit`` record).  A completed handshake that finds a limit full first
+evicts the oldest flow whose SYN-ACK went unanswered for a retransmission
+timeout; connections that completed their handshake are never evicted.
 
 Connection events become service events (pyslirp/net/events.py):
 ``readable`` -> ``ServiceSend``; ``writable`` -> ``ServiceReadCredit``;

@@ -70,7 +70,7 @@ import os
 import time
 
 from pyslirp.net import events as ev
-from pyslirp.net.flows import CAUSE_LIMIT, CAUSE_RATE, PROTO_ICMP, PROTO_TCP, PROTOCOL_NAMES, addr_str
+from pyslirp.net.flows import CAUSE_LIMIT, CAUSE_RATE, LIMIT_RATE, PROTO_ICMP, PROTO_TCP, PROTOCOL_NAMES, addr_str
 from pyslirp.net.ratelimit import TokenBucket, every_power_of_two
 
 log = logging.getLogger("pyslirp.runtime.audit")
@@ -260,7 +260,9 @@ class EventLog(object):
         fields.update(reason=event.reason, cause=event.cause)
         self.audit.write("flow_refused", **fields)
         if event.cause in (CAUSE_LIMIT, CAUSE_RATE):
-            self.audit.write("limit", limit=event.route.limit or event.cause, cause=event.cause,
+            # A flow that left while it waited for a token has its admitted route: the limit is the rate's.
+            limit = event.route.limit or (LIMIT_RATE if event.cause == CAUSE_RATE else event.cause)
+            self.audit.write("limit", limit=limit, cause=event.cause,
                              protocol=fields["protocol"], client=fields["client"], server=fields["server"])
 
     def _limit(self, event, fields, now, action):
