@@ -125,14 +125,17 @@ def hping_sent(text):
 
 
 class Accepts(object):
-    """Follows the guest's phase marks and notes the time, the echo server's accepts and pyslirp's CPU at each."""
+    """Follows the guest's phase marks and notes the time, the echo server's accepts, pyslirp's CPU and (with
+    ``metrics_port``) its metrics at each."""
 
-    def __init__(self, guest, echo, pid, timeout):
+    def __init__(self, guest, echo, pid, timeout, metrics_port=None):
         self.guest = guest
         self.echo = echo
         self.pid = pid
         self.timeout = timeout
+        self.metrics_port = metrics_port
         self.at = {}
+        self.metrics = {}
         self._thread = threading.Thread(target=self._run, name="phase-marks", daemon=True)
         self._thread.start()
 
@@ -142,6 +145,18 @@ class Accepts(object):
                 return
             with self.echo.lock:
                 self.at[name] = (time.time(), self.echo.accepted, cpu_seconds(self.pid))
+            if self.metrics_port:
+                try:
+                    self.metrics[name] = scrape(self.metrics_port)
+                except (OSError, ValueError):
+                    pass
+
+    def delta(self, phase, name, **labels):
+        """How much a counter grew during a phase (None if not scraped at both ends)."""
+        a, b = self.metrics.get(phase + "_start"), self.metrics.get(phase + "_end")
+        if a is None or b is None:
+            return None
+        return metric(b, name, **labels) - metric(a, name, **labels)
 
     def join(self):
         self._thread.join(5)
@@ -175,7 +190,7 @@ def run(lab, extra_config=None, relay_factory=None, flood_seconds=12, settle=7, 
                                tail_s=max(0, flood_seconds - lead - 5), settle_s=settle, burst=burst)
         kw = {"relay_factory": relay_factory} if relay_factory is not None else {}
         guest = lab.boot_guest(script, slirp=slirp, timeout=timeout, name="guest", **kw)
-        accepts = Accepts(guest, echo, slirp.proc.pid, timeout)
+        accepts = Accepts(guest, echo, slirp.proc.pid, timeout, metrics_port)
         res = guest.wait()
         accepts.join()
         res.check_ran()
@@ -190,16 +205,36 @@ def run(lab, extra_config=None, relay_factory=None, flood_seconds=12, settle=7, 
                      "seconds": _span(accepts, name), "cpu": accepts.cpu(name),
                      "hping_sent": hping_sent(res.read("hping-%s.out" % name)),
                      "window": _window(res, name)}
+            phase["cookies"] = _cookie_deltas(accepts, name)
             figures["phases"][name] = phase
         figures["phases"]["burst"] = {"result": _load(res, "burst.json"), "after": _load(res, "after-burst.json"),
                                       "accepts": accepts.between("burst_start", "burst_end"),
                                       "seconds": _span(accepts, "burst"), "cpu": accepts.cpu("burst"),
-                                      "window": _window(res, "burst")}
+                                      "window": _window(res, "burst"), "cookies": _cookie_deltas(accepts, "burst")}
         figures["held"] = _load(res, "held.json")
         figures["echo_accepted"] = echo.accepted
         return figures
     finally:
         echo.stop()
+
+
+def _cookie_deltas(accepts, phase):
+    """The SYN path's counters during a phase: {what: n or None}, and the line rate pyslirp measured at its end."""
+    out = dict((result, accepts.delta(phase, "pyslirp_syn_cookies_total", result=result))
+               for result in ("sent", "limited", "valid", "invalid"))
+    out["refused_limit"] = accepts.delta(phase, "pyslirp_connections_refused_total", reason="limit")
+    out["rate_waits"] = accepts.delta(phase, "pyslirp_tcp_rate_waits_total")
+    end = accepts.metrics.get(phase + "_end")
+    out["line_rate"] = metric(end, "pyslirp_line_drain_bytes_per_second") if end else None
+    return out
+
+
+def _cookie_text(c):
+    if not c or c.get("sent") is None:
+        return ""
+    return ("  SYN path: cookies sent %d, limited %d, valid %d; refused for a limit %d; waited for a token %d; "
+            "line rate %s B/s" % (c["sent"], c["limited"], c["valid"], c["refused_limit"] or 0, c["rate_waits"] or 0,
+                                  c["line_rate"]))
 
 
 def _load(res, name):
@@ -274,11 +309,15 @@ def summary(fig):
         lines.append("  new connections during: %s; after: %s" % (_probes(p["during"]), _probes(p["after"])))
         lines.append("  held session during: %s" % _rtts(held, p["window"]))
         lines.append("  connections the service accepted during the phase: %s" % p["accepts"])
+        if _cookie_text(p.get("cookies")):
+            lines.append(_cookie_text(p.get("cookies")))
     b = fig["phases"]["burst"]
     lines.append("300 connections at once: %s%s in %.1f s; the service accepted %s in %.1f s; after: %s" % (
         ", ".join("%s %d" % kv for kv in sorted(b["result"]["outcomes"].items())),
         " (errors: %s)" % b["result"]["errors"] if b["result"].get("errors") else "", b["result"]["seconds"],
         b["accepts"], b["seconds"] or 0, _probes(b["after"])))
+    if _cookie_text(b.get("cookies")):
+        lines.append(_cookie_text(b.get("cookies")))
     lines.append("metrics: SYN cookies sent %d, limited %d, valid %d, invalid %d; half-open evicted %d; "
                  "waited for a token %d; dropped ip_bad_src %d; TCP refused: limit %d, rate %d" % (
                      metric(m, "pyslirp_syn_cookies_total", result="sent"),
