@@ -629,3 +629,28 @@ def test_flows_waiting_for_a_token_are_dropped_with_the_link():
     stack.handle_timer(5000)
     assert of_type(stack.take_events(), ServiceConnect) == [] and stack.get_timer() is None
     assert stack.connections_active == 0 and stack.half_open == 0
+
+
+def test_many_connections_at_once_are_answered_when_their_syns_come_back_together():
+    stack = make_stack()
+    stack.set_line_rate(200000)                                 # SYN-ACKs: 781 a second, bursts of 78
+    wire = Wire(stack)
+    flood(stack, 100, wire=wire)                                # cookies are on
+    wire.pump()
+    wire.by_port = {}
+    stack.take_events()
+    clients = [Client(stack, wire, 50000 + i, isn=1000 + i * 100000) for i in range(300)]
+    answered = set()
+    for at in (100, 1100):                                      # the SYNs, and Linux's first retransmission
+        for c in clients:
+            if c.port not in answered:
+                c.seq = getattr(c, "isn", c.seq)
+                c.syn(at)
+        wire.pump()
+        for c in clients:
+            if any(s.flags == tcp.SYN | tcp.ACK for s in wire.by_port.pop(c.port, [])):
+                answered.add(c.port)
+        if at == 100:
+            assert len(answered) == 78                          # the line's burst; the rest are remembered
+    # The retransmissions all come back within a few ms: their own budget holds a second's worth.
+    assert len(answered) == 300 and stack._unanswered.recognised == 222 - 78    # 78: the line budget again

@@ -570,10 +570,15 @@ class IPStack(object):
             self._synack_limits(per_second)
 
     def _synack_limits(self, per_second):
-        """Cookie SYN-ACKs: ``per_second`` with bursts of a tenth of that, and a quarter more for retransmissions."""
+        """Cookie SYN-ACKs: ``per_second`` with bursts of a tenth of that, and a quarter more for retransmissions.
+
+        The retransmissions' budget holds a whole second of ``per_second``: a client that opened many
+        connections at once retransmits their SYNs at once too (Linux: 1, 3, 7, 15 s ... after the first),
+        and a flood from changing ports hardly ever repeats a SYN, so only real clients spend it.
+        """
         self._synack_bucket = TokenBucket(per_second, max(SYNACK_MIN_BURST, per_second // 10), self._now)
         retries = max(1, per_second // SYNACK_RETRY_SHARE)
-        self._retry_bucket = TokenBucket(retries, max(SYNACK_MIN_BURST, retries // 10), self._now)
+        self._retry_bucket = TokenBucket(retries, max(SYNACK_MIN_BURST, per_second), self._now)
 
     def set_mtu(self, mtu):
         """The session MTU (the smaller of ours and the peer's MRU); new connections size their MSS from it."""
