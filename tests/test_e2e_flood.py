@@ -37,6 +37,7 @@ def test_syn_flood_spoofed_flood_and_300_at_once(lab):
     fig = flood.run(lab)
     figures, phases, held = fig["metrics"], fig["phases"], fig["held"]
     report = flood.summary(fig)
+    print(report)                   # the figures (pytest -rP shows them)
     assert fig["pyslirp_running"], report
     assert fig["rss_peak_kib"] is not None and fig["rss_peak_kib"] < RSS_LIMIT_KIB, report
     assert held["connected"] and held["errors"] == [], report
