@@ -44,6 +44,12 @@ def parse_set(items):
     return extra
 
 
+def _jsonable(figures):
+    """A metrics scrape ({name: {((label, value), ...): value}}) with its label tuples as "k=v,..." strings."""
+    return dict((name, dict((",".join("%s=%s" % kv for kv in labels), value) for labels, value in samples.items()))
+                for name, samples in figures.items())
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--baud", type=int, default=0, help="pace the line at this speed (default: unpaced)")
@@ -82,8 +88,10 @@ def main(argv=None):
     print("line: %s; settings: %s" % ("%d bit/s (paced)" % a.baud if a.baud else "unpaced", a.set or "defaults"))
     print(flood.summary(fig))
     if a.json:
+        out = dict(fig)
+        out["metrics"] = _jsonable(fig["metrics"])
         with open(a.json, "w") as f:
-            json.dump(fig, f, indent=1)
+            json.dump(out, f, indent=1)
     return 0
 
 
