@@ -52,6 +52,7 @@ examples:
   pyslirp.py --pty --pty-link /tmp/ppp    serve a new pseudo-terminal (pppd /tmp/ppp ...)
   pppd pty "ssh host pyslirp.py --stdio"  PPP over ssh
   pyslirp.py -c pyslirp.toml --check-config
+  pyslirp.py client --help                the client role (the other end, in userspace too)
 
 exit status: 0 stopped by SIGINT/SIGTERM, 1 runtime failure, 2 usage or configuration error."""
 
@@ -158,6 +159,11 @@ def _err(message):
 
 
 def main(argv=None):
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["client"]:
+        # The client role has its own command line (pyslirp/cli_client.py).
+        from pyslirp import cli_client
+        return cli_client.main(args[1:])
     try:
         return _main(argv)
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""The authenticator side of PAP (RFC 1334) and CHAP with MD5 (RFC 1994).
+"""PAP (RFC 1334) and CHAP with MD5 (RFC 1994): the authenticator (server role) and the peer (client role).
 
 Theory of operation
 -------------------
@@ -32,6 +32,16 @@ A failure (wrong password, unknown user, timeout, a Protocol-Reject of the
 protocol while we wait) is reported once; the link then terminates LCP and
 goes back to listening.  Both servers are entries of the link's protocol
 table (:mod:`pyslirp.ppp.protocol`): LCP going down stops them.
+
+The authenticating peer (the client role, :class:`PapClient`,
+:class:`ChapClient`): when our LCP acknowledged the server's
+Authentication-Protocol, the link starts the matching client once LCP is
+Opened.  PAP sends Authenticate-Request (our user and password) every
+``restart_ms`` until an Ack or Nak with its Identifier arrives, at most
+``max_requests`` times; CHAP answers every Challenge with MD5(Identifier ||
+password || Challenge) and our user as Name, and takes Success or Failure
+for the Identifier answered.  Each reports once through ``on_result(user,
+ok, message)``.
 """
 
 import hashlib
@@ -271,3 +281,171 @@ class ChapServer(_Server):
             self._output(wppp.build_cp(CHAP_FAILURE, ident, b"Access denied"))
         log.debug("CHAP: user %r %s", _name(user), "authenticated" if ok else "failed to authenticate")
         self._finish(_name(user), ok)
+
+
+# -- the authenticating peer (the client role) -----------------------------------------------
+
+
+class _Client(Protocol):
+    """A protocol-table entry of the client role: we prove who we are to the server."""
+
+    method = ""
+    protocol = 0
+    phases = AFTER_LCP
+
+    def __init__(self, user, password, output, on_result):
+        self.user = _to_bytes(user)
+        self.password = _to_bytes(password)
+        self._output = output
+        self._on_result = on_result
+        self.state = IDLE
+        self.timer = None
+        self.counters = {}
+
+    def _count(self, reason):
+        self.counters[reason] = self.counters.get(reason, 0) + 1
+
+    def stop(self):
+        self.state = IDLE
+        self.timer = None
+
+    def lower_down(self, now, reason):
+        self.stop()
+
+    def protocol_rejected(self, now):
+        if self.state == WAITING:
+            self._finish(False, "the server rejects %s" % self.method.upper())
+
+    def get_timer(self):
+        return self.timer
+
+    def _finish(self, ok, message):
+        self.state = SUCCEEDED if ok else FAILED
+        self.timer = None
+        self._on_result(_name(self.user), ok, message)
+
+
+class PapClient(_Client):
+    """RFC 1334 PAP, the peer side: Authenticate-Request until an Ack or Nak comes (2.2.1)."""
+
+    method = "pap"
+    protocol = wppp.PROTO_PAP
+
+    def __init__(self, user, password, output, on_result, restart_ms=3000, max_requests=10):
+        _Client.__init__(self, user, password, output, on_result)
+        self.restart_ms = restart_ms
+        self.max_requests = max_requests
+        self.ident = 0
+        self.sent = 0
+        self._packet = b""
+
+    def start(self, now):
+        self.ident = (self.ident + 1) & 0xFF
+        # Peer-ID Length, Peer-ID, Passwd-Length, Password (RFC 1334 2.2.1); at most 255 octets each.
+        user = self.user[:255]
+        password = self.password[:255]
+        self._packet = wppp.build_cp(PAP_AUTH_REQ, self.ident,
+                                     _U8.pack(len(user)) + user + _U8.pack(len(password)) + password)
+        self.state = WAITING
+        self.sent = 0
+        self._send(now)
+
+    def _send(self, now):
+        self.sent += 1
+        self._count("requests_sent")
+        self._output(self._packet)
+        self.timer = now + self.restart_ms
+
+    def handle_timer(self, now):
+        if self.timer is None or now < self.timer:
+            return
+        self.timer = None
+        if self.state != WAITING:
+            return
+        if self.sent >= self.max_requests:
+            log.info("PAP: no answer to %d Authenticate-Requests", self.sent)
+            self._finish(False, "no answer from the server")
+            return
+        self._send(now)
+
+    def input(self, packet, now):
+        try:
+            code, ident, data = wppp.parse_cp(packet)
+        except ParseError as exc:
+            note(self.counters, "malformed", logging.DEBUG, "PAP: malformed packet dropped: %s", exc)
+            return
+        if code not in (PAP_AUTH_ACK, PAP_AUTH_NAK) or self.state != WAITING or ident != self.ident:
+            # "...the Identifier field MUST be copied from the Identifier field of the
+            # Authenticate-Request which caused this reply" (2.2.2): anything else is stale.
+            self._count("unexpected")
+            return
+        message = _name(data[1:1 + data[0]]) if data and 1 + data[0] <= len(data) else ""
+        ok = code == PAP_AUTH_ACK
+        log.debug("PAP: the server answers %s%s", "Ack" if ok else "Nak", ": %s" % message if message else "")
+        self._finish(ok, message or ("accepted" if ok else "refused"))
+
+
+class ChapClient(_Client):
+    """RFC 1994 CHAP with MD5, the peer side: each Challenge gets MD5(Identifier || secret || Challenge).
+
+    The server may challenge again at any time during the session (RFC 1994 2: "at random intervals"):
+    every Challenge is answered; the result is reported once, at the first Success or Failure.  A
+    Challenge with the Identifier of the last one answered is a retransmission (our Response was lost):
+    the same Response goes again.  If no Challenge comes within ``wait_ms`` the authentication fails.
+    """
+
+    method = "chap"
+    protocol = wppp.PROTO_CHAP
+
+    def __init__(self, user, password, output, on_result, wait_ms=30000):
+        _Client.__init__(self, user, password, output, on_result)
+        self.wait_ms = wait_ms
+        self.responses = 0
+        self._answered = None       # (identifier, challenge) of the last Response sent
+
+    def start(self, now):
+        self.state = WAITING
+        self.timer = now + self.wait_ms
+        self._answered = None
+
+    def handle_timer(self, now):
+        if self.timer is None or now < self.timer:
+            return
+        self.timer = None
+        if self.state == WAITING:
+            log.info("CHAP: no Challenge from the server")
+            self._finish(False, "no challenge from the server")
+
+    def input(self, packet, now):
+        try:
+            code, ident, data = wppp.parse_cp(packet)
+            if code == CHAP_CHALLENGE and (not data or 1 + data[0] > len(data) or not data[0]):
+                raise ParseError("bad_length", "Value-Size overruns the packet")
+        except ParseError as exc:
+            note(self.counters, "malformed", logging.DEBUG, "CHAP: malformed packet dropped: %s", exc)
+            return
+        if self.state == IDLE:
+            self._count("not_started")
+            return
+        if code == CHAP_CHALLENGE:
+            challenge = bytes(data[1:1 + data[0]])
+            value = chap_md5_response(ident, self.password, challenge)
+            self._answered = (ident, challenge)
+            self.responses += 1
+            self._output(wppp.build_cp(CHAP_RESPONSE, ident, _U8.pack(len(value)) + value + self.user))
+            return
+        if code in (CHAP_SUCCESS, CHAP_FAILURE):
+            if self._answered is None or ident != self._answered[0]:
+                self._count("stale_result")
+                return
+            ok = code == CHAP_SUCCESS
+            if self.state == WAITING:
+                message = _name(data)
+                log.debug("CHAP: the server answers %s%s", "Success" if ok else "Failure",
+                          ": %s" % message if message else "")
+                self._finish(ok, message or ("accepted" if ok else "refused"))
+            elif self.state == SUCCEEDED and not ok:
+                # A later re-challenge failed: the server will end the session.
+                self._finish(False, _name(data) or "refused on a re-challenge")
+            return
+        self._count("unexpected_code")

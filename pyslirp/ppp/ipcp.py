@@ -14,7 +14,16 @@ after ``max_failure`` of them, or a Reject, we stop sending the option (the
 peer then picks some address for our end, which does not matter on a
 point-to-point link, and nothing loops forever).
 
-The peer's request (``reqci``):
+The client role (``role = "client"``): we ask for ``local_ip`` (0.0.0.0:
+"assign me one", RFC 1332 3.3, and the address in the server's Nak is
+taken) and for Primary/Secondary-DNS-Server-Address with 0.0.0.0 (RFC 1877:
+the Nak carries the server's; a Reject stops us asking).  The server's
+IP-Address is Nak'd with ``remote_ip`` when that is set and differs (pppd's
+``local:remote``; SLiRP offers 0.0.0.0), acknowledged when it is not set,
+except 0.0.0.0 which is then rejected.  We never offer DNS addresses and
+never append an IP-Address to a Nak.  VJ is negotiated as on the server.
+
+The peer's request (``reqci``, the server role):
 
 * IP-Address (3): ``remote_ip`` is acknowledged; 0.0.0.0 ("please assign me
   one", RFC 1332 3.3) or any other address is Nak'd with ``remote_ip``.  A
@@ -80,6 +89,9 @@ VJ_OPTION = struct.Struct("!HBB")
 MAX_SLOT_ID = vj.DEFAULT_SLOTS - 1      # 15: what pppd asks for and accepts at most
 
 
+ANY = b"\x00\x00\x00\x00"
+
+
 def ip_bytes(text):
     return ipaddress.IPv4Address(text).packed
 
@@ -99,8 +111,12 @@ class Ipcp(ControlProtocol):
     def __init__(self, config, output, owner):
         self.owner = owner
         ControlProtocol.__init__(self, config, output)
+        self.client = config.role == "client"
         self.local = ip_bytes(config.local_ip)
         self.remote = ip_bytes(config.remote_ip)
+        # The client role: 0.0.0.0 means "whatever the server assigns" / "whatever it says it is".
+        self.want_local = self.local
+        self.ask_dns = {}             # client: option -> address asked for (RFC 1877), until rejected
         self.dns = tuple(ip_bytes(d) for d in config.dns[:2])
         self.ask_addr = True          # send IP-Address in our requests
         self.appended_addr = False    # we already Nak'd a request lacking IP-Address
@@ -122,6 +138,9 @@ class Ipcp(ControlProtocol):
         return (MAX_SLOT_ID, 1) if self.config.vj else None
 
     def resetci(self):
+        if self.client:
+            self.local = self.want_local
+            self.ask_dns = {CI_MS_DNS1: ANY, CI_MS_DNS2: ANY}
         self.ask_addr = True
         self.appended_addr = False
         self.addr_naks = 0
@@ -135,6 +154,8 @@ class Ipcp(ControlProtocol):
             options.append((CI_COMPRESSTYPE, VJ_OPTION.pack(wppp.PROTO_VJC, *self.ask_vj)))
         if self.ask_addr:
             options.append((CI_ADDR, self.local))
+        for kind in sorted(self.ask_dns):
+            options.append((kind, self.ask_dns[kind]))
         data = wppp.build_options(options)
         self._sent = data
         self._sent_vj = self.ask_vj
@@ -150,6 +171,13 @@ class Ipcp(ControlProtocol):
         for kind, value in wppp.parse_options(data):
             if kind == CI_COMPRESSTYPE and self.ask_vj is not None:
                 self._vj_nak(value)
+            elif kind == CI_ADDR and len(value) == 4 and self.client and self.want_local == ANY:
+                # RFC 1332 3.3: we asked with 0.0.0.0, "the peer SHOULD provide a valid IP address"
+                # in its Nak: take it.
+                if value != ANY:
+                    self.local = value
+            elif kind in self.ask_dns and len(value) == 4:
+                self.ask_dns[kind] = value          # RFC 1877 1: the Nak carries the server's address
             elif kind == CI_ADDR and len(value) == 4 and value != self.local and self.ask_addr:
                 self.addr_naks += 1
                 if self.addr_naks >= self.config.max_failure:
@@ -190,6 +218,8 @@ class Ipcp(ControlProtocol):
             elif kind == CI_COMPRESSTYPE:
                 log.info("IPCP: peer cannot compress TCP/IP headers (VJ) towards us")
                 self.ask_vj = None
+            elif kind in self.ask_dns:
+                del self.ask_dns[kind]
         return True
 
     def reqci(self, data, reject_if_disagree):
@@ -206,6 +236,10 @@ class Ipcp(ControlProtocol):
                     verdicts.nak(kind, value, VJ_OPTION.pack(wppp.PROTO_VJC, MAX_SLOT_ID, comp_slot and 1))
                 else:
                     his_vj = (max_slot, 1 if comp_slot else 0)
+            elif kind == CI_ADDR and len(value) == 4 and self.client:
+                seen_addr = True
+                self._judge_server_addr(kind, value, verdicts, reject_if_disagree)
+                addr = value
             elif kind == CI_ADDR and len(value) == 4:
                 seen_addr = True
                 if value == self.remote:
@@ -215,7 +249,7 @@ class Ipcp(ControlProtocol):
                         log.warning("IPCP: peer insists on address %s (we assign %s): rejecting "
                                     "its IP-Address option", ip_text(value), self.config.remote_ip)
                     verdicts.nak(kind, value, self.remote)
-            elif kind in (CI_MS_DNS1, CI_MS_DNS2) and len(value) == 4:
+            elif kind in (CI_MS_DNS1, CI_MS_DNS2) and len(value) == 4 and not self.client:
                 index = 0 if kind == CI_MS_DNS1 else 1
                 if index < len(self.dns):
                     if value != self.dns[index]:
@@ -226,7 +260,8 @@ class Ipcp(ControlProtocol):
                 # IP-Addresses (deprecated), IP-Compression-Protocol other than VJ (or VJ when it is off),
                 # NBNS, unknown options and known ones of the wrong length.
                 verdicts.reject(kind, value)
-        if not seen_addr and not self.appended_addr and not reject_if_disagree and not verdicts.rejects:
+        if not seen_addr and not self.appended_addr and not reject_if_disagree and not verdicts.rejects \
+                and not self.client:
             # Prompt the peer to take the address we assign (RFC 1661 5.3).
             self.appended_addr = True
             verdicts.naks.append((CI_ADDR, self.remote))
@@ -236,8 +271,37 @@ class Ipcp(ControlProtocol):
             self.his_vj = his_vj
         return code, reply
 
+    def _judge_server_addr(self, kind, value, verdicts, reject_if_disagree):
+        """The client role: the server's own IP-Address (pppd's local:remote, the remote part).
+
+        With ``remote_ip`` set, another address is Nak'd with it (a server such as SLiRP offers
+        0.0.0.0 and takes the Nak); without it any address but 0.0.0.0 is acknowledged, and 0.0.0.0
+        is rejected (we have none to give it, as pppd does)."""
+        if self.remote != ANY:
+            if value != self.remote:
+                verdicts.nak(kind, value, self.remote)
+        elif value == ANY:
+            verdicts.reject(kind, value)
+
+    @property
+    def local_text(self):
+        """Our address on this link: the configured one (server), the negotiated one (client)."""
+        return ip_text(self.local) if self.client else self.config.local_ip
+
+    @property
+    def remote_text(self):
+        """The peer's address: configured (server), or as the server acknowledged it (client)."""
+        if not self.client:
+            return self.config.remote_ip
+        return ip_text(self.peer_addr) if self.peer_addr else ip_text(self.remote)
+
+    @property
+    def dns_servers(self):
+        """Client role: the DNS servers the server gave us (RFC 1877), in order."""
+        return tuple(ip_text(self.ask_dns[k]) for k in sorted(self.ask_dns) if self.ask_dns[k] != ANY)
+
     def up(self):
-        log.debug("IPCP up: local %s, remote %s", self.config.local_ip, self.config.remote_ip)
+        log.debug("IPCP up: local %s, remote %s", self.local_text, self.remote_text)
         self.vj.start(self.his_vj, self.got_vj)
         self.owner.ipcp_up()
 

@@ -25,6 +25,13 @@ Four sets of options, as in pppd:
 * ``his``: the peer's options we acknowledged (our send side: the peer's MRU,
   its ACCM, whether it can receive compressed fields).
 
+The client role (``role = "client"``, :mod:`pyslirp.ppp.link`): the same
+options are asked for (pppd's defaults: ACCM 0, magic, PFC, ACFC, the MRU
+when not 1500) and the peer's Authentication-Protocol is judged by
+``_judge_auth_request``: with credentials PAP and CHAP-MD5 are acknowledged
+(``his.auth``, the method the link then runs as the authenticating peer),
+other methods are Nak'd with one of those; without credentials it is rejected.
+
 Judging the peer's request (``reqci``): MRU is accepted from 128 up (below, it
 is Nak'd with 128, pppd's minimum; RFC 1661 6.1 lets the peer send smaller
 frames anyway); any ACCM is accepted (RFC 1662 7.1); a Magic-Number of zero, or
@@ -425,8 +432,10 @@ class Lcp(ControlProtocol):
                 his.pfc = True
             elif kind == CI_ACFC and not value:
                 his.acfc = True
+            elif kind == CI_AUTHTYPE and self.config.role == "client":
+                self._judge_auth_request(value, verdicts, his)
             else:
-                # Authentication-Protocol (we never authenticate ourselves),
+                # Authentication-Protocol (as the server we never authenticate ourselves),
                 # Quality-Protocol, Callback, MRRU, endpoint discriminator,
                 # unknown options, known ones of a wrong length.
                 verdicts.reject(kind, value)
@@ -437,6 +446,24 @@ class Lcp(ControlProtocol):
         if code == CONFACK:
             self.his = his
         return code, reply
+
+    def _judge_auth_request(self, value, verdicts, his):
+        """The client role: the server asks us to authenticate (RFC 1661 6.2).
+
+        With credentials (``user``) PAP and CHAP-MD5 are accepted; CHAP with another algorithm
+        (MS-CHAP) is Nak'd with CHAP-MD5, another protocol with PAP (what we can do), as pppd does.
+        Without credentials the option is rejected: the server then decides whether to go on."""
+        if not self.config.user:
+            log.info("LCP: the server asks for authentication and we have no credentials")
+            verdicts.reject(CI_AUTHTYPE, value)
+            return
+        method = _auth_method(value)
+        if method is not None:
+            his.auth = method
+        elif value[:2] == _U16.pack(wppp.PROTO_CHAP):
+            verdicts.nak(CI_AUTHTYPE, value, auth_option_value("chap"))
+        else:
+            verdicts.nak(CI_AUTHTYPE, value, auth_option_value("pap"))
 
     def up(self):
         now = self.fsm.now

@@ -43,6 +43,19 @@ unelicited Terminate-Ack indicates that the peer is in the Closed or Stopped
 states, or is otherwise in need of re-negotiation"; an Opened peer then
 renegotiates (the RTA event in Opened: tld, scr), and a new session starts.
 
+The client role (``role = "client"``, pppd's side of the link): the same
+table, automata and compression stages, with the choices of a client.  LCP
+asks what pppd asks by default and acknowledges the server's
+Authentication-Protocol when we have credentials (:mod:`pyslirp.ppp.lcp`);
+LCP Opened then runs the matching authenticating peer (:class:`~pyslirp.
+ppp.auth.PapClient` or :class:`~pyslirp.ppp.auth.ChapClient`, both in the
+table), whose success enters the Network phase and whose failure closes the
+link (pppd exits: ``AuthResult`` not ok, then ``LinkDown``).  IPCP asks for
+an address and DNS servers and takes the server's Naks
+(:mod:`pyslirp.ppp.ipcp`); ``LinkUp`` carries the negotiated addresses.
+There is no pre-PPP dialogue (``answer`` must be "none") and no
+authentication of the server (``require_auth`` "none").
+
 Before the first PPP frame (``answer = "auto"``): an
 :class:`~pyslirp.ppp.answer.Answerer` sits in front of the deframer and
 answers a client that talks first -- ``CLIENT`` (a Windows direct cable
@@ -123,7 +136,7 @@ from typing import Tuple
 
 from pyslirp.net.ratelimit import every_power_of_two
 from pyslirp.ppp.answer import CALL, ESCAPED, HANGUP, Answerer
-from pyslirp.ppp.auth import IDLE, ChapServer, PapServer
+from pyslirp.ppp.auth import IDLE, ChapClient, ChapServer, PapClient, PapServer
 from pyslirp.ppp.ccp import Ccp
 from pyslirp.ppp.events import AuthResult, IPReceived, LinkDown, LinkUp
 from pyslirp.ppp.fsm import NEGOTIATING, PEER_TERMINATED, State
@@ -163,6 +176,9 @@ class LinkConfig:
     vj: bool = True                     # Van Jacobson TCP/IP header compression (IPCP option 2)
     answer: str = "auto"                # "auto": answer CLIENT and AT commands before PPP; "none"
     line_speed: int = 115200            # bit/s, reported in CONNECT
+    role: str = "server"                # "server" | "client" (see "The client role" above)
+    user: str = ""                      # client role: the name we authenticate with, if the server asks
+    password: str = ""                  # client role: its password (PAP) or secret (CHAP-MD5)
 
 
 class PPPLink(object):
@@ -175,6 +191,12 @@ class PPPLink(object):
             raise ValueError("compression must be deflate or none, not %r" % (config.compression,))
         if config.answer not in ("auto", "none"):
             raise ValueError("answer must be auto or none, not %r" % (config.answer,))
+        if config.role not in ("server", "client"):
+            raise ValueError("role must be server or client, not %r" % (config.role,))
+        if config.role == "client" and (config.require_auth != "none" or config.answer != "none"):
+            raise ValueError("the client role authenticates nobody and answers no dialler "
+                             "(require_auth and answer must be none)")
+        self.client = config.role == "client"
         self.config = config
         self._rng = rng
         self._tap = tap
@@ -191,10 +213,22 @@ class PPPLink(object):
                                    restart_ms=restart_ms, max_challenges=config.max_configure)
         else:
             self.auth = None
+        # The client role: both authenticating-peer entries; LCP's negotiation picks the one that runs.
+        self.auth_clients = {}
+        if self.client:
+            self.auth_clients["pap"] = PapClient(config.user, config.password, self._sender(wppp.PROTO_PAP),
+                                                 self._client_auth_result, restart_ms=restart_ms,
+                                                 max_requests=config.max_configure)
+            self.auth_clients["chap"] = ChapClient(config.user, config.password,
+                                                   self._sender(wppp.PROTO_CHAP), self._client_auth_result,
+                                                   wait_ms=restart_ms * config.max_configure)
         # The protocol table (pppd's protocols[]): the receive path is a loop over it.
         self.protocols = [self.lcp]
         for proto in (wppp.PROTO_PAP, wppp.PROTO_CHAP):
-            if self.auth is not None and self.auth.protocol == proto:
+            client = [c for c in self.auth_clients.values() if c.protocol == proto]
+            if client:
+                self.protocols.append(client[0])
+            elif self.auth is not None and self.auth.protocol == proto:
                 self.protocols.append(self.auth)
             else:
                 self.protocols.append(Discard(proto, wppp.protocol_name(proto), self._auth_unexpected))
@@ -539,6 +573,9 @@ class PPPLink(object):
         for entry in self.protocols:
             if entry is not self.lcp:
                 entry.lower_up(now)
+        if self.client:
+            self._client_authenticate(now)
+            return
         method = self.config.require_auth
         if method == "none":
             self._enter_network(now)
@@ -596,9 +633,9 @@ class PPPLink(object):
     def ipcp_up(self):
         self.is_up = True
         self._down_reported = False
-        cfg = self.config
-        log.info("link up: %s <-> %s, peer MRU %d", cfg.local_ip, cfg.remote_ip, self.mtu)
-        self._events.append(LinkUp(cfg.local_ip, cfg.remote_ip, self.mtu))
+        local, remote = self.ipcp.local_text, self.ipcp.remote_text
+        log.info("link up: %s <-> %s, peer MRU %d", local, remote, self.mtu)
+        self._events.append(LinkUp(local, remote, self.mtu))
 
     def ipcp_down(self):
         self._report_down(self._end_reason or self.ipcp.fsm.reason or "IPCP down")
@@ -627,6 +664,30 @@ class PPPLink(object):
         else:
             log.info("authentication (%s) failed%s", method.upper(), " for %r" % user if user else "")
             self._todo.append(lambda now: self._end_session("authentication failed", now))
+
+    def _client_authenticate(self, now):
+        """The client role, LCP Opened: authenticate if our LCP acknowledged the server's request."""
+        method = self.lcp.his.auth
+        if method is None:
+            self._enter_network(now)
+            return
+        self._set_phase(Phase.AUTHENTICATE)
+        self.auth = self.auth_clients[method]
+        self.auth_counters = self.auth.counters
+        self.auth.start(now)
+
+    def _client_auth_result(self, user, ok, message):
+        now = self._now
+        method = self.auth.method if self.auth is not None else "none"
+        self._events.append(AuthResult(user, ok, method))
+        if ok:
+            log.info("authenticated to the server (%s) as %r", method.upper(), user)
+            if self._lcp_open and self.phase == Phase.AUTHENTICATE:
+                self._enter_network(now)
+        elif self._lcp_open:
+            # pppd as a client gives up: the session is over and we do not dial again.
+            log.warning("authentication (%s) as %r failed: %s", method.upper(), user, message)
+            self._todo.append(lambda now: self.close("authentication failed", now))
 
     def _end_session(self, reason, now, force=False):
         """Terminate LCP and go back to listening (LCP Close then Open, as pppd's persist)."""

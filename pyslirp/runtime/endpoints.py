@@ -25,7 +25,8 @@ queue, TIOCOUTQ) and the line manager ``cancel``/``close`` it.
   False the runtime paces output at the configured line speed instead of
   trusting a queue that always looks empty.
 
-Implementations: :class:`PySerialEndpoint` (a device path or a pyserial URL;
+Implementations: :class:`ExecEndpoint` (a child program on a new
+pseudo-terminal, the client role's ``--exec``), :class:`PySerialEndpoint` (a device path or a pyserial URL;
 8N1, RTS/CTS or XON/XOFF from the configuration; pyserial imported lazily),
 :class:`StdioEndpoint` (file descriptors 0 and 1, raw mode if a terminal) and
 :class:`PtyEndpoint` (a fresh pseudo-terminal).  The pseudo-terminal keeps its
@@ -39,9 +40,12 @@ import fcntl
 import logging
 import os
 import select
+import signal
 import stat
 import struct
+import subprocess
 import termios
+import time
 import tty
 
 from pyslirp import compat
@@ -457,3 +461,63 @@ def _is_serial_port(fd):
 def _strip(exc):
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0]
+
+
+class ExecEndpoint(FdEndpoint):
+    """A child program on a new pseudo-terminal: PPP on its standard input and output (pppd's ``pty``).
+
+    ``pyslirp.py client --exec "ssh host pyslirp.py --stdio"``: the command runs through the shell, in a
+    session of its own, with the slave of a fresh pseudo-terminal (raw mode) as its standard input and
+    output; its standard error is ours.  The child ending is the line going away (EIO on the master):
+    not reopened, exit status 1.  close() ends the child (SIGTERM to its process group, SIGKILL after
+    ``KILL_AFTER`` seconds).
+    """
+
+    reopenable = False
+    final_exit_code = 1
+    final_note = "the command exited"
+    KILL_AFTER = 2.0
+
+    def __init__(self, command):
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        _set_nonblocking(master)
+        try:
+            self.proc = subprocess.Popen(command, shell=True, stdin=slave, stdout=slave, close_fds=True,
+                                         start_new_session=True)
+        except OSError:
+            os.close(master)
+            os.close(slave)
+            raise
+        os.close(slave)         # the child holds it: its exit is EIO here
+        super().__init__(master, master, "exec: %s" % command)
+
+    def read(self, n):
+        try:
+            return super().read(n)
+        except LineGone as exc:
+            code = self.proc.poll()
+            raise LineGone("the command exited (status %s)" % code if code is not None else str(exc))
+
+    def close(self):
+        if self._closed:
+            return
+        super().close()
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except OSError:
+                pass
+            deadline = time.monotonic() + self.KILL_AFTER
+            while self.proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if self.proc.poll() is None:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                self.proc.wait()
+        try:
+            os.close(self.rfd)
+        except OSError:
+            pass

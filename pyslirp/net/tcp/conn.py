@@ -38,8 +38,8 @@ to it but not change it):
         TIMED_OUT   (TimedOut)     retransmissions exhausted (the connection sent RST and is closed)
         CLOSED      (Closed)       the connection is finished (CLOSED, or TIME_WAIT expired): delete it
         Readable and Writable are coalesced (at most one of each per call); Closed is the last event.
-    conn.state -> TcpState        # enum of the RFC 9293 states of a passive open (no LISTEN, no SYN_SENT:
-                                  # the connection is born in SYN_RECEIVED)
+    conn.state -> TcpState        # enum of the RFC 9293 states (no LISTEN: a passive connection is born in
+                                  # SYN_RECEIVED, an active one, see connect() below, in SYN_SENT)
     conn.bytes_in, conn.bytes_out, conn.retransmits, ...   # plain int counters
 
     Time is an argument, integer milliseconds from the caller's clock: every call that may emit a
@@ -79,6 +79,13 @@ ADDITIONS to the contract (all optional, nothing above changed):
     conn.resume(now, mss_limit=None)  # the link is back (the same client): carry on at once (see "Link
                                   # outages"); mss_limit: the new session's link MTU - 40, if smaller
     conn.suspended -> bool
+    TcpConnection.connect(local_ip, local_port, remote_ip, remote_port, config, iss, now, mss_limit)
+                                  # active open: SYN_SENT, the SYN goes out at the next take_segments();
+                                  # then ESTABLISHED, or RESET (refused by a RST) / TIMED_OUT (no answer
+                                  # to syn_retries + 1 SYNs) / UNREACHABLE, each followed by CLOSED
+    conn.unreachable(now) -> bool # an ICMP destination unreachable for this connection: ends an active
+                                  # open (True), counted only once synchronized (False)
+    conn.active                   # True for connect(), False for a connection born of the peer's SYN
     Counters: bytes_in, bytes_out, segs_out, retransmits, fast_retransmits, dup_acks, ooo_segments,
     rto_count, challenge_acks, window_probes, keepalives_sent, window_updates.
 
@@ -94,13 +101,24 @@ take_segments() after Closed: flush it once before deleting the connection.
 
 Theory of operation
 -------------------
-Passive open only: a client SYN creates the connection in SYN_RECEIVED; the
+Passive open: a client SYN creates the connection in SYN_RECEIVED; the
 SYN-ACK goes out once the service socket has connected (accept), so a dead
 service means an honest RST instead of an open-then-reset connection.  The
 exception is a SYN the stack answered statelessly with a SYN cookie
 (net/tcp/syncookie.py): ``from_cookie`` creates that connection, already
 accepted and with its SYN-ACK counted as sent, from the SYN the cookie
 recorded, and the client's ACK then completes the handshake as usual.
+
+Active open (``connect``, the client role): the connection starts in
+SYN_SENT and offers MSS, window scaling, SACK and timestamps as configured;
+the SYN is retransmitted on the RFC 6298 timer with exponential backoff (1 s,
+2 s, 4 s, ...) until ``syn_retries`` retransmissions went unanswered
+(TimedOut).  RFC 9293 3.10.7.3 decides what arrives in SYN_SENT: an ACK
+outside (ISS, SND.NXT] gets a RST, a RST with an acceptable ACK is a refusal
+(Reset), a SYN-ACK settles the options from both SYNs and establishes, a bare
+SYN is a simultaneous open (SYN_RECEIVED, our SYN repeated with an ACK).  An
+ICMP unreachable ends the open (Unreachable).  From ESTABLISHED on both kinds
+are the same automaton.
 
 Input (``receive``) follows RFC 9293 3.10.7.4 in order: RST validation (RFC
 5961 3.2: exact RCV.NXT resets, in-window gets a challenge ACK, anything else
@@ -161,7 +179,7 @@ from ..ratelimit import TokenBucket, every_power_of_two
 from .buffers import Reassembler, SackScoreboard, SendBuffer
 from .congestion import NewReno
 from .events import (CLOSED, COALESCED, ESTABLISHED, PEER_FIN, READABLE, RESET, TIMED_OUT,
-                     WRITABLE)
+                     UNREACHABLE, WRITABLE)
 from .rtt import RttEstimator
 from .seq import seq_add, seq_ge, seq_gt, seq_in, seq_le, seq_lt, seq_sub
 
@@ -176,6 +194,7 @@ _MAX_CTL = 8               # control segments queued between two take_segments()
 
 class TcpState(enum.Enum):
     CLOSED = "CLOSED"
+    SYN_SENT = "SYN_SENT"
     SYN_RECEIVED = "SYN_RECEIVED"
     ESTABLISHED = "ESTABLISHED"
     FIN_WAIT_1 = "FIN_WAIT_1"
@@ -195,7 +214,8 @@ _SEND_STATES = frozenset([TcpState.ESTABLISHED, TcpState.CLOSE_WAIT, TcpState.FI
 # States in which the client may still send us data.
 _RECV_STATES = frozenset([TcpState.ESTABLISHED, TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2])
 # States in which the service may still queue data.
-_QUEUE_STATES = frozenset([TcpState.SYN_RECEIVED, TcpState.ESTABLISHED, TcpState.CLOSE_WAIT])
+_QUEUE_STATES = frozenset([TcpState.SYN_SENT, TcpState.SYN_RECEIVED, TcpState.ESTABLISHED,
+                           TcpState.CLOSE_WAIT])
 _KEEPALIVE_STATES = frozenset([TcpState.ESTABLISHED, TcpState.CLOSE_WAIT])
 
 
@@ -214,7 +234,7 @@ class TcpConfig:
     min_rto_ms: int = 200
     max_rto_ms: int = 60000
     max_retries: int = 12               # consecutive RTO expiries before giving up
-    syn_retries: int = 5                # SYN-ACK retransmissions before giving up
+    syn_retries: int = 5                # SYN or SYN-ACK retransmissions before giving up
     msl_ms: int = 15000                 # TIME_WAIT lasts 2 * MSL
     keepalive: int = 0                  # s: idle time before a keepalive probe and between probes; 0 = off
     idle_timeout: int = 0               # s without traffic after which the stack resets the connection; 0 = never
@@ -277,16 +297,34 @@ class TcpConnection(object):
         conn.rcv_adv = seq_add(conn.rcv_nxt, window)
         return conn
 
-    def __init__(self, syn, local_ip, remote_ip, config, iss, now, mss_limit):
+    @classmethod
+    def connect(cls, local_ip, local_port, remote_ip, remote_port, config, iss, now, mss_limit):
+        """Active open (RFC 9293 3.10.1 OPEN, active): a connection in SYN_SENT whose SYN goes out at the
+        next take_segments(); Established, or Reset / TimedOut / Unreachable then Closed, follow."""
+        return cls(None, local_ip, remote_ip, config, iss, now, mss_limit, ports=(local_port, remote_port))
+
+    def __init__(self, syn, local_ip, remote_ip, config, iss, now, mss_limit, ports=None):
         self.config = config
         self.local_ip = local_ip
         self.remote_ip = remote_ip
-        self.local_port = syn.dst_port
-        self.remote_port = syn.src_port
-        self.name = "%s:%d>%s:%d" % (_ip(remote_ip), self.remote_port, _ip(local_ip), self.local_port)
+        self.active = syn is None       # we sent the SYN (connect); else the peer's SYN created us
+        self._mss_limit = mss_limit
+        if self.active:
+            self.local_port, self.remote_port = ports
+            self.name = "%s:%d>%s:%d" % (_ip(local_ip), self.local_port, _ip(remote_ip), self.remote_port)
+            # Until the SYN-ACK says otherwise the peer is taken to offer everything we do (the options
+            # are settled in _syn_sent_receive) and to have no window.
+            syn = TcpRepr(self.remote_port, self.local_port, 0, 0, SYN, 0,
+                          wscale=0 if config.window_scaling else None, sack_permitted=config.sack,
+                          timestamp=(0, 0) if config.timestamps else None)
+        else:
+            self.local_port = syn.dst_port
+            self.remote_port = syn.src_port
+            self.name = "%s:%d>%s:%d" % (_ip(remote_ip), self.remote_port, _ip(local_ip), self.local_port)
         self._syn = syn
-        self._state = TcpState.SYN_RECEIVED
-        self.accepted = False
+        self._state = TcpState.SYN_SENT if self.active else TcpState.SYN_RECEIVED
+        self.accepted = self.active     # an active open needs no accept()
+        self._syn_due = self.active     # our SYN (active open) is owed
         self.close_reason = None        # why the connection closed: refused, reset, timeout, ...
         self.last_activity = now
         self._suspended_at = None       # ms the link went down (see suspend), None while it is up
@@ -386,8 +424,12 @@ class TcpConnection(object):
         ack_limit = max(1, config.challenge_ack_limit)
         self._challenge_limiter = TokenBucket(ack_limit, ack_limit, now)
         self._oow_limiter = TokenBucket(ack_limit, ack_limit, now)
-        log.debug("%s: SYN received (mss %d, ws %s, sack %s, ts %s)", self.name, self.peer_mss,
-                  syn.wscale, self.sack_ok, self.ts_ok)
+        if self.active:
+            self.rcv_nxt = self.rcv_adv = self.last_ack_sent = 0
+            self.snd_wnd = self.max_snd_wnd = 0
+        else:
+            log.debug("%s: SYN received (mss %d, ws %s, sack %s, ts %s)", self.name, self.peer_mss,
+                      syn.wscale, self.sack_ok, self.ts_ok)
 
     # ================================================================ basics
 
@@ -595,7 +637,8 @@ class TcpConnection(object):
             self._set_state(TcpState.FIN_WAIT_1)
         elif state is TcpState.CLOSE_WAIT:
             self._set_state(TcpState.LAST_ACK)
-        # SYN_RECEIVED: FIN_WAIT_1 once the handshake completes.
+        # SYN_SENT, SYN_RECEIVED: FIN_WAIT_1 once the handshake completes (RFC 9293 3.10.4: "queue for
+        # processing after entering ESTABLISHED state").
 
     def abort(self, now):
         """Reset the connection (RFC 9293 3.10.5 ABORT): <SEQ=SND.NXT><CTL=RST>."""
@@ -604,6 +647,8 @@ class TcpConnection(object):
             return
         if state is TcpState.SYN_RECEIVED and not self.accepted:
             self._queue_ctl(rst_for(self._syn))
+        elif state is TcpState.SYN_SENT:
+            pass                                    # RFC 9293 3.10.5: SYN-SENT: delete the TCB, no RST
         elif state is not TcpState.TIME_WAIT:
             self._queue_ctl(self._make(self.snd_max, RST | ACK, now, options=False))
         self._close("aborted")
@@ -731,6 +776,26 @@ class TcpConnection(object):
                        mss=self.our_mss, wscale=self.rcv_wscale if self.ws_ok else None,
                        sack_permitted=self.sack_ok, timestamp=ts)
 
+    def _make_syn(self, now):
+        """Our SYN (RFC 9293 3.10.1): MSS, window scale, SACK-permitted and timestamps as configured."""
+        window = min(self._rcv_space(), MAX_WINDOW_FIELD)      # RFC 7323 2.2: not scaled in a SYN
+        ts = (self._ts_val(now), 0) if self.ts_ok else None
+        self.segs_out += 1
+        if self._synack_sends:
+            self.retransmits += 1
+            self._rtt_seq = None                   # Karn
+        else:
+            self._rtt_seq = self.iss
+            self._rtt_time = now
+        self._synack_sends += 1
+        self.snd_nxt = self.snd_max = seq_add(self.iss, 1)
+        if self._rtx_at is None:
+            self._arm_rtx(now)
+        self._syn_due = False
+        return TcpRepr(self.local_port, self.remote_port, self.iss, 0, SYN, window,
+                       mss=self.our_mss, wscale=self.rcv_wscale if self.ws_ok else None,
+                       sack_permitted=self.sack_ok, timestamp=ts)
+
     def _pending_send(self):
         """Unsent data or an unsent FIN beyond SND.NXT."""
         if seq_lt(self.snd_nxt, self._fin_seq()):
@@ -844,6 +909,11 @@ class TcpConnection(object):
         state = self._state
         if state is TcpState.CLOSED or (state is TcpState.SYN_RECEIVED and not self.accepted):
             return out
+        if state is TcpState.SYN_SENT:
+            if self._syn_due:
+                out.append(self._make_syn(now))
+            self._update_timers(now)
+            return out
         if self._synack_due:
             out.append(self._make_synack(now))
         used = 0
@@ -892,6 +962,8 @@ class TcpConnection(object):
         state = self._state
         if state is TcpState.CLOSED or (state is TcpState.SYN_RECEIVED and not self.accepted):
             return False
+        if state is TcpState.SYN_SENT:
+            return self._syn_due
         if self._synack_due or self._ack_now or self._probe_due or self._rtx_pending:
             return True
         return self._plan() is not None
@@ -908,7 +980,8 @@ class TcpConnection(object):
         outstanding = seq_sub(self.snd_max, self.snd_una)
         if outstanding == 0:
             self._rtx_at = None                     # RFC 6298 5.2
-        elif self._rtx_at is None and (state in _SEND_STATES or state is TcpState.SYN_RECEIVED):
+        elif self._rtx_at is None and (state in _SEND_STATES or state is TcpState.SYN_RECEIVED
+                                       or state is TcpState.SYN_SENT):
             self._arm_rtx(now)
         if state in _SEND_STATES and outstanding == 0 and self._pending_send() and self._plan() is None:
             if self._persist_at is None:
@@ -961,6 +1034,21 @@ class TcpConnection(object):
 
     def _on_rto(self, now):
         """RFC 6298 section 5: the retransmission timer expired."""
+        if self._state is TcpState.SYN_SENT:
+            # RFC 6298 5.5 and 5.6: the SYN is retransmitted with the RTO doubled each time (1 s, 2 s,
+            # 4 s ... from the initial 1 s of 2.1); after syn_retries of them the open fails.  Nothing
+            # is synchronized, so no RST goes out (RFC 9293 3.10.5: SYN-SENT ABORT sends nothing).
+            if self._synack_sends > self.config.syn_retries:
+                log.info("%s: no answer to %d SYNs", self.name, self._synack_sends)
+                self._event(TIMED_OUT)
+                self._close("timeout")
+                return
+            self.rto_count += 1
+            self._rtt.on_timeout()
+            self._rtt_seq = None
+            self._syn_due = True
+            self._arm_rtx(now)
+            return
         if self._state is TcpState.SYN_RECEIVED:
             if self._synack_sends > self.config.syn_retries:
                 self._give_up(now)
@@ -1038,7 +1126,7 @@ class TcpConnection(object):
     def _close(self, reason):
         self._set_state(TcpState.CLOSED)
         self._rtx_at = self._persist_at = self._delack_at = self._keepalive_at = self._tw_at = None
-        self._ack_now = self._probe_due = self._synack_due = self._rtx_pending = False
+        self._ack_now = self._probe_due = self._synack_due = self._syn_due = self._rtx_pending = False
         self._ooo.clear()
         self.close_reason = reason
         self._event(CLOSED)
@@ -1095,6 +1183,9 @@ class TcpConnection(object):
         flags = seg.flags
         if state is TcpState.SYN_RECEIVED and not self.accepted:
             self._receive_pending(seg)
+            return
+        if state is TcpState.SYN_SENT:
+            self._syn_sent_receive(seg, now)
             return
         self.last_activity = now
         self._ka_probes = 0
@@ -1174,6 +1265,93 @@ class TcpConnection(object):
         elif seg.payload:
             self._drop("data_after_fin", seg)
         self._update_timers(now)
+
+    def _syn_sent_receive(self, seg, now):
+        """RFC 9293 3.10.7.3: a segment arrives in SYN-SENT."""
+        flags = seg.flags
+        if flags & ACK:
+            # "If SEG.ACK =< ISS or SEG.ACK > SND.NXT, send a reset (unless the RST bit is set, if so
+            # drop the segment and return) <SEQ=SEG.ACK><CTL=RST> and discard the segment."
+            if seq_le(seg.ack, self.iss) or seq_gt(seg.ack, self.snd_max):
+                if not flags & RST and self._oow_limiter.allow(now):
+                    self._queue_ctl(TcpRepr(self.local_port, self.remote_port, seg.ack, 0, RST, 0))
+                self._drop("bad_ack_syn_sent", seg)
+                return
+        if flags & RST:
+            # "If the ACK was acceptable, then signal to the user 'error: connection reset', drop the
+            # segment, enter CLOSED state ... Otherwise (no ACK), drop the segment and return."  RFC 5961
+            # 3.2 adds nothing here: an acceptable ACK already ties the RST to our SYN.
+            if flags & ACK:
+                log.debug("%s: connection refused (RST)", self.name)
+                self._ctl = []
+                self._event(RESET)
+                self._close("reset")
+            else:
+                self._drop("rst_no_ack_syn_sent", seg)
+            return
+        if not flags & SYN:
+            self._drop("syn_sent_no_syn", seg)          # "If neither ... drop the segment and return."
+            return
+        self.last_activity = now
+        # The peer's SYN: its options settle what both sides use (RFC 7323 1.3/2.2, RFC 2018 2, RFC
+        # 9293 3.7.1).  Window scaling is used only if both SYNs carried it; otherwise neither side scales.
+        self.ws_ok = self.ws_ok and seg.wscale is not None
+        self.snd_wscale = min(seg.wscale, MAX_WSCALE) if self.ws_ok else 0
+        if not self.ws_ok:
+            self.rcv_wscale = 0
+        self.sack_ok = self.sack_ok and bool(seg.sack_permitted)
+        self.ts_ok = self.ts_ok and seg.timestamp is not None
+        self.ts_recent = seg.timestamp[0] if self.ts_ok else 0
+        self.peer_mss = seg.mss if seg.mss is not None else DEFAULT_MSS
+        self.send_mss = max(MIN_MSS, min(self.peer_mss, self._mss_limit))
+        self._cc.set_mss(self._smss())
+        # "RCV.NXT is set to SEG.SEQ+1, IRS is set to SEG.SEQ."
+        self.irs = seg.seq
+        self.rcv_nxt = self.rcv_adv = self.last_ack_sent = seq_add(seg.seq, 1)
+        self.snd_wnd = self.max_snd_wnd = seg.window     # RFC 7323 2.2: a SYN's window is never scaled
+        self.snd_wl1 = seg.seq
+        self.snd_wl2 = seg.ack
+        self._last_ack_rx = now
+        if seg.payload or flags & FIN:
+            # Data on a SYN is legal but nobody sends it; it is not taken (our ACK of the SYN alone
+            # makes the peer send it again).
+            self._drop("syn_sent_data", seg)
+        if not flags & ACK:
+            # "Otherwise, enter SYN-RECEIVED, form a SYN,ACK segment <SEQ=ISS><ACK=RCV.NXT>..."
+            # (simultaneous open): our SYN is repeated with the ACK, and SYN-RECEIVED goes on as usual.
+            log.debug("%s: simultaneous open", self.name)
+            self._set_state(TcpState.SYN_RECEIVED)
+            self._synack_sends = max(0, self._synack_sends - 1)     # the SYN-ACK repeats our SYN
+            self._synack_due = True
+            return
+        # "SND.UNA should be advanced to equal SEG.ACK ... If SND.UNA > ISS (our SYN has been ACKed),
+        # change the connection state to ESTABLISHED, form an ACK segment <SEQ=SND.NXT><ACK=RCV.NXT>".
+        if self.ts_ok and seg.timestamp[1]:
+            rtt = seq_sub(self._ts_val(now), seg.timestamp[1])
+            if 0 <= rtt <= self.config.max_rto_ms:
+                self._rtt.sample(rtt, 1)
+        elif self._rtt_seq is not None:
+            self._rtt.sample(now - self._rtt_time)
+        self._rtt_seq = None
+        self.snd_una = seg.ack
+        self._rtx_at = None
+        self._ack_now = True
+        self._establish(now)
+        self._update_timers(now)
+
+    def unreachable(self, now):
+        """An ICMP destination unreachable for this connection arrived (RFC 1122 4.2.3.9).
+
+        In SYN-SENT the open fails (``close_reason`` "unreachable", event Unreachable then Closed), as
+        Linux does for every unreachable code while connecting (RFC 5461 discusses why a soft error may
+        end a connection that never worked); in a synchronized state it is a soft error: counted only."""
+        if self._state is TcpState.SYN_SENT:
+            log.debug("%s: destination unreachable", self.name)
+            self._event(UNREACHABLE)
+            self._close("unreachable")
+            return True
+        self._drop("icmp_unreachable")
+        return False
 
     def _receive_pending(self, seg):
         """Input while the service socket is still connecting: we have sent nothing yet."""

@@ -45,6 +45,11 @@ class TimedOut:
 
 
 @dataclass(frozen=True)
+class Unreachable:
+    """An active open failed on an ICMP destination unreachable (the connection is closed)."""
+
+
+@dataclass(frozen=True)
 class Closed:
     """The connection is finished (CLOSED, or TIME_WAIT expired): delete it after one last take_segments()."""
 
@@ -55,6 +60,7 @@ WRITABLE = Writable()
 PEER_FIN = PeerFin()
 RESET = Reset()
 TIMED_OUT = TimedOut()
+UNREACHABLE = Unreachable()
 CLOSED = Closed()
 
 # Kinds that say "look again" rather than "this happened": at most one of each per take_events().
