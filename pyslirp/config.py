@@ -117,6 +117,9 @@ class LimitsConfig:
     max_connections: int = 64       # TCP connections open at once (TIME_WAIT does not count)
     max_per_service: int = 16       # ... per service (NAT and DNS count as one service each)
     max_udp_flows: int = 64         # UDP and ping flows at once
+    new_connections_per_second: int = 20    # token bucket on new TCP connections ...
+    burst: int = 40                 # ... with bursts of this many
+    max_half_open: int = 32         # connections waiting for their service connect; beyond: SYN cookies
 
 
 @dataclass(frozen=True)
@@ -435,6 +438,9 @@ SECTIONS = (
         "max_connections": v_int(1, 4096),
         "max_per_service": v_int(1, 4096),
         "max_udp_flows": v_int(1, 4096),
+        "new_connections_per_second": v_int(1, 10000),
+        "burst": v_int(1, 10000),
+        "max_half_open": v_int(1, 4096),
     }),
     ("health", HealthConfig, {
         "breaker_failures": v_int(0, 1000),
@@ -827,8 +833,9 @@ def stack_config(cfg, host_addresses=(), dns_upstream=()):
         services=cfg.services, udp_services=cfg.udp_services, proxy_via=proxy_via, outbound=outbound,
         dns_forwarder=cfg.dns.forwarder, dns_tcp_upstream=tuple(dns_upstream[0]) if dns_upstream else None,
         max_connections=cfg.limits.max_connections, max_per_service=cfg.limits.max_per_service,
-        max_udp_flows=cfg.limits.max_udp_flows, udp_timeout=out.udp_timeout, resume_grace=cfg.ppp.resume_grace,
-        tcp=cfg.tcp,
+        max_udp_flows=cfg.limits.max_udp_flows, new_connections_per_second=cfg.limits.new_connections_per_second,
+        burst=cfg.limits.burst, max_half_open=cfg.limits.max_half_open, udp_timeout=out.udp_timeout,
+        resume_grace=cfg.ppp.resume_grace, tcp=cfg.tcp,
         breaker_failures=cfg.health.breaker_failures, breaker_cooldown=cfg.health.breaker_cooldown)
 
 

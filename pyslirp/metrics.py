@@ -145,6 +145,17 @@ BREAKER_OPEN = gauge("pyslirp_service_breaker_open",
 BREAKER_TRANSITIONS = counter("pyslirp_service_breaker_transitions_total",
                               "Circuit breaker state changes of the service targets, by the state entered.",
                               ("state",))
+SYN_COOKIES = counter("pyslirp_syn_cookies_total",
+                      "SYNs answered with a SYN cookie (sent) or left unanswered by the SYN-ACK rate limit (limited); "
+                      "ACKs that returned a valid cookie (valid) or none (invalid).", ("result",))
+SYN_COOKIES_ON = gauge("pyslirp_syn_cookies_on",
+                       "1 while new SYNs are answered with SYN cookies (half-open table full, or SYNs faster than "
+                       "[limits] new_connections_per_second), else 0.")
+HALF_OPEN_EVICTED = counter("pyslirp_tcp_half_open_evicted_total",
+                            "Connections whose SYN-ACK went unanswered, reset to make room for a completed handshake.")
+RATE_WAITS = counter("pyslirp_tcp_rate_waits_total",
+                     "Connections that completed a SYN-cookie handshake when no token of [limits] "
+                     "new_connections_per_second was free: their service connect waited for one.")
 AUDIT_RECORDS = counter("pyslirp_audit_records_total",
                         "Audit log records written, suppressed (refusal floods) or lost (write errors).", ("result",))
 
@@ -154,7 +165,7 @@ FAMILIES = (
     LINE_DRAIN, IP_PACKETS, IP_DROPPED, TCP_ACTIVE, TCP_CONNECTING, TCP_TOTAL, CONNECTION_ERRORS,
     CONNECTIONS_REFUSED, FLOWS_REFUSED, TCP_RETRANSMISSIONS, TCP_RESETS, SERVICE_BYTES, SERVICE_CONNECT,
     DATAGRAM_ACTIVE, DATAGRAM_TOTAL, DATAGRAM_BYTES, INTERNAL_ERRORS, AUDIT_RECORDS, BREAKER_OPEN,
-    BREAKER_TRANSITIONS,
+    BREAKER_TRANSITIONS, SYN_COOKIES, SYN_COOKIES_ON, HALF_OPEN_EVICTED, RATE_WAITS,
 )
 BY_NAME = dict((f.name, f) for f in FAMILIES)
 
@@ -324,6 +335,13 @@ def collect(core, now, serial_in=0, serial_out=0, line_open=False, drain_rate=No
         b.set(DATAGRAM_BYTES, fig.bytes_out, name, label, "out")
     for name, n in active.items():
         b.set(DATAGRAM_ACTIVE, n, name)
+    b.set(SYN_COOKIES, stack.syncookies_sent, "sent")
+    b.set(SYN_COOKIES, stack.syncookies_limited, "limited")
+    b.set(SYN_COOKIES, stack.syncookies_accepted, "valid")
+    b.set(SYN_COOKIES, stack.syncookies_invalid, "invalid")
+    b.set(SYN_COOKIES_ON, 1 if stack.policy.cookies_on(now) else 0)
+    b.set(HALF_OPEN_EVICTED, stack.half_open_evicted)
+    b.set(RATE_WAITS, stack.token_waits)
     health = stack.policy.health
     for label, state in sorted(health.states().items()):
         b.set(BREAKER_OPEN, 0 if state == "closed" else 1, label)

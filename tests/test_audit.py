@@ -255,6 +255,33 @@ def test_limit_records(tmp_path):
                      "protocol": "tcp", "client": "10.0.0.2:40002", "server": "10.0.0.1:22"}
 
 
+def test_limits_that_turn_syn_cookies_on_are_recorded_once_per_period(tmp_path):
+    path = str(tmp_path / "audit.jsonl")
+    log = EventLog(AuditLog(path))
+    stack = make_stack(services=(SSH,), max_half_open=1, new_connections_per_second=2, burst=2)
+    Client(stack, port=40001).syn(0)                            # stateful: its service never answers
+    for i in range(50):
+        Client(stack, port=40100 + i).syn(i)                    # the half-open table is full: SYN cookies
+    flow_logs(stack, log, now=50)
+    stack.service_connected(1, 60)                              # room again; but SYNs still come too fast
+    # The flood is long over; the services answer at once; SYNs come faster than 2 a second: cookies again.
+    for i in range(10):
+        Client(stack, port=40300 + i).syn(10000 + i)
+        events = stack.take_events()
+        for e in events:
+            if isinstance(e, ServiceConnect):
+                stack.service_connected(e.conn_id, 10000 + i)
+            elif isinstance(e, FlowLog):
+                log.flow(e, 10000 + i)
+    log.audit.close()
+    full, rate = [r for r in records(path) if r["event"] == "limit"]
+    assert full == {"ts": full["ts"], "event": "limit", "limit": "max_half_open", "cause": "limit",
+                    "action": "syn_cookies", "reason": "max_half_open (1) reached", "protocol": "tcp",
+                    "client": "10.0.0.2:40100", "server": "10.0.0.1:22"}
+    assert (rate["limit"], rate["cause"], rate["action"]) == ("new_connections_per_second", "rate", "syn_cookies")
+    assert not [r for r in records(path) if r["event"] == "flow_refused"]
+
+
 def test_a_refusal_flood_is_written_at_a_bounded_rate_and_counted(tmp_path):
     path = str(tmp_path / "audit.jsonl")
     log = EventLog(AuditLog(path))
@@ -305,3 +332,20 @@ def test_refusal_lines_are_rate_limited(caplog):
         flow_logs(stack, log, now=2000)
     lines = [r.getMessage() for r in caplog.records if r.name == "pyslirp.runtime.flows"]
     assert len(lines) == audit_mod.REFUSAL_LOG_BURST + 1 and lines[-1].startswith("refused tcp 10.0.0.2:30000 ")
+
+
+def test_a_client_that_leaves_while_waiting_for_a_token_is_a_rate_limit_record(tmp_path):
+    from test_flood import Client as TcpClient, Wire, fill_half_open, make_stack as flood_stack
+    path = str(tmp_path / "audit.jsonl")
+    log = EventLog(AuditLog(path))
+    stack = flood_stack(new_connections_per_second=1, burst=1, max_half_open=1)
+    wire = Wire(stack)
+    fill_half_open(stack, 1)                                    # the only token
+    client = TcpClient(stack, wire, 40080)
+    client.handshake(5)                                         # a cookie; completed, it waits for a token
+    client.send(tcp.RST, now=6)
+    flow_logs(stack, log, now=6)
+    log.audit.close()
+    refused, limit = [r for r in records(path) if r["event"] in ("flow_refused", "limit") and "action" not in r]
+    assert (refused["cause"], refused["client"]) == ("rate", "10.0.0.2:40080")
+    assert (limit["limit"], limit["cause"]) == ("new_connections_per_second", "rate")

@@ -126,6 +126,10 @@ def test_example_file_changes_are_noticed(tmp_path):
      "tcp.mss: must be 0 (auto) or between 88 and network.mtu - 40 (536), got 1460"),
     ("[limits]\nmax_per_service = 65\n", "limits.max_per_service: must not exceed limits.max_connections (64), got 65"),
     ("[tcp]\nmax_per_service = 65\n", "limits.max_per_service: must not exceed limits.max_connections (64), got 65"),
+    ("[limits]\nnew_connections_per_second = 0\n",
+     "limits.new_connections_per_second: must be an integer between 1 and 10000, got 0"),
+    ("[limits]\nburst = 2.5\n", "limits.burst: must be an integer between 1 and 10000, got 2.5"),
+    ("[limits]\nmax_half_open = 0\n", "limits.max_half_open: must be an integer between 1 and 4096, got 0"),
     ("[tcp]\nidle_timeout = -5\n", "tcp.idle_timeout: must be an integer >= 0, got -5"),
     ("[proxy]\ntype = \"socks5\"\n", 'proxy.host: must be set when proxy.type is "socks5"'),
     ("[proxy]\ntype = \"http\"\nhost = \"p\"\n", 'proxy.port: must be between 1 and 65535 when proxy.type is "http"'),
@@ -359,12 +363,13 @@ def test_stack_and_tcp_config_conversion(tmp_path):
     from pyslirp.net.tcp import conn
     cfg = load_text(tmp_path, "[tcp]\nrcvbuf = 100000\nsndbuf = 50000\nmss = 1000\n"
                               "idle_timeout = 60\nkeepalive = 45\n[limits]\nmax_connections = 9\nmax_per_service = 3\n"
-                              "max_udp_flows = 5\n"
+                              "max_udp_flows = 5\nnew_connections_per_second = 7\nburst = 11\nmax_half_open = 4\n"
                               '[services.80]\nhost = "web"\nport = 8080\nname = "Web"\n')
     sc = config.stack_config(cfg)
     assert isinstance(sc, stack.StackConfig)
     assert sc.services == (stack.Service(80, "web", 8080, "Web"),)
     assert (sc.max_connections, sc.max_per_service, sc.max_udp_flows, sc.tcp.idle_timeout) == (9, 3, 5, 60)
+    assert (sc.new_connections_per_second, sc.burst, sc.max_half_open) == (7, 11, 4)
     assert isinstance(sc.tcp, conn.TcpConfig) and sc.tcp is cfg.tcp          # [tcp] is the TCP tunables' value
     assert (sc.tcp.rcvbuf, sc.tcp.sndbuf, sc.tcp.mss, sc.tcp.keepalive) == (100000, 50000, 1000, 45)
     assert sc.tcp.nagle == conn.TcpConfig().nagle           # untouched tunables keep their defaults

@@ -161,6 +161,71 @@ def test_udp_flow_limit_and_dns_is_not_a_flow():
     assert p.decide(flow("198.18.0.2", 3, PROTO_UDP), 0).kind == "nat"
 
 
+SSH = (Service(22, "127.0.0.1", 22, "SSH"),)
+
+
+def test_half_open_flows_are_counted_until_their_connect_ends():
+    p = policy(services=SSH, max_half_open=2, max_per_service=64, max_connections=64)
+    a, b = p.decide(flow("10.0.0.1", 22, sport=1), 0), p.decide(flow("10.0.0.1", 22, sport=2), 0)
+    assert a.admitted and b.admitted and p.half_open == 2
+    third = p.decide(flow("10.0.0.1", 22, sport=3), 0)
+    assert third.deferred and not third.admitted and "max_half_open (2)" in third.reason
+    assert (third.host, third.port, third.name) == ("127.0.0.1", 22, "SSH")
+    assert p.tcp_active == 2 and p.cookies_on(0) and p.cookie_periods == 1
+    p.connect_done()
+    assert p.half_open == 1
+    assert p.decide(flow("10.0.0.1", 22, sport=3), 10).deferred     # cookies stay on for a while ...
+    assert p.decide(flow("10.0.0.1", 22, sport=3), 10 + 5000).admitted  # ... then SYNs are admitted again
+    assert p.cookie_periods == 1
+
+
+def test_the_rate_defers_syns_and_completed_handshakes_wait_for_a_token():
+    p = policy(services=SSH, new_connections_per_second=2, burst=2, max_per_service=64, max_connections=64)
+    assert p.decide(flow("10.0.0.1", 22, sport=1), 0).admitted
+    assert p.decide(flow("10.0.0.1", 22, sport=2), 0).admitted
+    syn = p.decide(flow("10.0.0.1", 22, sport=3), 0)
+    assert syn.deferred and (syn.cause, syn.limit) == ("rate", "new_connections_per_second")  # a cookie
+    # The handshake completes: admitted and counted, never refused for the rate; the token is the caller's.
+    late = p.decide(flow("10.0.0.1", 22, sport=3), 100, handshake=True)
+    assert late.admitted and p.tcp_active == 3 and p.half_open == 3
+    assert not p.take_token(100) and p.token_wait(100) == 400       # 2 a second: one token every 500 ms
+    assert p.take_token(500) and not p.take_token(500) and p.token_wait(500) == 500
+
+
+def test_a_full_half_open_table_defers_with_its_limit_named():
+    p = policy(services=SSH, max_half_open=1)
+    assert p.decide(flow("10.0.0.1", 22, sport=1), 0).admitted
+    syn = p.decide(flow("10.0.0.1", 22, sport=2), 0)
+    assert syn.deferred and (syn.cause, syn.limit) == ("limit", "max_half_open")
+    assert "max_half_open (1)" in syn.reason
+
+
+def test_completed_handshakes_still_meet_the_connection_limits_and_the_policy():
+    p = policy(services=SSH, max_connections=1, max_per_service=1, max_half_open=1)
+    assert p.decide(flow("10.0.0.1", 22, sport=1), 0).admitted
+    over = p.decide(flow("10.0.0.1", 22, sport=2), 0, handshake=True)
+    assert over.cause == "limit"
+    unmapped = p.decide(flow("10.0.0.1", 23, sport=3), 0, handshake=True)
+    assert unmapped.cause == "policy" and unmapped.outcome == refusal.RESET
+
+
+def test_a_syn_flood_is_metered_even_while_cookies_are_on():
+    p = policy(services=SSH, new_connections_per_second=20, burst=40, max_half_open=32,
+               max_per_service=64, max_connections=64)
+    admitted = deferred = 0
+    for i in range(2000):                           # 1000 SYNs a second for two seconds
+        route = p.decide(flow("10.0.0.1", 22, sport=1000 + i), i * 1)
+        if route.admitted:
+            admitted += 1
+            p.connect_done()                        # the service connects at once
+        elif route.deferred:
+            deferred += 1
+    assert admitted <= 40 and admitted + deferred == 2000 and p.cookies_on(1999)
+    # The flood goes on at 30 a second, still faster than the rate: no stateful admission.
+    for i in range(60):
+        assert p.decide(flow("10.0.0.1", 22, sport=5000 + i), 2000 + i * 33).deferred
+
+
 def test_flow_key_describes_itself():
     assert flow("198.18.0.2", 80).describe() == "tcp 10.0.0.2:40000 -> 198.18.0.2:80"
     assert Route("nat", "198.18.0.2", 80, "socks5", "nat").describe() == "nat 198.18.0.2:80 via socks5"

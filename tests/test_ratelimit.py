@@ -73,6 +73,24 @@ def test_rejects_rates_and_bursts_that_are_not_positive_whole_numbers(rate, burs
         TokenBucket(rate, burst)
 
 
+def test_wait_ms_says_when_allow_will_say_yes_and_takes_nothing():
+    b = TokenBucket(3, 2)                       # a token every 333.3 ms
+    assert b.wait_ms(0) == 0 and b.allow(0) and b.allow(0)
+    assert b.wait_ms(0) == 334 and b.wait_ms(100) == 234 and b.tokens == 0
+    assert not b.allow(333) and b.allow(334)
+    rng = random.Random(5)
+    for _ in range(200):
+        b = TokenBucket(rng.randint(1, 50), rng.randint(1, 5))
+        now = 0
+        for _ in range(20):
+            now += rng.randint(0, 100)
+            wait = b.wait_ms(now)
+            if wait:
+                assert not b.allow(now + wait - 1)
+            assert b.allow(now + wait)
+            now += wait
+
+
 def test_icmp_policy_uses_the_shared_bucket():
     assert icmp_policy.TokenBucket is TokenBucket
 

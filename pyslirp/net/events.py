@@ -3,7 +3,8 @@
 TCP flows go to one service thread each (``ServiceConnect`` opens it, the rest address it by ``conn_id``); UDP
 and ping flows to the runtime's datagram sockets (by ``flow_id``); DNS queries to the upstream relay.  Flow ids
 are unique across all three.  ``FlowLog`` says that a flow of any of them opened, closed or was refused: the
-runtime writes the connection log's line (``FlowLog.text``) and the audit record from it.  ``BreakerChange``
+runtime writes the connection log's line (``FlowLog.text``) and the audit record from it (also when a limit turns
+SYN cookies on).  ``BreakerChange``
 (net/health.py) reports a service target's circuit breaker changing state, for the metrics and the audit log.
 """
 
@@ -53,6 +54,7 @@ OPENED = "opened"           # TCP: the handshake completed; UDP / ping: the firs
 CLOSED = "closed"
 REFUSED = "refused"         # by the policy (route.admitted is false), or the service / proxy connect failed
 ABANDONED = "abandoned"     # TCP: the link went down while the service connect was under way
+COOKIES = "syn_cookies"     # TCP: this SYN turned SYN cookies on (a deferred route: its ``limit`` and ``cause``)
 
 
 @dataclass(frozen=True)

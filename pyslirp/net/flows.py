@@ -42,6 +42,34 @@ running one: it takes over the counts of admitted flows (flows keep the
 Route they were admitted with, and give their slot back to whichever Policy
 is current) and the breakers of the targets it still names.
 
+Rate, half-open flows and SYN cookies (TCP).  Besides ``max_connections``
+and ``max_per_service``, a new TCP flow needs a token from a bucket of
+``new_connections_per_second`` with bursts of ``burst`` (net/ratelimit.py),
+and a place among the ``max_half_open`` flows that wait for their service or
+proxy connect (the stack reports the end of that wait, :meth:`connect_done`).
+A bucket alone cannot tell a SYN flood from the client's real connections:
+they come from the same address.  So when either runs out, the SYN is not
+refused: the route is ``deferred`` and the stack answers it statelessly with
+a SYN cookie (RFC 4987 section 3.6, net/tcp/syncookie.py).  Only a client
+that completes the handshake comes back (``decide(flow, now,
+handshake=True)``): it is checked against the connection limits (refused
+with a reset beyond them), never refused for the rate: its service connect
+waits for a token instead (:meth:`take_token`, :meth:`token_wait`; the
+stack keeps such flows in arrival order), so a connection the client saw
+open works like any other, and the service still sees no more new
+connections than the rate.  Flood SYNs that never complete take no token,
+no slot and no service connection.
+
+Once cookies were needed, every SYN gets one for COOKIE_HOLD ms after the
+last sign of pressure: a full half-open table, an empty bucket, or SYNs
+arriving faster than the rate (a second bucket of the same size meters every
+SYN).  Otherwise a flood would take each token as it refills, ahead of the
+client's real handshakes.  While cookies are on, the connection limits too
+are checked only when the handshake completes, so that a flood cannot make
+us answer each of its SYNs with a reset.  Once the SYNs slow down below the
+rate, new flows are admitted statefully again (a cookie's connection has no
+window scaling or SACK unless timestamps carried them).
+
 The allow-list (``[outbound] allow`` / ``deny``) is a list of
 :class:`AddressRule`: an address or CIDR, optionally ``:PORT`` or
 ``:LOW-HIGH``.  A flow to an address other than local_ip is admitted only if
@@ -59,11 +87,12 @@ ports of its address.
 import ipaddress
 import re
 from collections import namedtuple
-from dataclasses import dataclass, field, replace
-from typing import Optional, Tuple
+from dataclasses import dataclass, replace
+from typing import Tuple
 
 from pyslirp.net import refusal
-from pyslirp.net.health import DEFAULT_COOLDOWN, DEFAULT_FAILURES, Health, Target
+from pyslirp.net.health import Health, Target
+from pyslirp.net.ratelimit import TokenBucket
 
 PROTO_ICMP = 1
 PROTO_TCP = 6
@@ -76,6 +105,7 @@ UDP_SERVICE = "udp_service"
 DNS = "dns"
 NAT = "nat"
 REFUSED = "refused"
+DEFERRED = "deferred"           # a TCP SYN to answer with a SYN cookie: admitted only once the handshake completes
 
 # How an admitted flow leaves this host.
 VIA_DIRECT = "direct"
@@ -88,6 +118,12 @@ CAUSE_LIMIT = "limit"
 CAUSE_RATE = "rate"
 CAUSE_PROXY = "proxy"
 CAUSE_SERVICE = "service_down"
+
+COOKIE_HOLD = 5000              # ms: SYN cookies stay on this long after the last sign of pressure
+
+# The limits that turn SYN cookies on (their configuration keys, as in the audit log's ``limit`` records).
+LIMIT_HALF_OPEN = "max_half_open"
+LIMIT_RATE = "new_connections_per_second"
 
 
 class FlowKey(namedtuple("FlowKey", "protocol client_addr client_port server_addr server_port")):
@@ -138,7 +174,12 @@ class Route:
 
     @property
     def admitted(self):
-        return self.kind != REFUSED
+        return self.kind != REFUSED and self.kind != DEFERRED
+
+    @property
+    def deferred(self):
+        """Answer the SYN with a cookie; the flow is decided again when the client completes the handshake."""
+        return self.kind == DEFERRED
 
     @property
     def targets(self):
@@ -180,6 +221,11 @@ def _hostport(host, port):
 
 def refused(reason, outcome, cause=CAUSE_POLICY, limit=""):
     return Route(REFUSED, reason=reason, cause=cause, outcome=outcome, limit=limit)
+
+
+def deferred(route, reason, cause, limit):
+    """``route``'s target, deferred until the handshake completes (a SYN cookie) because of ``limit``."""
+    return Route(DEFERRED, route.host, route.port, route.via, route.name, reason=reason, cause=cause, limit=limit)
 
 
 # ---------------------------------------------------------------------------
@@ -239,22 +285,6 @@ class OutboundPolicy:
     host_addresses: Tuple[str, ...] = ()  # this host's own interface addresses (always special)
 
 
-@dataclass(frozen=True)
-class PolicyConfig:
-    local_ip: str = "10.0.0.1"
-    services: Tuple[Service, ...] = (Service(22, "127.0.0.1", 22, "SSH"),)
-    udp_services: Tuple[Service, ...] = ()
-    proxy_via: str = ""                    # the configured proxy's type (socks5, http) or "" for none
-    outbound: OutboundPolicy = field(default_factory=OutboundPolicy)
-    dns_forwarder: bool = False
-    dns_tcp_upstream: Optional[Tuple[str, int]] = None   # where DNS over TCP to local_ip:53 is relayed
-    max_connections: int = 64
-    max_per_service: int = 16
-    max_udp_flows: int = 64
-    breaker_failures: int = DEFAULT_FAILURES        # consecutive failed connects that open a breaker (0 = off)
-    breaker_cooldown: int = DEFAULT_COOLDOWN // 1000    # seconds an open breaker skips its target
-
-
 class Policy(object):
     """The single admission point for new flows (see the module docstring).
 
@@ -274,15 +304,22 @@ class Policy(object):
             self.tcp_active = 0
             self.udp_active = 0
             self.per_label = {}            # route label -> active TCP flows
+            self.half_open = 0             # TCP flows admitted and still waiting for their service connect
             self.health = Health(failures, cooldown)
-            self.health.track(self.service_targets())
+            self._cookies_until = None     # ms: SYNs are answered with cookies until then
+            self.cookie_periods = 0        # times SYN cookies were switched on
         else:
             self.tcp_active = previous.tcp_active
             self.udp_active = previous.udp_active
             self.per_label = previous.per_label
+            self.half_open = previous.half_open
             self.health = previous.health
             self.health.configure(failures, cooldown)
-            self.health.track(self.service_targets())
+            self._cookies_until = previous._cookies_until
+            self.cookie_periods = previous.cookie_periods
+        self.health.track(self.service_targets())
+        self.rate = TokenBucket(config.new_connections_per_second, config.burst)         # admitted TCP flows
+        self._syn_meter = TokenBucket(config.new_connections_per_second, config.burst)   # every new SYN
 
     def service_targets(self):
         """The health Target of every configured TCP service target."""
@@ -304,13 +341,41 @@ class Policy(object):
             return self.config.proxy_via or VIA_DIRECT
         return choice or VIA_DIRECT
 
-    def decide(self, flow, now):
-        """The Route for a new flow; admitted routes are counted until :meth:`release`."""
+    def cookies_on(self, now):
+        """Are new SYNs being answered with cookies (see the module docstring)?"""
+        return self._cookies_until is not None and now < self._cookies_until
+
+    def _pressure(self, now):
+        if not self.cookies_on(now):
+            self.cookie_periods += 1
+        self._cookies_until = now + COOKIE_HOLD
+
+    def decide(self, flow, now, handshake=False):
+        """The Route for a new flow; admitted routes are counted until :meth:`release`.
+
+        For a TCP SYN the route may be ``deferred`` (answer with a SYN cookie); ``handshake=True`` decides the
+        flow of a client that completed the handshake with a valid cookie, which is admitted or refused, never
+        deferred, and takes no token: its service connect waits for :meth:`take_token`.  An admitted TCP flow
+        also counts as half-open until :meth:`connect_done`.
+        """
         route = self._route(flow)
         if not route.admitted:
             return route
         if flow.protocol == PROTO_TCP:
             cfg = self.config
+            if not handshake:
+                # Every SYN is metered, cookie or not: the flood is over only when SYNs fit the rate again.
+                if not self._syn_meter.allow(now):
+                    self._pressure(now)
+                if self.half_open >= cfg.max_half_open:
+                    self._pressure(now)
+                    return deferred(route, "max_half_open (%d) reached" % cfg.max_half_open, CAUSE_LIMIT,
+                                    LIMIT_HALF_OPEN)
+                if self.cookies_on(now):
+                    # The limits are checked when the handshake completes: a flood must not make us
+                    # answer each of its SYNs with a reset, at the rate it likes.
+                    return deferred(route, "SYNs faster than new_connections_per_second (%d)"
+                                    % cfg.new_connections_per_second, CAUSE_RATE, LIMIT_RATE)
             if self.tcp_active >= cfg.max_connections:
                 return refused("max_connections (%d) reached" % cfg.max_connections, refusal.RESET, CAUSE_LIMIT,
                                "max_connections")
@@ -318,12 +383,17 @@ class Policy(object):
             if self.per_label.get(label, 0) >= cfg.max_per_service:
                 return refused("max_per_service (%d) reached for %s" % (cfg.max_per_service, label),
                                refusal.RESET, CAUSE_LIMIT, "max_per_service")
+            if not handshake and not self.rate.allow(now):
+                self._pressure(now)
+                return deferred(route, "new_connections_per_second (%d) exceeded" % cfg.new_connections_per_second,
+                                CAUSE_RATE, LIMIT_RATE)
             if route.kind == SERVICE:
                 # Last: it may make this flow a breaker's trial, which a refusal after it would have to give
                 # back (abandoned()).
                 route = self._healthy(flow, route, now)
                 if not route.admitted:
                     return route
+            self.half_open += 1
             self.tcp_active += 1
             self.per_label[label] = self.per_label.get(label, 0) + 1
         elif flow.protocol == PROTO_UDP and route.kind != DNS:
@@ -332,6 +402,23 @@ class Policy(object):
                                refusal.PORT_UNREACHABLE, CAUSE_LIMIT, "max_udp_flows")
             self.udp_active += 1
         return route
+
+    def take_token(self, now):
+        """A token for the service connect of a flow admitted with ``handshake=True``; False: none yet."""
+        return self.rate.allow(now)
+
+    def token_wait(self, now):
+        """Milliseconds until :meth:`take_token` can say yes."""
+        return self.rate.wait_ms(now)
+
+    def label(self, flow):
+        """The label (per-service limit) a TCP flow would count under, or None if it would be refused."""
+        route = self._route(flow)
+        return route.label if route.admitted else None
+
+    def connect_done(self):
+        """An admitted TCP flow no longer waits for its service connect (connected, failed or gone)."""
+        self.half_open = max(0, self.half_open - 1)
 
     def release(self, flow, route):
         """An admitted flow no longer counts against the limits (closed, or TCP in TIME_WAIT)."""

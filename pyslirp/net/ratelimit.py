@@ -60,6 +60,16 @@ class TokenBucket(object):
         self.denied += 1
         return False
 
+    def wait_ms(self, now):
+        """Milliseconds from ``now`` until :meth:`allow` would say yes (0: it would now); takes nothing."""
+        tokens = self.tokens
+        elapsed = now - self.last
+        if elapsed > 0:
+            tokens = min(self.capacity, tokens + elapsed * self.rate)
+        if tokens >= MILLI:
+            return 0
+        return -(-(MILLI - tokens) // self.rate)
+
 
 def every_power_of_two(n):
     """True when the count ``n`` (the first occurrence is 1) is 1, 2, 4, 8, ...: log this one."""

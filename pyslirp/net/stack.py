@@ -30,6 +30,27 @@ the client sees the refusal at once and never a connection that opens and
 drops).  Segments for no connection are answered by ``rst_for`` (RFC 9293
 3.10.7.1) from the address they were sent to.
 
+SYN floods.  When the policy defers a SYN (its half-open table is full, or
+SYNs come faster than its rate; see net/flows.py) the SYN is answered
+statelessly: a SYN-ACK whose ISS is a SYN cookie (net/tcp/syncookie.py),
+within a rate limit of SYNACK_LINE_SHARE of the line's measured rate, and
+nothing is kept.  A SYN the limit left out is remembered in a fixed table;
+if the client sends it again (a real client's retransmission; a flood from
+changing ports hardly ever repeats one) it is answered from a budget of its
+own.  An ACK for no connection that returns a valid cookie is decided again
+(``handshake=True``): admitted, the connection is built in the state after
+the handshake (``TcpConnection.from_cookie``) and fed the ACK, and only then
+does ``ServiceConnect`` go out, as soon as the policy has a token for it
+(``Policy.take_token``): a completed handshake is never refused for the
+rate, it waits, in arrival order, for the bucket to refill (a timer,
+``_TOKEN_KEY``).  The client's data waits in the receive window (not read,
+so not sent to the service) until ``service_connected``, and a connect that
+fails resets the established connection.  When a SYN turns cookies on, a
+``FlowLog`` of kind ``syn_cookies`` names the limit (the audit log's
+``limit`` record).  A completed handshake that finds a limit full first
+evicts the oldest flow whose SYN-ACK went unanswered for a retransmission
+timeout; connections that completed their handshake are never evicted.
+
 Connection events become service events (pyslirp/net/events.py):
 ``readable`` -> ``ServiceSend``; ``writable`` -> ``ServiceReadCredit``;
 ``peer_fin`` -> ``ServiceShutdown``; ``reset``/``timeout`` ->
@@ -174,8 +195,11 @@ from pyslirp.net.health import DEFAULT_COOLDOWN, DEFAULT_FAILURES
 from pyslirp.net.ipv4 import Ipv4Layer
 from pyslirp.net.ratelimit import TokenBucket
 from pyslirp.net.tcp import events as tcp_events
-from pyslirp.net.tcp.conn import TcpConfig, TcpConnection, TcpState, rst_for
+from pyslirp.net.tcp.conn import (TcpConfig, TcpConnection, TcpState, initial_window, our_mss, rst_for,
+                                   window_shift)
 from pyslirp.net.tcp.isn import IsnGenerator
+from pyslirp.net.tcp.seq import seq_add
+from pyslirp.net.tcp.syncookie import SynCookies, UnansweredSyns, ts_decode, ts_encode
 from pyslirp.timers import TimerQueue
 from pyslirp.wire import icmp as icmp_wire
 from pyslirp.wire import tcp as tcp_wire
@@ -200,9 +224,16 @@ INTERACTIVE_SEGMENTS = 3    # ... and this many of them, without a pause of INTE
 MIN_WINDOW_SEGMENTS = 2     # the receive window never goes below two of the client's segments
 BULK_WINDOW_SEGMENTS = 6    # ... nor below six while only bulk flows (a client that keeps running into the
                             # window probes its tail (TLP) and resends into its own queue)
+SYNACK_LINE_SHARE = 0.25    # cookie SYN-ACKs take at most this share of the line's measured rate
+SYNACK_WIRE = 64            # bytes: what one SYN-ACK costs on the line (IPv4 + TCP with options, PPP framing)
+SYNACK_DEFAULT_RATE = 200   # SYN-ACKs per second while the line's rate is unknown
+SYNACK_MIN_RATE = 10        # ... never fewer than this
+SYNACK_MIN_BURST = 4        # bursts of a tenth of a second's worth, at least this many
+SYNACK_RETRY_SHARE = 4      # SYN-ACKs for retransmitted SYNs the limit left unanswered: a quarter as many more
 _FRAG_KEY = "frag"
 _RESUME_KEY = "resume"
 _DNS_KEY = "dns"
+_TOKEN_KEY = "token"            # the next token for a completed cookie handshake waiting for its service connect
 _MAX_EVENT_ROUNDS = 8
 
 # What the client sees for each refusal outcome (net/refusal.py); RESET is a TCP RST instead.
@@ -244,6 +275,9 @@ class StackConfig:
     max_connections: int = 64
     max_per_service: int = 16
     max_udp_flows: int = 64
+    new_connections_per_second: int = 20    # token bucket on new TCP flows (completed handshakes under cookies)
+    burst: int = 40
+    max_half_open: int = 32                 # TCP flows waiting for their service connect; beyond: SYN cookies
     udp_timeout: int = 60                   # seconds a UDP or ping flow lives without traffic
     resume_grace: int = 120                 # seconds TCP flows wait for the client after a lost line; 0 = none
     tcp: TcpConfig = field(default_factory=TcpConfig)
@@ -253,7 +287,7 @@ class StackConfig:
 
 class _Flow(object):
     """What every flow record has: its id, tuple, route and activity."""
-    __slots__ = ("flow_id", "key", "route", "opened_at", "last_activity", "gone", "counted")
+    __slots__ = ("flow_id", "key", "route", "opened_at", "last_activity", "gone", "counted", "waiting")
 
     def __init__(self, flow_id, key, route, now):
         self.flow_id = flow_id
@@ -263,6 +297,7 @@ class _Flow(object):
         self.last_activity = now
         self.gone = False
         self.counted = True             # holds a slot in the policy's limits
+        self.waiting = False            # TCP: counts as half-open until its service connect ends
 
     @property
     def client(self):
@@ -272,7 +307,7 @@ class _Flow(object):
 class _Conn(_Flow):
     """The stack's bookkeeping around one TcpConnection."""
     __slots__ = ("conn", "syn_ip", "accepted", "established", "granted", "received", "backlog", "eof",
-                 "peer_fin", "service_closed", "reason", "error", "small_at", "small_count")
+                 "peer_fin", "service_closed", "reason", "error", "small_at", "small_count", "cookie", "queued")
 
     def __init__(self, flow_id, key, route, conn, syn_ip, now):
         _Flow.__init__(self, flow_id, key, route, now)
@@ -290,6 +325,9 @@ class _Conn(_Flow):
         self.error = None               # the metrics' reason of a failed or abnormally ended connection
         self.small_at = None            # ms of the last small (interactive) payload segment, either way
         self.small_count = 0            # small payload segments since a pause of INTERACTIVE_HOLD
+        self.waiting = True
+        self.cookie = False             # the handshake completed with a SYN cookie (before the service connect)
+        self.queued = False             # ... and its ServiceConnect waits for a token (IPStack._token_wait)
 
     @property
     def conn_id(self):
@@ -345,6 +383,10 @@ class IPStack(object):
         self.policy = Policy(config)
         self.timers = TimerQueue()
         self._isn = IsnGenerator(rng)
+        self.cookies = SynCookies(rng)
+        self._unanswered = None         # UnansweredSyns, made when the SYN-ACK limit first leaves a SYN out
+        self._token_wait = deque()      # cookie flows admitted before a token was free, oldest first
+        self._synack_bucket = self._retry_bucket = None
         self._conns = OrderedDict()     # FlowKey -> _Conn, in round-robin order
         self._ready = set()             # FlowKeys of the connections that may have segments to send
         self._datagram_flows = {}       # FlowKey -> _Datagrams (UDP and ping flows)
@@ -353,6 +395,7 @@ class IPStack(object):
         self._control = deque()         # datagrams to send ahead of everything (ICMP, resets, UDP)
         self._events = []
         self._now = 0
+        self._synack_limits(SYNACK_DEFAULT_RATE)
         self._suspended_at = None       # ms the link was lost (see suspend), None while it is up
         self._log_bucket = TokenBucket(1, 10)
         self._log_suppressed = 0
@@ -375,6 +418,12 @@ class IPStack(object):
         self.tcp_refused = {}           # cause -> count, TCP only
         self.udp_flows_opened = 0
         self.ping_flows_opened = 0
+        self.syncookies_sent = 0        # SYNs answered with a cookie
+        self.syncookies_limited = 0     # ... not answered: the SYN-ACK rate limit (the client retransmits)
+        self.syncookies_accepted = 0    # handshakes completed with a valid cookie (then admitted or refused)
+        self.syncookies_invalid = 0     # ACKs for no connection with no valid cookie (answered with RST)
+        self.half_open_evicted = 0      # flows whose SYN-ACK was never acknowledged, reset to make room
+        self.token_waits = 0            # completed cookie handshakes whose service connect waited for a token
         self.suspensions = 0            # lost lines whose TCP flows were kept
         self.resumptions = 0            # ... and carried on by a new session
         self.resume_expiries = 0        # ... and reset when resume_grace ran out
@@ -451,6 +500,11 @@ class IPStack(object):
         return self.retransmits_closed + sum(rec.conn.retransmits for rec in self._conns.values())
 
     @property
+    def half_open(self):
+        """TCP flows waiting for their service or proxy connect."""
+        return self.policy.half_open
+
+    @property
     def mss_limit(self):
         return self.mtu - IP_TCP_HEADER
 
@@ -502,27 +556,32 @@ class IPStack(object):
         if self.line_rate and not self._fitted[1]:
             self._fit_to_line(now)
 
+    @staticmethod
+    def _line_fit(rate, interactive):
+        """(segment limit or None, window bytes or None, window segments at least) for the line's state."""
+        if not rate:
+            return None, None, 0
+        if interactive:
+            return (max(MIN_LINE_MSS, int(rate * SEGMENT_TIME) - IP_TCP_HEADER),
+                    rate * INTERACTIVE_WINDOW_TIME, MIN_WINDOW_SEGMENTS)
+        return None, rate * WINDOW_TIME, BULK_WINDOW_SEGMENTS
+
+    @staticmethod
+    def _rcv_limit(win, segments, mss):
+        if win is None:
+            return None
+        # Whole segments: a window with a remainder makes the client send a runt to fill it.
+        return mss * max(segments, int(win) // mss)
+
     def _fit_to_line(self, now):
         """Size every connection's segments and receive window to the line (see "Fitting a slow line")."""
         rate = self.line_rate
         interactive = bool(rate) and now <= self._interactive_until
         self._fitted = (rate, interactive)
-        if not rate:
-            seg = win = None
-        elif interactive:
-            seg = max(MIN_LINE_MSS, int(rate * SEGMENT_TIME) - IP_TCP_HEADER)
-            win, segments = rate * INTERACTIVE_WINDOW_TIME, MIN_WINDOW_SEGMENTS
-        else:
-            seg = None
-            win, segments = rate * WINDOW_TIME, BULK_WINDOW_SEGMENTS
+        seg, win, segments = self._line_fit(rate, interactive)
         for rec in self._conns.values():
             conn = rec.conn
-            if win is None:
-                rcv_limit = None
-            else:
-                # Whole segments: a window with a remainder makes the client send a runt to fill it.
-                mss = conn.our_mss
-                rcv_limit = mss * max(segments, int(win) // mss)
+            rcv_limit = self._rcv_limit(win, segments, conn.our_mss)
             segment_limit = seg if seg is not None and seg < conn.send_mss else None
             ack_every = 1 if interactive and rate < SLOW_LINE else 2
             if (conn.rcv_limit, conn.segment_limit, conn.ack_every) != (rcv_limit, segment_limit, ack_every):
@@ -551,6 +610,22 @@ class IPStack(object):
         """The serial line's measured drain rate in bytes/s (None: unknown)."""
         self.line_rate = rate
         self._fit_to_line(self._now)
+        per_second = SYNACK_DEFAULT_RATE
+        if rate:
+            per_second = max(SYNACK_MIN_RATE, int(rate * SYNACK_LINE_SHARE) // SYNACK_WIRE)
+        if per_second != self._synack_bucket.rate:
+            self._synack_limits(per_second)
+
+    def _synack_limits(self, per_second):
+        """Cookie SYN-ACKs: ``per_second`` with bursts of a tenth of that, and a quarter more for retransmissions.
+
+        The retransmissions' budget holds a whole second of ``per_second``: a client that opened many
+        connections at once retransmits their SYNs at once too (Linux: 1, 3, 7, 15 s ... after the first),
+        and a flood from changing ports hardly ever repeats a SYN, so only real clients spend it.
+        """
+        self._synack_bucket = TokenBucket(per_second, max(SYNACK_MIN_BURST, per_second // 10), self._now)
+        retries = max(1, per_second // SYNACK_RETRY_SHARE)
+        self._retry_bucket = TokenBucket(retries, max(SYNACK_MIN_BURST, per_second), self._now)
 
     def take_delay_signal(self):
         """The smallest RTT (ms) the connections measured on small segments since the last call, or None
@@ -607,12 +682,14 @@ class IPStack(object):
                                     now - rec.opened_at, reason, cause))
 
     def _queue_control(self, packet):
+        """Queue a packet to go ahead of everything; False if it was dropped (none, or the queue is full)."""
         if packet is None:
-            return
+            return False
         if len(self._control) >= MAX_CONTROL_QUEUE:
             self._drop("out_control_queue_full")
-            return
+            return False
         self._control.append(packet)
+        return True
 
     def _queue_all(self, packets):
         for packet in packets:
@@ -765,6 +842,9 @@ class IPStack(object):
         if is_syn:
             self._admit(key, ip, seg, now)
             return
+        if flags & (tcp_wire.SYN | tcp_wire.ACK | tcp_wire.RST) == tcp_wire.ACK and self.cookies.active(now):
+            if self._cookie_ack(key, ip, seg, now):
+                return
         self._drop("tcp_no_connection")
         self._reset(seg, ip)
 
@@ -778,25 +858,181 @@ class IPStack(object):
     # -- admission ------------------------------------------------------------------
 
     def _admit(self, key, ip, seg, now):
-        """A SYN for no connection: the policy's Route, then ServiceConnect -- or the refusal it names."""
+        """A SYN for no connection: the policy's Route, then ServiceConnect -- or a SYN cookie, or the refusal."""
+        periods = self.policy.cookie_periods
         route = self.policy.decide(key, now)
+        if route.deferred:
+            if self.policy.cookie_periods != periods:
+                log.info("answering new SYNs with SYN cookies: %s", route.reason)
+                self._events.append(FlowLog(ev.COOKIES, 0, key, route, reason=route.reason, cause=route.cause))
+            self._send_cookie(key, ip, seg, now)
+            return
         if not route.admitted:
             self._refuse(key, route, ip, seg)
             return
         iss = self._isn(ip.dst, seg.dst_port, ip.src, seg.src_port, now)
         tcp_config, mss_limit = self.new_connection_params()
         conn = TcpConnection(seg, ip.dst, ip.src, tcp_config, iss, now, mss_limit)
-        rec = _Conn(self._new_id(), key, route, conn, ip, now)
+        self._open(key, route, conn, ip, now)
+
+    def _open(self, key, route, conn, syn_ip, now, connect=True):
+        """A new flow; its ServiceConnect goes out now, or (``connect=False``) when a token is free."""
+        rec = _Conn(self._new_id(), key, route, conn, syn_ip, now)
         self._conns[key] = rec
         self._by_id[rec.flow_id] = rec
-        self._events.append(ServiceConnect(rec.flow_id, key, route))
+        if connect:
+            self._events.append(ServiceConnect(rec.flow_id, key, route))
+        else:
+            rec.queued = True
+            self.token_waits += 1
+            self._token_wait.append(rec)
+            self._arm_tokens(now)
         self._fit_to_line(now)
+        return rec
+
+    def _arm_tokens(self, now):
+        if self._token_wait:
+            self.timers.schedule(_TOKEN_KEY, now + max(1, self.policy.token_wait(now)))
+        else:
+            self.timers.cancel(_TOKEN_KEY)
+
+    def _hand_out_tokens(self, now):
+        """The flows waiting for a token connect, oldest first, as far as the bucket allows."""
+        wait = self._token_wait
+        while wait:
+            rec = wait[0]
+            if rec.gone:
+                wait.popleft()
+                continue
+            if not self.policy.take_token(now):
+                break
+            wait.popleft()
+            rec.queued = False
+            self._events.append(ServiceConnect(rec.flow_id, rec.key, rec.route))
+        self._arm_tokens(now)
+
+    # -- SYN cookies (RFC 4987 section 3.6; the encoding is net/tcp/syncookie.py's) ----------------
+
+    def _cookie_window(self, tcp_config, mss_limit):
+        """The window of a cookie's SYN-ACK: what a new connection would advertise on the line as it is fitted."""
+        _, win, segments = self._line_fit(*self._fitted)
+        return initial_window(tcp_config, self._rcv_limit(win, segments, our_mss(tcp_config, mss_limit)))
+
+    def _send_cookie(self, key, ip, seg, now):
+        """Answer a SYN statelessly: a SYN-ACK whose ISS is the cookie, within the SYN-ACK rate limit.
+
+        The options are the ones a connection would answer with, except that without timestamps neither
+        window scaling nor SACK is offered: only timestamps have room to bring them back (syncookie.py).
+        """
+        if not self._synack_bucket.allow(now):
+            # The limit leaves this SYN out.  If the client sends it again it is probably real (a flood
+            # hardly ever repeats a port and ISN): answer it then, from a budget of its own.
+            unanswered = self._unanswered
+            if unanswered is None:
+                unanswered = self._unanswered = UnansweredSyns(self.rng)
+            if not (unanswered.again(key, seg.seq) and self._retry_bucket.allow(now)):
+                self.syncookies_limited += 1
+                return
+        tcp_config, mss_limit = self.new_connection_params()
+        iss, _ = self.cookies.make(key, seg.seq, seg.mss, now)
+        wscale = None
+        sack = False
+        timestamp = None
+        if seg.timestamp is not None and tcp_config.timestamps:
+            if seg.wscale is not None and tcp_config.window_scaling:
+                wscale = seg.wscale
+            sack = bool(seg.sack_permitted) and tcp_config.sack
+            timestamp = (ts_encode((now + iss) & 0xFFFFFFFF, wscale, sack), seg.timestamp[0])
+        synack = tcp_wire.TcpRepr(
+            seg.dst_port, seg.src_port, iss, seq_add(seg.seq, 1), tcp_wire.SYN | tcp_wire.ACK,
+            self._cookie_window(tcp_config, mss_limit), mss=our_mss(tcp_config, mss_limit),
+            wscale=window_shift(tcp_config.rcvbuf) if wscale is not None else None, sack_permitted=sack,
+            timestamp=timestamp)
+        if self._queue_control(self.ip.datagram(PROTO_TCP, synack.emit(ip.dst, ip.src), ip.dst, ip.src)):
+            self.syncookies_sent += 1
+
+    def _evict_unanswered(self, key, now):
+        """Make room for a client that completed its handshake: reset the oldest flow that has not.
+
+        Only a flow whose SYN-ACK went unanswered for a whole retransmission timeout qualifies (a flood's
+        SYNs that came in before the cookies took over hold their service sockets until the SYN-ACK gives
+        up; a real client answers within a round trip); one of the same service first.  Connections that
+        completed their handshake are never evicted.
+        """
+        label = self.policy.label(key)
+        oldest = same = None
+        for rec in self._conns.values():
+            conn = rec.conn
+            if rec.accepted and conn.state is TcpState.SYN_RECEIVED and conn.retransmits:
+                if oldest is None or rec.opened_at < oldest.opened_at:
+                    oldest = rec
+                if rec.route.label == label and (same is None or rec.opened_at < same.opened_at):
+                    same = rec
+        victim = same or oldest
+        if victim is None:
+            return False
+        self.half_open_evicted += 1
+        victim.reason = "evicted"
+        victim.conn.abort(now)
+        self._after(victim, now)
+        if not victim.gone:
+            self._finish(victim, now)
+        return True
+
+    def _cookie_ack(self, key, ip, seg, now):
+        """An ACK for no connection: if it returns a valid cookie, the flow is decided now.  False: no cookie.
+
+        Admitted, the connection is created in the state after the handshake (``TcpConnection.from_cookie``)
+        and told the ACK, with any data it carries, which waits in the receive window until the service
+        has connected.  A service that turns out to be down then gets the client an RST after the handshake.
+        """
+        iss = seq_add(seg.ack, -1)
+        irs = seq_add(seg.seq, -1)
+        mss = self.cookies.check(key, irs, iss, now)
+        if mss is None:
+            self.syncookies_invalid += 1
+            return False
+        self.syncookies_accepted += 1
+        route = self.policy.decide(key, now, handshake=True)
+        if route.cause == F.CAUSE_LIMIT and self._evict_unanswered(key, now):
+            route = self.policy.decide(key, now, handshake=True)
+        if not route.admitted:
+            self._refuse(key, route, ip, seg)
+            return True
+        options = ts_decode(seg.timestamp[1]) if seg.timestamp is not None else None
+        tcp_config, mss_limit = self.new_connection_params()
+        if options is not None:
+            wscale, sack = options
+            timestamp = (seg.timestamp[0], 0)
+            if not tcp_config.timestamps:
+                tcp_config = replace(tcp_config, timestamps=True)   # the SYN-ACK had them (the line changed)
+        else:
+            wscale, sack, timestamp = None, False, None
+        syn = tcp_wire.TcpRepr(seg.src_port, seg.dst_port, irs, 0, tcp_wire.SYN, seg.window, mss=mss,
+                               wscale=wscale, sack_permitted=sack, timestamp=timestamp)
+        conn = TcpConnection.from_cookie(syn, ip.dst, ip.src, tcp_config, iss, now, mss_limit,
+                                         self._cookie_window(tcp_config, mss_limit))
+        # Not refused for the rate: the client has seen the connection open.  Its service connect waits for a
+        # token instead, behind any that wait already.
+        connect = not self._token_wait and self.policy.take_token(now)
+        rec = self._open(key, route, conn, None, now, connect)
+        rec.cookie = True
+        if seg.seg_len:
+            rec.last_activity = now
+        conn.receive(seg, now)
         self._after(rec, now)
+        return True
 
     def _release(self, rec):
         if rec.counted:
             rec.counted = False
             self.policy.release(rec.key, rec.route)
+
+    def _settle(self, rec):
+        """The flow's service connect is over (or the flow is): it no longer counts as half-open."""
+        if rec.waiting:
+            rec.waiting = False
+            self.policy.connect_done()
 
     # -- connection events ----------------------------------------------------------
 
@@ -835,6 +1071,8 @@ class IPStack(object):
     def _on_event(self, rec, event, now):
         conn_id = rec.conn_id
         if isinstance(event, tcp_events.Readable):
+            if not rec.accepted:
+                return          # a cookie's connection: the data waits in the window for the service socket
             data = rec.conn.read()
             if data:
                 self._events.append(ServiceSend(conn_id, data))
@@ -842,7 +1080,8 @@ class IPStack(object):
             self._grant(rec, now)
         elif isinstance(event, tcp_events.Established):
             rec.established = True
-            self._flow_log(ev.OPENED, rec, now)
+            if rec.accepted:
+                self._opened(rec, now)
         elif isinstance(event, tcp_events.PeerFin):
             if not rec.peer_fin:
                 rec.peer_fin = True
@@ -854,6 +1093,10 @@ class IPStack(object):
             self._close_service(rec, reason)
         elif isinstance(event, tcp_events.Closed):
             self._finish(rec, now)
+
+    def _opened(self, rec, now):
+        """Handshake complete and service connected (in either order)."""
+        self._flow_log(ev.OPENED, rec, now)
 
     def _close_service(self, rec, reason):
         if not rec.service_closed:
@@ -912,6 +1155,7 @@ class IPStack(object):
             tally = self._tally(self._datagram_tally, (rec.key.protocol, rec.route.label))
             tally.bytes_in += rec.bytes_in
             tally.bytes_out += rec.bytes_out
+        self._settle(rec)
         self.timers.cancel(rec.flow_id)
         del self._by_id[rec.flow_id]
 
@@ -936,8 +1180,12 @@ class IPStack(object):
             self._queue_control(self._wrap(rec, seg))
         if not rec.accepted:
             self.connections_refused += 1
-            # Through a proxy the proxy answered (or could not be reached); directly the service is down.
-            cause = F.CAUSE_SERVICE if rec.route.via == F.VIA_DIRECT else F.CAUSE_PROXY
+            # Through a proxy the proxy answered (or could not be reached); directly the service is down; or
+            # the client gave up while its service connect waited for a token.
+            if rec.queued:
+                cause = F.CAUSE_RATE
+            else:
+                cause = F.CAUSE_SERVICE if rec.route.via == F.VIA_DIRECT else F.CAUSE_PROXY
             self._count_refusal(PROTO_TCP, cause)
             self._flow_log(ev.REFUSED, rec, now, rec.reason or reason or "closed", cause)
             return
@@ -978,11 +1226,20 @@ class IPStack(object):
         rec.accepted = True
         rec.syn_ip = None
         rec.last_activity = now
+        self._settle(rec)
         self.connections_opened += 1
         tally = self._tally(self._tcp_tally, rec.route.label)
         tally.opened += 1
         tally.connect.observe(now - rec.opened_at)      # from the client's SYN to the service socket connected
-        rec.conn.accept(now)
+        if rec.cookie:
+            # The handshake is long done: say so, and hand the service what the client sent meanwhile.
+            if rec.established:
+                self._opened(rec, now)
+            data = rec.conn.read()
+            if data:
+                self._events.append(ServiceSend(conn_id, data))
+        else:
+            rec.conn.accept(now)
         self._grant(rec, now)
         self._after(rec, now)
 
@@ -1180,6 +1437,9 @@ class IPStack(object):
                 self.dns.handle_timer(now)
                 self._dns_flush()
                 continue
+            if key == _TOKEN_KEY:
+                self._hand_out_tokens(now)
+                continue
             if key == _RESUME_KEY:
                 self.resume_expiries += 1
                 grace = self.config.resume_grace
@@ -1371,6 +1631,8 @@ class IPStack(object):
                 self._flow_log(ev.ABANDONED, rec, now, reason)
         self._conns.clear()
         self._ready.clear()
+        self._token_wait.clear()
+        self.timers.cancel(_TOKEN_KEY)
         self._drop_link_state()
 
     def _drop_link_state(self):

@@ -39,6 +39,10 @@ after every line.  Events and their fields:
   route's fields when the refusal came from the service or the proxy;
 * ``limit``: ``limit`` (the configuration key that was hit, e.g.
   ``max_connections``), ``cause``, ``protocol``, ``client``, ``server``;
+  after a ``flow_refused`` record, or alone with ``action``
+  (``syn_cookies``: ``max_half_open`` or ``new_connections_per_second``
+  turned SYN cookies on, at this flow's SYN; once per such period) and
+  ``reason``;
 * ``reload``: ``ok`` and ``detail`` (what was applied and what needs a
   restart, or why the file was refused);
 * ``breaker``: ``target`` (``host:port``, ``via`` when not direct), ``state``
@@ -66,7 +70,7 @@ import os
 import time
 
 from pyslirp.net import events as ev
-from pyslirp.net.flows import CAUSE_LIMIT, CAUSE_RATE, PROTO_ICMP, PROTO_TCP, PROTOCOL_NAMES, addr_str
+from pyslirp.net.flows import CAUSE_LIMIT, CAUSE_RATE, LIMIT_RATE, PROTO_ICMP, PROTO_TCP, PROTOCOL_NAMES, addr_str
 from pyslirp.net.ratelimit import TokenBucket, every_power_of_two
 
 log = logging.getLogger("pyslirp.runtime.audit")
@@ -226,7 +230,9 @@ class EventLog(object):
             fields.update(route=route.kind, service=route.label,
                           target="%s:%d" % (route.host, route.port) if route.host else "", via=route.via)
         kind = event.kind
-        if kind == ev.OPENED:
+        if kind == ev.COOKIES:
+            self._limit(event, fields, now, action="syn_cookies")
+        elif kind == ev.OPENED:
             self.audit.write("flow_open", **fields)
         elif kind in (ev.CLOSED, ev.ABANDONED):
             fields.update(bytes_in=event.bytes_in, bytes_out=event.bytes_out,
@@ -237,19 +243,34 @@ class EventLog(object):
         else:
             self._refused(event, fields, now)
 
-    def _refused(self, event, fields, now):
+    def _throttled(self, fields, now):
+        """False if the refusal records' limit leaves this one out; else ``fields`` say how many it left out."""
         if not self._refusal_records.allow(now):
             self.suppressed += 1
             self._suppressed_since += 1
-            return
+            return False
         if self._suppressed_since:
             fields["suppressed"] = self._suppressed_since
             self._suppressed_since = 0
+        return True
+
+    def _refused(self, event, fields, now):
+        if not self._throttled(fields, now):
+            return
         fields.update(reason=event.reason, cause=event.cause)
         self.audit.write("flow_refused", **fields)
         if event.cause in (CAUSE_LIMIT, CAUSE_RATE):
-            self.audit.write("limit", limit=event.route.limit or event.cause, cause=event.cause,
+            # A flow that left while it waited for a token has its admitted route: the limit is the rate's.
+            limit = event.route.limit or (LIMIT_RATE if event.cause == CAUSE_RATE else event.cause)
+            self.audit.write("limit", limit=limit, cause=event.cause,
                              protocol=fields["protocol"], client=fields["client"], server=fields["server"])
+
+    def _limit(self, event, fields, now, action):
+        """A limit that did not refuse the flow but changed how it is answered (``action``: syn_cookies)."""
+        if not self._throttled(fields, now):
+            return
+        self.audit.write("limit", limit=event.route.limit or event.cause, cause=event.cause, action=action,
+                         reason=event.reason, **fields)
 
     def _line(self, event, now):
         text = event.text

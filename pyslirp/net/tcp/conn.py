@@ -89,6 +89,13 @@ ADDITIONS to the contract (all optional, nothing above changed):
     Counters: bytes_in, bytes_out, segs_out, retransmits, fast_retransmits, dup_acks, ooo_segments,
     rto_count, challenge_acks, window_probes, keepalives_sent, window_updates.
 
+    TcpConnection.from_cookie(syn, local_ip, remote_ip, config, iss, now, mss_limit, window)
+                                  # the connection of a SYN answered statelessly (a SYN cookie): accepted,
+                                  # its SYN-ACK counted as sent; receive() the client's ACK next
+    window_shift(rcvbuf), our_mss(config, mss_limit), initial_window(config, rcv_limit)
+                                  # what a new connection announces in its SYN-ACK (wscale, MSS, window),
+                                  # for a SYN-ACK sent without a connection
+
 A segment queued as the connection closes (the RST of refuse/abort/give-up) is still returned by
 take_segments() after Closed: flush it once before deleting the connection.
 
@@ -96,7 +103,11 @@ Theory of operation
 -------------------
 Passive open: a client SYN creates the connection in SYN_RECEIVED; the
 SYN-ACK goes out once the service socket has connected (accept), so a dead
-service means an honest RST instead of an open-then-reset connection.
+service means an honest RST instead of an open-then-reset connection.  The
+exception is a SYN the stack answered statelessly with a SYN cookie
+(net/tcp/syncookie.py): ``from_cookie`` creates that connection, already
+accepted and with its SYN-ACK counted as sent, from the SYN the cookie
+recorded, and the client's ACK then completes the handshake as usual.
 
 Active open (``connect``, the client role): the connection starts in
 SYN_SENT and offers MSS, window scaling, SACK and timestamps as configured;
@@ -247,7 +258,45 @@ def rst_for(seg):
     return TcpRepr(seg.dst_port, seg.src_port, 0, seq_add(seg.seq, seg.seg_len), RST | ACK, 0)
 
 
+def window_shift(rcvbuf):
+    """The window scale we announce for a receive buffer of ``rcvbuf`` bytes (RFC 7323 2.2, at most 14)."""
+    shift = 0
+    while (rcvbuf >> shift) > MAX_WINDOW_FIELD and shift < MAX_WSCALE:
+        shift += 1
+    return shift
+
+
+def our_mss(config, mss_limit):
+    """The MSS we announce: the configured one, capped by the link (RFC 9293 3.7.1, RFC 6691)."""
+    return max(MIN_MSS, min(config.mss or mss_limit, mss_limit))
+
+
+def initial_window(config, rcv_limit=None):
+    """The window of our SYN-ACK (never scaled, RFC 7323 2.2) for an empty buffer under ``rcv_limit``."""
+    window = config.rcvbuf
+    if rcv_limit and rcv_limit < window:
+        window = max(MIN_MSS, rcv_limit)
+    return min(window, MAX_WINDOW_FIELD)
+
+
 class TcpConnection(object):
+    @classmethod
+    def from_cookie(cls, syn, local_ip, remote_ip, config, iss, now, mss_limit, window):
+        """A connection whose SYN-ACK was sent statelessly, as a SYN cookie (net/tcp/syncookie.py).
+
+        ``syn`` is the client's SYN as the cookie recorded it (its sequence number, the MSS from the table, the
+        window scale and SACK/timestamp options the SYN-ACK accepted), ``iss`` the cookie and ``window`` the
+        window that SYN-ACK advertised.  The connection starts in SYN_RECEIVED as if it had sent that SYN-ACK
+        itself and been accepted: feed it the client's ACK next (``receive``), which completes the handshake
+        (ESTABLISHED) and delivers whatever data came with it.  It never sends the SYN-ACK again.
+        """
+        conn = cls(syn, local_ip, remote_ip, config, iss, now, mss_limit)
+        conn.accepted = True
+        conn._synack_sends = 1
+        conn.snd_nxt = conn.snd_max = seq_add(iss, 1)
+        conn.rcv_adv = seq_add(conn.rcv_nxt, window)
+        return conn
+
     @classmethod
     def connect(cls, local_ip, local_port, remote_ip, remote_port, config, iss, now, mss_limit):
         """Active open (RFC 9293 3.10.1 OPEN, active): a connection in SYN_SENT whose SYN goes out at the
@@ -298,18 +347,14 @@ class TcpConnection(object):
         # Options negotiated from the SYN (we answer only what the client offered).
         self.ws_ok = syn.wscale is not None and config.window_scaling
         self.snd_wscale = min(syn.wscale, MAX_WSCALE) if self.ws_ok else 0
-        rcv_wscale = 0
-        if self.ws_ok:
-            while (config.rcvbuf >> rcv_wscale) > MAX_WINDOW_FIELD and rcv_wscale < MAX_WSCALE:
-                rcv_wscale += 1
-        self.rcv_wscale = rcv_wscale
+        self.rcv_wscale = window_shift(config.rcvbuf) if self.ws_ok else 0
         self.sack_ok = bool(syn.sack_permitted) and config.sack
         self.ts_ok = syn.timestamp is not None and config.timestamps
         self.ts_recent = syn.timestamp[0] if self.ts_ok else 0
         self._ts_offset = iss           # RFC 7323 5.4: a per-connection random offset for TSval
 
         # MSS (RFC 9293 3.7.1, RFC 6691): ours from the link, theirs from the SYN.
-        self.our_mss = max(MIN_MSS, min(config.mss or mss_limit, mss_limit))
+        self.our_mss = our_mss(config, mss_limit)
         self.segment_limit = None       # set by the stack (see the contract)
         self.rcv_limit = None
         self.ack_every = 2
