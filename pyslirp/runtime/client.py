@@ -48,10 +48,9 @@ import socket
 import threading
 
 from pyslirp.net.client_stack import FlowClosed, FlowConnected, FlowRefused, Resolved
-from pyslirp.net.events import ServiceClose, ServiceReadCredit, ServiceSend, ServiceShutdown
 from pyslirp.ppp.events import AuthResult, LinkDown, LinkUp
 from pyslirp.proxy import socks5_server as socks
-from pyslirp.runtime.services import ServiceConnection
+from pyslirp.runtime.services import ServiceConnection, deliver
 from pyslirp.runtime.stackloop import Runtime
 from pyslirp.runtime.wakeup import Wakeup
 
@@ -240,20 +239,8 @@ class ForwardManager(object):
             if conn is not None:
                 log.debug("flow %d to %s:%d closed: %s (%d bytes in, %d out)", flow_id, conn.target[0],
                           conn.target[1], event.reason, event.bytes_in, event.bytes_out)
-        elif isinstance(event, ServiceSend):
-            if conn is not None:
-                conn.send(event.data)
-        elif isinstance(event, ServiceReadCredit):
-            if conn is not None:
-                conn.add_credit(event.nbytes)
-        elif isinstance(event, ServiceShutdown):
-            if conn is not None:
-                conn.shutdown()
-        elif isinstance(event, ServiceClose):
-            if conn is not None:
-                conn.abort(event.reason)
         else:
-            return False
+            return deliver(conn, event)
         return True
 
     def reconfigure(self, proxy=None, connect_timeout=None):
