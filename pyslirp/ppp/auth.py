@@ -89,6 +89,48 @@ def chap_md5_response(ident, secret, challenge):
     return hashlib.md5(_U8.pack(ident & 0xFF) + _to_bytes(secret) + bytes(challenge)).digest()
 
 
+class _Resender(object):
+    """One packet sent every ``restart_ms`` while no answer comes, ``max_sends`` times in all: CHAP's
+    Challenge (RFC 1994 4.1) and PAP's Authenticate-Request (RFC 1334 2.2.1) both keep a Restart timer
+    and a Max-Configure counter, as the RFC 1661 4.6 automaton does.  The class using it supplies
+    ``state``, ``timer``, ``_output``, ``_count``, the counter it bumps per send (``sent_counter``) and
+    what happens when every send went unanswered (``_unanswered``)."""
+
+    sent_counter = ""
+
+    def __init__(self, restart_ms, max_sends):
+        self.restart_ms = restart_ms
+        self.max_sends = max_sends
+        self.sent = 0
+        self._packet = b""
+
+    def _send_first(self, packet, now):
+        self._packet = packet
+        self.state = WAITING
+        self.sent = 0
+        self._send(now)
+
+    def _send(self, now):
+        self.sent += 1
+        self._count(self.sent_counter)
+        self._output(self._packet)
+        self.timer = now + self.restart_ms
+
+    def handle_timer(self, now):
+        if self.timer is None or now < self.timer:
+            return
+        self.timer = None
+        if self.state != WAITING:
+            return
+        if self.sent >= self.max_sends:
+            self._unanswered()
+            return
+        self._send(now)
+
+    def _unanswered(self):
+        raise NotImplementedError
+
+
 class _Server(Protocol):
     """A protocol-table entry: packets are accepted once LCP is Opened (Authenticate and Network phases)."""
 
@@ -205,49 +247,30 @@ class PapServer(_Server):
                                    _U8.pack(len(message)) + message))
 
 
-class ChapServer(_Server):
+class ChapServer(_Resender, _Server):
     """RFC 1994 CHAP with MD5, authenticator side."""
 
     method = "chap"
     protocol = wppp.PROTO_CHAP
+    sent_counter = "challenges_sent"
 
     def __init__(self, secrets, output, on_result, rng, restart_ms=3000, max_challenges=10):
         _Server.__init__(self, secrets, output, on_result)
+        _Resender.__init__(self, restart_ms, max_challenges)
         self.rng = rng
-        self.restart_ms = restart_ms
-        self.max_challenges = max_challenges
         self.ident = rng.getrandbits(8)
         self.challenge = b""
-        self.sent = 0
-        self._packet = b""
 
     def start(self, now):
         self.ident = (self.ident + 1) & 0xFF
         self.challenge = self.rng.getrandbits(8 * CHALLENGE_LEN).to_bytes(CHALLENGE_LEN, "big")
-        self._packet = wppp.build_cp(CHAP_CHALLENGE, self.ident,
-                                     _U8.pack(CHALLENGE_LEN) + self.challenge + OUR_NAME)
-        self.state = WAITING
-        self.sent = 0
-        self._send_challenge(now)
+        self._send_first(wppp.build_cp(CHAP_CHALLENGE, self.ident,
+                                       _U8.pack(CHALLENGE_LEN) + self.challenge + OUR_NAME), now)
 
-    def _send_challenge(self, now):
-        self.sent += 1
-        self._count("challenges_sent")
-        self._output(self._packet)
-        self.timer = now + self.restart_ms
-
-    def handle_timer(self, now):
-        if self.timer is None or now < self.timer:
-            return
-        self.timer = None
-        if self.state != WAITING:
-            return
-        if self.sent >= self.max_challenges:
-            log.info("CHAP: no Response to %d Challenges", self.sent)
-            self._count("timeout")
-            self._finish("", False)
-            return
-        self._send_challenge(now)
+    def _unanswered(self):
+        log.info("CHAP: no Response to %d Challenges", self.sent)
+        self._count("timeout")
+        self._finish("", False)
 
     def input(self, packet, now):
         try:
@@ -325,48 +348,29 @@ class _Client(Protocol):
         self._on_result(_name(self.user), ok, message)
 
 
-class PapClient(_Client):
+class PapClient(_Resender, _Client):
     """RFC 1334 PAP, the peer side: Authenticate-Request until an Ack or Nak comes (2.2.1)."""
 
     method = "pap"
     protocol = wppp.PROTO_PAP
+    sent_counter = "requests_sent"
 
     def __init__(self, user, password, output, on_result, restart_ms=3000, max_requests=10):
         _Client.__init__(self, user, password, output, on_result)
-        self.restart_ms = restart_ms
-        self.max_requests = max_requests
+        _Resender.__init__(self, restart_ms, max_requests)
         self.ident = 0
-        self.sent = 0
-        self._packet = b""
 
     def start(self, now):
         self.ident = (self.ident + 1) & 0xFF
         # Peer-ID Length, Peer-ID, Passwd-Length, Password (RFC 1334 2.2.1); at most 255 octets each.
         user = self.user[:255]
         password = self.password[:255]
-        self._packet = wppp.build_cp(PAP_AUTH_REQ, self.ident,
-                                     _U8.pack(len(user)) + user + _U8.pack(len(password)) + password)
-        self.state = WAITING
-        self.sent = 0
-        self._send(now)
+        self._send_first(wppp.build_cp(PAP_AUTH_REQ, self.ident,
+                                       _U8.pack(len(user)) + user + _U8.pack(len(password)) + password), now)
 
-    def _send(self, now):
-        self.sent += 1
-        self._count("requests_sent")
-        self._output(self._packet)
-        self.timer = now + self.restart_ms
-
-    def handle_timer(self, now):
-        if self.timer is None or now < self.timer:
-            return
-        self.timer = None
-        if self.state != WAITING:
-            return
-        if self.sent >= self.max_requests:
-            log.info("PAP: no answer to %d Authenticate-Requests", self.sent)
-            self._finish(False, "no answer from the server")
-            return
-        self._send(now)
+    def _unanswered(self):
+        log.info("PAP: no answer to %d Authenticate-Requests", self.sent)
+        self._finish(False, "no answer from the server")
 
     def input(self, packet, now):
         try:
