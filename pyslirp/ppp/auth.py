@@ -131,32 +131,23 @@ class _Resender(object):
         raise NotImplementedError
 
 
-class _Server(Protocol):
-    """A protocol-table entry: packets are accepted once LCP is Opened (Authenticate and Network phases)."""
+class _Auth(Protocol):
+    """A protocol-table entry of either side: packets are accepted once LCP is Opened (Authenticate and
+    Network phases); LCP going down forgets the session."""
 
     method = ""
     protocol = 0
     phases = AFTER_LCP
 
-    def __init__(self, secrets, output, on_result):
-        self.secrets = tuple((_to_bytes(user), _to_bytes(password)) for user, password in secrets)
+    def __init__(self, output, on_result):
         self._output = output
         self._on_result = on_result
         self.state = IDLE
         self.timer = None
-        self.user = ""
         self.counters = {}
 
     def _count(self, reason):
         self.counters[reason] = self.counters.get(reason, 0) + 1
-
-    def _secret(self, user):
-        """The password for ``user`` (bytes), or None; the scan does not stop early."""
-        found = None
-        for name, password in self.secrets:
-            if hmac.compare_digest(name, user) and found is None:
-                found = password
-        return found
 
     def stop(self):
         """LCP went down: forget this session."""
@@ -166,13 +157,30 @@ class _Server(Protocol):
     def lower_down(self, now, reason):
         self.stop()
 
+    def get_timer(self):
+        return self.timer
+
+
+class _Server(_Auth):
+    """The authenticator: we check who the peer is."""
+
+    def __init__(self, secrets, output, on_result):
+        _Auth.__init__(self, output, on_result)
+        self.secrets = tuple((_to_bytes(user), _to_bytes(password)) for user, password in secrets)
+        self.user = ""
+
+    def _secret(self, user):
+        """The password for ``user`` (bytes), or None; the scan does not stop early."""
+        found = None
+        for name, password in self.secrets:
+            if hmac.compare_digest(name, user) and found is None:
+                found = password
+        return found
+
     def protocol_rejected(self, now):
         """The peer will not authenticate with this protocol: a failure, if we were waiting for it."""
         if self.state == WAITING:
             self._finish("", False)
-
-    def get_timer(self):
-        return self.timer
 
     def _finish(self, user, ok):
         self.state = SUCCEEDED if ok else FAILED
@@ -309,38 +317,17 @@ class ChapServer(_Resender, _Server):
 # -- the authenticating peer (the client role) -----------------------------------------------
 
 
-class _Client(Protocol):
-    """A protocol-table entry of the client role: we prove who we are to the server."""
-
-    method = ""
-    protocol = 0
-    phases = AFTER_LCP
+class _Client(_Auth):
+    """The authenticating peer (the client role): we prove who we are to the server."""
 
     def __init__(self, user, password, output, on_result):
+        _Auth.__init__(self, output, on_result)
         self.user = _to_bytes(user)
         self.password = _to_bytes(password)
-        self._output = output
-        self._on_result = on_result
-        self.state = IDLE
-        self.timer = None
-        self.counters = {}
-
-    def _count(self, reason):
-        self.counters[reason] = self.counters.get(reason, 0) + 1
-
-    def stop(self):
-        self.state = IDLE
-        self.timer = None
-
-    def lower_down(self, now, reason):
-        self.stop()
 
     def protocol_rejected(self, now):
         if self.state == WAITING:
             self._finish(False, "the server rejects %s" % self.method.upper())
-
-    def get_timer(self):
-        return self.timer
 
     def _finish(self, ok, message):
         self.state = SUCCEEDED if ok else FAILED
