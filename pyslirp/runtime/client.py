@@ -78,7 +78,8 @@ class LocalConnection(ServiceConnection):
     """One accepted local connection carried by one flow over the link (module docstring)."""
 
     def __init__(self, flow_id, sock, post, target=None, use_socks=False):
-        threading.Thread.__init__(self, name="local-%d" % flow_id, daemon=True)
+        self.name = "local-%d" % flow_id
+        self._done = threading.Event()
         self.conn_id = flow_id
         self.sock = sock
         self.target = target
@@ -154,7 +155,12 @@ class LocalConnection(ServiceConnection):
         finally:
             self._close(sock, abort)
             self._wakeup.close()
+            self._done.set()
             self._post(("svc_done", self.conn_id))
+
+    def start(self):
+        """The connection's own thread: an accepted socket does not wait for a spare."""
+        threading.Thread(target=self.run, name=self.name, daemon=True).start()
 
     def _socks_request(self, sock):
         """Read the SOCKS5 greeting and request; the parser in state REQUESTED, or None (closed)."""
