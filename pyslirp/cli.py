@@ -57,18 +57,18 @@ examples:
 exit status: 0 stopped by SIGINT/SIGTERM, 1 runtime failure, 2 usage or configuration error."""
 
 
-def _prefix_error(parser):
-    """argparse errors as one line after the usage, exit 2 (argparse's own convention)."""
+def prefix_error(parser, prog="pyslirp"):
+    """argparse errors as one line after the usage, prefixed ``prog``, exit 2 (argparse's own convention)."""
     def error(message):
         parser.print_usage(sys.stderr)
-        parser.exit(2, "pyslirp: error: %s\n" % message)
+        parser.exit(2, "%s: error: %s\n" % (prog, message))
     return error
 
 
 def build_parser():
     p = argparse.ArgumentParser(prog="pyslirp", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.error = _prefix_error(p)
+    p.error = prefix_error(p)
     p.add_argument("port", nargs="?", metavar="PORT", help="serial device or pyserial URL")
     p.add_argument("-c", "--config", metavar="FILE", help="TOML configuration file")
     mode = p.add_argument_group("line (instead of PORT)")

@@ -16,6 +16,7 @@ import signal
 import sys
 
 from pyslirp import __version__, compat, logsetup
+from pyslirp.cli import prefix_error
 
 log = logging.getLogger("pyslirp")
 
@@ -49,17 +50,10 @@ def _err(message):
     sys.stderr.flush()
 
 
-def _prefix_error(parser):
-    def error(message):
-        parser.print_usage(sys.stderr)
-        parser.exit(EXIT_USAGE, "pyslirp client: error: %s\n" % message)
-    return error
-
-
 def build_parser():
     p = argparse.ArgumentParser(prog="pyslirp client", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.error = _prefix_error(p)
+    p.error = prefix_error(p, "pyslirp client")
     p.add_argument("port", nargs="?", metavar="PORT", help="serial device or pyserial URL")
     line = p.add_argument_group("line (instead of PORT)")
     line.add_argument("--exec", dest="exec_cmd", metavar="CMD",
@@ -123,13 +117,19 @@ def _split_bind(text):
     return None, text.split(":")
 
 
+def _bind_and_fields(text, option, form, count):
+    """``[BIND:]`` then ``count`` colon-separated fields -> (bind or None, fields)."""
+    bind, parts = _split_bind(text)
+    if bind is None and len(parts) == count + 1:
+        bind, parts = parts[0], parts[1:]
+    if len(parts) != count:
+        raise ValueError("%s: expected %s, got %r" % (option, form, text))
+    return bind, parts
+
+
 def parse_forward(text):
     """-L ``[BIND:]LPORT:HOST:HPORT`` -> (bind, lport, host, hport)."""
-    bind, parts = _split_bind(text)
-    if bind is None and len(parts) == 4:
-        bind, parts = parts[0], parts[1:]
-    if len(parts) != 3:
-        raise ValueError("-L: expected [BIND:]LPORT:HOST:HPORT, got %r" % text)
+    bind, parts = _bind_and_fields(text, "-L", "[BIND:]LPORT:HOST:HPORT", 3)
     lport = _port(parts[0], "-L")
     host = parts[1]
     if not host:
@@ -144,11 +144,7 @@ def parse_forward(text):
 
 def parse_socks(text):
     """-D ``[BIND:]PORT`` -> (bind, port)."""
-    bind, parts = _split_bind(text)
-    if bind is None and len(parts) == 2:
-        bind, parts = parts[0], parts[1:]
-    if len(parts) != 1:
-        raise ValueError("-D: expected [BIND:]PORT, got %r" % text)
+    bind, parts = _bind_and_fields(text, "-D", "[BIND:]PORT", 1)
     return bind or "127.0.0.1", _port(parts[0], "-D")
 
 

@@ -73,16 +73,7 @@ class Client(object):
 
 def download(port, timeout=120):
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        return _read_all(s)
-
-
-def _read_all(s):
-    chunks = []
-    while True:
-        data = s.recv(65536)
-        if not data:
-            return b"".join(chunks)
-        chunks.append(data)
+        return services.read_to_eof(s)
 
 
 def socks_connect(port, host, hport, timeout=60):
@@ -139,12 +130,12 @@ def test_against_pyslirp(tmp_path):
             with socket.create_connection(("127.0.0.1", ports[2]), timeout=30) as s:
                 with pytest.raises(ConnectionResetError):
                     s.sendall(b"x")
-                    _read_all(s)
+                    services.read_to_eof(s)
             # The SOCKS server: a download, then refusals as replies.
             rep, s = socks_connect(ports[3], "10.0.0.1", 80)
             assert rep == 0
             with s:
-                data = _read_all(s)
+                data = services.read_to_eof(s)
             assert hashlib.sha256(data).hexdigest() == source.sha256
             assert socks_connect(ports[3], "10.0.0.1", 81)[0] == 5          # RST: connection refused
             assert socks_connect(ports[3], "192.0.2.1", 80)[0] == 2         # prohibited by the server's policy
@@ -176,7 +167,7 @@ def test_against_slirp(tmp_path):
             # SLiRP's connect to a closed port fails: it resets our SYN, or accepts and then closes.
             with socket.create_connection(("127.0.0.1", ports[2]), timeout=30) as s:
                 try:
-                    assert _read_all(s) == b""
+                    assert services.read_to_eof(s) == b""
                 except ConnectionResetError:
                     pass
         finally:
@@ -254,7 +245,7 @@ def test_names_resolve_at_the_servers_dns(tmp_path):
             rep, s = socks_connect_name(ports[1], "files.test", 80)
             assert rep == 0
             with s:
-                assert hashlib.sha256(_read_all(s)).hexdigest() == source.sha256
+                assert hashlib.sha256(services.read_to_eof(s)).hexdigest() == source.sha256
             assert socks_connect_name(ports[1], "nowhere.test", 80)[0] == 4      # NXDOMAIN: host unreachable
         finally:
             status = client.stop()

@@ -35,15 +35,6 @@ def keygen(path):
                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=30)
 
 
-def _read_all(s):
-    chunks = []
-    while True:
-        data = s.recv(65536)
-        if not data:
-            return b"".join(chunks)
-        chunks.append(data)
-
-
 def test_against_pppd_as_the_server(lab, tmp_path):
     reason = services.Sshd.available()
     if reason:
@@ -88,7 +79,7 @@ def test_against_pppd_as_the_server(lab, tmp_path):
             time.sleep(0.1)
         with socket.create_connection(("127.0.0.1", http_port), timeout=120) as s:
             s.sendall(b"GET /payload.bin HTTP/1.0\r\n\r\n")
-            response = _read_all(s)
+            response = services.read_to_eof(s)
         head, _, body = response.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.0 200"), head
         assert hashlib.sha256(body).hexdigest() == hashlib.sha256(data).hexdigest()

@@ -58,6 +58,7 @@ within the budget, each call starting with the next flow (round-robin).
 import logging
 from dataclasses import dataclass, field, replace
 
+from pyslirp.net.credit import new_credit, send_or_queue
 from pyslirp.net.events import ServiceClose, ServiceReadCredit, ServiceSend, ServiceShutdown
 from pyslirp.net.ratelimit import every_power_of_two
 from pyslirp.net.tcp import events as tcp_events
@@ -402,12 +403,7 @@ class ClientStack(object):
         rec.received += len(data)
         if rec.received > rec.granted:
             self._count("credit_overrun")
-        if rec.backlog:
-            rec.backlog += data
-        else:
-            taken = rec.conn.send(data, now)
-            if taken < len(data):
-                rec.backlog = bytes(data[taken:])
+        send_or_queue(rec, data, now)
         self._after(rec, now)
 
     def service_eof(self, flow_id, now):
@@ -676,19 +672,8 @@ class ClientStack(object):
         """Read credit for the local socket up to the connection's free send space."""
         if rec.gone or not rec.connected:
             return
-        conn = rec.conn
-        if rec.backlog:
-            taken = conn.send(rec.backlog, now)
-            rec.backlog = rec.backlog[taken:]
-            if rec.backlog:
-                return
-            if rec.eof:
-                conn.shutdown(now)
-        if rec.eof:
-            return
-        credit = conn.send_space - (rec.granted - rec.received)
-        if credit > 0:
-            rec.granted += credit
+        credit = new_credit(rec, now)
+        if credit:
             self._events.append(ServiceReadCredit(rec.flow_id, credit))
 
     def _arm(self, rec):

@@ -188,6 +188,7 @@ from pyslirp.net import icmp as icmp_policy
 from pyslirp.net import refusal
 from pyslirp.metrics import Buckets
 from pyslirp.net import events as ev
+from pyslirp.net.credit import new_credit, send_or_queue
 from pyslirp.net.events import (DnsQuery, FlowLog, PingClose, PingOpen, PingSend, ServiceClose, ServiceConnect,
                                 ServiceReadCredit, ServiceSend, ServiceShutdown, UdpClose, UdpOpen, UdpSend)
 from pyslirp.net.flows import FlowKey, Policy, Service
@@ -1107,20 +1108,8 @@ class IPStack(object):
         """Grant read credit up to the connection's free send space (never beyond it)."""
         if not rec.accepted or rec.gone:
             return
-        conn = rec.conn
-        if rec.backlog:
-            taken = conn.send(rec.backlog, now)
-            rec.backlog = rec.backlog[taken:]
-            if rec.backlog:
-                return
-            if rec.eof:
-                conn.shutdown(now)      # the FIN that waited for the backlog
-        if rec.eof:
-            return
-        outstanding = rec.granted - rec.received
-        credit = conn.send_space - outstanding
-        if credit > 0:
-            rec.granted += credit
+        credit = new_credit(rec, now)
+        if credit:
             self._events.append(ServiceReadCredit(rec.conn_id, credit))
 
     def _arm(self, rec):
@@ -1276,12 +1265,7 @@ class IPStack(object):
         rec.last_activity = now
         if rec.received > rec.granted:
             self._count("service_credit_overrun")
-        if rec.backlog:
-            rec.backlog += data
-        else:
-            taken = rec.conn.send(data, now)
-            if taken < len(data):
-                rec.backlog = bytes(data[taken:])
+        send_or_queue(rec, data, now)
         self._after(rec, now)
 
     def service_eof(self, conn_id, now):

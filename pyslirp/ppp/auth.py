@@ -89,32 +89,65 @@ def chap_md5_response(ident, secret, challenge):
     return hashlib.md5(_U8.pack(ident & 0xFF) + _to_bytes(secret) + bytes(challenge)).digest()
 
 
-class _Server(Protocol):
-    """A protocol-table entry: packets are accepted once LCP is Opened (Authenticate and Network phases)."""
+class _Resender(object):
+    """One packet sent every ``restart_ms`` while no answer comes, ``max_sends`` times in all: CHAP's
+    Challenge (RFC 1994 4.1) and PAP's Authenticate-Request (RFC 1334 2.2.1) both keep a Restart timer
+    and a Max-Configure counter, as the RFC 1661 4.6 automaton does.  The class using it supplies
+    ``state``, ``timer``, ``_output``, ``_count``, the counter it bumps per send (``sent_counter``) and
+    what happens when every send went unanswered (``_unanswered``)."""
+
+    sent_counter = ""
+
+    def __init__(self, restart_ms, max_sends):
+        self.restart_ms = restart_ms
+        self.max_sends = max_sends
+        self.sent = 0
+        self._packet = b""
+
+    def _send_first(self, packet, now):
+        self._packet = packet
+        self.state = WAITING
+        self.sent = 0
+        self._send(now)
+
+    def _send(self, now):
+        self.sent += 1
+        self._count(self.sent_counter)
+        self._output(self._packet)
+        self.timer = now + self.restart_ms
+
+    def handle_timer(self, now):
+        if self.timer is None or now < self.timer:
+            return
+        self.timer = None
+        if self.state != WAITING:
+            return
+        if self.sent >= self.max_sends:
+            self._unanswered()
+            return
+        self._send(now)
+
+    def _unanswered(self):
+        raise NotImplementedError
+
+
+class _Auth(Protocol):
+    """A protocol-table entry of either side: packets are accepted once LCP is Opened (Authenticate and
+    Network phases); LCP going down forgets the session."""
 
     method = ""
     protocol = 0
     phases = AFTER_LCP
 
-    def __init__(self, secrets, output, on_result):
-        self.secrets = tuple((_to_bytes(user), _to_bytes(password)) for user, password in secrets)
+    def __init__(self, output, on_result):
         self._output = output
         self._on_result = on_result
         self.state = IDLE
         self.timer = None
-        self.user = ""
         self.counters = {}
 
     def _count(self, reason):
         self.counters[reason] = self.counters.get(reason, 0) + 1
-
-    def _secret(self, user):
-        """The password for ``user`` (bytes), or None; the scan does not stop early."""
-        found = None
-        for name, password in self.secrets:
-            if hmac.compare_digest(name, user) and found is None:
-                found = password
-        return found
 
     def stop(self):
         """LCP went down: forget this session."""
@@ -124,13 +157,30 @@ class _Server(Protocol):
     def lower_down(self, now, reason):
         self.stop()
 
+    def get_timer(self):
+        return self.timer
+
+
+class _Server(_Auth):
+    """The authenticator: we check who the peer is."""
+
+    def __init__(self, secrets, output, on_result):
+        _Auth.__init__(self, output, on_result)
+        self.secrets = tuple((_to_bytes(user), _to_bytes(password)) for user, password in secrets)
+        self.user = ""
+
+    def _secret(self, user):
+        """The password for ``user`` (bytes), or None; the scan does not stop early."""
+        found = None
+        for name, password in self.secrets:
+            if hmac.compare_digest(name, user) and found is None:
+                found = password
+        return found
+
     def protocol_rejected(self, now):
         """The peer will not authenticate with this protocol: a failure, if we were waiting for it."""
         if self.state == WAITING:
             self._finish("", False)
-
-    def get_timer(self):
-        return self.timer
 
     def _finish(self, user, ok):
         self.state = SUCCEEDED if ok else FAILED
@@ -205,49 +255,30 @@ class PapServer(_Server):
                                    _U8.pack(len(message)) + message))
 
 
-class ChapServer(_Server):
+class ChapServer(_Resender, _Server):
     """RFC 1994 CHAP with MD5, authenticator side."""
 
     method = "chap"
     protocol = wppp.PROTO_CHAP
+    sent_counter = "challenges_sent"
 
     def __init__(self, secrets, output, on_result, rng, restart_ms=3000, max_challenges=10):
         _Server.__init__(self, secrets, output, on_result)
+        _Resender.__init__(self, restart_ms, max_challenges)
         self.rng = rng
-        self.restart_ms = restart_ms
-        self.max_challenges = max_challenges
         self.ident = rng.getrandbits(8)
         self.challenge = b""
-        self.sent = 0
-        self._packet = b""
 
     def start(self, now):
         self.ident = (self.ident + 1) & 0xFF
         self.challenge = self.rng.getrandbits(8 * CHALLENGE_LEN).to_bytes(CHALLENGE_LEN, "big")
-        self._packet = wppp.build_cp(CHAP_CHALLENGE, self.ident,
-                                     _U8.pack(CHALLENGE_LEN) + self.challenge + OUR_NAME)
-        self.state = WAITING
-        self.sent = 0
-        self._send_challenge(now)
+        self._send_first(wppp.build_cp(CHAP_CHALLENGE, self.ident,
+                                       _U8.pack(CHALLENGE_LEN) + self.challenge + OUR_NAME), now)
 
-    def _send_challenge(self, now):
-        self.sent += 1
-        self._count("challenges_sent")
-        self._output(self._packet)
-        self.timer = now + self.restart_ms
-
-    def handle_timer(self, now):
-        if self.timer is None or now < self.timer:
-            return
-        self.timer = None
-        if self.state != WAITING:
-            return
-        if self.sent >= self.max_challenges:
-            log.info("CHAP: no Response to %d Challenges", self.sent)
-            self._count("timeout")
-            self._finish("", False)
-            return
-        self._send_challenge(now)
+    def _unanswered(self):
+        log.info("CHAP: no Response to %d Challenges", self.sent)
+        self._count("timeout")
+        self._finish("", False)
 
     def input(self, packet, now):
         try:
@@ -286,38 +317,17 @@ class ChapServer(_Server):
 # -- the authenticating peer (the client role) -----------------------------------------------
 
 
-class _Client(Protocol):
-    """A protocol-table entry of the client role: we prove who we are to the server."""
-
-    method = ""
-    protocol = 0
-    phases = AFTER_LCP
+class _Client(_Auth):
+    """The authenticating peer (the client role): we prove who we are to the server."""
 
     def __init__(self, user, password, output, on_result):
+        _Auth.__init__(self, output, on_result)
         self.user = _to_bytes(user)
         self.password = _to_bytes(password)
-        self._output = output
-        self._on_result = on_result
-        self.state = IDLE
-        self.timer = None
-        self.counters = {}
-
-    def _count(self, reason):
-        self.counters[reason] = self.counters.get(reason, 0) + 1
-
-    def stop(self):
-        self.state = IDLE
-        self.timer = None
-
-    def lower_down(self, now, reason):
-        self.stop()
 
     def protocol_rejected(self, now):
         if self.state == WAITING:
             self._finish(False, "the server rejects %s" % self.method.upper())
-
-    def get_timer(self):
-        return self.timer
 
     def _finish(self, ok, message):
         self.state = SUCCEEDED if ok else FAILED
@@ -325,48 +335,29 @@ class _Client(Protocol):
         self._on_result(_name(self.user), ok, message)
 
 
-class PapClient(_Client):
+class PapClient(_Resender, _Client):
     """RFC 1334 PAP, the peer side: Authenticate-Request until an Ack or Nak comes (2.2.1)."""
 
     method = "pap"
     protocol = wppp.PROTO_PAP
+    sent_counter = "requests_sent"
 
     def __init__(self, user, password, output, on_result, restart_ms=3000, max_requests=10):
         _Client.__init__(self, user, password, output, on_result)
-        self.restart_ms = restart_ms
-        self.max_requests = max_requests
+        _Resender.__init__(self, restart_ms, max_requests)
         self.ident = 0
-        self.sent = 0
-        self._packet = b""
 
     def start(self, now):
         self.ident = (self.ident + 1) & 0xFF
         # Peer-ID Length, Peer-ID, Passwd-Length, Password (RFC 1334 2.2.1); at most 255 octets each.
         user = self.user[:255]
         password = self.password[:255]
-        self._packet = wppp.build_cp(PAP_AUTH_REQ, self.ident,
-                                     _U8.pack(len(user)) + user + _U8.pack(len(password)) + password)
-        self.state = WAITING
-        self.sent = 0
-        self._send(now)
+        self._send_first(wppp.build_cp(PAP_AUTH_REQ, self.ident,
+                                       _U8.pack(len(user)) + user + _U8.pack(len(password)) + password), now)
 
-    def _send(self, now):
-        self.sent += 1
-        self._count("requests_sent")
-        self._output(self._packet)
-        self.timer = now + self.restart_ms
-
-    def handle_timer(self, now):
-        if self.timer is None or now < self.timer:
-            return
-        self.timer = None
-        if self.state != WAITING:
-            return
-        if self.sent >= self.max_requests:
-            log.info("PAP: no answer to %d Authenticate-Requests", self.sent)
-            self._finish(False, "no answer from the server")
-            return
-        self._send(now)
+    def _unanswered(self):
+        log.info("PAP: no answer to %d Authenticate-Requests", self.sent)
+        self._finish(False, "no answer from the server")
 
     def input(self, packet, now):
         try:

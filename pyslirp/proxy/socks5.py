@@ -121,6 +121,19 @@ def encode_target(host):
     return bytes((ATYP_DOMAIN,)) + _length_octet(name, "target host name")
 
 
+def address_span(buf, atyp, start):
+    """Where the address of type ``atyp`` that begins at ``start`` in ``buf`` lies (RFC 1928 5: X'01' four
+    octets, X'04' sixteen, X'03' a length octet and that many octets of name): (first octet, length), or
+    None while a name's length octet has not arrived.  ValueError for any other address type."""
+    if atyp == ATYP_DOMAIN:
+        if len(buf) <= start:
+            return None
+        return start + 1, buf[start]
+    if atyp in _ADDR_LEN:
+        return start, _ADDR_LEN[atyp]
+    raise ValueError("address type 0x%02x" % atyp)
+
+
 def greeting(methods):
     """The version identifier/method selection message (RFC 1928 3): VER NMETHODS METHODS."""
     return bytes((VERSION, len(methods))) + bytes(methods)
@@ -240,15 +253,14 @@ class Socks5Client(ProxyClient):
             # RFC 1928 6: "Fields marked RESERVED (RSV) must be set to X'00'."
             self._protocol_error("reply reserved byte 0x%02x, expected 0x00" % rsv)
             return False
-        if atyp == ATYP_DOMAIN:
-            if len(buf) <= OFF_ADDR:
-                return False
-            addr_start, addr_len = OFF_ADDR + 1, buf[OFF_ADDR]
-        elif atyp in _ADDR_LEN:
-            addr_start, addr_len = OFF_ADDR, _ADDR_LEN[atyp]
-        else:
+        try:
+            span = address_span(buf, atyp, OFF_ADDR)
+        except ValueError:
             self._protocol_error("reply address type 0x%02x" % atyp)
             return False
+        if span is None:
+            return False
+        addr_start, addr_len = span
         end = addr_start + addr_len + _PORT.size
         if len(buf) < end:
             return False

@@ -34,22 +34,13 @@ failure.
 import ipaddress
 import struct
 
-VERSION = 0x05
-METHOD_NO_AUTH = 0x00
-METHOD_NONE_ACCEPTABLE = 0xFF
-CMD_CONNECT = 0x01
-ATYP_IPV4 = 0x01
-ATYP_DOMAIN = 0x03
-ATYP_IPV6 = 0x04
+# The RFC 1928 vocabulary is the client's (pyslirp.proxy.socks5); ATYP_DOMAIN is named here for callers.
+from pyslirp.proxy.socks5 import (ATYP_DOMAIN, ATYP_IPV4, ATYP_IPV6, CMD_CONNECT, METHOD_NO_AUTH,  # noqa: F401
+                                  METHOD_NONE_ACCEPTABLE, REP_ATYP_NOT_SUPPORTED, REP_COMMAND_NOT_SUPPORTED,
+                                  REP_CONNECTION_REFUSED, REP_GENERAL_FAILURE, REP_HOST_UNREACHABLE,
+                                  REP_NET_UNREACHABLE, REP_NOT_ALLOWED, REP_SUCCEEDED, VERSION, address_span)
 
-REP_SUCCEEDED = 0x00
-REP_GENERAL_FAILURE = 0x01
-REP_NOT_ALLOWED = 0x02
-REP_NET_UNREACHABLE = 0x03
-REP_HOST_UNREACHABLE = 0x04
-REP_CONNECTION_REFUSED = 0x05
-REP_COMMAND_NOT_SUPPORTED = 0x07
-REP_ADDRESS_NOT_SUPPORTED = 0x08
+REP_ADDRESS_NOT_SUPPORTED = REP_ATYP_NOT_SUPPORTED
 
 ICMP_NET_UNREACHABLE = 0
 ICMP_ADMIN_PROHIBITED = 13
@@ -149,19 +140,17 @@ class Socks5Server(object):
         if len(buf) < _REQUEST_HEAD.size:
             return None
         _, cmd, _, atyp = _REQUEST_HEAD.unpack_from(buf)
-        if atyp == ATYP_IPV4:
-            end = _REQUEST_HEAD.size + 4
-        elif atyp == ATYP_DOMAIN:
-            if len(buf) < _REQUEST_HEAD.size + 1:
-                return None
-            end = _REQUEST_HEAD.size + 1 + buf[_REQUEST_HEAD.size]
-        elif atyp == ATYP_IPV6:
-            end = _REQUEST_HEAD.size + 16
-        else:
+        try:
+            span = address_span(buf, atyp, _REQUEST_HEAD.size)
+        except ValueError:
             return self._fail("address type %d" % atyp, _reply(REP_ADDRESS_NOT_SUPPORTED))
+        if span is None:
+            return None
+        start, length = span
+        end = start + length
         if len(buf) < end + _PORT.size:
             return None
-        address = buf[_REQUEST_HEAD.size:end]
+        address = buf[start:end]
         port = _PORT.unpack_from(buf, end)[0]
         self.early = buf[end + _PORT.size:]
         self._buf = b""
@@ -172,7 +161,7 @@ class Socks5Server(object):
         if atyp == ATYP_IPV4:
             host = str(ipaddress.IPv4Address(address))
         else:
-            name = address[1:].decode("ascii", "replace")
+            name = address.decode("ascii", "replace")
             try:
                 host = str(ipaddress.IPv4Address(name))
             except ValueError:

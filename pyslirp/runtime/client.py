@@ -48,10 +48,9 @@ import socket
 import threading
 
 from pyslirp.net.client_stack import FlowClosed, FlowConnected, FlowRefused, Resolved
-from pyslirp.net.events import ServiceClose, ServiceReadCredit, ServiceSend, ServiceShutdown
 from pyslirp.ppp.events import AuthResult, LinkDown, LinkUp
 from pyslirp.proxy import socks5_server as socks
-from pyslirp.runtime.services import ServiceConnection
+from pyslirp.runtime.services import ServiceConnection, deliver
 from pyslirp.runtime.stackloop import Runtime
 from pyslirp.runtime.wakeup import Wakeup
 
@@ -79,7 +78,8 @@ class LocalConnection(ServiceConnection):
     """One accepted local connection carried by one flow over the link (module docstring)."""
 
     def __init__(self, flow_id, sock, post, target=None, use_socks=False):
-        threading.Thread.__init__(self, name="local-%d" % flow_id, daemon=True)
+        self.name = "local-%d" % flow_id
+        self._done = threading.Event()
         self.conn_id = flow_id
         self.sock = sock
         self.target = target
@@ -155,7 +155,12 @@ class LocalConnection(ServiceConnection):
         finally:
             self._close(sock, abort)
             self._wakeup.close()
+            self._done.set()
             self._post(("svc_done", self.conn_id))
+
+    def start(self):
+        """The connection's own thread: an accepted socket does not wait for a spare."""
+        threading.Thread(target=self.run, name=self.name, daemon=True).start()
 
     def _socks_request(self, sock):
         """Read the SOCKS5 greeting and request; the parser in state REQUESTED, or None (closed)."""
@@ -240,20 +245,8 @@ class ForwardManager(object):
             if conn is not None:
                 log.debug("flow %d to %s:%d closed: %s (%d bytes in, %d out)", flow_id, conn.target[0],
                           conn.target[1], event.reason, event.bytes_in, event.bytes_out)
-        elif isinstance(event, ServiceSend):
-            if conn is not None:
-                conn.send(event.data)
-        elif isinstance(event, ServiceReadCredit):
-            if conn is not None:
-                conn.add_credit(event.nbytes)
-        elif isinstance(event, ServiceShutdown):
-            if conn is not None:
-                conn.shutdown()
-        elif isinstance(event, ServiceClose):
-            if conn is not None:
-                conn.abort(event.reason)
         else:
-            return False
+            return deliver(conn, event)
         return True
 
     def reconfigure(self, proxy=None, connect_timeout=None):

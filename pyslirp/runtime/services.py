@@ -140,6 +140,26 @@ class SpareThread(object):
         job()
 
 
+def deliver(conn, event):
+    """A stack event for one connection (send, read credit, shutdown, close) applied to ``conn``, or nothing
+    when ``conn`` is None (the connection already went); False for an event of another kind."""
+    if isinstance(event, ServiceSend):
+        if conn is not None:
+            conn.send(event.data)
+    elif isinstance(event, ServiceReadCredit):
+        if conn is not None:
+            conn.add_credit(event.nbytes)
+    elif isinstance(event, ServiceShutdown):
+        if conn is not None:
+            conn.shutdown()
+    elif isinstance(event, ServiceClose):
+        if conn is not None:
+            conn.abort(event.reason)
+    else:
+        return False
+    return True
+
+
 class ServiceConnection(object):
     def __init__(self, conn_id, route, post, connect_timeout=CONNECT_TIMEOUT, proxy=None):
         self.name = "service-%d" % conn_id
@@ -380,21 +400,8 @@ class ServiceManager(object):
             self.connections[event.conn_id] = conn
             self.started += 1
             conn.start(self._threads)
-        elif isinstance(event, ServiceSend):
-            if conn is not None:
-                conn.send(event.data)
-        elif isinstance(event, ServiceReadCredit):
-            if conn is not None:
-                conn.add_credit(event.nbytes)
-        elif isinstance(event, ServiceShutdown):
-            if conn is not None:
-                conn.shutdown()
-        elif isinstance(event, ServiceClose):
-            if conn is not None:
-                conn.abort(event.reason)
-        else:
-            return False
-        return True
+            return True
+        return deliver(conn, event)
 
     def reconfigure(self, proxy=None, connect_timeout=CONNECT_TIMEOUT):
         """A reloaded configuration: new connections use this proxy and timeout; those already connecting or

@@ -168,9 +168,23 @@ class SimFlow(object):
 class _ServerConn(object):
     def __init__(self, service):
         self.service = service
-        self.outbox = bytearray()
         self.credit = 0
-        self.eof_pending = False
+        self._outbox = bytearray()
+        self._eof_pending = False
+
+
+def _pump(core, conn_id, end, now):
+    """A local end's queued bytes (a SimFlow's or a service's) to ``core`` as far as its read credit goes,
+    then its EOF once every byte went: how either side's socket thread would read."""
+    n = min(len(end._outbox), end.credit)
+    if n:
+        data = bytes(end._outbox[:n])
+        del end._outbox[:n]
+        end.credit -= n
+        core.service_data(conn_id, data, now)
+    if end._eof_pending and not end._outbox:
+        end._eof_pending = False
+        core.service_eof(conn_id, now)
 
 
 class SimulatedClient(object):
@@ -255,15 +269,7 @@ class SimulatedClient(object):
     def _feed(self, flow):
         if flow.done:
             return
-        n = min(len(flow._outbox), flow.credit)
-        if n:
-            data = bytes(flow._outbox[:n])
-            del flow._outbox[:n]
-            flow.credit -= n
-            self.client.service_data(flow.flow_id, data, self.now)
-        if flow._eof_pending and not flow._outbox:
-            flow._eof_pending = False
-            self.client.service_eof(flow.flow_id, self.now)
+        _pump(self.client, flow.flow_id, flow, self.now)
 
     # -- injection ---------------------------------------------------------------------------
 
@@ -355,24 +361,16 @@ class SimulatedClient(object):
                 self.server.service_written(conn_id, len(event.data), now)
                 reply = conn.service.data(event.data)
                 if reply:
-                    conn.outbox += reply
+                    conn._outbox += reply
             elif isinstance(event, ServiceReadCredit):
                 conn.credit += event.nbytes
             elif isinstance(event, ServiceShutdown):
                 if conn.service.eof():
-                    conn.eof_pending = True
+                    conn._eof_pending = True
             elif isinstance(event, ServiceClose):
                 self._server_conns.pop(conn_id, None)
                 continue
-            n = min(len(conn.outbox), conn.credit)
-            if n:
-                data = bytes(conn.outbox[:n])
-                del conn.outbox[:n]
-                conn.credit -= n
-                self.server.service_data(conn_id, data, now)
-            if conn.eof_pending and not conn.outbox:
-                conn.eof_pending = False
-                self.server.service_eof(conn_id, now)
+            _pump(self.server, conn_id, conn, now)
         return bool(events)
 
 

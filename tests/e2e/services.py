@@ -78,6 +78,16 @@ PAYLOAD_SOURCE = (
     "    return random.Random(seed).getrandbits(size * 8).to_bytes(size, 'little') if size else b''\n")
 
 
+def read_to_eof(sock):
+    """Everything ``sock`` sends until its EOF."""
+    chunks = []
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+
+
 def wait_listening(port, timeout=10.0, proc=None):
     """Wait until something accepts connections on 127.0.0.1:port; False on timeout or if ``proc`` exited."""
     end = time.monotonic() + timeout
