@@ -28,7 +28,9 @@ def test_transfers_are_intact_over_a_noisy_paced_line(lab):  # noqa: F811
     source = services.PayloadSource(seed=SEED, size=SIZE)
     sink = services.HashSink()
     try:
-        slirp = lab.start_pyslirp({"services": {"5001": {"host": "127.0.0.1", "port": sink.port, "name": "sink"},
+        # Deflate is off: on this noisy line it has been seen to lose sync with pppd's decompressor for minutes
+        # (Reset-Request after Reset-Request, see README "Testing your link and your client"); VJ stays on.
+        slirp = lab.start_pyslirp({"ppp": {"compression": "none"}, "services": {"5001": {"host": "127.0.0.1", "port": sink.port, "name": "sink"},
                                                 "5002": {"host": "127.0.0.1", "port": source.port,
                                                          "name": "source"}}})
         imp = Impairments(baud=115200, ber=3e-5, drop_rate=2e-5, xonxoff_rate=2e-5)
