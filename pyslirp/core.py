@@ -67,8 +67,7 @@ is backed off.  Once a probe went unanswered the line is taken to be out; the
 first bytes received after that are the line's "connected again" and the
 stack retransmits at once (``IPStack.link_alive``), instead of after a
 backed-off timeout.  A backed-off connection (each stack timer that finds
-one, probing or not), a fast retransmit (``IPStack.take_lost_frame_signal``,
-after input) and the line coming back after an outage also tell the
+one, probing or not) and the line coming back after an outage also tell the
 link that the client may have lost a frame (``PPPLink.peer_lost_frame``): its Van Jacobson
 decompressor then discards the slot's packets until an uncompressed one, so
 ours are sent whole for a while and the next loss costs a fast retransmit;
@@ -150,9 +149,6 @@ class Core(object):
         self._last_rx = now
         self.link.receive_data(data, now)
         self._pump(now)
-        if self._stack_live and self.stack.take_lost_frame_signal():
-            # A fast retransmit is queued: the client lost a frame of ours (ppp/ccp.py, "Resynchronising").
-            self.link.peer_lost_frame(now)
         if self._probing:
             outage = self._outage
             self._probing = self._outage = False

@@ -72,14 +72,9 @@ class FakeStack(object):
         self.packets = []
         self.timer = None
         self.suspended = False
-        self.lost_frame = False
 
     def receive_packet(self, packet, now):
         self.calls.append(("receive_packet", packet, now))
-
-    def take_lost_frame_signal(self):
-        lost, self.lost_frame = self.lost_frame, False
-        return lost
 
     def handle_timer(self, now):
         self.calls.append(("handle_timer", now))
@@ -181,18 +176,6 @@ def test_a_stalled_flow_tells_the_link_and_probes_the_silent_line_then_retransmi
     # What went into the dead line is lost: the link hears of it before the retransmissions.
     assert ("peer_lost_frame", 10 + 2 * PROBE_MS + 5) in link.calls
     assert core.probes == 2
-
-
-def test_a_fast_retransmit_tells_the_link_before_the_retransmission_is_framed():
-    core, link, stack = make()
-    link.is_up = True
-    link.events = [LinkUp("10.0.0.1", "10.0.0.2", 1500)]
-    core.lower_up(1)
-    core.receive_serial(b"ack", 10)
-    assert not [c for c in link.calls if c[0] == "peer_lost_frame"]
-    stack.lost_frame = True                         # the third duplicate ACK queued a fast retransmit
-    core.receive_serial(b"dup ack", 20)
-    assert [c for c in link.calls if c[0] == "peer_lost_frame"] == [("peer_lost_frame", 20)]
 
 
 def test_a_promptly_answered_probe_does_not_count_as_the_line_returning():
