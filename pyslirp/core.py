@@ -69,7 +69,9 @@ stack retransmits at once (``IPStack.link_alive``), instead of after a
 backed-off timeout.  A backed-off connection also tells the link that the
 client may have lost a frame (``PPPLink.peer_lost_frame``): its Van Jacobson
 decompressor then discards the slot's packets until an uncompressed one, so
-ours are sent whole for a while and the next loss costs a fast retransmit.
+ours are sent whole for a while and the next loss costs a fast retransmit;
+with Deflate, CCP restarts both histories with a Reset-Ack, so that the
+retransmission is not compressed against the lost original.
 
 Reload: :meth:`reconfigure` hands a new stack configuration to the stack
 (``IPStack.reconfigure``); the PPP link is not renegotiated.
@@ -191,8 +193,9 @@ class Core(object):
                 stalled = self.stack.stalled()
                 if stalled:
                     # A retransmission timeout: the client may have lost a frame of ours, and its VJ
-                    # decompressor with it the slot (ppp/ipcp.py, NOISY_PACKETS).
-                    self.link.peer_lost_frame()
+                    # decompressor with it the slot (ppp/ipcp.py, NOISY_PACKETS), its Deflate
+                    # decompressor its step (ppp/ccp.py, "Resynchronising").
+                    self.link.peer_lost_frame(now)
                 if self._line_ok and not stalled:
                     self._line_ok = False
                 elif stalled and not self._line_ok:

@@ -347,6 +347,69 @@ def test_reset_request_is_repeated_only_while_packets_keep_failing():
     assert len([c for c, _, _ in client.ccp_seen if c == RESET_REQUEST]) == 2
 
 
+def noise_packet(rng, n=1400):
+    return ip_packet(bytes(rng.getrandbits(8) for _ in range(n)))
+
+
+@pytest.mark.parametrize("resync", [True, False])
+def test_a_retransmission_timeout_restarts_the_histories_so_the_retransmission_decompresses(resync):
+    """A TCP segment lost on the line, then its retransmission (seen on a noisy line with Linux pppd): the
+    segment is incompressible and goes plain, but through our history, so its retransmission compresses
+    very well -- against an original the peer never got.  Linux's decompressor is then out of step
+    (ppp_deflate z_decompress: bad sequence number) and can never decode the retransmission.  The Core's
+    retransmission timeout signal (peer_lost_frame) sends a Reset-Ack first, which restarts both histories."""
+    link, client = ccp_session()
+    rng = random.Random(11)
+    client.auto = False
+    assert link.send_ip(text_packet(rng), client.now)
+    client.collect()
+    segment = noise_packet(rng)
+    assert link.send_ip(segment, client.now)
+    lost = link.take_output()                           # the line damages it: the peer never sees it
+    assert len(lost) == 1
+    client.now += 1000
+    if resync:
+        link.peer_lost_frame(client.now)                # the Core saw a retransmission timeout
+    assert link.send_ip(segment, client.now)            # the retransmission
+    follow = text_packet(rng)
+    assert link.send_ip(follow, client.now)
+    if not resync:
+        # The retransmission went compressed, with the next sequence number after the lost frame's.
+        frames = []
+        for _, raw in link.take_output():
+            frames.extend(wppp.parse_frame(f) for f in client.deframer.feed(raw))
+        assert frames[0][0] == COMP and len(frames[0][1]) < 100
+        assert struct.unpack_from("!H", frames[0][1])[0] != client.kernel.rx_seq
+        return
+    frames = client.collect()
+    assert frames[0][0] == CCP and wppp.parse_cp(frames[0][1])[0] == RESET_ACK      # ahead of the data
+    assert [info for proto, info in client.received if proto == IP][-2:] == [segment, follow]
+    assert client.decompressed[-1] == (IP, follow)      # in step again: compressed and decoded
+    assert link.ccp_counters["resyncs"] == 1
+
+
+def test_resyncs_are_rate_limited_and_only_when_the_history_holds_something():
+    link, client = ccp_session()
+    rng = random.Random(12)
+    client.auto = False
+    acks = lambda: [wppp.parse_cp(info)[0] for proto, info in client.collect() if proto == CCP]  # noqa: E731
+    link.send_ip(text_packet(rng), client.now)
+    link.peer_lost_frame(client.now)
+    assert acks() == [RESET_ACK] and link.ccp.compressor.seq == 0
+    link.peer_lost_frame(client.now + 2000)             # nothing sent since: nothing to restart
+    assert acks() == []
+    link.send_ip(text_packet(rng), client.now)
+    link.peer_lost_frame(client.now + 999)              # too soon after the last one
+    assert acks() == []
+    link.peer_lost_frame(client.now + 1000)
+    assert acks() == [RESET_ACK]
+    assert link.ccp_counters["resyncs"] == 2
+    packet = text_packet(rng)
+    link.send_ip(packet, client.now)
+    client.collect()
+    assert client.decompressed[-1] == (IP, packet)
+
+
 def test_peer_reset_request_clears_our_compressor_with_the_ack():
     link, client = ccp_session()
     rng = random.Random(10)

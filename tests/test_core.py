@@ -48,7 +48,7 @@ class FakeLink(object):
     def get_timer(self):
         return self.timer
 
-    def peer_lost_frame(self):
+    def peer_lost_frame(self, now=None):
         self.calls.append(("peer_lost_frame",))
 
     def probe(self, now):

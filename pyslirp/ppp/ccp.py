@@ -64,12 +64,30 @@ Identifier, and our compressor's history is cleared with that Ack.  While our
 decompressor is out of step, uncompressed packets are not added to its
 history (it is cleared at the Reset-Ack anyway).
 
+Resynchronising after a retransmission timeout (:meth:`Ccp.resync`).  A
+frame of ours lost on the line puts the peer's decompressor out of step,
+but it only finds out (and asks for a reset) when a *compressed* packet
+arrives, and that packet is then lost too.  TCP makes this systematic: bulk
+data is mostly incompressible and goes plain, so the first compressed packet
+after a loss is typically the retransmission of the lost segment -- which
+compresses so well precisely because its lost original is in our history,
+and which the peer therefore can never decompress.  Every other
+retransmission timeout was wasted that way on a noisy line (and each costs a
+doubled timeout).  So when the link hears of a retransmission timeout, we
+send a Reset-Ack of our own accord: it clears our compressor at that point
+of the output, before the retransmission is compressed, and Linux's
+``ppp_ccp_peek`` resets the decompressor on every Reset-Ack it receives,
+whatever its Identifier (pppd ignores one it did not ask for).  At most one a
+``RESYNC_MS``, and only when something entered the history since its last
+clearing.  A peer that ignored it would ask for a reset at the next
+compressed packet, as without it.
+
 Counters (``counters``): the automaton's, and ``compressed_out``,
 ``uncompressed_out`` (through the history but sent as they were),
 ``bytes_before``/``bytes_after`` (of those), ``decompressed_in``,
 ``uncompressed_in``, ``decompress_errors``, ``dropped_while_resetting``,
 ``reset_requests_sent``/``_received``, ``reset_acks_sent``/``_received``,
-``compressed_without_ccp`` (0x00FD with no decompressor running).
+``resyncs`` (Reset-Acks sent unasked, see above), ``compressed_without_ccp`` (0x00FD with no decompressor running).
 """
 
 import logging
@@ -106,6 +124,7 @@ _DEFLATE_VALUE = struct.Struct("!BB")
 DEFLATE_VALUE_LEN = _DEFLATE_VALUE.size
 
 RESET_REQUEST_MS = 1000      # pppd's RACKTIMEOUT
+RESYNC_MS = 1000             # at most one unasked Reset-Ack (resync) in this interval
 
 
 def deflate_value(window):
@@ -139,7 +158,7 @@ class Ccp(ControlProtocol, Transform):
         ControlProtocol.__init__(self, config, self._peek_output)
         for key in ("compressed_out", "uncompressed_out", "bytes_before", "bytes_after", "decompressed_in",
                     "uncompressed_in", "decompress_errors", "dropped_while_resetting", "reset_requests_sent",
-                    "reset_requests_received", "reset_acks_sent", "reset_acks_received",
+                    "reset_requests_received", "reset_acks_sent", "reset_acks_received", "resyncs",
                     "compressed_without_ccp"):
             self.counters[key] = 0
         self.want = [(CI_DEFLATE, deflate.MAX_WINDOW), (CI_DEFLATE_DRAFT, deflate.MAX_WINDOW)]
@@ -155,6 +174,7 @@ class Ccp(ControlProtocol, Transform):
         self._repeat = False               # packets were dropped since our last Reset-Request
         self._reset_id = 0
         self.reset_timer = None
+        self._resync_at = None             # when the last unasked Reset-Ack went out
 
     # -- the peek: what starts and stops compression ---------------------------------
 
@@ -272,6 +292,23 @@ class Ccp(ControlProtocol, Transform):
         self.counters["reset_requests_sent"] += 1
         self.fsm.send(RESET_REQUEST, self._reset_id)
         self.reset_timer = now + RESET_REQUEST_MS
+
+    def resync(self, now):
+        """The peer may have lost one of our frames (a TCP retransmission timeout): restart both histories.
+
+        Sends a Reset-Ack unasked (see "Resynchronising" above); True if one was sent.
+        """
+        compressor = self.compressor
+        if compressor is None or self.fsm.state != State.OPENED or compressor.seq == 0:
+            return False            # nothing entered the history since it was last cleared
+        if self._resync_at is not None and now - self._resync_at < RESYNC_MS:
+            return False
+        self._resync_at = now
+        self.counters["resyncs"] += 1
+        self.counters["reset_acks_sent"] += 1
+        # The Reset-Ack clears our compressor's history as it goes (see _peek_output).
+        self.fsm.send(RESET_ACK, self.fsm.next_id())
+        return True
 
     # -- timers -------------------------------------------------------------------------
 

@@ -375,10 +375,16 @@ class PPPLink(object):
         self._emit(wppp.PROTO_IP, packet, False)
         return True
 
-    def peer_lost_frame(self):
+    def peer_lost_frame(self, now=None):
         """The peer may have lost one of our frames (a TCP retransmission timeout): VJ refreshes its slots for
-        a while (ipcp.py, NOISY_PACKETS), as after a CCP Reset-Request."""
+        a while (ipcp.py, NOISY_PACKETS), as after a CCP Reset-Request, and CCP restarts the Deflate histories
+        with a Reset-Ack (ccp.py, "Resynchronising"), so that the retransmission is not compressed against
+        the lost original."""
+        if now is not None:
+            self._now = now
         self.ipcp.vj.peer_lost_frame()
+        if self.ccp is not None:
+            self.ccp.resync(self._now)
 
     def probe(self, now):
         """An LCP Echo-Request now (LCP.probe), to learn whether the line carries; False unless LCP is Opened."""
