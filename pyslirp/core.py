@@ -66,8 +66,10 @@ timers keep their backoff and there is no more probing until no connection
 is backed off.  Once a probe went unanswered the line is taken to be out; the
 first bytes received after that are the line's "connected again" and the
 stack retransmits at once (``IPStack.link_alive``), instead of after a
-backed-off timeout.  A backed-off connection also tells the link that the
-client may have lost a frame (``PPPLink.peer_lost_frame``): its Van Jacobson
+backed-off timeout.  A backed-off connection (each stack timer that finds
+one, probing or not), a fast retransmit (``IPStack.take_lost_frame_signal``,
+after input) and the line coming back after an outage also tell the
+link that the client may have lost a frame (``PPPLink.peer_lost_frame``): its Van Jacobson
 decompressor then discards the slot's packets until an uncompressed one, so
 ours are sent whole for a while and the next loss costs a fast retransmit;
 with Deflate, CCP restarts both histories with a Reset-Ack, so that the
@@ -148,6 +150,9 @@ class Core(object):
         self._last_rx = now
         self.link.receive_data(data, now)
         self._pump(now)
+        if self._stack_live and self.stack.take_lost_frame_signal():
+            # A fast retransmit is queued: the client lost a frame of ours (ppp/ccp.py, "Resynchronising").
+            self.link.peer_lost_frame(now)
         if self._probing:
             outage = self._outage
             self._probing = self._outage = False
@@ -155,6 +160,8 @@ class Core(object):
             if not outage:
                 self._line_ok = True
             elif self._stack_live:
+                # What went into the dead line is lost: the retransmissions now follow a resync.
+                self.link.peer_lost_frame(now)
                 self.stack.link_alive(now)
 
     def close(self, now, reason="pyslirp is shutting down"):
@@ -189,17 +196,18 @@ class Core(object):
         deadline = self.stack.get_timer()
         if deadline is not None and deadline <= now:
             self.stack.handle_timer(now)
-            if self._probe_at is None and self._stack_live:
+            if self._stack_live:
                 stalled = self.stack.stalled()
                 if stalled:
-                    # A retransmission timeout: the client may have lost a frame of ours, and its VJ
-                    # decompressor with it the slot (ppp/ipcp.py, NOISY_PACKETS), its Deflate
+                    # A retransmission timeout (probing or not): the client may have lost a frame of ours,
+                    # and its VJ decompressor with it the slot (ppp/ipcp.py, NOISY_PACKETS), its Deflate
                     # decompressor its step (ppp/ccp.py, "Resynchronising").
                     self.link.peer_lost_frame(now)
-                if self._line_ok and not stalled:
-                    self._line_ok = False
-                elif stalled and not self._line_ok:
-                    self._probe_at = now
+                if self._probe_at is None:
+                    if self._line_ok and not stalled:
+                        self._line_ok = False
+                    elif stalled and not self._line_ok:
+                        self._probe_at = now
         if self._probe_at is not None and self._probe_at <= now:
             self._probe(now)
 

@@ -49,7 +49,7 @@ class FakeLink(object):
         return self.timer
 
     def peer_lost_frame(self, now=None):
-        self.calls.append(("peer_lost_frame",))
+        self.calls.append(("peer_lost_frame", now))
 
     def probe(self, now):
         self.calls.append(("probe", now))
@@ -72,9 +72,14 @@ class FakeStack(object):
         self.packets = []
         self.timer = None
         self.suspended = False
+        self.lost_frame = False
 
     def receive_packet(self, packet, now):
         self.calls.append(("receive_packet", packet, now))
+
+    def take_lost_frame_signal(self):
+        lost, self.lost_frame = self.lost_frame, False
+        return lost
 
     def handle_timer(self, now):
         self.calls.append(("handle_timer", now))
@@ -162,15 +167,32 @@ def test_a_stalled_flow_tells_the_link_and_probes_the_silent_line_then_retransmi
     core.receive_serial(b"x", 10)                   # the last bytes from the line
     stack.timer = 20                                # an RTO runs
     core.handle_timer(20)
-    assert ("peer_lost_frame",) in link.calls       # VJ refreshes: the client may have lost a frame
+    assert ("peer_lost_frame", 20) in link.calls    # VJ refreshes, CCP resyncs: the client may have lost a frame
     assert core.get_timer() == 10 + PROBE_MS        # silent for PROBE_MS: then a probe
     core.handle_timer(10 + PROBE_MS)
     assert ("probe", 10 + PROBE_MS) in link.calls
+    stack.timer = 10 + PROBE_MS + 50                # another retransmission timeout while probing
+    core.handle_timer(10 + PROBE_MS + 50)
+    assert ("peer_lost_frame", 10 + PROBE_MS + 50) in link.calls
     core.handle_timer(10 + 2 * PROBE_MS)            # unanswered: the line is out
     assert ("probe", 10 + 2 * PROBE_MS) in link.calls
     core.receive_serial(b"y", 10 + 2 * PROBE_MS + 5)
     assert ("link_alive", 10 + 2 * PROBE_MS + 5) in stack.calls
+    # What went into the dead line is lost: the link hears of it before the retransmissions.
+    assert ("peer_lost_frame", 10 + 2 * PROBE_MS + 5) in link.calls
     assert core.probes == 2
+
+
+def test_a_fast_retransmit_tells_the_link_before_the_retransmission_is_framed():
+    core, link, stack = make()
+    link.is_up = True
+    link.events = [LinkUp("10.0.0.1", "10.0.0.2", 1500)]
+    core.lower_up(1)
+    core.receive_serial(b"ack", 10)
+    assert not [c for c in link.calls if c[0] == "peer_lost_frame"]
+    stack.lost_frame = True                         # the third duplicate ACK queued a fast retransmit
+    core.receive_serial(b"dup ack", 20)
+    assert [c for c in link.calls if c[0] == "peer_lost_frame"] == [("peer_lost_frame", 20)]
 
 
 def test_a_promptly_answered_probe_does_not_count_as_the_line_returning():

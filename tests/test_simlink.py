@@ -288,12 +288,14 @@ def run(seed, size, loss=0.0, dup=0.0, corrupt=0.0, jitter=0, budget_per_ms=None
         client.connect(now)
     step = 5
     down_done = None
+    lost_signals = 0                # fast retransmits the stack reported (IPStack.take_lost_frame_signal)
     while now < limit_ms:
         for client, _ in sims:
             for packet in client.take():
                 to_stack.put(packet, now)
         for packet in to_stack.due(now):
             stack.receive_packet(packet, now)
+        lost_signals += stack.take_lost_frame_signal()
         t = stack.get_timer()
         if t is not None and t <= now:
             stack.handle_timer(now)
@@ -331,7 +333,8 @@ def run(seed, size, loss=0.0, dup=0.0, corrupt=0.0, jitter=0, budget_per_ms=None
         now += step
     client, service = sims[0]
     return Result(stack=stack, sims=sims, client=client, service=service, to_stack=to_stack,
-                  to_client=to_client, now=now, up=client.data, down=service.data, down_done=down_done)
+                  to_client=to_client, now=now, up=client.data, down=service.data, down_done=down_done,
+                  lost_signals=lost_signals)
 
 
 class Result(object):
@@ -357,6 +360,7 @@ def test_clean_link_delivers_everything():
     check_delivery(r)
     assert r.client.retransmits == 0 and r.client.bad_packets == 0
     assert r.stack.counters == {}
+    assert r.lost_signals == 0
 
 
 @pytest.mark.parametrize("seed", [11, 12])
@@ -374,6 +378,8 @@ def test_hostile_link_delivers_every_byte_intact(seed):
     assert caught == r.to_stack.corrupted
     assert counters.get("ip_bad_checksum", 0) > 0 and counters.get("tcp_bad_checksum", 0) > 0
     assert r.client.retransmits > 0
+    # Our fast retransmits were reported: the link resynchronises its compressor before framing them.
+    assert r.lost_signals > 0
 
 
 def test_budget_limits_bulk_output():

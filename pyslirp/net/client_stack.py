@@ -135,7 +135,7 @@ class FlowClosed:
 
 class _Flow(object):
     __slots__ = ("flow_id", "host", "port", "conn", "key", "deadline", "connected", "granted", "received",
-                 "backlog", "eof", "gone", "reported", "icmp_code", "lingering")
+                 "backlog", "eof", "gone", "reported", "icmp_code", "lingering", "fast_seen")
 
     def __init__(self, flow_id, host, port, deadline):
         self.flow_id = flow_id
@@ -153,6 +153,7 @@ class _Flow(object):
         self.reported = False           # FlowRefused / FlowClosed emitted
         self.icmp_code = -1             # of the ICMP unreachable that ended the open
         self.lingering = False          # reported closed, its connection in TIME_WAIT
+        self.fast_seen = 0              # conn.fast_retransmits already reported (take_lost_frame_signal)
 
     def describe(self):
         return "flow %d to %s:%d" % (self.flow_id, ip_str(self.host), self.port)
@@ -205,6 +206,7 @@ class ClientStack(object):
         self.header_compression = False # the link compresses TCP/IP headers (VJ): SYNs offer no timestamps
         self.suspended = False          # the client role never holds flows across a lost line
         self._flows = {}                # flow_id -> _Flow
+        self._lost_frame = False        # a fast retransmit since take_lost_frame_signal
         self._by_key = {}               # (remote address, remote port, local port) -> _Flow
         self._waiting = []              # flows opened before the link came up
         self._control = []              # datagrams not of a flow (RSTs for strays)
@@ -265,6 +267,13 @@ class ClientStack(object):
     def take_delay_signal(self):
         """The client role measures no delay signal for the line's pace (the server side does): None."""
         return None
+
+    def take_lost_frame_signal(self):
+        """True once after some flow made a fast retransmit (as IPStack.take_lost_frame_signal: the link may
+        have to resynchronise a compressor before the retransmission is framed)."""
+        lost = self._lost_frame
+        self._lost_frame = False
+        return lost
 
     def reconfigure(self, config, now):
         self.config = config
@@ -633,6 +642,9 @@ class ClientStack(object):
                 if rec.gone:
                     return
                 self._on_event(rec, event, now)
+        if conn.fast_retransmits != rec.fast_seen:
+            rec.fast_seen = conn.fast_retransmits
+            self._lost_frame = True
         if not rec.gone:
             if rec.connected and not rec.reported and conn.state is TcpState.TIME_WAIT:
                 # Both FINs exchanged: the flow is done for the user; the connection lingers in

@@ -308,7 +308,8 @@ class _Flow(object):
 class _Conn(_Flow):
     """The stack's bookkeeping around one TcpConnection."""
     __slots__ = ("conn", "syn_ip", "accepted", "established", "granted", "received", "backlog", "eof",
-                 "peer_fin", "service_closed", "reason", "error", "small_at", "small_count", "cookie", "queued")
+                 "peer_fin", "service_closed", "reason", "error", "small_at", "small_count", "cookie", "queued",
+                 "fast_seen")
 
     def __init__(self, flow_id, key, route, conn, syn_ip, now):
         _Flow.__init__(self, flow_id, key, route, now)
@@ -329,6 +330,7 @@ class _Conn(_Flow):
         self.waiting = True
         self.cookie = False             # the handshake completed with a SYN cookie (before the service connect)
         self.queued = False             # ... and its ServiceConnect waits for a token (IPStack._token_wait)
+        self.fast_seen = 0              # conn.fast_retransmits already reported (IPStack.take_lost_frame_signal)
 
     @property
     def conn_id(self):
@@ -377,6 +379,7 @@ class IPStack(object):
         self.line_rate = None
         self.header_compression = False # the link compresses TCP/IP headers (Van Jacobson): no timestamps
         self._delay_min = None          # ms: the smallest small-segment RTT since take_delay_signal
+        self._lost_frame = False        # a fast retransmit since take_lost_frame_signal
         self._bulk_in_at = None         # ms: when the client's latest bulk segment arrived
         self._fitted = (None, False)    # (line rate, interactive) the connections were last fitted to
         self._conn_configs = {}         # (announced mss, timestamps) -> TcpConfig for new connections
@@ -1053,6 +1056,9 @@ class IPStack(object):
                 if rec.gone:
                     return had
                 self._on_event(rec, event, now)
+        if conn.fast_retransmits != rec.fast_seen:
+            rec.fast_seen = conn.fast_retransmits
+            self._lost_frame = True
         sample = conn.rtt_sample
         if sample is not None:
             conn.rtt_sample = None
@@ -1656,6 +1662,13 @@ class IPStack(object):
                 self._after(rec, now)
         self._drop_link_state()
         return True
+
+    def take_lost_frame_signal(self):
+        """True once after some connection made a fast retransmit: the client lost a segment of ours, and the
+        link may have to resynchronise a compressor before the retransmission is framed (ppp/ccp.py)."""
+        lost = self._lost_frame
+        self._lost_frame = False
+        return lost
 
     def stalled(self):
         """Some connection waits out a backed-off retransmission timer (TcpConnection.backed_off)."""

@@ -73,8 +73,9 @@ after a loss is typically the retransmission of the lost segment -- which
 compresses so well precisely because its lost original is in our history,
 and which the peer therefore can never decompress.  Every other
 retransmission timeout was wasted that way on a noisy line (and each costs a
-doubled timeout).  So when the link hears of a retransmission timeout, we
-send a Reset-Ack of our own accord: it clears our compressor at that point
+doubled timeout).  So when the link hears of a retransmission timeout or a
+fast retransmit (``PPPLink.peer_lost_frame``, from the Core), we send a
+Reset-Ack of our own accord: it clears our compressor at that point
 of the output, before the retransmission is compressed, and Linux's
 ``ppp_ccp_peek`` resets the decompressor on every Reset-Ack it receives,
 whatever its Identifier (pppd ignores one it did not ask for).  At most one a
