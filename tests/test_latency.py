@@ -589,3 +589,29 @@ def test_a_clean_9600_line_sends_nothing_twice():
     assert clean_line_transfer(11520, 3)[0].retransmits == 0
     fast = Client(make_stack(rate=2000000), 40001)
     assert fast.conn.rto_slack == 0
+
+
+def test_echoed_keystrokes_keep_the_window_field_once_the_line_turns_interactive():
+    # One connection on an idle 115200 line: after a few keystrokes the line counts as interactive and the
+    # connection's receive window limit falls from the bulk window to two segments.  The echoes' window field
+    # stays what it was (no bulk came to close it), so each answer's TCP/IP header compresses to VJ's 3 bytes
+    # (RFC 1144 3.2.3): a changed window would add 5 bytes to every answer for some 66 exchanges.
+    stack = make_stack(rate=RATE)
+    c = Client(stack, 40001)
+    windows = []
+    now = 0
+    for i in range(80):
+        now += 250
+        c.send(tcp.ACK | tcp.PSH, bytes([i]) * 64, now=now)
+        sends = [e for e in stack.take_events() if hasattr(e, "data")]
+        assert [len(e.data) for e in sends] == [64]
+        stack.service_written(c.conn_id, 64, now)
+        stack.service_data(c.conn_id, sends[0].data, now)
+        out = [parse(p) for _, p in stack.take_packets(3000, allow_one_over=True)]
+        answers = [seg for seg in out if seg.payload]
+        assert len(answers) == 1 and answers[0].payload == sends[0].data
+        assert len(out) == 1                    # no window update nor bare ACK of its own
+        windows.append(answers[0].window)
+        c.deliver(answers[0], now, ack=False)   # the next keystroke acknowledges it
+    assert c.conn.rcv_limit == stack_mod.MIN_WINDOW_SEGMENTS * c.conn.our_mss     # interactive all along
+    assert len(set(windows)) == 1, windows

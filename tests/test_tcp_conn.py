@@ -10,6 +10,7 @@ import pytest
 
 from test_tcp_harness import (ACK, CLIENT_ISS, FIN, OUR_ISS, PSH, RST, SYN, Conn, TcpConfig,
                               TcpRepr, TcpState, seq_add)
+from pyslirp.net.tcp.seq import seq_le
 from pyslirp.net.tcp.conn import rst_for
 from pyslirp.net.tcp.events import (CLOSED, ESTABLISHED, PEER_FIN, READABLE, RESET, TIMED_OUT, WRITABLE,
                                     Closed, Readable)
@@ -492,3 +493,35 @@ def test_an_echo_exchange_leaves_the_window_field_unchanged():
         h.conn.read()
         out = h.recv(at=1000 * i + 500)         # the delayed ACK
         assert out and out[-1].window == 4096 - 64 * (i + 1), out
+
+
+def test_a_lowered_window_limit_closes_the_window_against_bulk_only():
+    # The stack lowers rcv_limit when interactive traffic starts sharing a slow line.  Echoed keystrokes keep
+    # the window field they had (VJ's 3-byte header, RFC 1144 3.2.3); the first bulk segment starts closing
+    # the window toward the limit, by holding the right edge (RFC 9293 3.8.6.2.2: it never moves left).
+    h = Conn(config=TcpConfig(timestamps=False, rcvbuf=8192))
+    fields = []
+    for i in range(10):
+        if i == 3:
+            h.conn.rcv_limit = 1024
+        h.send(ACK | PSH, payload=b"k" * 64, at=100 * i)
+        data = h.conn.read()
+        h.conn.consumed(len(data), h.now)
+        h.conn.send(data, h.now)
+        out = h.recv()
+        (echo,) = [s for s in out if s.payload]
+        fields.append(echo.window)
+        h.ack_all(out)
+    assert len(set(fields)) == 1 and fields[0] > 4096, fields
+    edge = seq_add(h.cseq, fields[0])
+    windows = []
+    for i in range(8):
+        h.send(ACK, payload=b"b" * 512, at=2000 + 10 * i)
+        h.conn.consumed(len(h.conn.read()), h.now)
+        for s in h.recv(at=2000 + 10 * i + 5):
+            windows.append(s.window)
+            assert seq_le(seq_add(s.ack, s.window), edge)    # the right edge never moves on
+    for s in h.recv(at=3000):
+        windows.append(s.window)
+    assert windows and windows[-1] == fields[0] - 512 * 8, windows
+    assert windows == sorted(windows, reverse=True)

@@ -189,6 +189,8 @@ DEFAULT_MSS = 536          # RFC 9293 3.7.1 (MUST-15): assume 536 when the SYN c
 MIN_MSS = 64               # floor against absurdly small peer MSS values
 MAX_WSCALE = 14            # RFC 7323 2.3
 MAX_WINDOW_FIELD = 0xFFFF
+SMALL_SEGMENT = 64         # payload bytes: at most this is a keystroke or its echo, not bulk (the stack's
+                           # SMALL_PAYLOAD)
 _MAX_CTL = 8               # control segments queued between two take_segments() calls
 
 
@@ -366,6 +368,7 @@ class TcpConnection(object):
         self.rcv_nxt = seq_add(syn.seq, 1)
         self.rcv_adv = self.rcv_nxt     # right edge of the window we advertised
         self._adv_size = 0              # the window (bytes) the last segment advertised
+        self._bulk_in = False           # a segment larger than SMALL_SEGMENT arrived since that segment
         self.last_ack_sent = self.rcv_nxt
         self._rx = bytearray()          # in order, not yet read()
         self._rx_unconsumed = 0         # read() but not yet consumed()
@@ -750,7 +753,20 @@ class TcpConnection(object):
         size = self._adv_size
         if cur < size <= space and size >= min(self._rcv_buf() // 2, self.our_mss):
             return size
+        # A lowered ``rcv_limit`` (a slow line that interactive traffic now shares) closes the window by
+        # holding the right edge, but only against bulk: the limit bounds what the client queues toward the
+        # line, and a client sending only keystrokes has queued nothing.  Held against small segments too, it
+        # would change the window field on every echo for dozens of exchanges (a 5 KB window closing by 64
+        # bytes each), each answer 5 bytes longer under Van Jacobson compression; the first bulk segment
+        # still starts the closing.
+        if (cur < size and not self._bulk_in and size <= self._free_space()
+                and size >= min(self._rcv_buf() // 2, self.our_mss)):
+            return size
         return cur
+
+    def _free_space(self):
+        """Free receive buffer space, regardless of ``rcv_limit``."""
+        return max(0, self.config.rcvbuf - len(self._rx) - self._rx_unconsumed)
 
     def _select_window(self):
         """The 16-bit window field for an outgoing segment; records the advertised right edge."""
@@ -765,6 +781,7 @@ class TcpConnection(object):
         if seq_gt(edge, self.rcv_adv):
             self.rcv_adv = edge
         self._adv_size = field << ws
+        self._bulk_in = False
         return field
 
     # ============================================================== output
@@ -1609,6 +1626,8 @@ class TcpConnection(object):
         """In-order bytes at RCV.NXT, then whatever the reassembly queue now joins."""
         had_ooo = bool(self._ooo)
         n = len(payload)
+        if n > SMALL_SEGMENT or had_ooo:
+            self._bulk_in = True
         self._rx += payload
         self.rcv_nxt = seq_add(self.rcv_nxt, n)
         self.bytes_in += n
