@@ -162,6 +162,25 @@ def test_service_connection_moves_bytes_both_ways_within_credit(servers):
     assert server.result.get(timeout=5) == 11
 
 
+def test_service_send_goes_out_on_the_calling_thread_while_nothing_is_queued(servers):
+    # A keystroke reaches the service without a hand-off to the connection's thread: by the time send()
+    # returns, the bytes are in the socket and reported written.
+    server, inbox, manager = connected_service(servers, recv_all, 11)
+    manager.handle(ServiceSend(11, b"k" * 64))
+    assert inbox.q.get_nowait() == ("svc_written", 11, 64)
+    # A service that stops reading: what the socket does not take is queued, and everything still arrives once,
+    # in order, counted once.
+    payload = os.urandom(8 << 20)
+    for i in range(0, len(payload), 65536):
+        manager.handle(ServiceSend(11, payload[i:i + 65536]))
+    manager.handle(ServiceShutdown(11))
+    written = 0
+    while written < len(payload):
+        written += inbox.get("svc_written")[2]
+    assert written == len(payload)
+    assert server.result.get(timeout=10) == b"k" * 64 + payload
+
+
 def test_service_read_credit_is_backpressure(servers):
     payload = os.urandom(300000)
 

@@ -18,7 +18,10 @@ bounded without a limit of its own here:
 * client -> service: ``ServiceSend`` data waits in a queue until the socket
   takes it; each ``send`` is reported (``svc_written``), which is what opens
   the client's TCP receive window again.  The queue therefore never holds
-  more than one receive window.
+  more than one receive window.  While nothing is queued, the stack thread
+  sends on the (non-blocking) socket itself, and queues only what the socket
+  did not take: a keystroke then reaches the service without waiting for the
+  connection's thread to wake up and take the interpreter lock.
 * service -> client: the thread reads only as many bytes as it has been
   granted (``ServiceReadCredit``, i.e. free room in the TCP send buffer).
   With no credit it does not poll the socket for input at all, so the
@@ -175,6 +178,7 @@ class ServiceConnection(object):
         self._credit = 0
         self._shutdown_requested = False
         self._abort = None                      # reason, once ServiceClose arrived
+        self._direct = None                     # the connected socket, while the stack thread may send on it
         self._wakeup = Wakeup()
         self._done = threading.Event()
         self._starter = None
@@ -192,8 +196,31 @@ class ServiceConnection(object):
 
     def send(self, data):
         with self._lock:
+            sock = self._direct
+            if sock is not None and not self._pending and not self._shutdown_requested and self._abort is None:
+                # Nothing queued, so nothing can be overtaken: send at once on this thread.  What the socket
+                # does not take (it is full, or failed: the connection's thread meets the error itself and
+                # reports it) is queued for the connection's thread as before.
+                try:
+                    n = sock.send(data)
+                except (BlockingIOError, InterruptedError):
+                    n = 0
+                except OSError:
+                    n = 0
+                    self._direct = None
+                if n:
+                    self.bytes_to_service += n
+                    self._post(("svc_written", self.conn_id, n))
+                    if n == len(data):
+                        return
+                    data = data[n:]
             self._pending.append(data)
         self._wake()
+
+    def _allow_direct(self, sock):
+        """From now on the stack thread may send on ``sock`` while nothing is queued (None: no longer)."""
+        with self._lock:
+            self._direct = sock
 
     def add_credit(self, nbytes):
         with self._lock:
@@ -247,8 +274,10 @@ class ServiceConnection(object):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
+            self._allow_direct(sock)
             self._post(("svc_connected", self.conn_id, index, _failures(failed, targets)))
             abort = self._serve(sock)
+            self._allow_direct(None)
             self._close(sock, abort)
             sock = None
         except Exception:
@@ -256,6 +285,7 @@ class ServiceConnection(object):
             self._post(("svc_error", self.conn_id, "internal error"))
         finally:
             if sock is not None:
+                self._allow_direct(None)
                 self._close(sock, abort=True)
             self._wakeup.close()
             self._done.set()
@@ -360,7 +390,8 @@ class ServiceConnection(object):
             self._post(("svc_error", self.conn_id, _reason(exc)))
             return False
         if written:
-            self.bytes_to_service += written
+            with self._lock:                # the stack thread counts its own sends too
+                self.bytes_to_service += written
             self._post(("svc_written", self.conn_id, written))
         return True
 

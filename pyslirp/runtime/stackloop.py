@@ -403,6 +403,10 @@ class Runtime(object):
         core = self.core
         writer = self.writer
         self._reflush_at = None
+        # Events first: a service's data goes to its socket (runtime/services.py sends it on this thread while
+        # nothing is queued there) before the line's output is built, so that the service is already answering
+        # while this thread frames; then the line's frames; then what building them raised.
+        self._handle_events(now)
         if writer is not None:
             target = writer.target()
             backlog = writer.backlog()
@@ -420,6 +424,11 @@ class Runtime(object):
                 writer.set_delay_signal(rtt)
         else:
             core.take_serial_output(0, now)
+        self._handle_events(now)
+
+    def _handle_events(self, now):
+        """The Core's events, each to the thread or record it is for."""
+        core = self.core
         downs = []
         for event in core.take_events():
             if self.services.handle(event) or self.datagrams.handle(event):
