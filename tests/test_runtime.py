@@ -1059,3 +1059,57 @@ def test_client_tcp_connection_reaches_a_loopback_service_through_the_runtime(se
         thread.join(5)
         os.close(to_rt)
         os.close(from_rt)
+
+
+def test_writer_takes_a_short_hand_over_on_the_callers_thread_when_idle():
+    # An echo for an idle line is written by the stack thread itself: by the time put_all returns the bytes are
+    # in the pipe and reported written, with no wake-up of the writer thread on the way.
+    endpoint, to_rt, from_rt = pipe_endpoint()
+    os.set_blocking(from_rt, False)
+    inbox = Inbox()
+    writer = serialio.SerialWriter(endpoint, inbox.post, lambda reason: None)
+    writer.start()
+    try:
+        assert writer.put_all([b"\x7eecho\x7e", b"\x7eack\x7e"]) == 11
+        assert os.read(from_rt, 100) == b"\x7eecho\x7e\x7eack\x7e"
+        assert inbox.q.get_nowait() == ("written", writer, 11)
+        assert writer.queued == 0 and writer.writes == 1
+        # More than DIRECT_MAX: the writer thread's, in the order given.
+        big = [bytes([65 + i]) * 300 for i in range(4)]
+        assert writer.put_all(big) == 1200
+        got = b""
+        deadline = time.monotonic() + 5
+        while len(got) < 1200 and time.monotonic() < deadline:
+            try:
+                got += os.read(from_rt, 4096)
+            except BlockingIOError:
+                time.sleep(0.01)
+        assert got == b"".join(big)
+    finally:
+        writer.stop()
+        writer.join(5)
+        endpoint.close()
+        os.close(to_rt)
+        os.close(from_rt)
+
+
+def test_writer_leaves_a_short_hand_over_to_its_thread_when_the_endpoint_could_block():
+    class Full(SlowEndpoint):
+        def can_write_now(self):
+            return False
+    endpoint = Full()
+    endpoint.writes.append(b"")             # no write blocks
+    inbox = Inbox()
+    writer = serialio.SerialWriter(endpoint, inbox.post, lambda reason: None)
+    writer.start()
+    try:
+        caller = threading.get_ident()
+        seen = []
+        original = endpoint.write
+        endpoint.write = lambda data: (seen.append(threading.get_ident()), original(data))
+        assert writer.put_all([b"k" * 72]) == 72
+        assert inbox.get("written") == ("written", writer, 72)
+        assert endpoint.writes[1:] == [b"k" * 72] and seen and caller not in seen
+    finally:
+        writer.stop()
+        writer.join(5)
