@@ -224,8 +224,13 @@ class ServiceConnection(object):
 
     def add_credit(self, nbytes):
         with self._lock:
+            idle = self._credit <= 0
             self._credit += nbytes
-        self._wake()
+        # With credit left the thread already polls the socket for input (it reads the credit under the same
+        # lock before each poll): only credit after none changes what it waits for.  Waking it for every ACK
+        # of an echo would cost a system call and a thread switch on the stack thread's way to the next one.
+        if idle:
+            self._wake()
 
     def shutdown(self):
         with self._lock:
