@@ -327,11 +327,27 @@ def rate_between(samples, t_from, t_to):
 
 
 def steady_rate(rec, warmup, seconds):
-    """Receiver goodput over [first byte + warmup, first byte + seconds - 1]."""
+    """Receiver goodput over the steady state, [first byte + warmup, first byte + seconds - 1], between arrivals.
+
+    Measured from the first arrival sample in that span to the last one (bytes that arrived after the first,
+    over the time between them), not interpolated to the span's ends: on a slow line data arrives a segment at
+    a time (1.5 s apart at 9600 bit/s), the transfer stops ``seconds`` after its start (the first byte came
+    a segment's line time later), and interpolating up to ``first + seconds - 1`` counted the tail after the
+    last arrival, and the segment cut off by the end, as a line standing idle: 4-14% of 16 s at 9600.
+    """
     first = rec.get("first")
     if first is None:
         return 0.0
-    return rate_between(rec["samples"], first + warmup, first + seconds - 1.0)
+    t_from, t_to = first + warmup, first + seconds - 1.0
+    arrivals = []
+    for t, total in rec["samples"]:
+        if not arrivals or total > arrivals[-1][1]:
+            arrivals.append((t, total))
+    inside = [a for a in arrivals if t_from <= a[0] <= t_to]
+    if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+        return rate_between(rec["samples"], t_from, t_to)
+    (t0, b0), (t1, b1) = inside[0], inside[-1]
+    return (b1 - b0) / (t1 - t0)
 
 
 def probe_message(n):
