@@ -181,6 +181,19 @@ def test_service_send_goes_out_on_the_calling_thread_while_nothing_is_queued(ser
     assert server.result.get(timeout=10) == b"k" * 64 + payload
 
 
+def test_the_stack_threads_own_sends_are_reported_to_it_directly(servers):
+    server = servers(recv_all)
+    inbox = Inbox()
+    here = []
+    manager = ServiceManager(inbox.post, written_here=lambda conn_id, n: here.append((conn_id, n)))
+    manager.handle(connect_event(12, "127.0.0.1", server.port))
+    assert inbox.get() == ("svc_connected", 12, 0, ())
+    manager.handle(ServiceSend(12, b"k" * 64))
+    assert here == [(12, 64)] and inbox.quiet(0.1) is None
+    manager.handle(ServiceShutdown(12))
+    assert server.result.get(timeout=5) == b"k" * 64
+
+
 def test_service_read_credit_is_backpressure(servers):
     payload = os.urandom(300000)
 

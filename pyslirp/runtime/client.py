@@ -92,6 +92,7 @@ class LocalConnection(ServiceConnection):
         self._shutdown_requested = False
         self._abort = None
         self._direct = None
+        self._written_here = None
         self._wakeup = Wakeup()
         self._outcome = None            # ("connected",) or ("refused", reason, icmp_code)
         self._decided = threading.Event()

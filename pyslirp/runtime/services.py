@@ -164,8 +164,11 @@ def deliver(conn, event):
 
 
 class ServiceConnection(object):
-    def __init__(self, conn_id, route, post, connect_timeout=CONNECT_TIMEOUT, proxy=None):
+    def __init__(self, conn_id, route, post, connect_timeout=CONNECT_TIMEOUT, proxy=None, written_here=None):
         self.name = "service-%d" % conn_id
+        # How the bytes send() wrote itself are reported: ``written_here(conn_id, nbytes)`` on the calling (stack)
+        # thread, or, without it, an "svc_written" posted like the thread's own.
+        self._written_here = written_here
         self.conn_id = conn_id
         self.route = route
         self.host = route.host
@@ -210,7 +213,10 @@ class ServiceConnection(object):
                     self._direct = None
                 if n:
                     self.bytes_to_service += n
-                    self._post(("svc_written", self.conn_id, n))
+                    if self._written_here is not None:
+                        self._written_here(self.conn_id, n)
+                    else:
+                        self._post(("svc_written", self.conn_id, n))
                     if n == len(data):
                         return
                     data = data[n:]
@@ -416,10 +422,11 @@ class ServiceConnection(object):
 class ServiceManager(object):
     """Routes the stack's service events to connection threads (stack thread only)."""
 
-    def __init__(self, post, connect_timeout=CONNECT_TIMEOUT, proxy=None):
+    def __init__(self, post, connect_timeout=CONNECT_TIMEOUT, proxy=None, written_here=None):
         self._post = post
         self._connect_timeout = connect_timeout
         self._proxy = proxy
+        self._written_here = written_here       # see ServiceConnection
         self.connections = {}
         self.started = 0
         self._threads = SpareThread()
@@ -432,7 +439,8 @@ class ServiceManager(object):
         if isinstance(event, ServiceConnect):
             log.debug("connection %d: %s: connecting to %s", event.conn_id, event.flow.describe(),
                       event.route.describe())
-            conn = ServiceConnection(event.conn_id, event.route, self._post, self._connect_timeout, self._proxy)
+            conn = ServiceConnection(event.conn_id, event.route, self._post, self._connect_timeout, self._proxy,
+                                     written_here=self._written_here)
             self.connections[event.conn_id] = conn
             self.started += 1
             conn.start(self._threads)
