@@ -545,13 +545,16 @@ def test_backlog_of_a_pipe_is_its_unread_bytes():
 
 # -- the retransmission timeout on a slow line ------------------------------------------------------------------
 
-def clean_line_transfer(rate, seconds, bound=128, delack=15):
+def clean_line_transfer(rate, seconds, bound=128, delack=15, keys_until=0):
     """Bulk to the client over a clean line of ``rate`` bytes/s, fed as the runtime feeds it (``bound`` bytes
     queued at most, one frame may exceed it); the client acknowledges each segment ``delack`` ms after it
-    arrived.  Returns the connection and the bytes delivered."""
+    arrived.  Until ``keys_until`` ms a second connection sends a keystroke every 200 ms (interactive traffic
+    shares the line: bulk segments are cut small until INTERACTIVE_HOLD after the last one).  Returns the bulk
+    connection and the bytes delivered."""
     import collections
     stack = make_stack(rate=rate)
     c = Client(stack, 40001)
+    keys = Client(stack, 40002) if keys_until else None
     line = collections.deque()
     acks = collections.deque()
     busy = 0.0
@@ -559,6 +562,8 @@ def clean_line_transfer(rate, seconds, bound=128, delack=15):
         t = stack.get_timer()
         if t is not None and t <= now:
             stack.handle_timer(now)
+        if keys is not None and now < keys_until and now % 200 == 0:
+            keys.send(tcp.ACK | tcp.PSH, b"k", now=now)
         if c.conn.send_space > 4096 and now % 50 == 0:
             stack.service_data(c.conn_id, b"d" * 2048, now)
         stack.take_events()
@@ -567,14 +572,29 @@ def clean_line_transfer(rate, seconds, bound=128, delack=15):
             busy = max(busy, now) + (len(packet) + 7) * 1000.0 / rate
             line.append((busy, parse(packet)))
         while line and line[0][0] <= now:
+            seg = line.popleft()[1]
+            if keys is not None and seg.dst_port == keys.port:
+                keys.deliver(seg, now)
+                continue
             before = len(c.data)
-            c.deliver(line.popleft()[1], now, ack=False)
+            c.deliver(seg, now, ack=False)
             if len(c.data) > before:
                 acks.append(now + delack)
         while acks and acks[0] <= now:
             acks.popleft()
             c.send(tcp.ACK, now=now)
     return c.conn, len(c.data)
+
+
+def test_segments_growing_after_interactive_traffic_are_not_sent_twice():
+    # At 9600 bit/s keystrokes cut bulk segments to 256 bytes (0.3 s of line); INTERACTIVE_HOLD after the last
+    # one they grow to 1460 (1.5 s).  The RTO's least variation term grows with them at once, not at the next
+    # round-trip sample: the first large segments' round trips (one on the line, one queued behind it) would
+    # otherwise outlast an RTO learnt on small ones, and each spurious retransmission costs 1.5 s of line.
+    conn, delivered = clean_line_transfer(960, 20, keys_until=3000)
+    assert conn.segment_limit is None and conn.send_mss == 1460
+    assert conn.retransmits == 0
+    assert delivered >= 0.8 * 960 * 18
 
 
 def test_a_clean_9600_line_sends_nothing_twice():

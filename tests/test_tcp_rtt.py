@@ -72,3 +72,19 @@ def test_slack_is_the_least_variation_term():
     est.slack = 0
     est.sample(1600)
     assert est.rto < 1610
+
+
+def test_a_new_slack_applies_at_once_without_a_sample():
+    est = RttEstimator(min_rto=200)
+    est.slack = 800
+    est.sample(300)
+    for _ in range(30):
+        est.sample(300)                 # RTTVAR decays: the slack is what is left of the variation term
+    assert est.rto == 300 + 800
+    est.slack = 2000                    # the line's segments grew: the next timer uses the new term
+    assert est.rto == 300 + 2000
+    est.on_timeout()
+    assert est.rto == (300 + 2000) * 2
+    before = RttEstimator(min_rto=200)
+    before.slack = 5000                 # no sample yet: the initial RTO stands until the first one
+    assert before.rto == 1000

@@ -44,8 +44,20 @@ class RttEstimator(object):
         self.srtt = None        # float ms, None before the first sample
         self.rttvar = None
         self.backoff = 0        # number of doublings since the last sample
-        self.slack = 0          # ms: the least variation term (see "slack" above)
+        self._slack = 0         # ms: the least variation term (see "slack" above)
         self._base = initial_rto
+
+    @property
+    def slack(self):
+        return self._slack
+
+    @slack.setter
+    def slack(self, ms):
+        """A new least variation term applies at once, not from the next sample: when a slow line's segments grow
+        (interactive traffic has gone), the RTO learnt on small ones would expire under the first large ones."""
+        self._slack = ms
+        if self.srtt is not None:
+            self._base = self._compute()
 
     @property
     def rto(self):
@@ -67,7 +79,10 @@ class RttEstimator(object):
             self.rttvar = (1 - beta) * self.rttvar + beta * abs(self.srtt - rtt)
             self.srtt = (1 - alpha) * self.srtt + alpha * rtt
         self.backoff = 0
-        self._base = self._clamp(int(math.ceil(self.srtt + max(self.granularity, 4 * self.rttvar, self.slack))))
+        self._base = self._compute()
+
+    def _compute(self):
+        return self._clamp(int(math.ceil(self.srtt + max(self.granularity, 4 * self.rttvar, self._slack))))
 
     def _clamp(self, rto):
         # RFC 6298 2.4 / 2.5: a lower bound (configurable; 1 s in the RFC) and an upper bound (>= 60 s).
