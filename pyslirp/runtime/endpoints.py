@@ -113,10 +113,6 @@ class Endpoint(object):
     def out_waiting(self):
         return 0
 
-    def can_write_now(self):
-        """True when a short write (a few hundred bytes) would not block now; False where unknown."""
-        return False
-
     def cancel(self):
         """Make blocked read()/write() calls return soon."""
 
@@ -186,15 +182,6 @@ class FdEndpoint(Endpoint):
             except OSError as exc:
                 raise LineGone(os.strerror(exc.errno) if exc.errno else str(exc))
             view = view[n:]
-
-    def can_write_now(self):
-        if self._cancelled or self._closed:
-            return False
-        try:
-            _, ready, _ = select.select([], [self.wfd], [], 0)
-        except (OSError, ValueError):
-            return False
-        return bool(ready)
 
     def out_waiting(self):
         """Bytes the OS has accepted but the line has not taken yet.
@@ -470,16 +457,6 @@ class PySerialEndpoint(Endpoint):
             return self.ser.out_waiting
         except Exception:       # not every URL handler implements it
             return 0
-
-    def can_write_now(self):
-        fd = self.fileno()
-        if fd is None:
-            return False
-        try:
-            _, ready, _ = select.select([], [fd], [], 0)
-        except (OSError, ValueError):
-            return False
-        return bool(ready)
 
     def fileno(self):
         try:

@@ -11,12 +11,7 @@ Theory of operation:
   it, strictly in that order (coalesced into writes of at most ``coalesce``
   bytes): which frame goes next is decided by the stack thread when the line
   has room, so nothing here can reorder the segments of a TCP connection.
-  After each write it posts ``("written", writer, nbytes)``.  A short
-  hand-over (an echo, an ACK: at most ``DIRECT_MAX`` bytes) that finds the
-  writer idle, its queue empty and the endpoint ready to take it without
-  blocking is written by the stack thread itself, with the same bookkeeping:
-  one thread wake-up (and its wait for the interpreter lock) fewer on every
-  keystroke's way out.  It also
+  After each write it posts ``("written", writer, nbytes)``.  It also
   measures the line: ``endpoint.out_waiting()`` reads the OS output queue
   (TIOCOUTQ; for our pseudo-terminal FIONREAD on its slave, for a pipe
   FIONREAD) and :class:`DrainMeter` turns successive readings into the
@@ -291,7 +286,6 @@ class SerialWriter(threading.Thread):
 
     POLL_MIN = 0.001
     POLL_MAX = 0.02
-    DIRECT_MAX = 512    # bytes: a hand-over this short may be written on the caller's thread (see put_all)
 
     def __init__(self, endpoint, post, on_gone, coalesce=16384, limit=1 << 20, meter=None,
                  clock=time.monotonic, pacer=None):
@@ -305,14 +299,12 @@ class SerialWriter(threading.Thread):
         self._queued = 0
         self._cond = threading.Condition()
         self._halt = False
-        self._busy = False              # a thread is writing to or looking at the line (the meter is not shared)
         self._watching = False          # written since the last "room": the stack thread may be waiting
         self._clock = clock
         self.meter = meter if meter is not None else DrainMeter()
         self.pacer = pacer              # a LinePacer where the endpoint cannot show its backlog
         self._pace_lock = threading.Lock()      # the pacer is used by this thread and the stack thread
         self._out_waiting = getattr(endpoint, "out_waiting", None) or (lambda: 0)
-        self._can_write_now = getattr(endpoint, "can_write_now", None) or (lambda: False)
         self.dropped = 0
         self.bytes_written = 0
         self.writes = 0
@@ -367,13 +359,9 @@ class SerialWriter(threading.Thread):
     def put_all(self, frames):
         """Queue framed frames in order, under one lock and one wake-up; the bytes queued.
 
-        Frames past the limit (or all, once stopped) are dropped and counted, as :meth:`put` does.  When
-        they are all that is queued, at most DIRECT_MAX bytes, and no thread is at the line, they are
-        written here, on the caller's thread, if the endpoint can take them without blocking (otherwise
-        the writer thread writes them as usual).  A line gone meanwhile is reported as the writer reports it.
+        Frames past the limit (or all, once stopped) are dropped and counted, as :meth:`put` does.
         """
         queued = 0
-        direct = None
         with self._cond:
             for frame in frames:
                 if self._halt or self._queued + len(frame) > self._limit:
@@ -383,31 +371,8 @@ class SerialWriter(threading.Thread):
                 self._queued += len(frame)
                 queued += len(frame)
             if queued:
-                if not self._busy and self._queued <= self.DIRECT_MAX and self.is_alive():
-                    self._busy = True
-                    direct = self._take()
-                else:
-                    self._cond.notify()
-        if direct is not None:
-            self._write_direct(*direct)
+                self._cond.notify()
         return queued
-
-    def _write_direct(self, chunks, size):
-        written = False
-        try:
-            if self._can_write_now():
-                self._write(chunks, size)
-                written = True
-        except LineGone as exc:
-            written = True                      # gone: nothing to hand back
-            if not self._halt and self._on_gone is not None:
-                self._on_gone("write: %s" % exc)
-        finally:
-            with self._cond:
-                if not written:
-                    self._frames.extendleft(reversed(chunks))   # back at the head, in order
-                self._busy = False
-                self._cond.notify()             # the writer thread: write them, or watch for room
 
     def stop(self):
         with self._cond:
@@ -442,54 +407,43 @@ class SerialWriter(threading.Thread):
             log.exception("serial writer failed")
             self._on_gone("writer failed: %s" % exc)
 
-    def _write(self, chunks, size):
-        """One write of the chunks taken, and its bookkeeping (by the thread that set ``_busy``)."""
-        self._look()
-        self.endpoint.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-        if self.pacer is not None:
-            with self._pace_lock:
-                self.pacer.wrote(size, self._now_ms())
-        else:
-            self.meter.wrote(size)
-        with self._cond:
-            self._queued -= size
-        self.bytes_written += size
-        self.writes += 1
-        self._watching = True
-        self._post(("written", self, size))
-
     def _run(self):
         poll = None
         while True:
             with self._cond:
-                if (self._busy or not self._frames) and not self._halt:
-                    self._cond.wait(None if self._busy else poll)
+                if not self._frames and not self._halt:
+                    self._cond.wait(poll)
                 if self._halt:
                     return
-                if self._busy:                  # put_all is writing: it wakes us when done
-                    continue
                 chunks, size = self._take() if self._frames else ((), 0)
-                self._busy = True
-            try:
-                if chunks:
-                    self._write(chunks, size)
-                    poll = 0
-                    continue
-                poll = None
-                if self._watching:
-                    backlog = self._look()
-                    excess = backlog - self.target()
-                    if excess <= 0:
-                        self._watching = False
-                        self.rooms += 1
-                        self._post(("room", self))
-                    else:
-                        rate = self.rate
-                        poll = excess / rate if rate else self.POLL_MAX
-                        poll = min(self.POLL_MAX, max(self.POLL_MIN, poll))
-            finally:
+            if chunks:
+                self._look()
+                self.endpoint.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                if self.pacer is not None:
+                    with self._pace_lock:
+                        self.pacer.wrote(size, self._now_ms())
+                else:
+                    self.meter.wrote(size)
                 with self._cond:
-                    self._busy = False
+                    self._queued -= size
+                self.bytes_written += size
+                self.writes += 1
+                self._watching = True
+                self._post(("written", self, size))
+                poll = 0
+                continue
+            poll = None
+            if self._watching:
+                backlog = self._look()
+                excess = backlog - self.target()
+                if excess <= 0:
+                    self._watching = False
+                    self.rooms += 1
+                    self._post(("room", self))
+                else:
+                    rate = self.rate
+                    poll = excess / rate if rate else self.POLL_MAX
+                    poll = min(self.POLL_MAX, max(self.POLL_MIN, poll))
 
 
 class LineManager(threading.Thread):
