@@ -35,8 +35,8 @@ Threads: ``Thread.start`` waits until the new thread runs, a context switch
 or two (and a wait for the GIL) on the stack thread for every SYN.
 :class:`SpareThread` keeps one thread started ahead and idle (waiting on a
 condition, not polling); the stack thread hands it the connection, and that
-thread starts the next spare itself once its connect is done, off both the
-stack thread's and the connect's path.
+thread starts the next spare itself once its connect is done and reported,
+off the stack thread's, the connect's and the SYN-ACK's path.
 
 Connecting: the event carries the flow's Route; a
 :class:`~pyslirp.runtime.connectors.Connector` reaches the route's targets
@@ -223,11 +223,7 @@ class ServiceConnection(object):
         targets = self.route.targets
         try:
             try:
-                try:
-                    index, sock, self._early, failed = self._connector.open_any(targets)
-                finally:
-                    if self._starter is not None:
-                        self._starter.replenish()       # the next connection's thread, now that ours is done
+                index, sock, self._early, failed = self._connector.open_any(targets)
             except ConnectFailed as exc:
                 if self._abort is None and not self._connector.cancelled:
                     # The stack logs the refusal once, with the flow, the route and this reason.
@@ -237,6 +233,7 @@ class ServiceConnection(object):
                     else:
                         reason = "; ".join("%s %s" % (_target(targets[i]), text) for i, text in failures)
                     self._post(("svc_failed", self.conn_id, reason, exc.outcome, failures))
+                    self._replenish()
                 return
             if self._abort is not None:
                 self._close(sock, abort=True)
@@ -248,6 +245,7 @@ class ServiceConnection(object):
             except OSError:
                 pass
             self._post(("svc_connected", self.conn_id, index, _failures(failed, targets)))
+            self._replenish()
             abort = self._serve(sock)
             self._close(sock, abort)
             sock = None
@@ -255,11 +253,22 @@ class ServiceConnection(object):
             log.exception("service connection %d failed", self.conn_id)
             self._post(("svc_error", self.conn_id, "internal error"))
         finally:
+            self._replenish()
             if sock is not None:
                 self._close(sock, abort=True)
             self._wakeup.close()
             self._done.set()
             self._post(("svc_done", self.conn_id))
+
+    def _replenish(self):
+        """Have the next connection's thread started (once), now that ours has connected or failed.
+
+        Called after the report is posted: a thread start (a wait for the new thread to run, and for the
+        GIL) must not stand between the service's answer and the client's SYN-ACK.
+        """
+        starter, self._starter = self._starter, None
+        if starter is not None:
+            starter.replenish()
 
     def _serve(self, sock):
         """Move bytes until finished; True if the socket must be aborted."""
@@ -394,8 +403,9 @@ class ServiceManager(object):
     def handle(self, event):
         conn = self.connections.get(getattr(event, "conn_id", None))
         if isinstance(event, ServiceConnect):
-            log.debug("connection %d: %s: connecting to %s", event.conn_id, event.flow.describe(),
-                      event.route.describe())
+            if log.isEnabledFor(logging.DEBUG):     # the descriptions cost more than the rest of the hand-off
+                log.debug("connection %d: %s: connecting to %s", event.conn_id, event.flow.describe(),
+                          event.route.describe())
             conn = ServiceConnection(event.conn_id, event.route, self._post, self._connect_timeout, self._proxy)
             self.connections[event.conn_id] = conn
             self.started += 1
