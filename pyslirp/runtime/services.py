@@ -29,7 +29,10 @@ queued data is written; ``ServiceClose`` aborts (the socket is closed with
 SO_LINGER 0, i.e. the service sees a reset).  When both directions are
 finished (service EOF read and our write side shut down) the thread closes
 the socket by itself.  A socket pair wakes the thread from ``poll`` when the
-stack thread hands it something.
+stack thread hands it something while it may be polling (``_sleeping``: set
+under the lock where the thread reads what it was handed, so no hand-off is
+missed, and cleared when ``poll`` returns; a hand-off while the thread is
+busy costs no system call).
 
 Threads: ``Thread.start`` waits until the new thread runs, a context switch
 or two (and a wait for the GIL) on the stack thread for every SYN.
@@ -175,6 +178,7 @@ class ServiceConnection(object):
         self._credit = 0
         self._shutdown_requested = False
         self._abort = None                      # reason, once ServiceClose arrived
+        self._sleeping = False                  # the thread looked at the state above and may be in poll
         self._wakeup = Wakeup()
         self._done = threading.Event()
         self._starter = None
@@ -193,17 +197,23 @@ class ServiceConnection(object):
     def send(self, data):
         with self._lock:
             self._pending.append(data)
-        self._wake()
+            sleeping = self._sleeping
+        if sleeping:
+            self._wake()
 
     def add_credit(self, nbytes):
         with self._lock:
             self._credit += nbytes
-        self._wake()
+            sleeping = self._sleeping
+        if sleeping:
+            self._wake()
 
     def shutdown(self):
         with self._lock:
             self._shutdown_requested = True
-        self._wake()
+            sleeping = self._sleeping
+        if sleeping:
+            self._wake()
 
     def abort(self, reason):
         with self._lock:
@@ -290,6 +300,11 @@ class ServiceConnection(object):
                         sock.shutdown(socket.SHUT_WR)
                     except OSError:
                         pass
+                # From here on a change of the state above needs a wake-up byte to end our poll; until
+                # now the thread was awake and reads the state here anyway (a send costs a system call
+                # and a thread switch: a connection's first credit and data usually come while its
+                # thread is still busy with the connect).
+                self._sleeping = True
             if read_eof and write_shut and not pending:
                 return False
             if self._early and credit > 0:
@@ -302,7 +317,9 @@ class ServiceConnection(object):
                 elif registered:
                     poller.unregister(sfd)
                 registered = mask
-            for fd, revents in poller.poll():
+            ready = poller.poll()
+            self._sleeping = False
+            for fd, revents in ready:
                 if fd != sfd:
                     self._wakeup.drain()
                     continue
