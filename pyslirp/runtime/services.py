@@ -171,7 +171,6 @@ class ServiceConnection(object):
         self.host = route.host
         self.port = route.port
         self._post = post
-        self._connector = Connector(route.via, proxy if route.via != "direct" else None, connect_timeout)
         self._early = b""                       # tunnel bytes that came with the proxy's answer
         self._lock = threading.Lock()
         self._pending = collections.deque()     # bytes to write to the socket
@@ -180,6 +179,9 @@ class ServiceConnection(object):
         self._abort = None                      # reason, once ServiceClose arrived
         self._sleeping = False                  # the thread looked at the state above and may be in poll
         self._wakeup = Wakeup()
+        # The connect polls the same wake-up (a cancel ends it): one socket pair per connection, not two.
+        self._connector = Connector(route.via, proxy if route.via != "direct" else None, connect_timeout,
+                                    wakeup=self._wakeup)
         self._done = threading.Event()
         self._starter = None
         self.bytes_to_service = 0
