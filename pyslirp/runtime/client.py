@@ -93,6 +93,7 @@ class LocalConnection(ServiceConnection):
         self._abort = None
         self._direct = None
         self._written_here = None
+        self._sleeping = False          # as in ServiceConnection: wake-up bytes only while it may poll
         self._wakeup = Wakeup()
         self._outcome = None            # ("connected",) or ("refused", reason, icmp_code)
         self._decided = threading.Event()
