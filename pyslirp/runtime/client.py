@@ -91,8 +91,6 @@ class LocalConnection(ServiceConnection):
         self._credit = 0
         self._shutdown_requested = False
         self._abort = None
-        self._direct = None
-        self._written_here = None
         self._sleeping = False          # as in ServiceConnection: wake-up bytes only while it may poll
         self._wakeup = Wakeup()
         self._outcome = None            # ("connected",) or ("refused", reason, icmp_code)
@@ -151,13 +149,11 @@ class LocalConnection(ServiceConnection):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-            self._allow_direct(sock)
             abort = self._serve(sock)
         except Exception:
             log.exception("local connection %d failed", self.conn_id)
             self._post(("svc_error", self.conn_id, "internal error"))
         finally:
-            self._allow_direct(None)
             self._close(sock, abort)
             self._wakeup.close()
             self._done.set()

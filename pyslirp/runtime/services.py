@@ -18,10 +18,7 @@ bounded without a limit of its own here:
 * client -> service: ``ServiceSend`` data waits in a queue until the socket
   takes it; each ``send`` is reported (``svc_written``), which is what opens
   the client's TCP receive window again.  The queue therefore never holds
-  more than one receive window.  While nothing is queued, the stack thread
-  sends on the (non-blocking) socket itself, and queues only what the socket
-  did not take: a keystroke then reaches the service without waiting for the
-  connection's thread to wake up and take the interpreter lock.
+  more than one receive window.
 * service -> client: the thread reads only as many bytes as it has been
   granted (``ServiceReadCredit``, i.e. free room in the TCP send buffer).
   With no credit it does not poll the socket for input at all, so the
@@ -167,11 +164,8 @@ def deliver(conn, event):
 
 
 class ServiceConnection(object):
-    def __init__(self, conn_id, route, post, connect_timeout=CONNECT_TIMEOUT, proxy=None, written_here=None):
+    def __init__(self, conn_id, route, post, connect_timeout=CONNECT_TIMEOUT, proxy=None):
         self.name = "service-%d" % conn_id
-        # How the bytes send() wrote itself are reported: ``written_here(conn_id, nbytes)`` on the calling (stack)
-        # thread, or, without it, an "svc_written" posted like the thread's own.
-        self._written_here = written_here
         self.conn_id = conn_id
         self.route = route
         self.host = route.host
@@ -183,7 +177,6 @@ class ServiceConnection(object):
         self._credit = 0
         self._shutdown_requested = False
         self._abort = None                      # reason, once ServiceClose arrived
-        self._direct = None                     # the connected socket, while the stack thread may send on it
         self._sleeping = False                  # the thread looked at the state above and may be in poll
         self._wakeup = Wakeup()
         # The connect polls the same wake-up (a cancel ends it): one socket pair per connection, not two.
@@ -205,46 +198,16 @@ class ServiceConnection(object):
 
     def send(self, data):
         with self._lock:
-            sock = self._direct
-            if sock is not None and not self._pending and not self._shutdown_requested and self._abort is None:
-                # Nothing queued, so nothing can be overtaken: send at once on this thread.  What the socket
-                # does not take (it is full, or failed: the connection's thread meets the error itself and
-                # reports it) is queued for the connection's thread as before.
-                try:
-                    n = sock.send(data)
-                except (BlockingIOError, InterruptedError):
-                    n = 0
-                except OSError:
-                    n = 0
-                    self._direct = None
-                if n:
-                    self.bytes_to_service += n
-                    if self._written_here is not None:
-                        self._written_here(self.conn_id, n)
-                    else:
-                        self._post(("svc_written", self.conn_id, n))
-                    if n == len(data):
-                        return
-                    data = data[n:]
             self._pending.append(data)
             sleeping = self._sleeping
         if sleeping:
             self._wake()
 
-    def _allow_direct(self, sock):
-        """From now on the stack thread may send on ``sock`` while nothing is queued (None: no longer)."""
-        with self._lock:
-            self._direct = sock
-
     def add_credit(self, nbytes):
         with self._lock:
-            idle = self._credit <= 0
             self._credit += nbytes
             sleeping = self._sleeping
-        # With credit left a polling thread already waits for input (it read the credit under the same lock
-        # before its poll): only credit after none changes what it waits for.  Waking it for every ACK of an
-        # echo would cost a system call and a thread switch on the stack thread's way to the next one.
-        if sleeping and idle:
+        if sleeping:
             self._wake()
 
     def shutdown(self):
@@ -293,11 +256,9 @@ class ServiceConnection(object):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-            self._allow_direct(sock)
             self._post(("svc_connected", self.conn_id, index, _failures(failed, targets)))
             self._replenish()
             abort = self._serve(sock)
-            self._allow_direct(None)
             self._close(sock, abort)
             sock = None
         except Exception:
@@ -306,7 +267,6 @@ class ServiceConnection(object):
         finally:
             self._replenish()
             if sock is not None:
-                self._allow_direct(None)
                 self._close(sock, abort=True)
             self._wakeup.close()
             self._done.set()
@@ -428,8 +388,7 @@ class ServiceConnection(object):
             self._post(("svc_error", self.conn_id, _reason(exc)))
             return False
         if written:
-            with self._lock:                # the stack thread counts its own sends too
-                self.bytes_to_service += written
+            self.bytes_to_service += written
             self._post(("svc_written", self.conn_id, written))
         return True
 
@@ -449,11 +408,10 @@ class ServiceConnection(object):
 class ServiceManager(object):
     """Routes the stack's service events to connection threads (stack thread only)."""
 
-    def __init__(self, post, connect_timeout=CONNECT_TIMEOUT, proxy=None, written_here=None):
+    def __init__(self, post, connect_timeout=CONNECT_TIMEOUT, proxy=None):
         self._post = post
         self._connect_timeout = connect_timeout
         self._proxy = proxy
-        self._written_here = written_here       # see ServiceConnection
         self.connections = {}
         self.started = 0
         self._threads = SpareThread()
@@ -467,8 +425,7 @@ class ServiceManager(object):
             if log.isEnabledFor(logging.DEBUG):     # the descriptions cost more than the rest of the hand-off
                 log.debug("connection %d: %s: connecting to %s", event.conn_id, event.flow.describe(),
                           event.route.describe())
-            conn = ServiceConnection(event.conn_id, event.route, self._post, self._connect_timeout, self._proxy,
-                                     written_here=self._written_here)
+            conn = ServiceConnection(event.conn_id, event.route, self._post, self._connect_timeout, self._proxy)
             self.connections[event.conn_id] = conn
             self.started += 1
             conn.start(self._threads)

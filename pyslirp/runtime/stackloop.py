@@ -114,9 +114,7 @@ class Runtime(object):
         self.inbox = queue.SimpleQueue()
         self.core = core if core is not None else Core(
             link_config, stack_config, rng if rng is not None else random.SystemRandom(), tap=tap)
-        self.services = ServiceManager(self.post, connect_timeout=connect_timeout, proxy=proxy,
-                                       written_here=self._written_here)
-        self._written_now = []          # (conn_id, nbytes) the stack thread sent on service sockets itself
+        self.services = ServiceManager(self.post, connect_timeout=connect_timeout, proxy=proxy)
         self.records = EventLog(audit, connection_log=connection_log)
         self.metrics_box = SnapshotBox(self.post)
         self.metrics_server = None      # a MetricsServer on metrics_box, started and stopped with the loop
@@ -157,10 +155,6 @@ class Runtime(object):
         """The pacer of a line whose backlog cannot be seen: the configured speed is the line's speed."""
         return LinePacer(self.baudrate / 10.0, max_target=self.line_budget,
                          min_target=min(MIN_TARGET, self.line_budget), delay=int(TARGET_DELAY * 1000))
-
-    def _written_here(self, conn_id, nbytes):
-        """A service socket took ``nbytes`` from this (the stack) thread: told to the Core within this flush."""
-        self._written_now.append((conn_id, nbytes))
 
     # -- for other threads and signal handlers ------------------------------------
 
@@ -427,17 +421,6 @@ class Runtime(object):
         core = self.core
         writer = self.writer
         self._reflush_at = None
-        # Events first: a service's data goes to its socket (runtime/services.py sends it on this thread while
-        # nothing is queued there) before the line's output is built, so that the service is already answering
-        # while this thread frames; then the line's frames; then what building them raised.
-        self._handle_events(now)
-        while self._written_now:
-            # What the service sockets took here opens the client's window in the same flush (any window
-            # update goes out with the frames below), not one loop later, behind the service's answer.
-            written, self._written_now = self._written_now, []
-            for conn_id, nbytes in written:
-                core.service_written(conn_id, nbytes, now)
-            self._handle_events(now)
         if writer is not None:
             target = writer.target()
             backlog = writer.backlog()
@@ -455,11 +438,6 @@ class Runtime(object):
                 writer.set_delay_signal(rtt)
         else:
             core.take_serial_output(0, now)
-        self._handle_events(now)
-
-    def _handle_events(self, now):
-        """The Core's events, each to the thread or record it is for."""
-        core = self.core
         downs = []
         for event in core.take_events():
             if self.services.handle(event) or self.datagrams.handle(event):
