@@ -196,7 +196,7 @@ from pyslirp.net.health import DEFAULT_COOLDOWN, DEFAULT_FAILURES
 from pyslirp.net.ipv4 import Ipv4Layer
 from pyslirp.net.ratelimit import TokenBucket
 from pyslirp.net.tcp import events as tcp_events
-from pyslirp.net.tcp.conn import (TcpConfig, TcpConnection, TcpState, initial_window, our_mss, rst_for,
+from pyslirp.net.tcp.conn import (DUP_THRESH, TcpConfig, TcpConnection, TcpState, initial_window, our_mss, rst_for,
                                    window_shift)
 from pyslirp.net.tcp.isn import IsnGenerator
 from pyslirp.net.tcp.seq import seq_add
@@ -594,6 +594,9 @@ class IPStack(object):
                 conn.ack_every = ack_every
                 self._ready.add(rec.key)    # a window update, larger segments or an ACK may be due
             conn.rto_slack = self._rto_slack(conn, rate)
+            # A serial line neither reorders nor duplicates: the first duplicate ACK is a loss (RFC 8985 2.2 on
+            # why a fixed three is only a guess at the path's reordering).
+            conn.dup_thresh = 1 if rate and rate < SLOW_LINE else DUP_THRESH
 
     def _rto_slack(self, conn, rate):
         """What a slow line's queueing may add to one round trip (ms), the least RTO variation term.
