@@ -222,6 +222,7 @@ WINDOW_TIME = 0.5           # s of line time: the receive window on a slow line,
 INTERACTIVE_WINDOW_TIME = 0.1   # s of line time: ... while interactive traffic shares it
 INTERACTIVE_HOLD = 5000     # ms: a connection that carried small segments this recently is interactive
 INTERACTIVE_SEGMENTS = 3    # ... and this many of them, without a pause of INTERACTIVE_HOLD
+LOSSY_HOLD = 30000          # ms: after a segment of ours was lost on a slow line, bulk segments stay short this long
 MIN_WINDOW_SEGMENTS = 2     # the receive window never goes below two of the client's segments
 BULK_WINDOW_SEGMENTS = 6    # ... nor below six while only bulk flows (a client that keeps running into the
                             # window probes its tail (TLP) and resends into its own queue)
@@ -309,7 +310,7 @@ class _Conn(_Flow):
     """The stack's bookkeeping around one TcpConnection."""
     __slots__ = ("conn", "syn_ip", "accepted", "established", "granted", "received", "backlog", "eof",
                  "peer_fin", "service_closed", "reason", "error", "small_at", "small_count", "cookie", "queued",
-                 "fast_seen")
+                 "fast_seen", "rto_seen")
 
     def __init__(self, flow_id, key, route, conn, syn_ip, now):
         _Flow.__init__(self, flow_id, key, route, now)
@@ -331,6 +332,7 @@ class _Conn(_Flow):
         self.cookie = False             # the handshake completed with a SYN cookie (before the service connect)
         self.queued = False             # ... and its ServiceConnect waits for a token (IPStack._token_wait)
         self.fast_seen = 0              # conn.fast_retransmits already reported (IPStack.take_lost_frame_signal)
+        self.rto_seen = 0               # conn.rto_count already seen (IPStack._lost_segment)
 
     @property
     def conn_id(self):
@@ -381,9 +383,10 @@ class IPStack(object):
         self._delay_min = None          # ms: the smallest small-segment RTT since take_delay_signal
         self._lost_frame = False        # a fast retransmit since take_lost_frame_signal
         self._bulk_in_at = None         # ms: when the client's latest bulk segment arrived
-        self._fitted = (None, False)    # (line rate, interactive) the connections were last fitted to
+        self._fitted = (None, False, False)     # (line rate, interactive, lossy) the connections were last fitted to
         self._conn_configs = {}         # (announced mss, timestamps) -> TcpConfig for new connections
         self._interactive_until = -1    # ms: interactive traffic seen recently (see _interactive)
+        self._lossy_until = -1          # ms: a segment of ours was lost recently (see "Fitting a slow line")
         self.policy = Policy(config)
         self.timers = TimerQueue()
         self._isn = IsnGenerator(rng)
@@ -561,14 +564,25 @@ class IPStack(object):
             self._fit_to_line(now)
 
     @staticmethod
-    def _line_fit(rate, interactive):
+    def _line_fit(rate, interactive, lossy=False):
         """(segment limit or None, window bytes or None, window segments at least) for the line's state."""
         if not rate:
             return None, None, 0
+        short = max(MIN_LINE_MSS, int(rate * SEGMENT_TIME) - IP_TCP_HEADER)
         if interactive:
-            return (max(MIN_LINE_MSS, int(rate * SEGMENT_TIME) - IP_TCP_HEADER),
-                    rate * INTERACTIVE_WINDOW_TIME, MIN_WINDOW_SEGMENTS)
-        return None, rate * WINDOW_TIME, BULK_WINDOW_SEGMENTS
+            return short, rate * INTERACTIVE_WINDOW_TIME, MIN_WINDOW_SEGMENTS
+        return short if lossy else None, rate * WINDOW_TIME, BULK_WINDOW_SEGMENTS
+
+    def _lost_segment(self, now):
+        """A connection retransmitted (fast, or on its timer): on a slow line, bulk segments are cut short for
+        LOSSY_HOLD (see "Fitting a slow line")."""
+        rate = self.line_rate
+        if not rate or rate >= SLOW_LINE:
+            return
+        was = now <= self._lossy_until
+        self._lossy_until = now + LOSSY_HOLD
+        if not was:
+            self._fit_to_line(now)
 
     @staticmethod
     def _rcv_limit(win, segments, mss):
@@ -581,8 +595,9 @@ class IPStack(object):
         """Size every connection's segments and receive window to the line (see "Fitting a slow line")."""
         rate = self.line_rate
         interactive = bool(rate) and now <= self._interactive_until
-        self._fitted = (rate, interactive)
-        seg, win, segments = self._line_fit(rate, interactive)
+        lossy = bool(rate) and rate < SLOW_LINE and now <= self._lossy_until
+        self._fitted = (rate, interactive, lossy)
+        seg, win, segments = self._line_fit(rate, interactive, lossy)
         for rec in self._conns.values():
             conn = rec.conn
             rcv_limit = self._rcv_limit(win, segments, conn.our_mss)
@@ -1062,6 +1077,11 @@ class IPStack(object):
         if conn.fast_retransmits != rec.fast_seen:
             rec.fast_seen = conn.fast_retransmits
             self._lost_frame = True
+            self._lost_segment(now)
+        if conn.rto_count != rec.rto_seen:
+            rec.rto_seen = conn.rto_count
+            if conn.state is not TcpState.SYN_RECEIVED:
+                self._lost_segment(now)
         sample = conn.rtt_sample
         if sample is not None:
             conn.rtt_sample = None
@@ -1480,8 +1500,9 @@ class IPStack(object):
         while self._control:
             urgent.append(self._control.popleft())
         if self._conns:
-            if self._fitted[1] and self._now > self._interactive_until:
-                self._fit_to_line(self._now)       # interactive traffic has gone quiet: bulk may grow again
+            if (self._fitted[1] and self._now > self._interactive_until) or \
+                    (self._fitted[2] and self._now > self._lossy_until):
+                self._fit_to_line(self._now)       # interactive traffic or losses have gone: bulk may grow again
             self._take_tcp(budget, urgent, bulk, allow_one_over)
         out = [(True, p) for p in urgent]
         out.extend((False, p) for p in bulk)

@@ -1508,12 +1508,6 @@ class TcpConnection(object):
                 self.max_snd_wnd = wnd
         if acked > 0:
             self._on_new_ack(seg, ack, acked, now)
-            if (not self._in_recovery and self.dup_thresh < DUP_THRESH and self.sack_ok and self._scoreboard
-                    and self._state in _SEND_STATES and seq_ge(self.snd_una, self._recover)):
-                # The ACK moved SND.UNA but its SACK blocks show the next segment missing: on a path that
-                # never reorders that is a loss (RFC 6675 5 step 4 (b), IsLost), and waits for no duplicate.
-                self._enter_recovery()
-            self._lost_retransmissions()
         elif acked == 0:
             self._add_sack(seg)
             # RFC 5681 section 2, DUPLICATE ACKNOWLEDGMENT: outstanding data, no data, no SYN/FIN,
@@ -1521,6 +1515,14 @@ class TcpConnection(object):
             if (seq_gt(self.snd_max, una) and not seg.payload and not seg.flags & (SYN | FIN)
                     and not window_changed):
                 self._on_dup_ack(ack, now)
+        if acked >= 0 and self.dup_thresh < DUP_THRESH and self.sack_ok and self._scoreboard:
+            if not self._in_recovery:
+                if self._state in _SEND_STATES and (seq_ge(self.snd_una, self._recover) or self._lone_path_loss()):
+                    # SACK blocks above SND.UNA on a path that never reorders: the segment at SND.UNA is lost
+                    # (RFC 6675 5 step 4 (b), IsLost), whether this ACK counts as a duplicate or not (it moved
+                    # SND.UNA, or its window changed).
+                    self._enter_recovery()
+            else:
                 self._lost_retransmissions()
         return True
 
@@ -1651,7 +1653,7 @@ class TcpConnection(object):
         client SACKed data above SND.UNA that the go-back already resent: RFC 6582 section 4 guards against
         duplicates of segments the client had, which a SACK scoreboard and such a path rule out."""
         return (self.dup_thresh < DUP_THRESH and self.sack_ok and bool(self._scoreboard)
-                and seq_gt(self.snd_nxt, seq_add(self.snd_una, self._scoreboard.highest())))
+                and seq_ge(self.snd_nxt, seq_add(self.snd_una, self._scoreboard.highest())))
 
     def _establish(self, now):
         if self._synack_sends > 1:
