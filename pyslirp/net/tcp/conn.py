@@ -74,6 +74,8 @@ ADDITIONS to the contract (all optional, nothing above changed):
                                       # left): keeps the client's own queue toward a slow line short
     conn.ack_every = 2 or 1           # ACK at least every this many full-sized segments (RFC 5681 4.2:
                                       # at least every second): 1 lets a small window keep a slow line busy
+    conn.dup_thresh = 3 or 1          # duplicate ACKs that make a fast retransmit; 1 on a path that never
+                                      # reorders (a serial line; see "Retransmission")
     conn.suspend(now)             # the link is down but may come back: send nothing, run no timer but
                                   # TIME_WAIT's, keep every byte and all sequence state
     conn.resume(now, mss_limit=None)  # the link is back (the same client): carry on at once (see "Link
@@ -141,7 +143,22 @@ Retransmission: one RTO timer (RFC 6298) per connection, go-back-N from
 SND.UNA on expiry skipping what the client SACKed (RFC 2018), exponential
 backoff, give-up after ``max_retries`` consecutive expiries (RST, TimedOut).
 Three duplicate ACKs trigger fast retransmit and NewReno fast recovery (RFC
-5681, RFC 6582); window arithmetic lives in congestion.py.  When the client
+5681, RFC 6582); window arithmetic lives in congestion.py.  With SACK, recovery
+follows RFC 6675: every hole below the highest SACKed byte is retransmitted
+as soon as the pipe (in flight, less what was SACKed, less the holes not yet
+resent) leaves room under ssthresh, not one hole per partial ACK, and new data
+follows under the same rule; the head's retransmission restarts the timer
+(as Linux does: on a slow line the timer would otherwise expire while the
+retransmission still waits behind the flight).  On a path that never
+reorders or duplicates -- the stack's serial line sets ``dup_thresh`` to 1 --
+loss detection need not wait for three duplicates (RFC 8985 2.2 on why three
+is only a guess at reordering): the first duplicate ACK, or any ACK whose
+SACK blocks leave a hole at SND.UNA, starts recovery, also below the RFC 6582
+recovery point once the go-back after a timeout has resent everything the
+client SACKed; and once the client SACKs data first sent after a round of
+hole retransmissions, a hole still open below it lost its retransmission too
+(RFC 8985's reasoning with a zero reordering window), and a new round starts
+from SND.UNA instead of waiting for the timer.  When the client
 advertises a zero window the persist timer sends zero-length probes below
 SND.UNA (RFC 9293 3.8.6.1, RFC 1122 4.2.2.17) with backoff.
 
