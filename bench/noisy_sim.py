@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from pyslirp.net.stack import Service, StackConfig  # noqa: E402
 from pyslirp.ppp.link import LinkConfig  # noqa: E402
-from pyslirp.testing.client import SimulatedClient, _ServerConn, client_link_config  # noqa: E402
+from pyslirp.testing.client import SimulatedClient, client_link_config  # noqa: E402
 from pyslirp.testing.linkemu import Impairments, LineDirection  # noqa: E402
 
 LINE_RATE = 11520.0
@@ -121,10 +121,15 @@ class NoisySim(SimulatedClient):
 def _conn_stats(core):
     out = {}
     stack = core.stack
-    conns = getattr(stack, "_conns", {})
+    conns = getattr(stack, "_conns", None)
+    if conns is None:
+        conns = getattr(stack, "_flows", {})        # the client role's stack
     for rec in conns.values():
-        c = getattr(rec, "conn", rec)
-        for k in ("retransmits", "fast_retransmits", "rto_count", "dup_acks", "ooo_segments", "segs_out"):
+        c = getattr(rec, "conn", None)
+        if c is None:
+            continue
+        for k in ("retransmits", "fast_retransmits", "lost_retransmits", "rto_count", "dup_acks", "ooo_segments",
+                  "segs_out"):
             out[k] = out.get(k, 0) + getattr(c, k, 0)
         for k, v in getattr(c, "counters", {}).items():
             out["drop:" + k] = out.get("drop:" + k, 0) + v
@@ -160,7 +165,6 @@ def one(seed, args):
     result = {}
     # Download.
     flow = sim.connect("10.0.0.1", 5002)
-    t0 = sim.now
     first = [None]
 
     def dl_done():
@@ -182,9 +186,9 @@ def one(seed, args):
     flow.send(data)
     flow.shutdown()
     sim.run(lambda: len(sink.received) >= args.size or flow.done, 600000)
+    result["up_client"] = _conn_stats(sim.client)
     ul_ok = hashlib.sha256(bytes(sink.received)).digest() == hashlib.sha256(data).digest()
     result["up"] = args.size / ((sim.now - t0) / 1000.0) / LINE_RATE if ul_ok else 0.0
-    result["up_client"] = _conn_stats(sim.client)
     result["link_server"] = _link_stats(sim.server)
     result["link_client"] = _link_stats(sim.client)
     result["flips"] = (sim.down.counters["bits_flipped"], sim.up.counters["bits_flipped"])

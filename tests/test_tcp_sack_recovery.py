@@ -93,7 +93,7 @@ def test_a_lost_retransmission_starts_a_new_round_without_waiting_for_the_timer(
     h.send(ACK, ack=segs[0].seq, sack_blocks=((segs[1].seq, top),), at=t + 200)
     out = h.recv(at=t + 200)
     assert out and out[0].seq == segs[0].seq
-    assert h.conn.counters["lost_retransmissions"] == 1 and h.conn.rto_count == 0
+    assert h.conn.lost_retransmits == 1 and h.conn.rto_count == 0
 
 
 def test_a_slow_line_sets_the_serial_rule_and_a_loss_shortens_bulk_segments_for_a_while():

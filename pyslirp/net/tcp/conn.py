@@ -88,8 +88,8 @@ ADDITIONS to the contract (all optional, nothing above changed):
     conn.unreachable(now) -> bool # an ICMP destination unreachable for this connection: ends an active
                                   # open (True), counted only once synchronized (False)
     conn.active                   # True for connect(), False for a connection born of the peer's SYN
-    Counters: bytes_in, bytes_out, segs_out, retransmits, fast_retransmits, dup_acks, ooo_segments,
-    rto_count, challenge_acks, window_probes, keepalives_sent, window_updates.
+    Counters: bytes_in, bytes_out, segs_out, retransmits, fast_retransmits, lost_retransmits, dup_acks,
+    ooo_segments, rto_count, challenge_acks, window_probes, keepalives_sent, window_updates.
 
     TcpConnection.from_cookie(syn, local_ip, remote_ip, config, iss, now, mss_limit, window)
                                   # the connection of a SYN answered statelessly (a SYN cookie): accepted,
@@ -353,6 +353,7 @@ class TcpConnection(object):
         self.segs_out = 0
         self.retransmits = 0            # segments retransmitted (RTO, fast retransmit, SYN-ACK)
         self.fast_retransmits = 0
+        self.lost_retransmits = 0       # hole retransmissions found lost by a later SACK (serial line rule)
         self.dup_acks = 0
         self.ooo_segments = 0
         self.rto_count = 0
@@ -1553,7 +1554,7 @@ class TcpConnection(object):
         if not seq_lt(una, self._high_rxt):
             return
         if seq_gt(seq_add(una, self._scoreboard.highest()), self._rxt_round_end):
-            self.counters["lost_retransmissions"] = self.counters.get("lost_retransmissions", 0) + 1
+            self.lost_retransmits += 1
             self._high_rxt = una
             self._rxt_round_end = self.snd_max
             self._rtx_pending = True
