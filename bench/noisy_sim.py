@@ -2,7 +2,7 @@
 """The bit-error row of bench/reliability.py in memory: a server Core against the client role's core over a
 paced, noisy emulated line, on a fake clock.
 
-Usage: python3 bench/noisy_sim.py [--ber 1e-5] [--size 200000] [--seeds 1,2,3] [--compression deflate|none]
+Usage: python3 bench/noisy_sim.py [--ber 1e-5] [--drop P] [--xonxoff P] [--size 200000] [--seeds 1,2,3] [--compression deflate|none]
                                   [--no-vj] [--mss N]
 
 Both ends are pyslirp (pyslirp.testing.SimulatedClient's cores), so it is no substitute for the pppd row; what it
@@ -152,7 +152,7 @@ def _link_stats(core):
 
 
 def one(seed, args):
-    imp = Impairments(baud=115200, ber=args.ber)
+    imp = Impairments(baud=115200, ber=args.ber, drop_rate=args.drop, xonxoff_rate=args.xonxoff)
     payload = random.Random(seed).getrandbits(args.size * 8).to_bytes(args.size, "little")
     source, sink = Source(payload), Sink()
     services = (Service(5002, "127.0.0.1", 5002, "source"), Service(5001, "127.0.0.1", 5001, "sink"))
@@ -198,6 +198,8 @@ def one(seed, args):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ber", type=float, default=1e-5)
+    p.add_argument("--drop", type=float, default=0.0, help="per byte (an overrun)")
+    p.add_argument("--xonxoff", type=float, default=0.0, help="per byte: an XON/XOFF inserted")
     p.add_argument("--size", type=int, default=200000)
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--compression", default="deflate")
