@@ -621,3 +621,36 @@ def test_the_core_budget_is_spent_in_compressed_line_bytes():
         assert proto == COMP
         decoded.append(client.kernel.decompress(info)[1])
     assert decoded == taken[:sent]
+
+
+def _corrupt(client, packet):
+    """The peer's kernel compresses ``packet`` (its sequence number is used) and the line corrupts the frame."""
+    raw = bytearray(client.encode(IP, packet))
+    raw[len(raw) // 2] ^= 0x10
+    client.send_raw(bytes(raw))
+
+
+def test_a_frame_lost_on_the_line_asks_for_a_reset_before_the_retransmission_arrives():
+    link, client = ccp_session()
+    rng = random.Random(12)
+    first, lost = text_packet(rng), text_packet(rng)
+    client.send(IP, first)
+    _corrupt(client, lost)                           # a bad FCS
+    # The Reset-Request goes at once, not at the next compressed packet (which would be lost too).
+    client.collect()
+    reqs = [i for c, i, _ in client.ccp_seen if c == RESET_REQUEST]
+    assert len(reqs) == 1 and link.ccp_counters["lost_frame_resets"] == 1
+    assert link.ccp.resetting and link.ccp_counters["decompress_errors"] == 0
+    # Another frame lost while the reset is under way: no second request at once (the timer repeats it).
+    _corrupt(client, text_packet(rng))
+    client.collect()
+    assert len([c for c, _, _ in client.ccp_seen if c == RESET_REQUEST]) == 1
+    assert link.ccp_counters["lost_frame_resets"] == 1
+    # The peer answers before its TCP retransmits (our duplicate ACK follows the Reset-Request): its
+    # compressor starts over, so the retransmission, compressed afresh, decompresses.
+    client.handle(CCP, wppp.build_cp(RESET_REQUEST, reqs[0]))
+    client.collect()
+    assert not link.ccp.resetting
+    client.send(IP, lost)
+    assert [e.packet for e in events_of(client, IPReceived)] == [first, lost]
+    assert link.ccp_counters["decompress_errors"] == 0

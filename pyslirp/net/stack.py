@@ -112,7 +112,15 @@ upload, waits that long.  Therefore:
   to SEGMENT_TIME of line time (``conn.segment_limit``; otherwise as large as
   the client allows, for efficiency) and every data segment from the client
   is acknowledged at once (``conn.ack_every``), so a two-segment window
-  keeps its upload going.
+  keeps its upload going;
+* after a fast retransmit on a slow line (a frame of ours lost to line
+  noise: at a bit error rate of 1e-5 a 1500-byte frame is lost one time in
+  nine, a 576-byte one in twenty-two) our bulk segments are cut to
+  SEGMENT_TIME of line time too, for LOSSY_HOLD after the latest such loss;
+* a serial line neither reorders nor duplicates, so on a slow line every
+  connection takes the first duplicate ACK, or any ACK whose SACK blocks
+  leave a hole at SND.UNA, for a loss (``conn.dup_thresh`` 1, see
+  net/tcp/conn.py "Retransmission").
 
 The delay signal: every RTT sample a connection takes of a segment with
 at most SMALL_PAYLOAD bytes (its SYN-ACK, keystroke echoes; the clock runs
@@ -196,7 +204,7 @@ from pyslirp.net.health import DEFAULT_COOLDOWN, DEFAULT_FAILURES
 from pyslirp.net.ipv4 import Ipv4Layer
 from pyslirp.net.ratelimit import TokenBucket
 from pyslirp.net.tcp import events as tcp_events
-from pyslirp.net.tcp.conn import (TcpConfig, TcpConnection, TcpState, initial_window, our_mss, rst_for,
+from pyslirp.net.tcp.conn import (DUP_THRESH, TcpConfig, TcpConnection, TcpState, initial_window, our_mss, rst_for,
                                    window_shift)
 from pyslirp.net.tcp.isn import IsnGenerator
 from pyslirp.net.tcp.seq import seq_add
@@ -222,6 +230,7 @@ WINDOW_TIME = 0.5           # s of line time: the receive window on a slow line,
 INTERACTIVE_WINDOW_TIME = 0.1   # s of line time: ... while interactive traffic shares it
 INTERACTIVE_HOLD = 5000     # ms: a connection that carried small segments this recently is interactive
 INTERACTIVE_SEGMENTS = 3    # ... and this many of them, without a pause of INTERACTIVE_HOLD
+LOSSY_HOLD = 30000          # ms: after a segment of ours was lost on a slow line, bulk segments stay short this long
 MIN_WINDOW_SEGMENTS = 2     # the receive window never goes below two of the client's segments
 BULK_WINDOW_SEGMENTS = 6    # ... nor below six while only bulk flows (a client that keeps running into the
                             # window probes its tail (TLP) and resends into its own queue)
@@ -381,9 +390,10 @@ class IPStack(object):
         self._delay_min = None          # ms: the smallest small-segment RTT since take_delay_signal
         self._lost_frame = False        # a fast retransmit since take_lost_frame_signal
         self._bulk_in_at = None         # ms: when the client's latest bulk segment arrived
-        self._fitted = (None, False)    # (line rate, interactive) the connections were last fitted to
+        self._fitted = (None, False, False)     # (line rate, interactive, lossy) the connections were last fitted to
         self._conn_configs = {}         # (announced mss, timestamps) -> TcpConfig for new connections
         self._interactive_until = -1    # ms: interactive traffic seen recently (see _interactive)
+        self._lossy_until = -1          # ms: a segment of ours was lost recently (see "Fitting a slow line")
         self.policy = Policy(config)
         self.timers = TimerQueue()
         self._isn = IsnGenerator(rng)
@@ -561,14 +571,26 @@ class IPStack(object):
             self._fit_to_line(now)
 
     @staticmethod
-    def _line_fit(rate, interactive):
+    def _line_fit(rate, interactive, lossy=False):
         """(segment limit or None, window bytes or None, window segments at least) for the line's state."""
         if not rate:
             return None, None, 0
+        short = max(MIN_LINE_MSS, int(rate * SEGMENT_TIME) - IP_TCP_HEADER)
         if interactive:
-            return (max(MIN_LINE_MSS, int(rate * SEGMENT_TIME) - IP_TCP_HEADER),
-                    rate * INTERACTIVE_WINDOW_TIME, MIN_WINDOW_SEGMENTS)
-        return None, rate * WINDOW_TIME, BULK_WINDOW_SEGMENTS
+            return short, rate * INTERACTIVE_WINDOW_TIME, MIN_WINDOW_SEGMENTS
+        return short if lossy else None, rate * WINDOW_TIME, BULK_WINDOW_SEGMENTS
+
+    def _lost_segment(self, now):
+        """A connection made a fast retransmit (a frame of ours lost on a line that carries: a timeout may be a
+        silent line instead): on a slow line, bulk segments are cut short for LOSSY_HOLD (see "Fitting a slow
+        line")."""
+        rate = self.line_rate
+        if not rate or rate >= SLOW_LINE:
+            return
+        was = now <= self._lossy_until
+        self._lossy_until = now + LOSSY_HOLD
+        if not was:
+            self._fit_to_line(now)
 
     @staticmethod
     def _rcv_limit(win, segments, mss):
@@ -581,8 +603,9 @@ class IPStack(object):
         """Size every connection's segments and receive window to the line (see "Fitting a slow line")."""
         rate = self.line_rate
         interactive = bool(rate) and now <= self._interactive_until
-        self._fitted = (rate, interactive)
-        seg, win, segments = self._line_fit(rate, interactive)
+        lossy = bool(rate) and rate < SLOW_LINE and now <= self._lossy_until
+        self._fitted = (rate, interactive, lossy)
+        seg, win, segments = self._line_fit(rate, interactive, lossy)
         for rec in self._conns.values():
             conn = rec.conn
             rcv_limit = self._rcv_limit(win, segments, conn.our_mss)
@@ -594,6 +617,9 @@ class IPStack(object):
                 conn.ack_every = ack_every
                 self._ready.add(rec.key)    # a window update, larger segments or an ACK may be due
             conn.rto_slack = self._rto_slack(conn, rate)
+            # A serial line neither reorders nor duplicates: the first duplicate ACK is a loss (RFC 8985 2.2 on
+            # why a fixed three is only a guess at the path's reordering).
+            conn.dup_thresh = 1 if rate and rate < SLOW_LINE else DUP_THRESH
 
     def _rto_slack(self, conn, rate):
         """What a slow line's queueing may add to one round trip (ms), the least RTO variation term.
@@ -1059,6 +1085,7 @@ class IPStack(object):
         if conn.fast_retransmits != rec.fast_seen:
             rec.fast_seen = conn.fast_retransmits
             self._lost_frame = True
+            self._lost_segment(now)
         sample = conn.rtt_sample
         if sample is not None:
             conn.rtt_sample = None
@@ -1477,8 +1504,9 @@ class IPStack(object):
         while self._control:
             urgent.append(self._control.popleft())
         if self._conns:
-            if self._fitted[1] and self._now > self._interactive_until:
-                self._fit_to_line(self._now)       # interactive traffic has gone quiet: bulk may grow again
+            if (self._fitted[1] and self._now > self._interactive_until) or \
+                    (self._fitted[2] and self._now > self._lossy_until):
+                self._fit_to_line(self._now)       # interactive traffic or losses have gone: bulk may grow again
             self._take_tcp(budget, urgent, bulk, allow_one_over)
         out = [(True, p) for p in urgent]
         out.extend((False, p) for p in bulk)

@@ -160,7 +160,7 @@ class Ccp(ControlProtocol, Transform):
         for key in ("compressed_out", "uncompressed_out", "bytes_before", "bytes_after", "decompressed_in",
                     "uncompressed_in", "decompress_errors", "dropped_while_resetting", "reset_requests_sent",
                     "reset_requests_received", "reset_acks_sent", "reset_acks_received", "resyncs",
-                    "compressed_without_ccp"):
+                    "lost_frame_resets", "compressed_without_ccp"):
             self.counters[key] = 0
         self.want = [(CI_DEFLATE, deflate.MAX_WINDOW), (CI_DEFLATE_DRAFT, deflate.MAX_WINDOW)]
         self.tried = list(self.want)       # what our next Configure-Request asks for
@@ -286,6 +286,26 @@ class Ccp(ControlProtocol, Transform):
         self._repeat = False
         if self.fsm.state == State.OPENED:
             self._send_reset_request(self.fsm.now, new=True)
+
+    def toss(self):
+        """A frame from the peer was lost on the line (bad FCS, aborted, too long): ask for a reset at once.
+
+        The lost frame went through the peer's compressor (everything of protocol 0x0001-0x3FFF does, sent
+        compressed or not), so our decompressor is out of step from here; waiting for the next compressed
+        packet to fail (RFC 1979 section 2.1's sequence check) would also lose that packet, and on a TCP flow
+        it is typically the retransmission of the lost segment, which compresses against the lost original
+        (see "Resynchronising") and so is lost again, for a retransmission timeout.  A Reset-Request now
+        reaches the peer a segment's line time before our duplicate ACK does, so its compressor is clear
+        before the retransmission is compressed.  While a reset is already under way, the timer repeats it."""
+        if self.decompressor is None or self.fsm.state != State.OPENED:
+            return
+        if self.resetting:
+            self._repeat = True
+            return
+        self.counters["lost_frame_resets"] += 1
+        self.resetting = True
+        self._repeat = False
+        self._send_reset_request(self.fsm.now, new=True)
 
     def _send_reset_request(self, now, new):
         if new:

@@ -259,5 +259,16 @@ class SackScoreboard(object):
     def sacked_bytes(self):
         return sum(e - s for s, e in self._ranges)
 
+    def unsacked_below_highest(self, off):
+        """Bytes in [off, highest()) the client has not SACKed: the holes from ``off`` up (RFC 6675's lost bytes)."""
+        top = self.highest()
+        if off >= top:
+            return 0
+        held = 0
+        for s, e in self._ranges:
+            if e > off:
+                held += e - max(s, off)
+        return top - off - held
+
     def highest(self):
         return self._ranges[-1][1] if self._ranges else 0

@@ -74,6 +74,8 @@ ADDITIONS to the contract (all optional, nothing above changed):
                                       # left): keeps the client's own queue toward a slow line short
     conn.ack_every = 2 or 1           # ACK at least every this many full-sized segments (RFC 5681 4.2:
                                       # at least every second): 1 lets a small window keep a slow line busy
+    conn.dup_thresh = 3 or 1          # duplicate ACKs that make a fast retransmit; 1 on a path that never
+                                      # reorders (a serial line; see "Retransmission")
     conn.suspend(now)             # the link is down but may come back: send nothing, run no timer but
                                   # TIME_WAIT's, keep every byte and all sequence state
     conn.resume(now, mss_limit=None)  # the link is back (the same client): carry on at once (see "Link
@@ -86,8 +88,8 @@ ADDITIONS to the contract (all optional, nothing above changed):
     conn.unreachable(now) -> bool # an ICMP destination unreachable for this connection: ends an active
                                   # open (True), counted only once synchronized (False)
     conn.active                   # True for connect(), False for a connection born of the peer's SYN
-    Counters: bytes_in, bytes_out, segs_out, retransmits, fast_retransmits, dup_acks, ooo_segments,
-    rto_count, challenge_acks, window_probes, keepalives_sent, window_updates.
+    Counters: bytes_in, bytes_out, segs_out, retransmits, fast_retransmits, lost_retransmits, dup_acks,
+    ooo_segments, rto_count, challenge_acks, window_probes, keepalives_sent, window_updates.
 
     TcpConnection.from_cookie(syn, local_ip, remote_ip, config, iss, now, mss_limit, window)
                                   # the connection of a SYN answered statelessly (a SYN cookie): accepted,
@@ -141,7 +143,22 @@ Retransmission: one RTO timer (RFC 6298) per connection, go-back-N from
 SND.UNA on expiry skipping what the client SACKed (RFC 2018), exponential
 backoff, give-up after ``max_retries`` consecutive expiries (RST, TimedOut).
 Three duplicate ACKs trigger fast retransmit and NewReno fast recovery (RFC
-5681, RFC 6582); window arithmetic lives in congestion.py.  When the client
+5681, RFC 6582); window arithmetic lives in congestion.py.  With SACK, recovery
+follows RFC 6675: every hole below the highest SACKed byte is retransmitted
+as soon as the pipe (in flight, less what was SACKed, less the holes not yet
+resent) leaves room under ssthresh, not one hole per partial ACK, and new data
+follows under the same rule; the head's retransmission restarts the timer
+(as Linux does: on a slow line the timer would otherwise expire while the
+retransmission still waits behind the flight).  On a path that never
+reorders or duplicates -- the stack's serial line sets ``dup_thresh`` to 1 --
+loss detection need not wait for three duplicates (RFC 8985 2.2 on why three
+is only a guess at reordering): the first duplicate ACK, or any ACK whose
+SACK blocks leave a hole at SND.UNA, starts recovery, also below the RFC 6582
+recovery point once the go-back after a timeout has resent everything the
+client SACKed; and once the client SACKs data first sent after a round of
+hole retransmissions, a hole still open below it lost its retransmission too
+(RFC 8985's reasoning with a zero reordering window), and a new round starts
+from SND.UNA instead of waiting for the timer.  When the client
 advertises a zero window the persist timer sends zero-length probes below
 SND.UNA (RFC 9293 3.8.6.1, RFC 1122 4.2.2.17) with backoff.
 
@@ -191,6 +208,7 @@ MAX_WSCALE = 14            # RFC 7323 2.3
 MAX_WINDOW_FIELD = 0xFFFF
 SMALL_SEGMENT = 64         # payload bytes: at most this is a keystroke or its echo, not bulk (the stack's
                            # SMALL_PAYLOAD)
+DUP_THRESH = 3             # RFC 5681 3.2: duplicate ACKs before a fast retransmit (see dup_thresh)
 _MAX_CTL = 8               # control segments queued between two take_segments() calls
 
 
@@ -337,6 +355,7 @@ class TcpConnection(object):
         self.segs_out = 0
         self.retransmits = 0            # segments retransmitted (RTO, fast retransmit, SYN-ACK)
         self.fast_retransmits = 0
+        self.lost_retransmits = 0       # hole retransmissions found lost by a later SACK (serial line rule)
         self.dup_acks = 0
         self.ooo_segments = 0
         self.rto_count = 0
@@ -360,6 +379,7 @@ class TcpConnection(object):
         self.segment_limit = None       # set by the stack (see the contract)
         self.rcv_limit = None
         self.ack_every = 2
+        self.dup_thresh = DUP_THRESH
         self.peer_mss = syn.mss if syn.mss is not None else DEFAULT_MSS
         self.send_mss = max(MIN_MSS, min(self.peer_mss, mss_limit))   # payload + options per segment
 
@@ -408,6 +428,8 @@ class TcpConnection(object):
         self._recover = iss
         self._partial_acks = 0
         self._rtx_pending = False       # fast retransmission of the segment at SND.UNA owed
+        self._high_rxt = iss            # RFC 6675 HighRxt: SACK recovery retransmitted the holes below this
+        self._rxt_round_end = iss       # SND.MAX when this round of hole retransmissions began
         self._retries = 0
         self._synack_due = False
         self._synack_sends = 0
@@ -888,7 +910,11 @@ class TcpConnection(object):
         if not self._in_recovery and 0 < self._dup_acks < 3:
             cwnd += self._dup_acks * self._smss()
         room_w = seq_sub(seq_add(una, self.snd_wnd), nxt)
-        room = min(room_w, cwnd - flight)
+        if self._in_recovery and self.sack_ok and self._scoreboard:
+            # RFC 6675 5 step 4.2 and (C): in SACK recovery new data goes while pipe < cwnd = ssthresh.
+            room = min(room_w, self._cc.ssthresh - self._sack_pipe())
+        else:
+            room = min(room_w, cwnd - flight)
         mss = self._eff_mss()
         n = min(avail, mss)
         if in_rtx:
@@ -958,6 +984,39 @@ class TcpConnection(object):
             return None
         return una, n, fin
 
+    def _sack_pipe(self):
+        """RFC 6675 4 (SetPipe), for a line that never reorders: what is in flight, less what the client
+        SACKed and less the holes below its highest SACKed byte not yet retransmitted (they are lost)."""
+        board = self._scoreboard
+        una = self.snd_una
+        high = max(0, seq_sub(self._high_rxt, una))
+        return max(0, seq_sub(self.snd_nxt, una) - board.sacked_bytes() - board.unsacked_below_highest(high))
+
+    def _next_hole(self):
+        """RFC 6675 NextSeg() rule 1: (seq, n) of the first hole at or above HighRxt and below the highest SACKed
+        byte, when the pipe leaves room for it (cwnd is ssthresh in recovery, section 5 step 4.2); else None."""
+        board = self._scoreboard
+        una = self.snd_una
+        off = board.skip(max(0, seq_sub(self._high_rxt, una)))
+        if off >= board.highest():
+            return None
+        n = min(self._eff_mss(), seq_sub(self._fin_seq(), seq_add(una, off)))
+        nxt_sacked = board.next_start(off)
+        if nxt_sacked is not None:
+            n = min(n, nxt_sacked - off)
+        if n <= 0 or self._sack_pipe() + n > max(self._cc.ssthresh, n):
+            return None
+        return seq_add(una, off), n
+
+    def _retransmitted_hole(self, seq, n, now):
+        end = seq_add(seq, n)
+        if seq_gt(end, self._high_rxt):
+            self._high_rxt = end
+        if seq == self.snd_una:
+            # The head went again: its timer starts over (as Linux's tcp_xmit_retransmit_queue rearms it),
+            # or on a slow line it expires while the retransmission still waits behind the flight.
+            self._arm_rtx(now)
+
     def take_segments(self, budget, now):
         """Segments to send now, in order (see the contract)."""
         if self._suspended_at is not None:
@@ -990,6 +1049,19 @@ class TcpConnection(object):
                     self._rtx_pending = False
                     out.append(self._emit_data(plan[0], plan[1], plan[2], now))
                     used += plan[1]
+                    self._retransmitted_hole(plan[0], plan[1], now)
+            while not blocked and self._in_recovery and self.sack_ok and self._scoreboard:
+                # RFC 6675 5 (C): every hole below the highest SACKed byte is lost (a serial line does
+                # not reorder), so each is retransmitted as soon as the pipe allows, not one per RTT.
+                plan = self._next_hole()
+                if plan is None:
+                    break
+                if budget >= 0 and used + plan[1] > budget:
+                    blocked = True
+                    break
+                out.append(self._emit_data(plan[0], plan[1], False, now))
+                used += plan[1]
+                self._retransmitted_hole(plan[0], plan[1], now)
             while not blocked:
                 plan = self._plan()
                 if plan is None:
@@ -1024,6 +1096,8 @@ class TcpConnection(object):
         if state is TcpState.SYN_SENT:
             return self._syn_due
         if self._synack_due or self._ack_now or self._probe_due or self._rtx_pending:
+            return True
+        if self._in_recovery and self.sack_ok and self._scoreboard and self._next_hole() is not None:
             return True
         return self._plan() is not None
 
@@ -1471,7 +1545,31 @@ class TcpConnection(object):
             if (seq_gt(self.snd_max, una) and not seg.payload and not seg.flags & (SYN | FIN)
                     and not window_changed):
                 self._on_dup_ack(ack, now)
+        if acked >= 0 and self.dup_thresh < DUP_THRESH and self.sack_ok and self._scoreboard:
+            if not self._in_recovery:
+                if self._state in _SEND_STATES and (seq_ge(self.snd_una, self._recover) or self._lone_path_loss()):
+                    # SACK blocks above SND.UNA on a path that never reorders: the segment at SND.UNA is lost
+                    # (RFC 6675 5 step 4 (b), IsLost), whether this ACK counts as a duplicate or not (it moved
+                    # SND.UNA, or its window changed).
+                    self._enter_recovery()
+            else:
+                self._lost_retransmissions()
         return True
+
+    def _lost_retransmissions(self):
+        """RFC 8985 6.2 on a path that never reorders (``dup_thresh`` below three): once the client SACKs data
+        first sent after this round of hole retransmissions, a hole still open below it lost its retransmission
+        too, and the round starts over from SND.UNA (else only the timer would find it)."""
+        if not (self._in_recovery and self.sack_ok and self._scoreboard and self.dup_thresh < DUP_THRESH):
+            return
+        una = self.snd_una
+        if not seq_lt(una, self._high_rxt):
+            return
+        if seq_gt(seq_add(una, self._scoreboard.highest()), self._rxt_round_end):
+            self.lost_retransmits += 1
+            self._high_rxt = una
+            self._rxt_round_end = self.snd_max
+            self._rtx_pending = True
 
     def _add_sack(self, seg):
         if not (self.sack_ok and seg.sack_blocks):
@@ -1526,9 +1624,14 @@ class TcpConnection(object):
             else:
                 # Partial acknowledgment: retransmit the next hole, deflate.
                 self._partial_acks += 1
-                self._rtx_pending = True
                 self._cc.on_partial_ack(max(0, data_acked))
-                restart_timer = self._partial_acks == 1   # RFC 6582 3.2 step 5 ("Impatient")
+                if self.sack_ok and seq_lt(ack, self._high_rxt):
+                    # RFC 6675: the holes from here up went already (take_segments sends the rest); each
+                    # ACK of new data restarts the timer (RFC 6298 5.3).
+                    pass
+                else:
+                    self._rtx_pending = True
+                    restart_timer = self._partial_acks == 1   # RFC 6582 3.2 step 5 ("Impatient")
         else:
             self._dup_acks = 0
             self._cc.on_ack(max(0, data_acked), now, flight_before)
@@ -1559,15 +1662,28 @@ class TcpConnection(object):
         self._dup_acks += 1
         if self._in_recovery:
             self._cc.on_dup_ack(seq_sub(self.snd_max, self.snd_una))
-        elif self._dup_acks == 3 and seq_ge(ack, self._recover):
-            # RFC 6582 3.2 step 2: enter fast recovery and retransmit the first unacknowledged segment.
-            self._in_recovery = True
-            self._recover = self.snd_max
-            self._partial_acks = 0
-            self._cc.on_recovery_start(seq_sub(self.snd_max, self.snd_una))
-            self._rtx_pending = True
-            self.fast_retransmits += 1
-            log.debug("%s: fast retransmit at %d", self.name, self.snd_una)
+        elif self._dup_acks >= self.dup_thresh and (seq_ge(ack, self._recover) or self._lone_path_loss()):
+            self._enter_recovery()
+
+    def _enter_recovery(self):
+        """RFC 6582 3.2 step 2: enter fast recovery and retransmit the first unacknowledged segment."""
+        self._in_recovery = True
+        self._recover = self.snd_max
+        self._partial_acks = 0
+        self._cc.on_recovery_start(seq_sub(self.snd_max, self.snd_una))
+        self._rtx_pending = True
+        self._high_rxt = self.snd_una
+        self._rxt_round_end = self.snd_max
+        self.fast_retransmits += 1
+        log.debug("%s: fast retransmit at %d", self.name, self.snd_una)
+
+    def _lone_path_loss(self):
+        """A duplicate ACK below the recovery point (the go-back after a timeout) shows a loss all the same when
+        the path cannot reorder or duplicate (``dup_thresh`` 1, set by the stack for a serial line) and the
+        client SACKed data above SND.UNA that the go-back already resent: RFC 6582 section 4 guards against
+        duplicates of segments the client had, which a SACK scoreboard and such a path rule out."""
+        return (self.dup_thresh < DUP_THRESH and self.sack_ok and bool(self._scoreboard)
+                and seq_ge(self.snd_nxt, seq_add(self.snd_una, self._scoreboard.highest())))
 
     def _establish(self, now):
         if self._synack_sends > 1:
