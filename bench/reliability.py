@@ -20,7 +20,12 @@ fuzz       ``--fuzz-count`` (default 1,000,000) seeded random frames into a Core
            segments to the mapped port; only counted drops may happen (no exception), and the link must still be
            up and answer a ping afterwards.  With atheris installed, as many coverage-guided inputs follow
            (bench/fuzz_atheris.py), for at most ``--atheris-seconds`` (120).
-clients    1,000 concurrent connections through ``pyslirp.py client``: needs the client role.
+clients    1,000 connections open at once through ``pyslirp.py client -L`` (no guest: the client runs pyslirp
+           with ``--exec``), to an echo service behind the server, each echoing its own 1 kB (checked), all held
+           open until every one is done: the count echoed intact and the seconds, the peak RSS (VmHWM) of both
+           processes, their thread counts idle and after the close.  The server's [limits] are raised to the
+           connection count (max_connections, max_per_service, new_connections_per_second, burst;
+           ``--clients-limits default`` keeps pyslirp's).
 
 Nothing here talks to anything but 127.0.0.1 and the guest's own PPP link.
 """
@@ -30,7 +35,10 @@ import hashlib
 import json
 import os
 import random
+import shlex
+import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -398,7 +406,6 @@ def row_fuzz(args):
     if importlib.util.find_spec("atheris") is None:
         text += "; atheris not installed"
     else:
-        import subprocess
         t0 = time.monotonic()
         res = subprocess.run([sys.executable, os.path.join(HERE, "fuzz_atheris.py"), "-runs=%d" % args.fuzz_count,
                               "-max_total_time=%d" % args.atheris_seconds, "-seed=%d" % args.seed], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -413,7 +420,150 @@ def row_fuzz(args):
 
 
 def row_clients(args):
-    return dict(ok=None, text="not run yet: needs a load run through pyslirp.py client (-D SOCKS) against pyslirp")
+    """``--clients`` (1,000) connections at once through ``pyslirp.py client -L`` to an echo service behind a
+    pyslirp started by the client (``--exec "exec python3 pyslirp.py --stdio -c X"``); every echo checked."""
+    _e2e()
+    from e2e import services
+    from pyslirp.testing.load import concurrent_echo
+    n = args.clients
+    need_fds = 2 * n + 64                       # this process: n client sockets and n echo connections
+    if _raise_nofile(need_fds) < need_fds:
+        raise RuntimeError("RLIMIT_NOFILE is below %d: ulimit -n %d" % (need_fds, need_fds))
+    echo = services.EchoServer(backlog=n)
+    rundir = os.path.join(args.basedir, "clients")
+    os.makedirs(rundir)
+    conf = os.path.join(rundir, "server.toml")
+    with open(conf, "w") as f:
+        f.write(_clients_server_config(n, args.clients_limits, echo.port, args.clients_baud))
+    lport = services.free_port()
+    script = os.path.join(ROOT, "pyslirp.py")
+    server_cmd = "exec %s %s --stdio -c %s" % (shlex.quote(sys.executable), shlex.quote(script), shlex.quote(conf))
+    log_path = os.path.join(rundir, "client.log")
+    log_file = open(log_path, "wb")
+    client = subprocess.Popen([sys.executable, script, "client", "--exec", server_cmd, "-L",
+                               "%d:%s:7" % (lport, LOCAL_IP)],
+                              stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        if not _wait_for(lambda: "link up: we are" in _read(log_path) or client.poll() is not None, 60) \
+                or client.poll() is not None:
+            raise RuntimeError("the client's link did not come up:\n" + _read(log_path)[-2000:])
+        server_pid = _child_pid(client.pid)
+        pids = {"client": client.pid, "server": server_pid}
+        # One connection first: the server keeps a spare connector thread from then on, part of its idle state.
+        warm = concurrent_echo(1, ("127.0.0.1", lport), payload_size=64, timeout=30)
+        if not warm.ok:
+            raise RuntimeError("a first connection through the client failed: %s" % warm)
+        time.sleep(1.0)
+        idle = {k: _proc_status(pid, "Threads") for k, pid in pids.items()}
+        cpu0 = {k: _cpu_seconds(pid) for k, pid in pids.items()}
+        report = concurrent_echo(n, ("127.0.0.1", lport), payload_size=args.clients_payload,
+                                 timeout=args.clients_timeout, seed=args.seed)
+        peak_open = echo.max_open
+        cpu = {k: _cpu_seconds(pid) - cpu0[k] for k, pid in pids.items()}
+        back = time.monotonic()
+        settled = _wait_for(lambda: all(_proc_status(pid, "Threads") <= idle[k] for k, pid in pids.items()), 60)
+        to_idle = time.monotonic() - back
+        after = {k: _proc_status(pid, "Threads") for k, pid in pids.items()}
+        peak = {k: _proc_status(pid, "VmHWM") for k, pid in pids.items()}
+        rss = {k: _proc_status(pid, "VmRSS") for k, pid in pids.items()}
+        client.send_signal(signal.SIGTERM)
+        status = client.wait(30)
+    finally:
+        if client.poll() is None:
+            os.killpg(client.pid, signal.SIGKILL)
+            client.wait()
+        log_file.close()
+        echo.stop()
+    logged = _read(log_path)
+    problems = [x for x in logged.splitlines() if "Traceback" in x or " ERROR " in x or " WARNING " in x]
+    ok = report.ok and peak_open == n and settled and status == 0 and not problems
+    text = ("%d/%d echoed intact in %.1f s (half by %.1f s; %d open at once at the echo service; CPU client "
+            "%.1f s, server %.1f s); peak RSS client %.0f MB, server %.0f MB (%.0f / %.0f MB after); threads "
+            "idle %d / %d, back to %d / %d %.1f s after the close%s%s" % (
+                report.echoed, n, report.seconds, report.finished_s.get("p50", 0), peak_open, cpu["client"],
+                cpu["server"], peak["client"] / 1024.0,
+                      peak["server"] / 1024.0, rss["client"] / 1024.0, rss["server"] / 1024.0, idle["client"],
+                      idle["server"], after["client"], after["server"], to_idle,
+                      "; errors %s" % report.errors if report.errors else "",
+                      "; %d warnings/errors logged, first: %s" % (len(problems), problems[0]) if problems else ""))
+    return dict(ok=ok, text=text, report=report.as_dict(), peak_open=peak_open, idle_threads=idle,
+                threads_after=after, seconds_to_idle=to_idle, cpu_seconds=cpu, peak_rss_kb=peak, rss_after_kb=rss,
+                exit_status=status, limits=args.clients_limits, logged=problems[:10])
+
+
+def _clients_server_config(n, limits, echo_port, baud):
+    """The server's configuration: its line speed (standard output is paced at it), the echo service as port 7,
+    and (``limits`` "raised") room for ``n``."""
+    text = '[serial]\nbaudrate = %d\n[services.7]\nhost = "127.0.0.1"\nport = %d\nname = "echo"\n' % (
+        baud, echo_port)
+    if limits == "raised":
+        text += ("[limits]\nmax_connections = %d\nmax_per_service = %d\nnew_connections_per_second = %d\n"
+                 "burst = %d\n" % (n, n, n, n))
+    return text
+
+
+def _raise_nofile(want):
+    """Raise this process's soft RLIMIT_NOFILE towards ``want`` (children inherit it): the soft limit now."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        soft = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return soft
+
+
+def _read(path):
+    try:
+        with open(path, "r", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _wait_for(predicate, timeout, interval=0.1):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def _proc_status(pid, key):
+    """A number from /proc/PID/status (``Threads``, ``VmHWM`` in kB...), 0 if it cannot be read."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _cpu_seconds(pid):
+    """User and system CPU seconds process ``pid`` has used (all its threads), from /proc/PID/stat."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / float(os.sysconf("SC_CLK_TCK"))
+
+
+def _child_pid(pid):
+    """The one child process of ``pid`` (the client's --exec server), from /proc."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == pid:
+                return int(entry)
+    raise RuntimeError("the client (pid %d) has no --exec child" % pid)
 
 
 ROWS = [("ber", "200 kB each way, 115200, BER 1e-5", row_ber),
@@ -434,6 +584,14 @@ def main(argv=None):
     p.add_argument("--cut-seconds", type=float, default=10.0)
     p.add_argument("--fuzz-count", type=int, default=1000000)
     p.add_argument("--atheris-seconds", type=int, default=120, help="the coverage-guided run's time limit")
+    p.add_argument("--clients", type=int, default=1000, help="connections of the clients row (1,000)")
+    p.add_argument("--clients-payload", type=int, default=1024, help="bytes each of them echoes")
+    p.add_argument("--clients-timeout", type=float, default=300.0, help="seconds for all of them to echo")
+    p.add_argument("--clients-baud", type=int, default=4000000,
+                   help="the clients row server's [serial] baudrate: its standard output is paced at it")
+    p.add_argument("--clients-limits", choices=("raised", "default"), default="raised",
+                   help="the server's [limits]: raised to --clients (max_connections, max_per_service, "
+                        "new_connections_per_second, burst), or pyslirp's defaults")
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--keep", action="store_true", help="keep the run directories (printed)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
