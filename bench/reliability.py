@@ -40,11 +40,10 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from _common import HERE, ROOT, guest_json, parse_set, ppp_session_script, run_directory, uml_unavailable, use_e2e
+
 LOCAL_IP = "10.0.0.1"
 LINE_RATE = 11520.0         # bytes/s of 115200 bit/s 8N1
 
@@ -106,12 +105,7 @@ def guest_restart(port, results, out):
         open(os.path.join(results, name), "w").close()
 
     def wait_flag(name, timeout):
-        end = time.time() + timeout
-        while time.time() < end:
-            if os.path.exists(os.path.join(results, name)):
-                return True
-            time.sleep(0.02)
-        return False
+        return _wait_for(lambda: os.path.exists(os.path.join(results, name)), timeout, 0.02)
 
     def exchange(sock, text):
         sock.sendall(text)
@@ -178,8 +172,7 @@ def guest_main(argv):
 # ======================================================================= host side
 
 def _e2e():
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    sys.path.insert(0, ROOT)
+    use_e2e()
     from e2e import linkrelay, services, uml
     return uml, services, linkrelay
 
@@ -192,24 +185,11 @@ class Session(object):
 
     def __init__(self, basedir, name, config, body, relay_factory=None, timeout=240):
         uml, _, _ = _e2e()
-        for item in self.settings:
-            key, _, value = item.partition("=")
-            section, _, name_ = key.partition(".")
-            try:
-                value = int(value)
-            except ValueError:
-                if value in ("true", "false"):
-                    value = value == "true"
-            config.setdefault(section, {})[name_] = value
+        parse_set(self.settings, config)
         self.lab = uml.Lab(os.path.join(basedir, name))
         os.makedirs(self.lab.basedir, exist_ok=True)
         self.slirp = self.lab.start_pyslirp(config, debug=self.debug)
-        script = """
-            pppd_start pppd noauth
-            wait_ppp_up 30 pppd || exit 1
-            %s
-            pppd_stop pppd
-        """ % body
+        script = ppp_session_script(body)
         kw = {"relay_factory": relay_factory} if relay_factory is not None else {}
         self.guest = self.lab.boot_guest(script, slirp=self.slirp, timeout=timeout, name="guest", **kw)
 
@@ -218,12 +198,6 @@ class Session(object):
         res.check_ran()
         self.slirp.stop()
         return res
-
-    def load(self, res, name):
-        text = res.read(name)
-        if text is None:
-            raise RuntimeError("the guest wrote no %s:\n%s" % (name, res.diagnostics()))
-        return json.loads(text)
 
     def close(self):
         self.lab.close()
@@ -249,7 +223,7 @@ def row_ber(args):
     s = Session(args.basedir, "ber", config, body, linkrelay.EmulatedRelay.factory(imp, seed=args.seed))
     try:
         res = s.finish()
-        dl, ul = s.load(res, "dl.json"), s.load(res, "ul.json")
+        dl, ul = guest_json(res, "dl.json"), guest_json(res, "ul.json")
         counters = s.guest.relay.counters
     finally:
         source.stop()
@@ -287,7 +261,7 @@ def row_cut(args):
         relay.cut(False)
         restored = time.time()
         res = s.finish()
-        dl = s.load(res, "dl.json")
+        dl = guest_json(res, "dl.json")
     finally:
         source.stop()
         s.close()
@@ -302,34 +276,28 @@ def row_cut(args):
 
 def row_restart(args):
     """The service behind an open session is stopped and started again on the same port."""
-    _e2e()
-    from e2e.services import free_port
-    port = free_port()
-    echo = FixedPortEcho(port)
+    _, services, _ = _e2e()
+    port = services.free_port()
+    echo = services.EchoServer(port=port)
     config = {"services": {"7": {"host": "127.0.0.1", "port": port, "name": "echo"}}}
     body = guest_cmd("restart", 7, '"$RESULTS"', '"$RESULTS/restart.json"')
     s = Session(args.basedir, "restart", config, body)
     results = s.guest.rundir
     try:
         def wait_file(name, timeout=120):
-            end = time.monotonic() + timeout
-            while time.monotonic() < end:
-                if os.path.exists(os.path.join(results, name)):
-                    return True
-                time.sleep(0.02)
-            return False
+            return _wait_for(lambda: os.path.exists(os.path.join(results, name)), timeout, 0.02)
         if not wait_file("stop-service"):
             raise RuntimeError("the guest never asked to stop the service")
         echo.stop()
         open(os.path.join(results, "service-stopped"), "w").close()
         if not wait_file("start-service"):
             raise RuntimeError("the guest never asked to start the service again")
-        echo2 = FixedPortEcho(port)
+        echo2 = services.EchoServer(port=port)
         back = time.time()
         open(os.path.join(results, "service-started"), "w").close()
         try:
             res = s.finish()
-            out = s.load(res, "restart.json")
+            out = guest_json(res, "restart.json")
         finally:
             echo2.stop()
     finally:
@@ -341,59 +309,10 @@ def row_restart(args):
                 detail=out)
 
 
-class FixedPortEcho(object):
-    """An echo server on a given loopback port (the service, restarted where it was)."""
-
-    def __init__(self, port):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", port))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self._stop = threading.Event()
-        self._conns = []
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self):
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self._conns.append(conn)
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _echo(conn):
-        try:
-            while True:
-                data = conn.recv(4096)
-                if not data:
-                    break
-                conn.sendall(data)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def stop(self):
-        self._stop.set()
-        self.sock.close()
-        self._thread.join(5)
-        for conn in self._conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
 def row_fuzz(args):
     """Seeded random frames and packets into a Core with the link up: only counted drops; then, if atheris is
     installed, as many coverage-guided inputs (bench/fuzz_atheris.py)."""
-    sys.path.insert(0, ROOT)
+    use_e2e()
     from pyslirp.testing import fuzz
     t0 = time.monotonic()
     report = fuzz.fuzz_core(args.fuzz_count, seed=args.seed)
@@ -422,9 +341,8 @@ def row_fuzz(args):
 def row_clients(args):
     """``--clients`` (1,000) connections at once through ``pyslirp.py client -L`` to an echo service behind a
     pyslirp started by the client (``--exec "exec python3 pyslirp.py --stdio -c X"``); every echo checked."""
-    _e2e()
-    from e2e import services
-    from pyslirp.testing.load import concurrent_echo
+    _, services, _ = _e2e()
+    from pyslirp.testing.load import concurrent_echo, proc_status
     n = args.clients
     need_fds = 2 * n + 64                       # this process: n client sockets and n echo connections
     if _raise_nofile(need_fds) < need_fds:
@@ -455,18 +373,18 @@ def row_clients(args):
         if not warm.ok:
             raise RuntimeError("a first connection through the client failed: %s" % warm)
         time.sleep(1.0)
-        idle = {k: _proc_status(pid, "Threads") for k, pid in pids.items()}
+        idle = {k: proc_status(pid, "Threads") for k, pid in pids.items()}
         cpu0 = {k: _cpu_seconds(pid) for k, pid in pids.items()}
         report = concurrent_echo(n, ("127.0.0.1", lport), payload_size=args.clients_payload,
                                  timeout=args.clients_timeout, seed=args.seed)
         peak_open = echo.max_open
         cpu = {k: _cpu_seconds(pid) - cpu0[k] for k, pid in pids.items()}
         back = time.monotonic()
-        settled = _wait_for(lambda: all(_proc_status(pid, "Threads") <= idle[k] for k, pid in pids.items()), 60)
+        settled = _wait_for(lambda: all(proc_status(pid, "Threads") <= idle[k] for k, pid in pids.items()), 60)
         to_idle = time.monotonic() - back
-        after = {k: _proc_status(pid, "Threads") for k, pid in pids.items()}
-        peak = {k: _proc_status(pid, "VmHWM") for k, pid in pids.items()}
-        rss = {k: _proc_status(pid, "VmRSS") for k, pid in pids.items()}
+        after = {k: proc_status(pid, "Threads") for k, pid in pids.items()}
+        peak = {k: proc_status(pid, "VmHWM") for k, pid in pids.items()}
+        rss = {k: proc_status(pid, "VmRSS") for k, pid in pids.items()}
         client.send_signal(signal.SIGTERM)
         status = client.wait(30)
     finally:
@@ -528,18 +446,6 @@ def _wait_for(predicate, timeout, interval=0.1):
             return True
         time.sleep(interval)
     return predicate()
-
-
-def _proc_status(pid, key):
-    """A number from /proc/PID/status (``Threads``, ``VmHWM`` in kB...), 0 if it cannot be read."""
-    try:
-        with open("/proc/%d/status" % pid) as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
 
 
 def _cpu_seconds(pid):
@@ -604,17 +510,14 @@ def main(argv=None):
     rows = [r for r in ROWS if only is None or r[0] in only]
     if only and len(rows) != len(only):
         p.error("unknown rows: %s" % ", ".join(sorted(only - set(r[0] for r in ROWS))))
-    import tempfile
-    a.basedir = tempfile.mkdtemp(prefix="pyslirp-reliability-")
     if any(r[0] in ("ber", "cut", "restart") for r in rows):
-        uml, _, _ = _e2e()
-        reason = uml.unavailable_reason()
+        reason = uml_unavailable()
         if reason:
             sys.stderr.write("cannot run the pppd rows: %s\n" % reason)
             rows = [r for r in rows if r[0] not in ("ber", "cut", "restart")]
     results = {}
     lines = ["%-8s %-38s %-6s %s" % ("row", "what", "goal", "figures")]
-    try:
+    with run_directory("pyslirp-reliability-", a.keep) as a.basedir:
         for key, what, fn in rows:
             try:
                 out = fn(a)
@@ -626,12 +529,6 @@ def main(argv=None):
             verdict = {True: "met", False: "MISSED", None: "-"}[out["ok"]]
             lines.append("%-8s %-38s %-6s %s" % (key, what, verdict, out["text"]))
             sys.stderr.write(lines[-1] + "\n")
-    finally:
-        if a.keep:
-            sys.stderr.write("run directories kept in %s\n" % a.basedir)
-        else:
-            import shutil
-            shutil.rmtree(a.basedir, ignore_errors=True)
     print("\n".join(lines))
     if a.json:
         with open(a.json, "w") as f:

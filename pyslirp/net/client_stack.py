@@ -567,9 +567,9 @@ class ClientStack(object):
                     remaining -= len(seg.payload)
                     first_bulk = False
             busy = self._after(rec, now)
-            if not segs and not busy and (limit < 0 or limit >= conn.send_mss):
-                # Room for a full segment and nothing to send: it stays quiet until an input, a timer or
-                # the runtime calls _after again.
+            if not segs and not busy and (limit < 0 or limit >= conn.send_mss or not conn.wants_budget):
+                # Nothing to send though there was room for a full segment, or nothing waiting for room at
+                # all: it stays quiet until an input, a timer or the runtime calls _after again.
                 ready.discard(rec.flow_id)
         # Urgent first, then bulk, each in order.
         out = [p for p in out if p[0]] + [p for p in out if not p[0]]

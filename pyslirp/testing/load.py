@@ -75,16 +75,23 @@ def percentile(sorted_values, p):
     return sorted_values[k]
 
 
-def peak_rss_kb(pid):
-    """Peak resident set size of process ``pid`` in kB (``VmHWM``), or 0 if it cannot be read."""
+def proc_status(pid, key):
+    """The number on line ``key`` of /proc/PID/status (``VmHWM`` and ``VmRSS`` in kB, ``Threads``...), or 0 if
+    it cannot be read."""
+    prefix = key + ":"
     try:
         with open("/proc/%d/status" % pid) as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(prefix):
                     return int(line.split()[1])
-    except (OSError, ValueError):
+    except (OSError, ValueError, IndexError):
         pass
     return 0
+
+
+def peak_rss_kb(pid):
+    """Peak resident set size of process ``pid`` in kB (``VmHWM``), or 0 if it cannot be read."""
+    return proc_status(pid, "VmHWM")
 
 
 def _message(conn, n, size):
