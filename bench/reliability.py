@@ -34,7 +34,6 @@ import argparse
 import hashlib
 import json
 import os
-import random
 import shlex
 import signal
 import socket
@@ -81,7 +80,9 @@ def guest_download(port, out):
 
 def guest_upload(port, seed, size, out):
     """Send ``payload(seed, size)``, then read the sink's "<count> <sha256>" answer."""
-    data = random.Random(seed).getrandbits(size * 8).to_bytes(size, "little")
+    use_e2e()
+    from e2e.services import payload
+    data = payload(seed, size)
     t0 = time.time()
     s = socket.create_connection((LOCAL_IP, port), timeout=120)
     s.settimeout(120)
