@@ -22,6 +22,7 @@ import pytest
 
 from e2e import services
 from e2e.fixtures import lab  # noqa: F401  (pytest fixture)
+from e2e.programs import await_mark, json_result, write_script
 from e2e.uml import ppp_packets, toml_dumps
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -31,26 +32,7 @@ PROTO_LCP = 0xC021
 CONFIGURE_REQUEST = 1
 
 
-def write_script(lab, name, text):
-    path = os.path.join(lab.basedir, name)
-    with open(path, "w") as f:
-        f.write(text)
-    return path
 
-
-def json_result(res, name):
-    import json
-    text = (res.read(name + ".out") or "").strip()
-    line = text.splitlines()[-1] if text else ""
-    try:
-        return json.loads(line)
-    except ValueError:
-        raise AssertionError("%s printed no JSON result (rc %s):\n%s" % (name, res.rc(name), text))
-
-
-def await_mark(guest, name, timeout=90):
-    if not guest.wait_mark(name, timeout):
-        raise AssertionError("no mark %r from the guest\n%s" % (name, guest.wait(30).diagnostics()))
 
 
 def wait_for(predicate, timeout):

@@ -15,7 +15,8 @@ import pytest
 
 from e2e import services
 from e2e.fixtures import lab  # noqa: F401  (pytest fixture)
-from test_e2e_health import await_mark, json_result, wait_for, write_script
+from e2e.programs import await_mark, json_result, write_script
+from test_e2e_health import wait_for
 from test_e2e_tcp import HostCheck
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]

@@ -13,7 +13,6 @@ Text payloads are this repository's own source files, so they compress as real t
 """
 
 import hashlib
-import json
 import os
 import shlex
 import socket
@@ -22,6 +21,7 @@ import pytest
 
 from e2e import services
 from e2e.fixtures import lab, unavailable  # noqa: F401  (pytest fixture)
+from e2e.programs import json_result
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -89,13 +89,6 @@ def write_file(lab, name, data):
         f.write(data)
     return path
 
-
-def json_result(res, name):
-    text = (res.read(name + ".out") or "").strip()
-    try:
-        return json.loads(text.splitlines()[-1])
-    except (ValueError, IndexError):
-        raise AssertionError("%s printed no JSON result (rc %s):\n%s" % (name, res.rc(name), text))
 
 
 def transfer_session(lab, config, pppd_opts="noauth"):

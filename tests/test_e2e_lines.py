@@ -17,7 +17,8 @@ import pytest
 from e2e import services
 from e2e.fixtures import lab  # noqa: F401  (pytest fixture)
 from pyslirp.runtime.ownership import lock_name
-from test_e2e_tcp import BULK_CLIENT, LOCAL_IP, json_result, link_up_script, write_script
+from e2e.programs import json_result, write_script
+from test_e2e_tcp import BULK_CLIENT, LOCAL_IP, link_up_script
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 

@@ -24,7 +24,8 @@ import pytest
 
 from e2e import services
 from e2e.fixtures import lab  # noqa: F401  (pytest fixture)
-from test_e2e_tcp import HostCheck, await_mark, json_result, ppp_addresses, sockets_of, write_script
+from e2e.programs import await_mark, json_result, write_script
+from test_e2e_tcp import HostCheck, ppp_addresses, sockets_of
 from test_metrics import parse_text, promtool_check
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]

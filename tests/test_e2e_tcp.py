@@ -17,7 +17,6 @@ The serial line carries about 2 MB/s, so 20 MB takes about ten seconds in each d
 """
 
 import hashlib
-import json
 import os
 import re
 import shlex
@@ -30,6 +29,7 @@ import pytest
 
 from e2e import services
 from e2e.fixtures import lab, unavailable  # noqa: F401  (pytest fixture)
+from e2e.programs import await_mark, json_result, write_script
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -41,21 +41,6 @@ SSH_OPTIONS = ("-F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o StrictHos
                "-o ConnectTimeout=20")
 
 
-def write_script(lab, name, text):
-    """A guest-side program in the test's directory (seen by the guest at the same path)."""
-    path = os.path.join(lab.basedir, name)
-    with open(path, "w") as f:
-        f.write(text)
-    return path
-
-
-def json_result(res, name):
-    text = (res.read(name + ".out") or "").strip()
-    line = text.splitlines()[-1] if text else ""
-    try:
-        return json.loads(line)
-    except ValueError:
-        raise AssertionError("%s printed no JSON result (rc %s):\n%s" % (name, res.rc(name), text))
 
 
 def run(cmd):
@@ -101,11 +86,6 @@ class HostCheck(object):
         return [line for line in sockets_of(slirp.proc.pid, "-tn", "state", "established")
                 if re.findall(r"\S+:\d+(?=\s)", line + " ")[1:2] == [peer]]
 
-
-def await_mark(guest, name, timeout=90):
-    """Wait for the guest's ``mark NAME``; if it never comes, fail with what the guest left behind."""
-    if not guest.wait_mark(name, timeout):
-        raise AssertionError("no mark %r from the guest\n%s" % (name, guest.wait(30).diagnostics()))
 
 
 def wait_for(predicate, timeout):

@@ -779,11 +779,7 @@ class IPStack(object):
             self.ping_flows_opened += 1
             self._events.append(PingOpen(rec.flow_id, key, route))
             self._flow_log(ev.OPENED, rec, now)
-        rec.last_ip = ip
-        rec.last_activity = now
-        rec.bytes_in += len(msg.payload)
-        self._events.append(PingSend(rec.flow_id, msg.echo_seq, msg.payload))
-        self._arm_datagrams(rec)
+        self._datagram_arrived(rec, ip, now, len(msg.payload), PingSend(rec.flow_id, msg.echo_seq, msg.payload))
 
     def _udp_input(self, ip, now):
         try:
@@ -808,10 +804,14 @@ class IPStack(object):
             self.udp_flows_opened += 1
             self._events.append(UdpOpen(rec.flow_id, key, route))
             self._flow_log(ev.OPENED, rec, now)
+        self._datagram_arrived(rec, ip, now, len(udp.payload), UdpSend(rec.flow_id, udp.payload))
+
+    def _datagram_arrived(self, rec, ip, now, size, event):
+        """A datagram of a UDP or ping flow: account for it and hand ``event`` (its send) to the runtime."""
         rec.last_ip = ip
         rec.last_activity = now
-        rec.bytes_in += len(udp.payload)
-        self._events.append(UdpSend(rec.flow_id, udp.payload))
+        rec.bytes_in += size
+        self._events.append(event)
         self._arm_datagrams(rec)
 
     def _tcp_input(self, ip, now):

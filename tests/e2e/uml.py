@@ -302,6 +302,7 @@ class Guest(object):
         self.timeout = float(timeout)
         self.proc = None
         self.relay = None
+        self.slirp = None           # the Pyslirp whose line this guest dials (Lab.boot_guest), for diagnostics
         self.returncode = None
         self.report = None
         self._fds = []
@@ -484,12 +485,26 @@ class GuestResult(object):
         return self
 
     def diagnostics(self, tail=60):
+        """The guest's report and logs, and the log of the pyslirp it dialled (its DEBUG lines left out).
+
+        pyslirp's side comes first and the boot console last: a failure report that gets cut keeps its head.
+        """
         parts = ["run directory: %s" % self.rundir, "guest report: %s" % json.dumps(self.report)]
-        for name in sorted(os.listdir(self.rundir)):
-            if name.endswith((".log", ".out")) or name == "console.txt":
-                text = self.read(name, "")
-                lines = text.splitlines()[-tail:]
-                parts.append("--- %s (last %d lines) ---\n%s" % (name, len(lines), "\n".join(lines)))
+        slirp, relay = self.guest.slirp, self.guest.relay
+        if slirp is not None:
+            lines = [line for line in slirp.log().splitlines() if " DEBUG " not in line][-tail:]
+            parts.append("--- pyslirp (exit %s), last %d lines without DEBUG ---\n%s" % (
+                slirp.returncode if slirp.proc is None else slirp.proc.poll(), len(lines), "\n".join(lines)))
+        if relay is not None:
+            parts.append("relay: %d bytes to guest, %d from guest, tty_closed=%s, error=%s" % (
+                relay.bytes_to_guest, relay.bytes_from_guest, relay.tty_closed, relay.error))
+        names = sorted(name for name in os.listdir(self.rundir) if name.endswith((".log", ".out")))
+        if os.path.exists(os.path.join(self.rundir, "console.txt")):
+            names.append("console.txt")
+        for name in names:
+            text = self.read(name, "")
+            lines = text.splitlines()[-tail:]
+            parts.append("--- %s (last %d lines) ---\n%s" % (name, len(lines), "\n".join(lines)))
         return "\n".join(parts)
 
 
@@ -802,6 +817,7 @@ class Lab(object):
                 raise ValueError("boot_guest needs a tty_fd or a pyslirp")
             tty_fd = slirp.open_tty()
             self._fds += list(tty_fd) if isinstance(tty_fd, tuple) else [tty_fd]
+        guest.slirp = slirp
         self.guests.append(guest)
         return guest.start(tty_fd)
 
