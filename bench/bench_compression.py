@@ -83,6 +83,7 @@ def run_mode(basedir, mode, text, baud):
     use_e2e()
     from e2e import services, uml
     from e2e.pacing import PacedRelay
+    from e2e.programs import json_result, write_script
 
     lab = uml.Lab(os.path.join(basedir, mode))
     os.makedirs(lab.basedir, exist_ok=True)
@@ -94,10 +95,8 @@ def run_mode(basedir, mode, text, baud):
         cfg["services"] = {"5001": {"host": "127.0.0.1", "port": sink.port, "name": "sink"},
                            "5002": {"host": "127.0.0.1", "port": source.port, "name": "text"}}
         slirp = lab.start_pyslirp(cfg, debug=False)
-        guest_py = os.path.join(lab.basedir, "guest.py")
+        guest_py = write_script(lab, "guest.py", GUEST)
         text_path = os.path.join(lab.basedir, "text.bin")
-        with open(guest_py, "w") as f:
-            f.write(GUEST)
         with open(text_path, "wb") as f:
             f.write(text)
         script = ppp_session_script("""
@@ -106,7 +105,7 @@ def run_mode(basedir, mode, text, baud):
         """.format(guest=shlex.quote(guest_py), text=shlex.quote(text_path)), stop_wait=15)
         res = lab.boot_guest(script, slirp=slirp, timeout=900, name="guest",
                              relay_factory=PacedRelay.factory(baud)).wait().check_ran()
-        out = json.loads((res.read("bench.out") or "").strip().splitlines()[-1])
+        out = json_result(res, "bench")
         want = hashlib.sha256(text).hexdigest()
         for key in ("download", "upload"):
             if out[key]["bytes"] != len(text) or out[key]["sha256"] != want:
