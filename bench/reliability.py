@@ -25,7 +25,7 @@ clients    1,000 connections open at once through ``pyslirp.py client -L`` (no g
            open until every one is done: the count echoed intact and the seconds, the peak RSS (VmHWM) of both
            processes, their thread counts idle and after the close.  The server's [limits] are raised to the
            connection count (max_connections, max_per_service, new_connections_per_second, burst;
-           ``--clients-limits default`` keeps pyslirp's).
+           ``--clients-limits default`` keeps pyslirp's; ``--set`` applies on top).
 
 Nothing here talks to anything but 127.0.0.1 and the guest's own PPP link.
 """
@@ -353,7 +353,7 @@ def row_clients(args):
     os.makedirs(rundir)
     conf = os.path.join(rundir, "server.toml")
     with open(conf, "w") as f:
-        f.write(_clients_server_config(n, args.clients_limits, echo.port, args.clients_baud))
+        f.write(_clients_server_config(n, args.clients_limits, echo.port, args.clients_baud, Session.settings))
     lport = services.free_port()
     script = os.path.join(ROOT, "pyslirp.py")
     server_cmd = "exec %s %s --stdio -c %s" % (shlex.quote(sys.executable), shlex.quote(script), shlex.quote(conf))
@@ -408,18 +408,19 @@ def row_clients(args):
                       "; %d warnings/errors logged, first: %s" % (len(problems), problems[0]) if problems else ""))
     return dict(ok=ok, text=text, report=report.as_dict(), peak_open=peak_open, idle_threads=idle,
                 threads_after=after, seconds_to_idle=to_idle, cpu_seconds=cpu, peak_rss_kb=peak, rss_after_kb=rss,
-                exit_status=status, limits=args.clients_limits, logged=problems[:10])
+                exit_status=status, limits=args.clients_limits, settings=list(Session.settings), logged=problems[:10])
 
 
-def _clients_server_config(n, limits, echo_port, baud):
-    """The server's configuration: its line speed (standard output is paced at it), the echo service as port 7,
-    and (``limits`` "raised") room for ``n``."""
-    text = '[serial]\nbaudrate = %d\n[services.7]\nhost = "127.0.0.1"\nport = %d\nname = "echo"\n' % (
-        baud, echo_port)
+def _clients_server_config(n, limits, echo_port, baud, settings=()):
+    """The server's configuration (TOML): its line speed (standard output is paced at it), the echo service as
+    port 7, (``limits`` "raised") room for ``n``, then the ``--set`` overrides."""
+    from e2e.uml import toml_dumps
+    config = {"serial": {"baudrate": baud},
+              "services": {"7": {"host": "127.0.0.1", "port": echo_port, "name": "echo"}}}
     if limits == "raised":
-        text += ("[limits]\nmax_connections = %d\nmax_per_service = %d\nnew_connections_per_second = %d\n"
-                 "burst = %d\n" % (n, n, n, n))
-    return text
+        config["limits"] = {"max_connections": n, "max_per_service": n, "new_connections_per_second": n,
+                            "burst": n}
+    return toml_dumps(parse_set(settings, config))
 
 
 def _raise_nofile(want):
@@ -502,7 +503,8 @@ def main(argv=None):
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--keep", action="store_true", help="keep the run directories (printed)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="pyslirp configuration override, e.g. ppp.compression=none (repeatable)")
+                   help="pyslirp configuration override of every row's pyslirp (the clients row: the server's), "
+                        "e.g. ppp.compression=none (repeatable)")
     p.add_argument("--debug", action="store_true", help="run pyslirp with -d (slower: debug logging)")
     a = p.parse_args(argv)
     Session.debug = a.debug
