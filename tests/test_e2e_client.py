@@ -218,7 +218,7 @@ def test_a_hundred_connections_at_once_against_pyslirp(tmp_path):
             idle = [_threads(pid) for pid in pids]
             report = concurrent_echo(n, ("127.0.0.1", port), payload_size=2000, timeout=240, seed=3)
             assert report.ok and report.echoed == n, (report, client.log()[-3000:])
-            assert echo.max_open == n and echo.accepted == n + 1
+            assert echo.max_open >= n and echo.accepted == n + 1
             assert echo.bytes_echoed == 64 + n * 2000
             assert _settles(lambda: all(_threads(pid) <= count for pid, count in zip(pids, idle))), (
                 idle, [_threads(pid) for pid in pids])
