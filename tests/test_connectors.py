@@ -221,6 +221,35 @@ def test_cancel_aborts_a_hanging_direct_connect(black_hole):
     assert 0.25 <= took < 1.5 and connector.cancelled
 
 
+def test_cancel_reaches_a_connect_that_polls_the_callers_wakeup(black_hole, echo):
+    # A service connection hands its own Wakeup to the Connector: the cancel must still end a hanging
+    # connect, no socket pair of the Connector's own is made, and the caller's Wakeup stays open.
+    from pyslirp.runtime.wakeup import Wakeup
+    wakeup = Wakeup()
+    made = []
+    real_socketpair = socket.socketpair
+
+    def counting_socketpair(*args):
+        made.append(1)
+        return real_socketpair(*args)
+
+    try:
+        socket.socketpair = counting_socketpair
+        connector = Connector("direct", None, 30, wakeup=wakeup)
+        timer = cancel_after(connector, 0.3)
+        exc, took = expect_failure(connector.open, services.LOOPBACK, black_hole.port)
+        timer.join()
+        assert exc.reason == "cancelled" and 0.25 <= took < 1.5
+        sock, _ = Connector("direct", None, 5, wakeup=wakeup).open(services.LOOPBACK, echo.port)
+        with sock:
+            echo_both_ways(sock, size=100)
+    finally:
+        socket.socketpair = real_socketpair
+    assert made == []
+    assert wakeup.fileno() != -1                # the caller's, still open
+    wakeup.close()
+
+
 def test_cancel_aborts_a_proxy_handshake():
     with ScriptedProxy(_never_answer) as silent:
         for via in ("socks5", "http"):

@@ -193,6 +193,26 @@ def test_budget_is_the_bound_minus_our_queue_and_the_os_queue():
     assert core.rates == [11520, 3000]
 
 
+def test_a_written_report_alone_settles_the_queue_without_a_flush():
+    core = BudgetCore()
+    core.get_timer = lambda: None
+    core.handle_timer = lambda now: None
+    runtime = Runtime(None, None, core=core, endpoint=object(), line_budget=4096)
+    runtime.writer = writer = FakeWriter(target=1000, backlog=0, rate=11520.0)
+    runtime.line_queued = 300
+    runtime._step(("written", writer, 100), 0)
+    assert runtime.line_queued == 200 and core.budgets == []   # settled; the line not asked again
+    runtime._step(("room", writer), 1)
+    assert core.budgets == [800]                                # "room" refills it
+    runtime._step(("written", writer, 10), 2)
+    assert core.budgets == [800]
+    core.get_timer = lambda: 3                                  # a timer due: the turn runs in full
+    runtime._step(("written", writer, 10), 3)
+    assert len(core.budgets) == 2
+    runtime._step(None, 4)                                      # a timeout runs in full too
+    assert len(core.budgets) == 3
+
+
 def test_the_bound_starts_from_the_configured_speed():
     runtime = Runtime(None, None, core=BudgetCore(), endpoint=object(), line_budget=65536, baudrate=115200)
     meter = runtime._new_meter()

@@ -233,6 +233,95 @@ def test_service_connect_refused_is_reported():
     assert inbox.get() == ("svc_done", 3)
 
 
+class RecordingStarter(object):
+    """A SpareThread stand-in: runs each job on a plain thread and records what the inbox held when the job
+    asked for the next spare."""
+
+    def __init__(self, inbox):
+        self.inbox = inbox
+        self.replenished = []
+
+    def start(self, job):
+        threading.Thread(target=job, daemon=True).start()
+
+    def replenish(self):
+        self.replenished.append(list(self.inbox.q.queue))
+
+
+def test_the_next_spare_thread_is_started_after_the_connect_is_reported(servers):
+    # A thread start must not delay the report the SYN-ACK waits for: the job reports first, and asks for
+    # the next spare once, whether its connect succeeded or failed.
+    from pyslirp.runtime.services import ServiceConnection
+    server = servers(echo)
+    inbox = Inbox()
+    starter = RecordingStarter(inbox)
+    conn = ServiceConnection(7, Route("service", "127.0.0.1", server.port, "direct"), inbox.post)
+    conn.start(starter)
+    assert inbox.get() == ("svc_connected", 7, 0, ())
+    conn.abort("test over")
+    assert inbox.get("svc_done") == ("svc_done", 7)
+    assert starter.replenished == [[("svc_connected", 7, 0, ())]]
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()                            # nothing listens there now
+    inbox = Inbox()
+    starter = RecordingStarter(inbox)
+    conn = ServiceConnection(8, Route("service", "127.0.0.1", port, "direct"), inbox.post)
+    conn.start(starter)
+    assert inbox.get("svc_done") == ("svc_done", 8)
+    assert len(starter.replenished) == 1
+    assert [item[:2] for item in starter.replenished[0]] == [("svc_failed", 8)]
+
+
+class HeldStarter(object):
+    """Runs the job only when released: what the stack thread hands over meanwhile finds the thread busy."""
+
+    def __init__(self):
+        self.job = None
+
+    def start(self, job):
+        self.job = job
+
+    def release(self):
+        threading.Thread(target=self.job, daemon=True).start()
+
+    def replenish(self):
+        pass
+
+
+def test_hand_offs_to_a_busy_service_thread_write_no_wake_up_byte_and_are_not_lost(servers):
+    from pyslirp.runtime.services import ServiceConnection
+    server = servers(echo)
+    inbox = Inbox()
+    starter = HeldStarter()
+    conn = ServiceConnection(9, Route("service", "127.0.0.1", server.port, "direct"), inbox.post)
+    writes = []
+    real_wake = conn._wakeup.wake
+    conn._wakeup.wake = lambda: (writes.append(1), real_wake())
+    conn.start(starter)
+    conn.add_credit(100)                    # the thread has not even connected yet
+    conn.send(b"ping")
+    assert writes == []
+    starter.release()
+    assert inbox.get("svc_connected")[:2] == ("svc_connected", 9)
+    got = b""
+    while len(got) < 4:
+        got += inbox.get("svc_data")[2]
+    assert got == b"ping"
+    # Now the thread waits in poll: a hand-off must wake it.
+    time.sleep(0.2)
+    conn.send(b"pong")
+    got = b""
+    while len(got) < 4:
+        got += inbox.get("svc_data")[2]
+    assert got == b"pong" and len(writes) >= 1
+    conn.shutdown()
+    assert inbox.get("svc_eof") == ("svc_eof", 9)
+    assert inbox.get("svc_done") == ("svc_done", 9)
+
+
 def test_service_close_aborts_the_socket(servers):
     server, inbox, manager = connected_service(servers, recv_all, 4)
     manager.handle(ServiceSend(4, b"partial"))

@@ -1512,7 +1512,18 @@ class IPStack(object):
         # Only the connections something happened to since they last had nothing to send (see _after):
         # with a thousand connections open, a segment for one of them must not ask all the others.
         ready = self._ready
-        order = [rec for rec in self._conns.values() if rec.key in ready]
+        if not ready:
+            return
+        if len(ready) == 1:
+            # One connection (a handshake, a keystroke's echo): no order to keep, and no walk over the others.
+            key = next(iter(ready))
+            rec = self._conns.get(key)
+            if rec is None:
+                ready.discard(key)
+                return
+            order = [rec]
+        else:
+            order = [rec for rec in self._conns.values() if rec.key in ready]
         first = True
         while order:
             again = []

@@ -95,6 +95,7 @@ class LocalConnection(ServiceConnection):
         self._credit = 0
         self._shutdown_requested = False
         self._abort = None
+        self._sleeping = False          # as in ServiceConnection: wake-up bytes only while it may poll
         self._wakeup = Wakeup()
         self._outcome = None            # ("connected",) or ("refused", reason, icmp_code)
         self._decided = threading.Event()

@@ -52,6 +52,7 @@ from pyslirp.proxy.base import ip_literal
 from pyslirp.proxy.events import ProxyRefused
 from pyslirp.proxy.http_connect import HttpConnectClient
 from pyslirp.proxy.socks5 import Socks5Client
+from pyslirp.runtime.wakeup import Wakeup
 
 log = logging.getLogger("pyslirp.runtime.connectors")
 
@@ -104,7 +105,7 @@ def hop_name(via, host, port):
 class Connector(object):
     """One connect attempt, directly or through a proxy; :meth:`open` runs it, :meth:`cancel` aborts it."""
 
-    def __init__(self, via=DIRECT, proxy=None, timeout=CONNECT_TIMEOUT):
+    def __init__(self, via=DIRECT, proxy=None, timeout=CONNECT_TIMEOUT, wakeup=None):
         if via not in VIAS:
             raise ValueError("via must be one of %s, not %r" % (", ".join(VIAS), via))
         if via != DIRECT and proxy is None:
@@ -118,7 +119,11 @@ class Connector(object):
         self._lock = threading.Lock()
         self._cancelled = False
         self._started = False
-        self._wake_r = self._wake_w = None          # the wake-up pair, while open() runs
+        # ``wakeup``: the caller's Wakeup (a service connection's, which it owns and keeps), so that a connect
+        # costs no socket pair of its own; else open() makes one for itself.  ``_wakeup``: the one open() polls.
+        self._own_wakeup = wakeup is None
+        self._wakeup = wakeup
+        self._polling = False                       # open() is running: a cancel must wake it
         self._budget = self.timeout                 # seconds of the current attempt (open_any shares the timeout)
 
     def __repr__(self):
@@ -137,18 +142,17 @@ class Connector(object):
 
     def _wake(self):
         with self._lock:
-            if self._wake_w is not None:
-                try:
-                    self._wake_w.send(b"x")
-                except OSError:
-                    pass            # full: the waiting thread is already being woken
+            if self._polling:
+                self._wakeup.wake()
 
     def _close_wake(self):
         with self._lock:
-            pair, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), None, None
-        for s in pair:
-            if s is not None:
-                s.close()
+            self._polling = False
+            wakeup = self._wakeup
+            if self._own_wakeup:
+                self._wakeup = None
+        if self._own_wakeup and wakeup is not None:
+            wakeup.close()
 
     # -- the attempt ------------------------------------------------------------------------------------------------
 
@@ -174,11 +178,10 @@ class Connector(object):
             raise RuntimeError("a Connector opens one connection; make a new one")
         self._started = True
         deadline = time.monotonic() + self.timeout
-        wake_r, wake_w = socket.socketpair()
-        wake_r.setblocking(False)
-        wake_w.setblocking(False)
         with self._lock:
-            self._wake_r, self._wake_w = wake_r, wake_w
+            if self._own_wakeup:
+                self._wakeup = Wakeup()
+            self._polling = True
         failures = []
         try:
             for index, (host, port) in enumerate(targets):
@@ -235,7 +238,7 @@ class Connector(object):
         """Poll ``sock`` for ``events`` (and the wake-up socket); the ready events of ``sock``, 0 after a wake-up.
         ConnectFailed("cancelled") when cancelled; ``timed_out()`` (a ConnectFailed) is raised past ``deadline``."""
         poller = select.poll()
-        wake = self._wake_r
+        wake = self._wakeup
         poller.register(wake, select.POLLIN)
         if sock is not None:
             poller.register(sock, events)
@@ -252,10 +255,7 @@ class Connector(object):
                     return revents
                 woken = True
             if woken:
-                try:
-                    wake.recv(64)
-                except OSError:
-                    pass
+                wake.drain()
                 if sock is None:
                     return 0
 

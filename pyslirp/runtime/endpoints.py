@@ -186,15 +186,15 @@ class FdEndpoint(Endpoint):
     def out_waiting(self):
         """Bytes the OS has accepted but the line has not taken yet.
 
-        TIOCOUTQ where the descriptor has one (a serial port's driver buffer, a socket's send queue);
-        otherwise FIONREAD on ``_backlog_fd``: a pipe's unread bytes on its write end or, for our pty
-        (a Linux pty master reports 0 for TIOCOUTQ), the slave's input queue.  0 where unknown:
-        then only our own queue is known.
+        FIONREAD on ``_backlog_fd`` where there is one: a pipe's unread bytes on its write end or, for our
+        pty, the slave's input queue (a pipe has no TIOCOUTQ and a Linux pty master reports 0 for it, so
+        asking would cost a system call, and for a pipe an exception, at every look).  Otherwise TIOCOUTQ
+        where the descriptor has one (a serial port's driver buffer, a socket's send queue).  0 where
+        unknown: then only our own queue is known.
         """
-        n = outq_bytes(self.wfd)
-        if n or self._backlog_fd is None:
-            return n
-        return fionread_bytes(self._backlog_fd)
+        if self._backlog_fd is not None:
+            return fionread_bytes(self._backlog_fd)
+        return outq_bytes(self.wfd)
 
     def cancel(self):
         self._cancelled = True

@@ -29,14 +29,17 @@ queued data is written; ``ServiceClose`` aborts (the socket is closed with
 SO_LINGER 0, i.e. the service sees a reset).  When both directions are
 finished (service EOF read and our write side shut down) the thread closes
 the socket by itself.  A socket pair wakes the thread from ``poll`` when the
-stack thread hands it something.
+stack thread hands it something while it may be polling (``_sleeping``: set
+under the lock where the thread reads what it was handed, so no hand-off is
+missed, and cleared when ``poll`` returns; a hand-off while the thread is
+busy costs no system call).
 
 Threads: ``Thread.start`` waits until the new thread runs, a context switch
 or two (and a wait for the GIL) on the stack thread for every SYN.
 :class:`SpareThread` keeps one thread started ahead and idle (waiting on a
 condition, not polling); the stack thread hands it the connection, and that
-thread starts the next spare itself once its connect is done, off both the
-stack thread's and the connect's path.
+thread starts the next spare itself once its connect is done and reported,
+off the stack thread's, the connect's and the SYN-ACK's path.
 
 Connecting: the event carries the flow's Route; a
 :class:`~pyslirp.runtime.connectors.Connector` reaches the route's targets
@@ -168,14 +171,17 @@ class ServiceConnection(object):
         self.host = route.host
         self.port = route.port
         self._post = post
-        self._connector = Connector(route.via, proxy if route.via != "direct" else None, connect_timeout)
         self._early = b""                       # tunnel bytes that came with the proxy's answer
         self._lock = threading.Lock()
         self._pending = collections.deque()     # bytes to write to the socket
         self._credit = 0
         self._shutdown_requested = False
         self._abort = None                      # reason, once ServiceClose arrived
+        self._sleeping = False                  # the thread looked at the state above and may be in poll
         self._wakeup = Wakeup()
+        # The connect polls the same wake-up (a cancel ends it): one socket pair per connection, not two.
+        self._connector = Connector(route.via, proxy if route.via != "direct" else None, connect_timeout,
+                                    wakeup=self._wakeup)
         self._done = threading.Event()
         self._starter = None
         self.bytes_to_service = 0
@@ -193,17 +199,23 @@ class ServiceConnection(object):
     def send(self, data):
         with self._lock:
             self._pending.append(data)
-        self._wake()
+            sleeping = self._sleeping
+        if sleeping:
+            self._wake()
 
     def add_credit(self, nbytes):
         with self._lock:
             self._credit += nbytes
-        self._wake()
+            sleeping = self._sleeping
+        if sleeping:
+            self._wake()
 
     def shutdown(self):
         with self._lock:
             self._shutdown_requested = True
-        self._wake()
+            sleeping = self._sleeping
+        if sleeping:
+            self._wake()
 
     def abort(self, reason):
         with self._lock:
@@ -223,11 +235,7 @@ class ServiceConnection(object):
         targets = self.route.targets
         try:
             try:
-                try:
-                    index, sock, self._early, failed = self._connector.open_any(targets)
-                finally:
-                    if self._starter is not None:
-                        self._starter.replenish()       # the next connection's thread, now that ours is done
+                index, sock, self._early, failed = self._connector.open_any(targets)
             except ConnectFailed as exc:
                 if self._abort is None and not self._connector.cancelled:
                     # The stack logs the refusal once, with the flow, the route and this reason.
@@ -237,6 +245,7 @@ class ServiceConnection(object):
                     else:
                         reason = "; ".join("%s %s" % (_target(targets[i]), text) for i, text in failures)
                     self._post(("svc_failed", self.conn_id, reason, exc.outcome, failures))
+                    self._replenish()
                 return
             if self._abort is not None:
                 self._close(sock, abort=True)
@@ -248,6 +257,7 @@ class ServiceConnection(object):
             except OSError:
                 pass
             self._post(("svc_connected", self.conn_id, index, _failures(failed, targets)))
+            self._replenish()
             abort = self._serve(sock)
             self._close(sock, abort)
             sock = None
@@ -255,11 +265,22 @@ class ServiceConnection(object):
             log.exception("service connection %d failed", self.conn_id)
             self._post(("svc_error", self.conn_id, "internal error"))
         finally:
+            self._replenish()
             if sock is not None:
                 self._close(sock, abort=True)
             self._wakeup.close()
             self._done.set()
             self._post(("svc_done", self.conn_id))
+
+    def _replenish(self):
+        """Have the next connection's thread started (once), now that ours has connected or failed.
+
+        Called after the report is posted: a thread start (a wait for the new thread to run, and for the
+        GIL) must not stand between the service's answer and the client's SYN-ACK.
+        """
+        starter, self._starter = self._starter, None
+        if starter is not None:
+            starter.replenish()
 
     def _serve(self, sock):
         """Move bytes until finished; True if the socket must be aborted."""
@@ -281,6 +302,11 @@ class ServiceConnection(object):
                         sock.shutdown(socket.SHUT_WR)
                     except OSError:
                         pass
+                # From here on a change of the state above needs a wake-up byte to end our poll; until
+                # now the thread was awake and reads the state here anyway (a send costs a system call
+                # and a thread switch: a connection's first credit and data usually come while its
+                # thread is still busy with the connect).
+                self._sleeping = True
             if read_eof and write_shut and not pending:
                 return False
             if self._early and credit > 0:
@@ -293,7 +319,9 @@ class ServiceConnection(object):
                 elif registered:
                     poller.unregister(sfd)
                 registered = mask
-            for fd, revents in poller.poll():
+            ready = poller.poll()
+            self._sleeping = False
+            for fd, revents in ready:
                 if fd != sfd:
                     self._wakeup.drain()
                     continue
@@ -394,8 +422,9 @@ class ServiceManager(object):
     def handle(self, event):
         conn = self.connections.get(getattr(event, "conn_id", None))
         if isinstance(event, ServiceConnect):
-            log.debug("connection %d: %s: connecting to %s", event.conn_id, event.flow.describe(),
-                      event.route.describe())
+            if log.isEnabledFor(logging.DEBUG):     # the descriptions cost more than the rest of the hand-off
+                log.debug("connection %d: %s: connecting to %s", event.conn_id, event.flow.describe(),
+                          event.route.describe())
             conn = ServiceConnection(event.conn_id, event.route, self._post, self._connect_timeout, self._proxy)
             self.connections[event.conn_id] = conn
             self.started += 1

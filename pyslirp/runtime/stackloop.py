@@ -27,7 +27,9 @@ frames to send next, in order: link control and small packets always, bulk
 while the budget is positive (one frame may exceed it).  Bulk beyond that
 waits in the TCP send buffers, where the next keystroke can still overtake
 it.  The writer's "room" report (the line drained below the bound) wakes the
-loop to refill; a 20 ms re-flush is the safety net.  Whenever the measured
+loop to refill; a 20 ms re-flush is the safety net.  Its "written" reports
+only settle ``line_queued``: a wake-up that brought nothing else (and found
+no timer due) does not flush, since the "room" after every write does.  Whenever the measured
 rate moves by more than an eighth the Core is told (``set_line_rate``): the
 stack sizes segments and windows to it.  The other way, each flush hands
 the writer the smallest round trip the stack's connections measured on
@@ -282,7 +284,10 @@ class Runtime(object):
 
     def _step(self, item, now):
         handled = 0
+        written_only = item is not None
         while item is not None:
+            if item[0] != "written":
+                written_only = False
             self._dispatch(item, now)
             handled += 1
             if handled >= BATCH:
@@ -291,9 +296,22 @@ class Runtime(object):
                 item = self.inbox.get_nowait()
             except queue.Empty:
                 item = None
+        if written_only and not self._due(now):
+            # Only bytes reaching the line: the writer's "room" report, which follows every write once the
+            # line's queue is below its bound, is the turn that refills it.  A flush now would find nothing
+            # new and cost a whole turn (and a look at the line's queue) per write.
+            self._housekeeping(now)
+            return
         self.core.handle_timer(now)
         self._flush(now)
         self._housekeeping(now)
+
+    def _due(self, now):
+        """A timer of the Core's or a re-flush is due."""
+        deadline = self.core.get_timer()
+        if deadline is not None and deadline <= now:
+            return True
+        return self._reflush_at is not None and self._reflush_at <= now
 
     def _timeout(self, now):
         deadline = self.core.get_timer()

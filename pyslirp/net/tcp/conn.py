@@ -803,17 +803,9 @@ class TcpConnection(object):
         return TcpRepr(self.local_port, self.remote_port, seq & 0xFFFFFFFF, ack, flags, window,
                        sack_blocks=blocks, timestamp=ts, payload=payload)
 
-    def _make_synack(self, now):
-        space = self._rcv_space()
-        window = min(space, MAX_WINDOW_FIELD)      # RFC 7323 2.2: not scaled in a SYN
-        window = min(max(window, self.rcv_wnd), MAX_WINDOW_FIELD)   # never retract the edge we track
-        edge = seq_add(self.rcv_nxt, window)
-        if seq_gt(edge, self.rcv_adv):
-            self.rcv_adv = edge
-        ts = (self._ts_val(now), self.ts_recent) if self.ts_ok else None
-        self.last_ack_sent = self.rcv_nxt
-        self._ack_now = False
-        self._delack_at = None
+    def _syn_sent(self, now):
+        """Our SYN or SYN-ACK goes out (``now``): counted, timed unless a retransmission (Karn's rule,
+        RFC 6298 3), SND.NXT past the ISS, and the retransmission timer running."""
         self.segs_out += 1
         if self._synack_sends:
             self.retransmits += 1
@@ -826,6 +818,19 @@ class TcpConnection(object):
         self.snd_nxt = self.snd_max = seq_add(self.iss, 1)
         if self._rtx_at is None:
             self._arm_rtx(now)
+
+    def _make_synack(self, now):
+        space = self._rcv_space()
+        window = min(space, MAX_WINDOW_FIELD)      # RFC 7323 2.2: not scaled in a SYN
+        window = min(max(window, self.rcv_wnd), MAX_WINDOW_FIELD)   # never retract the edge we track
+        edge = seq_add(self.rcv_nxt, window)
+        if seq_gt(edge, self.rcv_adv):
+            self.rcv_adv = edge
+        ts = (self._ts_val(now), self.ts_recent) if self.ts_ok else None
+        self.last_ack_sent = self.rcv_nxt
+        self._ack_now = False
+        self._delack_at = None
+        self._syn_sent(now)
         self._synack_due = False
         return TcpRepr(self.local_port, self.remote_port, self.iss, self.rcv_nxt, SYN | ACK, window,
                        mss=self.our_mss, wscale=self.rcv_wscale if self.ws_ok else None,
@@ -835,17 +840,7 @@ class TcpConnection(object):
         """Our SYN (RFC 9293 3.10.1): MSS, window scale, SACK-permitted and timestamps as configured."""
         window = min(self._rcv_space(), MAX_WINDOW_FIELD)      # RFC 7323 2.2: not scaled in a SYN
         ts = (self._ts_val(now), 0) if self.ts_ok else None
-        self.segs_out += 1
-        if self._synack_sends:
-            self.retransmits += 1
-            self._rtt_seq = None                   # Karn
-        else:
-            self._rtt_seq = self.iss
-            self._rtt_time = now
-        self._synack_sends += 1
-        self.snd_nxt = self.snd_max = seq_add(self.iss, 1)
-        if self._rtx_at is None:
-            self._arm_rtx(now)
+        self._syn_sent(now)
         self._syn_due = False
         return TcpRepr(self.local_port, self.remote_port, self.iss, 0, SYN, window,
                        mss=self.our_mss, wscale=self.rcv_wscale if self.ws_ok else None,
