@@ -20,12 +20,9 @@ import hashlib
 import json
 import os
 import shlex
-import shutil
 import sys
-import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from _common import ROOT, ppp_session_script, run_directory, uml_unavailable, use_e2e
 
 MODES = {
     "deflate": {},
@@ -82,44 +79,33 @@ def text_payload(size):
     return (blob * (size // len(blob) + 1))[:size]
 
 
-def run_mode(basedir, mode, text, baud, keep):
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
+def run_mode(basedir, mode, text, baud):
+    use_e2e()
     from e2e import services, uml
     from e2e.pacing import PacedRelay
-
-    class TextSource(services.PayloadSource):
-        def __init__(self, data):
-            services._ThreadedServer.__init__(self, "text-source")
-            self.data = data
-            self.sha256 = hashlib.sha256(data).hexdigest()
-            self.completed = 0
+    from e2e.programs import json_result, write_script
 
     lab = uml.Lab(os.path.join(basedir, mode))
     os.makedirs(lab.basedir, exist_ok=True)
     svc = services.ServiceSet()
     try:
         sink = svc.add(services.HashSink())
-        source = svc.add(TextSource(text))
+        source = svc.add(services.PayloadSource(data=text))
         cfg = json.loads(json.dumps(MODES[mode]))
         cfg["services"] = {"5001": {"host": "127.0.0.1", "port": sink.port, "name": "sink"},
                            "5002": {"host": "127.0.0.1", "port": source.port, "name": "text"}}
         slirp = lab.start_pyslirp(cfg, debug=False)
-        guest_py = os.path.join(lab.basedir, "guest.py")
+        guest_py = write_script(lab, "guest.py", GUEST)
         text_path = os.path.join(lab.basedir, "text.bin")
-        with open(guest_py, "w") as f:
-            f.write(GUEST)
         with open(text_path, "wb") as f:
             f.write(text)
-        script = """
-            pppd_start pppd noauth
-            wait_ppp_up 30 pppd || exit 1
+        script = ppp_session_script("""
             timeout 600 $PYTHON {guest} 10.0.0.1 5001 5002 {text} > "$RESULTS/bench.out" 2>&1
             pppstats -z ppp0 > "$RESULTS/stats-z.out" 2>&1
-            pppd_stop pppd 15
-        """.format(guest=shlex.quote(guest_py), text=shlex.quote(text_path))
+        """.format(guest=shlex.quote(guest_py), text=shlex.quote(text_path)), stop_wait=15)
         res = lab.boot_guest(script, slirp=slirp, timeout=900, name="guest",
                              relay_factory=PacedRelay.factory(baud)).wait().check_ran()
-        out = json.loads((res.read("bench.out") or "").strip().splitlines()[-1])
+        out = json_result(res, "bench")
         want = hashlib.sha256(text).hexdigest()
         for key in ("download", "upload"):
             if out[key]["bytes"] != len(text) or out[key]["sha256"] != want:
@@ -146,9 +132,7 @@ def main(argv=None):
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--keep", action="store_true", help="keep the run directories (printed)")
     a = p.parse_args(argv)
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from e2e import uml
-    reason = uml.unavailable_reason()
+    reason = uml_unavailable()
     if reason:
         sys.stderr.write("cannot run: %s\n" % reason)
         return 2
@@ -158,16 +142,10 @@ def main(argv=None):
             p.error("unknown mode %r" % m)
     text = text_payload(a.kbytes * 1000)
     line = a.baud / 10.0
-    basedir = tempfile.mkdtemp(prefix="pyslirp-bench-compression-")
     results = {"baud": a.baud, "line_rate": line, "bytes": len(text), "modes": {}}
-    try:
+    with run_directory("pyslirp-bench-compression-", a.keep) as basedir:
         for mode in modes:
-            results["modes"][mode] = run_mode(basedir, mode, text, a.baud, a.keep)
-    finally:
-        if a.keep:
-            sys.stderr.write("run directories kept in %s\n" % basedir)
-        else:
-            shutil.rmtree(basedir, ignore_errors=True)
+            results["modes"][mode] = run_mode(basedir, mode, text, a.baud)
     print("%d kB of text each way, %d bit/s 8N1 (line rate %d bytes/s each way), Linux pppd defaults:"
           % (len(text) // 1000, a.baud, line))
     for mode in modes:

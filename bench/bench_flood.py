@@ -22,26 +22,9 @@ line's capacity (about 240 bare SYNs a second at 115200).  Nothing here talks to
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-
-
-def parse_set(items):
-    extra = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        section, _, name = key.partition(".")
-        try:
-            value = int(value)
-        except ValueError:
-            if value in ("true", "false"):
-                value = value == "true"
-        extra.setdefault(section, {})[name] = value
-    return extra
+from _common import parse_set, run_directory, uml_unavailable, use_e2e
 
 
 def _jsonable(figures):
@@ -61,9 +44,9 @@ def main(argv=None):
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--keep", action="store_true", help="keep the run directory (printed)")
     a = p.parse_args(argv)
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    use_e2e()
     from e2e import flood, uml
-    reason = uml.unavailable_reason()
+    reason = uml_unavailable()
     if reason or not os.access(flood.HPING3, os.X_OK):
         sys.stderr.write("cannot run: %s\n" % (reason or "%s not found (the hping3 package)" % flood.HPING3))
         return 2
@@ -71,20 +54,16 @@ def main(argv=None):
     if a.baud:
         from e2e.pacing import PacedRelay
         relay_factory = PacedRelay.factory(a.baud)
-    basedir = tempfile.mkdtemp(prefix="pyslirp-bench-flood-")
-    lab = uml.Lab(basedir)
-    try:
-        fig = flood.run(lab, extra_config=parse_set(a.set), relay_factory=relay_factory,
-                        flood_seconds=a.flood_seconds, syns_per_second=a.syns_per_second)
-    except Exception:
-        sys.stderr.write(lab.diagnostics() + "\n")
-        raise
-    finally:
-        lab.close()
-        if a.keep:
-            sys.stderr.write("run directory kept in %s\n" % basedir)
-        else:
-            shutil.rmtree(basedir, ignore_errors=True)
+    with run_directory("pyslirp-bench-flood-", a.keep) as basedir:
+        lab = uml.Lab(basedir)
+        try:
+            fig = flood.run(lab, extra_config=parse_set(a.set), relay_factory=relay_factory,
+                            flood_seconds=a.flood_seconds, syns_per_second=a.syns_per_second)
+        except Exception:
+            sys.stderr.write(lab.diagnostics() + "\n")
+            raise
+        finally:
+            lab.close()
     print("line: %s; settings: %s" % ("%d bit/s (paced)" % a.baud if a.baud else "unpaced", a.set or "defaults"))
     print(flood.summary(fig))
     if a.json:

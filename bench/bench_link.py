@@ -32,8 +32,7 @@ import sys
 import threading
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from _common import ROOT, guest_json, parse_set, ppp_session_script, uml_unavailable, use_e2e
 
 PROBE_SIZE = 64
 SAMPLE_EVERY = 0.1          # seconds between receiver samples
@@ -430,7 +429,7 @@ LINE_LABELS = {
 
 class Bench(object):
     def __init__(self, args):
-        sys.path.insert(0, os.path.join(ROOT, "tests"))
+        use_e2e()
         from e2e import uml
         self.uml = uml
         self.args = args
@@ -444,16 +443,7 @@ class Bench(object):
             "5002": {"host": "127.0.0.1", "port": services.ports["source"], "name": "source"},
             "5003": {"host": "127.0.0.1", "port": services.ports["echo"], "name": "echo"},
         }, "serial": {"baudrate": self.args.baud}}
-        for item in self.args.set:
-            key, _, value = item.partition("=")
-            section, _, name = key.partition(".")
-            try:
-                value = int(value)
-            except ValueError:
-                if value in ("true", "false"):
-                    value = value == "true"
-            cfg.setdefault(section, {})[name] = value
-        return cfg
+        return parse_set(self.args.set, cfg)
 
     def guest_cmd(self, mode, port, out, **kw):
         cmd = '$PYTHON %s --guest %s --port %d --out "$RESULTS/%s"' % (os.path.abspath(__file__), mode, port, out)
@@ -472,12 +462,7 @@ class Bench(object):
         try:
             slirp = lab.start_pyslirp(self.config(services), debug=self.args.debug, pcap=self.args.pcap, line=line)
             services.cpu_pid = slirp.proc.pid
-            script = """
-                pppd_start pppd noauth
-                wait_ppp_up 30 pppd || exit 1
-                %s
-                pppd_stop pppd
-            """ % body
+            script = ppp_session_script(body)
             kw = {}
             if relay_factory is not None:
                 kw["relay_factory"] = relay_factory
@@ -497,10 +482,7 @@ class Bench(object):
             lab.close()
 
     def load(self, res, name):
-        text = res.read(name)
-        if text is None:
-            raise RuntimeError("the guest wrote no %s:\n%s" % (name, res.diagnostics()))
-        return json.loads(text)
+        return guest_json(res, name)
 
     def unpaced(self):
         n = int(self.args.mbytes * 1e6)
@@ -674,9 +656,7 @@ def main(argv=None):
     for line in a.lines:
         if line not in LINE_LABELS:
             p.error("unknown line type %r (known: %s)" % (line, ", ".join(LINE_LABELS)))
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from e2e import uml
-    reason = uml.unavailable_reason()
+    reason = uml_unavailable()
     if reason:
         sys.stderr.write("cannot run: %s\n" % reason)
         return 2

@@ -20,7 +20,12 @@ fuzz       ``--fuzz-count`` (default 1,000,000) seeded random frames into a Core
            segments to the mapped port; only counted drops may happen (no exception), and the link must still be
            up and answer a ping afterwards.  With atheris installed, as many coverage-guided inputs follow
            (bench/fuzz_atheris.py), for at most ``--atheris-seconds`` (120).
-clients    1,000 concurrent connections through ``pyslirp.py client``: needs the client role.
+clients    1,000 connections open at once through ``pyslirp.py client -L`` (no guest: the client runs pyslirp
+           with ``--exec``), to an echo service behind the server, each echoing its own 1 kB (checked), all held
+           open until every one is done: the count echoed intact and the seconds, the peak RSS (VmHWM) of both
+           processes, their thread counts idle and after the close.  The server's [limits] are raised to the
+           connection count (max_connections, max_per_service, new_connections_per_second, burst;
+           ``--clients-limits default`` keeps pyslirp's; ``--set`` applies on top).
 
 Nothing here talks to anything but 127.0.0.1 and the guest's own PPP link.
 """
@@ -29,14 +34,15 @@ import argparse
 import hashlib
 import json
 import os
-import random
+import shlex
+import signal
 import socket
+import subprocess
 import sys
-import threading
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from _common import HERE, ROOT, guest_json, parse_set, ppp_session_script, run_directory, uml_unavailable, use_e2e
+
 LOCAL_IP = "10.0.0.1"
 LINE_RATE = 11520.0         # bytes/s of 115200 bit/s 8N1
 
@@ -74,7 +80,9 @@ def guest_download(port, out):
 
 def guest_upload(port, seed, size, out):
     """Send ``payload(seed, size)``, then read the sink's "<count> <sha256>" answer."""
-    data = random.Random(seed).getrandbits(size * 8).to_bytes(size, "little")
+    use_e2e()
+    from e2e.services import payload
+    data = payload(seed, size)
     t0 = time.time()
     s = socket.create_connection((LOCAL_IP, port), timeout=120)
     s.settimeout(120)
@@ -98,12 +106,7 @@ def guest_restart(port, results, out):
         open(os.path.join(results, name), "w").close()
 
     def wait_flag(name, timeout):
-        end = time.time() + timeout
-        while time.time() < end:
-            if os.path.exists(os.path.join(results, name)):
-                return True
-            time.sleep(0.02)
-        return False
+        return _wait_for(lambda: os.path.exists(os.path.join(results, name)), timeout, 0.02)
 
     def exchange(sock, text):
         sock.sendall(text)
@@ -170,8 +173,7 @@ def guest_main(argv):
 # ======================================================================= host side
 
 def _e2e():
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    sys.path.insert(0, ROOT)
+    use_e2e()
     from e2e import linkrelay, services, uml
     return uml, services, linkrelay
 
@@ -184,24 +186,11 @@ class Session(object):
 
     def __init__(self, basedir, name, config, body, relay_factory=None, timeout=240):
         uml, _, _ = _e2e()
-        for item in self.settings:
-            key, _, value = item.partition("=")
-            section, _, name_ = key.partition(".")
-            try:
-                value = int(value)
-            except ValueError:
-                if value in ("true", "false"):
-                    value = value == "true"
-            config.setdefault(section, {})[name_] = value
+        parse_set(self.settings, config)
         self.lab = uml.Lab(os.path.join(basedir, name))
         os.makedirs(self.lab.basedir, exist_ok=True)
         self.slirp = self.lab.start_pyslirp(config, debug=self.debug)
-        script = """
-            pppd_start pppd noauth
-            wait_ppp_up 30 pppd || exit 1
-            %s
-            pppd_stop pppd
-        """ % body
+        script = ppp_session_script(body)
         kw = {"relay_factory": relay_factory} if relay_factory is not None else {}
         self.guest = self.lab.boot_guest(script, slirp=self.slirp, timeout=timeout, name="guest", **kw)
 
@@ -210,12 +199,6 @@ class Session(object):
         res.check_ran()
         self.slirp.stop()
         return res
-
-    def load(self, res, name):
-        text = res.read(name)
-        if text is None:
-            raise RuntimeError("the guest wrote no %s:\n%s" % (name, res.diagnostics()))
-        return json.loads(text)
 
     def close(self):
         self.lab.close()
@@ -241,7 +224,7 @@ def row_ber(args):
     s = Session(args.basedir, "ber", config, body, linkrelay.EmulatedRelay.factory(imp, seed=args.seed))
     try:
         res = s.finish()
-        dl, ul = s.load(res, "dl.json"), s.load(res, "ul.json")
+        dl, ul = guest_json(res, "dl.json"), guest_json(res, "ul.json")
         counters = s.guest.relay.counters
     finally:
         source.stop()
@@ -279,7 +262,7 @@ def row_cut(args):
         relay.cut(False)
         restored = time.time()
         res = s.finish()
-        dl = s.load(res, "dl.json")
+        dl = guest_json(res, "dl.json")
     finally:
         source.stop()
         s.close()
@@ -294,34 +277,28 @@ def row_cut(args):
 
 def row_restart(args):
     """The service behind an open session is stopped and started again on the same port."""
-    _e2e()
-    from e2e.services import free_port
-    port = free_port()
-    echo = FixedPortEcho(port)
+    _, services, _ = _e2e()
+    port = services.free_port()
+    echo = services.EchoServer(port=port)
     config = {"services": {"7": {"host": "127.0.0.1", "port": port, "name": "echo"}}}
     body = guest_cmd("restart", 7, '"$RESULTS"', '"$RESULTS/restart.json"')
     s = Session(args.basedir, "restart", config, body)
     results = s.guest.rundir
     try:
         def wait_file(name, timeout=120):
-            end = time.monotonic() + timeout
-            while time.monotonic() < end:
-                if os.path.exists(os.path.join(results, name)):
-                    return True
-                time.sleep(0.02)
-            return False
+            return _wait_for(lambda: os.path.exists(os.path.join(results, name)), timeout, 0.02)
         if not wait_file("stop-service"):
             raise RuntimeError("the guest never asked to stop the service")
         echo.stop()
         open(os.path.join(results, "service-stopped"), "w").close()
         if not wait_file("start-service"):
             raise RuntimeError("the guest never asked to start the service again")
-        echo2 = FixedPortEcho(port)
+        echo2 = services.EchoServer(port=port)
         back = time.time()
         open(os.path.join(results, "service-started"), "w").close()
         try:
             res = s.finish()
-            out = s.load(res, "restart.json")
+            out = guest_json(res, "restart.json")
         finally:
             echo2.stop()
     finally:
@@ -333,59 +310,10 @@ def row_restart(args):
                 detail=out)
 
 
-class FixedPortEcho(object):
-    """An echo server on a given loopback port (the service, restarted where it was)."""
-
-    def __init__(self, port):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", port))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self._stop = threading.Event()
-        self._conns = []
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self):
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self._conns.append(conn)
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _echo(conn):
-        try:
-            while True:
-                data = conn.recv(4096)
-                if not data:
-                    break
-                conn.sendall(data)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def stop(self):
-        self._stop.set()
-        self.sock.close()
-        self._thread.join(5)
-        for conn in self._conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
 def row_fuzz(args):
     """Seeded random frames and packets into a Core with the link up: only counted drops; then, if atheris is
     installed, as many coverage-guided inputs (bench/fuzz_atheris.py)."""
-    sys.path.insert(0, ROOT)
+    use_e2e()
     from pyslirp.testing import fuzz
     t0 = time.monotonic()
     report = fuzz.fuzz_core(args.fuzz_count, seed=args.seed)
@@ -398,7 +326,6 @@ def row_fuzz(args):
     if importlib.util.find_spec("atheris") is None:
         text += "; atheris not installed"
     else:
-        import subprocess
         t0 = time.monotonic()
         res = subprocess.run([sys.executable, os.path.join(HERE, "fuzz_atheris.py"), "-runs=%d" % args.fuzz_count,
                               "-max_total_time=%d" % args.atheris_seconds, "-seed=%d" % args.seed], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -413,7 +340,138 @@ def row_fuzz(args):
 
 
 def row_clients(args):
-    return dict(ok=None, text="not run yet: needs a load run through pyslirp.py client (-D SOCKS) against pyslirp")
+    """``--clients`` (1,000) connections at once through ``pyslirp.py client -L`` to an echo service behind a
+    pyslirp started by the client (``--exec "exec python3 pyslirp.py --stdio -c X"``); every echo checked."""
+    _, services, _ = _e2e()
+    from pyslirp.testing.load import concurrent_echo, proc_status
+    n = args.clients
+    need_fds = 2 * n + 64                       # this process: n client sockets and n echo connections
+    if _raise_nofile(need_fds) < need_fds:
+        raise RuntimeError("RLIMIT_NOFILE is below %d: ulimit -n %d" % (need_fds, need_fds))
+    echo = services.EchoServer(backlog=n)
+    rundir = os.path.join(args.basedir, "clients")
+    os.makedirs(rundir)
+    conf = os.path.join(rundir, "server.toml")
+    with open(conf, "w") as f:
+        f.write(_clients_server_config(n, args.clients_limits, echo.port, args.clients_baud, Session.settings))
+    lport = services.free_port()
+    script = os.path.join(ROOT, "pyslirp.py")
+    server_cmd = "exec %s %s --stdio -c %s" % (shlex.quote(sys.executable), shlex.quote(script), shlex.quote(conf))
+    log_path = os.path.join(rundir, "client.log")
+    log_file = open(log_path, "wb")
+    client = subprocess.Popen([sys.executable, script, "client", "--exec", server_cmd, "-L",
+                               "%d:%s:7" % (lport, LOCAL_IP)],
+                              stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        if not _wait_for(lambda: "link up: we are" in _read(log_path) or client.poll() is not None, 60) \
+                or client.poll() is not None:
+            raise RuntimeError("the client's link did not come up:\n" + _read(log_path)[-2000:])
+        server_pid = _child_pid(client.pid)
+        pids = {"client": client.pid, "server": server_pid}
+        # One connection first: the server keeps a spare connector thread from then on, part of its idle state.
+        warm = concurrent_echo(1, ("127.0.0.1", lport), payload_size=64, timeout=30)
+        if not warm.ok:
+            raise RuntimeError("a first connection through the client failed: %s" % warm)
+        time.sleep(1.0)
+        idle = {k: proc_status(pid, "Threads") for k, pid in pids.items()}
+        cpu0 = {k: _cpu_seconds(pid) for k, pid in pids.items()}
+        report = concurrent_echo(n, ("127.0.0.1", lport), payload_size=args.clients_payload,
+                                 timeout=args.clients_timeout, seed=args.seed)
+        peak_open = echo.max_open
+        cpu = {k: _cpu_seconds(pid) - cpu0[k] for k, pid in pids.items()}
+        back = time.monotonic()
+        settled = _wait_for(lambda: all(proc_status(pid, "Threads") <= idle[k] for k, pid in pids.items()), 60)
+        to_idle = time.monotonic() - back
+        after = {k: proc_status(pid, "Threads") for k, pid in pids.items()}
+        peak = {k: proc_status(pid, "VmHWM") for k, pid in pids.items()}
+        rss = {k: proc_status(pid, "VmRSS") for k, pid in pids.items()}
+        client.send_signal(signal.SIGTERM)
+        status = client.wait(30)
+    finally:
+        if client.poll() is None:
+            os.killpg(client.pid, signal.SIGKILL)
+            client.wait()
+        log_file.close()
+        echo.stop()
+    logged = _read(log_path)
+    problems = [x for x in logged.splitlines() if "Traceback" in x or " ERROR " in x or " WARNING " in x]
+    ok = report.ok and peak_open >= n and settled and status == 0 and not problems
+    text = ("%d/%d echoed intact in %.1f s (half by %.1f s; %d open at once at the echo service; CPU client "
+            "%.1f s, server %.1f s); peak RSS client %.0f MB, server %.0f MB (%.0f / %.0f MB after); threads "
+            "idle %d / %d, back to %d / %d %.1f s after the close%s%s" % (
+                report.echoed, n, report.seconds, report.finished_s.get("p50", 0), peak_open, cpu["client"],
+                cpu["server"], peak["client"] / 1024.0,
+                      peak["server"] / 1024.0, rss["client"] / 1024.0, rss["server"] / 1024.0, idle["client"],
+                      idle["server"], after["client"], after["server"], to_idle,
+                      "; errors %s" % report.errors if report.errors else "",
+                      "; %d warnings/errors logged, first: %s" % (len(problems), problems[0]) if problems else ""))
+    return dict(ok=ok, text=text, report=report.as_dict(), peak_open=peak_open, idle_threads=idle,
+                threads_after=after, seconds_to_idle=to_idle, cpu_seconds=cpu, peak_rss_kb=peak, rss_after_kb=rss,
+                exit_status=status, limits=args.clients_limits, settings=list(Session.settings), logged=problems[:10])
+
+
+def _clients_server_config(n, limits, echo_port, baud, settings=()):
+    """The server's configuration (TOML): its line speed (standard output is paced at it), the echo service as
+    port 7, (``limits`` "raised") room for ``n``, then the ``--set`` overrides."""
+    from e2e.uml import toml_dumps
+    config = {"serial": {"baudrate": baud},
+              "services": {"7": {"host": "127.0.0.1", "port": echo_port, "name": "echo"}}}
+    if limits == "raised":
+        config["limits"] = {"max_connections": n, "max_per_service": n, "new_connections_per_second": n,
+                            "burst": n}
+    return toml_dumps(parse_set(settings, config))
+
+
+def _raise_nofile(want):
+    """Raise this process's soft RLIMIT_NOFILE towards ``want`` (children inherit it): the soft limit now."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        soft = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return soft
+
+
+def _read(path):
+    try:
+        with open(path, "r", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _wait_for(predicate, timeout, interval=0.1):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def _cpu_seconds(pid):
+    """User and system CPU seconds process ``pid`` has used (all its threads), from /proc/PID/stat."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / float(os.sysconf("SC_CLK_TCK"))
+
+
+def _child_pid(pid):
+    """The one child process of ``pid`` (the client's --exec server), from /proc."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == pid:
+                return int(entry)
+    raise RuntimeError("the client (pid %d) has no --exec child" % pid)
 
 
 ROWS = [("ber", "200 kB each way, 115200, BER 1e-5", row_ber),
@@ -434,10 +492,19 @@ def main(argv=None):
     p.add_argument("--cut-seconds", type=float, default=10.0)
     p.add_argument("--fuzz-count", type=int, default=1000000)
     p.add_argument("--atheris-seconds", type=int, default=120, help="the coverage-guided run's time limit")
+    p.add_argument("--clients", type=int, default=1000, help="connections of the clients row (1,000)")
+    p.add_argument("--clients-payload", type=int, default=1024, help="bytes each of them echoes")
+    p.add_argument("--clients-timeout", type=float, default=300.0, help="seconds for all of them to echo")
+    p.add_argument("--clients-baud", type=int, default=4000000,
+                   help="the clients row server's [serial] baudrate: its standard output is paced at it")
+    p.add_argument("--clients-limits", choices=("raised", "default"), default="raised",
+                   help="the server's [limits]: raised to --clients (max_connections, max_per_service, "
+                        "new_connections_per_second, burst), or pyslirp's defaults")
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--keep", action="store_true", help="keep the run directories (printed)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="pyslirp configuration override, e.g. ppp.compression=none (repeatable)")
+                   help="pyslirp configuration override of every row's pyslirp (the clients row: the server's), "
+                        "e.g. ppp.compression=none (repeatable)")
     p.add_argument("--debug", action="store_true", help="run pyslirp with -d (slower: debug logging)")
     a = p.parse_args(argv)
     Session.debug = a.debug
@@ -446,17 +513,14 @@ def main(argv=None):
     rows = [r for r in ROWS if only is None or r[0] in only]
     if only and len(rows) != len(only):
         p.error("unknown rows: %s" % ", ".join(sorted(only - set(r[0] for r in ROWS))))
-    import tempfile
-    a.basedir = tempfile.mkdtemp(prefix="pyslirp-reliability-")
     if any(r[0] in ("ber", "cut", "restart") for r in rows):
-        uml, _, _ = _e2e()
-        reason = uml.unavailable_reason()
+        reason = uml_unavailable()
         if reason:
             sys.stderr.write("cannot run the pppd rows: %s\n" % reason)
             rows = [r for r in rows if r[0] not in ("ber", "cut", "restart")]
     results = {}
     lines = ["%-8s %-38s %-6s %s" % ("row", "what", "goal", "figures")]
-    try:
+    with run_directory("pyslirp-reliability-", a.keep) as a.basedir:
         for key, what, fn in rows:
             try:
                 out = fn(a)
@@ -468,12 +532,6 @@ def main(argv=None):
             verdict = {True: "met", False: "MISSED", None: "-"}[out["ok"]]
             lines.append("%-8s %-38s %-6s %s" % (key, what, verdict, out["text"]))
             sys.stderr.write(lines[-1] + "\n")
-    finally:
-        if a.keep:
-            sys.stderr.write("run directories kept in %s\n" % a.basedir)
-        else:
-            import shutil
-            shutil.rmtree(a.basedir, ignore_errors=True)
     print("\n".join(lines))
     if a.json:
         with open(a.json, "w") as f:

@@ -69,3 +69,20 @@ def test_a_port_in_use_exits_1_before_any_ppp():
 def test_the_server_command_line_mentions_the_client():
     res = subprocess.run([sys.executable, SCRIPT, "--help"], stdout=subprocess.PIPE, universal_newlines=True)
     assert "pyslirp.py client" in res.stdout
+
+
+def test_a_local_listener_holds_hundreds_of_connections_not_yet_accepted():
+    """-L and -D listeners queue what the kernel completed before their thread accepts it: 600 connections opened
+    at once all complete at once (a short queue drops the local SYNs beyond it, and each waits for its retry)."""
+    from pyslirp.runtime import client as rc
+    sock = rc.listen("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    conns = []
+    try:
+        for _ in range(600):
+            conns.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        assert len(conns) == 600
+    finally:
+        for c in conns:
+            c.close()
+        sock.close()

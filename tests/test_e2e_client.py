@@ -21,6 +21,7 @@ import pytest
 
 from e2e import services
 from e2e.fixtures import require_program, unavailable
+from pyslirp.testing.load import concurrent_echo, proc_status
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -170,6 +171,57 @@ def test_against_slirp(tmp_path):
                     assert services.read_to_eof(s) == b""
                 except ConnectionResetError:
                     pass
+        finally:
+            status = client.stop()
+        assert status == 0, client.log()
+        assert "Traceback" not in client.log()
+
+
+def _threads(pid):
+    return proc_status(pid, "Threads")
+
+
+def _child(pid):
+    with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+        children = [int(x) for x in f.read().split()]
+    assert len(children) == 1, children
+    return children[0]
+
+
+def _settles(predicate, timeout=60):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return predicate()
+
+
+def test_a_hundred_connections_at_once_against_pyslirp(tmp_path):
+    """100 local connections through -L, all open at the same time end to end, each echoing its own payload
+    intact; afterwards both processes are back to their idle thread counts (nothing leaked)."""
+    n = 100
+    port = services.free_port()
+    with services.EchoServer(backlog=n) as echo:
+        conf = tmp_path / "server.toml"
+        conf.write_text('[serial]\nbaudrate = 4000000\n[services.7]\nhost = "127.0.0.1"\nport = %d\n'
+                        '[limits]\nmax_connections = %d\nmax_per_service = %d\n'
+                        'new_connections_per_second = %d\nburst = %d\n' % (echo.port, n, n, n, n))
+        server = "exec %s %s --stdio -q -c %s" % (shlex.quote(sys.executable), shlex.quote(SCRIPT),
+                                                  shlex.quote(str(conf)))
+        client = Client(tmp_path, "--exec", server, "-L", "%d:10.0.0.1:7" % port)
+        try:
+            assert client.wait_up(), client.log()
+            assert concurrent_echo(1, ("127.0.0.1", port), payload_size=64).ok      # the server's spare thread
+            pids = (client.proc.pid, _child(client.proc.pid))
+            time.sleep(1)
+            idle = [_threads(pid) for pid in pids]
+            report = concurrent_echo(n, ("127.0.0.1", port), payload_size=2000, timeout=240, seed=3)
+            assert report.ok and report.echoed == n, (report, client.log()[-3000:])
+            assert echo.max_open >= n and echo.accepted == n + 1
+            assert echo.bytes_echoed == 64 + n * 2000
+            assert _settles(lambda: all(_threads(pid) <= count for pid, count in zip(pids, idle))), (
+                idle, [_threads(pid) for pid in pids])
         finally:
             status = client.stop()
         assert status == 0, client.log()

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from e2e import services
-from pyslirp.testing.load import load_test, peak_rss_kb, percentile
+from pyslirp.testing.load import concurrent_echo, echo_payload, load_test, peak_rss_kb, percentile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,3 +56,38 @@ def test_command_line_prints_a_json_report():
     report = json.loads(res.stdout.decode())
     assert report["connected"] == 4 and report["errors"] == {} and report["exchanges"] > 4
     assert b"load: 4/4 connections" in res.stderr
+
+
+def test_concurrent_echo_holds_every_connection_open_at_once():
+    with services.EchoServer(backlog=256) as echo:
+        report = concurrent_echo(200, ("127.0.0.1", echo.port), payload_size=3000)
+        assert echo.accepted == 200 and echo.max_open == 200
+        assert echo.bytes_echoed == 200 * 3000
+    assert report.ok and report.echoed == report.connected == 200 and report.errors == {}, report
+    assert report.seconds > 0 and "200/200 echoed intact" in str(report)
+
+
+def test_echo_payloads_differ_per_connection_and_repeat_per_seed():
+    a, b = echo_payload(1, 100), echo_payload(2, 100)
+    assert len(a) == len(b) == 100 and a != b and a[:4] == b"\0\0\0\x01"
+    assert echo_payload(1, 100) == a and echo_payload(1, 100, seed=5) != a
+    assert len(echo_payload(3, 0)) == 4
+
+
+def test_concurrent_echo_counts_wrong_bytes_refusals_and_silence():
+    with Corrupter() as bad:
+        report = concurrent_echo(5, ("127.0.0.1", bad.port), payload_size=50)
+    assert report.errors == {"wrong_bytes": 5} and report.echoed == 0 and not report.ok
+    report = concurrent_echo(3, ("127.0.0.1", services.closed_port()))
+    assert report.errors == {"connect_ECONNREFUSED": 3} and report.connected == 0
+    with Silent() as quiet:
+        report = concurrent_echo(2, ("127.0.0.1", quiet.port), timeout=0.5)
+    assert report.errors == {"timeout": 2} and report.connected == 2 and report.seconds >= 0.5
+
+
+class Silent(services.EchoServer):
+    """Accepts and reads, never answers."""
+
+    def handle(self, conn):
+        while conn.recv(65536):
+            pass

@@ -213,3 +213,32 @@ def test_no_tcp_timestamps_either_way_on_a_vj_link(vj):
                 if seg.flags & 0x02:
                     syns.append((direction, seg.timestamp is not None))
     assert syns == [("in", not vj), ("out", not vj)]
+
+
+def test_output_asks_only_the_flows_something_happened_to():
+    """With many flows open, one flow's exchange must not make the stack ask every idle flow for segments."""
+    s = sim(server_stack_config=StackConfig(services=ECHO.services, max_connections=64, max_per_service=64,
+                                            new_connections_per_second=1000, burst=1000))
+    assert s.link_up()
+    flows = [s.connect("10.0.0.1", 7) for _ in range(40)]
+    assert s.run(lambda: all(f.connected for f in flows), 20000)
+    for f in flows:
+        f.send(b"hello %d" % f.flow_id)
+    assert s.run(lambda: all(bytes(f.received) == b"hello %d" % f.flow_id for f in flows), 20000)
+    s.advance(1000)                                     # delayed ACKs and the like are over
+    asked = {}
+    for rec in s.client.stack._flows.values():
+        def counted(limit, now, _take=rec.conn.take_segments, _id=rec.flow_id):
+            asked[_id] = asked.get(_id, 0) + 1
+            return _take(limit, now)
+        rec.conn.take_segments = counted
+    busy = flows[0]
+    busy.send(b"x" * 5000)
+    assert s.run(lambda: len(busy.received) == len(b"hello 1") + 5000, 20000)
+    assert bytes(busy.received)[-5000:] == b"x" * 5000
+    assert asked.get(busy.flow_id, 0) >= 1
+    assert set(asked) == {busy.flow_id}, asked          # the 39 idle flows were left alone
+    # An idle flow that gets something to do is asked again.
+    flows[1].send(b"again")
+    assert s.run(lambda: bytes(flows[1].received).endswith(b"again"), 20000)
+    assert asked.get(flows[1].flow_id, 0) >= 1

@@ -1004,3 +1004,34 @@ def test_a_flush_asks_only_the_connections_something_happened_to():
     stack.handle_timer(20)
     tcp_out(stack)
     assert set(asked) <= {41007}
+
+
+def test_with_a_small_budget_idle_connections_are_not_asked_again():
+    # A busy line leaves less than a segment of budget; connections with nothing waiting for it must still
+    # drop out of the flush until something happens to them, or a thousand idle ones are asked every time.
+    stack = make_stack(max_connections=64, max_per_service=64)
+    clients = [open_connection(stack, port=42000 + i)[0] for i in range(20)]
+    stack.take_events()
+    tcp_out(stack, budget=100)
+    asked = []
+    for rec in stack._conns.values():
+        take = rec.conn.take_segments
+
+        def counting(budget, now, take=take, port=rec.key.client_port):
+            asked.append(port)
+            return take(budget, now)
+        rec.conn.take_segments = counting
+    tcp_out(stack, budget=100)
+    tcp_out(stack, budget=100)
+    assert asked == []
+    clients[3].send(tcp.ACK | tcp.PSH, payload=b"ls\n", now=10)
+    (send,) = of_type(stack.take_events(), ServiceSend)
+    stack.service_written(send.conn_id, 3, 11)
+    stack.service_data(send.conn_id, b"file\n", 12)
+    segs = clients[3].receive(budget=100)
+    assert [s.payload for s in segs if s.payload] == [b"file\n"]
+    assert set(asked) == {42003}
+    tcp_out(stack, budget=100)                      # asked once more, it has nothing: out of the flush again
+    del asked[:]
+    tcp_out(stack, budget=100)
+    assert asked == []

@@ -53,6 +53,10 @@ destination unreachable quoting one of our segments ends that flow's open
 protocols, other addresses, malformed packets) is counted and dropped.
 Output (:meth:`take_packets`): control and small segments always, bulk
 within the budget, each call starting with the next flow (round-robin).
+Only the flows something happened to (an input, a timer, a call from the
+runtime) since they last had nothing to send are asked: with a thousand
+flows open, a segment for one of them must not make the stack ask all the
+others for theirs (the server's stack does the same, net/stack.py).
 """
 
 import logging
@@ -206,6 +210,7 @@ class ClientStack(object):
         self.header_compression = False # the link compresses TCP/IP headers (VJ): SYNs offer no timestamps
         self.suspended = False          # the client role never holds flows across a lost line
         self._flows = {}                # flow_id -> _Flow
+        self._ready = set()             # flow ids that may have segments to send (see take_packets)
         self._lost_frame = False        # a fast retransmit since take_lost_frame_signal
         self._by_key = {}               # (remote address, remote port, local port) -> _Flow
         self._waiting = []              # flows opened before the link came up
@@ -534,7 +539,8 @@ class ClientStack(object):
         self._control = []
         remaining = budget
         first_bulk = allow_one_over and budget > 0
-        flows = list(self._flows.values())
+        ready = self._ready
+        flows = [rec for rec in self._flows.values() if rec.flow_id in ready]
         if flows:
             # Each call starts with the next flow, so that one bulk flow cannot keep the budget to itself.
             start = self._turn % len(flows)
@@ -560,7 +566,11 @@ class ClientStack(object):
                 if seg.payload and remaining >= 0:
                     remaining -= len(seg.payload)
                     first_bulk = False
-            self._after(rec, now)
+            busy = self._after(rec, now)
+            if not segs and not busy and (limit < 0 or limit >= conn.send_mss or not conn.wants_budget):
+                # Nothing to send though there was room for a full segment, or nothing waiting for room at
+                # all: it stays quiet until an input, a timer or the runtime calls _after again.
+                ready.discard(rec.flow_id)
         # Urgent first, then bulk, each in order.
         out = [p for p in out if p[0]] + [p for p in out if not p[0]]
         self.packets_out += len(out)
@@ -621,6 +631,7 @@ class ClientStack(object):
         self.opened += 1
         log.debug("%s: connecting from port %d", rec.describe(), port)
         self._arm(rec)
+        self._ready.add(rec.flow_id)            # its SYN
 
     def _ephemeral_port(self, host, port):
         span = EPHEMERAL_HIGH - EPHEMERAL_LOW + 1
@@ -632,15 +643,18 @@ class ClientStack(object):
         return None
 
     def _after(self, rec, now):
-        """Turn the connection's events into flow events; re-arm its timer."""
+        """Turn the connection's events into flow events; re-arm its timer; mark it as maybe having segments
+        to send.  True if it had events."""
         conn = rec.conn
+        had = False
         for _ in range(_MAX_EVENT_ROUNDS):
             events = conn.take_events()
             if not events:
                 break
+            had = True
             for event in events:
                 if rec.gone:
-                    return
+                    return True
                 self._on_event(rec, event, now)
         if conn.fast_retransmits != rec.fast_seen:
             rec.fast_seen = conn.fast_retransmits
@@ -654,6 +668,8 @@ class ClientStack(object):
                 self._lingering += 1            # no longer counts against max_flows
                 self._events.append(FlowClosed(rec.flow_id, "closed", conn.bytes_in, conn.bytes_out))
             self._arm(rec)
+            self._ready.add(rec.flow_id)    # whatever happened to it may have made segments due
+        return had
 
     def _on_event(self, rec, event, now):
         flow_id = rec.flow_id
@@ -712,6 +728,7 @@ class ClientStack(object):
         rec.gone = True
         self.timers.cancel(rec.flow_id)
         self._flows.pop(rec.flow_id, None)
+        self._ready.discard(rec.flow_id)
         if rec.key is not None and self._by_key.get(rec.key) is rec:
             del self._by_key[rec.key]
         if rec.conn is not None:

@@ -1573,10 +1573,10 @@ class IPStack(object):
                     elif allowance <= 0:
                         continue
                 segs = conn.take_segments(allowance, now)
-                if not segs and (unlimited or allowance >= _segment_payload(conn)):
-                    # Room for a full segment and nothing to send: unless its events give it more, it
-                    # stays quiet until an input, a service report or a timer calls _after again (or
-                    # _fit_to_line changes it).
+                if not segs and (unlimited or allowance >= _segment_payload(conn) or not conn.wants_budget):
+                    # Nothing to send though there was room for a full segment, or nothing waiting for room
+                    # at all: unless its events give it more, it stays quiet until an input, a service
+                    # report or a timer calls _after again (or _fit_to_line changes it).
                     if not self._after(rec, now):
                         ready.discard(rec.key)
                     continue

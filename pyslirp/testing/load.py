@@ -17,12 +17,22 @@ memory (``VmHWM`` of /proc/PID/status) goes into the report, when it runs on thi
 
 The report (:class:`LoadReport`) counts what went wrong by kind instead of stopping at the first error: connect
 failures, resets, timeouts, wrong bytes, early EOFs.
+
+``concurrent_echo(connections, target)`` asks a different question: can ``connections`` connections be open
+*at the same time*, each echoing its own payload intact?  It runs in one thread with non-blocking sockets (a
+thousand of them cost the caller no threads): every connection is opened at once, sends its payload
+(:func:`echo_payload`, different for each) as soon as it is connected, reads it back and compares, and stays
+open until every other one has finished too, so that at the end all of them are open together end to end; then
+all close.  :class:`EchoReport` counts the intact echoes and the failures by kind.
 """
 
 import argparse
+import errno
 import json
 import math
 import os
+import random
+import selectors
 import socket
 import sys
 import threading
@@ -65,16 +75,23 @@ def percentile(sorted_values, p):
     return sorted_values[k]
 
 
-def peak_rss_kb(pid):
-    """Peak resident set size of process ``pid`` in kB (``VmHWM``), or 0 if it cannot be read."""
+def proc_status(pid, key):
+    """The number on line ``key`` of /proc/PID/status (``VmHWM`` and ``VmRSS`` in kB, ``Threads``...), or 0 if
+    it cannot be read."""
+    prefix = key + ":"
     try:
         with open("/proc/%d/status" % pid) as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(prefix):
                     return int(line.split()[1])
-    except (OSError, ValueError):
+    except (OSError, ValueError, IndexError):
         pass
     return 0
+
+
+def peak_rss_kb(pid):
+    """Peak resident set size of process ``pid`` in kB (``VmHWM``), or 0 if it cannot be read."""
+    return proc_status(pid, "VmHWM")
 
 
 def _message(conn, n, size):
@@ -197,6 +214,151 @@ def load_test(connections, duration, target, message_size=64, connect=None, pid=
                       bytes_received=received, throughput=(sent + received) / elapsed,
                       latency_ms={k: round(v, 2) for k, v in lat.items()}, errors=errors,
                       peak_rss_kb=peak_rss_kb(pid) if pid else 0)
+
+
+@dataclass(frozen=True)
+class EchoReport:
+    connections: int                # asked for
+    connected: int                  # whose connect succeeded
+    echoed: int                     # whose payload came back intact
+    seconds: float                  # from the first connect to the last echo (or the deadline)
+    errors: dict = field(default_factory=dict)          # kind -> count
+    finished_s: dict = field(default_factory=dict)      # p50, p90, p99, max of the seconds to each intact echo
+
+    @property
+    def ok(self):
+        return self.echoed == self.connections and not self.errors
+
+    def as_dict(self):
+        return asdict(self)
+
+    def __str__(self):
+        fin = self.finished_s
+        return "%d/%d echoed intact (%d connected) in %.2f s (p50 %.2f p90 %.2f p99 %.2f s), errors %s" % (
+            self.echoed, self.connections, self.connected, self.seconds, fin.get("p50", 0), fin.get("p90", 0),
+            fin.get("p99", 0), self.errors or "none")
+
+
+def echo_payload(index, size, seed=0):
+    """Connection ``index``'s payload: ``size`` bytes (at least 4), its number first, then seeded random bytes."""
+    size = max(4, size)
+    rest = random.Random(seed * 1000003 + index).getrandbits((size - 4) * 8).to_bytes(size - 4, "little")
+    return index.to_bytes(4, "big") + rest
+
+
+class _EchoConn(object):
+    def __init__(self, index, sock, payload):
+        self.index = index
+        self.sock = sock
+        self.payload = payload
+        self.sent = 0
+        self.received = []
+        self.got = 0
+        self.connected = False
+        self.state = "connecting"       # -> "echoing" -> "done" (intact) or "failed"
+        self.error = None
+        self.done_at = None
+
+
+def concurrent_echo(connections, target, payload_size=1024, timeout=60.0, seed=0):
+    """Open ``connections`` connections to ``target`` at once, echo one payload on each: an EchoReport.
+
+    Every connection stays open until all have finished (intact, failed, or the ``timeout`` in seconds for the
+    whole run passed), then all are closed.  The echo service must send back exactly what it gets.
+    """
+    sel = selectors.DefaultSelector()
+    conns = []
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    last = t0
+    try:
+        for i in range(connections):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            conn = _EchoConn(i, sock, echo_payload(i, payload_size, seed))
+            conns.append(conn)
+            code = sock.connect_ex(target)
+            if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+                _fail(conn, "connect_" + errno.errorcode.get(code, str(code)))
+                continue
+            sel.register(sock, selectors.EVENT_WRITE, conn)
+        pending = sum(1 for c in conns if c.state in ("connecting", "echoing"))
+        while pending and time.monotonic() < deadline:
+            for key, mask in sel.select(min(1.0, max(0.0, deadline - time.monotonic()))):
+                conn = key.data
+                before = conn.state
+                _step(sel, conn, mask)
+                if conn.state != before and conn.state in ("done", "failed"):
+                    pending -= 1
+                    last = time.monotonic()
+        if pending:
+            last = time.monotonic()
+        for conn in conns:
+            if conn.state == "connecting":
+                _fail(conn, "connect_timeout")
+            elif conn.state == "echoing":
+                _fail(conn, "timeout")
+    finally:
+        for conn in conns:
+            conn.sock.close()
+        sel.close()
+    errors = {}
+    for conn in conns:
+        if conn.error:
+            errors[conn.error] = errors.get(conn.error, 0) + 1
+    finished = sorted(c.done_at - t0 for c in conns if c.done_at is not None)
+    fin = {"p50": percentile(finished, 50), "p90": percentile(finished, 90), "p99": percentile(finished, 99),
+           "max": finished[-1] if finished else 0.0}
+    return EchoReport(connections=connections, connected=sum(1 for c in conns if c.connected),
+                      echoed=len(finished), seconds=round(last - t0, 3), errors=errors,
+                      finished_s={k: round(v, 3) for k, v in fin.items()})
+
+
+def _fail(conn, kind):
+    conn.state = "failed"
+    conn.error = kind
+
+
+def _step(sel, conn, mask):
+    sock = conn.sock
+    try:
+        if conn.state == "connecting":
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                sel.unregister(sock)
+                _fail(conn, "connect_" + errno.errorcode.get(code, str(code)))
+                return
+            conn.connected = True
+            conn.state = "echoing"
+            sel.modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+            return
+        if mask & selectors.EVENT_WRITE and conn.sent < len(conn.payload):
+            conn.sent += sock.send(conn.payload[conn.sent:])
+            if conn.sent == len(conn.payload):
+                sel.modify(sock, selectors.EVENT_READ, conn)
+        if mask & selectors.EVENT_READ:
+            data = sock.recv(65536)
+            if not data:
+                sel.unregister(sock)
+                _fail(conn, "eof")
+                return
+            conn.received.append(data)
+            conn.got += len(data)
+            if conn.got >= len(conn.payload):
+                sel.unregister(sock)
+                if b"".join(conn.received) == conn.payload:
+                    conn.state = "done"     # stays open until the others are done too
+                    conn.done_at = time.monotonic()
+                else:
+                    _fail(conn, "wrong_bytes")
+    except (BlockingIOError, InterruptedError):
+        pass
+    except ConnectionResetError:
+        sel.unregister(sock)
+        _fail(conn, "reset")
+    except OSError as exc:
+        sel.unregister(sock)
+        _fail(conn, type(exc).__name__)
 
 
 def _target(text):

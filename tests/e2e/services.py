@@ -12,11 +12,13 @@ always stop what they started (a ``ServiceSet`` stops all of its members in one 
   no PAM, no passwords, ``StrictModes no`` (the directory is a test's tmp dir), run in the foreground (``-D -e``)
   with its log in ``sshd.log``.  sshd refuses to start without its privilege-separation directory ``/run/sshd``;
   it is created when missing.  The client's private key is ``Sshd.client_key``.
-* ``EchoServer``: threaded, one thread per connection, writes back everything it reads.  Counts connections and
+* ``EchoServer``: threaded, one thread per connection, writes back everything it reads (on a free port, or on a
+  given one: a service restarted where it was).  Counts connections and
   bytes, remembers the largest number of connections open at the same time.
 * ``HashSink``: reads each connection to its end, then answers ``"<count> <sha256 hex>\\n"`` and closes; the
   results are also kept host-side (``results``) for the test to compare.
-* ``PayloadSource``: writes a deterministic payload (``payload(seed, size)``) to each connection, then closes.
+* ``PayloadSource``: writes a deterministic payload (``payload(seed, size)``, or given bytes) to each connection,
+  then closes.
 * ``UdpEchoServer``: sends every UDP datagram back to its sender; remembers (peer, size) of each.
 
 Threads are daemons and sockets have timeouts, so a broken test cannot hang the suite on them.
@@ -115,14 +117,15 @@ class _Service(object):
 
 
 class _ThreadedServer(_Service):
-    """Accept loop on a free loopback port; ``handle(conn)`` runs in one thread per connection."""
+    """Accept loop on a loopback port (``port``, or a free one); ``handle(conn)`` runs in one thread per
+    connection."""
 
-    def __init__(self, name, backlog=128, io_timeout=120.0):
+    def __init__(self, name, backlog=128, io_timeout=120.0, port=0):
         self.name = name
         self.io_timeout = io_timeout
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((LOOPBACK, 0))
+        self.sock.bind((LOOPBACK, port))
         self.sock.listen(backlog)
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
@@ -224,11 +227,11 @@ class HashSink(_ThreadedServer):
 
 
 class PayloadSource(_ThreadedServer):
-    """Sends ``payload(seed, size)`` on each connection, then closes it."""
+    """Sends ``payload(seed, size)`` (or the bytes ``data``) on each connection, then closes it."""
 
-    def __init__(self, seed, size, **kw):
+    def __init__(self, seed=0, size=0, data=None, **kw):
         _ThreadedServer.__init__(self, "source", **kw)
-        self.data = payload(seed, size)
+        self.data = payload(seed, size) if data is None else data
         self.sha256 = hashlib.sha256(self.data).hexdigest()
         self.completed = 0
 

@@ -55,6 +55,8 @@ ADDITIONS to the contract (all optional, nothing above changed):
 
     conn.pending_output -> bool   # take_segments() would return something right now (e.g. data held
                                   # back by an earlier budget): poll it when the line drains
+    conn.wants_budget -> bool     # data, a FIN or a retransmission waits to be sent: False means that a
+                                  # budget below one segment did not change what take_segments returned
     conn.syn_may_reuse(syn) -> bool
                                   # in TIME_WAIT, a new SYN for the same 4-tuple with a higher sequence
                                   # number may start a new incarnation (RFC 9293 3.10.7.4 / RFC 6191):
@@ -526,6 +528,13 @@ class TcpConnection(object):
 
     def _fin_sent(self):
         return self._fin_queued and seq_lt(self._fin_seq(), self.snd_max)
+
+    @property
+    def wants_budget(self):
+        """Data, a FIN or a retransmission waits to be sent: what ``take_segments`` holds back for a budget.
+        False: a smaller budget than one segment made no difference to what it returned (control segments
+        never wait for one)."""
+        return self._rtx_pending or self._pending_send()
 
     @property
     def send_space(self):
