@@ -71,7 +71,9 @@ one, probing or not), a fast retransmit (``IPStack.take_lost_frame_signal``,
 after input) and the line coming back after an outage also tell the
 link that the client may have lost a frame (``PPPLink.peer_lost_frame``): its Van Jacobson
 decompressor then discards the slot's packets until an uncompressed one, so
-ours are sent whole for a while and the next loss costs a fast retransmit;
+ours are sent whole for a while and the next loss costs a fast retransmit
+(a short while after a retransmission, ``suspected=True``: it may have been
+spurious, and whole headers cost a busy line 8%: ppp/ipcp.py);
 with Deflate, CCP restarts both histories with a Reset-Ack, so that the
 retransmission is not compressed against the lost original.
 
@@ -151,8 +153,9 @@ class Core(object):
         self.link.receive_data(data, now)
         self._pump(now)
         if self._stack_live and self.stack.take_lost_frame_signal():
-            # A fast retransmit is queued: the client lost a frame of ours (ppp/ccp.py, "Resynchronising").
-            self.link.peer_lost_frame(now)
+            # A fast retransmit is queued: the client lost a frame of ours (ppp/ccp.py, "Resynchronising"),
+            # or took a duplicate ACK for a loss: suspected only (ppp/ipcp.py, SUSPECT_PACKETS).
+            self.link.peer_lost_frame(now, suspected=True)
         if self._probing:
             outage = self._outage
             self._probing = self._outage = False
@@ -201,8 +204,9 @@ class Core(object):
                 if stalled:
                     # A retransmission timeout (probing or not): the client may have lost a frame of ours,
                     # and its VJ decompressor with it the slot (ppp/ipcp.py, NOISY_PACKETS), its Deflate
-                    # decompressor its step (ppp/ccp.py, "Resynchronising").
-                    self.link.peer_lost_frame(now)
+                    # decompressor its step (ppp/ccp.py, "Resynchronising"); or the timeout was spurious (an
+                    # RTO learnt on small segments while the first bulk ones queue): suspected only.
+                    self.link.peer_lost_frame(now, suspected=True)
                 if self._probe_at is None:
                     if self._line_ok and not stalled:
                         self._line_ok = False

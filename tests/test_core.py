@@ -48,8 +48,8 @@ class FakeLink(object):
     def get_timer(self):
         return self.timer
 
-    def peer_lost_frame(self, now=None):
-        self.calls.append(("peer_lost_frame", now))
+    def peer_lost_frame(self, now=None, suspected=False):
+        self.calls.append(("peer_lost_frame", now, suspected))
 
     def probe(self, now):
         self.calls.append(("probe", now))
@@ -167,19 +167,20 @@ def test_a_stalled_flow_tells_the_link_and_probes_the_silent_line_then_retransmi
     core.receive_serial(b"x", 10)                   # the last bytes from the line
     stack.timer = 20                                # an RTO runs
     core.handle_timer(20)
-    assert ("peer_lost_frame", 20) in link.calls    # VJ refreshes, CCP resyncs: the client may have lost a frame
+    # VJ refreshes, CCP resyncs: the client may have lost a frame, or the timeout was spurious (suspected).
+    assert ("peer_lost_frame", 20, True) in link.calls
     assert core.get_timer() == 10 + PROBE_MS        # silent for PROBE_MS: then a probe
     core.handle_timer(10 + PROBE_MS)
     assert ("probe", 10 + PROBE_MS) in link.calls
     stack.timer = 10 + PROBE_MS + 50                # another retransmission timeout while probing
     core.handle_timer(10 + PROBE_MS + 50)
-    assert ("peer_lost_frame", 10 + PROBE_MS + 50) in link.calls
+    assert ("peer_lost_frame", 10 + PROBE_MS + 50, True) in link.calls
     core.handle_timer(10 + 2 * PROBE_MS)            # unanswered: the line is out
     assert ("probe", 10 + 2 * PROBE_MS) in link.calls
     core.receive_serial(b"y", 10 + 2 * PROBE_MS + 5)
     assert ("link_alive", 10 + 2 * PROBE_MS + 5) in stack.calls
     # What went into the dead line is lost: the link hears of it before the retransmissions.
-    assert ("peer_lost_frame", 10 + 2 * PROBE_MS + 5) in link.calls
+    assert ("peer_lost_frame", 10 + 2 * PROBE_MS + 5, False) in link.calls     # certain
     assert core.probes == 2
 
 
@@ -192,7 +193,7 @@ def test_a_fast_retransmit_tells_the_link_before_the_retransmission_is_framed():
     assert not [c for c in link.calls if c[0] == "peer_lost_frame"]
     stack.lost_frame = True                         # the third duplicate ACK queued a fast retransmit
     core.receive_serial(b"dup ack", 20)
-    assert [c for c in link.calls if c[0] == "peer_lost_frame"] == [("peer_lost_frame", 20)]
+    assert [c for c in link.calls if c[0] == "peer_lost_frame"] == [("peer_lost_frame", 20, True)]
 
 
 def test_a_promptly_answered_probe_does_not_count_as_the_line_returning():

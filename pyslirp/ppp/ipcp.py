@@ -69,7 +69,16 @@ for again at once (duplicate ACKs), not everything up to our retransmission
 timeout.  NOISY_REFRESH is 0, every packet uncompressed while the line is
 noisy: a header costs about 35 bytes more (2-6% of a bulk frame), while each
 segment a refresh later would lose costs a whole segment again, and at a bit
-error rate of 1e-5 a 1500-byte frame is damaged one time in nine.  VJ
+error rate of 1e-5 a 1500-byte frame is damaged one time in nine.  A TCP
+retransmission of ours (a timeout or a fast retransmit, which the Core
+reports through ``PPPLink.peer_lost_frame(suspected=True)``) is weaker
+evidence: on a clean line it is often spurious (a timeout learnt on small
+segments while the first bulk ones queue, a client's duplicate ACK taken for
+a loss), and 2000 packets of whole headers (30 s and more of a busy line at
+115200 bit/s; a pure ACK 40 bytes instead of 5-8) then cost a two-way
+transfer 8% of each direction for nothing.  So such a signal refreshes only
+for SUSPECT_PACKETS: on a line that really is noisy the retransmissions, the
+client's CCP Reset-Requests and our own lost input keep renewing it.  VJ
 packets that were not negotiated, or that do not decompress, are counted and
 dropped.  ``active`` says whether VJ runs in either direction: TCP
 timestamps change every segment and force uncompressed headers, so a stack
@@ -330,7 +339,8 @@ def _vj_text(params):
 
 
 NOISY_REFRESH = 0           # compressed packets per slot between two uncompressed ones on a noisy line
-NOISY_PACKETS = 2000        # packets sent that way after the last frame lost on input
+NOISY_PACKETS = 2000        # packets sent that way after the last frame lost on the line (ours or the peer's)
+SUSPECT_PACKETS = 100       # ... after a TCP retransmission, which may have been spurious (see the docstring)
 
 
 class VjStage(Transform):
@@ -398,9 +408,11 @@ class VjStage(Transform):
             self.decompressor.toss()
         self.peer_lost_frame()
 
-    def peer_lost_frame(self):
-        """A frame was lost on the line (ours: ``toss``; the peer's: its CCP Reset-Request): refresh for a
-        while (NOISY_PACKETS)."""
+    def peer_lost_frame(self, packets=NOISY_PACKETS):
+        """A frame was lost on the line (ours: ``toss``; the peer's: its CCP Reset-Request): refresh for the
+        next ``packets`` packets (NOISY_PACKETS; SUSPECT_PACKETS when only a TCP retransmission suggests it).
+        A period already running is never shortened."""
         if self.compressor is not None:
             self.compressor.noisy(NOISY_REFRESH)
-            self._noisy = NOISY_PACKETS
+            if packets > self._noisy:
+                self._noisy = packets

@@ -140,7 +140,7 @@ from pyslirp.ppp.auth import IDLE, ChapClient, ChapServer, PapClient, PapServer
 from pyslirp.ppp.ccp import Ccp
 from pyslirp.ppp.events import AuthResult, IPReceived, LinkDown, LinkUp
 from pyslirp.ppp.fsm import NEGOTIATING, PEER_TERMINATED, State
-from pyslirp.ppp.ipcp import Ipcp
+from pyslirp.ppp.ipcp import NOISY_PACKETS, SUSPECT_PACKETS, Ipcp
 from pyslirp.ppp.lcp import DEFAULT_ACCM, Lcp
 from pyslirp.ppp.protocol import NETWORK_ONLY, ControlProtocol, Discard, Phase
 from pyslirp.timers import earliest
@@ -375,14 +375,15 @@ class PPPLink(object):
         self._emit(wppp.PROTO_IP, packet, False)
         return True
 
-    def peer_lost_frame(self, now=None):
-        """The peer may have lost one of our frames (a TCP retransmission timeout): VJ refreshes its slots for
-        a while (ipcp.py, NOISY_PACKETS), as after a CCP Reset-Request, and CCP restarts the Deflate histories
-        with a Reset-Ack (ccp.py, "Resynchronising"), so that the retransmission is not compressed against
-        the lost original."""
+    def peer_lost_frame(self, now=None, suspected=False):
+        """The peer may have lost one of our frames: VJ refreshes its slots for a while (ipcp.py,
+        NOISY_PACKETS, as after a CCP Reset-Request; SUSPECT_PACKETS when ``suspected``: a TCP
+        retransmission, which may have been spurious), and CCP restarts the Deflate histories with a
+        Reset-Ack (ccp.py, "Resynchronising"), so that the retransmission is not compressed against the lost
+        original."""
         if now is not None:
             self._now = now
-        self.ipcp.vj.peer_lost_frame()
+        self.ipcp.vj.peer_lost_frame(SUSPECT_PACKETS if suspected else NOISY_PACKETS)
         if self.ccp is not None:
             self.ccp.resync(self._now)
 
