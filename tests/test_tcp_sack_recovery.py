@@ -128,3 +128,21 @@ def test_a_fast_line_keeps_three_duplicates_and_full_segments():
     stack = make_stack(rate=stack_mod.SLOW_LINE)
     bulk = Client(stack, 40001)
     assert bulk.conn.dup_thresh == DUP_THRESH
+
+
+def test_a_dsack_is_no_duplicate_ack_on_a_serial_line():
+    # The client got a segment twice (a spurious retransmission of ours) and says so at once: an ACK at SND.UNA
+    # whose first SACK block lies below it (RFC 2883 D-SACK).  Counted as the one duplicate ACK a serial line
+    # needs, it resent the head of the flight, whose duplicate brought the next D-SACK: through the real pppd a
+    # two-way transfer sent every other segment twice for its whole length, once the first spurious
+    # retransmission had happened.  It retransmits nothing now.
+    h, segs, t = _flight()
+    assert h.conn.snd_una == segs[0].seq
+    dup = (seq_add(segs[0].seq, -MSS), segs[0].seq)
+    h.send(ACK, ack=segs[0].seq, sack_blocks=(dup,), at=t + 5)
+    assert [s for s in h.recv(at=t + 5) if s.payload and s.seq == segs[0].seq] == []
+    assert h.conn.fast_retransmits == 0 and not h.conn.in_recovery
+    # A plain duplicate ACK still is a loss on such a path.
+    h.send(ACK, ack=segs[0].seq, at=t + 7)
+    assert [s.seq for s in h.recv(at=t + 7) if s.payload][:1] == [segs[0].seq]
+    assert h.conn.fast_retransmits == 1

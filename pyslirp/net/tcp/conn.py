@@ -1552,7 +1552,7 @@ class TcpConnection(object):
             # RFC 5681 section 2, DUPLICATE ACKNOWLEDGMENT: outstanding data, no data, no SYN/FIN,
             # SEG.ACK = SND.UNA, and the advertised window unchanged.
             if (seq_gt(self.snd_max, una) and not seg.payload and not seg.flags & (SYN | FIN)
-                    and not window_changed):
+                    and not window_changed and not self._dsack(seg, ack)):
                 self._on_dup_ack(ack, now)
         if acked >= 0 and self.dup_thresh < DUP_THRESH and self.sack_ok and self._scoreboard:
             if not self._in_recovery:
@@ -1579,6 +1579,23 @@ class TcpConnection(object):
             self._high_rxt = una
             self._rxt_round_end = self.snd_max
             self._rtx_pending = True
+
+    def _dsack(self, seg, ack):
+        """``seg`` reports a duplicate segment (RFC 2883 D-SACK: its first SACK block lies at or below the
+        cumulative ACK, or inside its second block).  The client received something twice (a spurious
+        retransmission of ours), so the ACK it sent at once (RFC 5681 4.2) is no sign of a loss: counted as a
+        duplicate ACK with ``dup_thresh`` 1, each such ACK resent the next segment in flight, whose duplicate
+        made the client send another, for as long as the transfer ran (as Linux does, a D-SACK is never a
+        duplicate ACK: tcp_ack's FLAG_DSACKING_ACK)."""
+        if not (self.sack_ok and seg.sack_blocks):
+            return False
+        left, right = seg.sack_blocks[0]
+        if seq_le(right, ack):
+            return True
+        if len(seg.sack_blocks) > 1:
+            left2, right2 = seg.sack_blocks[1]
+            return seq_le(left2, left) and seq_le(right, right2)
+        return False
 
     def _add_sack(self, seg):
         if not (self.sack_ok and seg.sack_blocks):
