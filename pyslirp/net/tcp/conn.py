@@ -160,7 +160,11 @@ recovery point once the go-back after a timeout has resent everything the
 client SACKed; and once the client SACKs data first sent after a round of
 hole retransmissions, a hole still open below it lost its retransmission too
 (RFC 8985's reasoning with a zero reordering window), and a new round starts
-from SND.UNA instead of waiting for the timer.  When the client
+from SND.UNA instead of waiting for the timer.  An ACK that carries a D-SACK
+(RFC 2883: its first block at or below the cumulative ACK, or inside the
+second) is never a duplicate ACK: the client got a segment twice and said
+so at once, which shows a spurious retransmission, not a loss (Linux's
+FLAG_DSACKING_ACK).  When the client
 advertises a zero window the persist timer sends zero-length probes below
 SND.UNA (RFC 9293 3.8.6.1, RFC 1122 4.2.2.17) with backoff.
 
