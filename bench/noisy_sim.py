@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from pyslirp.net.stack import Service, StackConfig  # noqa: E402
 from pyslirp.ppp.link import LinkConfig  # noqa: E402
-from pyslirp.testing.client import SimulatedClient, client_link_config  # noqa: E402
+from pyslirp.testing.client import LineSimulatedClient, client_link_config  # noqa: E402
 from pyslirp.testing.linkemu import Impairments, LineDirection  # noqa: E402
 
 LINE_RATE = 11520.0
@@ -56,43 +56,13 @@ class Sink(object):
         return True
 
 
-class NoisySim(SimulatedClient):
-    """SimulatedClient whose line is two LineDirections (up: client to server, down: server to client)."""
+class NoisySim(LineSimulatedClient):
+    """LineSimulatedClient over two seeded LineDirections with the same impairments (up: client to server)."""
 
     def __init__(self, imp, seed, **kw):
-        super().__init__(seed=seed, **kw)
-        self.up = LineDirection(imp, seed=seed * 2 + 1, name="up")
-        self.down = LineDirection(imp, seed=seed * 2 + 2, name="down")
-        self.queued = {"in": bytearray(), "out": bytearray()}
-        self.server.set_line_rate(int(LINE_RATE))
-
-    def _exchange(self):
-        for _ in range(8):
-            moved = False
-            data = self.up.receive(self.now)
-            if data:
-                moved = True
-                self.server.receive_serial(data, self.now)
-            data = self.down.receive(self.now)
-            if data:
-                moved = True
-                self.client.receive_serial(data, self.now)
-            q = self.queued["out"]
-            budget = max(0, SERVER_BOUND - len(q))
-            for _, frame in self.server.take_serial_output(budget, self.now, allow_one_over=budget > 0):
-                q += frame
-            for _, frame in self.client.take_serial_output(-1, self.now):
-                self.queued["in"] += frame
-            for line, q in ((self.down, self.queued["out"]), (self.up, self.queued["in"])):
-                if q:
-                    n = line.send(q, self.now)
-                    del q[:n]
-                else:
-                    line.source_idle()
-            moved = self._client_events() or moved
-            moved = self._server_events() or moved
-            if not moved:
-                return
+        super().__init__(LineDirection(imp, seed=seed * 2 + 2, name="down"),
+                         LineDirection(imp, seed=seed * 2 + 1, name="up"),
+                         LINE_RATE, server_bound=SERVER_BOUND, seed=seed, **kw)
 
     def _server_events(self):
         before = set(self._server_conns)

@@ -11,7 +11,7 @@ import random
 from pyslirp.net.stack import Service, StackConfig
 from pyslirp.ppp.ipcp import NOISY_PACKETS, SUSPECT_PACKETS
 from pyslirp.ppp.link import LinkConfig
-from pyslirp.testing.client import EchoService, SimulatedClient, client_link_config
+from pyslirp.testing.client import EchoService, LineSimulatedClient, client_link_config
 from pyslirp.testing.linkemu import Impairments, LineDirection
 
 RATE = 11520                # bytes/s: 115200 bit/s 8N1
@@ -39,43 +39,14 @@ class Sink(object):
         return True
 
 
-class PacedSim(SimulatedClient):
-    """SimulatedClient whose line is paced: ``down`` carries the server's frames, ``up`` the client's."""
+class PacedSim(LineSimulatedClient):
+    """LineSimulatedClient on a clean 115200 line: ``down`` carries the server's frames, ``up`` the client's."""
 
     def __init__(self, **kw):
-        super().__init__(**kw)
-        self.up = LineDirection(Impairments(baud=115200), seed=1, name="up")
-        self.down = LineDirection(Impairments(baud=115200), seed=2, name="down")
-        self.queued = {"down": bytearray(), "up": bytearray()}
-        self.server.set_line_rate(RATE)
+        super().__init__(LineDirection(Impairments(baud=115200), seed=2, name="down"),
+                         LineDirection(Impairments(baud=115200), seed=1, name="up"),
+                         RATE, server_bound=SERVER_BOUND, **kw)
         self.sources = {}
-
-    def _exchange(self):
-        for _ in range(8):
-            moved = False
-            data = self.up.receive(self.now)
-            if data:
-                moved = True
-                self.server.receive_serial(data, self.now)
-            data = self.down.receive(self.now)
-            if data:
-                moved = True
-                self.client.receive_serial(data, self.now)
-            q = self.queued["down"]
-            budget = max(0, SERVER_BOUND - len(q))
-            for _, frame in self.server.take_serial_output(budget, self.now, allow_one_over=budget > 0):
-                q += frame
-            for _, frame in self.client.take_serial_output(-1, self.now):
-                self.queued["up"] += frame
-            for line, q in ((self.down, self.queued["down"]), (self.up, self.queued["up"])):
-                if q:
-                    del q[:line.send(q, self.now)]
-                else:
-                    line.source_idle()
-            moved = self._client_events() or moved
-            moved = self._server_events() or moved
-            if not moved:
-                return
 
     def _server_events(self):
         before = set(self._server_conns)

@@ -6,6 +6,7 @@ The simulated client is imported here; ``compliance``, ``fuzz``, ``linkemu`` and
 module only once.
 """
 
-from pyslirp.testing.client import NEVER_CONNECTS, EchoService, RawBytes, Recorder, SimFlow, SimulatedClient  # noqa
+from pyslirp.testing.client import (NEVER_CONNECTS, EchoService, LineSimulatedClient, RawBytes, Recorder, SimFlow,  # noqa
+                                    SimulatedClient)
 
-__all__ = ["NEVER_CONNECTS", "EchoService", "RawBytes", "Recorder", "SimFlow", "SimulatedClient"]
+__all__ = ["NEVER_CONNECTS", "EchoService", "LineSimulatedClient", "RawBytes", "Recorder", "SimFlow", "SimulatedClient"]

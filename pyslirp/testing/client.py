@@ -60,6 +60,7 @@ DEFAULT_ACCM = 0xFFFFFFFF
 MAX_RECORDED = 65535            # the recorder's deframers take frames up to this long
 NEVER_CONNECTS = "never connects"   # a ``services`` value: the service's socket never connects
 MAX_EXCHANGE_ROUNDS = 64        # line exchanges within one step before time must move on
+LINE_EXCHANGE_ROUNDS = 8        # the same over a paced line (LineSimulatedClient), where a round moves less
 
 
 def client_link_config(**overrides):
@@ -388,6 +389,49 @@ class SimulatedClient(object):
         answer = b"\xc0\x0c" + wdns.RR_FIXED.pack(wdns.TYPE_A, 1, 60, 4) + bytes(int(x) for x in address.split("."))
         return wdns.HEADER.pack(msg.id, wdns.FLAG_QR | wdns.FLAG_RD | wdns.FLAG_RA, 1, 1, 0, 0) + \
             head[wdns.HEADER_LEN:] + answer
+
+class LineSimulatedClient(SimulatedClient):
+    """A ``SimulatedClient`` whose line is two paced directions (``pyslirp.testing.linkemu.LineDirection``).
+
+    ``down`` carries the server's frames, ``up`` the client's.  The server is asked for output only while fewer
+    than ``server_bound`` bytes wait for the line (as the runtime's writer bounds its queue, about 10 ms of
+    line time at 115200), and is told the line's rate (``line_rate``, bytes a second); the client writes
+    everything at once, as pppd does into its tty buffer.  Frames lost or damaged on a direction are whatever
+    its impairments make of them.
+    """
+
+    def __init__(self, down, up, line_rate, server_bound=128, **kw):
+        super().__init__(**kw)
+        self.down = down
+        self.up = up
+        self.server_bound = server_bound
+        self.queued = {"down": bytearray(), "up": bytearray()}
+        self.server.set_line_rate(int(line_rate))
+
+    def _exchange(self):
+        for _ in range(LINE_EXCHANGE_ROUNDS):
+            moved = False
+            for line, dst in ((self.up, self.server), (self.down, self.client)):
+                data = line.receive(self.now)
+                if data:
+                    moved = True
+                    dst.receive_serial(data, self.now)
+            q = self.queued["down"]
+            budget = max(0, self.server_bound - len(q))
+            for _, frame in self.server.take_serial_output(budget, self.now, allow_one_over=budget > 0):
+                q += frame
+            for _, frame in self.client.take_serial_output(-1, self.now):
+                self.queued["up"] += frame
+            for line, q in ((self.down, self.queued["down"]), (self.up, self.queued["up"])):
+                if q:
+                    del q[:line.send(q, self.now)]
+                else:
+                    line.source_idle()
+            moved = self._client_events() or moved
+            moved = self._server_events() or moved
+            if not moved:
+                return
+
 
 
 def _earliest(a, b):
