@@ -367,6 +367,8 @@ def rtt_breakdown(relay, probe, warmup):
     """
     parts = {"guest_queue": [], "request_line": [], "pyslirp": [], "response_line": [],
              "request_frame": [], "response_frame": []}
+    spans = []                      # (request on the line, response off it) of each exchange looked at
+    probe_bytes = {"from_guest": 0, "to_guest": 0}
     up_from = down_from = 0
     sys.path.insert(0, ROOT)
     from pyslirp.wire.hdlc import escape
@@ -405,7 +407,29 @@ def rtt_breakdown(relay, probe, warmup):
         parts["guest_queue"].append(rtt - (resp_off - req_on))
         parts["request_frame"].append((i1 - i0 + 1) / 1000.0)
         parts["response_frame"].append((j1 - j0 + 1) / 1000.0)
-    return dict((k, 1000 * percentile(v, 0.5)) for k, v in parts.items() if v)
+        spans.append((req_on, resp_off))
+        probe_bytes["from_guest"] += i1 - i0 + 1
+        probe_bytes["to_guest"] += j1 - j0 + 1
+    out = dict((k, 1000 * percentile(v, 0.5)) for k, v in parts.items() if v)
+    if len(spans) >= 2:
+        out["line"] = line_budget(relay, spans[0][0], spans[-1][1], probe_bytes)
+    return out
+
+
+def line_budget(relay, t_from, t_to, probe_bytes):
+    """How each direction of the line was spent between ``t_from`` and ``t_to`` (the relay's clock).
+
+    For "from_guest" and "to_guest": ``busy``, the fraction of the span the line was carrying bytes (every byte
+    the relay put on it, at the line rate), and ``echo``, the fraction the 64-byte exchanges' own frames took
+    (``probe_bytes``, counted by ``rtt_breakdown`` over the same exchanges).  What is busy but neither echo nor
+    payload is headers, framing and ACKs.
+    """
+    span = t_to - t_from
+    out = {}
+    for name, d in (("from_guest", relay.up), ("to_guest", relay.down)):
+        carried = sum(n for taken, _, _, n in d.timeline if t_from <= taken <= t_to)
+        out[name] = {"busy": carried / (relay.rate * span), "echo": probe_bytes[name] / (relay.rate * span)}
+    return out
 
 
 def percentile(values, q):
@@ -618,6 +642,11 @@ class Bench(object):
                 lines.append("      medians: in the guest %.0f ms, request on the line %.0f, pyslirp and its queue "
                              "%.0f, response on the line %.0f" % (b.get("guest_queue", 0), b.get("request_line", 0),
                                                                    b.get("pyslirp", 0), b.get("response_line", 0)))
+                u = b.get("line")
+                if u:
+                    lines.append("      line busy %.1f%% down, %.1f%% up; the exchanges' own frames %.1f%% down, "
+                                 "%.1f%% up" % (100 * u["to_guest"]["busy"], 100 * u["from_guest"]["busy"],
+                                                100 * u["to_guest"]["echo"], 100 * u["from_guest"]["echo"]))
         return "\n".join(lines)
 
 
