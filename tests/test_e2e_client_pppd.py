@@ -67,7 +67,7 @@ def test_against_pppd_as_the_server(lab, tmp_path):
             wait_ppp_up 60 pppd || exit 1
             $PYTHON -m http.server 8000 --bind 10.0.0.1 --directory {www} >"$RESULTS/http.out" 2>&1 &
             /usr/sbin/sshd -D -e -f {config} >"$RESULTS/sshd.out" 2>&1 &
-            sleep 1
+            wait_listening 8000 60 && wait_listening 22 60 || exit 1
             mark up
             wait_host_mark done 180
             pppd_stop pppd 15

@@ -82,6 +82,17 @@ wait_ppp_up() {
     return 1
 }
 
+# wait_listening PORT TIMEOUT: wait until a TCP socket in the guest listens on PORT.  Returns 1 on timeout.
+wait_listening() {
+    local port=$1 timeout=${2:-20} i
+    for ((i = 0; i < timeout * 10; i++)); do
+        ss -Hltn "sport = :$port" 2>/dev/null | grep -q . && return 0
+        sleep 0.1
+    done
+    say "wait_listening: nothing listens on port $port after ${timeout}s"
+    return 1
+}
+
 # record NAME COMMAND...: run COMMAND; its output goes to $RESULTS/NAME.out, its status to $RESULTS/NAME.rc.
 record() {
     local name=$1 rc
