@@ -227,10 +227,13 @@ def test_service_connect_refused_is_reported():
     sock.close()                            # nothing listens there now
     inbox = Inbox()
     manager = ServiceManager(inbox.post)
+    threads = threading.active_count()
     manager.handle(connect_event(3, "127.0.0.1", port, client_port=1))
+    # A loopback connect is refused at once: the stack thread's own look finds it, and no thread is started.
     assert inbox.get() == ("svc_failed", 3, "direct: connection refused", "reset",
                            ((0, "direct: connection refused"),))
-    assert inbox.get() == ("svc_done", 3)
+    assert len(manager) == 0 and threading.active_count() == threads
+    assert inbox.quiet() is None
 
 
 class RecordingStarter(object):
@@ -525,6 +528,65 @@ def test_stack_loop_budget_counts_bytes_not_yet_written():
         thread.join(5)
         os.close(to_rt)
         os.close(from_rt)
+
+
+class ConnectingCore(ScriptedCore):
+    """Emits the ServiceConnects it is given; logs the service reports and each output taken, in order, and
+    answers a connect with a SYN-ACK frame."""
+
+    def __init__(self):
+        ScriptedCore.__init__(self)
+        self.events = []
+        self.log = []
+
+    def take_events(self):
+        events, self.events = self.events, []
+        return events
+
+    def service_connected(self, conn_id, now, target=0, failures=()):
+        self.log.append(("connected", conn_id, target, failures, threading.current_thread().name))
+        self.out.append((True, b"SYN-ACK %d" % conn_id))
+        self.events.append(ServiceReadCredit(conn_id, 100))
+
+    def service_failed(self, conn_id, reason, now, outcome="reset", failures=()):
+        self.log.append(("failed", conn_id, reason, outcome, threading.current_thread().name))
+
+    def take_serial_output(self, budget, now=None, allow_one_over=False):
+        out = ScriptedCore.take_serial_output(self, budget, now, allow_one_over)
+        self.log.append(("output", [frame for _, frame in out]))
+        return out
+
+
+def test_a_connect_decided_at_once_is_answered_in_the_same_loop_turn(servers):
+    # A loopback service: the stack thread connects, and the SYN-ACK leaves with the flush of the turn that
+    # brought the SYN's ServiceConnect, with no service thread and no further turn in between.
+    server = servers(echo)
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    port = dead.getsockname()[1]
+    dead.close()
+    core = ConnectingCore()
+    runtime = Runtime(None, None, core=core)
+    try:
+        core.events = [connect_event(1, "127.0.0.1", server.port), connect_event(2, "127.0.0.1", port)]
+        runtime._step(("room",), 1000)
+        me = threading.current_thread().name
+        assert core.log == [("connected", 1, 0, (), me),
+                            ("failed", 2, "direct: connection refused", "reset", me),
+                            ("output", [b"SYN-ACK 1"])]
+        assert runtime.inbox.empty()
+        assert len(runtime.services) == 1                 # the refused one needs no thread
+        runtime.services.handle(ServiceSend(1, b"ping"))
+        kind = runtime.inbox.get(timeout=5)
+        assert kind == ("svc_written", 1, 4)              # the connection's thread serves the socket
+        got = b""
+        while len(got) < 4:
+            item = runtime.inbox.get(timeout=5)
+            if item[0] == "svc_data":
+                got += item[2]                              # within the credit the SYN-ACK's turn granted
+        assert got == b"ping"
+    finally:
+        runtime.services.close_all()
 
 
 def test_stdio_like_end_of_file_ends_the_runtime_with_0():

@@ -41,6 +41,17 @@ condition, not polling); the stack thread hands it the connection, and that
 thread starts the next spare itself once its connect is done and reported,
 off the stack thread's, the connect's and the SYN-ACK's path.
 
+Connecting at once: a direct connect to an IP address (a service on this
+host, typically) is begun by the stack thread itself, in
+:meth:`ServiceManager.handle` (``Connector.open_at_once``: a non-blocking
+connect and one look without waiting).  When that look finds it decided,
+the report goes to ``answer`` (the runtime applies it before it takes the
+Core's output, so the client's SYN-ACK or reset leaves in the same loop turn
+as the SYN's ServiceConnect, with no thread in between), and the connected
+socket is handed to the connection's thread, which from then on owns it; a
+refusal needs no thread at all.  Otherwise the thread carries the same
+attempt on.
+
 Connecting: the event carries the flow's Route; a
 :class:`~pyslirp.runtime.connectors.Connector` reaches the route's targets
 (``route.targets``: the service's host:port, then its fallbacks, without
@@ -184,6 +195,7 @@ class ServiceConnection(object):
                                     wakeup=self._wakeup)
         self._done = threading.Event()
         self._starter = None
+        self._sock = None                       # connected by connect_at_once, for the thread to serve
         self.bytes_to_service = 0
         self.bytes_from_service = 0
 
@@ -193,6 +205,32 @@ class ServiceConnection(object):
 
     def join(self, timeout=None):
         self._done.wait(timeout)
+
+    def connect_at_once(self):
+        """Stack thread, before :meth:`start`: the connect begun here, without waiting (see "Connecting at
+        once").  Returns the report when it is decided: ``svc_connected`` (start the thread to serve the
+        socket), or ``svc_failed`` (the connection is over: no thread to start); None when the thread is to
+        carry the attempt on."""
+        targets = self.route.targets
+        try:
+            result = self._connector.open_at_once(targets)
+        except ConnectFailed as exc:
+            self._wakeup.close()
+            self._done.set()
+            return self._failed_report(exc, targets)
+        if result is None:
+            return None
+        index, self._sock, self._early, failed = result
+        return ("svc_connected", self.conn_id, index, _failures(failed, targets))
+
+    def _failed_report(self, exc, targets):
+        """The ``svc_failed`` report of a ConnectFailed (the stack logs it once, with the flow and the route)."""
+        failures = _failures(exc.failures, targets)
+        if len(targets) == 1:
+            reason = failures[0][1] if failures else "%s: %s" % (exc.hop, exc.reason)
+        else:
+            reason = "; ".join("%s %s" % (_target(targets[i]), text) for i, text in failures)
+        return ("svc_failed", self.conn_id, reason, exc.outcome, failures)
 
     # -- called by the stack thread -------------------------------------------
 
@@ -231,32 +269,30 @@ class ServiceConnection(object):
 
     def run(self):
         threading.current_thread().name = self.name
-        sock = None
         targets = self.route.targets
+        sock, self._sock = self._sock, None
+        reported = sock is not None             # connected at once, and reported by the stack thread
         try:
-            try:
-                index, sock, self._early, failed = self._connector.open_any(targets)
-            except ConnectFailed as exc:
-                if self._abort is None and not self._connector.cancelled:
-                    # The stack logs the refusal once, with the flow, the route and this reason.
-                    failures = _failures(exc.failures, targets)
-                    if len(targets) == 1:
-                        reason = failures[0][1] if failures else "%s: %s" % (exc.hop, exc.reason)
-                    else:
-                        reason = "; ".join("%s %s" % (_target(targets[i]), text) for i, text in failures)
-                    self._post(("svc_failed", self.conn_id, reason, exc.outcome, failures))
-                    self._replenish()
-                return
+            if sock is None:
+                try:
+                    index, sock, self._early, failed = self._connector.open_any(targets)
+                except ConnectFailed as exc:
+                    if self._abort is None and not self._connector.cancelled:
+                        self._post(self._failed_report(exc, targets))
+                        self._replenish()
+                    return
             if self._abort is not None:
                 self._close(sock, abort=True)
                 sock = None
                 return
-            sock.setblocking(False)
+            if not reported:
+                sock.setblocking(False)
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-            self._post(("svc_connected", self.conn_id, index, _failures(failed, targets)))
+            if not reported:
+                self._post(("svc_connected", self.conn_id, index, _failures(failed, targets)))
             self._replenish()
             abort = self._serve(sock)
             self._close(sock, abort)
@@ -408,8 +444,11 @@ class ServiceConnection(object):
 class ServiceManager(object):
     """Routes the stack's service events to connection threads (stack thread only)."""
 
-    def __init__(self, post, connect_timeout=CONNECT_TIMEOUT, proxy=None):
+    def __init__(self, post, connect_timeout=CONNECT_TIMEOUT, proxy=None, answer=None):
+        """``post``: the stack thread's inbox (for the connection threads); ``answer``: where the reports
+        of connects decided at once go, on the stack thread (default ``post``)."""
         self._post = post
+        self._answer = answer if answer is not None else post
         self._connect_timeout = connect_timeout
         self._proxy = proxy
         self.connections = {}
@@ -426,8 +465,13 @@ class ServiceManager(object):
                 log.debug("connection %d: %s: connecting to %s", event.conn_id, event.flow.describe(),
                           event.route.describe())
             conn = ServiceConnection(event.conn_id, event.route, self._post, self._connect_timeout, self._proxy)
-            self.connections[event.conn_id] = conn
             self.started += 1
+            report = conn.connect_at_once()
+            if report is not None:
+                self._answer(report)
+                if report[0] == "svc_failed":
+                    return True                 # refused at once: no thread, nothing to serve
+            self.connections[event.conn_id] = conn
             conn.start(self._threads)
             return True
         return deliver(conn, event)

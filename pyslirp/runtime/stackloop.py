@@ -114,7 +114,9 @@ class Runtime(object):
         self.inbox = queue.SimpleQueue()
         self.core = core if core is not None else Core(
             link_config, stack_config, rng if rng is not None else random.SystemRandom(), tap=tap)
-        self.services = ServiceManager(self.post, connect_timeout=connect_timeout, proxy=proxy)
+        self._answered = []             # reports of service connects decided on this thread (see _flush)
+        self.services = ServiceManager(self.post, connect_timeout=connect_timeout, proxy=proxy,
+                                       answer=self._answered.append)
         self.records = EventLog(audit, connection_log=connection_log)
         self.metrics_box = SnapshotBox(self.post)
         self.metrics_server = None      # a MetricsServer on metrics_box, started and stopped with the loop
@@ -421,6 +423,9 @@ class Runtime(object):
         core = self.core
         writer = self.writer
         self._reflush_at = None
+        # Events first: a ServiceConnect whose connect is decided at once (a local service) is answered here,
+        # so the SYN-ACK it brings leaves with this flush, not one loop turn later.
+        self._handle_events(now)
         if writer is not None:
             target = writer.target()
             backlog = writer.backlog()
@@ -438,8 +443,29 @@ class Runtime(object):
                 writer.set_delay_signal(rtt)
         else:
             core.take_serial_output(0, now)
+        self._handle_events(now)
+
+    def _handle_events(self, now):
+        """The Core's events to the service manager, the datagram relay, the records; connects decided at once
+        reported back to the Core, until no event is left."""
+        core = self.core
+        answered = self._answered
         downs = []
-        for event in core.take_events():
+        events = core.take_events()
+        while events:
+            self._route_events(events, now, downs)
+            while answered:
+                items = answered[:]
+                del answered[:]
+                for item in items:
+                    self._dispatch(item, now)
+            events = core.take_events()
+        for event in downs:
+            self.records.link_down(event)
+
+    def _route_events(self, events, now, downs):
+        core = self.core
+        for event in events:
             if self.services.handle(event) or self.datagrams.handle(event):
                 continue
             if isinstance(event, FlowLog):
@@ -463,8 +489,6 @@ class Runtime(object):
                 key = (event.method, "ok" if event.ok else "fail")
                 self._auth[key] = self._auth.get(key, 0) + 1
                 self.records.auth(event)
-        for event in downs:
-            self.records.link_down(event)
 
     def _take_output(self, budget, now):
         """The Core's next frames; a positive budget lets one bulk frame through even if it is larger."""
