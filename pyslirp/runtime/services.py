@@ -36,10 +36,14 @@ busy costs no system call).
 
 Threads: ``Thread.start`` waits until the new thread runs, a context switch
 or two (and a wait for the GIL) on the stack thread for every SYN.
-:class:`SpareThread` keeps one thread started ahead and idle (waiting on a
+:class:`SpareThread` keeps a thread started ahead and idle (waiting on a
 condition, not polling); the stack thread hands it the connection, and that
 thread starts the next spare itself once its connect is done and reported,
-off the stack thread's, the connect's and the SYN-ACK's path.
+off the stack thread's, the connect's and the SYN-ACK's path, unless another
+spare is idle.  A thread whose connection is over stays as an idle spare
+while fewer than SPARES_KEPT are, and ends otherwise: connections one after
+another (or a few at a time) reuse the same threads and start none, and
+after a burst all but SPARES_KEPT end.
 
 Connecting at once: a direct connect to an IP address (a service on this
 host, typically) is begun by the stack thread itself, in
@@ -84,6 +88,7 @@ from pyslirp.runtime.wakeup import Wakeup
 log = logging.getLogger("pyslirp.runtime.services")
 
 READ_MAX = 65536
+SPARES_KEPT = 2         # idle service threads kept for the next connections (SpareThread)
 SEND_CHUNKS = 64        # pending chunks handed to one sendmsg (well under IOV_MAX, 1024 on Linux)
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 
@@ -105,19 +110,21 @@ def _failures(failed, targets):
 
 
 class SpareThread(object):
-    """Runs each job on a thread of its own, with one thread started ahead, idle, for the next job.
+    """Runs each job on a thread of its own, with a thread started ahead, idle, for the next job.
 
     A job handed over while the spare is still starting waits for it (a thread start is on the stack thread's
     path only for the very first job).  A job calls :meth:`replenish` when starting a thread no longer delays
     it (a service connection: once connected); that starts the next spare, unless one is idle or starting.
-    Idle spares wait on a condition: no polling, no timer.
+    A thread whose job has returned waits for the next one while fewer than ``keep`` threads are idle, and
+    ends otherwise.  Idle spares wait on a condition: no polling, no timer.
     """
 
-    def __init__(self):
+    def __init__(self, keep=SPARES_KEPT):
         self._cond = threading.Condition()
         self._jobs = collections.deque()    # handed over, not yet taken by a spare
         self._spares = 0                    # threads idle or starting to be
         self._closed = False
+        self._keep = max(1, keep)
 
     def start(self, job):
         """Run ``job()`` on a thread: a spare's, or (none there) a new one's."""
@@ -143,15 +150,22 @@ class SpareThread(object):
             self._cond.notify_all()
 
     def _run(self, job):
-        if job is None:
+        while True:
+            if job is None:
+                with self._cond:
+                    while not self._jobs and not self._closed:
+                        self._cond.wait()
+                    self._spares -= 1
+                    if not self._jobs:
+                        return
+                    job = self._jobs.popleft()
+            job()
+            job = None
             with self._cond:
-                while not self._jobs and not self._closed:
-                    self._cond.wait()
-                self._spares -= 1
-                if not self._jobs:
-                    return
-                job = self._jobs.popleft()
-        job()
+                if self._closed or self._spares - len(self._jobs) >= self._keep:
+                    return                  # enough idle threads already
+                self._spares += 1           # this one waits for the next job
+            threading.current_thread().name = "service-spare"
 
 
 def deliver(conn, event):
