@@ -350,6 +350,32 @@ def test_service_peer_reset_is_an_error(servers):
     assert inbox.get("svc_done") == ("svc_done", 5)
 
 
+def test_held_hand_offs_wait_for_release_and_keep_their_order(servers):
+    # The runtime holds the hand-offs of a loop turn while it takes the line's output: nothing reaches a
+    # service thread (not even the start of a thread for a connection connected at once) before release.
+    server = servers(echo)
+    inbox = Inbox()
+    manager = ServiceManager(inbox.post)
+    threads = threading.active_count()
+    manager.hold()
+    manager.handle(connect_event(6, "127.0.0.1", server.port))
+    assert inbox.get() == ("svc_connected", 6, 0, ())       # decided at once: the answer is not held
+    assert manager.handle(ServiceReadCredit(6, 100))
+    assert manager.handle(ServiceSend(6, b"first "))
+    assert manager.handle(ServiceSend(6, b"second"))
+    assert inbox.quiet() is None and threading.active_count() == threads
+    manager.release()
+    got = b""
+    while len(got) < 12:
+        got += inbox.get("svc_data")[2]
+    assert got == b"first second"
+    manager.release()                                       # nothing held: nothing happens
+    manager.handle(ServiceShutdown(6))                      # not held: at once
+    assert inbox.get("svc_eof") == ("svc_eof", 6)
+    assert inbox.get("svc_done") == ("svc_done", 6)
+    manager.close_all()
+
+
 def test_events_for_unknown_connections_are_ignored():
     manager = ServiceManager(Inbox().post)
     assert manager.handle(ServiceSend(99, b"x"))

@@ -455,8 +455,18 @@ class ServiceConnection(object):
             pass
 
 
+_HANDED = (ServiceSend, ServiceReadCredit, ServiceShutdown, ServiceClose)
+
+
 class ServiceManager(object):
-    """Routes the stack's service events to connection threads (stack thread only)."""
+    """Routes the stack's service events to connection threads (stack thread only).
+
+    Between :meth:`hold` and :meth:`release` the hand-offs to the threads (data, credit, shutdown, close,
+    and the start of a thread for a connection connected at once) wait, in order: the runtime holds them
+    while it takes the line's output of a loop turn, so that the serial writer, woken first, does not queue
+    for the GIL behind service threads woken by the same turn.  A connect's own start is not held: a
+    connect not decided at once is what the client's SYN-ACK waits for.
+    """
 
     def __init__(self, post, connect_timeout=CONNECT_TIMEOUT, proxy=None, answer=None):
         """``post``: the stack thread's inbox (for the connection threads); ``answer``: where the reports
@@ -468,11 +478,31 @@ class ServiceManager(object):
         self.connections = {}
         self.started = 0
         self._threads = SpareThread()
+        self._held = None               # while held: [(conn_id, event), or (conn, None) for a thread start]
 
     def __len__(self):
         return len(self.connections)
 
+    def hold(self):
+        """Hand-offs to the threads wait until :meth:`release`."""
+        if self._held is None:
+            self._held = []
+
+    def release(self):
+        """Make the hand-offs held since :meth:`hold`, in order."""
+        held, self._held = self._held, None
+        if not held:
+            return
+        for key, event in held:
+            if event is None:
+                key.start(self._threads)
+            else:
+                deliver(self.connections.get(key), event)
+
     def handle(self, event):
+        if self._held is not None and isinstance(event, _HANDED):
+            self._held.append((event.conn_id, event))
+            return True
         conn = self.connections.get(getattr(event, "conn_id", None))
         if isinstance(event, ServiceConnect):
             if log.isEnabledFor(logging.DEBUG):     # the descriptions cost more than the rest of the hand-off
@@ -486,7 +516,10 @@ class ServiceManager(object):
                 if report[0] == "svc_failed":
                     return True                 # refused at once: no thread, nothing to serve
             self.connections[event.conn_id] = conn
-            conn.start(self._threads)
+            if report is not None and self._held is not None:
+                self._held.append((conn, None))
+            else:
+                conn.start(self._threads)
             return True
         return deliver(conn, event)
 
@@ -501,6 +534,7 @@ class ServiceManager(object):
         self.connections.pop(conn_id, None)
 
     def close_all(self, timeout=1.0):
+        self.release()
         self._threads.close()
         conns = list(self.connections.values())
         for conn in conns:

@@ -420,12 +420,21 @@ class Runtime(object):
         self.core.close(now)
 
     def _flush(self, now):
-        core = self.core
-        writer = self.writer
         self._reflush_at = None
         # Events first: a ServiceConnect whose connect is decided at once (a local service) is answered here,
-        # so the SYN-ACK it brings leaves with this flush, not one loop turn later.
+        # so the SYN-ACK it brings leaves with this flush, not one loop turn later.  The hand-offs to service
+        # threads wait until the output is with the writer (ServiceManager.hold).
+        self.services.hold()
+        try:
+            self._handle_events(now)
+            self._flush_output(now)
+        finally:
+            self.services.release()
         self._handle_events(now)
+
+    def _flush_output(self, now):
+        core = self.core
+        writer = self.writer
         if writer is not None:
             target = writer.target()
             backlog = writer.backlog()
@@ -443,7 +452,6 @@ class Runtime(object):
                 writer.set_delay_signal(rtt)
         else:
             core.take_serial_output(0, now)
-        self._handle_events(now)
 
     def _handle_events(self, now):
         """The Core's events to the service manager, the datagram relay, the records; connects decided at once
