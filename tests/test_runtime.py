@@ -351,8 +351,8 @@ def test_service_peer_reset_is_an_error(servers):
 
 
 def test_held_hand_offs_wait_for_release_and_keep_their_order(servers):
-    # The runtime holds the hand-offs of a loop turn while it takes the line's output: nothing reaches a
-    # service thread (not even the start of a thread for a connection connected at once) before release.
+    # The runtime holds the hand-offs of a loop turn that no client waits for while it takes the line's
+    # output: the start of a thread for a connection connected at once, a shutdown, a close.
     server = servers(echo)
     inbox = Inbox()
     manager = ServiceManager(inbox.post)
@@ -362,17 +362,31 @@ def test_held_hand_offs_wait_for_release_and_keep_their_order(servers):
     assert inbox.get() == ("svc_connected", 6, 0, ())       # decided at once: the answer is not held
     assert manager.handle(ServiceReadCredit(6, 100))
     assert manager.handle(ServiceSend(6, b"first "))
-    assert manager.handle(ServiceSend(6, b"second"))
+    assert manager.handle(ServiceShutdown(6))               # after the data, in order
     assert inbox.quiet() is None and threading.active_count() == threads
     manager.release()
     got = b""
-    while len(got) < 12:
+    while len(got) < 6:
         got += inbox.get("svc_data")[2]
-    assert got == b"first second"
-    manager.release()                                       # nothing held: nothing happens
-    manager.handle(ServiceShutdown(6))                      # not held: at once
-    assert inbox.get("svc_eof") == ("svc_eof", 6)
+    assert got == b"first "
+    assert inbox.get("svc_eof") == ("svc_eof", 6)           # the shutdown came after the data
     assert inbox.get("svc_done") == ("svc_done", 6)
+    manager.forget(6)
+
+    server = servers(echo)
+    manager.handle(connect_event(7, "127.0.0.1", server.port))
+    assert inbox.get() == ("svc_connected", 7, 0, ())
+    manager.handle(ServiceReadCredit(7, 100))
+    manager.handle(ServiceSend(7, b"x"))
+    assert inbox.get("svc_data") == ("svc_data", 7, b"x")   # the thread runs: data is never held
+    manager.hold()
+    manager.handle(ServiceSend(7, b"y"))
+    assert inbox.get("svc_data") == ("svc_data", 7, b"y")
+    manager.handle(ServiceShutdown(7))
+    assert inbox.quiet() is None                            # the shutdown waits for release
+    manager.release()
+    assert inbox.get("svc_eof") == ("svc_eof", 7)
+    assert inbox.get("svc_done") == ("svc_done", 7)
     manager.close_all()
 
 

@@ -455,17 +455,18 @@ class ServiceConnection(object):
             pass
 
 
-_HANDED = (ServiceSend, ServiceReadCredit, ServiceShutdown, ServiceClose)
+_HELD = (ServiceShutdown, ServiceClose)    # held by hold(); data and read credit are what a client waits for
 
 
 class ServiceManager(object):
     """Routes the stack's service events to connection threads (stack thread only).
 
-    Between :meth:`hold` and :meth:`release` the hand-offs to the threads (data, credit, shutdown, close,
-    and the start of a thread for a connection connected at once) wait, in order: the runtime holds them
-    while it takes the line's output of a loop turn, so that the serial writer, woken first, does not queue
-    for the GIL behind service threads woken by the same turn.  A connect's own start is not held: a
-    connect not decided at once is what the client's SYN-ACK waits for.
+    Between :meth:`hold` and :meth:`release` the hand-offs that no client waits for (shutdown, close, and
+    the start of a thread for a connection connected at once) wait, in order: the runtime holds them while
+    it takes the line's output of a loop turn, so that the serial writer, woken first, does not queue for
+    the GIL behind service threads woken by the same turn (a FIN and the next SYN often come in one read).
+    Data and read credit are not held (a client waits for the service's answer), nor is the start of a
+    connect not decided at once (the client's SYN-ACK waits for it).
     """
 
     def __init__(self, post, connect_timeout=CONNECT_TIMEOUT, proxy=None, answer=None):
@@ -500,7 +501,7 @@ class ServiceManager(object):
                 deliver(self.connections.get(key), event)
 
     def handle(self, event):
-        if self._held is not None and isinstance(event, _HANDED):
+        if self._held is not None and isinstance(event, _HELD):
             self._held.append((event.conn_id, event))
             return True
         conn = self.connections.get(getattr(event, "conn_id", None))
