@@ -211,6 +211,13 @@ def test_a_written_report_alone_settles_the_queue_without_a_flush():
     assert len(core.budgets) == 2
     runtime._step(None, 4)                                      # a timeout runs in full too
     assert len(core.budgets) == 3
+    core.get_timer = lambda: None
+    runtime._step(("svc_done", 12), 5)                           # a service thread finished: no flush
+    assert len(core.budgets) == 3
+    runtime._step(("svc_done", 13), 6)
+    runtime.inbox.put(("room", writer))                          # ... unless something else came with it
+    runtime._step(("svc_done", 14), 7)
+    assert len(core.budgets) == 4
 
 
 def test_the_bound_starts_from_the_configured_speed():

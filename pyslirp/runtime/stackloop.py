@@ -28,8 +28,9 @@ while the budget is positive (one frame may exceed it).  Bulk beyond that
 waits in the TCP send buffers, where the next keystroke can still overtake
 it.  The writer's "room" report (the line drained below the bound) wakes the
 loop to refill; a 20 ms re-flush is the safety net.  Its "written" reports
-only settle ``line_queued``: a wake-up that brought nothing else (and found
-no timer due) does not flush, since the "room" after every write does.  Whenever the measured
+only settle ``line_queued``: a wake-up that brought nothing else (or only
+service threads' "done", which change nothing the Core sends) and found no
+timer due does not flush, since the "room" after every write does.  Whenever the measured
 rate moves by more than an eighth the Core is told (``set_line_rate``): the
 stack sizes segments and windows to it.  The other way, each flush hands
 the writer the smallest round trip the stack's connections measured on
@@ -98,6 +99,12 @@ DRAIN_TIMEOUT = 1000    # ms to let the writer drain before closing the line
 # threads run shallow loops, and the default (8 MiB of address space each on Linux) would reserve 8 GB for
 # a thousand connections.
 THREAD_STACK = 512 * 1024
+
+
+# Inbox items that change nothing the Core sends: a turn that brought only these (and found no timer due)
+# does not flush.  "written": bytes reached the line; "svc_done": a service thread finished (the stack
+# heard its connection's end before, in its svc_eof, svc_error or the stack's own close).
+_NO_FLUSH = frozenset(("written", "svc_done"))
 
 
 def monotonic_ms():
@@ -288,7 +295,7 @@ class Runtime(object):
         handled = 0
         written_only = item is not None
         while item is not None:
-            if item[0] != "written":
+            if item[0] not in _NO_FLUSH:
                 written_only = False
             self._dispatch(item, now)
             handled += 1
@@ -299,9 +306,9 @@ class Runtime(object):
             except queue.Empty:
                 item = None
         if written_only and not self._due(now):
-            # Only bytes reaching the line: the writer's "room" report, which follows every write once the
-            # line's queue is below its bound, is the turn that refills it.  A flush now would find nothing
-            # new and cost a whole turn (and a look at the line's queue) per write.
+            # Only bytes reaching the line (or service threads that finished): the writer's "room" report,
+            # which follows every write once the line's queue is below its bound, is the turn that refills
+            # it.  A flush now would find nothing new and cost a whole turn (and a look at the line's queue).
             self._housekeeping(now)
             return
         self.core.handle_timer(now)
