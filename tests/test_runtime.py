@@ -629,6 +629,18 @@ def test_a_connect_decided_at_once_is_answered_in_the_same_loop_turn(servers):
         runtime.services.close_all()
 
 
+def test_the_client_runtime_runs_the_stack_loops_turn():
+    # The client role's loop is the same Runtime around another manager (its forwards): a turn must run.
+    from pyslirp.runtime.client import ClientRuntime
+    core = ScriptedCore()
+    core.link_config = core.stack_config = None
+    core.is_up = False
+    runtime = ClientRuntime(core)
+    core.out.append((True, b"X"))
+    runtime._step(("room",), 0)
+    assert core.budgets == [0] and core.out == []
+
+
 def test_stdio_like_end_of_file_ends_the_runtime_with_0():
     endpoint, to_rt, from_rt = pipe_endpoint()
     core = ScriptedCore()
