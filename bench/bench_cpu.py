@@ -352,8 +352,8 @@ class Run(object):
             rec = {"cpu_s": c1 - c0, "peak_threads": peak.get("Threads")}
             if mode == "concurrent":
                 rec["status_all_open"] = proc_status(pid)
-                # The thread count after the guest closed them all: back to idle (pyslirp keeps one spare
-                # service thread from the first connection on), or unchanged for a second.
+                # The thread count after the guest closed them all: back to idle (pyslirp keeps up to two
+                # idle service threads from the first connection on), or unchanged for a second.
                 t = time.monotonic()
                 idle = self.out["status_up"].get("Threads")
                 st = proc_status(pid)
@@ -511,7 +511,7 @@ class Bench(object):
                 s = x["concurrent"]
                 up = x.get("status_up", {})
                 lines.append("  %d at once: %d opened in %.1f s, %d echoed; peak RSS %.1f MB; threads %s idle, %s "
-                             "peak, %s after (%.1f s after the close; pyslirp keeps a spare thread)" % (
+                             "peak, %s after (%.1f s after the close; pyslirp keeps up to two spare threads)" % (
                                  s["count"], s["opened"], s["open_s"], s["echoed"],
                                  s["status_after"].get("VmHWM", 0), up.get("Threads"), s.get("peak_threads"),
                                  s["status_after"].get("Threads"), s["threads_back_s"]))

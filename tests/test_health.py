@@ -2,8 +2,10 @@
 times; Connector.open_any on real loopback sockets."""
 
 import logging
+import os
 import socket
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -461,3 +463,106 @@ def test_breakers_are_in_the_metrics_and_the_audit_log(tmp_path):
         (record,) = [json.loads(line) for line in f]
     assert (record["event"], record["target"], record["state"], record["failures"], record["reason"]) == \
         ("breaker", "127.0.0.1:22", "open", 1, "direct: connection refused")
+
+
+# -- Connector.open_at_once: a connect begun by a thread that must not wait ----------------------------------------
+
+def silent_port(fillers):
+    """A loopback listener whose accept queue (one place) is full, so its SYNs are dropped: (listener, port)."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(0)
+    port = silent.getsockname()[1]
+    fillers.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+    return silent, port
+
+
+def test_open_at_once_to_a_loopback_listener_is_connected_without_waiting(listener):
+    connector = Connector(timeout=5)
+    result = connector.open_at_once([("127.0.0.1", listener.getsockname()[1]), ("127.0.0.1", closed_port())])
+    assert result is not None
+    index, sock, leftover, failures = result
+    try:
+        assert (index, leftover, failures) == (0, b"", [])
+        conn, _ = listener.accept()
+        sock.sendall(b"hi")
+        assert conn.recv(2) == b"hi"
+        conn.close()
+        with pytest.raises(RuntimeError):
+            connector.open_any([("127.0.0.1", listener.getsockname()[1])])      # decided: nothing to carry on
+    finally:
+        sock.close()
+
+
+def test_open_at_once_refused_with_no_fallback_fails_at_once():
+    with pytest.raises(ConnectFailed) as info:
+        Connector(timeout=5).open_at_once([("127.0.0.1", closed_port())])
+    assert info.value.reason == "connection refused" and info.value.outcome == refusal.RESET
+    assert [i for i, _ in info.value.failures] == [0]
+
+
+def test_open_at_once_refused_leaves_the_fallbacks_to_open_any(listener):
+    connector = Connector(timeout=5)
+    targets = [("127.0.0.1", closed_port()), ("127.0.0.1", listener.getsockname()[1])]
+    assert connector.open_at_once(targets) is None
+    index, sock, _, failures = connector.open_any(targets)
+    sock.close()
+    assert index == 1 and [(i, e.reason) for i, e in failures] == [(0, "connection refused")]
+
+
+def test_open_at_once_in_progress_is_carried_on_by_open_any_with_the_same_socket():
+    fillers = []
+    silent, port = silent_port(fillers)
+    try:
+        connector = Connector(timeout=10)
+        assert connector.open_at_once([("127.0.0.1", port)]) is None      # the SYN was dropped: in progress
+        conn = silent.accept()[0]                                           # room in the queue again
+        conn.close()
+        start = time.monotonic()
+        index, sock, _, failures = connector.open_any([("127.0.0.1", port)])
+        try:
+            assert index == 0 and failures == []
+            assert time.monotonic() - start < 5        # the SYN's retransmission (1 s) was answered
+            # The connect begun at once is the one that completed: the queue holds it, and no second one.
+            peers = []
+            silent.setblocking(False)
+            while True:
+                try:
+                    c, addr = silent.accept()
+                except BlockingIOError:
+                    break
+                peers.append(addr)
+                c.close()
+            assert sock.getsockname() in peers
+            assert len([p for p in peers if p == sock.getsockname()]) == 1
+        finally:
+            sock.close()
+    finally:
+        for f in fillers:
+            f.close()
+        silent.close()
+
+
+def test_open_at_once_in_progress_then_cancelled_closes_its_socket():
+    fillers = []
+    silent, port = silent_port(fillers)
+    try:
+        connector = Connector(timeout=10)
+        before = len(os.listdir("/proc/self/fd"))
+        assert connector.open_at_once([("127.0.0.1", port)]) is None
+        assert len(os.listdir("/proc/self/fd")) == before + 1              # the socket connecting
+        connector.cancel()
+        with pytest.raises(ConnectFailed) as info:
+            connector.open_any([("127.0.0.1", port)])
+        assert info.value.reason == "cancelled"
+        assert len(os.listdir("/proc/self/fd")) == before
+    finally:
+        for f in fillers:
+            f.close()
+        silent.close()
+
+
+def test_open_at_once_leaves_names_and_proxies_to_open_any():
+    assert Connector(timeout=5).open_at_once([("localhost", closed_port())]) is None
+    proxy = SimpleNamespace(host="127.0.0.1", port=closed_port(), username="", password="")
+    assert Connector("socks5", proxy, 5).open_at_once([("127.0.0.1", closed_port())]) is None

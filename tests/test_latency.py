@@ -211,6 +211,13 @@ def test_a_written_report_alone_settles_the_queue_without_a_flush():
     assert len(core.budgets) == 2
     runtime._step(None, 4)                                      # a timeout runs in full too
     assert len(core.budgets) == 3
+    core.get_timer = lambda: None
+    runtime._step(("svc_done", 12), 5)                           # a service thread finished: no flush
+    assert len(core.budgets) == 3
+    runtime._step(("svc_done", 13), 6)
+    runtime.inbox.put(("room", writer))                          # ... unless something else came with it
+    runtime._step(("svc_done", 14), 7)
+    assert len(core.budgets) == 4
 
 
 def test_the_bound_starts_from_the_configured_speed():
@@ -410,6 +417,26 @@ def test_interactive_traffic_shrinks_bulk_segments_and_windows_until_it_stops():
     stack.take_packets(0)
     assert conn.segment_limit is None and conn.ack_every == 2
     assert conn.rcv_limit == mss * max(stack_mod.BULK_WINDOW_SEGMENTS, int(RATE * stack_mod.WINDOW_TIME) // mss)
+
+
+def test_a_new_connection_is_fitted_to_the_line_without_refitting_the_others(monkeypatch):
+    # Per-connection work must not grow with the number of connections open: while the line's state is the
+    # one the open connections were fitted to, a new one is fitted alone.
+    stack = make_stack(rate=RATE, max_connections=200, max_per_service=200, max_half_open=200,
+                       new_connections_per_second=10000, burst=10000)
+    clients = [Client(stack, 41000 + i) for i in range(50)]
+    fitted = []
+    real = stack._rto_slack
+    monkeypatch.setattr(stack, "_rto_slack", lambda conn, rate: (fitted.append(conn), real(conn, rate))[1])
+    new = Client(stack, 42000)
+    assert fitted == [new.conn]
+    old = clients[0].conn
+    assert (new.conn.rcv_limit, new.conn.segment_limit, new.conn.ack_every, new.conn.rto_slack) == \
+        (old.rcv_limit, old.segment_limit, old.ack_every, old.rto_slack)
+    # A change of the line's state still reaches every connection.
+    del fitted[:]
+    stack.set_line_rate(RATE * 2)
+    assert len(fitted) == 51
 
 
 def test_unknown_line_rate_leaves_connections_alone():

@@ -227,10 +227,13 @@ def test_service_connect_refused_is_reported():
     sock.close()                            # nothing listens there now
     inbox = Inbox()
     manager = ServiceManager(inbox.post)
+    threads = threading.active_count()
     manager.handle(connect_event(3, "127.0.0.1", port, client_port=1))
+    # A loopback connect is refused at once: the stack thread's own look finds it, and no thread is started.
     assert inbox.get() == ("svc_failed", 3, "direct: connection refused", "reset",
                            ((0, "direct: connection refused"),))
-    assert inbox.get() == ("svc_done", 3)
+    assert len(manager) == 0 and threading.active_count() == threads
+    assert inbox.quiet() is None
 
 
 class RecordingStarter(object):
@@ -345,6 +348,46 @@ def test_service_peer_reset_is_an_error(servers):
     kind = inbox.get("svc_error")
     assert kind[:2] == ("svc_error", 5) and "reset" in kind[2]
     assert inbox.get("svc_done") == ("svc_done", 5)
+
+
+def test_held_hand_offs_wait_for_release_and_keep_their_order(servers):
+    # The runtime holds the hand-offs of a loop turn that no client waits for while it takes the line's
+    # output: the start of a thread for a connection connected at once, a shutdown, a close.
+    server = servers(echo)
+    inbox = Inbox()
+    manager = ServiceManager(inbox.post)
+    threads = threading.active_count()
+    manager.hold()
+    manager.handle(connect_event(6, "127.0.0.1", server.port))
+    assert inbox.get() == ("svc_connected", 6, 0, ())       # decided at once: the answer is not held
+    assert manager.handle(ServiceReadCredit(6, 100))
+    assert manager.handle(ServiceSend(6, b"first "))
+    assert manager.handle(ServiceShutdown(6))               # after the data, in order
+    assert inbox.quiet() is None and threading.active_count() == threads
+    manager.release()
+    got = b""
+    while len(got) < 6:
+        got += inbox.get("svc_data")[2]
+    assert got == b"first "
+    assert inbox.get("svc_eof") == ("svc_eof", 6)           # the shutdown came after the data
+    assert inbox.get("svc_done") == ("svc_done", 6)
+    manager.forget(6)
+
+    server = servers(echo)
+    manager.handle(connect_event(7, "127.0.0.1", server.port))
+    assert inbox.get() == ("svc_connected", 7, 0, ())
+    manager.handle(ServiceReadCredit(7, 100))
+    manager.handle(ServiceSend(7, b"x"))
+    assert inbox.get("svc_data") == ("svc_data", 7, b"x")   # the thread runs: data is never held
+    manager.hold()
+    manager.handle(ServiceSend(7, b"y"))
+    assert inbox.get("svc_data") == ("svc_data", 7, b"y")
+    manager.handle(ServiceShutdown(7))
+    assert inbox.quiet() is None                            # the shutdown waits for release
+    manager.release()
+    assert inbox.get("svc_eof") == ("svc_eof", 7)
+    assert inbox.get("svc_done") == ("svc_done", 7)
+    manager.close_all()
 
 
 def test_events_for_unknown_connections_are_ignored():
@@ -525,6 +568,77 @@ def test_stack_loop_budget_counts_bytes_not_yet_written():
         thread.join(5)
         os.close(to_rt)
         os.close(from_rt)
+
+
+class ConnectingCore(ScriptedCore):
+    """Emits the ServiceConnects it is given; logs the service reports and each output taken, in order, and
+    answers a connect with a SYN-ACK frame."""
+
+    def __init__(self):
+        ScriptedCore.__init__(self)
+        self.events = []
+        self.log = []
+
+    def take_events(self):
+        events, self.events = self.events, []
+        return events
+
+    def service_connected(self, conn_id, now, target=0, failures=()):
+        self.log.append(("connected", conn_id, target, failures, threading.current_thread().name))
+        self.out.append((True, b"SYN-ACK %d" % conn_id))
+        self.events.append(ServiceReadCredit(conn_id, 100))
+
+    def service_failed(self, conn_id, reason, now, outcome="reset", failures=()):
+        self.log.append(("failed", conn_id, reason, outcome, threading.current_thread().name))
+
+    def take_serial_output(self, budget, now=None, allow_one_over=False):
+        out = ScriptedCore.take_serial_output(self, budget, now, allow_one_over)
+        self.log.append(("output", [frame for _, frame in out]))
+        return out
+
+
+def test_a_connect_decided_at_once_is_answered_in_the_same_loop_turn(servers):
+    # A loopback service: the stack thread connects, and the SYN-ACK leaves with the flush of the turn that
+    # brought the SYN's ServiceConnect, with no service thread and no further turn in between.
+    server = servers(echo)
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    port = dead.getsockname()[1]
+    dead.close()
+    core = ConnectingCore()
+    runtime = Runtime(None, None, core=core)
+    try:
+        core.events = [connect_event(1, "127.0.0.1", server.port), connect_event(2, "127.0.0.1", port)]
+        runtime._step(("room",), 1000)
+        me = threading.current_thread().name
+        assert core.log == [("connected", 1, 0, (), me),
+                            ("failed", 2, "direct: connection refused", "reset", me),
+                            ("output", [b"SYN-ACK 1"])]
+        assert runtime.inbox.empty()
+        assert len(runtime.services) == 1                 # the refused one needs no thread
+        runtime.services.handle(ServiceSend(1, b"ping"))
+        kind = runtime.inbox.get(timeout=5)
+        assert kind == ("svc_written", 1, 4)              # the connection's thread serves the socket
+        got = b""
+        while len(got) < 4:
+            item = runtime.inbox.get(timeout=5)
+            if item[0] == "svc_data":
+                got += item[2]                              # within the credit the SYN-ACK's turn granted
+        assert got == b"ping"
+    finally:
+        runtime.services.close_all()
+
+
+def test_the_client_runtime_runs_the_stack_loops_turn():
+    # The client role's loop is the same Runtime around another manager (its forwards): a turn must run.
+    from pyslirp.runtime.client import ClientRuntime
+    core = ScriptedCore()
+    core.link_config = core.stack_config = None
+    core.is_up = False
+    runtime = ClientRuntime(core)
+    core.out.append((True, b"X"))
+    runtime._step(("room",), 0)
+    assert core.budgets == [0] and core.out == []
 
 
 def test_stdio_like_end_of_file_ends_the_runtime_with_0():

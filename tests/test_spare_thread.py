@@ -1,4 +1,4 @@
-"""runtime.services.SpareThread: one thread per job, one spare started ahead, nothing left over."""
+"""runtime.services.SpareThread: one thread per job, a spare started ahead, threads reused, two left over."""
 
 import threading
 import time
@@ -35,8 +35,11 @@ def test_every_job_runs_on_its_own_thread_and_a_spare_waits_for_the_next():
         assert len(set(seen)) == 20                     # all at once, each on a thread of its own
         assert _wait(lambda: threading.active_count() == before + 21)   # the 20, and one spare
         release.set()
-        assert _wait(lambda: threading.active_count() == before + 1)    # only the spare is left
-        # The spare takes the next job; the stack side starts no thread for it.
+        # All but two spares end (the one started ahead, and one whose job is over).
+        assert _wait(lambda: threading.active_count() == before + 2)
+        time.sleep(0.1)
+        assert threading.active_count() == before + 2
+        # A spare takes the next job; no thread is started for it (another spare is idle).
         seen.clear()
         release.clear()
         spawned = []
@@ -52,7 +55,7 @@ def test_every_job_runs_on_its_own_thread_and_a_spare_waits_for_the_next():
             assert _wait(lambda: len(seen) == 1)
         finally:
             threading.Thread.start = real_start
-        assert [who for who, _ in spawned] == ["service-spare"]     # the next spare, started by the job's thread
+        assert spawned == []
         release.set()
     finally:
         starter.close()
@@ -76,3 +79,43 @@ def test_close_ends_the_idle_spare_and_no_job_is_lost():
     assert _wait(lambda: threading.active_count() == before)
     starter.start(lambda: done.append("after"))         # closed: a plain thread still runs it
     assert _wait(lambda: done[-1] == "after")
+
+
+def test_jobs_one_after_another_reuse_the_threads_and_start_none():
+    before = threading.active_count()
+    starter = SpareThread()
+    seen = []
+    spawned = []
+    real_start = threading.Thread.start
+
+    def counting_start(self):
+        spawned.append(self.name)
+        real_start(self)
+
+    def job():
+        seen.append(threading.get_ident())
+        starter.replenish()
+
+    def both_idle():
+        with starter._cond:
+            return starter._spares - len(starter._jobs) == 2
+
+    try:
+        for i in range(2):
+            starter.start(job)
+            assert _wait(lambda: len(seen) == 1 + i)
+            assert _wait(both_idle)
+        threading.Thread.start = counting_start
+        try:
+            for i in range(10):
+                starter.start(job)
+                assert _wait(lambda: len(seen) == 3 + i)
+                assert _wait(both_idle)             # the job is over: its thread waits for the next one
+                assert threading.active_count() == before + 2
+        finally:
+            threading.Thread.start = real_start
+        assert spawned == []                            # each job ran on a thread whose last job was over
+        assert len(set(seen)) <= 3
+    finally:
+        starter.close()
+    assert _wait(lambda: threading.active_count() == before)

@@ -599,14 +599,20 @@ class IPStack(object):
         # Whole segments: a window with a remainder makes the client send a runt to fill it.
         return mss * max(segments, int(win) // mss)
 
-    def _fit_to_line(self, now):
-        """Size every connection's segments and receive window to the line (see "Fitting a slow line")."""
+    def _fit_to_line(self, now, new=None):
+        """Size every connection's segments and receive window to the line (see "Fitting a slow line").
+
+        ``new``: a connection just opened.  While the line's state is the one the others were last fitted to,
+        only it is fitted: opening a connection costs the same with one or a thousand open.
+        """
         rate = self.line_rate
         interactive = bool(rate) and now <= self._interactive_until
         lossy = bool(rate) and rate < SLOW_LINE and now <= self._lossy_until
-        self._fitted = (rate, interactive, lossy)
+        fitted = (rate, interactive, lossy)
+        recs = (new,) if new is not None and fitted == self._fitted else self._conns.values()
+        self._fitted = fitted
         seg, win, segments = self._line_fit(rate, interactive, lossy)
-        for rec in self._conns.values():
+        for rec in recs:
             conn = rec.conn
             rcv_limit = self._rcv_limit(win, segments, conn.our_mss)
             segment_limit = seg if seg is not None and seg < conn.send_mss else None
@@ -917,7 +923,7 @@ class IPStack(object):
             self.token_waits += 1
             self._token_wait.append(rec)
             self._arm_tokens(now)
-        self._fit_to_line(now)
+        self._fit_to_line(now, new=rec)
         return rec
 
     def _arm_tokens(self, now):

@@ -213,6 +213,12 @@ class ForwardManager(object):
         self.connections[conn.conn_id] = conn
         self.started += 1
 
+    def hold(self):
+        """Nothing waits here (see ServiceManager.hold): a forward's thread has its socket from the start."""
+
+    def release(self):
+        pass
+
     def handle(self, event):
         if isinstance(event, LinkUp):
             self.link_was_up = True

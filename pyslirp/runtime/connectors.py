@@ -28,6 +28,14 @@ connection before its reply to CONNECT").
 A service with fallback targets is one attempt over all of them: :meth:`Connector.open_any` tries each in turn
 under the same deadline and cancel, and says which one answered and which failed (net/health.py learns from that).
 
+A direct connect to an IP address can be begun by a thread that must never wait (the stack thread):
+:meth:`Connector.open_at_once` starts the first target's non-blocking connect and looks once, without waiting,
+whether it is already decided.  For a service on this host it is: Linux answers a loopback connect() with
+EINPROGRESS, but the handshake (or the refusal) has been processed by the time a zero-timeout ``poll`` asks.
+Then the caller has its socket (or its refusal) with no thread in between; otherwise ``open_any``, on the
+connecting thread, carries on with the same attempt (it waits for the socket already connecting, or goes on to
+the next target after a refusal) under the deadline that began with it.
+
 One :class:`Connector` per attempt does the work; ``open_connection`` is the short form.  Everything runs on a
 non-blocking socket under ``poll()`` with one deadline, ``timeout`` seconds, for the whole attempt (name lookup,
 TCP connect, proxy handshake), and a wake-up socket pair: :meth:`Connector.cancel`, called from any thread, sets a
@@ -125,6 +133,8 @@ class Connector(object):
         self._wakeup = wakeup
         self._polling = False                       # open() is running: a cancel must wake it
         self._budget = self.timeout                 # seconds of the current attempt (open_any shares the timeout)
+        self._first = None          # open_at_once left undecided: the first target's socket or ConnectFailed
+        self._deadline = None       # ... and the attempt's deadline, which began there
 
     def __repr__(self):
         return "Connector(%s, timeout=%g)" % (self.hop, self.timeout)
@@ -177,7 +187,7 @@ class Connector(object):
         if self._started:
             raise RuntimeError("a Connector opens one connection; make a new one")
         self._started = True
-        deadline = time.monotonic() + self.timeout
+        deadline = self._deadline if self._deadline is not None else time.monotonic() + self.timeout
         with self._lock:
             if self._own_wakeup:
                 self._wakeup = Wakeup()
@@ -188,7 +198,11 @@ class Connector(object):
                 left = len(targets) - index
                 share = deadline if left == 1 else time.monotonic() + (deadline - time.monotonic()) / left
                 try:
-                    sock, leftover = self._attempt(host, port, share, max(0.0, share - time.monotonic()))
+                    first, self._first = self._first, None
+                    if first is None:
+                        sock, leftover = self._attempt(host, port, share, max(0.0, share - time.monotonic()))
+                    else:
+                        sock, leftover = self._resume(first, share, max(0.0, share - time.monotonic())), b""
                 except ConnectFailed as exc:
                     if self._cancelled:
                         raise self._fail("cancelled", refusal.RESET)
@@ -199,8 +213,72 @@ class Connector(object):
                     continue
                 return index, sock, leftover, failures
         finally:
+            first, self._first = self._first, None
+            if first is not None and not isinstance(first, ConnectFailed):
+                first.close()           # begun by open_at_once, and cancelled before it was looked at
             self._close_wake()
         raise AssertionError("not reached")
+
+    def open_at_once(self, targets):
+        """Begin a direct connect to the first of ``targets`` and finish it only if that needs no waiting.
+
+        For a thread that must not block.  Returns what :meth:`open_any` would, ``(0, socket, b"", [])``, when
+        the first target is connected already (the socket is non-blocking); raises ConnectFailed (with its
+        ``failures``) when it is the only target and refused at once.  Returns None when undecided: through a
+        proxy, to a host name (its lookup may block), a connect still in progress, or a refusal with fallbacks
+        left; then :meth:`open_any` (on a thread that may wait) carries the same attempt on.  Once per
+        Connector, before open_any.
+        """
+        targets = list(targets)
+        if self._started or self._deadline is not None:
+            raise RuntimeError("a Connector opens one connection; make a new one")
+        if self.proxy is not None or not targets or ip_literal(targets[0][0]) is None:
+            return None
+        host, port = targets[0]
+        family, socktype, proto, _, addr = self._resolve(host, port, None, False)[0]   # a literal: no lookup
+        self._deadline = time.monotonic() + self.timeout
+        try:
+            sock, err = self._start_connect(family, socktype, proto, addr)
+        except OSError:
+            return None                 # no socket (too many open files): open_any tries again and says why
+        if err in _IN_PROGRESS:
+            poller = select.poll()
+            poller.register(sock, select.POLLOUT)
+            if not poller.poll(0):
+                self._first = sock
+                return None
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err == 0:
+            self._started = True
+            log.debug("%s: connected to %s:%d at once", self.hop, host, port)
+            return 0, sock, b"", []
+        sock.close()
+        exc = self._fail(errno_reason(err), errno_outcome(err))
+        if len(targets) == 1:
+            self._started = True
+            exc.failures = [(0, exc)]
+            raise exc
+        self._first = exc
+        return None
+
+    def _resume(self, first, deadline, budget):
+        """The first target's attempt that open_at_once began: ``first`` is its connecting socket, or the
+        ConnectFailed it ended with."""
+        self._budget = budget
+        if isinstance(first, ConnectFailed):
+            raise first
+        if self._cancelled:
+            first.close()
+            raise self._fail("cancelled", refusal.RESET)
+        err = self._completion(first, deadline)
+        if err:
+            first.close()
+            raise self._fail(errno_reason(err), errno_outcome(err))
+        if self._cancelled:
+            first.close()
+            raise self._fail("cancelled", refusal.RESET)
+        first.setblocking(True)
+        return first
 
     def _attempt(self, host, port, deadline, budget):
         """One target: ``(socket, leftover)`` or ConnectFailed, by ``deadline``; ``budget``: its seconds."""
@@ -305,16 +383,9 @@ class Connector(object):
         """A connected non-blocking TCP socket to host:port, trying each of its addresses in turn."""
         last = 0
         for family, socktype, proto, _, addr in self._resolve(host, port, deadline, to_proxy):
-            sock = socket.socket(family, socktype, proto)
-            try:
-                sock.setblocking(False)
-                err = sock.connect_ex(addr)
-                if err in _IN_PROGRESS:
-                    self._wait(sock, select.POLLOUT, deadline, self._connect_timeout)
-                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            except BaseException:
-                sock.close()
-                raise
+            sock, err = self._start_connect(family, socktype, proto, addr)
+            if err in _IN_PROGRESS:
+                err = self._completion(sock, deadline)
             if err == 0:
                 return sock
             sock.close()
@@ -322,6 +393,26 @@ class Connector(object):
         if to_proxy:
             raise self._unreachable_proxy(errno_reason(last))
         raise self._fail(errno_reason(last), errno_outcome(last))
+
+    @staticmethod
+    def _start_connect(family, socktype, proto, addr):
+        """A new non-blocking socket and its connect_ex() result (an errno, 0, or one of _IN_PROGRESS)."""
+        sock = socket.socket(family, socktype, proto)
+        try:
+            sock.setblocking(False)
+            return sock, sock.connect_ex(addr)
+        except BaseException:
+            sock.close()
+            raise
+
+    def _completion(self, sock, deadline):
+        """Wait for a connect in progress; its SO_ERROR (0: connected).  The socket is closed on exceptions."""
+        try:
+            self._wait(sock, select.POLLOUT, deadline, self._connect_timeout)
+            return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except BaseException:
+            sock.close()
+            raise
 
     def _handshake(self, sock, client, deadline):
         """Drive the sans-IO ``client`` over ``sock`` until it decides; the leftover tunnel bytes on success."""

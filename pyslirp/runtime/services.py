@@ -36,10 +36,25 @@ busy costs no system call).
 
 Threads: ``Thread.start`` waits until the new thread runs, a context switch
 or two (and a wait for the GIL) on the stack thread for every SYN.
-:class:`SpareThread` keeps one thread started ahead and idle (waiting on a
+:class:`SpareThread` keeps a thread started ahead and idle (waiting on a
 condition, not polling); the stack thread hands it the connection, and that
 thread starts the next spare itself once its connect is done and reported,
-off the stack thread's, the connect's and the SYN-ACK's path.
+off the stack thread's, the connect's and the SYN-ACK's path, unless another
+spare is idle.  A thread whose connection is over stays as an idle spare
+while fewer than SPARES_KEPT are, and ends otherwise: connections one after
+another (or a few at a time) reuse the same threads and start none, and
+after a burst all but SPARES_KEPT end.
+
+Connecting at once: a direct connect to an IP address (a service on this
+host, typically) is begun by the stack thread itself, in
+:meth:`ServiceManager.handle` (``Connector.open_at_once``: a non-blocking
+connect and one look without waiting).  When that look finds it decided,
+the report goes to ``answer`` (the runtime applies it before it takes the
+Core's output, so the client's SYN-ACK or reset leaves in the same loop turn
+as the SYN's ServiceConnect, with no thread in between), and the connected
+socket is handed to the connection's thread, which from then on owns it; a
+refusal needs no thread at all.  Otherwise the thread carries the same
+attempt on.
 
 Connecting: the event carries the flow's Route; a
 :class:`~pyslirp.runtime.connectors.Connector` reaches the route's targets
@@ -73,6 +88,7 @@ from pyslirp.runtime.wakeup import Wakeup
 log = logging.getLogger("pyslirp.runtime.services")
 
 READ_MAX = 65536
+SPARES_KEPT = 2         # idle service threads kept for the next connections (SpareThread)
 SEND_CHUNKS = 64        # pending chunks handed to one sendmsg (well under IOV_MAX, 1024 on Linux)
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 
@@ -94,19 +110,21 @@ def _failures(failed, targets):
 
 
 class SpareThread(object):
-    """Runs each job on a thread of its own, with one thread started ahead, idle, for the next job.
+    """Runs each job on a thread of its own, with a thread started ahead, idle, for the next job.
 
     A job handed over while the spare is still starting waits for it (a thread start is on the stack thread's
     path only for the very first job).  A job calls :meth:`replenish` when starting a thread no longer delays
     it (a service connection: once connected); that starts the next spare, unless one is idle or starting.
-    Idle spares wait on a condition: no polling, no timer.
+    A thread whose job has returned waits for the next one while fewer than ``keep`` threads are idle, and
+    ends otherwise.  Idle spares wait on a condition: no polling, no timer.
     """
 
-    def __init__(self):
+    def __init__(self, keep=SPARES_KEPT):
         self._cond = threading.Condition()
         self._jobs = collections.deque()    # handed over, not yet taken by a spare
         self._spares = 0                    # threads idle or starting to be
         self._closed = False
+        self._keep = max(1, keep)
 
     def start(self, job):
         """Run ``job()`` on a thread: a spare's, or (none there) a new one's."""
@@ -132,15 +150,22 @@ class SpareThread(object):
             self._cond.notify_all()
 
     def _run(self, job):
-        if job is None:
+        while True:
+            if job is None:
+                with self._cond:
+                    while not self._jobs and not self._closed:
+                        self._cond.wait()
+                    self._spares -= 1
+                    if not self._jobs:
+                        return
+                    job = self._jobs.popleft()
+            job()
+            job = None
             with self._cond:
-                while not self._jobs and not self._closed:
-                    self._cond.wait()
-                self._spares -= 1
-                if not self._jobs:
-                    return
-                job = self._jobs.popleft()
-        job()
+                if self._closed or self._spares - len(self._jobs) >= self._keep:
+                    return                  # enough idle threads already
+                self._spares += 1           # this one waits for the next job
+            threading.current_thread().name = "service-spare"
 
 
 def deliver(conn, event):
@@ -184,6 +209,7 @@ class ServiceConnection(object):
                                     wakeup=self._wakeup)
         self._done = threading.Event()
         self._starter = None
+        self._sock = None                       # connected by connect_at_once, for the thread to serve
         self.bytes_to_service = 0
         self.bytes_from_service = 0
 
@@ -193,6 +219,32 @@ class ServiceConnection(object):
 
     def join(self, timeout=None):
         self._done.wait(timeout)
+
+    def connect_at_once(self):
+        """Stack thread, before :meth:`start`: the connect begun here, without waiting (see "Connecting at
+        once").  Returns the report when it is decided: ``svc_connected`` (start the thread to serve the
+        socket), or ``svc_failed`` (the connection is over: no thread to start); None when the thread is to
+        carry the attempt on."""
+        targets = self.route.targets
+        try:
+            result = self._connector.open_at_once(targets)
+        except ConnectFailed as exc:
+            self._wakeup.close()
+            self._done.set()
+            return self._failed_report(exc, targets)
+        if result is None:
+            return None
+        index, self._sock, self._early, failed = result
+        return ("svc_connected", self.conn_id, index, _failures(failed, targets))
+
+    def _failed_report(self, exc, targets):
+        """The ``svc_failed`` report of a ConnectFailed (the stack logs it once, with the flow and the route)."""
+        failures = _failures(exc.failures, targets)
+        if len(targets) == 1:
+            reason = failures[0][1] if failures else "%s: %s" % (exc.hop, exc.reason)
+        else:
+            reason = "; ".join("%s %s" % (_target(targets[i]), text) for i, text in failures)
+        return ("svc_failed", self.conn_id, reason, exc.outcome, failures)
 
     # -- called by the stack thread -------------------------------------------
 
@@ -231,32 +283,30 @@ class ServiceConnection(object):
 
     def run(self):
         threading.current_thread().name = self.name
-        sock = None
         targets = self.route.targets
+        sock, self._sock = self._sock, None
+        reported = sock is not None             # connected at once, and reported by the stack thread
         try:
-            try:
-                index, sock, self._early, failed = self._connector.open_any(targets)
-            except ConnectFailed as exc:
-                if self._abort is None and not self._connector.cancelled:
-                    # The stack logs the refusal once, with the flow, the route and this reason.
-                    failures = _failures(exc.failures, targets)
-                    if len(targets) == 1:
-                        reason = failures[0][1] if failures else "%s: %s" % (exc.hop, exc.reason)
-                    else:
-                        reason = "; ".join("%s %s" % (_target(targets[i]), text) for i, text in failures)
-                    self._post(("svc_failed", self.conn_id, reason, exc.outcome, failures))
-                    self._replenish()
-                return
+            if sock is None:
+                try:
+                    index, sock, self._early, failed = self._connector.open_any(targets)
+                except ConnectFailed as exc:
+                    if self._abort is None and not self._connector.cancelled:
+                        self._post(self._failed_report(exc, targets))
+                        self._replenish()
+                    return
             if self._abort is not None:
                 self._close(sock, abort=True)
                 sock = None
                 return
-            sock.setblocking(False)
+            if not reported:
+                sock.setblocking(False)
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-            self._post(("svc_connected", self.conn_id, index, _failures(failed, targets)))
+            if not reported:
+                self._post(("svc_connected", self.conn_id, index, _failures(failed, targets)))
             self._replenish()
             abort = self._serve(sock)
             self._close(sock, abort)
@@ -405,30 +455,72 @@ class ServiceConnection(object):
             pass
 
 
-class ServiceManager(object):
-    """Routes the stack's service events to connection threads (stack thread only)."""
+_HELD = (ServiceShutdown, ServiceClose)    # held by hold(); data and read credit are what a client waits for
 
-    def __init__(self, post, connect_timeout=CONNECT_TIMEOUT, proxy=None):
+
+class ServiceManager(object):
+    """Routes the stack's service events to connection threads (stack thread only).
+
+    Between :meth:`hold` and :meth:`release` the hand-offs that no client waits for (shutdown, close, and
+    the start of a thread for a connection connected at once) wait, in order: the runtime holds them while
+    it takes the line's output of a loop turn, so that the serial writer, woken first, does not queue for
+    the GIL behind service threads woken by the same turn (a FIN and the next SYN often come in one read).
+    Data and read credit are not held (a client waits for the service's answer), nor is the start of a
+    connect not decided at once (the client's SYN-ACK waits for it).
+    """
+
+    def __init__(self, post, connect_timeout=CONNECT_TIMEOUT, proxy=None, answer=None):
+        """``post``: the stack thread's inbox (for the connection threads); ``answer``: where the reports
+        of connects decided at once go, on the stack thread (default ``post``)."""
         self._post = post
+        self._answer = answer if answer is not None else post
         self._connect_timeout = connect_timeout
         self._proxy = proxy
         self.connections = {}
         self.started = 0
         self._threads = SpareThread()
+        self._held = None               # while held: [(conn_id, event), or (conn, None) for a thread start]
 
     def __len__(self):
         return len(self.connections)
 
+    def hold(self):
+        """Hand-offs to the threads wait until :meth:`release`."""
+        if self._held is None:
+            self._held = []
+
+    def release(self):
+        """Make the hand-offs held since :meth:`hold`, in order."""
+        held, self._held = self._held, None
+        if not held:
+            return
+        for key, event in held:
+            if event is None:
+                key.start(self._threads)
+            else:
+                deliver(self.connections.get(key), event)
+
     def handle(self, event):
+        if self._held is not None and isinstance(event, _HELD):
+            self._held.append((event.conn_id, event))
+            return True
         conn = self.connections.get(getattr(event, "conn_id", None))
         if isinstance(event, ServiceConnect):
             if log.isEnabledFor(logging.DEBUG):     # the descriptions cost more than the rest of the hand-off
                 log.debug("connection %d: %s: connecting to %s", event.conn_id, event.flow.describe(),
                           event.route.describe())
             conn = ServiceConnection(event.conn_id, event.route, self._post, self._connect_timeout, self._proxy)
-            self.connections[event.conn_id] = conn
             self.started += 1
-            conn.start(self._threads)
+            report = conn.connect_at_once()
+            if report is not None:
+                self._answer(report)
+                if report[0] == "svc_failed":
+                    return True                 # refused at once: no thread, nothing to serve
+            self.connections[event.conn_id] = conn
+            if report is not None and self._held is not None:
+                self._held.append((conn, None))
+            else:
+                conn.start(self._threads)
             return True
         return deliver(conn, event)
 
@@ -443,6 +535,7 @@ class ServiceManager(object):
         self.connections.pop(conn_id, None)
 
     def close_all(self, timeout=1.0):
+        self.release()
         self._threads.close()
         conns = list(self.connections.values())
         for conn in conns:

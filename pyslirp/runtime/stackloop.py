@@ -28,8 +28,9 @@ while the budget is positive (one frame may exceed it).  Bulk beyond that
 waits in the TCP send buffers, where the next keystroke can still overtake
 it.  The writer's "room" report (the line drained below the bound) wakes the
 loop to refill; a 20 ms re-flush is the safety net.  Its "written" reports
-only settle ``line_queued``: a wake-up that brought nothing else (and found
-no timer due) does not flush, since the "room" after every write does.  Whenever the measured
+only settle ``line_queued``: a wake-up that brought nothing else (or only
+service threads' "done", which change nothing the Core sends) and found no
+timer due does not flush, since the "room" after every write does.  Whenever the measured
 rate moves by more than an eighth the Core is told (``set_line_rate``): the
 stack sizes segments and windows to it.  The other way, each flush hands
 the writer the smallest round trip the stack's connections measured on
@@ -100,6 +101,12 @@ DRAIN_TIMEOUT = 1000    # ms to let the writer drain before closing the line
 THREAD_STACK = 512 * 1024
 
 
+# Inbox items that change nothing the Core sends: a turn that brought only these (and found no timer due)
+# does not flush.  "written": bytes reached the line; "svc_done": a service thread finished (the stack
+# heard its connection's end before, in its svc_eof, svc_error or the stack's own close).
+_NO_FLUSH = frozenset(("written", "svc_done"))
+
+
 def monotonic_ms():
     return int(time.monotonic() * 1000)
 
@@ -114,7 +121,9 @@ class Runtime(object):
         self.inbox = queue.SimpleQueue()
         self.core = core if core is not None else Core(
             link_config, stack_config, rng if rng is not None else random.SystemRandom(), tap=tap)
-        self.services = ServiceManager(self.post, connect_timeout=connect_timeout, proxy=proxy)
+        self._answered = []             # reports of service connects decided on this thread (see _flush)
+        self.services = ServiceManager(self.post, connect_timeout=connect_timeout, proxy=proxy,
+                                       answer=self._answered.append)
         self.records = EventLog(audit, connection_log=connection_log)
         self.metrics_box = SnapshotBox(self.post)
         self.metrics_server = None      # a MetricsServer on metrics_box, started and stopped with the loop
@@ -286,7 +295,7 @@ class Runtime(object):
         handled = 0
         written_only = item is not None
         while item is not None:
-            if item[0] != "written":
+            if item[0] not in _NO_FLUSH:
                 written_only = False
             self._dispatch(item, now)
             handled += 1
@@ -297,9 +306,9 @@ class Runtime(object):
             except queue.Empty:
                 item = None
         if written_only and not self._due(now):
-            # Only bytes reaching the line: the writer's "room" report, which follows every write once the
-            # line's queue is below its bound, is the turn that refills it.  A flush now would find nothing
-            # new and cost a whole turn (and a look at the line's queue) per write.
+            # Only bytes reaching the line (or service threads that finished): the writer's "room" report,
+            # which follows every write once the line's queue is below its bound, is the turn that refills
+            # it.  A flush now would find nothing new and cost a whole turn (and a look at the line's queue).
             self._housekeeping(now)
             return
         self.core.handle_timer(now)
@@ -418,9 +427,21 @@ class Runtime(object):
         self.core.close(now)
 
     def _flush(self, now):
+        self._reflush_at = None
+        # Events first: a ServiceConnect whose connect is decided at once (a local service) is answered here,
+        # so the SYN-ACK it brings leaves with this flush, not one loop turn later.  The hand-offs to service
+        # threads wait until the output is with the writer (ServiceManager.hold).
+        self.services.hold()
+        try:
+            self._handle_events(now)
+            self._flush_output(now)
+        finally:
+            self.services.release()
+        self._handle_events(now)
+
+    def _flush_output(self, now):
         core = self.core
         writer = self.writer
-        self._reflush_at = None
         if writer is not None:
             target = writer.target()
             backlog = writer.backlog()
@@ -438,8 +459,28 @@ class Runtime(object):
                 writer.set_delay_signal(rtt)
         else:
             core.take_serial_output(0, now)
+
+    def _handle_events(self, now):
+        """The Core's events to the service manager, the datagram relay, the records; connects decided at once
+        reported back to the Core, until no event is left."""
+        core = self.core
+        answered = self._answered
         downs = []
-        for event in core.take_events():
+        events = core.take_events()
+        while events:
+            self._route_events(events, now, downs)
+            while answered:
+                items = answered[:]
+                del answered[:]
+                for item in items:
+                    self._dispatch(item, now)
+            events = core.take_events()
+        for event in downs:
+            self.records.link_down(event)
+
+    def _route_events(self, events, now, downs):
+        core = self.core
+        for event in events:
             if self.services.handle(event) or self.datagrams.handle(event):
                 continue
             if isinstance(event, FlowLog):
@@ -463,8 +504,6 @@ class Runtime(object):
                 key = (event.method, "ok" if event.ok else "fail")
                 self._auth[key] = self._auth.get(key, 0) + 1
                 self.records.auth(event)
-        for event in downs:
-            self.records.link_down(event)
 
     def _take_output(self, budget, now):
         """The Core's next frames; a positive budget lets one bulk frame through even if it is larger."""
