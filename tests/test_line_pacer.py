@@ -98,7 +98,7 @@ def test_a_paced_line_keeps_the_hidden_queue_at_the_bound_and_the_line_busy():
         meter.observe(line.now / 1000.0, 0)
         if meter.target() > 0:
             line.write(meter.target())
-            meter.wrote(meter.target())
+            meter.wrote(meter.target(), line.now / 1000.0)
         line.advance(1)
     assert line.peak > 50 * FRAME
 

@@ -130,26 +130,58 @@ class DrainMeter(object):
     enough that a keystroke queued behind it is not noticeably late), at least ``min_target`` bytes and
     at most ``max_target``.  With no estimate and no measurement at all it is ``max_target``, which is
     what endpoints without an observable queue (a pipe to a fast reader) get: our own queue only.
+
+    The OS count lags our writes.  On our pseudo-terminal a write lands in the tty layer's flip buffer and
+    a kernel worker moves it into the slave's input queue, which is what FIONREAD counts, a moment later
+    (usually microseconds; milliseconds on a busy machine).  A look in that moment sees the queue as it was
+    before the write: the writer reported "room", the stack thread handed over the next full-size frame as
+    well (its budget allows one frame over the bound), and a pure ACK queued after both waited a second
+    frame's line time (at 115200 bit/s, 48 ms more for a 550-byte frame: longer than the client's
+    two-segment window lasts, so its upload stalled).  Hence :meth:`backlog`: what a write left queued
+    (the queue seen just before it, plus the write) draining at the measured rate, for at most
+    ``lag`` seconds after the write, or the OS count if larger.  The bound on ``lag`` keeps a rate
+    estimate that is still too low (a fast pty measured up from the configured baud rate) from holding
+    the line back for longer than that after each write.
     """
 
     ALPHA = 0.25
 
-    def __init__(self, initial=None, min_target=128, max_target=65536, delay=0.010, min_interval=0.05):
+    def __init__(self, initial=None, min_target=128, max_target=65536, delay=0.010, min_interval=0.05,
+                 lag=0.005):
         self.rate = float(initial) if initial else None
         self.min_target = min_target
         self.max_target = max(min_target, max_target)
         self.delay = delay
         self.min_interval = min_interval
+        self.lag = lag
         self.samples = 0                # busy-line samples taken
         self.measurable = False         # an OS queue was ever seen non-empty
         self._t = None
         self._backlog = 0
         self._written = 0
+        self._seen = 0                  # the OS count at the last look
+        self._wrote_at = None           # when the last write was made ...
+        self._left = 0                  # ... and what it left queued toward the line
 
-    def wrote(self, nbytes):
+    def wrote(self, nbytes, now):
+        """``nbytes`` went to the OS at ``now`` (seconds), after the look that saw the queue as it was."""
         self._written += nbytes
+        self._left = self.backlog(now, self._seen) + nbytes
+        self._wrote_at = now
+
+    def backlog(self, now, seen):
+        """What waits toward the line: the OS count ``seen`` or, in the moment after a write, if larger, what
+        the write left queued (see the class docstring)."""
+        if self._wrote_at is None:
+            return seen
+        age = now - self._wrote_at
+        if age >= self.lag:
+            return seen
+        left = self._left - self.rate * age if self.rate else self._left
+        return seen if seen >= left else int(left + 0.999)
 
     def observe(self, now, backlog):
+        self._seen = backlog
         if backlog > 0:
             self.measurable = True
         if self._t is None:
@@ -303,7 +335,7 @@ class SerialWriter(threading.Thread):
         self._clock = clock
         self.meter = meter if meter is not None else DrainMeter()
         self.pacer = pacer              # a LinePacer where the endpoint cannot show its backlog
-        self._pace_lock = threading.Lock()      # the pacer is used by this thread and the stack thread
+        self._pace_lock = threading.Lock()      # the pacer or meter is used by this thread and the stack thread
         self._out_waiting = getattr(endpoint, "out_waiting", None) or (lambda: 0)
         self.dropped = 0
         self.bytes_written = 0
@@ -329,11 +361,12 @@ class SerialWriter(threading.Thread):
         return self.meter.target()
 
     def backlog(self):
-        """Bytes waiting toward the line: the OS queue, or for a paced line the virtual one (if larger)."""
+        """Bytes waiting toward the line: the OS queue (or, just after a write, what it left queued, if the
+        OS does not show it yet), or for a paced line the virtual one (if larger)."""
         seen = self._out_waiting()
-        if self.pacer is None:
-            return seen
         with self._pace_lock:
+            if self.pacer is None:
+                return self.meter.backlog(self._clock(), seen)
             return self.pacer.backlog(self._now_ms(), seen)
 
     def set_delay_signal(self, rtt):
@@ -393,9 +426,11 @@ class SerialWriter(threading.Thread):
     def _look(self):
         if self.pacer is not None:
             return self.backlog()
-        backlog = self._out_waiting()
-        self.meter.observe(self._clock(), backlog)
-        return backlog
+        seen = self._out_waiting()
+        now = self._clock()
+        with self._pace_lock:
+            self.meter.observe(now, seen)
+            return self.meter.backlog(now, seen)
 
     def run(self):
         try:
@@ -423,7 +458,8 @@ class SerialWriter(threading.Thread):
                     with self._pace_lock:
                         self.pacer.wrote(size, self._now_ms())
                 else:
-                    self.meter.wrote(size)
+                    with self._pace_lock:
+                        self.meter.wrote(size, self._clock())
                 with self._cond:
                     self._queued -= size
                 self.bytes_written += size
