@@ -128,7 +128,8 @@ class DrainMeter(object):
     :meth:`target` is the queue bound the stack thread fills up to: ``rate * delay`` (about 10 ms of
     line time: enough to cover the threads' wake-up latency so that the line never idles, short
     enough that a keystroke queued behind it is not noticeably late), at least ``min_target`` bytes and
-    at most ``max_target``.  With no estimate and no measurement at all it is ``max_target``, which is
+    at most ``max_target``.  ``min_target`` itself holds at most ``min_time`` seconds of line time (when
+    given; see :func:`queue_bound`).  With no estimate and no measurement at all it is ``max_target``, which is
     what endpoints without an observable queue (a pipe to a fast reader) get: our own queue only.
 
     The OS count lags our writes.  On our pseudo-terminal a write lands in the tty layer's flip buffer and
@@ -147,9 +148,10 @@ class DrainMeter(object):
     ALPHA = 0.25
 
     def __init__(self, initial=None, min_target=128, max_target=65536, delay=0.010, min_interval=0.05,
-                 lag=0.005):
+                 lag=0.005, min_time=None):
         self.rate = float(initial) if initial else None
         self.min_target = min_target
+        self.min_time = min_time
         self.max_target = max(min_target, max_target)
         self.delay = delay
         self.min_interval = min_interval
@@ -206,7 +208,24 @@ class DrainMeter(object):
     def target(self):
         if self.rate is None:
             return self.max_target
-        return int(min(self.max_target, max(self.min_target, self.rate * self.delay)))
+        return queue_bound(self.rate, self.delay, self.min_target, self.max_target, self.min_time)
+
+
+def queue_bound(rate, delay, min_target, max_target, min_time=None):
+    """The bound on what may wait toward a line of ``rate`` bytes/s: ``delay`` seconds of line time, at least
+    ``min_target`` bytes but never more than ``min_time`` seconds of line time for that floor, at most
+    ``max_target``.
+
+    The floor covers the threads' wake-up latency where ``delay`` is only a few bytes; on a slow line a floor
+    in bytes is a long time.  Everything queued toward the line is time that a pure ACK of the client's upload
+    waits (besides one frame of ours in transmission): at 9600 bit/s 128 bytes are 133 ms, and with the
+    client's two-segment window (two 256-byte segments, 560 ms of line) the ACK loop -- its segment, our
+    queue and a frame of ours, the ACK -- came back too late and the client's uplink idled 9% of the time.
+    """
+    floor = min_target
+    if min_time is not None and rate * min_time < floor:
+        floor = rate * min_time
+    return int(min(max_target, max(floor, rate * delay)))
 
 
 class LinePacer(object):
@@ -242,10 +261,11 @@ class LinePacer(object):
     BASE_BUCKETS = 10           # RFC 6817 BASE_HISTORY: minutes
     BUCKET_MS = 60000
 
-    def __init__(self, rate, min_target=128, max_target=65536, delay=10):
+    def __init__(self, rate, min_target=128, max_target=65536, delay=10, min_time=None):
         self.ceiling = float(rate)
         self.rate = float(rate)         # bytes/s, what the line is paced at now
         self.min_target = min_target
+        self.min_time = min_time        # ms: the most line time min_target may hold (see queue_bound)
         self.max_target = max(min_target, max_target)
         self.delay = delay              # ms of line time the bound holds
         self.bytes = 0                  # written in all
@@ -272,7 +292,8 @@ class LinePacer(object):
         return seen if seen > queued else queued
 
     def target(self):
-        return int(min(self.max_target, max(self.min_target, self.rate * self.delay / 1000.0)))
+        return queue_bound(self.rate, self.delay / 1000.0, self.min_target, self.max_target,
+                           None if self.min_time is None else self.min_time / 1000.0)
 
     def set_delay_signal(self, now, rtt):
         """A round-trip figure (ms, already minimum-filtered or a raw sample) measured across the link."""
