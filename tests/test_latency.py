@@ -627,6 +627,22 @@ def test_writer_holds_room_while_its_write_is_not_in_the_os_count_yet():
         writer.join(5)
 
 
+def test_writer_looks_again_when_the_unseen_write_stops_counting():
+    # A fast pty measured up from 115200: 16 KB written at an estimate of 11,520 bytes/s is 1.4 s of line by
+    # the estimate.  The writer must not sleep on that (it slept the 20 ms maximum after every write, and the
+    # unpaced download fell from 2.1 to 0.8 MB/s): it looks again once the write is the OS count's to show.
+    now = [50.0]
+    meter = DrainMeter(initial=RATE, min_target=128, max_target=65536, lag=0.002)
+    writer = SerialWriter(ScriptedEndpoint(), lambda item: None, lambda reason: None, clock=lambda: now[0],
+                          meter=meter)
+    assert writer._poll_after(16384) == writer.POLL_MAX          # nothing written yet: the drain's time
+    meter.observe(50.0, 0)
+    meter.wrote(16384, 50.0)
+    assert writer._poll_after(16384) == pytest.approx(0.002)
+    now[0] += 0.0015
+    assert writer._poll_after(16384) == writer.POLL_MIN           # 0.5 ms left: the shortest sleep
+
+
 def test_backlog_of_our_pty_is_what_the_client_has_not_read():
     endpoint = PtyEndpoint()
     try:

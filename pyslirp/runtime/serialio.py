@@ -140,15 +140,16 @@ class DrainMeter(object):
     frame's line time (at 115200 bit/s, 48 ms more for a 550-byte frame: longer than the client's
     two-segment window lasts, so its upload stalled).  Hence :meth:`backlog`: what a write left queued
     (the queue seen just before it, plus the write) draining at the measured rate, for at most
-    ``lag`` seconds after the write, or the OS count if larger.  The bound on ``lag`` keeps a rate
-    estimate that is still too low (a fast pty measured up from the configured baud rate) from holding
-    the line back for longer than that after each write.
+    ``lag`` seconds after the write (2 ms: the stack thread's turn after "room" takes a fraction of one), or
+    the OS count if larger.  The bound on ``lag`` keeps a rate estimate that is still too low (a fast pty
+    measured up from the configured baud rate) from holding the line back for longer than that after each
+    write; the writer looks again when it ends (:meth:`unseen_for`).
     """
 
     ALPHA = 0.25
 
     def __init__(self, initial=None, min_target=128, max_target=65536, delay=0.010, min_interval=0.05,
-                 lag=0.005, min_time=None):
+                 lag=0.002, min_time=None):
         self.rate = float(initial) if initial else None
         self.min_target = min_target
         self.min_time = min_time
@@ -181,6 +182,13 @@ class DrainMeter(object):
             return seen
         left = self._left - self.rate * age if self.rate else self._left
         return seen if seen >= left else int(left + 0.999)
+
+    def unseen_for(self, now):
+        """Seconds :meth:`backlog` still counts the last write whatever the OS shows (None: it does not)."""
+        if self._wrote_at is None:
+            return None
+        left = self._wrote_at + self.lag - now
+        return left if left > 0 else None
 
     def observe(self, now, backlog):
         self._seen = backlog
@@ -498,9 +506,21 @@ class SerialWriter(threading.Thread):
                     self.rooms += 1
                     self._post(("room", self))
                 else:
-                    rate = self.rate
-                    poll = excess / rate if rate else self.POLL_MAX
-                    poll = min(self.POLL_MAX, max(self.POLL_MIN, poll))
+                    poll = self._poll_after(excess)
+
+    def _poll_after(self, excess):
+        """Seconds to sleep before the next look when ``excess`` bytes more than the bound wait: as long as the
+        line needs to drain them, but no longer than the meter counts a write the OS did not show yet (at a
+        rate estimate still far below a fast line's, that count would otherwise set a long sleep after every
+        write)."""
+        rate = self.rate
+        poll = excess / rate if rate else self.POLL_MAX
+        if self.pacer is None:
+            with self._pace_lock:
+                unseen = self.meter.unseen_for(self._clock())
+            if unseen is not None and unseen < poll:
+                poll = unseen
+        return min(self.POLL_MAX, max(self.POLL_MIN, poll))
 
 
 class LineManager(threading.Thread):
