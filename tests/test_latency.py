@@ -80,7 +80,7 @@ def run_meter(meter, line, ms, write_every=5):
         room = meter.target() - line.backlog
         if room > 0:
             line.write("x", room)
-            meter.wrote(room)
+            meter.wrote(room, line.now / 1000.0)
         line.advance(write_every)
 
 
@@ -122,9 +122,84 @@ def test_meter_target_bounds_and_unknown_rate():
     m = DrainMeter(initial=None, min_target=128, max_target=5000)
     for t in range(100):
         m.observe(t / 10.0, 0)
-        m.wrote(1000)
+        m.wrote(1000, t / 10.0)
     assert not m.measurable and m.samples == 0
     assert abs(m.rate - 10000) < 1 and m.target() == max(128, int(m.rate * m.delay))
+
+
+class LaggingLine(Line):
+    """A ``Line`` whose OS count shows a write only ``lag`` ms after it was made (a pty's flip buffer)."""
+
+    def __init__(self, rate=RATE, lag=1):
+        super().__init__(rate)
+        self.lag = lag
+        self._hidden = []           # [(visible at, nbytes)]
+
+    @property
+    def seen(self):
+        return self.backlog - sum(n for at, n in self._hidden if at > self.now)
+
+    def write(self, tag, n):
+        super().write(tag, n)
+        self._hidden.append((self.now + self.lag, n))
+
+
+def test_meter_counts_a_write_the_os_does_not_show_yet():
+    meter = DrainMeter(initial=RATE, min_target=128, max_target=65536, delay=0.01, lag=0.005)
+    meter.observe(10.0, 116)
+    meter.wrote(548, 10.0)
+    # A look straight after the write still sees 116: what the write left waits all the same.
+    assert meter.backlog(10.0, 116) == 116 + 548
+    assert meter.backlog(10.002, 116) == int(116 + 548 - RATE * 0.002 + 0.999)
+    assert meter.backlog(10.002, 700) == 700                # the OS shows more: that is the queue
+    assert meter.backlog(10.0051, 116) == 116               # after ``lag`` the OS count is the queue again
+    # Writes in a row add up.
+    meter.wrote(548, 10.006)
+    meter.wrote(548, 10.006)
+    assert meter.backlog(10.006, 116) == 116 + 2 * 548
+
+
+def test_budget_with_a_lagging_os_count_lets_one_frame_over_not_two():
+    # The stack thread's rule: budget = target - backlog, one frame over allowed; it looks again at once after
+    # each write (the writer's "room").  With the OS count lagging the writes, the raw count let a second
+    # full frame go straight after the first, and the ACK behind them waited for both.
+    frame = 548
+
+    def run(meter_backlog):
+        meter = DrainMeter(initial=RATE, min_target=128, max_target=65536, delay=0.01, lag=0.005)
+        line = LaggingLine(RATE, lag=1)
+        peak = 0
+        for _ in range(2000):
+            for _turn in range(2):          # a write, then the look its "room" brings, in the same moment
+                t = line.now / 1000.0
+                meter.observe(t, line.seen)
+                seen = meter.backlog(t, line.seen) if meter_backlog else line.seen
+                if meter.target() - seen > 0:
+                    line.write("f", frame)
+                    meter.wrote(frame, t)
+                    peak = max(peak, line.backlog)
+            line.advance(1)
+        return peak
+
+    assert run(meter_backlog=True) <= 128 + frame
+    assert run(meter_backlog=False) > 128 + frame       # the failure this guards against
+
+
+def test_meter_with_its_write_lag_still_finds_a_fast_line():
+    # A pty read as fast as it fills, configured at 115200: the rate estimate starts at 11,520 bytes/s and
+    # must still climb, although each write counts as queued (at that low rate) for ``lag`` after it.
+    meter = DrainMeter(initial=RATE, min_target=128, max_target=65536, delay=0.01, lag=0.005)
+    line = Line(rate=5000000)
+    for _ in range(2000):
+        t = line.now / 1000.0
+        meter.observe(t, line.backlog)
+        room = meter.target() - meter.backlog(t, line.backlog)
+        if room > 0:
+            n = room + 1500                 # one frame over, as the stack thread allows
+            line.write("x", n)
+            meter.wrote(n, t)
+        line.advance(1)
+    assert meter.rate > 1000000
 
 
 # -- the stack thread's budget ----------------------------------------------------------------------------------
@@ -556,6 +631,43 @@ def test_writer_posts_room_once_the_os_queue_drains_below_the_bound():
     finally:
         writer.stop()
         writer.join(5)
+
+
+def test_writer_holds_room_while_its_write_is_not_in_the_os_count_yet():
+    now = [100.0]
+    endpoint = ScriptedEndpoint()
+    endpoint.queued = 40                            # below the bound, and it stays so: the write is not shown
+    inbox = Inbox()
+    writer = SerialWriter(endpoint, inbox.post, lambda reason: None, clock=lambda: now[0],
+                          meter=DrainMeter(initial=RATE, min_target=128, max_target=128, lag=0.005))
+    writer.start()
+    try:
+        writer.put(False, b"a" * 548)
+        assert inbox.wait_for("written") is not None
+        assert writer.backlog() == 40 + 548         # what the stack thread's budget sees
+        assert inbox.wait_for("room", timeout=0.2) is None
+        now[0] += 0.01                              # by now the OS count shows what waits
+        assert inbox.wait_for("room") is not None
+        assert writer.backlog() == 40
+    finally:
+        writer.stop()
+        writer.join(5)
+
+
+def test_writer_looks_again_when_the_unseen_write_stops_counting():
+    # A fast pty measured up from 115200: 16 KB written at an estimate of 11,520 bytes/s is 1.4 s of line by
+    # the estimate.  The writer must not sleep on that (it slept the 20 ms maximum after every write, and the
+    # unpaced download fell from 2.1 to 0.8 MB/s): it looks again once the write is the OS count's to show.
+    now = [50.0]
+    meter = DrainMeter(initial=RATE, min_target=128, max_target=65536, lag=0.002)
+    writer = SerialWriter(ScriptedEndpoint(), lambda item: None, lambda reason: None, clock=lambda: now[0],
+                          meter=meter)
+    assert writer._poll_after(16384) == writer.POLL_MAX          # nothing written yet: the drain's time
+    meter.observe(50.0, 0)
+    meter.wrote(16384, 50.0)
+    assert writer._poll_after(16384) == pytest.approx(0.002)
+    now[0] += 0.0015
+    assert writer._poll_after(16384) == writer.POLL_MIN           # 0.5 ms left: the shortest sleep
 
 
 def test_backlog_of_our_pty_is_what_the_client_has_not_read():

@@ -67,6 +67,26 @@ def test_rate_and_bound_come_from_the_configured_speed():
     assert LinePacer(10 ** 8, max_target=5000).target() == 5000
 
 
+@pytest.mark.parametrize("baudrate", [9600, 19200, 115200])
+def test_on_a_slow_line_the_bound_holds_little_line_time_measured_or_paced(baudrate):
+    # What waits toward the line delays the pure ACKs of the client's upload.  At 9600 bit/s a floor of
+    # 128 bytes is 133 ms: with the client's two-segment window the ACK came back after its uplink had run
+    # dry.  The runtime's floor holds at most 30 ms of line time; at 115200 the 128 bytes stay (11 ms).
+    runtime = Runtime(None, None, endpoint=ScriptedEndpoint(), core=ScriptedCore(), baudrate=baudrate)
+    rate = baudrate / 10.0
+    for bound in (runtime._new_meter().target(), runtime._new_pacer().target()):
+        assert bound == (128 if baudrate == 115200 else int(rate * 0.030))
+        assert bound / rate <= 0.030
+
+
+def test_the_floor_in_bytes_holds_at_most_its_line_time():
+    assert DrainMeter(initial=960, min_target=128, delay=0.01, min_time=0.03).target() == 28
+    assert DrainMeter(initial=960, min_target=128, delay=0.01).target() == 128         # no min_time: bytes
+    assert LinePacer(960, min_target=128, delay=10, min_time=30).target() == 28
+    assert LinePacer(RATE, min_target=128, delay=10, min_time=30).target() == 128
+    assert LinePacer(400000, min_target=128, delay=10, min_time=30).target() == 4000   # delay above the floor
+
+
 def test_the_virtual_queue_drains_at_the_rate_and_saves_nothing_while_idle():
     pacer = LinePacer(RATE)
     pacer.wrote(1152, 0)                # 100 ms of line time
@@ -98,7 +118,7 @@ def test_a_paced_line_keeps_the_hidden_queue_at_the_bound_and_the_line_busy():
         meter.observe(line.now / 1000.0, 0)
         if meter.target() > 0:
             line.write(meter.target())
-            meter.wrote(meter.target())
+            meter.wrote(meter.target(), line.now / 1000.0)
         line.advance(1)
     assert line.peak > 50 * FRAME
 

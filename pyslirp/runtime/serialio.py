@@ -128,28 +128,70 @@ class DrainMeter(object):
     :meth:`target` is the queue bound the stack thread fills up to: ``rate * delay`` (about 10 ms of
     line time: enough to cover the threads' wake-up latency so that the line never idles, short
     enough that a keystroke queued behind it is not noticeably late), at least ``min_target`` bytes and
-    at most ``max_target``.  With no estimate and no measurement at all it is ``max_target``, which is
+    at most ``max_target``.  ``min_target`` itself holds at most ``min_time`` seconds of line time (when
+    given; see :func:`queue_bound`).  With no estimate and no measurement at all it is ``max_target``, which is
     what endpoints without an observable queue (a pipe to a fast reader) get: our own queue only.
+
+    The OS count lags our writes.  On our pseudo-terminal a write lands in the tty layer's flip buffer and
+    a kernel worker moves it into the slave's input queue, which is what FIONREAD counts, a moment later
+    (usually microseconds; milliseconds on a busy machine).  A look in that moment sees the queue as it was
+    before the write: the writer reported "room", the stack thread handed over the next full-size frame as
+    well (its budget allows one frame over the bound), and a pure ACK queued after both waited a second
+    frame's line time (at 115200 bit/s, 48 ms more for a 550-byte frame: longer than the client's
+    two-segment window lasts, so its upload stalled).  Hence :meth:`backlog`: what a write left queued
+    (the queue seen just before it, plus the write) draining at the measured rate, for at most
+    ``lag`` seconds after the write (2 ms: the stack thread's turn after "room" takes a fraction of one), or
+    the OS count if larger.  The bound on ``lag`` keeps a rate estimate that is still too low (a fast pty
+    measured up from the configured baud rate) from holding the line back for longer than that after each
+    write; the writer looks again when it ends (:meth:`unseen_for`).
     """
 
     ALPHA = 0.25
 
-    def __init__(self, initial=None, min_target=128, max_target=65536, delay=0.010, min_interval=0.05):
+    def __init__(self, initial=None, min_target=128, max_target=65536, delay=0.010, min_interval=0.05,
+                 lag=0.002, min_time=None):
         self.rate = float(initial) if initial else None
         self.min_target = min_target
+        self.min_time = min_time
         self.max_target = max(min_target, max_target)
         self.delay = delay
         self.min_interval = min_interval
+        self.lag = lag
         self.samples = 0                # busy-line samples taken
         self.measurable = False         # an OS queue was ever seen non-empty
         self._t = None
         self._backlog = 0
         self._written = 0
+        self._seen = 0                  # the OS count at the last look
+        self._wrote_at = None           # when the last write was made ...
+        self._left = 0                  # ... and what it left queued toward the line
 
-    def wrote(self, nbytes):
+    def wrote(self, nbytes, now):
+        """``nbytes`` went to the OS at ``now`` (seconds), after the look that saw the queue as it was."""
         self._written += nbytes
+        self._left = self.backlog(now, self._seen) + nbytes
+        self._wrote_at = now
+
+    def backlog(self, now, seen):
+        """What waits toward the line: the OS count ``seen`` or, in the moment after a write, if larger, what
+        the write left queued (see the class docstring)."""
+        if self._wrote_at is None:
+            return seen
+        age = now - self._wrote_at
+        if age >= self.lag:
+            return seen
+        left = self._left - self.rate * age if self.rate else self._left
+        return seen if seen >= left else int(left + 0.999)
+
+    def unseen_for(self, now):
+        """Seconds :meth:`backlog` still counts the last write whatever the OS shows (None: it does not)."""
+        if self._wrote_at is None:
+            return None
+        left = self._wrote_at + self.lag - now
+        return left if left > 0 else None
 
     def observe(self, now, backlog):
+        self._seen = backlog
         if backlog > 0:
             self.measurable = True
         if self._t is None:
@@ -174,7 +216,24 @@ class DrainMeter(object):
     def target(self):
         if self.rate is None:
             return self.max_target
-        return int(min(self.max_target, max(self.min_target, self.rate * self.delay)))
+        return queue_bound(self.rate, self.delay, self.min_target, self.max_target, self.min_time)
+
+
+def queue_bound(rate, delay, min_target, max_target, min_time=None):
+    """The bound on what may wait toward a line of ``rate`` bytes/s: ``delay`` seconds of line time, at least
+    ``min_target`` bytes but never more than ``min_time`` seconds of line time for that floor, at most
+    ``max_target``.
+
+    The floor covers the threads' wake-up latency where ``delay`` is only a few bytes; on a slow line a floor
+    in bytes is a long time.  Everything queued toward the line is time that a pure ACK of the client's upload
+    waits (besides one frame of ours in transmission): at 9600 bit/s 128 bytes are 133 ms, and with the
+    client's two-segment window (two 256-byte segments, 560 ms of line) the ACK loop -- its segment, our
+    queue and a frame of ours, the ACK -- came back too late and the client's uplink idled 9% of the time.
+    """
+    floor = min_target
+    if min_time is not None and rate * min_time < floor:
+        floor = rate * min_time
+    return int(min(max_target, max(floor, rate * delay)))
 
 
 class LinePacer(object):
@@ -210,10 +269,11 @@ class LinePacer(object):
     BASE_BUCKETS = 10           # RFC 6817 BASE_HISTORY: minutes
     BUCKET_MS = 60000
 
-    def __init__(self, rate, min_target=128, max_target=65536, delay=10):
+    def __init__(self, rate, min_target=128, max_target=65536, delay=10, min_time=None):
         self.ceiling = float(rate)
         self.rate = float(rate)         # bytes/s, what the line is paced at now
         self.min_target = min_target
+        self.min_time = min_time        # ms: the most line time min_target may hold (see queue_bound)
         self.max_target = max(min_target, max_target)
         self.delay = delay              # ms of line time the bound holds
         self.bytes = 0                  # written in all
@@ -240,7 +300,8 @@ class LinePacer(object):
         return seen if seen > queued else queued
 
     def target(self):
-        return int(min(self.max_target, max(self.min_target, self.rate * self.delay / 1000.0)))
+        return queue_bound(self.rate, self.delay / 1000.0, self.min_target, self.max_target,
+                           None if self.min_time is None else self.min_time / 1000.0)
 
     def set_delay_signal(self, now, rtt):
         """A round-trip figure (ms, already minimum-filtered or a raw sample) measured across the link."""
@@ -303,7 +364,7 @@ class SerialWriter(threading.Thread):
         self._clock = clock
         self.meter = meter if meter is not None else DrainMeter()
         self.pacer = pacer              # a LinePacer where the endpoint cannot show its backlog
-        self._pace_lock = threading.Lock()      # the pacer is used by this thread and the stack thread
+        self._pace_lock = threading.Lock()      # the pacer or meter is used by this thread and the stack thread
         self._out_waiting = getattr(endpoint, "out_waiting", None) or (lambda: 0)
         self.dropped = 0
         self.bytes_written = 0
@@ -329,11 +390,12 @@ class SerialWriter(threading.Thread):
         return self.meter.target()
 
     def backlog(self):
-        """Bytes waiting toward the line: the OS queue, or for a paced line the virtual one (if larger)."""
+        """Bytes waiting toward the line: the OS queue (or, just after a write, what it left queued, if the
+        OS does not show it yet), or for a paced line the virtual one (if larger)."""
         seen = self._out_waiting()
-        if self.pacer is None:
-            return seen
         with self._pace_lock:
+            if self.pacer is None:
+                return self.meter.backlog(self._clock(), seen)
             return self.pacer.backlog(self._now_ms(), seen)
 
     def set_delay_signal(self, rtt):
@@ -393,9 +455,11 @@ class SerialWriter(threading.Thread):
     def _look(self):
         if self.pacer is not None:
             return self.backlog()
-        backlog = self._out_waiting()
-        self.meter.observe(self._clock(), backlog)
-        return backlog
+        seen = self._out_waiting()
+        now = self._clock()
+        with self._pace_lock:
+            self.meter.observe(now, seen)
+            return self.meter.backlog(now, seen)
 
     def run(self):
         try:
@@ -423,7 +487,8 @@ class SerialWriter(threading.Thread):
                     with self._pace_lock:
                         self.pacer.wrote(size, self._now_ms())
                 else:
-                    self.meter.wrote(size)
+                    with self._pace_lock:
+                        self.meter.wrote(size, self._clock())
                 with self._cond:
                     self._queued -= size
                 self.bytes_written += size
@@ -441,9 +506,21 @@ class SerialWriter(threading.Thread):
                     self.rooms += 1
                     self._post(("room", self))
                 else:
-                    rate = self.rate
-                    poll = excess / rate if rate else self.POLL_MAX
-                    poll = min(self.POLL_MAX, max(self.POLL_MIN, poll))
+                    poll = self._poll_after(excess)
+
+    def _poll_after(self, excess):
+        """Seconds to sleep before the next look when ``excess`` bytes more than the bound wait: as long as the
+        line needs to drain them, but no longer than the meter counts a write the OS did not show yet (at a
+        rate estimate still far below a fast line's, that count would otherwise set a long sleep after every
+        write)."""
+        rate = self.rate
+        poll = excess / rate if rate else self.POLL_MAX
+        if self.pacer is None:
+            with self._pace_lock:
+                unseen = self.meter.unseen_for(self._clock())
+            if unseen is not None and unseen < poll:
+                poll = unseen
+        return min(self.POLL_MAX, max(self.POLL_MIN, poll))
 
 
 class LineManager(threading.Thread):

@@ -19,7 +19,8 @@ Output scheduling (latency under load): a serial line is slow, and every byte
 queued toward it is a byte a keystroke waits behind (at 115200 bit/s, 1 KB is
 90 ms).  So little is queued: the bound is the writer's ``target()``, about
 TARGET_DELAY of line time at the rate the writer measures (at least
-MIN_TARGET bytes, at most ``line_budget``).  At each flush the budget is that
+MIN_TARGET bytes, but that floor at most MIN_TARGET_TIME of line time: 28
+bytes at 9600 bit/s; at most ``line_budget``).  At each flush the budget is that
 bound minus what is already on its way -- bytes handed to the writer and not
 yet written (``line_queued``) plus the OS output queue (``writer.backlog()``)
 -- and ``Core.take_serial_output(budget, allow_one_over=True)`` returns the
@@ -92,6 +93,7 @@ log = logging.getLogger("pyslirp.runtime")
 BATCH = 256             # inbox items handled between timer runs
 MIN_TARGET = 128        # bytes: the smallest bound on what waits toward the line
 TARGET_DELAY = 0.010    # s: the bound is this much line time at the measured rate (at least MIN_TARGET)
+MIN_TARGET_TIME = 0.030 # s: ... but MIN_TARGET never holds more line time than this (on a slow line)
 REFLUSH_MS = 20         # look again this soon when the line had no room (safety net for "room")
 STOP_TIMEOUT = 3000     # ms to wait for the LCP Terminate-Ack
 DRAIN_TIMEOUT = 1000    # ms to let the writer drain before closing the line
@@ -158,12 +160,13 @@ class Runtime(object):
         """The drain meter of a newly opened line: the configured speed is only the first guess."""
         return DrainMeter(initial=self.baudrate / 10.0 if self.baudrate else None,
                           max_target=self.line_budget, min_target=min(MIN_TARGET, self.line_budget),
-                          delay=TARGET_DELAY)
+                          delay=TARGET_DELAY, min_time=MIN_TARGET_TIME)
 
     def _new_pacer(self):
         """The pacer of a line whose backlog cannot be seen: the configured speed is the line's speed."""
         return LinePacer(self.baudrate / 10.0, max_target=self.line_budget,
-                         min_target=min(MIN_TARGET, self.line_budget), delay=int(TARGET_DELAY * 1000))
+                         min_target=min(MIN_TARGET, self.line_budget), delay=int(TARGET_DELAY * 1000),
+                         min_time=int(MIN_TARGET_TIME * 1000))
 
     # -- for other threads and signal handlers ------------------------------------
 
