@@ -6,6 +6,12 @@ import time
 from pyslirp.runtime.services import SpareThread
 
 
+def _threads_since(before):
+    """Threads alive now that were not alive in ``before`` (a set from ``threading.enumerate()``): only the ones a
+    test started, whatever threads earlier tests left ending in the background."""
+    return sum(1 for t in threading.enumerate() if t not in before)
+
+
 def _wait(cond, timeout=5.0):
     end = time.monotonic() + timeout
     while not cond():
@@ -16,7 +22,7 @@ def _wait(cond, timeout=5.0):
 
 
 def test_every_job_runs_on_its_own_thread_and_a_spare_waits_for_the_next():
-    before = threading.active_count()
+    before = set(threading.enumerate())
     starter = SpareThread()
     seen = []
     release = threading.Event()
@@ -33,12 +39,12 @@ def test_every_job_runs_on_its_own_thread_and_a_spare_waits_for_the_next():
             starter.start(job)
         assert _wait(lambda: len(seen) == 20)
         assert len(set(seen)) == 20                     # all at once, each on a thread of its own
-        assert _wait(lambda: threading.active_count() == before + 21)   # the 20, and one spare
+        assert _wait(lambda: _threads_since(before) == 21)   # the 20, and one spare
         release.set()
         # All but two spares end (the one started ahead, and one whose job is over).
-        assert _wait(lambda: threading.active_count() == before + 2)
+        assert _wait(lambda: _threads_since(before) == 2)
         time.sleep(0.1)
-        assert threading.active_count() == before + 2
+        assert _threads_since(before) == 2
         # A spare takes the next job; no thread is started for it (another spare is idle).
         seen.clear()
         release.clear()
@@ -60,11 +66,11 @@ def test_every_job_runs_on_its_own_thread_and_a_spare_waits_for_the_next():
     finally:
         starter.close()
         release.set()
-    assert _wait(lambda: threading.active_count() == before)
+    assert _wait(lambda: _threads_since(before) == 0)
 
 
 def test_close_ends_the_idle_spare_and_no_job_is_lost():
-    before = threading.active_count()
+    before = set(threading.enumerate())
     starter = SpareThread()
     done = []
     def job(i):
@@ -76,13 +82,13 @@ def test_close_ends_the_idle_spare_and_no_job_is_lost():
     assert _wait(lambda: len(done) == 50)
     assert sorted(done) == list(range(50))
     starter.close()
-    assert _wait(lambda: threading.active_count() == before)
+    assert _wait(lambda: _threads_since(before) == 0)
     starter.start(lambda: done.append("after"))         # closed: a plain thread still runs it
     assert _wait(lambda: done[-1] == "after")
 
 
 def test_jobs_one_after_another_reuse_the_threads_and_start_none():
-    before = threading.active_count()
+    before = set(threading.enumerate())
     starter = SpareThread()
     seen = []
     spawned = []
@@ -111,11 +117,11 @@ def test_jobs_one_after_another_reuse_the_threads_and_start_none():
                 starter.start(job)
                 assert _wait(lambda: len(seen) == 3 + i)
                 assert _wait(both_idle)             # the job is over: its thread waits for the next one
-                assert threading.active_count() == before + 2
+                assert _threads_since(before) == 2
         finally:
             threading.Thread.start = real_start
         assert spawned == []                            # each job ran on a thread whose last job was over
         assert len(set(seen)) <= 3
     finally:
         starter.close()
-    assert _wait(lambda: threading.active_count() == before)
+    assert _wait(lambda: _threads_since(before) == 0)
