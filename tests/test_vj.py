@@ -742,6 +742,31 @@ def test_repair_from_the_highest_data_after_a_retransmission():
     assert decomp.repaired == 3
 
 
+def test_repair_after_the_retransmission_of_the_hole_is_lost():
+    """Our ACKs point at the hole: a lost retransmission of it starts there, and the next retransmission (seq
+    advanced by one segment from the lost one) is rebuilt from our latest ack."""
+    comp, decomp = VjCompressor(), VjDecompressor()
+    decomp.sent(our_synack())
+    payload = bytes(range(200)) * 3
+
+    def seg(i, ident):
+        return tcp_packet(seq=1000 + 600 * i, ack=5000, ident=ident, data=payload)
+    for i in range(8):
+        decomp.decompress(*comp.compress(seg(i, 100 + i)))
+    lose(comp, decomp, seg(8, 108))
+    lose(comp, decomp, seg(9, 109))
+    for i in (10, 11, 12):
+        decomp.decompress(*comp.compress(seg(i, 100 + i)))
+    # Our ACKs (SACKing 10-12) still ask for 8; its retransmission is lost, that of 9 follows it compressed.
+    decomp.sent(tcp_packet(seq=5000, ack=1000 + 600 * 8, sport=22, dport=40000, src=B, dst=A))
+    assert comp.compress(seg(8, 113))[0] == PROTO_VJ_UNCOMPRESSED
+    decomp.toss()
+    protocol, data = comp.compress(seg(9, 114))
+    assert protocol == PROTO_VJ_COMPRESSED and data[0] & SPECIALS_MASK == SPECIAL_D
+    assert decomp.decompress(protocol, data)[24:] == seg(9, 114)[24:]
+    assert decomp.repaired == 2
+
+
 def test_no_repair_when_the_lost_packet_may_have_moved_the_ack():
     """The TCP checksum cannot tell a seq too high by d from an ack too low by d: with data of ours not yet
     acknowledged by the slot's ack, the lost packet may have acknowledged it, and nothing is guessed."""

@@ -96,8 +96,9 @@ the lost packet cannot have moved the ack.  The guesses: 0 up to
 ``REPAIR_LIMIT`` lost packets, each carrying as much data as the last one
 known (a bulk transfer's full-sized segments), counted from the previous
 packet, from the highest sequence number the slot has seen (new data after a
-retransmission resumes there) and from the end of the latest retransmission
-(the next one of a go-back series); the rebuilt packet is kept only if its TCP
+retransmission resumes there), from the end of the latest retransmission
+(the next one of a go-back series) and from our latest ack on the connection
+(the hole: the lost packet was its retransmission); the rebuilt packet is kept only if its TCP
 checksum, which travels verbatim and was computed over the true header,
 verifies.  The first guess that verifies resynchronises the slot (counted in
 ``repaired``), unless the packet verifies on another slot too (the lost packet
@@ -300,7 +301,7 @@ def _apply(state, changes, data, pos, end):
     return seq, ack, window, urgent, flags, ident, pos
 
 
-def _guesses(state, seq, ack, interactive):
+def _guesses(state, seq, ack, interactive, hole=None):
     """(seq, ack, packets lost) a repair tries on slot ``state`` (see "Repair"), most likely first."""
     last_data = state.total - state.header_len
     if not last_data:
@@ -308,9 +309,10 @@ def _guesses(state, seq, ack, interactive):
     guesses = [((seq + lost * last_data) & 0xFFFFFFFF, (ack + lost * last_data if interactive else ack) & 0xFFFFFFFF,
                 lost) for lost in range(REPAIR_LIMIT + 1)]
     # A sender's sequence numbers resume where they last ran: after the previous packet (above), at the
-    # highest sequence number the slot has seen (new data after a retransmission), or after the latest
-    # retransmission (the next one of a series): guesses from ``high`` and ``back`` too, within REPAIR_SPAN.
-    for point in (state.high, state.back):
+    # highest sequence number the slot has seen (new data after a retransmission), after the latest
+    # retransmission (the next one of a series), or at the hole our ACKs point to (the lost packet was the
+    # retransmission that fills it): guesses from ``high``, ``back`` and ``hole`` too, within REPAIR_SPAN.
+    for point in (state.high, state.back, hole):
         if point is not None and 0 < (point - state.seq + REPAIR_SPAN) & 0xFFFFFFFF <= 2 * REPAIR_SPAN:
             guesses += [((point + lost * last_data) & 0xFFFFFFFF, ack & 0xFFFFFFFF, lost + 1)
                         for lost in range(REPAIR_LIMIT + 1)]
@@ -526,7 +528,8 @@ class VjDecompressor(object):
         self.errors = 0
         self.repaired = 0
         self._run = 0               # packets in a row on the current slot with the same ack and window
-        self._sent = OrderedDict()  # (our address, peer address, our port, peer port) -> end of what we sent
+        # (our address, peer address, our port, peer port) -> (end of what we sent, the ack we sent last)
+        self._sent = OrderedDict()
         self._state = [None] * self.slots
         self._current = None
         # Like slhc_init: no implicit-slot packet makes sense before an explicit slot number.
@@ -534,30 +537,29 @@ class VjDecompressor(object):
 
     def sent(self, packet):
         """An IPv4 packet we send on the link, before compression: a TCP segment's end (seq + data, SYN and
-        FIN) is remembered for its connection (SENT_CONNECTIONS at most), the most the peer's ack can reach
-        (see "Repair")."""
+        FIN) is remembered for its connection (SENT_CONNECTIONS at most), the most the peer's ack can reach,
+        and its ack, where the peer's retransmissions start (see "Repair")."""
         n = len(packet)
         if n < IP_HEADER_LEN + TCP_HEADER_LEN or packet[IP_PROTOCOL_OFFSET] != PROTO_TCP:
             return
         ip_len = (packet[0] & 0x0F) * 4
         if ip_len < IP_HEADER_LEN or n < ip_len + TCP_HEADER_LEN:
             return
-        _sport, _dport, seq, _ack, offset, flags, _w, _c, _u = TCP_HEADER.unpack_from(packet, ip_len)
+        _sport, _dport, seq, ack, offset, flags, _w, _c, _u = TCP_HEADER.unpack_from(packet, ip_len)
         end = (seq + max(0, n - ip_len - (offset >> 4) * 4) + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)) \
             & 0xFFFFFFFF
         key = packet[IP_ADDRS_OFFSET:IP_HEADER_LEN] + packet[ip_len:ip_len + TCP_PORTS_LEN]
         sent = self._sent
         old = sent.pop(key, None)
-        if old is not None and not 0 <= (end - old) & 0xFFFFFFFF < 0x80000000:
-            end = old               # a retransmission: what was sent before went further
-        sent[key] = end
+        if old is not None and not 0 <= (end - old[0]) & 0xFFFFFFFF < 0x80000000:
+            end = old[0]            # a retransmission: what was sent before went further
+        sent[key] = (end, ack if flags & ACK else None)
         if len(sent) > SENT_CONNECTIONS:
             sent.popitem(last=False)
 
-    def _all_acked(self, state):
-        """The slot's ack covers everything we sent on its connection (so no lost packet moved it)."""
-        key = state.dst + state.src + _PORTS.pack(state.dport, state.sport)
-        return self._sent.get(key) == state.ack
+    def _ours(self, state):
+        """(end of what we sent, our latest ack) on the slot's connection, or (None, None)."""
+        return self._sent.get(state.dst + state.src + _PORTS.pack(state.dport, state.sport), (None, None))
 
     @property
     def tossing(self):
@@ -656,7 +658,7 @@ class VjDecompressor(object):
         # pointer either.
         steady = changes & SPECIALS_MASK == SPECIAL_D or not changes & (NEW_A | NEW_W | NEW_U)
         if repairing and (slot != self._current or self._run < REPAIR_RUN or not steady
-                          or not self._all_acked(state)):
+                          or self._ours(state)[0] != state.ack):
             if not changes & NEW_C:
                 self.tossed += 1
                 raise ParseError("tossed", "implicit slot while resynchronising")
@@ -708,7 +710,8 @@ class VjDecompressor(object):
         state = self._state[slot]
         seq, ack, _window, _urgent, _flags, ident, pos = fields
         payload = data[pos:]
-        found = _verified(state, _guesses(state, seq, ack, interactive), payload, state.header_len + end - pos,
+        hole = self._ours(state)[1]
+        found = _verified(state, _guesses(state, seq, ack, interactive, hole), payload, state.header_len + end - pos,
                           fields, checksum)
         if found is not None:
             # The lost packet may have named another slot: if this one fits another slot as well, it is tossed.
@@ -719,7 +722,7 @@ class VjDecompressor(object):
                     theirs = _apply(st, changes, data, start, end)
                 except ParseError:
                     continue
-                if _verified(st, _guesses(st, theirs[0], theirs[1], interactive), data[theirs[6]:],
+                if _verified(st, _guesses(st, theirs[0], theirs[1], interactive, self._ours(st)[1]), data[theirs[6]:],
                              st.header_len + end - theirs[6], theirs, checksum) is not None:
                     found = None
                     break
