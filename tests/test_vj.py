@@ -767,6 +767,32 @@ def test_repair_after_the_retransmission_of_the_hole_is_lost():
     assert decomp.repaired == 2
 
 
+def test_repair_when_the_lost_packet_was_the_short_part_of_a_split_segment():
+    """Linux now and then sends a full-sized segment's worth as two (579 + 2 bytes of a 581-byte MSS): a lost
+    2-byte packet after the 579 is guessed from what the 579 lacked of the largest size seen."""
+    comp, decomp = VjCompressor(), VjDecompressor()
+    decomp.sent(our_synack())
+    sizes = [581] * 6 + [579, 2, 581, 581, 579, 2, 581, 581, 2, 581]
+    segs, seq = [], 1000
+    for i, n in enumerate(sizes):
+        segs.append(tcp_packet(seq=seq, ack=5000, ident=100 + i, data=bytes(range(256)) * 2 + bytes(n - 512)
+                               if n > 512 else bytes(n)))
+        seq += n
+    for seg in segs[:7]:
+        assert decomp.decompress(*comp.compress(seg)) == seg
+    lose(comp, decomp, segs[7])                 # the 2 after the 579
+    assert decomp.decompress(*comp.compress(segs[8]))[24:] == segs[8][24:]
+    for seg in segs[9:11]:
+        decomp.decompress(*comp.compress(seg))
+    lose(comp, decomp, segs[11])
+    assert decomp.decompress(*comp.compress(segs[12]))[24:] == segs[12][24:]
+    decomp.decompress(*comp.compress(segs[13]))
+    assert decomp.repaired == 2
+    # A 2 after a full one is no size any packet suggests: tossed, as without the repair.
+    lose(comp, decomp, segs[14])
+    assert reason(decomp, *comp.compress(segs[15])) == "tossed"
+
+
 def test_no_repair_when_the_lost_packet_may_have_moved_the_ack():
     """The TCP checksum cannot tell a seq too high by d from an ack too low by d: with data of ours not yet
     acknowledged by the slot's ack, the lost packet may have acknowledged it, and nothing is guessed."""

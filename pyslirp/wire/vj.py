@@ -94,7 +94,9 @@ number too high by d from an ack too low by d, and a lost packet that
 acknowledged our data would be just that; with nothing of ours unacknowledged
 the lost packet cannot have moved the ack.  The guesses: 0 up to
 ``REPAIR_LIMIT`` lost packets, each carrying as much data as the last one
-known (a bulk transfer's full-sized segments), counted from the previous
+known, the largest one seen on the slot, the packet at hand, or what the last
+one lacked of the largest (a bulk transfer's full-sized segments, and the two
+parts a sender now and then cuts one into), counted from the previous
 packet, from the highest sequence number the slot has seen (new data after a
 retransmission resumes there), from the end of the latest retransmission
 (the next one of a go-back series) and from our latest ack on the connection
@@ -127,6 +129,7 @@ sliced once.
 """
 
 from collections import OrderedDict
+from itertools import combinations_with_replacement
 
 import struct
 
@@ -239,7 +242,7 @@ class _RxSlot(object):
 
     __slots__ = ("ver_ihl", "tos", "total", "ident", "frag", "ttl", "src", "dst", "ip_options",
                  "sport", "dport", "seq", "ack", "offset", "flags", "window", "urgent", "tcp_options",
-                 "header_len", "high", "back")
+                 "header_len", "high", "back", "top")
 
     def __init__(self, packet, ip_len, tcp_len):
         (self.ver_ihl, self.tos, self.total, self.ident, self.frag, self.ttl, _proto, _csum,
@@ -251,11 +254,14 @@ class _RxSlot(object):
         self.header_len = ip_len + tcp_len
         self.high = (self.seq + self.total - self.header_len) & 0xFFFFFFFF   # the end of the highest data seen
         self.back = None            # the end of the latest data below ``high`` (a retransmission), if any
+        self.top = self.total - self.header_len     # the most data one packet on the slot carried
 
     def advance(self, seq, data_len):
         """Remember where data of ``data_len`` at ``seq`` ended: beyond ``high`` (by less than 2^31: wrap-safe)
         it moves ``high``, short of it it was a retransmission (``back``)."""
         end = (seq + data_len) & 0xFFFFFFFF
+        if data_len > self.top:
+            self.top = data_len
         ahead = (end - self.high) & 0xFFFFFFFF
         if 0 < ahead < 0x80000000:
             self.high = end
@@ -301,21 +307,33 @@ def _apply(state, changes, data, pos, end):
     return seq, ack, window, urgent, flags, ident, pos
 
 
-def _guesses(state, seq, ack, interactive, hole=None):
+def _lost_offsets(sizes):
+    """{packets lost: the sorted distinct data lengths they may have carried in all}, 0 to REPAIR_LIMIT lost,
+    each carrying one of ``sizes``."""
+    return [sorted(set(sum(c) for c in combinations_with_replacement(sizes, lost)))
+            for lost in range(REPAIR_LIMIT + 1)]
+
+
+def _guesses(state, seq, ack, interactive, data_len, hole=None):
     """(seq, ack, packets lost) a repair tries on slot ``state`` (see "Repair"), most likely first."""
     last_data = state.total - state.header_len
     if not last_data:
         return [(seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 0)]
-    guesses = [((seq + lost * last_data) & 0xFFFFFFFF, (ack + lost * last_data if interactive else ack) & 0xFFFFFFFF,
-                lost) for lost in range(REPAIR_LIMIT + 1)]
+    # Each lost packet carried as much as the last one known, the largest one seen on the slot, this one, or
+    # what the last one lacked of the largest (a sender cuts a bulk stream into full-sized segments, and now
+    # and then one into two where its buffers end: Linux sends 579 + 2 bytes of a 581-byte MSS).
+    sizes = tuple(sorted(set(n for n in (last_data, state.top, data_len, state.top - last_data) if n > 0)))
+    offsets = _lost_offsets(sizes)
+    guesses = [((seq + off) & 0xFFFFFFFF, (ack + off if interactive else ack) & 0xFFFFFFFF, lost)
+               for lost in range(REPAIR_LIMIT + 1) for off in offsets[lost]]
     # A sender's sequence numbers resume where they last ran: after the previous packet (above), at the
     # highest sequence number the slot has seen (new data after a retransmission), after the latest
     # retransmission (the next one of a series), or at the hole our ACKs point to (the lost packet was the
     # retransmission that fills it): guesses from ``high``, ``back`` and ``hole`` too, within REPAIR_SPAN.
     for point in (state.high, state.back, hole):
         if point is not None and 0 < (point - state.seq + REPAIR_SPAN) & 0xFFFFFFFF <= 2 * REPAIR_SPAN:
-            guesses += [((point + lost * last_data) & 0xFFFFFFFF, ack & 0xFFFFFFFF, lost + 1)
-                        for lost in range(REPAIR_LIMIT + 1)]
+            guesses += [((point + off) & 0xFFFFFFFF, ack & 0xFFFFFFFF, lost + 1)
+                        for lost in range(REPAIR_LIMIT + 1) for off in offsets[lost]]
     return guesses
 
 
@@ -621,6 +639,7 @@ class VjDecompressor(object):
             data_len = state.total - state.header_len
             state.high = old.high
             state.back = old.back
+            state.top = max(old.top, state.top)
             state.advance(state.seq, data_len)
         steady = old is not None and slot == self._current and (old.ack, old.window) == (state.ack, state.window)
         self._run = self._run + 1 if steady else 1
@@ -711,7 +730,8 @@ class VjDecompressor(object):
         seq, ack, _window, _urgent, _flags, ident, pos = fields
         payload = data[pos:]
         hole = self._ours(state)[1]
-        found = _verified(state, _guesses(state, seq, ack, interactive, hole), payload, state.header_len + end - pos,
+        found = _verified(state, _guesses(state, seq, ack, interactive, len(payload), hole), payload,
+                          state.header_len + end - pos,
                           fields, checksum)
         if found is not None:
             # The lost packet may have named another slot: if this one fits another slot as well, it is tossed.
@@ -722,7 +742,8 @@ class VjDecompressor(object):
                     theirs = _apply(st, changes, data, start, end)
                 except ParseError:
                     continue
-                if _verified(st, _guesses(st, theirs[0], theirs[1], interactive, self._ours(st)[1]), data[theirs[6]:],
+                if _verified(st, _guesses(st, theirs[0], theirs[1], interactive, end - theirs[6], self._ours(st)[1]),
+                             data[theirs[6]:],
                              st.header_len + end - theirs[6], theirs, checksum) is not None:
                     found = None
                     break
