@@ -878,7 +878,9 @@ class IPStack(object):
         if rec is not None:
             if seg.seg_len:
                 rec.last_activity = now
-                if 0 < len(seg.payload) <= SMALL_PAYLOAD:
+                # A short segment right after full-sized ones is the tail of a bulk write the client's TCP cut
+                # in two where its buffers end (Linux sends 579 + 2 of a 581-byte MSS), not a keystroke.
+                if 0 < len(seg.payload) <= SMALL_PAYLOAD and not rec.conn.streaming:
                     self._interactive(rec, now)
                 elif len(seg.payload) > SMALL_PAYLOAD:
                     self._bulk_in_at = now

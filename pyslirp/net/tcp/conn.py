@@ -78,6 +78,7 @@ ADDITIONS to the contract (all optional, nothing above changed):
                                       # at least every second): 1 lets a small window keep a slow line busy
     conn.dup_thresh = 3 or 1          # duplicate ACKs that make a fast retransmit; 1 on a path that never
                                       # reorders (a serial line; see "Retransmission")
+    conn.streaming                    # the client's latest data segment was a bulk one (> SMALL_SEGMENT)
     conn.reack_ms = n or None         # send an ACK of new data again if a streaming client stays silent
                                       # this long (see "Acknowledgements again"); counted in conn.reacks
     conn.suspend(now)             # the link is down but may come back: send nothing, run no timer but
@@ -175,7 +176,7 @@ more until our ACK comes, and if that ACK is lost on a noisy line it waits for
 its retransmission timer (a second and more on a slow line: its RTO grows with
 the queue in front of its segments), although everything arrived.  So when
 ``reack_ms`` is set (the stack sets it on a slow line) and the client was
-streaming (its latest data segment full-sized, no FIN yet), an ACK that
+streaming (its latest data segment a bulk one, no FIN yet), an ACK that
 acknowledged new data arms a timer; any segment from the client stops it, and
 if none came within ``reack_ms`` the same ACK goes once more (``reacks``).  A
 lost ACK then costs ``reack_ms`` (a few of the client's segments' line time)
@@ -423,7 +424,7 @@ class TcpConnection(object):
         self._rcv_mss_est = min(self.our_mss, DEFAULT_MSS)
         self._ack_now = False
         self._delack_at = None
-        self._streaming = False         # the client's latest data segment was full-sized
+        self._streaming = False         # the client's latest data segment was a bulk one (> SMALL_SEGMENT)
         self._reack_at = None           # when to send the latest ACK again (reack_ms)
         self._reacked = self.rcv_nxt    # the ACK the re-ACK timer was last armed for
 
@@ -1128,6 +1129,11 @@ class TcpConnection(object):
         return out
 
     @property
+    def streaming(self):
+        """The client's latest data segment was a bulk one (more than SMALL_SEGMENT bytes)."""
+        return self._streaming
+
+    @property
     def pending_output(self):
         if self._suspended_at is not None:
             return False
@@ -1784,7 +1790,7 @@ class TcpConnection(object):
         if not payload and not fin:
             return
         if payload:
-            self._streaming = len(payload) >= self._rcv_mss_est
+            self._streaming = len(payload) > SMALL_SEGMENT
         if seq == nxt:
             if payload:
                 self._deliver(payload, now)
