@@ -72,10 +72,6 @@ class Reassembler(object):
     def __bool__(self):
         return bool(self._starts)
 
-    def extent(self):
-        """The end offset of the highest range held (0 when empty)."""
-        return self._starts[-1] + len(self._data[-1]) if self._starts else 0
-
     def ranges(self):
         """[(start, end)] offsets, ascending."""
         return [(s, s + len(d)) for s, d in zip(self._starts, self._data)]

@@ -785,15 +785,10 @@ class TcpConnection(object):
         """The window we could offer now: free buffer space, at most ``rcv_limit``.
 
         The limit bounds what the client may have in flight toward us (its queue toward a slow line), not
-        our buffering: bytes received but not yet taken by the service do not count against it, nor do the
-        bytes up to the highest out-of-order data held (a hole at RCV.NXT would otherwise close the window
-        on a client that has its retransmission and new data to send: with the window all in flight, a
-        lost retransmission is found only by its timer, as nothing sent after it can be SACKed).
+        our buffering: bytes received but not yet taken by the service do not count against it.
         """
         space = max(0, self.config.rcvbuf - len(self._rx) - self._rx_unconsumed)
         limit = self._rcv_buf()
-        if self.rcv_limit:
-            limit += self._ooo.extent()
         return space if space < limit else limit
 
     def _window_candidate(self):
