@@ -111,7 +111,7 @@ def guest_capture(ifname, out):
         f.write(struct.pack("<IHHiIII", 0xa1b2c3d4, 2, 4, 0, 0, 80, 101))
         signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
         while True:
-            data, addr = s.recvfrom(65536)
+            data, _addr = s.recvfrom(65536)
             t = time.time()
             snap = data[:80]
             f.write(struct.pack("<IIII", int(t), int((t % 1) * 1e6), len(snap), len(data)) + snap)
