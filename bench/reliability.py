@@ -100,6 +100,24 @@ def guest_upload(port, seed, size, out):
                     sha256=hashlib.sha256(data).hexdigest()))
 
 
+def guest_capture(ifname, out):
+    """Headers (80 bytes) of every IP packet on ``ifname`` both ways, as a pcap (LINKTYPE_RAW), until killed:
+    what the guest's TCP sent and received, after PPP's decompression (pyslirp's --pcap has the frames as they
+    crossed the line, VJ- and Deflate-compressed)."""
+    import struct
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0003))
+    s.bind((ifname, 0))
+    with open(out, "wb") as f:
+        f.write(struct.pack("<IHHiIII", 0xa1b2c3d4, 2, 4, 0, 0, 80, 101))
+        signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+        while True:
+            data, _addr = s.recvfrom(65536)
+            t = time.time()
+            snap = data[:80]
+            f.write(struct.pack("<IIII", int(t), int((t % 1) * 1e6), len(snap), len(data)) + snap)
+            f.flush()
+
+
 def guest_restart(port, results, out):
     """An echo session across a service restart, in step with the host through flag files in ``results``."""
     def flag(name):
@@ -163,6 +181,8 @@ def guest_main(argv):
         guest_download(int(argv[1]), argv[2])
     elif mode == "upload":
         guest_upload(int(argv[1]), int(argv[2]), int(argv[3]), argv[4])
+    elif mode == "capture":
+        guest_capture(argv[1], argv[2])
     elif mode == "restart":
         guest_restart(int(argv[1]), argv[2], argv[3])
     else:
@@ -182,6 +202,7 @@ class Session(object):
     """One pyslirp and one guest running ``body`` between pppd up and down (see ``run``)."""
 
     debug = False
+    pcap = False            # ``--pcap``: pyslirp writes RUNDIR/ber/pyslirp/pyslirp.pcap (with --keep)
     settings = ()           # "SECTION.KEY=VALUE" overrides for every row's pyslirp
 
     def __init__(self, basedir, name, config, body, relay_factory=None, timeout=240):
@@ -189,7 +210,7 @@ class Session(object):
         parse_set(self.settings, config)
         self.lab = uml.Lab(os.path.join(basedir, name))
         os.makedirs(self.lab.basedir, exist_ok=True)
-        self.slirp = self.lab.start_pyslirp(config, debug=self.debug)
+        self.slirp = self.lab.start_pyslirp(config, debug=self.debug, pcap=self.pcap)
         script = ppp_session_script(body)
         kw = {"relay_factory": relay_factory} if relay_factory is not None else {}
         self.guest = self.lab.boot_guest(script, slirp=self.slirp, timeout=timeout, name="guest", **kw)
@@ -219,13 +240,19 @@ def row_ber(args):
                            "5002": {"host": "127.0.0.1", "port": source.port, "name": "source"}},
               "serial": {"baudrate": 115200}}
     imp = Impairments(baud=115200, ber=args.ber)
-    body = "\n".join([guest_cmd("download", 5002, '"$RESULTS/dl.json"'),
-                      guest_cmd("upload", 5001, args.seed + 1, size, '"$RESULTS/ul.json"')])
+    # The guest's TCP counters around each transfer (nstat: absolute values, history left alone).
+    capture = [guest_cmd("capture", "ppp0", '"$RESULTS/guest.pcap"') + " & CAPTURE=$!"] if args.pcap else []
+    body = "\n".join(capture + ['nstat -asz > "$RESULTS/nstat0.txt" 2>/dev/null',
+                      guest_cmd("download", 5002, '"$RESULTS/dl.json"'),
+                      'nstat -asz > "$RESULTS/nstat1.txt" 2>/dev/null',
+                      guest_cmd("upload", 5001, args.seed + 1, size, '"$RESULTS/ul.json"'),
+                      'nstat -asz > "$RESULTS/nstat2.txt" 2>/dev/null'] + (['kill $CAPTURE'] if args.pcap else []))
     s = Session(args.basedir, "ber", config, body, linkrelay.EmulatedRelay.factory(imp, seed=args.seed))
     try:
         res = s.finish()
         dl, ul = guest_json(res, "dl.json"), guest_json(res, "ul.json")
         counters = s.guest.relay.counters
+        nstat = [_nstat(res.read("nstat%d.txt" % i)) for i in range(3)]
     finally:
         source.stop()
         sink.stop()
@@ -235,10 +262,38 @@ def row_ber(args):
     dl_frac = size / (dl["end"] - dl["first"]) / LINE_RATE if dl_ok else 0.0
     ul_frac = size / (ul["end"] - ul["t0"]) / LINE_RATE if ul_ok else 0.0
     flips = counters["to_guest"]["bits_flipped"], counters["from_guest"]["bits_flipped"]
+    guest_tcp = {"down": _nstat_delta(nstat[0], nstat[1]), "up": _nstat_delta(nstat[1], nstat[2])}
+    if args.verbose:
+        for phase in ("down", "up"):
+            sys.stderr.write("guest TCP counters during the %s: %s\n" % (phase, " ".join(
+                "%s=%d" % kv for kv in sorted(guest_tcp[phase].items()))))
     return dict(ok=dl_ok and ul_ok and dl_frac >= 0.8 and ul_frac >= 0.8,
                 text="down %.2f, up %.2f of the line (%s; %d + %d bits flipped)" % (
                     dl_frac, ul_frac, "intact" if dl_ok and ul_ok else "NOT INTACT", flips[0], flips[1]),
-                down=dl_frac, up=ul_frac, intact=dl_ok and ul_ok, bits_flipped=flips)
+                down=dl_frac, up=ul_frac, intact=dl_ok and ul_ok, bits_flipped=flips, guest_tcp=guest_tcp)
+
+
+GUEST_COUNTERS = ("TcpRetransSegs", "TcpExtTCPTimeouts", "TcpExtTCPLossProbes", "TcpExtTCPLossProbeRecovery",
+                  "TcpExtTCPSackRecovery", "TcpExtTCPFastRetrans", "TcpExtTCPLostRetransmit",
+                  "TcpExtTCPSlowStartRetrans", "TcpExtTCPSpuriousRTOs", "TcpExtTCPDSACKRecv",
+                  "TcpExtTCPDSACKOldSent", "TcpExtTCPDSACKOfoSent", "TcpExtTCPSACKReorder", "TcpExtTCPOFOQueue",
+                  "TcpExtTCPRenoRecovery", "TcpExtTCPSpuriousRtxHostQueues", "TcpExtTCPAbortOnTimeout",
+                  "TcpOutSegs", "TcpInSegs", "TcpInErrs", "TcpExtTCPSACKReneging", "TcpExtTCPLossUndo",
+                  "TcpExtTCPFullUndo", "TcpExtTCPPartialUndo", "TcpExtTCPDSACKUndo")
+
+
+def _nstat(text):
+    """``nstat -asz`` output as {name: value} (empty if the guest has no nstat)."""
+    out = {}
+    for line in (text or "").splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1].isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+def _nstat_delta(before, after):
+    return {k: after.get(k, 0) - before.get(k, 0) for k in GUEST_COUNTERS if k in after}
 
 
 def row_cut(args):
@@ -506,8 +561,12 @@ def main(argv=None):
                    help="pyslirp configuration override of every row's pyslirp (the clients row: the server's), "
                         "e.g. ppp.compression=none (repeatable)")
     p.add_argument("--debug", action="store_true", help="run pyslirp with -d (slower: debug logging)")
+    p.add_argument("--pcap", action="store_true", help="pyslirp writes a capture of its PPP link, the guest one of its "
+                                                              "IP packets on ppp0 (guest.pcap; see --keep)")
+    p.add_argument("-v", "--verbose", action="store_true", help="ber: print the guest's TCP counters")
     a = p.parse_args(argv)
     Session.debug = a.debug
+    Session.pcap = a.pcap
     Session.settings = tuple(a.set)
     only = set(x.strip() for x in a.only.split(",")) if a.only else None
     rows = [r for r in ROWS if only is None or r[0] in only]

@@ -794,3 +794,24 @@ def test_echoed_keystrokes_keep_the_window_field_once_the_line_turns_interactive
         c.deliver(answers[0], now, ack=False)   # the next keystroke acknowledges it
     assert c.conn.rcv_limit == stack_mod.MIN_WINDOW_SEGMENTS * c.conn.our_mss     # interactive all along
     assert len(set(windows)) == 1, windows
+
+
+def test_the_short_tails_of_an_upload_are_no_interactive_traffic():
+    # Linux now and then sends a full-sized segment's worth as two (579 + 2 bytes of a 581-byte MSS): those 2-byte
+    # segments of an upload must not turn the line interactive (a two-segment window for the upload itself).
+    stack = make_stack(rate=RATE)
+    up = Client(stack, 40001)
+    conn = up.conn
+    mss = conn.our_mss
+    bulk_window = mss * max(stack_mod.BULK_WINDOW_SEGMENTS, int(RATE * stack_mod.WINDOW_TIME) // mss)
+    t = 10
+    for _ in range(4):                                  # (within the window: the service reads nothing here)
+        up.send(tcp.ACK, pattern(mss - 2), now=t)
+        up.send(tcp.ACK | tcp.PSH, pattern(2), now=t + 1)
+        t += 50
+    stack.take_packets(-1)
+    assert conn.rcv_limit == bulk_window and conn.ack_every == 2
+    # Keystrokes after the upload still are.
+    for i in range(3):
+        up.send(tcp.ACK | tcp.PSH, b"x", now=t + 100 * i)
+    assert conn.rcv_limit == stack_mod.MIN_WINDOW_SEGMENTS * mss and conn.ack_every == 1

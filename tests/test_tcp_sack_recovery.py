@@ -146,3 +146,40 @@ def test_a_dsack_is_no_duplicate_ack_on_a_serial_line():
     h.send(ACK, ack=segs[0].seq, at=t + 7)
     assert [s.seq for s in h.recv(at=t + 7) if s.payload][:1] == [segs[0].seq]
     assert h.conn.fast_retransmits == 1
+
+
+def _streaming(reack_ms):
+    h = Conn(sack=True, mss=536)
+    h.conn.reack_ms = reack_ms
+    for i in range(4):
+        h.send(ACK, payload=pattern(536, i), at=10 * i)
+    acks = h.recv(at=40)
+    assert acks and acks[-1].ack == h.cseq and not acks[-1].payload
+    return h
+
+
+def test_a_streaming_client_that_falls_silent_gets_our_latest_ack_again():
+    # Its window all in flight, a client whose ACK was lost on the line waits for its retransmission timer;
+    # the same ACK again after reack_ms of silence lets it go on (conn.py "Acknowledgements again").
+    h = _streaming(150)
+    assert h.recv(at=40 + 149) == []
+    again = h.recv(at=40 + 150)
+    assert [(s.ack, len(s.payload)) for s in again] == [(h.cseq, 0)] and h.conn.reacks == 1
+    # Once: nothing more while the client stays silent.
+    assert h.recv(at=2000) == [] and h.conn.reacks == 1
+
+
+def test_no_ack_again_when_the_client_goes_on_or_without_reack_ms():
+    h = _streaming(150)
+    h.send(ACK, payload=pattern(536, 9), at=100)        # the client is not silent: the timer (190) stops
+    assert h.recv(at=249) == [] and h.conn.reacks == 0   # (its delayed ACK is due at 300)
+    off = _streaming(None)
+    assert off.recv(at=5000) == [] and off.conn.reacks == 0
+
+
+def test_a_slow_line_sets_reack_ms_from_the_clients_segments():
+    stack = make_stack(rate=RATE)
+    conn = Client(stack, 40001).conn
+    assert conn.reack_ms == max(stack_mod.MIN_REACK_MS,
+                                stack_mod.REACK_SEGMENTS * 1000 * (conn.our_mss + 40) // RATE)
+    assert Client(make_stack(rate=stack_mod.SLOW_LINE), 40002).conn.reack_ms is None

@@ -7,7 +7,7 @@ The peer is test_link's pppd-like client asking, as pppd does, for ``<compress V
 import random
 
 from test_link import IP, IPCP, PPPD_IPCP, Client, make_link
-from test_vj import ACK, PSH, tcp_packet
+from test_vj import ACK, PSH, SYN, tcp_packet
 from pyslirp.ppp.events import IPReceived
 from pyslirp.wire import hdlc
 from pyslirp.wire import ppp as wppp
@@ -113,6 +113,9 @@ def test_a_frame_lost_on_the_line_tosses_the_decompressor():
 def test_a_frame_lost_on_the_line_is_repaired_after_a_run_of_bulk_segments():
     link, client = vj_session()
     up = segments(PEER, US, 40000, 22, 14, start=5000, ack=4000)
+    # Our SYN-ACK went out on the link: the peer's ack of 4000 covers everything we sent.
+    link.ipcp.vj.compress(wppp.PROTO_IP, tcp_packet(seq=3999, ack=5000, flags=SYN | ACK, sport=22, dport=40000,
+                                                    src=US, dst=PEER))
     for p in up[:10]:
         client.send_tcp(p)
     proto, data = client.tx.compress(up[10])

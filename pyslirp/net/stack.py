@@ -117,6 +117,11 @@ upload, waits that long.  Therefore:
   noise: at a bit error rate of 1e-5 a 1500-byte frame is lost one time in
   nine, a 576-byte one in twenty-two) our bulk segments are cut to
   SEGMENT_TIME of line time too, for LOSSY_HOLD after the latest such loss;
+* a client that streamed to us and fell silent for REACK_SEGMENTS of its
+  segments' line time after an ACK of ours that acknowledged new data may
+  have lost that ACK (its window all in flight, it waits for its
+  retransmission timer): the ACK goes once more (``conn.reack_ms``, see
+  net/tcp/conn.py "Acknowledgements again");
 * a serial line neither reorders nor duplicates, so on a slow line every
   connection takes the first duplicate ACK, or any ACK whose SACK blocks
   leave a hole at SND.UNA, for a loss (``conn.dup_thresh`` 1, see
@@ -230,6 +235,8 @@ WINDOW_TIME = 0.5           # s of line time: the receive window on a slow line,
 INTERACTIVE_WINDOW_TIME = 0.1   # s of line time: ... while interactive traffic shares it
 INTERACTIVE_HOLD = 5000     # ms: a connection that carried small segments this recently is interactive
 INTERACTIVE_SEGMENTS = 3    # ... and this many of them, without a pause of INTERACTIVE_HOLD
+REACK_SEGMENTS = 3          # a streaming client silent for this many of its segments' line time: ACK again
+MIN_REACK_MS = 50           # ... but never sooner than this
 LOSSY_HOLD = 30000          # ms: after a segment of ours was lost on a slow line, bulk segments stay short this long
 MIN_WINDOW_SEGMENTS = 2     # the receive window never goes below two of the client's segments
 BULK_WINDOW_SEGMENTS = 6    # ... nor below six while only bulk flows (a client that keeps running into the
@@ -623,9 +630,18 @@ class IPStack(object):
                 conn.ack_every = ack_every
                 self._ready.add(rec.key)    # a window update, larger segments or an ACK may be due
             conn.rto_slack = self._rto_slack(conn, rate)
+            conn.reack_ms = self._reack_ms(conn, rate)
             # A serial line neither reorders nor duplicates: the first duplicate ACK is a loss (RFC 8985 2.2 on
             # why a fixed three is only a guess at the path's reordering).
             conn.dup_thresh = 1 if rate and rate < SLOW_LINE else DUP_THRESH
+
+    @staticmethod
+    def _reack_ms(conn, rate):
+        """On a slow line: how long a streaming client may stay silent before our latest ACK goes again
+        (REACK_SEGMENTS of its segments' line time; see "Fitting a slow line")."""
+        if not rate or rate >= SLOW_LINE:
+            return None
+        return max(MIN_REACK_MS, REACK_SEGMENTS * 1000 * (conn.our_mss + IP_TCP_HEADER) // int(rate))
 
     def _rto_slack(self, conn, rate):
         """What a slow line's queueing may add to one round trip (ms), the least RTO variation term.
@@ -868,7 +884,9 @@ class IPStack(object):
         if rec is not None:
             if seg.seg_len:
                 rec.last_activity = now
-                if 0 < len(seg.payload) <= SMALL_PAYLOAD:
+                # A short segment right after full-sized ones is the tail of a bulk write the client's TCP cut
+                # in two where its buffers end (Linux sends 579 + 2 of a 581-byte MSS), not a keystroke.
+                if 0 < len(seg.payload) <= SMALL_PAYLOAD and not rec.conn.streaming:
                     self._interactive(rec, now)
                 elif len(seg.payload) > SMALL_PAYLOAD:
                     self._bulk_in_at = now

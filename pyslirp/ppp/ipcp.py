@@ -372,6 +372,8 @@ class VjStage(Transform):
         self.compressor = self.decompressor = None
 
     def compress(self, protocol, info):
+        if protocol == wppp.PROTO_IP and self.decompressor is not None:
+            self.decompressor.sent(info)        # what the peer's acks can reach (VjDecompressor's repair)
         if protocol != wppp.PROTO_IP or self.compressor is None:
             return protocol, info
         if self._noisy:

@@ -83,19 +83,31 @@ format).  Waiting for the retransmission costs the sender a retransmission
 timeout per damaged frame: every segment after the lost one is discarded, so
 the receiving TCP sees no out-of-order data and sends no duplicate ACK.  While
 tossing, a compressed packet for the current slot is therefore rebuilt anyway,
-provided the last ``REPAIR_RUN`` packets all were on that slot (a single bulk
-transfer: a lost packet is then unlikely to have named another slot),
-assuming the packets lost on that slot (0 up to ``REPAIR_LIMIT``) each carried
-as much data as the last one it knows of (a bulk transfer's full-sized
-segments), and the rebuilt packet is kept only if its TCP checksum, which
-travels verbatim and was computed over the true header, verifies.  The first
-guess that verifies resynchronises the slot (counted in ``repaired``); if none
-does, the packet is tossed as before.  The guesses cannot verify by accident
-against each other: they differ only in seq (and, for SPECIAL_I, ack) by
-multiples of the data length, less than 65535 in all, which changes the one's
-complement sum; what remains is the TCP checksum's usual 2^-16 for a packet
-that belonged to another slot after all, the same risk the stale rebuild
-above already takes.  The lost segments themselves are then an
+provided the slot carries a steady one-way stream: the last ``REPAIR_RUN``
+packets (three: the handshake's last ACK and two segments are enough, so a
+loss at the start of an upload is repaired too) were all on that slot with the
+same ack and window, this packet changes neither, and the slot's ack covers
+everything we sent on that connection (:meth:`VjDecompressor.sent` sees our
+packets before compression).  That last condition is what makes the guess
+sound: the TCP checksum, a one's complement sum, cannot tell a sequence
+number too high by d from an ack too low by d, and a lost packet that
+acknowledged our data would be just that; with nothing of ours unacknowledged
+the lost packet cannot have moved the ack.  The guesses: 0 up to
+``REPAIR_LIMIT`` lost packets, each carrying as much data as the last one
+known, the largest one seen on the slot, the packet at hand, or what the last
+one lacked of the largest (a bulk transfer's full-sized segments, and the two
+parts a sender now and then cuts one into), counted from the previous
+packet, from the highest sequence number the slot has seen (new data after a
+retransmission resumes there), from the end of the latest retransmission
+(the next one of a go-back series) and from our latest ack on the connection
+(the hole: the lost packet was its retransmission); the rebuilt packet is kept only if its TCP
+checksum, which travels verbatim and was computed over the true header,
+verifies.  The first guess that verifies resynchronises the slot (counted in
+``repaired``), unless the packet verifies on another slot too (the lost packet
+may have named it): then, as when none verifies, it is tossed.  The guesses
+differ from the true header only in seq, by less than 2 * ``REPAIR_SPAN``
+and ``REPAIR_LIMIT`` segments, well below 65535 (the receive windows on such a
+link are far smaller), which always changes the one's complement sum.  The lost segments themselves are then an
 ordinary TCP loss: the packets after them arrive out of order, the receiver
 SACKs, and the sender's fast retransmit fills the hole.
 
@@ -117,6 +129,7 @@ sliced once.
 """
 
 from collections import OrderedDict
+from itertools import combinations_with_replacement
 
 import struct
 
@@ -171,12 +184,15 @@ _CONTROL = SYN | FIN | RST | ACK
 _FLAGS_CARRIED = PSH | URG                     # the only flag bits a compressed header can change
 
 _U16 = struct.Struct("!H")
+_PORTS = struct.Struct("!HH")
 _LONG_DELTA = struct.Struct("!BH")             # 0x00, then the value in two octets
 _MASK_SLOT = struct.Struct("!BB")
 _SHORT_DELTA = [bytes((i,)) for i in range(256)]
 _MAX_DELTA = 0xFFFF
 REPAIR_LIMIT = 4                               # lost packets per slot a repair may assume (RFC 2507 10.1)
-REPAIR_RUN = 8                                 # ... only after this many packets in a row on the slot
+REPAIR_RUN = 3                                 # ... only after this many packets in a row on the slot
+SENT_CONNECTIONS = 256                         # connections whose sent data the decompressor remembers
+REPAIR_SPAN = 0x4000                           # guesses from the slot's highest data lie at most this far ahead
 
 
 def _encode(value):
@@ -226,7 +242,7 @@ class _RxSlot(object):
 
     __slots__ = ("ver_ihl", "tos", "total", "ident", "frag", "ttl", "src", "dst", "ip_options",
                  "sport", "dport", "seq", "ack", "offset", "flags", "window", "urgent", "tcp_options",
-                 "header_len")
+                 "header_len", "high", "back", "top")
 
     def __init__(self, packet, ip_len, tcp_len):
         (self.ver_ihl, self.tos, self.total, self.ident, self.frag, self.ttl, _proto, _csum,
@@ -236,6 +252,106 @@ class _RxSlot(object):
         self.ip_options = packet[IP_HEADER_LEN:ip_len]
         self.tcp_options = packet[ip_len + TCP_HEADER_LEN:ip_len + tcp_len]
         self.header_len = ip_len + tcp_len
+        self.high = (self.seq + self.total - self.header_len) & 0xFFFFFFFF   # the end of the highest data seen
+        self.back = None            # the end of the latest data below ``high`` (a retransmission), if any
+        self.top = self.total - self.header_len     # the most data one packet on the slot carried
+
+    def advance(self, seq, data_len):
+        """Remember where data of ``data_len`` at ``seq`` ended: beyond ``high`` (by less than 2^31: wrap-safe)
+        it moves ``high``, short of it it was a retransmission (``back``)."""
+        end = (seq + data_len) & 0xFFFFFFFF
+        if data_len > self.top:
+            self.top = data_len
+        ahead = (end - self.high) & 0xFFFFFFFF
+        if 0 < ahead < 0x80000000:
+            self.high = end
+        elif ahead and data_len:
+            self.back = end
+
+
+def _apply(state, changes, data, pos, end):
+    """The deltas at ``pos`` applied to slot ``state`` (RFC 1144 section 3.2.4, nothing committed):
+    ``(seq, ack, window, urgent, flags, ident, pos)``, seq and ack not yet reduced modulo 2^32."""
+    seq = state.seq
+    ack = state.ack
+    window = state.window
+    urgent = state.urgent
+    flags = state.flags & ~_FLAGS_CARRIED
+    if changes & TCP_PUSH_BIT:
+        flags |= PSH
+    special = changes & SPECIALS_MASK
+    if special == SPECIAL_I:
+        last_data = state.total - state.header_len
+        seq += last_data
+        ack += last_data
+    elif special == SPECIAL_D:
+        seq += state.total - state.header_len
+    else:
+        if changes & NEW_U:
+            flags |= URG
+            urgent, pos = _decode(data, pos, end)
+        if changes & NEW_W:
+            delta, pos = _decode(data, pos, end)
+            window = (window + delta) & 0xFFFF
+        if changes & NEW_A:
+            delta, pos = _decode(data, pos, end)
+            ack += delta
+        if changes & NEW_S:
+            delta, pos = _decode(data, pos, end)
+            seq += delta
+    if changes & NEW_I:
+        delta, pos = _decode(data, pos, end)
+        ident = (state.ident + delta) & 0xFFFF
+    else:
+        ident = (state.ident + 1) & 0xFFFF
+    return seq, ack, window, urgent, flags, ident, pos
+
+
+def _lost_offsets(sizes):
+    """{packets lost: the sorted distinct data lengths they may have carried in all}, 0 to REPAIR_LIMIT lost,
+    each carrying one of ``sizes``."""
+    return [sorted(set(sum(c) for c in combinations_with_replacement(sizes, lost)))
+            for lost in range(REPAIR_LIMIT + 1)]
+
+
+def _guesses(state, seq, ack, interactive, data_len, hole=None):
+    """(seq, ack, packets lost) a repair tries on slot ``state`` (see "Repair"), most likely first."""
+    last_data = state.total - state.header_len
+    if not last_data:
+        return [(seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 0)]
+    # Each lost packet carried as much as the last one known, the largest one seen on the slot, this one, or
+    # what the last one lacked of the largest (a sender cuts a bulk stream into full-sized segments, and now
+    # and then one into two where its buffers end: Linux sends 579 + 2 bytes of a 581-byte MSS).
+    sizes = tuple(sorted(set(n for n in (last_data, state.top, data_len, state.top - last_data) if n > 0)))
+    offsets = _lost_offsets(sizes)
+    guesses = [((seq + off) & 0xFFFFFFFF, (ack + off if interactive else ack) & 0xFFFFFFFF, lost)
+               for lost in range(REPAIR_LIMIT + 1) for off in offsets[lost]]
+    # A sender's sequence numbers resume where they last ran: after the previous packet (above), at the
+    # highest sequence number the slot has seen (new data after a retransmission), after the latest
+    # retransmission (the next one of a series), or at the hole our ACKs point to (the lost packet was the
+    # retransmission that fills it): guesses from ``high``, ``back`` and ``hole`` too, within REPAIR_SPAN.
+    for point in (state.high, state.back, hole):
+        if point is not None and 0 < (point - state.seq + REPAIR_SPAN) & 0xFFFFFFFF <= 2 * REPAIR_SPAN:
+            guesses += [((point + off) & 0xFFFFFFFF, ack & 0xFFFFFFFF, lost + 1)
+                        for lost in range(REPAIR_LIMIT + 1) for off in offsets[lost]]
+    return guesses
+
+
+def _verified(state, guesses, payload, total, fields, checksum):
+    """The first of ``guesses`` whose rebuilt TCP header verifies the carried checksum over ``payload``, or None."""
+    _seq, _ack, window, urgent, flags, _ident, _pos = fields
+    tcp_len = total - IP_HEADER_LEN - len(state.ip_options)
+    base = ones_sum(state.tcp_options + payload, pseudo_header_sum(state.src, state.dst, PROTO_TCP, tcp_len))
+    tried = set()
+    for guess in guesses:
+        s, a, _lost = guess
+        if (s, a) in tried:
+            continue
+        tried.add((s, a))
+        header = TCP_HEADER.pack(state.sport, state.dport, s, a, state.offset, flags, window, checksum, urgent)
+        if internet_checksum(header, base) == 0:
+            return guess
+    return None
 
 
 class VjCompressor(object):
@@ -429,11 +545,39 @@ class VjDecompressor(object):
         self.tossed = 0
         self.errors = 0
         self.repaired = 0
-        self._run = 0               # packets in a row on the current slot
+        self._run = 0               # packets in a row on the current slot with the same ack and window
+        # (our address, peer address, our port, peer port) -> (end of what we sent, the ack we sent last)
+        self._sent = OrderedDict()
         self._state = [None] * self.slots
         self._current = None
         # Like slhc_init: no implicit-slot packet makes sense before an explicit slot number.
         self._toss = True
+
+    def sent(self, packet):
+        """An IPv4 packet we send on the link, before compression: a TCP segment's end (seq + data, SYN and
+        FIN) is remembered for its connection (SENT_CONNECTIONS at most), the most the peer's ack can reach,
+        and its ack, where the peer's retransmissions start (see "Repair")."""
+        n = len(packet)
+        if n < IP_HEADER_LEN + TCP_HEADER_LEN or packet[IP_PROTOCOL_OFFSET] != PROTO_TCP:
+            return
+        ip_len = (packet[0] & 0x0F) * 4
+        if ip_len < IP_HEADER_LEN or n < ip_len + TCP_HEADER_LEN:
+            return
+        _sport, _dport, seq, ack, offset, flags, _w, _c, _u = TCP_HEADER.unpack_from(packet, ip_len)
+        end = (seq + max(0, n - ip_len - (offset >> 4) * 4) + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)) \
+            & 0xFFFFFFFF
+        key = packet[IP_ADDRS_OFFSET:IP_HEADER_LEN] + packet[ip_len:ip_len + TCP_PORTS_LEN]
+        sent = self._sent
+        old = sent.pop(key, None)
+        if old is not None and not 0 <= (end - old[0]) & 0xFFFFFFFF < 0x80000000:
+            end = old[0]            # a retransmission: what was sent before went further
+        sent[key] = (end, ack if flags & ACK else None)
+        if len(sent) > SENT_CONNECTIONS:
+            sent.popitem(last=False)
+
+    def _ours(self, state):
+        """(end of what we sent, our latest ack) on the slot's connection, or (None, None)."""
+        return self._sent.get(state.dst + state.src + _PORTS.pack(state.dport, state.sport), (None, None))
 
     @property
     def tossing(self):
@@ -487,8 +631,18 @@ class VjDecompressor(object):
         # The sender computed the IP checksum with the protocol byte at 6: it must verify as is.
         if internet_checksum(packet[:ip_len]) != 0:
             raise ParseError("bad_checksum", "IP header of uncompressed TCP, slot %d" % slot)
-        self._state[slot] = _RxSlot(packet, ip_len, tcp_len)
-        self._run = self._run + 1 if slot == self._current else 1
+        old = self._state[slot]
+        state = self._state[slot] = _RxSlot(packet, ip_len, tcp_len)
+        if old is not None and (old.src, old.dst, old.sport, old.dport) == (state.src, state.dst, state.sport,
+                                                                              state.dport):
+            # The same connection again (a retransmission goes uncompressed): its data went up to old.high.
+            data_len = state.total - state.header_len
+            state.high = old.high
+            state.back = old.back
+            state.top = max(old.top, state.top)
+            state.advance(state.seq, data_len)
+        steady = old is not None and slot == self._current and (old.ack, old.window) == (state.ack, state.window)
+        self._run = self._run + 1 if steady else 1
         self._current = slot
         self._toss = False
         self.uncompressed += 1
@@ -519,7 +673,11 @@ class VjDecompressor(object):
             state = self._state[slot]
             pos = 1
         repairing = self._toss and self.repair
-        if repairing and (slot != self._current or self._run < REPAIR_RUN):
+        # Only a steady one-way stream is repaired (see "Repair"): this packet moves no ack, window or urgent
+        # pointer either.
+        steady = changes & SPECIALS_MASK == SPECIAL_D or not changes & (NEW_A | NEW_W | NEW_U)
+        if repairing and (slot != self._current or self._run < REPAIR_RUN or not steady
+                          or self._ours(state)[0] != state.ack):
             if not changes & NEW_C:
                 self.tossed += 1
                 raise ParseError("tossed", "implicit slot while resynchronising")
@@ -528,49 +686,20 @@ class VjDecompressor(object):
             raise ParseError("truncated", "no TCP checksum")
         checksum = _U16.unpack_from(data, pos)[0]
         pos += TCP_CHECKSUM_LEN
+        start = pos
 
-        seq = state.seq
-        ack = state.ack
-        window = state.window
-        urgent = state.urgent
-        flags = state.flags & ~_FLAGS_CARRIED
-        if changes & TCP_PUSH_BIT:
-            flags |= PSH
-        special = changes & SPECIALS_MASK
-        if special == SPECIAL_I:
-            last_data = state.total - state.header_len
-            seq += last_data
-            ack += last_data
-        elif special == SPECIAL_D:
-            seq += state.total - state.header_len
-        else:
-            if changes & NEW_U:
-                flags |= URG
-                urgent, pos = _decode(data, pos, end)
-            if changes & NEW_W:
-                delta, pos = _decode(data, pos, end)
-                window = (window + delta) & 0xFFFF
-            if changes & NEW_A:
-                delta, pos = _decode(data, pos, end)
-                ack += delta
-            if changes & NEW_S:
-                delta, pos = _decode(data, pos, end)
-                seq += delta
-        if changes & NEW_I:
-            delta, pos = _decode(data, pos, end)
-            ident = (state.ident + delta) & 0xFFFF
-        else:
-            ident = (state.ident + 1) & 0xFFFF
+        fields = _apply(state, changes, data, pos, end)
+        seq, ack, window, urgent, flags, ident, pos = fields
         total = state.header_len + end - pos
         if total > IP_MAX_LEN:
             raise ParseError("bad_length", "rebuilt datagram of %d octets" % total)
         if repairing:
-            seq, ack, ident = self._repair(state, data[pos:], total, seq, ack, ident, flags, window, checksum,
-                                           urgent, special == SPECIAL_I)
+            seq, ack, ident = self._repair(slot, changes, data, start, end, fields, checksum)
 
         # Decoded: commit to the slot, then rebuild the headers.
         seq &= 0xFFFFFFFF
         ack &= 0xFFFFFFFF
+        steady = steady and slot == self._current and ack == state.ack and window == state.window
         state.total = total
         state.ident = ident
         state.seq = seq
@@ -578,7 +707,8 @@ class VjDecompressor(object):
         state.window = window
         state.urgent = urgent
         state.flags = flags
-        self._run = self._run + 1 if slot == self._current else 1
+        state.advance(seq, total - state.header_len)
+        self._run = self._run + 1 if steady else 1
         self._current = slot
         self._toss = False
         self.compressed += 1
@@ -591,18 +721,35 @@ class VjDecompressor(object):
         tcp = TCP_HEADER.pack(state.sport, state.dport, seq, ack, state.offset, flags, window, checksum, urgent)
         return b"".join((ip, tcp, state.tcp_options, data[pos:]))
 
-    def _repair(self, state, payload, total, seq, ack, ident, flags, window, checksum, urgent, interactive):
-        """While tossing: the (seq, ack, ident) whose rebuilt segment's TCP checksum verifies, assuming 0 to
-        REPAIR_LIMIT lost packets of the last known data length on this slot (see "Repair"); else tossed."""
-        last_data = state.total - state.header_len
-        tcp_len = total - IP_HEADER_LEN - len(state.ip_options)
-        base = ones_sum(state.tcp_options + payload, pseudo_header_sum(state.src, state.dst, PROTO_TCP, tcp_len))
-        for lost in range(REPAIR_LIMIT + 1 if last_data else 1):
-            s = (seq + lost * last_data) & 0xFFFFFFFF
-            a = (ack + lost * last_data) & 0xFFFFFFFF if interactive else ack
-            header = TCP_HEADER.pack(state.sport, state.dport, s, a, state.offset, flags, window, checksum, urgent)
-            if internet_checksum(header, base) == 0:
-                self.repaired += 1
-                return s, a, (ident + lost) & 0xFFFF
-        self.tossed += 1
-        raise ParseError("tossed", "no repair of slot %d verifies" % self._current)
+    def _repair(self, slot, changes, data, start, end, fields, checksum):
+        """While tossing: the (seq, ack, ident) for slot ``slot`` whose rebuilt segment's TCP checksum verifies,
+        assuming 0 to REPAIR_LIMIT lost packets (see "Repair"), provided no other slot's guesses verify too;
+        else tossed."""
+        interactive = changes & SPECIALS_MASK == SPECIAL_I
+        state = self._state[slot]
+        seq, ack, _window, _urgent, _flags, ident, pos = fields
+        payload = data[pos:]
+        hole = self._ours(state)[1]
+        found = _verified(state, _guesses(state, seq, ack, interactive, len(payload), hole), payload,
+                          state.header_len + end - pos,
+                          fields, checksum)
+        if found is not None:
+            # The lost packet may have named another slot: if this one fits another slot as well, it is tossed.
+            for other, st in enumerate(self._state):
+                if other == slot or st is None:
+                    continue
+                try:
+                    theirs = _apply(st, changes, data, start, end)
+                except ParseError:
+                    continue
+                if _verified(st, _guesses(st, theirs[0], theirs[1], interactive, end - theirs[6], self._ours(st)[1]),
+                             data[theirs[6]:],
+                             st.header_len + end - theirs[6], theirs, checksum) is not None:
+                    found = None
+                    break
+        if found is None:
+            self.tossed += 1
+            raise ParseError("tossed", "no repair of slot %d verifies" % slot)
+        s, a, lost = found
+        self.repaired += 1
+        return s, a, (ident + lost) & 0xFFFF

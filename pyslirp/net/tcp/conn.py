@@ -78,6 +78,9 @@ ADDITIONS to the contract (all optional, nothing above changed):
                                       # at least every second): 1 lets a small window keep a slow line busy
     conn.dup_thresh = 3 or 1          # duplicate ACKs that make a fast retransmit; 1 on a path that never
                                       # reorders (a serial line; see "Retransmission")
+    conn.streaming                    # the client's latest data segment was a bulk one (> SMALL_SEGMENT)
+    conn.reack_ms = n or None         # send an ACK of new data again if a streaming client stays silent
+                                      # this long (see "Acknowledgements again"); counted in conn.reacks
     conn.suspend(now)             # the link is down but may come back: send nothing, run no timer but
                                   # TIME_WAIT's, keep every byte and all sequence state
     conn.resume(now, mss_limit=None)  # the link is back (the same client): carry on at once (see "Link
@@ -168,8 +171,21 @@ FLAG_DSACKING_ACK).  When the client
 advertises a zero window the persist timer sends zero-length probes below
 SND.UNA (RFC 9293 3.8.6.1, RFC 1122 4.2.2.17) with backoff.
 
+Acknowledgements again: a client whose window is all in flight sends nothing
+more until our ACK comes, and if that ACK is lost on a noisy line it waits for
+its retransmission timer (a second and more on a slow line: its RTO grows with
+the queue in front of its segments), although everything arrived.  So when
+``reack_ms`` is set (the stack sets it on a slow line) and the client was
+streaming (its latest data segment a bulk one, no FIN yet), an ACK that
+acknowledged new data arms a timer; any segment from the client stops it, and
+if none came within ``reack_ms`` the same ACK goes once more (``reacks``).  A
+lost ACK then costs ``reack_ms`` (a few of the client's segments' line time)
+instead of an RTO; an ACK that was not lost arrives twice, which a SACK sender
+takes for no loss (no new SACK information) and every sender for one duplicate
+ACK, fewer than its threshold of three.
+
 Timers (integer ms deadlines, ``get_timer`` is their minimum): retransmission,
-persist (also the SWS override), delayed ACK, keepalive and TIME_WAIT.
+persist (also the SWS override), delayed ACK, re-ACK, keepalive and TIME_WAIT.
 
 Link outages: while the PPP link is down and may come back (the client's
 pppd restarting, a line cut and restored), the stack suspends the
@@ -369,6 +385,7 @@ class TcpConnection(object):
         self.window_probes = 0
         self.keepalives_sent = 0
         self.window_updates = 0
+        self.reacks = 0                 # ACKs sent again after a streaming client fell silent (reack_ms)
         self.counters = {}
 
         # Options negotiated from the SYN (we answer only what the client offered).
@@ -386,6 +403,7 @@ class TcpConnection(object):
         self.rcv_limit = None
         self.ack_every = 2
         self.dup_thresh = DUP_THRESH
+        self.reack_ms = None            # set by the stack (see the contract and "Acknowledgements again")
         self.peer_mss = syn.mss if syn.mss is not None else DEFAULT_MSS
         self.send_mss = max(MIN_MSS, min(self.peer_mss, mss_limit))   # payload + options per segment
 
@@ -406,6 +424,9 @@ class TcpConnection(object):
         self._rcv_mss_est = min(self.our_mss, DEFAULT_MSS)
         self._ack_now = False
         self._delack_at = None
+        self._streaming = False         # the client's latest data segment was a bulk one (> SMALL_SEGMENT)
+        self._reack_at = None           # when to send the latest ACK again (reack_ms)
+        self._reacked = self.rcv_nxt    # the ACK the re-ACK timer was last armed for
 
         # Send sequence space.
         self.iss = iss
@@ -623,7 +644,7 @@ class TcpConnection(object):
         self._persist_backoff = 0
         self._rtt.clear_backoff()
         self._last_ack_rx = now
-        self._rtx_at = self._persist_at = self._delack_at = None
+        self._rtx_at = self._persist_at = self._delack_at = self._reack_at = None
         if self._keepalive_at is not None:
             self._keepalive_at = now + self.config.keepalive * 1000
         if state is TcpState.SYN_RECEIVED:
@@ -842,6 +863,11 @@ class TcpConnection(object):
             self._ack_now = False
             self._delack_at = None
             self._rcv_unacked = 0
+            if self.reack_ms and self._streaming and not self._fin_received and self.rcv_nxt != self._reacked:
+                # New data acknowledged while the client streams: if it falls silent, this ACK may have
+                # been lost (see "Acknowledgements again").
+                self._reacked = self.rcv_nxt
+                self._reack_at = now + self.reack_ms
         self.segs_out += 1
         return TcpRepr(self.local_port, self.remote_port, seq & 0xFFFFFFFF, ack, flags, window,
                        sack_blocks=blocks, timestamp=ts, payload=payload)
@@ -1098,6 +1124,11 @@ class TcpConnection(object):
         return out
 
     @property
+    def streaming(self):
+        """The client's latest data segment was a bulk one (more than SMALL_SEGMENT bytes)."""
+        return self._streaming
+
+    @property
     def pending_output(self):
         if self._suspended_at is not None:
             return False
@@ -1144,7 +1175,8 @@ class TcpConnection(object):
         if self._suspended_at is not None:
             return self._tw_at                      # only TIME_WAIT runs while suspended
         best = None
-        for t in (self._tw_at, self._rtx_at, self._persist_at, self._delack_at, self._keepalive_at):
+        for t in (self._tw_at, self._rtx_at, self._persist_at, self._delack_at, self._keepalive_at,
+                  self._reack_at):
             if t is not None and (best is None or t < best):
                 best = t
         return best
@@ -1171,6 +1203,11 @@ class TcpConnection(object):
         if self._delack_at is not None and now >= self._delack_at:
             self._delack_at = None
             self._ack_now = True
+        if self._reack_at is not None and now >= self._reack_at:
+            self._reack_at = None
+            if self._reacked == self.rcv_nxt and not self._fin_received:
+                self.reacks += 1
+                self._ack_now = True
         if self._keepalive_at is not None and now >= self._keepalive_at:
             self._keepalive_at = None
             self._on_keepalive(now)
@@ -1335,6 +1372,7 @@ class TcpConnection(object):
             return
         self.last_activity = now
         self._ka_probes = 0
+        self._reack_at = None           # the client is not silent
         if self._keepalive_at is not None:
             self._keepalive_at = now + self.config.keepalive * 1000
         seq = seg.seq
@@ -1746,6 +1784,8 @@ class TcpConnection(object):
             self._drop("beyond_window", seg)
         if not payload and not fin:
             return
+        if payload:
+            self._streaming = len(payload) > SMALL_SEGMENT
         if seq == nxt:
             if payload:
                 self._deliver(payload, now)
