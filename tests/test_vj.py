@@ -711,9 +711,9 @@ def test_repair_at_the_start_of_a_connection():
     assert decomp.repaired == 1
 
 
-def test_repair_from_the_highest_data_after_a_retransmission():
-    """After a retransmission new data resumes at the highest sequence number seen; a series of retransmissions
-    continues after the latest one: a frame lost there is repaired too."""
+def _upload_with_the_ninth_lost():
+    """A slot run on eight 600-byte segments of an upload, the ninth lost on the line: (comp, decomp, seg), where
+    ``seg(i, ident)`` is the upload's i-th segment."""
     comp, decomp = VjCompressor(), VjDecompressor()
     decomp.sent(our_synack())
     payload = bytes(range(200)) * 3
@@ -723,6 +723,13 @@ def test_repair_from_the_highest_data_after_a_retransmission():
     for i in range(8):
         decomp.decompress(*comp.compress(seg(i, 100 + i)))
     lose(comp, decomp, seg(8, 108))
+    return comp, decomp, seg
+
+
+def test_repair_from_the_highest_data_after_a_retransmission():
+    """After a retransmission new data resumes at the highest sequence number seen; a series of retransmissions
+    continues after the latest one: a frame lost there is repaired too."""
+    comp, decomp, seg = _upload_with_the_ninth_lost()
     for i in (9, 10, 11):
         decomp.decompress(*comp.compress(seg(i, 100 + i)))
     assert decomp.repaired == 1
@@ -745,15 +752,7 @@ def test_repair_from_the_highest_data_after_a_retransmission():
 def test_repair_after_the_retransmission_of_the_hole_is_lost():
     """Our ACKs point at the hole: a lost retransmission of it starts there, and the next retransmission (seq
     advanced by one segment from the lost one) is rebuilt from our latest ack."""
-    comp, decomp = VjCompressor(), VjDecompressor()
-    decomp.sent(our_synack())
-    payload = bytes(range(200)) * 3
-
-    def seg(i, ident):
-        return tcp_packet(seq=1000 + 600 * i, ack=5000, ident=ident, data=payload)
-    for i in range(8):
-        decomp.decompress(*comp.compress(seg(i, 100 + i)))
-    lose(comp, decomp, seg(8, 108))
+    comp, decomp, seg = _upload_with_the_ninth_lost()
     lose(comp, decomp, seg(9, 109))
     for i in (10, 11, 12):
         decomp.decompress(*comp.compress(seg(i, 100 + i)))
