@@ -390,6 +390,7 @@ class SimulatedClient(object):
         return wdns.HEADER.pack(msg.id, wdns.FLAG_QR | wdns.FLAG_RD | wdns.FLAG_RA, 1, 1, 0, 0) + \
             head[wdns.HEADER_LEN:] + answer
 
+
 class LineSimulatedClient(SimulatedClient):
     """A ``SimulatedClient`` whose line is two paced directions (``pyslirp.testing.linkemu.LineDirection``).
 
@@ -431,7 +432,6 @@ class LineSimulatedClient(SimulatedClient):
             moved = self._server_events() or moved
             if not moved:
                 return
-
 
 
 def _earliest(a, b):

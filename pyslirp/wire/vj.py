@@ -556,7 +556,10 @@ class VjDecompressor(object):
     def sent(self, packet):
         """An IPv4 packet we send on the link, before compression: a TCP segment's end (seq + data, SYN and
         FIN) is remembered for its connection (SENT_CONNECTIONS at most), the most the peer's ack can reach,
-        and its ack, where the peer's retransmissions start (see "Repair")."""
+        and its ack, where the peer's retransmissions start (see "Repair").  Only repair reads it: without
+        repair nothing is kept."""
+        if not self.repair:
+            return
         n = len(packet)
         if n < IP_HEADER_LEN + TCP_HEADER_LEN or packet[IP_PROTOCOL_OFFSET] != PROTO_TCP:
             return
@@ -729,10 +732,8 @@ class VjDecompressor(object):
         state = self._state[slot]
         seq, ack, _window, _urgent, _flags, ident, pos = fields
         payload = data[pos:]
-        hole = self._ours(state)[1]
-        found = _verified(state, _guesses(state, seq, ack, interactive, len(payload), hole), payload,
-                          state.header_len + end - pos,
-                          fields, checksum)
+        guesses = _guesses(state, seq, ack, interactive, len(payload), self._ours(state)[1])
+        found = _verified(state, guesses, payload, state.header_len + end - pos, fields, checksum)
         if found is not None:
             # The lost packet may have named another slot: if this one fits another slot as well, it is tossed.
             for other, st in enumerate(self._state):
@@ -742,9 +743,10 @@ class VjDecompressor(object):
                     theirs = _apply(st, changes, data, start, end)
                 except ParseError:
                     continue
-                if _verified(st, _guesses(st, theirs[0], theirs[1], interactive, end - theirs[6], self._ours(st)[1]),
-                             data[theirs[6]:],
-                             st.header_len + end - theirs[6], theirs, checksum) is not None:
+                their_pos = theirs[6]
+                their_guesses = _guesses(st, theirs[0], theirs[1], interactive, end - their_pos, self._ours(st)[1])
+                if _verified(st, their_guesses, data[their_pos:], st.header_len + end - their_pos, theirs,
+                             checksum) is not None:
                     found = None
                     break
         if found is None:
