@@ -246,6 +246,11 @@ def test_vj_both_ways_with_pppd_defaults_ssh_and_transfer_intact(lab, tmp_path):
 # -- link up at once -------------------------------------------------------------------------------------------
 
 LINK_UP_LIMIT_MS = 500
+# What is held to LINK_UP_LIMIT_MS: from pppd's first frame reaching pyslirp ("answer: PPP started" in its log) to
+# pyslirp's "link up" (IPCP opened), the exchange itself, both ends and the line.  A link that waited for a restart
+# timer (3 s, or 1-2 s in the configurations below) instead of answering at once shows there.  Not held to it: the
+# time pppd itself takes to start in the slow UML guest before it sends anything, 0.3-0.6 s depending on the
+# machine's load, which no gateway can change; the guest's whole figure is printed.
 # The guest measures from just before pppd starts until pppd logs "local  IP address" (IPCP is up and ppp0 has
 # its address).  The loop uses only bash builtins ($EPOCHREALTIME, a read with a timeout on a FIFO), so that
 # measuring costs no fork in the slow UML guest.
@@ -277,6 +282,21 @@ def link_up_ms(res, lost_requests):
         with open(os.path.join(res.rundir, "drained.bin"), "rb") as f:
             assert b"\x7e\xff\x7d\x23\xc0\x21\x7d\x21" in f.read(), "no Configure-Request was lost"
     return int(round((t1 - t0) * 1000))
+
+
+def exchange_ms(log_text):
+    """From pppd's first frame to "link up", by pyslirp's log timestamps (ms); None if either line is missing."""
+    import datetime
+
+    def at(marker):
+        for line in log_text.splitlines():
+            if marker in line:
+                return datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+        return None
+    first, up = at("answer: PPP started"), at("INFO pyslirp.ppp: link up:")
+    if first is None or up is None:
+        return None
+    return int(round((up - first).total_seconds() * 1000))
 
 
 def start_line_pyslirp(lab, config, line):
@@ -343,8 +363,11 @@ def test_link_up_at_once_on_the_pty(lab, config, sleep, lost):
     res = lab.run_guest(TIMED_PPPD.format(sleep=sleep), slirp=slirp, timeout=120)
     up_ms = link_up_ms(res, lost)
     assert res.addr("pppd") == (REMOTE_IP, LOCAL_IP), res.diagnostics()
-    print("pty, pyslirp waiting %s s + boot: link up %d ms after pppd started" % (sleep, up_ms))
-    assert up_ms <= LINK_UP_LIMIT_MS, (up_ms, res.pppd_log(), slirp.log())
+    slog = slirp.log()
+    ex_ms = exchange_ms(slog)
+    print("pty, pyslirp waiting %s s + boot: link up %d ms after pppd started, %s ms after its first frame"
+          % (sleep, up_ms, ex_ms))
+    assert ex_ms is not None and ex_ms <= LINK_UP_LIMIT_MS, (ex_ms, up_ms, res.pppd_log(), slog[-3000:])
 
 
 @pytest.mark.parametrize("line", ["device", "stdio"])
@@ -358,8 +381,9 @@ def test_link_up_at_once_on_a_device_path_and_on_stdio(lab, line):
         slog = f.read()
     up_ms = link_up_ms(res, True)
     assert res.addr("pppd") == (REMOTE_IP, LOCAL_IP), res.diagnostics() + slog[-3000:]
-    print("%s: link up %d ms after pppd started" % (line, up_ms))
-    assert up_ms <= LINK_UP_LIMIT_MS, (up_ms, res.pppd_log(), slog[-3000:])
+    ex_ms = exchange_ms(slog)
+    print("%s: link up %d ms after pppd started, %s ms after its first frame" % (line, up_ms, ex_ms))
+    assert ex_ms is not None and ex_ms <= LINK_UP_LIMIT_MS, (ex_ms, up_ms, res.pppd_log(), slog[-3000:])
     assert "Traceback" not in slog and rc == 0, slog[-3000:]
 
 
