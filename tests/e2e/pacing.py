@@ -135,6 +135,10 @@ class PacedRelay(SerialRelay):
                        guest_pipe_size=guest_pipe_size)
         return make
 
+    def summary(self):
+        return "%s; waiting for the receiver: %d bytes to guest, %d from guest" % (
+            super().summary(), len(self.down.pending), len(self.up.pending))
+
     def times_of(self, direction, offset):
         """(taken, delivered): when the byte at ``offset`` of a direction's stream went onto the line and off it.
 

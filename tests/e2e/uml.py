@@ -156,6 +156,7 @@ class SerialRelay(object):
         self.from_guest = bytearray()  # guest -> tty capture
         self.bytes_to_guest = 0
         self.bytes_from_guest = 0
+        self.last_at = {"to_guest": None, "from_guest": None}     # wall clock of the last byte taken each way
         self.tty_closed = False
         self.guest_closed = False
         self.error = None
@@ -182,7 +183,16 @@ class SerialRelay(object):
                 self._cond.wait(min(left, 0.2))
             return True
 
+    def summary(self):
+        """One line for a failure report: the bytes each way and when the last one was taken from its sender."""
+        def at(t):
+            return time.strftime("%H:%M:%S", time.localtime(t)) + ".%03d" % (t % 1 * 1000) if t else "never"
+        return "%d bytes to guest (last at %s), %d from guest (last at %s), tty_closed=%s, error=%s" % (
+            self.bytes_to_guest, at(self.last_at["to_guest"]), self.bytes_from_guest, at(self.last_at["from_guest"]),
+            self.tty_closed, self.error)
+
     def _capture(self, buf, data):
+        self.last_at["to_guest" if buf is self.to_guest else "from_guest"] = time.time()
         if len(buf) < CAPTURE_LIMIT:
             with self._cond:
                 buf += data[: CAPTURE_LIMIT - len(buf)]
@@ -496,8 +506,7 @@ class GuestResult(object):
             parts.append("--- pyslirp (exit %s), last %d lines without DEBUG ---\n%s" % (
                 slirp.returncode if slirp.proc is None else slirp.proc.poll(), len(lines), "\n".join(lines)))
         if relay is not None:
-            parts.append("relay: %d bytes to guest, %d from guest, tty_closed=%s, error=%s" % (
-                relay.bytes_to_guest, relay.bytes_from_guest, relay.tty_closed, relay.error))
+            parts.append("relay: %s" % relay.summary())
         names = sorted(name for name in os.listdir(self.rundir) if name.endswith((".log", ".out")))
         if os.path.exists(os.path.join(self.rundir, "console.txt")):
             names.append("console.txt")
@@ -743,6 +752,13 @@ class Pyslirp(object):
     def running(self):
         return self.proc is not None and self.proc.poll() is None
 
+    def log_snapshot(self, wait=0.5):
+        """Have a running pyslirp write its metrics snapshot to its log (SIGUSR1), for a failure report: its
+        bytes written to the line, frames each way, the line's drain rate."""
+        if self.running():
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(wait)
+
     def stop(self, sig=signal.SIGTERM, timeout=15.0):
         """Send ``sig`` (to the process only) and wait; returns the exit status (None if it had to be killed)."""
         if self.proc is None:
@@ -839,9 +855,7 @@ class Lab(object):
             if guest.report is not None or os.path.exists(guest.path("console.txt")):
                 parts.append(GuestResult(guest).diagnostics())
             if guest.relay is not None:
-                parts.append("relay %s: %d bytes to guest, %d from guest, tty_closed=%s, error=%s" % (
-                    guest.name, guest.relay.bytes_to_guest, guest.relay.bytes_from_guest, guest.relay.tty_closed,
-                    guest.relay.error))
+                parts.append("relay %s: %s" % (guest.name, guest.relay.summary()))
         for slirp in self.slirps:
             parts.append(slirp.diagnostics())
         return "\n".join(parts)
