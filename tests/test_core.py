@@ -51,6 +51,9 @@ class FakeLink(object):
     def peer_lost_frame(self, now=None, suspected=False):
         self.calls.append(("peer_lost_frame", now, suspected))
 
+    def take_peer_drop_signal(self):
+        return False
+
     def probe(self, now):
         self.calls.append(("probe", now))
         return True

@@ -1749,6 +1749,14 @@ class IPStack(object):
                 rec.conn.link_alive(now)
                 self._after(rec, now)
 
+    def link_dropped(self, now):
+        """The client's link layer dropped the frames of ours in flight (its Deflate decompressor out of step:
+        ppp/ccp.py): every connection with data in flight resends it at once (TcpConnection.link_dropped)."""
+        self._now = now
+        for rec in list(self._conns.values()):
+            if not rec.gone and rec.conn.link_dropped(now):
+                self._after(rec, now)
+
     def resume(self, now):
         """The client is back, with the same address: the suspended TCP flows carry on.
 

@@ -257,6 +257,7 @@ class PPPLink(object):
         self.auth_counters = self.auth.counters if self.auth is not None else {}
         self.ccp_counters = self.ccp.counters if self.ccp is not None else {}
         self._peer_resets = 0           # CCP Reset-Requests received so far (see receive_data)
+        self._peer_dropped = False      # a Reset-Request came in since take_peer_drop_signal
         self.answer_counters = self.answer.counters if self.answer is not None else {}
         self._closed = False
         self._lcp_open = False
@@ -358,6 +359,7 @@ class PPPLink(object):
             # slhc_toss on every receive error), so our VJ compressor refreshes for a while (ipcp.py).
             self._peer_resets = ccp.counters["reset_requests_received"]
             self.ipcp.vj.peer_lost_frame()
+            self._peer_dropped = True
         self._after(now)
 
     def send_ip(self, packet, now):
@@ -374,6 +376,14 @@ class PPPLink(object):
             return False
         self._emit(wppp.PROTO_IP, packet, False)
         return True
+
+    def take_peer_drop_signal(self):
+        """True once after the peer's CCP Reset-Request: its decompressor lost one of our frames and drops the
+        compressed frames after it until our Reset-Ack (Linux ppp_generic), so what was in flight is lost
+        (net/tcp/conn.py, "Frames the client's link layer dropped")."""
+        dropped = self._peer_dropped
+        self._peer_dropped = False
+        return dropped
 
     def peer_lost_frame(self, now=None, suspected=False):
         """The peer may have lost one of our frames: VJ refreshes its slots for a while (ipcp.py,

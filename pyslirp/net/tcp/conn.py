@@ -206,6 +206,17 @@ nothing in flight a keepalive-style probe (RFC 1122 4.2.3.6) goes instead:
 its answer tells us the client's window, or its RST that the client no
 longer knows the connection.  Either way the client's own retransmissions,
 and its ACKs, carry the connection on from there.
+
+Frames the client's link layer dropped (``link_dropped``): once a frame of
+ours is lost on the line, a Deflate decompressor is out of step and drops
+every compressed frame after it until our CCP Reset-Ack (Linux ppp_generic;
+its VJ decompressor tosses with it), and its Reset-Request is what tells us.
+Every segment in flight past the client's ACKs is then gone, and when that is
+a whole window nothing comes back to show it: no duplicate ACK, no SACK, only
+the retransmission timer.  So the link's report is taken as that timer
+expiring early, without its backoff: go-back-N from SND.UNA after the
+Reset-Ack, one window reduction per window of data (cwnd = ssthresh, as for a
+fast retransmit without the inflation), not the loss window.
 """
 
 import enum
@@ -381,6 +392,7 @@ class TcpConnection(object):
         self.dup_acks = 0
         self.ooo_segments = 0
         self.rto_count = 0
+        self.link_drops = 0             # go-backs after the client's link layer dropped our frames
         self.challenge_acks = 0
         self.window_probes = 0
         self.keepalives_sent = 0
@@ -690,6 +702,27 @@ class TcpConnection(object):
         self._recover = self.snd_max                # RFC 6582 4: no fast retransmit for go-back duplicates
         self.snd_nxt = self.snd_una
         self._arm_rtx(now)
+
+    def link_dropped(self, now):
+        """The client's link layer dropped the frames in flight (see "Frames the client's link layer dropped"):
+        what it has not acknowledged is resent from SND.UNA at once.  True if anything was in flight."""
+        outstanding = seq_sub(self.snd_max, self.snd_una)
+        if outstanding <= 0 or self._state not in _SEND_STATES or self._suspended_at is not None:
+            return False
+        self.link_drops += 1
+        if seq_ge(self.snd_una, self._recover):     # one reduction per window of data (RFC 6582 section 4)
+            self._cc.on_link_drop(outstanding)
+        log.debug("%s: the client's link dropped our frames: resending %d bytes from %d", self.name,
+                  outstanding, self.snd_una)
+        self._in_recovery = False
+        self._dup_acks = 0
+        self._partial_acks = 0
+        self._rtx_pending = False
+        self._recover = self.snd_max                # RFC 6582 4: no fast retransmit for go-back duplicates
+        self._rtt_seq = None                        # Karn
+        self.snd_nxt = self.snd_una
+        self._arm_rtx(now)
+        return True
 
     # ========================================================= service side
 
