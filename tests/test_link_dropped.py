@@ -17,37 +17,44 @@ from test_twoway_line import RATE, SERVER_BOUND, PacedSim, Source
 MSS = 1460
 
 
-def _in_flight(segments=6):
-    """A connection with ``segments`` full segments in flight and none acknowledged: (harness, segments, time)."""
+def _in_flight(size):
+    """A connection that sent ``size`` bytes after a first round trip: (harness, the unacknowledged data segments,
+    time)."""
     h = Conn(config=TcpConfig(sndbuf=200000))
-    h.conn.send(pattern(100000), h.now)
+    h.conn.send(pattern(size), h.now)
     t = 10
-    for s in h.recv(at=t):                  # grow the window a little
+    for s in h.recv(at=t):                  # the first flight is acknowledged: the window grows
         t += 1
         h.send(ACK, ack=seq_add(s.seq, len(s.payload)), at=t)
     out = [s for s in h.recv(at=t) if s.payload]
-    assert len(out) >= segments
     return h, out, t
 
 
-def test_link_dropped_resends_from_snd_una_at_once_with_one_window_reduction():
-    h, segs, t = _in_flight()
-    flight = sum(len(s.payload) for s in segs)
+def test_a_tail_the_client_link_dropped_is_retransmitted_at_once():
+    h, segs, t = _in_flight(6 * MSS)
+    assert len(segs) >= 2 and not h.conn._pending_send()        # all sent: a loss now is a tail loss
     assert h.conn.link_dropped(t + 5)
     out = [s for s in h.recv(at=t + 5) if s.payload]
-    # Go-back-N from SND.UNA, in order, now: not after the retransmission timer.
-    assert [s.seq for s in out] == [s.seq for s in segs[:len(out)]] and len(out) >= 2
-    assert h.conn.rto_count == 0 and h.conn.link_drops == 1 and h.conn.retransmits == len(out)
-    cc = h.conn._cc
-    assert cc.ssthresh == max(flight // 2, 2 * MSS) and cc.cwnd == cc.ssthresh
-    # A second report within the same window of data (the client repeating its Reset-Request) goes back again
-    # but does not halve the window again.
-    assert h.conn.link_dropped(t + 6)
-    assert cc.cwnd == cc.ssthresh == max(flight // 2, 2 * MSS)
-    # The client's ACK of everything ends it: nothing more is resent.
-    h.send(ACK, ack=seq_add(segs[-1].seq, MSS), at=t + 50)
-    again = [s for s in h.recv(at=t + 50) if s.payload]
-    assert all(seq_add(s.seq, 0) != segs[0].seq for s in again)
+    # The segment at SND.UNA goes now, not after the retransmission timer; fast recovery as for a dup ACK.
+    assert [s.seq for s in out] == [segs[0].seq]
+    assert h.conn.rto_count == 0 and h.conn.link_drops == 1 and h.conn.fast_retransmits == 1
+    assert h.conn.in_recovery
+    # The client repeating its Reset-Request within the same window changes nothing.
+    assert not h.conn.link_dropped(t + 6)
+    assert [s for s in h.recv(at=t + 6) if s.payload] == []
+    # Its ACK of the first shows the second missing (a partial ACK): NewReno resends it, and the rest arrives.
+    h.send(ACK, ack=segs[1].seq, at=t + 50)
+    assert [s.seq for s in h.recv(at=t + 50) if s.payload][:1] == [segs[1].seq]
+    h.send(ACK, ack=seq_add(segs[-1].seq, len(segs[-1].payload)), at=t + 90)
+    assert not h.conn.in_recovery and h.conn.snd_una == h.conn.snd_max
+
+
+def test_with_new_data_to_send_the_hole_is_left_to_the_acks():
+    h, segs, t = _in_flight(100000)
+    assert h.conn._pending_send()
+    assert not h.conn.link_dropped(t + 5)
+    assert h.conn.link_drops == 0 and h.conn.fast_retransmits == 0 and not h.conn.in_recovery
+    assert all(s.seq not in [x.seq for x in segs] for s in h.recv(at=t + 5) if s.payload)
 
 
 def test_link_dropped_with_nothing_in_flight_does_nothing():

@@ -305,6 +305,14 @@ class ClientStack(object):
                 rec.conn.link_alive(now)
                 self._after(rec, now)
 
+    def link_dropped(self, now):
+        """The server's decompressor dropped the frames of ours in flight (its CCP Reset-Request): flows with
+        data in flight resend it at once (TcpConnection.link_dropped)."""
+        self._now = now
+        for rec in list(self._flows.values()):
+            if rec.conn is not None and rec.conn.link_dropped(now):
+                self._after(rec, now)
+
     def reset(self, now, reason="link down"):
         """Every flow ends: refused if it was still opening, closed (aborted) otherwise."""
         self._now = now

@@ -13,8 +13,6 @@ window (cwnd) and the slow-start threshold (ssthresh).  The connection calls:
 * ``on_partial_ack(acked)`` and ``on_recovery_end(flight)`` for the ACKs that
   arrive during fast recovery;
 * ``on_rto(flight)`` when the retransmission timer expires;
-* ``on_link_drop(flight)`` when the link reports that the receiver dropped
-  the frames in flight (a decompressor out of step, not a congested path);
 * ``on_idle(now)`` before sending after an idle period (RFC 5681 4.1).
 
 ``window()`` is the number of bytes that may be in flight.  Byte counts are
@@ -58,9 +56,6 @@ class Controller(object):
         pass
 
     def on_rto(self, flight=None):
-        pass
-
-    def on_link_drop(self, flight=None):
         pass
 
     def on_idle(self, now):
@@ -143,14 +138,6 @@ class NewReno(Controller):
         # RFC 5681 3.1, equations (4) and the loss window: cwnd = 1 SMSS.
         self._halve(flight)
         self.cwnd = self.mss
-        self._cap()
-
-    def on_link_drop(self, flight=None):
-        # One reduction, as for a fast retransmit (RFC 5681 equation (4)), without the window inflation that
-        # counts segments leaving the network (nothing left it: the receiver's link layer dropped them) and
-        # without collapsing to the loss window (the retransmission timer did not expire).
-        self._halve(flight)
-        self.cwnd = self.ssthresh
         self._cap()
 
     def on_idle(self, now):

@@ -212,11 +212,13 @@ ours is lost on the line, a Deflate decompressor is out of step and drops
 every compressed frame after it until our CCP Reset-Ack (Linux ppp_generic;
 its VJ decompressor tosses with it), and its Reset-Request is what tells us.
 Every segment in flight past the client's ACKs is then gone, and when that is
-a whole window nothing comes back to show it: no duplicate ACK, no SACK, only
-the retransmission timer.  So the link's report is taken as that timer
-expiring early, without its backoff: go-back-N from SND.UNA after the
-Reset-Ack, one window reduction per window of data (cwnd = ssthresh, as for a
-fast retransmit without the inflation), not the loss window.
+a tail loss nothing comes back to show it: no duplicate ACK, no SACK, only
+the retransmission timer.  So when nothing new is left to send, the link's
+report is taken as the duplicate ACK that cannot come: a fast retransmit of the
+segment at SND.UNA after the Reset-Ack (once per window of data, as RFC 6582
+allows one), whose ACK shows the hole, and the SACK recovery that follows
+resends the rest.  Not a go-back-N: the segments before the lost frame
+arrived, and their ACKs may still be on their way.
 """
 
 import enum
@@ -704,24 +706,19 @@ class TcpConnection(object):
         self._arm_rtx(now)
 
     def link_dropped(self, now):
-        """The client's link layer dropped the frames in flight (see "Frames the client's link layer dropped"):
-        what it has not acknowledged is resent from SND.UNA at once.  True if anything was in flight."""
-        outstanding = seq_sub(self.snd_max, self.snd_una)
-        if outstanding <= 0 or self._state not in _SEND_STATES or self._suspended_at is not None:
+        """The client's link layer dropped our frames from a lost one on (see "Frames the client's link layer
+        dropped"): when nothing new is left to send after it, a fast retransmit of the segment at SND.UNA now,
+        once per window of data; the SACK recovery that follows resends the rest.  True if it retransmits."""
+        if seq_sub(self.snd_max, self.snd_una) <= 0 or self._state not in _SEND_STATES \
+                or self._suspended_at is not None:
             return False
+        if self._in_recovery or not seq_ge(self.snd_una, self._recover):
+            return False        # recovering already: its SACK rounds find the dropped frames
+        if self._pending_send():
+            return False        # new data follows the Reset-Ack: its ACKs show the hole (and SACK it)
         self.link_drops += 1
-        if seq_ge(self.snd_una, self._recover):     # one reduction per window of data (RFC 6582 section 4)
-            self._cc.on_link_drop(outstanding)
-        log.debug("%s: the client's link dropped our frames: resending %d bytes from %d", self.name,
-                  outstanding, self.snd_una)
-        self._in_recovery = False
-        self._dup_acks = 0
-        self._partial_acks = 0
-        self._rtx_pending = False
-        self._recover = self.snd_max                # RFC 6582 4: no fast retransmit for go-back duplicates
-        self._rtt_seq = None                        # Karn
-        self.snd_nxt = self.snd_una
-        self._arm_rtx(now)
+        log.debug("%s: the client's link dropped our frames: fast retransmit at %d", self.name, self.snd_una)
+        self._enter_recovery()
         return True
 
     # ========================================================= service side
