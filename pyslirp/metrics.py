@@ -107,6 +107,9 @@ LCP_ECHO_RTT = gauge("pyslirp_lcp_echo_rtt_seconds", "Round-trip time of the lat
 AUTH = counter("pyslirp_auth_total", "Authentication attempts by method (pap, chap) and result (ok, fail).",
                ("method", "result"))
 LINE_DRAIN = gauge("pyslirp_line_drain_bytes_per_second", "The serial line's measured drain rate (0: not known yet).")
+LINE_QUEUED = gauge("pyslirp_line_queued_bytes", "Bytes waiting toward the serial line: in pyslirp's writer "
+                    "(writer) and in the operating system's output queue (os: 0 where it cannot be seen).",
+                    ("where",))
 IP_PACKETS = counter("pyslirp_ip_packets_total", "IP datagrams from the client (in) and to it (out).", ("direction",))
 IP_DROPPED = counter("pyslirp_ip_dropped_total", "IP datagrams dropped, by reason.", ("reason",))
 TCP_ACTIVE = gauge("pyslirp_tcp_connections_active",
@@ -162,7 +165,7 @@ AUDIT_RECORDS = counter("pyslirp_audit_records_total",
 FAMILIES = (
     LINK_UP, LINE_OPEN, SERIAL_BYTES, SERIAL_NOISE, PPP_FRAMES, PPP_ERRORS, LINK_SESSIONS, LINK_SUSPENDED,
     LINK_SUSPENSIONS, LCP_ECHO_RTT, AUTH,
-    LINE_DRAIN, IP_PACKETS, IP_DROPPED, TCP_ACTIVE, TCP_CONNECTING, TCP_TOTAL, CONNECTION_ERRORS,
+    LINE_DRAIN, LINE_QUEUED, IP_PACKETS, IP_DROPPED, TCP_ACTIVE, TCP_CONNECTING, TCP_TOTAL, CONNECTION_ERRORS,
     CONNECTIONS_REFUSED, FLOWS_REFUSED, TCP_RETRANSMISSIONS, TCP_RESETS, SERVICE_BYTES, SERVICE_CONNECT,
     DATAGRAM_ACTIVE, DATAGRAM_TOTAL, DATAGRAM_BYTES, INTERNAL_ERRORS, AUDIT_RECORDS, BREAKER_OPEN,
     BREAKER_TRANSITIONS, SYN_COOKIES, SYN_COOKIES_ON, HALF_OPEN_EVICTED, RATE_WAITS,
@@ -263,11 +266,12 @@ class _Builder(object):
 
 
 def collect(core, now, serial_in=0, serial_out=0, line_open=False, drain_rate=None, auth=None,
-            internal_errors=0, audit=None):
+            internal_errors=0, audit=None, line_queued=(0, 0)):
     """A :class:`Snapshot` of the Core (its link, deframer and stack) and the runtime's figures.
 
     Call it on the thread that owns ``core``.  ``auth``: {(method, result): count}; ``audit``: {result: count}
-    or None when there is no audit log; ``drain_rate``: bytes/s or None (unknown).
+    or None when there is no audit log; ``drain_rate``: bytes/s or None (unknown); ``line_queued``: bytes
+    waiting toward the line, (in the writer, in the OS output queue).
     """
     b = _Builder()
     link = core.link
@@ -277,6 +281,8 @@ def collect(core, now, serial_in=0, serial_out=0, line_open=False, drain_rate=No
     b.set(SERIAL_BYTES, serial_in, "in")
     b.set(SERIAL_BYTES, serial_out, "out")
     b.set(LINE_DRAIN, int(drain_rate) if drain_rate else 0)
+    b.set(LINE_QUEUED, line_queued[0], "writer")
+    b.set(LINE_QUEUED, line_queued[1], "os")
     b.set(INTERNAL_ERRORS, internal_errors)
     for (method, result), n in sorted((auth or {}).items()):
         b.set(AUTH, n, method, result)

@@ -274,13 +274,16 @@ def core_with(stack):
 
 
 def test_a_fresh_core_exports_every_required_family_with_zeros():
-    snap = collect_fresh(serial_in=5, serial_out=6, drain_rate=11520.7, auth={("pap", "ok"): 1})
+    snap = collect_fresh(serial_in=5, serial_out=6, drain_rate=11520.7, auth={("pap", "ok"): 1},
+                         line_queued=(300, 42))
     text = metrics.render_text(snap)
     for name in REQUIRED:
         assert "# TYPE %s " % name in text
     assert snap.value("pyslirp_link_up") == 0
     assert snap.value("pyslirp_serial_bytes_total", direction="in") == 5
     assert snap.value("pyslirp_line_drain_bytes_per_second") == 11520
+    assert snap.value("pyslirp_line_queued_bytes", where="writer") == 300
+    assert snap.value("pyslirp_line_queued_bytes", where="os") == 42
     assert snap.value("pyslirp_auth_total", method="pap", result="ok") == 1
     assert snap.value("pyslirp_ppp_errors_total", reason="bad_fcs") == 0
     assert snap.value("pyslirp_tcp_retransmissions_total") == 0

@@ -257,7 +257,8 @@ class Runtime(object):
         c = self._counters
         return metrics.collect(self.core, now, serial_in=c["serial_bytes_in"], serial_out=c["serial_bytes_out"],
                                line_open=writer is not None, drain_rate=writer.rate if writer is not None else None,
-                               auth=self._auth, internal_errors=c["internal_errors"], audit=self.records.counts())
+                               auth=self._auth, internal_errors=c["internal_errors"], audit=self.records.counts(),
+                               line_queued=(writer.queued, writer.backlog()) if writer is not None else (0, 0))
 
     def run(self):
         threading.stack_size(THREAD_STACK)
