@@ -227,6 +227,8 @@ class FakeWriter(object):
 
 
 class BudgetCore(object):
+
+    wants_room = True       # output always waits for room: every "room" report flushes
     def __init__(self):
         self.budgets = []
         self.rates = []
