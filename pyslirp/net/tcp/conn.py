@@ -767,7 +767,9 @@ class TcpConnection(object):
         if self._state not in _RECV_STATES and self._state is not TcpState.SYN_RECEIVED:
             return False
         cur = self.rcv_wnd
-        new = self._window_candidate()
+        # What the window field can say: without window scaling a candidate beyond 64 KiB is announced as
+        # 65535, and a window at 65533 would be "updated" by two bytes after every service write.
+        new = min(self._window_candidate(), MAX_WINDOW_FIELD << self.rcv_wscale)
         threshold = min(2 * self.our_mss, max(1, self._rcv_buf() // 2))
         if new > cur and (cur == 0 or new - cur >= threshold):
             self._ack_now = True
