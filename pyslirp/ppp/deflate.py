@@ -40,15 +40,18 @@ Incompressible data (an archive, an encrypted stream: most bulk transfers
 today) costs zlib as much as text and more -- about 70-80 us per 1460-byte
 packet here, at any level -- only to be sent as it was.  So once SKIP_RUN
 packets of at least SKIP_MIN octets in a row did not shrink, the compressor
-stops trying such packets: they are sent as they are (which the receiver's
+stops trying: packets are sent as they are (which the receiver's
 ``z_incomp`` takes exactly as a packet that did not shrink) and only enter a
-copy of the history we keep, every PROBE_EVERY-th is tried again, and
-shorter packets are always tried.  Before the next packet that is tried the
-compressor is started afresh with the copy's last window as its dictionary
-(``zdict``): its back-references then reach exactly the bytes the
-receiver's history holds, skipped packets included.  A mix of compressible
-and incompressible packets (every run shorter than SKIP_RUN) is compressed
-packet by packet as before.
+copy of the history we keep, but every PROBE_EVERY-th, whatever its size,
+is tried again; one that shrinks ends the run.  Before the next packet that
+is tried the compressor is started afresh with the copy's last window as its
+dictionary (``zdict``): its back-references then reach exactly the bytes the
+receiver's history holds, skipped packets included.  That restart costs
+about as much as compressing one large packet, which is why the small
+packets among the run (our ACKs of a transfer the other way, VJ-compressed
+to a few octets that Deflate cannot shorten anyway) are skipped too, rather
+than each paying for one.  A mix of compressible and incompressible packets
+(every run shorter than SKIP_RUN) is compressed packet by packet as before.
 
 A decompression error (sequence number out of step, corrupt Deflate data, a
 packet that would inflate beyond the MRU) raises ``ParseError``; the history
@@ -70,9 +73,9 @@ MAX_DATA_PROTOCOL = 0x3FFF   # Linux z_compress / z_incomp: "proto > 0x3fff" is 
 MIN_WINDOW = 9               # window size 8 triggers a zlib bug: pppd's DEFLATE_MIN_WORKS
 MAX_WINDOW = 15
 LEVEL = 6                    # zlib's default, as Linux (Z_DEFAULT_COMPRESSION)
-SKIP_MIN = 256               # packets this long (protocol field and information) may be skipped, shorter never
-SKIP_RUN = 4                 # ... once this many of them in a row did not shrink (see "Incompressible data")
-PROBE_EVERY = 16             # ... and then one in this many is tried again
+SKIP_MIN = 256               # packets this long (protocol field and information) count towards a run ...
+SKIP_RUN = 4                 # ... and after this many of them in a row that did not shrink, packets go untried
+PROBE_EVERY = 16             # ... but one in this many (see "Incompressible data")
 
 SEQ = struct.Struct("!H")
 SEQ_LEN = SEQ.size
@@ -108,8 +111,8 @@ class DeflateCompressor(object):
         self._z = None
         self._history = bytearray()  # what entered the history, at least its last window (for a restart)
         self._stale = False          # packets entered the history without passing through self._z
-        self._run = 0                # large packets in a row that did not shrink
-        self._since_probe = 0        # large packets skipped since the last one tried
+        self._run = 0                # large packets in a row that did not shrink (none shrank in between)
+        self._since_probe = 0        # packets skipped since the last one tried
         self.reset()
 
     def reset(self):
@@ -151,7 +154,7 @@ class DeflateCompressor(object):
         size = len(field) + len(info)
         self.bytes_in += size
         large = size >= SKIP_MIN
-        if large and self._run >= SKIP_RUN and self._since_probe < PROBE_EVERY - 1:
+        if self._run >= SKIP_RUN and self._since_probe < PROBE_EVERY - 1:
             # A run of incompressible packets: this one goes as it is, untried (see "Incompressible data").
             self._since_probe += 1
             self._remember(field, info)
@@ -166,9 +169,11 @@ class DeflateCompressor(object):
         data = data[:-len(EMPTY_STORED_BLOCK)]
         self._remember(field, info)
         shrinks = SEQ_LEN + len(data) < len(info)
-        if large:
-            self._since_probe = 0
-            self._run = 0 if shrinks else self._run + 1
+        self._since_probe = 0
+        if shrinks:
+            self._run = 0
+        elif large:
+            self._run += 1
         if send_compressed and shrinks:
             self.packets += 1
             self.bytes_out += 1 + SEQ_LEN + len(data)
