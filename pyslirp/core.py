@@ -284,6 +284,13 @@ class Core(object):
             allow_one_over = False
         return out
 
+    @property
+    def wants_room(self):
+        """Output is waiting for the line's room: something the last ``take_serial_output`` may have held back
+        for want of budget (``IPStack.wants_room``; the link's own frames never wait for it).  False: more
+        room on the line brings nothing new to send."""
+        return self.stack.wants_room
+
     def reconfigure(self, stack_config, now):
         """A reloaded configuration for the IP stack (IPStack.reconfigure): new flows follow it, established
         ones carry on.  The link is not touched: what would need a new negotiation (addresses, MTU,
@@ -330,8 +337,10 @@ class Core(object):
         self.stack.service_eof(conn_id, now)
 
     def service_written(self, conn_id, nbytes, now):
+        """True when the report gave the stack something to send or to report (a window update): a report
+        that did not needs no flush."""
         self._now = now
-        self.stack.service_written(conn_id, nbytes, now)
+        return self.stack.service_written(conn_id, nbytes, now)
 
     def service_error(self, conn_id, reason, now):
         self._now = now

@@ -572,6 +572,44 @@ def test_our_codec_against_the_independent_model_both_ways():
     assert ours_tx.compress(IPCP, b"\x01" * 200) == (IPCP, b"\x01" * 200) and ours_tx.seq == seq
 
 
+def test_a_run_of_incompressible_packets_is_skipped_and_the_history_stays_the_receivers():
+    # After SKIP_RUN large packets that did not shrink, the compressor stops trying (zlib costs as much on noise
+    # as on text) but one packet in PROBE_EVERY; the receiver adds every plain packet to its history, and the
+    # compressor restarted on our copy of it refers to skipped bytes exactly where they are.
+    rng = random.Random(21)
+    ours, model = deflate.DeflateCompressor(11), LinuxDeflate(window=11)
+
+    def carry(packet):
+        proto, info = ours.compress(IP, packet)
+        if proto == COMP:
+            assert model.decompress(info) == (IP, packet)
+        else:
+            assert info == packet
+            model.incomp(proto, info)
+        return proto
+
+    noise = [ip_packet(os.urandom(1000)) for _ in range(40)]
+    for packet in noise:
+        assert carry(packet) == IP
+    tried = deflate.SKIP_RUN + (40 - deflate.SKIP_RUN) // deflate.PROBE_EVERY
+    assert ours.skipped == 40 - tried and ours.incompressible == 40
+    # Small packets in the run are skipped too, up to the next probe: here a skipped packet's first 200 octets
+    # (a retransmission, re-cut), which shrinks only as a back-reference to the skipped bytes.
+    skipped = ours.skipped
+    kinds = []
+    while COMP not in kinds:
+        kinds.append(carry(noise[-3][:200]))
+        assert len(kinds) <= deflate.PROBE_EVERY
+    assert ours.skipped - skipped == len(kinds) - 1 > 0
+    # A packet that shrank ends the run: text is compressed again, in step with the receiver.
+    assert [carry(text_packet(rng, 1000)) for _ in range(10)] == [COMP] * 10
+    # A mix whose incompressible runs are shorter than SKIP_RUN is tried packet by packet, as before.
+    skipped = ours.skipped
+    for i in range(60):
+        carry(noise[i % 40] if i % deflate.SKIP_RUN else text_packet(rng, 1000))
+    assert ours.skipped == skipped
+
+
 def test_random_ccp_packets_never_raise():
     rng = random.Random(14)
     for trial in range(40):

@@ -82,6 +82,8 @@ def test_a_round_trip_that_shared_the_way_back_with_the_clients_upload_is_no_del
 class SignalCore(object):
     """A Core whose stack measured the round trips in ``rtts`` (one per flush, None: none)."""
 
+    wants_room = True       # output always waits for room: every "room" report flushes
+
     def __init__(self, rtts):
         self.rtts = list(rtts)
         self.rates = []

@@ -227,6 +227,8 @@ class FakeWriter(object):
 
 
 class BudgetCore(object):
+
+    wants_room = True       # output always waits for room: every "room" report flushes
     def __init__(self):
         self.budgets = []
         self.rates = []
@@ -293,6 +295,40 @@ def test_a_written_report_alone_settles_the_queue_without_a_flush():
     runtime.inbox.put(("room", writer))                          # ... unless something else came with it
     runtime._step(("svc_done", 14), 7)
     assert len(core.budgets) == 4
+
+
+def test_room_and_service_writes_that_give_the_core_nothing_to_send_do_not_flush():
+    # After a handshake or an echo nothing waits for the line's room, and "room" follows every write; a
+    # service's "written" report of two bytes makes no window update due.  Neither turn looks at the line.
+    core = BudgetCore()
+    core.get_timer = lambda: None
+    core.handle_timer = lambda now: None
+    core.wants_room = False
+    written = []
+
+    def service_written(conn_id, nbytes, now):
+        written.append(nbytes)
+        return nbytes >= 1000                                   # a window update is due
+
+    core.service_written = service_written
+    runtime = Runtime(None, None, core=core, endpoint=object(), line_budget=4096)
+    runtime.writer = writer = FakeWriter(target=1000, backlog=0, rate=11520.0)
+    runtime._step(None, 0)
+    assert len(core.budgets) == 1
+    runtime._step(("room", writer), 1)
+    runtime._step(("svc_written", 7, 2), 2)
+    assert len(core.budgets) == 1 and written == [2]            # reported to the Core, no flush
+    runtime._step(("svc_written", 7, 4000), 3)
+    assert len(core.budgets) == 2                               # the window update goes out
+    core.wants_room = True                                      # output held back for want of room ...
+    runtime._step(None, 4)
+    runtime._step(("room", writer), 5)
+    assert len(core.budgets) == 4                               # ... "room" refills the line
+    runtime._step(("svc_written", 7, 2), 6)
+    runtime.inbox.put(("svc_data", 7, b"xy"))                   # ... something else in the same turn
+    core.service_data = lambda conn_id, data, now: None
+    runtime._step(("room", writer), 7)
+    assert len(core.budgets) == 5
 
 
 def test_the_bound_starts_from_the_configured_speed():

@@ -402,6 +402,8 @@ def test_events_for_unknown_connections_are_ignored():
 class ScriptedCore(object):
     """Echoes every serial byte back as one frame; close() dies after ``die_after`` calls."""
 
+    wants_room = True       # output always waits for room: every "room" report flushes
+
     def __init__(self):
         self.calls = []
         self.out = []

@@ -567,6 +567,48 @@ def test_data_both_ways_with_credit_accounting():
     assert rec.granted - rec.received == rec.conn.send_space
 
 
+def test_a_service_write_says_whether_it_made_a_window_update_due():
+    # The runtime flushes after a service's "written" report only when the report gave the stack something.
+    stack = make_stack()
+    client, cid = open_connection(stack)
+    stack.take_events()
+    client.send(tcp.ACK | tcp.PSH, payload=b"hi", now=10)
+    (send,) = of_type(stack.take_events(), ServiceSend)
+    client.receive()
+    # Without window scaling the field says 65535 at most, which the buffer still fills: nothing to announce.
+    assert stack.service_written(cid, 2, 11) is False
+    assert client.receive() == []
+    # With it, a window two bytes larger is not announced either, but one 5840 bytes larger is.
+    client = Client(stack, port=40313)
+    client.send(tcp.SYN, now=12, mss=1460, wscale=7)
+    (connect,) = of_type(stack.take_events(), ServiceConnect)
+    cid = connect.conn_id
+    stack.service_connected(cid, 12)
+    client.receive()
+    for i in range(4):
+        client.send(tcp.ACK, payload=b"x" * 1460, now=20 + i)
+    stack.take_events()
+    (ack,) = [s for s in client.receive() if s.ack == client.seq]
+    assert stack.service_written(cid, 2, 30) is False
+    assert client.receive() == []
+    assert stack.service_written(cid, 4 * 1460 - 2, 31) is True
+    (update,) = client.receive()
+    assert update.window > ack.window and update.ack == ack.ack  # the window update that was due
+
+
+def test_wants_room_while_data_waits_for_budget():
+    stack = make_stack()
+    client, cid = open_connection(stack)
+    stack.take_events()
+    assert not stack.wants_room
+    stack.service_data(cid, b"d" * 2920, 10)
+    first = client.receive(budget=100)
+    assert sum(len(s.payload) for s in first) < 2920 and stack.wants_room     # held back: room would help
+    rest = client.receive()
+    assert sum(len(s.payload) for s in first + rest) == 2920
+    assert not stack.wants_room                                 # all sent: more room brings nothing
+
+
 def test_fin_both_ways():
     stack = make_stack()
     client, cid = open_connection(stack)

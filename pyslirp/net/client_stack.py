@@ -440,13 +440,14 @@ class ClientStack(object):
             self._after(rec, now)
 
     def service_written(self, flow_id, nbytes, now):
-        """The local socket took ``nbytes``: the receive window reopens."""
+        """The local socket took ``nbytes``: the receive window reopens.  True when that gave the stack
+        something to send or to report (a window update); False: nothing a flush would find."""
         self._now = now
         rec = self._flows.get(flow_id)
         if rec is None or rec.conn is None or nbytes <= 0:
-            return
-        rec.conn.consumed(nbytes, now)
-        self._after(rec, now)
+            return False
+        due = rec.conn.consumed(nbytes, now)
+        return self._after(rec, now) or due
 
     def service_error(self, flow_id, reason, now):
         """The local socket failed or was closed by the runtime: the flow is reset."""
@@ -539,6 +540,17 @@ class ClientStack(object):
         self._ident = (self._ident + 1) & 0xFFFF
         return Ipv4Repr(src=src, dst=dst, protocol=PROTO_TCP, payload=seg.emit(src, dst), ttl=TTL,
                         ident=self._ident, dont_fragment=True).emit()
+
+    @property
+    def wants_room(self):
+        """Some flow has data, a FIN or a retransmission waiting to be sent: more room on the line may let it
+        go (``IPStack.wants_room``)."""
+        flows = self._flows
+        for flow_id in self._ready:
+            rec = flows.get(flow_id)
+            if rec is not None and rec.conn is not None and rec.conn.wants_budget:
+                return True
+        return False
 
     def take_packets(self, budget, allow_one_over=False):
         """[(urgent, datagram)]: control and small segments always; bulk within ``budget`` (< 0: all)."""

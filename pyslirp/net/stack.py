@@ -1337,12 +1337,14 @@ class IPStack(object):
         self._after(rec, now)
 
     def service_written(self, conn_id, nbytes, now):
+        """The service socket took ``nbytes``.  True when that gave the stack something to send or to report
+        (a window update); False: nothing changed that a flush would find."""
         self._now = now
         rec = self._service_rec(conn_id, "written")
         if rec is None or nbytes <= 0:
-            return
-        rec.conn.consumed(nbytes, now)
-        self._after(rec, now)
+            return False
+        due = rec.conn.consumed(nbytes, now)
+        return self._after(rec, now) or due
 
     def service_error(self, conn_id, reason, now):
         self._now = now
@@ -1538,6 +1540,18 @@ class IPStack(object):
         for _, p in out:
             self.bytes_out += len(p)
         return out
+
+    @property
+    def wants_room(self):
+        """Some connection has data, a FIN or a retransmission waiting to be sent (``wants_budget``): more room
+        on the line may let it go.  False: the last ``take_packets`` held nothing back for want of budget, so
+        the line draining brings nothing new to send."""
+        conns = self._conns
+        for key in self._ready:
+            rec = conns.get(key)
+            if rec is not None and not rec.gone and rec.conn.wants_budget:
+                return True
+        return False
 
     def _take_tcp(self, budget, urgent, bulk, allow_one_over=False):
         """Every connection's segments; bulk payload shared round-robin within ``budget``.

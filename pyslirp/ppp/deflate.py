@@ -36,6 +36,23 @@ What Linux does, and what this module therefore does:
   block that carries it: one octet of block header (not final, type 0),
   LEN and its complement, the protocol field and the information field.
 
+Incompressible data (an archive, an encrypted stream: most bulk transfers
+today) costs zlib as much as text and more -- about 70-80 us per 1460-byte
+packet here, at any level -- only to be sent as it was.  So once SKIP_RUN
+packets of at least SKIP_MIN octets in a row did not shrink, the compressor
+stops trying: packets are sent as they are (which the receiver's
+``z_incomp`` takes exactly as a packet that did not shrink) and only enter a
+copy of the history we keep, but every PROBE_EVERY-th, whatever its size,
+is tried again; one that shrinks ends the run.  Before the next packet that
+is tried the compressor is started afresh with the copy's last window as its
+dictionary (``zdict``): its back-references then reach exactly the bytes the
+receiver's history holds, skipped packets included.  That restart costs
+about as much as compressing one large packet, which is why the small
+packets among the run (our ACKs of a transfer the other way, VJ-compressed
+to a few octets that Deflate cannot shorten anyway) are skipped too, rather
+than each paying for one.  A mix of compressible and incompressible packets
+(every run shorter than SKIP_RUN) is compressed packet by packet as before.
+
 A decompression error (sequence number out of step, corrupt Deflate data, a
 packet that would inflate beyond the MRU) raises ``ParseError``; the history
 is then unusable until both ends reset it (CCP Reset-Request / Reset-Ack,
@@ -56,6 +73,9 @@ MAX_DATA_PROTOCOL = 0x3FFF   # Linux z_compress / z_incomp: "proto > 0x3fff" is 
 MIN_WINDOW = 9               # window size 8 triggers a zlib bug: pppd's DEFLATE_MIN_WORKS
 MAX_WINDOW = 15
 LEVEL = 6                    # zlib's default, as Linux (Z_DEFAULT_COMPRESSION)
+SKIP_MIN = 256               # packets this long (protocol field and information) count towards a run ...
+SKIP_RUN = 4                 # ... and after this many of them in a row that did not shrink, packets go untried
+PROBE_EVERY = 16             # ... but one in this many (see "Incompressible data")
 
 SEQ = struct.Struct("!H")
 SEQ_LEN = SEQ.size
@@ -87,13 +107,39 @@ class DeflateCompressor(object):
         self.incompressible = 0      # packets that went through the history but were sent as they were
         self.bytes_in = 0            # protocol + information octets before compression
         self.bytes_out = 0           # the same packets as sent (compressed or not)
+        self.skipped = 0             # of the incompressible: sent as they were without being tried
         self._z = None
+        self._history = bytearray()  # what entered the history, at least its last window (for a restart)
+        self._stale = False          # packets entered the history without passing through self._z
+        self._run = 0                # large packets in a row that did not shrink (none shrank in between)
+        self._since_probe = 0        # packets skipped since the last one tried
         self.reset()
 
     def reset(self):
         """Clear the history (CCP Configure-Ack or Reset-Ack sent)."""
         self._z = zlib.compressobj(self.level, zlib.DEFLATED, -self.window_bits)
+        del self._history[:]
+        self._stale = False
+        self._run = self._since_probe = 0
         self.seq = 0
+
+    def _remember(self, field, info):
+        """``field`` and ``info`` entered the history: keep the copy's last window (trimmed now and then)."""
+        history = self._history
+        history += field
+        history += info
+        window = 1 << self.window_bits
+        if len(history) > 2 * window:
+            del history[:-window]
+
+    def _compressor(self):
+        """The compressor, started afresh on the history's copy when packets were skipped since it last ran."""
+        if self._stale:
+            window = 1 << self.window_bits
+            self._z = zlib.compressobj(self.level, zlib.DEFLATED, -self.window_bits,
+                                       zdict=bytes(self._history[-window:]))
+            self._stale = False
+        return self._z
 
     def compress(self, protocol, info, send_compressed=True):
         """``(PROTO_COMP, seq + data)`` when that is shorter (and allowed), else ``(protocol, info)``.
@@ -103,15 +149,32 @@ class DeflateCompressor(object):
         if not compressible(protocol):
             return protocol, info
         field = _protocol_field(protocol)
-        z = self._z
-        data = z.compress(field) + z.compress(info) + z.flush(zlib.Z_SYNC_FLUSH)
-        # RFC 1979 / Linux: the flush's empty stored block is not sent (see the module docstring).
-        data = data[:-len(EMPTY_STORED_BLOCK)]
         seq = self.seq
         self.seq = (seq + 1) & 0xFFFF
         size = len(field) + len(info)
         self.bytes_in += size
-        if send_compressed and SEQ_LEN + len(data) < len(info):
+        large = size >= SKIP_MIN
+        if self._run >= SKIP_RUN and self._since_probe < PROBE_EVERY - 1:
+            # A run of incompressible packets: this one goes as it is, untried (see "Incompressible data").
+            self._since_probe += 1
+            self._remember(field, info)
+            self._stale = True
+            self.skipped += 1
+            self.incompressible += 1
+            self.bytes_out += size
+            return protocol, info
+        z = self._compressor()
+        data = z.compress(field) + z.compress(info) + z.flush(zlib.Z_SYNC_FLUSH)
+        # RFC 1979 / Linux: the flush's empty stored block is not sent (see the module docstring).
+        data = data[:-len(EMPTY_STORED_BLOCK)]
+        self._remember(field, info)
+        shrinks = SEQ_LEN + len(data) < len(info)
+        self._since_probe = 0
+        if shrinks:
+            self._run = 0
+        elif large:
+            self._run += 1
+        if send_compressed and shrinks:
             self.packets += 1
             self.bytes_out += 1 + SEQ_LEN + len(data)
             return PROTO_COMP, SEQ.pack(seq) + data

@@ -356,20 +356,20 @@ class ClientRuntime(Runtime):
             self.services.register(conn)
             if self._stopping is not None:
                 conn.refused("stopping")
-                return
+                return True
             if _is_ipv4(host):
                 self.core.open_flow(flow_id, host, port, now)
             else:
                 self.core.resolve(flow_id, host, now)      # the flow opens when the name resolves
-            return
+            return True
         if item[0] == "fwd_resolved":
             _, flow_id, address, port = item
             if flow_id in self.services.connections and self._stopping is None:
                 self.core.open_flow(flow_id, address, port, now)
-            return
+            return True
         if item[0] == "line_up" and self._link_deadline is None and self.link_timeout > 0:
             self._link_deadline = now + self.link_timeout
-        Runtime._dispatch(self, item, now)
+        return Runtime._dispatch(self, item, now)
 
     def _housekeeping(self, now):
         Runtime._housekeeping(self, now)

@@ -29,9 +29,12 @@ while the budget is positive (one frame may exceed it).  Bulk beyond that
 waits in the TCP send buffers, where the next keystroke can still overtake
 it.  The writer's "room" report (the line drained below the bound) wakes the
 loop to refill; a 20 ms re-flush is the safety net.  Its "written" reports
-only settle ``line_queued``: a wake-up that brought nothing else (or only
-service threads' "done", which change nothing the Core sends) and found no
-timer due does not flush, since the "room" after every write does.  Whenever the measured
+only settle ``line_queued``.  A wake-up that brought only items which change
+nothing the Core sends, and found no timer due, does not flush: "written",
+service threads' "done", a service's "svc_written" that made no window update
+due (``Core.service_written`` says), and "room" when the last flush held
+nothing back for want of it (``Core.wants_room``: after a handshake or an
+echo the line is idle and "room" follows every write).  Whenever the measured
 rate moves by more than an eighth the Core is told (``set_line_rate``): the
 stack sizes segments and windows to it.  The other way, each flush hands
 the writer the smallest round trip the stack's connections measured on
@@ -105,7 +108,8 @@ THREAD_STACK = 512 * 1024
 
 # Inbox items that change nothing the Core sends: a turn that brought only these (and found no timer due)
 # does not flush.  "written": bytes reached the line; "svc_done": a service thread finished (the stack
-# heard its connection's end before, in its svc_eof, svc_error or the stack's own close).
+# heard its connection's end before, in its svc_eof, svc_error or the stack's own close).  "svc_written"
+# and "room" are such items when the Core says so (Runtime._dispatch).
 _NO_FLUSH = frozenset(("written", "svc_done"))
 
 
@@ -145,6 +149,7 @@ class Runtime(object):
         self.writer = None
         self.reader = None
         self.line_queued = 0
+        self._room_wanted = True        # the last flush held output back for the line's room (Core.wants_room)
         self.exit_code = None
         self._stopping = None           # None, "closing" or "draining"
         self._stop_deadline = None
@@ -299,9 +304,8 @@ class Runtime(object):
         handled = 0
         written_only = item is not None
         while item is not None:
-            if item[0] not in _NO_FLUSH:
+            if self._dispatch(item, now):
                 written_only = False
-            self._dispatch(item, now)
             handled += 1
             if handled >= BATCH:
                 break
@@ -310,9 +314,10 @@ class Runtime(object):
             except queue.Empty:
                 item = None
         if written_only and not self._due(now):
-            # Only bytes reaching the line (or service threads that finished): the writer's "room" report,
-            # which follows every write once the line's queue is below its bound, is the turn that refills
-            # it.  A flush now would find nothing new and cost a whole turn (and a look at the line's queue).
+            # Only items that gave the Core nothing to send (bytes reaching the line, service threads that
+            # finished, ...; see _dispatch): a flush now would find nothing new and cost a look at the line's
+            # queue, the Core's output and events.  When output waits for room, the writer's "room" report
+            # (which follows every write once the line's queue is below its bound) is the turn that refills.
             self._housekeeping(now)
             return
         self.core.handle_timer(now)
@@ -337,7 +342,12 @@ class Runtime(object):
         return max(1, deadline - now) / 1000.0
 
     def _dispatch(self, item, now):
+        """Apply one inbox item.  False when it gave the Core nothing to send (no flush needed for it: the
+        kinds of _NO_FLUSH, a "svc_written" that made no window update due, a "room" no output waited for)."""
         kind = item[0]
+        if kind in _NO_FLUSH:
+            self._dispatch_quiet(item)
+            return False
         core = self.core
         if kind == "serial":
             reader, data = item[1], item[2]
@@ -345,16 +355,12 @@ class Runtime(object):
             if reader is self.reader:
                 self._counters["serial_bytes_in"] += len(data)
                 core.receive_serial(data, now)
-        elif kind == "written":
-            if item[1] is self.writer:
-                self.line_queued -= item[2]
-                self._counters["serial_bytes_out"] += item[2]
         elif kind == "room":
-            pass                        # the line drained below its bound: the flush below refills it
+            return self._room_wanted    # the line drained below its bound: the flush refills it
         elif kind == "svc_data":
             core.service_data(item[1], item[2], now)
         elif kind == "svc_written":
-            core.service_written(item[1], item[2], now)
+            return core.service_written(item[1], item[2], now)
         elif kind == "svc_connected":
             core.service_connected(item[1], now, item[2], item[3])
         elif kind == "svc_failed":
@@ -363,8 +369,6 @@ class Runtime(object):
             core.service_eof(item[1], now)
         elif kind == "svc_error":
             core.service_error(item[1], item[2], now)
-        elif kind == "svc_done":
-            self.services.forget(item[1])
         elif kind == "udp_data":
             core.udp_data(item[1], item[2], now)
         elif kind == "udp_error":
@@ -410,6 +414,16 @@ class Runtime(object):
                 self._begin_stop(now)
         else:
             log.warning("unknown inbox item %r", kind)
+        return True
+
+    def _dispatch_quiet(self, item):
+        kind = item[0]
+        if kind == "written":
+            if item[1] is self.writer:
+                self.line_queued -= item[2]
+                self._counters["serial_bytes_out"] += item[2]
+        elif kind == "svc_done":
+            self.services.forget(item[1])
 
     def _line_down(self, now):
         self._counters["line_downs"] += 1
@@ -453,6 +467,7 @@ class Runtime(object):
             frames = [frame for _, frame in self._take_output(budget if budget > 0 else 0, now)]
             if frames:
                 self.line_queued += writer.put_all(frames)      # one hand-over for the whole flush
+            self._room_wanted = core.wants_room
             if budget <= 0:
                 # The writer posts "room" when the line drains below the bound; this is only the
                 # safety net should the bound move under it.

@@ -21,8 +21,9 @@ to it but not change it):
     conn.abort(now)               # emit RST, state CLOSED, event Closed
     conn.read() -> bytes          # in-order data for the service (empty if none); stays counted against
                                   # the receive window until consumed()
-    conn.consumed(nbytes, now)    # the service socket took nbytes: the window reopens (window update if it grew
-                                  # by >= 2*MSS or from zero)
+    conn.consumed(nbytes, now) -> bool
+                                  # the service socket took nbytes: the window reopens (a window update, and
+                                  # True, if it grew by >= 2*MSS or from zero)
     conn.take_segments(budget, now) -> List[TcpRepr]
                                   # segments to emit now, in order; control segments (SYN, FIN, RST, pure ACKs,
                                   # window updates, probes) always; payload only while the payload bytes of this
@@ -789,17 +790,22 @@ class TcpConnection(object):
         return data
 
     def consumed(self, nbytes, now):
-        """The service socket took ``nbytes``: reopen the window (RFC 9293 3.8.6.2.2)."""
+        """The service socket took ``nbytes``: reopen the window (RFC 9293 3.8.6.2.2).  True when that made a
+        window update due; False: nothing to send for it (the window grew too little to announce)."""
         n = max(0, min(nbytes, self._rx_unconsumed))
         self._rx_unconsumed -= n
         if self._state not in _RECV_STATES and self._state is not TcpState.SYN_RECEIVED:
-            return
+            return False
         cur = self.rcv_wnd
-        new = self._window_candidate()
+        # What the window field can say: without window scaling a candidate beyond 64 KiB is announced as
+        # 65535, and a window at 65533 would be "updated" by two bytes after every service write.
+        new = min(self._window_candidate(), MAX_WINDOW_FIELD << self.rcv_wscale)
         threshold = min(2 * self.our_mss, max(1, self._rcv_buf() // 2))
         if new > cur and (cur == 0 or new - cur >= threshold):
             self._ack_now = True
             self.window_updates += 1
+            return True
+        return False
 
     # ====================================================== receive window
 
