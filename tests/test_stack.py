@@ -578,7 +578,10 @@ def test_a_service_write_says_whether_it_made_a_window_update_due():
     # Without window scaling the field says 65535 at most, which the buffer still fills: nothing to announce.
     assert stack.service_written(cid, 2, 11) is False
     assert client.receive() == []
-    # With it, a window two bytes larger is not announced either, but one 5840 bytes larger is.
+    # With a 16 KiB buffer: a window two bytes larger is not announced either, nor one 5840 bytes larger while
+    # more than half the largest window offered is open (the update rides on our next segment), but one that
+    # reopens a window closed to less than half is.
+    stack = make_stack(tcp=TcpConfig(rcvbuf=16384))
     client = Client(stack, port=40313)
     client.send(tcp.SYN, now=12, mss=1460, wscale=7)
     (connect,) = of_type(stack.take_events(), ServiceConnect)
@@ -588,10 +591,16 @@ def test_a_service_write_says_whether_it_made_a_window_update_due():
     for i in range(4):
         client.send(tcp.ACK, payload=b"x" * 1460, now=20 + i)
     stack.take_events()
-    (ack,) = [s for s in client.receive() if s.ack == client.seq]
+    client.receive()
     assert stack.service_written(cid, 2, 30) is False
+    assert stack.service_written(cid, 4 * 1460 - 2, 31) is False
     assert client.receive() == []
-    assert stack.service_written(cid, 4 * 1460 - 2, 31) is True
+    for i in range(6):
+        client.send(tcp.ACK, payload=b"y" * 1460, now=40 + i)
+    stack.take_events()
+    (ack,) = [s for s in client.receive() if s.ack == client.seq]
+    assert ack.window < 16384 // 2                               # (a 16 KiB buffer is announced unscaled)
+    assert stack.service_written(cid, 6 * 1460, 50) is True
     (update,) = client.receive()
     assert update.window > ack.window and update.ack == ack.ack  # the window update that was due
 

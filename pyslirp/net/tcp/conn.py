@@ -427,6 +427,7 @@ class TcpConnection(object):
         self.rcv_nxt = seq_add(syn.seq, 1)
         self.rcv_adv = self.rcv_nxt     # right edge of the window we advertised
         self._adv_size = 0              # the window (bytes) the last segment advertised
+        self._adv_max = 0               # the largest window (bytes) any segment advertised, the SYN's included
         self._bulk_in = False           # a segment larger than SMALL_SEGMENT arrived since that segment
         self.last_ack_sent = self.rcv_nxt
         self._rx = bytearray()          # in order, not yet read()
@@ -802,6 +803,13 @@ class TcpConnection(object):
         new = min(self._window_candidate(), MAX_WINDOW_FIELD << self.rcv_wscale)
         threshold = min(2 * self.our_mss, max(1, self._rcv_buf() // 2))
         if new > cur and (cur == 0 or new - cur >= threshold):
+            if 2 * cur > self._adv_max:
+                # More than half the largest window we offered is still open: the client is not held back by it
+                # (its SWS avoidance sends once half the largest window it saw is usable), so the larger window
+                # rides on our next segment, as in Linux's tcp_cleanup_rbuf.  The SYN-ACK could offer only
+                # 65535 unscaled: an echo's answer, about to follow the service write that freed its request,
+                # carries the scaled window instead of a pure ACK sent just before it.
+                return False
             self._ack_now = True
             self.window_updates += 1
             return True
@@ -873,6 +881,8 @@ class TcpConnection(object):
         if seq_gt(edge, self.rcv_adv):
             self.rcv_adv = edge
         self._adv_size = field << ws
+        if self._adv_size > self._adv_max:
+            self._adv_max = self._adv_size
         self._bulk_in = False
         return field
 
@@ -931,6 +941,7 @@ class TcpConnection(object):
         edge = seq_add(self.rcv_nxt, window)
         if seq_gt(edge, self.rcv_adv):
             self.rcv_adv = edge
+        self._adv_max = max(self._adv_max, window)
         ts = (self._ts_val(now), self.ts_recent) if self.ts_ok else None
         self.last_ack_sent = self.rcv_nxt
         self._ack_now = False
@@ -944,6 +955,7 @@ class TcpConnection(object):
     def _make_syn(self, now):
         """Our SYN (RFC 9293 3.10.1): MSS, window scale, SACK-permitted and timestamps as configured."""
         window = min(self._rcv_space(), MAX_WINDOW_FIELD)      # RFC 7323 2.2: not scaled in a SYN
+        self._adv_max = max(self._adv_max, window)
         ts = (self._ts_val(now), 0) if self.ts_ok else None
         self._syn_sent(now)
         self._syn_due = False
