@@ -77,9 +77,10 @@ spurious, and whole headers cost a busy line 8%: ppp/ipcp.py);
 with Deflate, CCP restarts both histories with a Reset-Ack, so that the
 retransmission is not compressed against the lost original.  The other way
 round, the client's CCP Reset-Request (``PPPLink.take_peer_drop_signal``)
-shows that its decompressor dropped our frames from a lost one on: the stack
-resends what was in flight after the Reset-Ack (``IPStack.link_dropped``),
-where a tail loss would otherwise wait for the retransmission timer.
+shows that its decompressor dropped our frames from a lost one on: a
+connection with nothing new to send retransmits its first unacknowledged
+segment after the Reset-Ack (``IPStack.link_dropped``), where a tail loss
+would otherwise wait for the retransmission timer.
 
 Reload: :meth:`reconfigure` hands a new stack configuration to the stack
 (``IPStack.reconfigure``); the PPP link is not renegotiated.
@@ -157,8 +158,8 @@ class Core(object):
         self.link.receive_data(data, now)
         self._pump(now)
         if self.link.take_peer_drop_signal() and self._stack_live:
-            # The client's decompressor dropped our frames since a lost one: resend what was in flight after
-            # the Reset-Ack the link has just queued, instead of after a retransmission timeout.
+            # The client's decompressor dropped our frames since a lost one: a tail loss is retransmitted after
+            # the Reset-Ack the link has just queued, not after a retransmission timeout.
             self.stack.link_dropped(now)
         if self._stack_live and self.stack.take_lost_frame_signal():
             # A fast retransmit is queued: the client lost a frame of ours (ppp/ccp.py, "Resynchronising"),

@@ -1,6 +1,7 @@
 """A frame of ours lost toward the client: its Deflate decompressor drops everything after it until our CCP Reset-Ack
-(Linux ppp_generic does; so does the client role), and its Reset-Request is the only sign.  The stack then resends
-what was in flight at once (``TcpConnection.link_dropped``) instead of after a retransmission timeout.
+(Linux ppp_generic does; so does the client role), and its Reset-Request may be the only sign.  When nothing new
+follows (a tail loss), the connection then retransmits at once (``TcpConnection.link_dropped``) instead of after a
+retransmission timeout.
 """
 
 import random

@@ -306,8 +306,8 @@ class ClientStack(object):
                 self._after(rec, now)
 
     def link_dropped(self, now):
-        """The server's decompressor dropped the frames of ours in flight (its CCP Reset-Request): flows with
-        data in flight resend it at once (TcpConnection.link_dropped)."""
+        """The server's decompressor dropped our frames from a lost one on (its CCP Reset-Request): flows with
+        data in flight and nothing new to send retransmit at once (TcpConnection.link_dropped)."""
         self._now = now
         for rec in list(self._flows.values()):
             if rec.conn is not None and rec.conn.link_dropped(now):

@@ -1764,8 +1764,9 @@ class IPStack(object):
                 self._after(rec, now)
 
     def link_dropped(self, now):
-        """The client's link layer dropped the frames of ours in flight (its Deflate decompressor out of step:
-        ppp/ccp.py): every connection with data in flight resends it at once (TcpConnection.link_dropped)."""
+        """The client's link layer dropped our frames from a lost one on (its Deflate decompressor out of step:
+        ppp/ccp.py): connections with data in flight and nothing new to send retransmit at once
+        (TcpConnection.link_dropped)."""
         self._now = now
         for rec in list(self._conns.values()):
             if not rec.gone and rec.conn.link_dropped(now):
