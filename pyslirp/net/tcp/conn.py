@@ -23,7 +23,8 @@ to it but not change it):
                                   # the receive window until consumed()
     conn.consumed(nbytes, now) -> bool
                                   # the service socket took nbytes: the window reopens (a window update, and
-                                  # True, if it grew by >= 2*MSS or from zero)
+                                  # True, if it grew by >= 2*MSS or from zero while at most half the largest
+                                  # window offered was open; otherwise it rides on the next segment)
     conn.take_segments(budget, now) -> List[TcpRepr]
                                   # segments to emit now, in order; control segments (SYN, FIN, RST, pure ACKs,
                                   # window updates, probes) always; payload only while the payload bytes of this
