@@ -82,6 +82,24 @@ wait_ppp_up() {
     return 1
 }
 
+# wait_ppp_up_within SECONDS [SAVE_AS] [IFACE]: wait_ppp_up bounded by the clock rather than by a count of
+# looks, for a guest that may be slow (each look starts a program): returns 1 once SECONDS have passed.
+wait_ppp_up_within() {
+    local timeout=${1:-20} save=${2:-} ifc=${3:-ppp0} end
+    save=${save:-$ifc}
+    end=$((SECONDS + timeout))
+    while [ "$SECONDS" -lt "$end" ]; do
+        if ip -o -4 addr show dev "$ifc" 2>/dev/null | grep -q ' inet '; then
+            ip -o addr show dev "$ifc" >"$RESULTS/$save.addr"
+            say "wait_ppp_up_within: $ifc is up: $(ip -o -4 addr show dev "$ifc")"
+            return 0
+        fi
+        sleep 0.1
+    done
+    say "wait_ppp_up_within: $ifc not up after ${timeout}s"
+    return 1
+}
+
 # wait_listening PORT TIMEOUT: wait until a TCP socket in the guest listens on PORT.  Returns 1 on timeout.
 wait_listening() {
     local port=$1 timeout=${2:-20} i
