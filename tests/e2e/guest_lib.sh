@@ -65,17 +65,20 @@ pppd_stop() {
     pppd_wait "$name" "$timeout"
 }
 
+# ppp_is_up CALLER IFACE SAVE_AS: if IFACE has an IPv4 address, save `ip -o addr show IFACE` into
+# $RESULTS/SAVE_AS.addr and say so in CALLER's name (returns 0); else returns 1.
+ppp_is_up() {
+    ip -o -4 addr show dev "$2" 2>/dev/null | grep -q ' inet ' || return 1
+    ip -o addr show dev "$2" >"$RESULTS/$3.addr"
+    say "$1: $2 is up: $(ip -o -4 addr show dev "$2")"
+}
+
 # wait_ppp_up TIMEOUT [SAVE_AS] [IFACE]: wait until IFACE (ppp0) has an IPv4 address; save `ip -o addr show IFACE`
 # into $RESULTS/SAVE_AS.addr (default: IFACE.addr).  Returns 1 on timeout.
 wait_ppp_up() {
     local timeout=${1:-20} save=${2:-} ifc=${3:-ppp0} i
-    save=${save:-$ifc}
     for ((i = 0; i < timeout * 10; i++)); do
-        if ip -o -4 addr show dev "$ifc" 2>/dev/null | grep -q ' inet '; then
-            ip -o addr show dev "$ifc" >"$RESULTS/$save.addr"
-            say "wait_ppp_up: $ifc is up: $(ip -o -4 addr show dev "$ifc")"
-            return 0
-        fi
+        ppp_is_up wait_ppp_up "$ifc" "${save:-$ifc}" && return 0
         sleep 0.1
     done
     say "wait_ppp_up: $ifc not up after ${timeout}s"
@@ -85,15 +88,9 @@ wait_ppp_up() {
 # wait_ppp_up_within SECONDS [SAVE_AS] [IFACE]: wait_ppp_up bounded by the clock rather than by a count of
 # looks, for a guest that may be slow (each look starts a program): returns 1 once SECONDS have passed.
 wait_ppp_up_within() {
-    local timeout=${1:-20} save=${2:-} ifc=${3:-ppp0} end
-    save=${save:-$ifc}
-    end=$((SECONDS + timeout))
+    local timeout=${1:-20} save=${2:-} ifc=${3:-ppp0} end=$((SECONDS + ${1:-20}))
     while [ "$SECONDS" -lt "$end" ]; do
-        if ip -o -4 addr show dev "$ifc" 2>/dev/null | grep -q ' inet '; then
-            ip -o addr show dev "$ifc" >"$RESULTS/$save.addr"
-            say "wait_ppp_up_within: $ifc is up: $(ip -o -4 addr show dev "$ifc")"
-            return 0
-        fi
+        ppp_is_up wait_ppp_up_within "$ifc" "${save:-$ifc}" && return 0
         sleep 0.1
     done
     say "wait_ppp_up_within: $ifc not up after ${timeout}s"
