@@ -3,7 +3,7 @@
 paced, noisy emulated line, on a fake clock.
 
 Usage: python3 bench/noisy_sim.py [--ber 1e-5] [--drop P] [--xonxoff P] [--size 200000] [--seeds 1,2,3] [--compression deflate|none]
-                                  [--no-vj] [--mss N]
+                                  [--no-vj] [--slhc] [--mss N]
 
 Both ends are pyslirp (pyslirp.testing.SimulatedClient's cores), so it is no substitute for the pppd row; what it
 gives is the same line (pyslirp/testing/linkemu.py's LineDirection, 115200 bit/s 8N1, seeded bit errors) and every
@@ -132,6 +132,10 @@ def one(seed, args):
                    server_stack_config=stack, server_link_config=LinkConfig(**lc),
                    link_config=client_link_config(**lc))
     assert sim.link_up(), "link did not come up"
+    if args.slhc:
+        # Linux's slhc has no repair: after a lost frame it tosses every compressed packet until an uncompressed
+        # one (or an explicit slot) arrives, so the pppd row's client recovers a download loss only by our timer.
+        sim.client.link.ipcp.vj.decompressor.repair = False
     result = {}
     # Download.
     flow = sim.connect("10.0.0.1", 5002)
@@ -174,11 +178,14 @@ def main(argv=None):
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--compression", default="deflate")
     p.add_argument("--no-vj", action="store_true")
+    p.add_argument("--slhc", action="store_true",
+                   help="the client's VJ decompressor without repair, as Linux's slhc (the pppd row's client)")
     p.add_argument("-v", action="store_true", help="print every counter")
     a = p.parse_args(argv)
     for seed in [int(x) for x in a.seeds.split(",")]:
         r = one(seed, a)
-        print("seed %d: down %.2f up %.2f (flips %d/%d)" % (seed, r["down"], r["up"], r["flips"][0], r["flips"][1]))
+        print("seed %d: down %.2f up %.2f (flips %d/%d, server RTOs %d)" % (
+            seed, r["down"], r["up"], r["flips"][0], r["flips"][1], r["down_server"].get("rto_count", 0)))
         if a.v:
             for k in sorted(r):
                 if isinstance(r[k], dict):

@@ -61,9 +61,10 @@ when the line carries again: the client, a receiver, has nothing to send.
 So while some connection is backed off (``IPStack.stalled``) and nothing was
 received for PROBE_MS, the Core asks the link for an LCP Echo-Request every
 PROBE_MS (``PPPLink.probe``, about 20 bytes each).  A probe answered within
-PROBE_MS shows the line is fine (the client's TCP is what is silent): the
-timers keep their backoff and there is no more probing until no connection
-is backed off.  Once a probe went unanswered the line is taken to be out; the
+PROBE_MS shows the line is fine: what is lost is lost to its noise, so the
+backed-off timers are undone and run again with the estimate's RTO
+(``IPStack.line_answers``, conn.py "A noisy line"), and there is no more
+probing until no connection is backed off.  Once a probe went unanswered the line is taken to be out; the
 first bytes received after that are the line's "connected again" and the
 stack retransmits at once (``IPStack.link_alive``), instead of after a
 backed-off timeout.  A backed-off connection (each stack timer that finds
@@ -171,6 +172,10 @@ class Core(object):
             self._probe_at = None
             if not outage:
                 self._line_ok = True
+                if self._stack_live:
+                    # The line carries both ways: the backed-off flows lose frames to its noise (conn.py,
+                    # "A noisy line"): their timers run again with the estimate's RTO.
+                    self.stack.line_answers(now)
             elif self._stack_live:
                 # What went into the dead line is lost: the retransmissions now follow a resync.
                 self.link.peer_lost_frame(now)

@@ -97,6 +97,10 @@ class FakeStack(object):
     def link_alive(self, now):
         self.calls.append(("link_alive", now))
 
+    def line_answers(self, now):
+        self.calls.append(("line_answers", now))
+        return True
+
     def take_packets(self, budget):
         self.calls.append(("take_packets", budget))
         out, self.packets = self.packets, []
@@ -199,7 +203,7 @@ def test_a_fast_retransmit_tells_the_link_before_the_retransmission_is_framed():
     assert [c for c in link.calls if c[0] == "peer_lost_frame"] == [("peer_lost_frame", 20, True)]
 
 
-def test_a_promptly_answered_probe_does_not_count_as_the_line_returning():
+def test_a_promptly_answered_probe_is_not_the_line_returning_but_tells_the_stack_it_carries():
     from pyslirp.core import PROBE_MS
     core, link, stack = make(StalledStack)
     link.is_up = True
@@ -211,6 +215,8 @@ def test_a_promptly_answered_probe_does_not_count_as_the_line_returning():
     core.handle_timer(10 + PROBE_MS)
     core.receive_serial(b"echo reply", 10 + PROBE_MS + 30)
     assert not [c for c in stack.calls if c[0] == "link_alive"]
+    # The line carries: the backed-off flows lose frames to its noise (conn.py, "A noisy line").
+    assert [c for c in stack.calls if c[0] == "line_answers"] == [("line_answers", 10 + PROBE_MS + 30)]
     stack.timer = 5000
     core.handle_timer(5000)                         # still stalled, but the line is known to be fine
     assert core.get_timer() != 5000 + PROBE_MS and core.probes == 1

@@ -1,7 +1,8 @@
 """A line cut the keepalive does not notice: the Core probes the silent line under a backed-off flow and, when
 the line carries again, the flow retransmits at once instead of after its backed-off timer (core.py, "A silent
-line under a stalled flow").  A probe answered at once (the line is fine, the client's TCP is silent) changes
-nothing: the backoff stays, as RFC 6298 5.5 wants."""
+line under a stalled flow").  A probe answered at once shows the line carries: the flow's losses are its noise, so the backoff is undone and the
+next few timeouts keep the estimate's RTO (conn.py, "A noisy line"); after them, and for a client whose TCP never
+answers, RFC 6298 5.5's doubling and the give-up as before."""
 
 from pyslirp.core import PROBE_MS
 from pyslirp.testing.compliance import ACK, PSH, Script, default_core
@@ -38,13 +39,53 @@ def test_without_the_probe_reply_the_backoff_would_have_waited_much_longer():
     assert rto is not None and rto - s.t0 > 10000 + PROBE_MS + 50   # what the probe saves
 
 
-def test_a_promptly_answered_probe_keeps_the_backoff():
-    s = Script(default_core())                  # the client's pppd answers echoes; its TCP never answers
+def _never_acknowledged(until):
+    """The client's pppd answers echoes, its TCP never answers: the data segment's transmission times."""
+    s = Script(default_core())
     s.establish()
     s.service_send(bytes(100), at=100)
     s.expect(ACK | PSH, by=110, seq=1, length=100)
-    times = [t for t, seg in s.drain(20000) if seg.payload]
-    gaps = [b - a for a, b in zip(times, times[1:])]
-    assert len(gaps) >= 3 and all(b == 2 * a for a, b in zip(gaps, gaps[1:])), times
-    assert s.core.probes == 1
+    return s, [t for t, seg in s.drain(until) if seg.payload]
 
+
+def test_a_promptly_answered_probe_makes_the_next_timeouts_linear():
+    from pyslirp.net.tcp.conn import TcpConfig
+    linear = TcpConfig().linear_timeouts
+    s, times = _never_acknowledged(60000)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    rto = gaps[1]
+    # The first timeout doubled the timer; the answered probe undid that (conn.py "A noisy line"): the next
+    # ``linear`` expiries keep the estimate's RTO ...
+    assert gaps[1:1 + linear] == [rto] * linear, times
+    # ... then the timer backs off again as RFC 6298 5.5 says, and no later probe makes it linear once more.
+    after = gaps[1 + linear:]
+    assert len(after) >= 4 and all(b == 2 * a for a, b in zip(after, after[1:])) and after[0] == 2 * rto, times
+    assert s.core.probes == 2
+
+
+def test_the_linear_timeouts_do_not_count_towards_the_give_up():
+    from pyslirp.net.tcp.conn import TcpConfig
+    cfg = TcpConfig()
+    s, times = _never_acknowledged(30 * 60 * 1000)
+    # Without the linear ones the segment goes max_retries times, then the RST; they come on top.
+    assert len(times) == cfg.max_retries + cfg.linear_timeouts, times
+    assert not s.core.stack.stalled() and not s.core.stack._conns
+
+
+def test_an_acknowledgement_ends_the_episode_and_the_next_loss_starts_afresh():
+    s = Script(default_core())
+    s.establish()
+    s.service_send(bytes(100), at=100)
+    s.expect(ACK | PSH, by=110, seq=1, length=100)
+    first = [t for t, seg in s.drain(1500) if seg.payload]
+    assert len(first) >= 4                      # retransmitted at the estimate's RTO after the answered probe
+    s.inject(ACK, at=1500, ack=101)
+    conn = next(iter(s.core.stack._conns.values())).conn
+    assert not conn.backed_off
+    s.service_send(bytes(100), at=3100)
+    s.expect(ACK | PSH, by=3110, seq=101, length=100)
+    times = [t for t, seg in s.drain(4500) if seg.payload]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    # Karn's rule would have kept a backoff: there is none to keep, the next loss is timed as the first was.
+    assert times and times[0] - 3100 == first[0] - 100, (first, times)
+    assert gaps and gaps[0] <= 2 * (first[2] - first[1]), times

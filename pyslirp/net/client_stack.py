@@ -305,6 +305,17 @@ class ClientStack(object):
                 rec.conn.link_alive(now)
                 self._after(rec, now)
 
+    def line_answers(self, now):
+        """The Core's probe was answered while flows were backed off: their losses are the line's noise
+        (TcpConnection.line_answers).  True if some flow's timer changed."""
+        self._now = now
+        changed = False
+        for rec in list(self._flows.values()):
+            if rec.conn is not None and rec.conn.line_answers(now):
+                self._after(rec, now)
+                changed = True
+        return changed
+
     def link_dropped(self, now):
         """The server's decompressor dropped our frames from a lost one on (its CCP Reset-Request): flows with
         data in flight and nothing new to send retransmit at once (TcpConnection.link_dropped)."""

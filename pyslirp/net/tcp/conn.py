@@ -221,6 +221,26 @@ segment at SND.UNA after the Reset-Ack (once per window of data, as RFC 6582
 allows one), whose ACK shows the hole, and the SACK recovery that follows
 resends the rest.  Not a go-back-N: the segments before the lost frame
 arrived, and their ACKs may still be on their way.
+
+A noisy line (``line_answers``): on a line with bit errors a full-sized frame
+is lost far more often than a short one (at a bit error rate of 3e-5 one in
+three), the retransmission as often as the original, and after a loss the
+client's Van Jacobson decompressor discards what follows (Linux's slhc), so
+there is no duplicate ACK and every loss costs a timeout.  RFC 6298's
+doubling then reaches tens of seconds after a few unlucky frames, and Karn's
+rule keeps the doubled timer for the next loss too: a 20 kB transfer took
+minutes.  The doubling protects a congested path and spares a dead peer;
+neither is the case when the Core's probe (an LCP Echo-Request sent while a
+connection is backed off and the line is silent) was answered: the line
+carries both ways, and nothing but our own bounded queue is in front of it.
+Then the backoff is undone, the timer runs again from the answer with the
+estimate's RTO, and the next ``linear_timeouts`` expiries of the same loss
+episode keep it and do not count towards ``max_retries`` (Linux does the same
+for thin streams, ``tcp_thin_linear_timeouts``: six linear retries).  The
+episode ends with the next ACK of new data; beyond its linear expiries the
+timer backs off as RFC 6298 says, so a client whose TCP stopped answering is
+still given up after ``max_retries`` counted expiries (sooner than without
+the probe's answer: the doubling starts again from the estimate).
 """
 
 import enum
@@ -291,6 +311,7 @@ class TcpConfig:
     min_rto_ms: int = 200
     max_rto_ms: int = 60000
     max_retries: int = 12               # consecutive RTO expiries before giving up
+    linear_timeouts: int = 6            # expiries without doubling once the line answers (see "A noisy line")
     syn_retries: int = 5                # SYN or SYN-ACK retransmissions before giving up
     msl_ms: int = 15000                 # TIME_WAIT lasts 2 * MSL
     keepalive: int = 0                  # s: idle time before a keepalive probe and between probes; 0 = off
@@ -475,6 +496,8 @@ class TcpConnection(object):
         self._high_rxt = iss            # RFC 6675 HighRxt: SACK recovery retransmitted the holes below this
         self._rxt_round_end = iss       # SND.MAX when this round of hole retransmissions began
         self._retries = 0
+        self._noisy = False             # this loss episode's segments die of line noise (line_answers)
+        self._linear = 0                # expiries of this episode that kept the RTO (see "A noisy line")
         self._synack_due = False
         self._synack_sends = 0
         self._last_send = now
@@ -656,6 +679,8 @@ class TcpConnection(object):
                 self._cc.set_mss(self._smss())
         # The client could not answer while the link was down: nothing counts against it.
         self._retries = 0
+        self._noisy = False
+        self._linear = 0
         self._probes_unanswered = 0
         self._ka_probes = 0
         self._persist_backoff = 0
@@ -699,6 +724,8 @@ class TcpConnection(object):
             return
         log.debug("%s: the line carries again: retransmitting at once", self.name)
         self._retries = 0
+        self._noisy = False
+        self._linear = 0
         self._rtt.clear_backoff()
         self._rtt_seq = None                        # Karn
         self._in_recovery = False
@@ -707,6 +734,18 @@ class TcpConnection(object):
         self._recover = self.snd_max                # RFC 6582 4: no fast retransmit for go-back duplicates
         self.snd_nxt = self.snd_una
         self._arm_rtx(now)
+
+    def line_answers(self, now):
+        """The line carried a probe both ways while this connection waited out a backed-off timer (see "A noisy
+        line"): the backoff is undone, the timer runs again from now with the estimate's RTO, and the next
+        ``linear_timeouts`` expiries of this loss episode keep it.  True if it applied."""
+        if not self.backed_off or self._linear >= self.config.linear_timeouts:
+            return False
+        self._noisy = True
+        self._rtt.clear_backoff()
+        self._arm_rtx(now)
+        log.debug("%s: the line answers: losses are noise, timer back to %d ms", self.name, self._rtt.rto)
+        return True
 
     def link_dropped(self, now):
         """The client's link layer dropped our frames from a lost one on (see "Frames the client's link layer
@@ -1296,7 +1335,10 @@ class TcpConnection(object):
             return
         self.rto_count += 1
         zero_window = self.snd_wnd == 0
-        if zero_window and now - self._last_ack_rx <= self.config.max_rto_ms:
+        linear = self._noisy and self._linear < self.config.linear_timeouts
+        if linear:
+            self._linear += 1           # "A noisy line": neither doubled nor counted towards the give-up
+        elif zero_window and now - self._last_ack_rx <= self.config.max_rto_ms:
             # The client closed its window while data was in flight and is still answering: keep
             # probing instead of counting towards the give-up (RFC 1122 4.2.2.17).
             pass
@@ -1314,7 +1356,8 @@ class TcpConnection(object):
         self._partial_acks = 0
         self._recover = self.snd_max        # RFC 6582 section 4: no fast retransmit for go-back dupacks
         self._rtx_pending = False
-        self._rtt.on_timeout()              # RFC 6298 5.5
+        if not linear:
+            self._rtt.on_timeout()          # RFC 6298 5.5
         self._rtt_seq = None
         self.snd_nxt = self.snd_una         # 5.4: retransmit from the earliest unacknowledged byte
         self._arm_rtx(now)                  # 5.6
@@ -1717,6 +1760,8 @@ class TcpConnection(object):
             self.counters["sack_reneged"] = self.counters.get("sack_reneged", 0) + 1
         self._add_sack(seg)
         self._retries = 0
+        self._noisy = False
+        self._linear = 0
 
         # RTT (RFC 6298 section 3 with Karn; RFC 7323 4.1 with timestamps).
         if self.ts_ok and seg.timestamp is not None and seg.timestamp[1]:
