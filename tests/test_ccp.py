@@ -18,7 +18,7 @@ import pytest
 
 from test_link import IP, IPCP, LCP, Client, events_of, make_link
 from pyslirp.ppp import deflate
-from pyslirp.ppp.ccp import CI_BSD_COMPRESS, CI_DEFLATE, CI_DEFLATE_DRAFT, RESET_ACK, RESET_REQUEST
+from pyslirp.ppp.ccp import CI_BSD_COMPRESS, CI_DEFLATE, CI_DEFLATE_DRAFT, RESET_ACK, RESET_REQUEST, RESYNC_MS
 from pyslirp.ppp.events import IPReceived
 from pyslirp.ppp.fsm import State
 from pyslirp.wire import ppp as wppp
@@ -347,6 +347,33 @@ def test_reset_request_is_repeated_only_while_packets_keep_failing():
     assert len([c for c, _, _ in client.ccp_seen if c == RESET_REQUEST]) == 2
 
 
+def test_a_lost_reset_request_is_sent_again_at_the_next_dropped_packet():
+    """Seen through pppd on a noisy line: our Reset-Request was lost, nothing came for a second (the peer's TCP
+    backing off), and every retransmission it then sent compressed against the frame we had lost: dropped
+    while resetting, for good, since the timer had already run out with nothing to repeat."""
+    link, client = ccp_session()
+    rng = random.Random(11)
+    client.auto = False
+    client.kernel.compress(IP, text_packet(rng))     # lost
+    client.send(IP, text_packet(rng))                # sequence out of step: Reset-Request ...
+    client.collect()
+    client.ccp_seen[:] = []                          # ... lost on the line as well
+    client.advance(client.now + 1000)                # the timer runs out: nothing was dropped meanwhile
+    client.collect()
+    assert client.ccp_seen == [] and link.ccp.resetting
+    client.advance(client.now + 1000)
+    client.send(IP, text_packet(rng))                # the peer's retransmission, dropped while resetting
+    client.collect()
+    again = [i for c, i, _ in client.ccp_seen if c == RESET_REQUEST]
+    assert len(again) == 1, client.ccp_seen          # asked again at once, as pppd does
+    client.handle(CCP, wppp.build_cp(RESET_REQUEST, again[0]))
+    client.collect()
+    assert not link.ccp.resetting
+    packet = text_packet(rng)
+    client.send(IP, packet)
+    assert events_of(client, IPReceived)[-1].packet == packet
+
+
 def noise_packet(rng, n=1400):
     return ip_packet(bytes(rng.getrandbits(8) for _ in range(n)))
 
@@ -399,9 +426,9 @@ def test_resyncs_are_rate_limited_and_only_when_the_history_holds_something():
     link.peer_lost_frame(client.now + 2000)             # nothing sent since: nothing to restart
     assert acks() == []
     link.send_ip(text_packet(rng), client.now)
-    link.peer_lost_frame(client.now + 999)              # too soon after the last one
+    link.peer_lost_frame(client.now + RESYNC_MS - 1)    # too soon after the last one
     assert acks() == []
-    link.peer_lost_frame(client.now + 1000)
+    link.peer_lost_frame(client.now + RESYNC_MS)
     assert acks() == [RESET_ACK]
     assert link.ccp_counters["resyncs"] == 2
     packet = text_packet(rng)

@@ -56,7 +56,9 @@ Reset (RFC 1962 section 5.1; Linux and pppd's handling).  A packet that does
 not decompress (sequence number out of step after a lost frame, corrupt
 data, beyond the MRU) is dropped, so is every compressed packet after it, and
 we send a Reset-Request; it is repeated after ``RESET_REQUEST_MS`` only if
-more packets were dropped meanwhile (pppd's ``RREQ_REPEAT``).  The peer's
+more packets were dropped meanwhile (pppd's ``RREQ_REPEAT``), and once that
+time has passed the next dropped packet sends a new one at once (pppd's
+``RACK_PENDING`` cleared): the Reset-Request itself may have been lost.  The peer's
 Reset-Ack -- any Reset-Ack, as Linux resets its decompressor on each --
 clears our decompressor's history and compressed packets decompress again.
 A Reset-Request from the peer is answered with a Reset-Ack carrying its
@@ -125,7 +127,8 @@ _DEFLATE_VALUE = struct.Struct("!BB")
 DEFLATE_VALUE_LEN = _DEFLATE_VALUE.size
 
 RESET_REQUEST_MS = 1000      # pppd's RACKTIMEOUT
-RESYNC_MS = 1000             # at most one unasked Reset-Ack (resync) in this interval
+RESYNC_MS = 200              # at most one unasked Reset-Ack (resync) in this interval: TCP's least RTO, so
+                             # that every retransmission timeout may resync (net/tcp/conn.py, "A noisy line")
 
 
 def deflate_value(window):
@@ -256,7 +259,7 @@ class Ccp(ControlProtocol, Transform):
         if protocol == PROTO_COMP:
             if self.resetting:
                 self.counters["dropped_while_resetting"] += 1
-                self._repeat = True
+                self._still_resetting()
                 return None
             try:
                 protocol, info = decompressor.decompress(info)
@@ -300,12 +303,23 @@ class Ccp(ControlProtocol, Transform):
         if self.decompressor is None or self.fsm.state != State.OPENED:
             return
         if self.resetting:
-            self._repeat = True
+            self._still_resetting()
             return
         self.counters["lost_frame_resets"] += 1
         self.resetting = True
         self._repeat = False
         self._send_reset_request(self.fsm.now, new=True)
+
+    def _still_resetting(self):
+        """A packet was lost while a reset is under way: the timer repeats the Reset-Request; once the timer has
+        run out with nothing lost meanwhile, a new one goes at once (pppd's RACK_PENDING is clear by then).
+        Without that, a lost Reset-Request followed by a quiet second would leave us dropping the peer's
+        compressed packets for good (its retransmissions compress against what we lost)."""
+        if self.reset_timer is None and self.fsm.state == State.OPENED:
+            self._repeat = False
+            self._send_reset_request(self.fsm.now, new=True)
+        else:
+            self._repeat = True
 
     def _send_reset_request(self, now, new):
         if new:

@@ -713,9 +713,10 @@ class TcpConnection(object):
 
     @property
     def backed_off(self):
-        """An RTO expired and nothing was acknowledged since: the connection waits out a backed-off timer."""
-        return (self._rtt.backoff > 0 and self._suspended_at is None and self._state in _SEND_STATES
-                and seq_sub(self.snd_max, self.snd_una) > 0)
+        """An RTO expired and nothing was acknowledged since: the connection waits out a backed-off timer, or one
+        that a noisy line keeps at the estimate (see "A noisy line")."""
+        return ((self._rtt.backoff > 0 or self._linear > 0) and self._suspended_at is None
+                and self._state in _SEND_STATES and seq_sub(self.snd_max, self.snd_una) > 0)
 
     def link_alive(self, now):
         """The line was silent and carries again (the stack's connectivity indication, see "Link outages"):
