@@ -64,8 +64,9 @@ PROBE_MS (``PPPLink.probe``, about 20 bytes each).  A probe answered within
 PROBE_MS shows the line is fine: what is lost is lost to its noise, so the
 backed-off timers are undone and run again with the estimate's RTO
 (``IPStack.line_answers``, conn.py "A noisy line"), and there is no more
-probing until no connection is backed off.  Once a probe went unanswered the line is taken to be out; the
-first bytes received after that are the line's "connected again" and the
+probing until no connection is backed off.  Once a probe went unanswered the
+line is taken to be out; the first bytes received after that are the line's
+"connected again" and the
 stack retransmits at once (``IPStack.link_alive``), instead of after a
 backed-off timeout.  A backed-off connection (each stack timer that finds
 one, probing or not), a fast retransmit (``IPStack.take_lost_frame_signal``,

@@ -1,8 +1,8 @@
 """A line cut the keepalive does not notice: the Core probes the silent line under a backed-off flow and, when
 the line carries again, the flow retransmits at once instead of after its backed-off timer (core.py, "A silent
-line under a stalled flow").  A probe answered at once shows the line carries: the flow's losses are its noise, so the backoff is undone and the
-next few timeouts keep the estimate's RTO (conn.py, "A noisy line"); after them, and for a client whose TCP never
-answers, RFC 6298 5.5's doubling and the give-up as before."""
+line under a stalled flow").  A probe answered at once shows the line carries: the flow's losses are its noise,
+so the backoff is undone and the next few timeouts keep the estimate's RTO (conn.py, "A noisy line"); after them,
+and for a client whose TCP never answers, RFC 6298 5.5's doubling and the give-up as before."""
 
 from pyslirp.core import PROBE_MS
 from pyslirp.testing.compliance import ACK, PSH, Script, default_core

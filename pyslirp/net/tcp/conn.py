@@ -148,7 +148,8 @@ goes out.
 
 Retransmission: one RTO timer (RFC 6298) per connection, go-back-N from
 SND.UNA on expiry skipping what the client SACKed (RFC 2018), exponential
-backoff, give-up after ``max_retries`` consecutive expiries (RST, TimedOut).
+backoff (linear for a while on a noisy line that answers, see "A noisy
+line"), give-up after ``max_retries`` consecutive expiries (RST, TimedOut).
 Three duplicate ACKs trigger fast retransmit and NewReno fast recovery (RFC
 5681, RFC 6582); window arithmetic lives in congestion.py.  With SACK, recovery
 follows RFC 6675: every hole below the highest SACKed byte is retransmitted
