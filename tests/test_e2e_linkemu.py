@@ -55,8 +55,8 @@ def test_transfers_are_intact_over_a_noisy_paced_line(lab, ppp):  # noqa: F811
                    for d in ("to_guest", "from_guest")]
         assert all(n > 0 for n in damaged), c
         assert slirp.stop() == 0, slirp.diagnostics()
-        print("noisy line (%s): %s; down %.1f s, up %.1f s" % (ppp or "defaults", c, dl["end"] - dl["t0"],
-                                                               ul["end"] - ul["t0"]))
+        print("noisy line (%s): %s; down %.1f s, up %.1f s" % (ppp or "defaults", guest.relay.summary(),
+                                                               dl["end"] - dl["t0"], ul["end"] - ul["t0"]))
     finally:
         source.stop()
         sink.stop()

@@ -4,7 +4,9 @@
 FIFO, latency, a bit error rate, byte drops, XON/XOFF noise and cuts, seeded.  The guest's serial pipe is shrunk
 to one page as in pacing.py (the size of Linux's serial transmit buffer), so the guest's backlog stays in its tty.
 Use it through ``Lab.boot_guest(..., relay_factory=EmulatedRelay.factory(Impairments(baud=115200, ber=1e-5)))``;
-``cut(on)`` cuts both directions; ``counters`` tells what each direction did ("to_guest", "from_guest").
+``cut(on)`` cuts both directions; ``counters`` tells what each direction did ("to_guest", "from_guest").  Besides
+the relay's captures of what went into the line, it keeps what the line delivered (``delivered``, written as
+``serial-*-guest-delivered.bin``), and its ``summary()`` counts the frames lost each way (``lost_frames``).
 """
 
 import fcntl
@@ -16,7 +18,8 @@ import time
 from pyslirp.testing.linkemu import Impairments, LineDirection
 
 from e2e.pacing import F_SETPIPE_SZ, PIPE_SIZE
-from e2e.uml import SerialRelay
+from e2e.uml import CAPTURE_LIMIT, SerialRelay
+from pyslirp.wire.hdlc import Deframer
 
 
 class EmulatedRelay(SerialRelay):
@@ -34,6 +37,8 @@ class EmulatedRelay(SerialRelay):
         self.down = LineDirection(imp, seed, "to_guest")            # pyslirp -> guest
         self.up = LineDirection(up or imp, seed + 1, "from_guest")  # guest -> pyslirp
         self._pending = {"to_guest": b"", "from_guest": b""}
+        # What each direction's line let through (the first CAPTURE_LIMIT bytes), beside what went into it.
+        self.delivered = {"to_guest": bytearray(), "from_guest": bytearray()}
         self._cuts = []
 
     @classmethod
@@ -44,6 +49,21 @@ class EmulatedRelay(SerialRelay):
             return cls(tty_fd, guest_in_w, guest_out_r, name=name, impairments=impairments, up=up, seed=seed,
                        guest_pipe_size=guest_pipe_size)
         return make
+
+    def captures(self):
+        out = super().captures()
+        out["serial-to-guest-delivered.bin"] = self.delivered["to_guest"]
+        out["serial-from-guest-delivered.bin"] = self.delivered["from_guest"]
+        return out
+
+    def summary(self):
+        """The relay's line plus, each way, the frames the line's damage cost (of those captured)."""
+        parts = [super().summary()]
+        for name, sent in (("to_guest", self.to_guest), ("from_guest", self.from_guest)):
+            lost, total, big_lost, big = lost_frames(bytes(sent), bytes(self.delivered[name]))
+            parts.append("%s: %d of %d frames lost (%d of %d above 1000 bytes), %s" % (
+                name, lost, total, big_lost, big, dict(self.counters[name])))
+        return "; ".join(parts)
 
     def now(self):
         return (time.monotonic() - self._t0) * 1000.0
@@ -98,6 +118,9 @@ class EmulatedRelay(SerialRelay):
         data = line.receive(now)
         if data:
             self._pending[name] += data
+            kept = self.delivered[name]
+            if len(kept) < CAPTURE_LIMIT:
+                kept += data[:CAPTURE_LIMIT - len(kept)]
         if self._pending[name]:
             if dst == self.tty_fd and self.tty_closed:
                 self._pending[name] = b""
@@ -139,3 +162,23 @@ class EmulatedRelay(SerialRelay):
             if exc.errno == 5:          # EIO: a pty whose other end is closed
                 return b""
             raise
+
+
+def lost_frames(sent, delivered):
+    """(lost, total, lost above 1000 bytes, total above 1000 bytes): the good frames of ``sent`` that are not
+    among the good frames of ``delivered``, matched in order (the line drops and damages, it never reorders)."""
+    def frames(data):
+        return [f for f in Deframer(mru=65535, accm=0).feed(data) if f is not None]
+    out = frames(sent)
+    got = frames(delivered)
+    j = lost = big = big_lost = 0
+    for frame in out:
+        if len(frame) > 1000:
+            big += 1
+        if j < len(got) and got[j] == frame:
+            j += 1
+        else:
+            lost += 1
+            if len(frame) > 1000:
+                big_lost += 1
+    return lost, len(out), big_lost, big

@@ -191,6 +191,10 @@ class SerialRelay(object):
             self.bytes_to_guest, at(self.last_at["to_guest"]), self.bytes_from_guest, at(self.last_at["from_guest"]),
             self.tty_closed, self.error)
 
+    def captures(self):
+        """File name -> bytes, written into the guest's run directory when it finishes."""
+        return {"serial-from-guest.bin": self.from_guest, "serial-to-guest.bin": self.to_guest}
+
     def _capture(self, buf, data):
         self.last_at["to_guest" if buf is self.to_guest else "from_guest"] = time.time()
         if len(buf) < CAPTURE_LIMIT:
@@ -416,8 +420,8 @@ class Guest(object):
     def _finish(self):
         if self.relay is not None:
             self.relay.stop()
-            _write_capture(self.path("serial-from-guest.bin"), self.relay.from_guest)
-            _write_capture(self.path("serial-to-guest.bin"), self.relay.to_guest)
+            for name, data in sorted(self.relay.captures().items()):
+                _write_capture(self.path(name), data)
         for fd in self._fds:
             _close(fd)
         self._fds = []
