@@ -89,6 +89,56 @@ def test_an_acknowledgement_ends_the_episode_and_the_next_loss_starts_afresh():
     s.expect(ACK | PSH, by=3110, seq=101, length=100)
     times = [t for t, seg in s.drain(4500) if seg.payload]
     gaps = [b - a for a, b in zip(times, times[1:])]
-    # Karn's rule would have kept a backoff: there is none to keep, the next loss is timed as the first was.
-    assert times and times[0] - 3100 == first[0] - 100, (first, times)
-    assert gaps and gaps[0] <= 2 * (first[2] - first[1]), times
+    # Karn's rule would have kept a backoff: there is none to keep, and on this line (it answered the probe a
+    # moment ago) the next loss keeps the estimate's RTO from its first expiry on.
+    rto = first[2] - first[1]
+    assert times and times[0] - 3100 == rto, (first, times)
+    assert gaps and set(gaps) == {rto}, times
+
+
+def _data_times(h, start, until):
+    """Transmission times of data segments while the harness runs to ``until``, one timer at a time."""
+    times = []
+    while True:
+        t = h.conn.get_timer()
+        if t is None or t > until:
+            break
+        h.advance(t)
+        times += [h.now for s in h.recv(at=h.now) if s.payload]
+    return times
+
+
+def test_the_line_stays_noisy_for_a_while_then_the_doubling_is_back():
+    from test_tcp_harness import ACK, Conn, TcpConfig
+    from pyslirp.net.tcp.conn import NOISY_LINE_MS
+    h = Conn(config=TcpConfig())
+    h.conn.send(bytes(100), h.now)
+    sent = [s for s in h.recv(at=h.now) if s.payload]
+    t0 = h.now
+    first = _data_times(h, t0, t0 + 300)        # one expiry: doubled
+    assert len(first) == 1 and h.conn.backed_off
+    assert h.conn.line_answers(h.now)           # the Core's probe was answered
+    h.send(ACK, ack=seq_end(sent[0]), at=h.now + 50)
+    assert not h.conn.backed_off
+    rto = h.conn._rtt.rto
+    # A second loss 5 s later, inside NOISY_LINE_MS: its very first expiry keeps the RTO, Karn's kept doubling
+    # was dropped with the ACK.
+    h.advance(h.now + 5000)
+    h.conn.send(bytes(100), h.now)
+    again = [s for s in h.recv(at=h.now) if s.payload]
+    t1 = h.now
+    times = _data_times(h, t1, t1 + 3 * rto + 1)
+    assert [b - a for a, b in zip([t1] + times, times)] == [rto] * 3, (t1, times, rto)
+    h.send(ACK, ack=seq_end(again[0]), at=h.now + 10)
+    # After NOISY_LINE_MS the line is not known to be noisy any more: RFC 6298's doubling again.
+    h.advance(t0 + NOISY_LINE_MS + 1)
+    h.conn.send(bytes(100), h.now)
+    h.recv(at=h.now)
+    t2 = h.now
+    times = _data_times(h, t2, t2 + 10 * rto)
+    gaps = [b - a for a, b in zip([t2] + times, times)]
+    assert len(gaps) >= 3 and all(b == 2 * a for a, b in zip(gaps, gaps[1:])), (t2, times)
+
+
+def seq_end(seg):
+    return (seg.seq + len(seg.payload)) & 0xFFFFFFFF

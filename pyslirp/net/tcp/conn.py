@@ -235,10 +235,12 @@ neither is the case when the Core's probe (an LCP Echo-Request sent while a
 connection is backed off and the line is silent) was answered: the line
 carries both ways, and nothing but our own bounded queue is in front of it.
 Then the backoff is undone, the timer runs again from the answer with the
-estimate's RTO, and the next ``linear_timeouts`` expiries of the same loss
+estimate's RTO, and for NOISY_LINE_MS (30 s, as long as the stack's shorter
+segments after a loss) the first ``linear_timeouts`` expiries of each loss
 episode keep it and do not count towards ``max_retries`` (Linux does the same
-for thin streams, ``tcp_thin_linear_timeouts``: six linear retries).  The
-episode ends with the next ACK of new data; beyond its linear expiries the
+for thin streams, ``tcp_thin_linear_timeouts``: six linear retries), and an
+ACK of new data, which ends an episode, also drops the doubling Karn's rule
+would keep for the next one.  Beyond an episode's linear expiries the
 timer backs off as RFC 6298 says, so a client whose TCP stopped answering is
 still given up after ``max_retries`` counted expiries (sooner than without
 the probe's answer: the doubling starts again from the estimate).
@@ -267,6 +269,7 @@ MAX_WINDOW_FIELD = 0xFFFF
 SMALL_SEGMENT = 64         # payload bytes: at most this is a keystroke or its echo, not bulk (the stack's
                            # SMALL_PAYLOAD)
 DUP_THRESH = 3             # RFC 5681 3.2: duplicate ACKs before a fast retransmit (see dup_thresh)
+NOISY_LINE_MS = 30000      # after the line answered a probe, losses are its noise this long ("A noisy line")
 _MAX_CTL = 8               # control segments queued between two take_segments() calls
 
 
@@ -497,7 +500,7 @@ class TcpConnection(object):
         self._high_rxt = iss            # RFC 6675 HighRxt: SACK recovery retransmitted the holes below this
         self._rxt_round_end = iss       # SND.MAX when this round of hole retransmissions began
         self._retries = 0
-        self._noisy = False             # this loss episode's segments die of line noise (line_answers)
+        self._noisy_until = None        # until then losses are the line's noise (line_answers)
         self._linear = 0                # expiries of this episode that kept the RTO (see "A noisy line")
         self._synack_due = False
         self._synack_sends = 0
@@ -680,7 +683,7 @@ class TcpConnection(object):
                 self._cc.set_mss(self._smss())
         # The client could not answer while the link was down: nothing counts against it.
         self._retries = 0
-        self._noisy = False
+        self._noisy_until = None
         self._linear = 0
         self._probes_unanswered = 0
         self._ka_probes = 0
@@ -726,7 +729,7 @@ class TcpConnection(object):
             return
         log.debug("%s: the line carries again: retransmitting at once", self.name)
         self._retries = 0
-        self._noisy = False
+        self._noisy_until = None
         self._linear = 0
         self._rtt.clear_backoff()
         self._rtt_seq = None                        # Karn
@@ -739,15 +742,18 @@ class TcpConnection(object):
 
     def line_answers(self, now):
         """The line carried a probe both ways while this connection waited out a backed-off timer (see "A noisy
-        line"): the backoff is undone, the timer runs again from now with the estimate's RTO, and the next
-        ``linear_timeouts`` expiries of this loss episode keep it.  True if it applied."""
+        line"): the backoff is undone, the timer runs again from now with the estimate's RTO, and for
+        NOISY_LINE_MS each loss episode's first ``linear_timeouts`` expiries keep it.  True if it applied."""
         if not self.backed_off or self._linear >= self.config.linear_timeouts:
             return False
-        self._noisy = True
+        self._noisy_until = now + NOISY_LINE_MS
         self._rtt.clear_backoff()
         self._arm_rtx(now)
         log.debug("%s: the line answers: losses are noise, timer back to %d ms", self.name, self._rtt.rto)
         return True
+
+    def _noisy(self, now):
+        return self._noisy_until is not None and now < self._noisy_until
 
     def link_dropped(self, now):
         """The client's link layer dropped our frames from a lost one on (see "Frames the client's link layer
@@ -1337,7 +1343,7 @@ class TcpConnection(object):
             return
         self.rto_count += 1
         zero_window = self.snd_wnd == 0
-        linear = self._noisy and self._linear < self.config.linear_timeouts
+        linear = self._noisy(now) and self._linear < self.config.linear_timeouts
         if linear:
             self._linear += 1           # "A noisy line": neither doubled nor counted towards the give-up
         elif zero_window and now - self._last_ack_rx <= self.config.max_rto_ms:
@@ -1762,8 +1768,9 @@ class TcpConnection(object):
             self.counters["sack_reneged"] = self.counters.get("sack_reneged", 0) + 1
         self._add_sack(seg)
         self._retries = 0
-        self._noisy = False
         self._linear = 0
+        if self._noisy(now):
+            self._rtt.clear_backoff()   # Karn's rule keeps a doubling for the next loss: on this line, noise
 
         # RTT (RFC 6298 section 3 with Karn; RFC 7323 4.1 with timestamps).
         if self.ts_ok and seg.timestamp is not None and seg.timestamp[1]:
