@@ -747,6 +747,28 @@ def test_writer_posts_nothing_for_its_writes_and_room_only_when_asked():
         writer.join(5)
 
 
+def test_writer_looks_at_the_os_queue_after_a_write_only_for_a_room_asked_for():
+    # Every look is a system call (FIONREAD); where nothing waits for the line, the one before each write
+    # feeds the meter.
+    endpoint = ScriptedEndpoint()
+    looks = []
+    endpoint.out_waiting = lambda: looks.append(1) or 0
+    writer = SerialWriter(endpoint, lambda item: None, lambda reason: None,
+                          meter=DrainMeter(initial=RATE, min_target=100, max_target=100))
+    writer.start()
+    try:
+        for n in range(1, 4):
+            writer.put_all([b"x"])
+            assert wait_until(lambda: writer.bytes_written == n)
+            time.sleep(0.01)
+        assert len(looks) == 3
+        writer.put_all([b"y"], want_room=True)
+        assert wait_until(lambda: len(looks) == 5)          # before the write, and after it for the "room"
+    finally:
+        writer.stop()
+        writer.join(5)
+
+
 def test_writer_looks_again_when_the_unseen_write_stops_counting():
     # A fast pty measured up from 115200: 16 KB written at an estimate of 11,520 bytes/s is 1.4 s of line by
     # the estimate.  The writer must not sleep on that (it slept the 20 ms maximum after every write, and the

@@ -504,7 +504,9 @@ class SerialWriter(threading.Thread):
                 with self._cond:
                     self._queued -= size
                     self.bytes_written += size
-                    self._watching = True
+                    # A look after the write only for a "room" asked for: where nothing waits for the line
+                    # (a handshake, an echo), the look before the next write feeds the meter.
+                    self._watching = self._room_wanted
                 self.writes += 1
                 poll = 0
                 continue
