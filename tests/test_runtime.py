@@ -861,6 +861,35 @@ def test_pty_endpoint_survives_the_client_closing(tmp_path):
     assert not os.path.lexists(link)
 
 
+def test_pty_endpoint_writes_at_once_and_waits_only_when_the_pty_is_full(monkeypatch):
+    from pyslirp.runtime import endpoints
+    selects = []
+    real_select = endpoints.select.select
+
+    def counting_select(*args):
+        selects.append(args[1])
+        return real_select(*args)
+
+    monkeypatch.setattr(endpoints.select, "select", counting_select)
+    endpoint = PtyEndpoint()
+    try:
+        client = os.open(endpoint.path, os.O_RDWR | os.O_NOCTTY)
+        endpoint.write(b"pong")
+        assert os.read(client, 100) == b"pong"
+        assert not any(selects)                     # room in the pty: one write, no select() for it
+        data = os.urandom(1 << 20)                  # far more than the pty holds: the write must wait
+        writer = threading.Thread(target=endpoint.write, args=(data,))
+        writer.start()
+        got = bytearray()
+        while len(got) < len(data):
+            got += os.read(client, 65536)
+        writer.join(5)
+        assert bytes(got) == data and any(selects)
+        os.close(client)
+    finally:
+        endpoint.close()
+
+
 def test_make_symlink_replaces_only_symlinks(tmp_path):
     link = str(tmp_path / "l")
     os.symlink("/nonexistent", link)
