@@ -769,6 +769,69 @@ def test_writer_looks_at_the_os_queue_after_a_write_only_for_a_room_asked_for():
         writer.join(5)
 
 
+class TakingEndpoint(ScriptedEndpoint):
+    """Also takes writes without waiting (``try_write``), up to ``room`` bytes (None: all)."""
+
+    def __init__(self, room=None):
+        ScriptedEndpoint.__init__(self)
+        self.room = room
+        self.direct = []
+
+    def try_write(self, data):
+        n = len(data) if self.room is None else min(self.room, len(data))
+        if n:
+            self.direct.append(bytes(data[:n]))
+        return n
+
+
+def test_frames_handed_to_an_idle_writer_go_to_the_line_on_the_callers_thread():
+    # No thread hand-off while the line is idle: the writer thread is not even running here.
+    endpoint = TakingEndpoint()
+    writer = SerialWriter(endpoint, lambda item: None, lambda reason: None,
+                          meter=DrainMeter(initial=RATE, min_target=100, max_target=100))
+    assert writer.put_all([b"ab", b"cd"]) == 4
+    assert endpoint.direct == [b"abcd"] and writer.queued == 0 and writer.bytes_written == 4
+    assert writer.direct_writes == 1 and endpoint.writes == []
+
+
+def test_what_the_line_does_not_take_at_once_follows_through_the_writer_in_order():
+    endpoint = TakingEndpoint(room=3)
+    writer = SerialWriter(endpoint, lambda item: None, lambda reason: None,
+                          meter=DrainMeter(initial=RATE, min_target=100, max_target=100))
+    writer.put_all([b"abcde"])
+    assert endpoint.direct == [b"abc"] and writer.queued == 2
+    writer.put_all([b"fg"])                         # not idle now: queued behind the rest, never ahead of it
+    assert endpoint.direct == [b"abc"] and writer.queued == 4
+    writer.start()
+    try:
+        assert wait_until(lambda: writer.queued == 0)
+        assert b"".join(endpoint.direct + endpoint.writes) == b"abcdefg" and endpoint.writes == [b"defg"]
+    finally:
+        writer.stop()
+        writer.join(5)
+
+
+def test_a_paced_line_is_never_written_at_once():
+    from pyslirp.runtime.serialio import LinePacer
+    endpoint = TakingEndpoint()
+    writer = SerialWriter(endpoint, lambda item: None, lambda reason: None, pacer=LinePacer(RATE))
+    writer.put_all([b"ab"])
+    assert endpoint.direct == [] and writer.queued == 2
+
+
+def test_pty_endpoint_try_write_takes_what_fits_and_never_waits():
+    endpoint = PtyEndpoint()
+    try:
+        assert endpoint.try_write(b"ping") == 4
+        assert os.read(endpoint.slave_fd, 100) == b"ping"
+        data = b"z" * (1 << 20)
+        taken = endpoint.try_write(data)
+        assert 0 < taken < len(data)                # the pty's buffer is full: the rest is not waited for
+        assert endpoint.try_write(data) == 0
+    finally:
+        endpoint.close()
+
+
 def test_writer_looks_again_when_the_unseen_write_stops_counting():
     # A fast pty measured up from 115200: 16 KB written at an estimate of 11,520 bytes/s is 1.4 s of line by
     # the estimate.  The writer must not sleep on that (it slept the 20 ms maximum after every write, and the

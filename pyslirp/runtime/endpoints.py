@@ -113,6 +113,11 @@ class Endpoint(object):
     def out_waiting(self):
         return 0
 
+    def try_write(self, data):
+        """Write what the endpoint takes without waiting; the number of bytes written (0: none, also on an
+        error, which the next :meth:`write` reports)."""
+        return 0
+
     def cancel(self):
         """Make blocked read()/write() calls return soon."""
 
@@ -198,6 +203,14 @@ class FdEndpoint(Endpoint):
             except OSError as exc:
                 raise LineGone(os.strerror(exc.errno) if exc.errno else str(exc))
             view = view[n:]
+
+    def try_write(self, data):
+        if not self._write_at_once or self._cancelled:
+            return 0
+        try:
+            return os.write(self.wfd, data)
+        except OSError:
+            return 0
 
     def out_waiting(self):
         """Bytes the OS has accepted but the line has not taken yet.

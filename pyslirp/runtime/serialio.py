@@ -12,7 +12,11 @@ Theory of operation:
   bytes): which frame goes next is decided by the stack thread when the line
   has room, so nothing here can reorder the segments of a TCP connection.
   What it holds and has written are counters the stack thread reads
-  (``queued``, ``bytes_written``): a write posts nothing.  It also
+  (``queued``, ``bytes_written``): a write posts nothing.  Frames handed
+  over while nothing is queued or being written go to the line at once from
+  the stack thread, as far as the endpoint takes them without waiting
+  (``Endpoint.try_write``; a measured line only), and the writer thread is
+  woken only for what is left.  It also
   measures the line: ``endpoint.out_waiting()`` reads the OS output queue
   (TIOCOUTQ; for our pseudo-terminal FIONREAD on its slave, for a pipe
   FIONREAD) and :class:`DrainMeter` turns successive readings into the
@@ -341,6 +345,11 @@ class SerialWriter(threading.Thread):
     there, when the line has room, so nothing here can reorder the segments of one TCP connection.
     Consecutive frames are coalesced into one ``write`` of at most ``coalesce`` bytes.  A write posts
     nothing: ``queued`` (handed over, not yet written) and ``bytes_written`` are the stack thread's to read.
+    When :meth:`put_all` finds nothing queued or being written on a measured (not paced) line, it writes the
+    frames itself, on the caller's thread and under the writer's lock, as far as ``endpoint.try_write``
+    takes them without waiting: an idle line costs no thread hand-off (the order holds, since the writer
+    thread writes only what it took from the queue under the same lock, and counts it queued until
+    written).
     Around writes it looks at the OS output queue (``endpoint.out_waiting()``) and feeds
     :class:`DrainMeter`; when its own queue is empty but the OS queue is above the meter's target it
     keeps looking (sleeping about as long as the line needs to drain the excess) and, once it is not,
@@ -372,9 +381,11 @@ class SerialWriter(threading.Thread):
         self.pacer = pacer              # a LinePacer where the endpoint cannot show its backlog
         self._pace_lock = threading.Lock()      # the pacer or meter is used by this thread and the stack thread
         self._out_waiting = getattr(endpoint, "out_waiting", None) or (lambda: 0)
+        self._try_write = getattr(endpoint, "try_write", None) or (lambda data: 0)
         self.dropped = 0
         self.bytes_written = 0
         self.writes = 0
+        self.direct_writes = 0          # of those, made by put_all on the caller's thread
         self.rooms = 0
 
     @property
@@ -401,7 +412,9 @@ class SerialWriter(threading.Thread):
         seen = self._out_waiting()
         with self._pace_lock:
             if self.pacer is None:
-                return self.meter.backlog(self._clock(), seen)
+                now = self._clock()
+                self.meter.observe(now, seen)       # a look like the writer's own (put_all may write next)
+                return self.meter.backlog(now, seen)
             return self.pacer.backlog(self._now_ms(), seen)
 
     def set_delay_signal(self, rtt):
@@ -433,6 +446,7 @@ class SerialWriter(threading.Thread):
         """
         queued = 0
         with self._cond:
+            idle = not self._queued             # nothing queued, nothing being written
             for frame in frames:
                 if self._halt or self._queued + len(frame) > self._limit:
                     self.dropped += 1
@@ -440,12 +454,30 @@ class SerialWriter(threading.Thread):
                 self._frames.append(frame)
                 self._queued += len(frame)
                 queued += len(frame)
+            if queued and idle and self.pacer is None:
+                self._write_now()
             self._room_wanted = want_room
             if want_room:
                 self._watching = True
-            if queued or want_room:
+            if self._frames or want_room:
                 self._cond.notify()
         return queued
+
+    def _write_now(self):
+        """put_all's write on the caller's thread (holding ``_cond``, with nothing in flight): the queue's head
+        as far as the endpoint takes it without waiting; what is left stays at the head for the writer."""
+        chunks, size = self._take()
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        n = self._try_write(data)
+        if n < size:
+            self._frames.appendleft(data[n:] if n else data)
+        if n:
+            with self._pace_lock:
+                self.meter.wrote(n, self._clock())
+            self._queued -= n
+            self.bytes_written += n
+            self.writes += 1
+            self.direct_writes += 1
 
     def stop(self):
         with self._cond:
