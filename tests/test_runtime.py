@@ -325,63 +325,6 @@ def test_hand_offs_to_a_busy_service_thread_write_no_wake_up_byte_and_are_not_lo
     assert inbox.get("svc_done") == ("svc_done", 9)
 
 
-def test_a_small_write_is_reported_with_the_services_answer(servers):
-    # A keystroke, a request: its svc_written waits (here for as long as the test needs) for the answer and
-    # goes just before it, so the stack thread is woken once for both, not also while the service works.
-    read, answer = queue.Queue(), threading.Event()
-
-    def answers_when_told(conn):
-        read.put(conn.recv(100))
-        answer.wait(10)
-        conn.sendall(b"pong")
-        return recv_all(conn)
-
-    server, inbox, manager = connected_service(servers, answers_when_told, 1)
-    manager.connections[1].report_delay = 60
-    manager.handle(ServiceReadCredit(1, 100))
-    manager.handle(ServiceSend(1, b"ping"))
-    assert read.get(timeout=5) == b"ping"
-    assert inbox.quiet() is None                            # written, and not reported while no answer came
-    answer.set()
-    assert inbox.get() == ("svc_written", 1, 4)
-    assert inbox.get() == ("svc_data", 1, b"pong")
-    manager.handle(ServiceShutdown(1))
-    assert inbox.get("svc_done") == ("svc_done", 1)
-
-
-def test_a_small_write_is_reported_alone_when_no_answer_comes_in_time(servers):
-    server, inbox, manager = connected_service(servers, recv_all, 2)
-    manager.connections[2].report_delay = 0.05
-    manager.handle(ServiceReadCredit(2, 100))
-    manager.handle(ServiceSend(2, b"ping"))
-    assert inbox.get() == ("svc_written", 2, 4)
-    manager.handle(ServiceShutdown(2))
-    assert inbox.get("svc_done") == ("svc_done", 2)
-
-
-@pytest.mark.parametrize("case", ["bulk", "no credit", "eof"])
-def test_a_write_no_answer_can_ride_with_is_reported_at_once(servers, case):
-    # Bulk opens the window now; with no read credit, or the service's side ended, no answer can carry it.
-    def ends_its_side(conn):
-        conn.shutdown(socket.SHUT_WR)
-        return recv_all(conn)
-
-    server, inbox, manager = connected_service(servers, ends_its_side if case == "eof" else recv_all, 3)
-    manager.connections[3].report_delay = 60
-    if case != "no credit":
-        manager.handle(ServiceReadCredit(3, 100))
-    if case == "eof":
-        assert inbox.get() == ("svc_eof", 3)
-    data = b"x" * (8192 if case == "bulk" else 4)
-    manager.handle(ServiceSend(3, data))
-    written = 0
-    while written < len(data):
-        written += inbox.get("svc_written")[2]
-    assert written == len(data)
-    manager.handle(ServiceClose(3, "done"))
-    assert inbox.get("svc_done") == ("svc_done", 3)
-
-
 def test_service_close_aborts_the_socket(servers):
     server, inbox, manager = connected_service(servers, recv_all, 4)
     manager.handle(ServiceSend(4, b"partial"))

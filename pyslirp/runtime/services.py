@@ -16,15 +16,9 @@ Flow control is the stack's credit scheme, so every per-connection buffer is
 bounded without a limit of its own here:
 
 * client -> service: ``ServiceSend`` data waits in a queue until the socket
-  takes it; what the socket took is reported (``svc_written``), which is what
-  opens the client's TCP receive window again.  The queue therefore never
-  holds more than one receive window.  A small write (under REPORT_AT_ONCE
-  bytes: a keystroke, a request) is reported with the service's answer, just
-  before its ``svc_data`` (or its EOF or error), if that comes within
-  REPORT_DELAY, and alone after it otherwise: one wake-up of the stack thread
-  for the two, and none while the service is working on its answer.  Bulk,
-  and a write no answer can follow (no read credit, the service's side
-  ended), is reported at once.
+  takes it; each ``send`` is reported (``svc_written``), which is what opens
+  the client's TCP receive window again.  The queue therefore never holds
+  more than one receive window.
 * service -> client: the thread reads only as many bytes as it has been
   granted (``ServiceReadCredit``, i.e. free room in the TCP send buffer).
   With no credit it does not poll the socket for input at all, so the
@@ -81,13 +75,11 @@ within read credit like everything read later.
 import collections
 import itertools
 import logging
-import math
 import os
 import select
 import socket
 import struct
 import threading
-import time
 
 from pyslirp.net.events import ServiceClose, ServiceConnect, ServiceReadCredit, ServiceSend, ServiceShutdown
 from pyslirp.runtime.connectors import CONNECT_TIMEOUT, ConnectFailed, Connector
@@ -98,8 +90,6 @@ log = logging.getLogger("pyslirp.runtime.services")
 READ_MAX = 65536
 SPARES_KEPT = 2         # idle service threads kept for the next connections (SpareThread)
 SEND_CHUNKS = 64        # pending chunks handed to one sendmsg (well under IOV_MAX, 1024 on Linux)
-REPORT_AT_ONCE = 2048   # bytes written since the last svc_written: reported at once from this many (bulk)
-REPORT_DELAY = 0.005    # s: ... and fewer after this long, unless the service's answer brought them first
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 
 
@@ -199,8 +189,6 @@ def deliver(conn, event):
 
 
 class ServiceConnection(object):
-    report_delay = REPORT_DELAY     # s: see the module docstring
-
     def __init__(self, conn_id, route, post, connect_timeout=CONNECT_TIMEOUT, proxy=None):
         self.name = "service-%d" % conn_id
         self.conn_id = conn_id
@@ -352,8 +340,6 @@ class ServiceConnection(object):
         registered = 0
         read_eof = False
         write_shut = False
-        self._unreported = 0                    # bytes written and not yet reported (svc_written)
-        report_by = None                        # ... reported by then at the latest (time.monotonic)
         while True:
             with self._lock:
                 if self._abort is not None:
@@ -372,7 +358,6 @@ class ServiceConnection(object):
                 # thread is still busy with the connect).
                 self._sleeping = True
             if read_eof and write_shut and not pending:
-                self._report_written()
                 return False
             if self._early and credit > 0:
                 self._deliver_early(credit)
@@ -384,23 +369,8 @@ class ServiceConnection(object):
                 elif registered:
                     poller.unregister(sfd)
                 registered = mask
-            timeout = None
-            if self._unreported:
-                if not mask & select.POLLIN or self._unreported >= REPORT_AT_ONCE:
-                    self._report_written()      # bulk, or no answer can come: the window opens now
-                    report_by = None
-                else:
-                    now = time.monotonic()
-                    if report_by is None:
-                        report_by = now + self.report_delay
-                    timeout = max(0, int(math.ceil((report_by - now) * 1000)))
-            else:
-                report_by = None
-            ready = poller.poll(timeout)
+            ready = poller.poll()
             self._sleeping = False
-            if self._unreported and not ready and time.monotonic() >= report_by:
-                self._report_written()          # the service did not answer in time
-                report_by = None
             for fd, revents in ready:
                 if fd != sfd:
                     self._wakeup.drain()
@@ -415,14 +385,7 @@ class ServiceConnection(object):
                     if not self._do_write(sock):
                         return True
 
-    def _report_written(self):
-        """``svc_written`` for what was written since the last one (nothing when that is nothing)."""
-        if self._unreported:
-            self._post(("svc_written", self.conn_id, self._unreported))
-            self._unreported = 0
-
     def _deliver_early(self, credit):
-        self._report_written()
         data, self._early = self._early[:credit], self._early[credit:]
         with self._lock:
             self._credit -= len(data)
@@ -436,10 +399,8 @@ class ServiceConnection(object):
         except (BlockingIOError, InterruptedError):
             return "ok"
         except OSError as exc:
-            self._report_written()
             self._post(("svc_error", self.conn_id, _reason(exc)))
             return "error"
-        self._report_written()                  # just before the answer: one wake-up of the stack thread
         if not data:
             self._post(("svc_eof", self.conn_id))
             return "eof"
@@ -450,8 +411,7 @@ class ServiceConnection(object):
         return "ok"
 
     def _do_write(self, sock):
-        """Write what is pending, several chunks per ``sendmsg``; False after an error (reported).  What was
-        written is left in ``_unreported`` for the serve loop to report (see the module docstring)."""
+        """Write what is pending, several chunks per ``sendmsg``; False after an error (reported)."""
         written = 0
         try:
             while True:
@@ -473,12 +433,13 @@ class ServiceConnection(object):
         except (BlockingIOError, InterruptedError):
             pass
         except OSError as exc:
-            self._unreported += written
-            self._report_written()
+            if written:
+                self._post(("svc_written", self.conn_id, written))
             self._post(("svc_error", self.conn_id, _reason(exc)))
             return False
-        self.bytes_to_service += written
-        self._unreported += written
+        if written:
+            self.bytes_to_service += written
+            self._post(("svc_written", self.conn_id, written))
         return True
 
     @staticmethod
