@@ -210,6 +210,9 @@ class FakeWriter(object):
         self._backlog = backlog
         self.rate = rate
         self.frames = []
+        self.queued = 0             # handed over, not yet written
+        self.bytes_written = 0
+        self.room_asked = []        # want_room of each put_all
 
     def target(self):
         return self._target
@@ -221,9 +224,12 @@ class FakeWriter(object):
         self.frames.append(frame)
         return True
 
-    def put_all(self, frames):
+    def put_all(self, frames, want_room=False):
         self.frames.extend(frames)
-        return sum(len(f) for f in frames)
+        self.room_asked.append(want_room)
+        n = sum(len(f) for f in frames)
+        self.queued += n
+        return n
 
 
 class BudgetCore(object):
@@ -252,7 +258,7 @@ def test_budget_is_the_bound_minus_our_queue_and_the_os_queue():
     core = BudgetCore()
     runtime = Runtime(None, None, core=core, endpoint=object(), line_budget=4096)
     runtime.writer = FakeWriter(target=1000, backlog=300, rate=11520.0)
-    runtime.line_queued = 200
+    runtime.writer.queued = 200
     runtime._flush(0)
     assert core.budgets == [500]
     assert runtime.line_queued == 210               # the frame handed over counts until written
@@ -270,31 +276,49 @@ def test_budget_is_the_bound_minus_our_queue_and_the_os_queue():
     assert core.rates == [11520, 3000]
 
 
-def test_a_written_report_alone_settles_the_queue_without_a_flush():
+def test_a_turn_of_finished_service_threads_alone_does_not_flush():
     core = BudgetCore()
     core.get_timer = lambda: None
     core.handle_timer = lambda now: None
     runtime = Runtime(None, None, core=core, endpoint=object(), line_budget=4096)
     runtime.writer = writer = FakeWriter(target=1000, backlog=0, rate=11520.0)
-    runtime.line_queued = 300
-    runtime._step(("written", writer, 100), 0)
-    assert runtime.line_queued == 200 and core.budgets == []   # settled; the line not asked again
+    writer.queued = 300                                         # handed over, not yet written
+    runtime._step(None, 0)
+    assert core.budgets == [700] and writer.room_asked == [True]  # held back: "room" asked for
     runtime._step(("room", writer), 1)
-    assert core.budgets == [800]                                # "room" refills it
-    runtime._step(("written", writer, 10), 2)
-    assert core.budgets == [800]
-    core.get_timer = lambda: 3                                  # a timer due: the turn runs in full
-    runtime._step(("written", writer, 10), 3)
+    assert core.budgets == [700, 690]                           # "room" refills it
+    runtime._step(("svc_done", 12), 2)                          # a service thread finished: no flush
     assert len(core.budgets) == 2
-    runtime._step(None, 4)                                      # a timeout runs in full too
+    core.get_timer = lambda: 3                                  # a timer due: the turn runs in full
+    runtime._step(("svc_done", 13), 3)
     assert len(core.budgets) == 3
     core.get_timer = lambda: None
-    runtime._step(("svc_done", 12), 5)                           # a service thread finished: no flush
-    assert len(core.budgets) == 3
-    runtime._step(("svc_done", 13), 6)
-    runtime.inbox.put(("room", writer))                          # ... unless something else came with it
-    runtime._step(("svc_done", 14), 7)
+    runtime._step(("svc_done", 14), 4)
+    runtime.inbox.put(("room", writer))                         # ... or something else came with it
+    runtime._step(("svc_done", 15), 5)
     assert len(core.budgets) == 4
+
+
+def test_the_writer_is_asked_for_room_only_while_output_waits_for_it():
+    # Every write would otherwise wake the stack thread for a "room" that after a handshake or an echo
+    # finds nothing to send.
+    core = BudgetCore()
+    core.get_timer = lambda: None
+    core.handle_timer = lambda now: None
+    runtime = Runtime(None, None, core=core, endpoint=object(), line_budget=4096)
+    runtime.writer = writer = FakeWriter(target=1000, backlog=0, rate=11520.0)
+    core.wants_room = False
+    runtime._flush(0)
+    assert writer.room_asked == [False] and len(writer.frames) == 1
+    core.wants_room = True
+    runtime._flush(1)
+    assert writer.room_asked == [False, True]
+    core.wants_room = False
+    core.take_serial_output = lambda budget, now=None, allow_one_over=False: []
+    runtime._flush(2)
+    assert writer.room_asked == [False, True, False]            # nothing to hand over: the request taken back
+    runtime._flush(3)
+    assert writer.room_asked == [False, True, False]            # nothing to hand over, nothing to take back
 
 
 def test_room_and_service_writes_that_give_the_core_nothing_to_send_do_not_flush():
@@ -627,6 +651,15 @@ class ScriptedEndpoint(object):
         return self.queued
 
 
+def wait_until(check, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
 class Inbox(object):
     def __init__(self):
         self.items = []
@@ -657,8 +690,8 @@ def test_writer_posts_room_once_the_os_queue_drains_below_the_bound():
     try:
         endpoint.queued = 600                       # the OS holds more than the bound
         writer.put(False, b"a" * 10)
-        writer.put(True, b"b" * 5)
-        assert inbox.wait_for("written") is not None
+        writer.put_all([b"b" * 5], want_room=True)
+        assert wait_until(lambda: writer.queued == 0 and writer.bytes_written == 15)
         assert inbox.wait_for("room", timeout=0.2) is None      # not while the queue is above the bound
         endpoint.queued = 40
         assert inbox.wait_for("room") is not None
@@ -678,8 +711,8 @@ def test_writer_holds_room_while_its_write_is_not_in_the_os_count_yet():
                           meter=DrainMeter(initial=RATE, min_target=128, max_target=128, lag=0.005))
     writer.start()
     try:
-        writer.put(False, b"a" * 548)
-        assert inbox.wait_for("written") is not None
+        writer.put_all([b"a" * 548], want_room=True)
+        assert wait_until(lambda: writer.bytes_written == 548)
         assert writer.backlog() == 40 + 548         # what the stack thread's budget sees
         assert inbox.wait_for("room", timeout=0.2) is None
         now[0] += 0.01                              # by now the OS count shows what waits
@@ -688,6 +721,115 @@ def test_writer_holds_room_while_its_write_is_not_in_the_os_count_yet():
     finally:
         writer.stop()
         writer.join(5)
+
+
+def test_writer_posts_nothing_for_its_writes_and_room_only_when_asked():
+    endpoint = ScriptedEndpoint()
+    inbox = Inbox()
+    writer = SerialWriter(endpoint, inbox.post, lambda reason: None,
+                          meter=DrainMeter(initial=RATE, min_target=100, max_target=100))
+    writer.start()
+    try:
+        writer.put_all([b"a" * 10, b"b" * 5])
+        assert wait_until(lambda: writer.bytes_written == 15 and writer.queued == 0)
+        writer.put_all([b"c" * 7], want_room=False)
+        assert wait_until(lambda: writer.bytes_written == 22)
+        assert inbox.wait_for("room", timeout=0.2) is None      # the line is below its bound: nobody asked
+        assert inbox.items == []                                # and the writes posted nothing
+        writer.put_all([], want_room=True)                      # asked with nothing to write: it looks at once
+        assert len(inbox.wait_for("room")) == 1
+        writer.put_all([b"d" * 3], want_room=True)
+        assert wait_until(lambda: len(inbox.items) == 2)
+        assert [i[0] for i in inbox.items] == ["room", "room"]
+        assert b"".join(endpoint.writes) == b"a" * 10 + b"b" * 5 + b"c" * 7 + b"ddd"
+    finally:
+        writer.stop()
+        writer.join(5)
+
+
+def test_writer_looks_at_the_os_queue_after_a_write_only_for_a_room_asked_for():
+    # Every look is a system call (FIONREAD); where nothing waits for the line, the one before each write
+    # feeds the meter.
+    endpoint = ScriptedEndpoint()
+    looks = []
+    endpoint.out_waiting = lambda: looks.append(1) or 0
+    writer = SerialWriter(endpoint, lambda item: None, lambda reason: None,
+                          meter=DrainMeter(initial=RATE, min_target=100, max_target=100))
+    writer.start()
+    try:
+        for n in range(1, 4):
+            writer.put_all([b"x"])
+            assert wait_until(lambda: writer.bytes_written == n)
+            time.sleep(0.01)
+        assert len(looks) == 3
+        writer.put_all([b"y"], want_room=True)
+        assert wait_until(lambda: len(looks) == 5)          # before the write, and after it for the "room"
+    finally:
+        writer.stop()
+        writer.join(5)
+
+
+class TakingEndpoint(ScriptedEndpoint):
+    """Also takes writes without waiting (``try_write``), up to ``room`` bytes (None: all)."""
+
+    def __init__(self, room=None):
+        ScriptedEndpoint.__init__(self)
+        self.room = room
+        self.direct = []
+
+    def try_write(self, data):
+        n = len(data) if self.room is None else min(self.room, len(data))
+        if n:
+            self.direct.append(bytes(data[:n]))
+        return n
+
+
+def test_frames_handed_to_an_idle_writer_go_to_the_line_on_the_callers_thread():
+    # No thread hand-off while the line is idle: the writer thread is not even running here.
+    endpoint = TakingEndpoint()
+    writer = SerialWriter(endpoint, lambda item: None, lambda reason: None,
+                          meter=DrainMeter(initial=RATE, min_target=100, max_target=100))
+    assert writer.put_all([b"ab", b"cd"]) == 4
+    assert endpoint.direct == [b"abcd"] and writer.queued == 0 and writer.bytes_written == 4
+    assert writer.direct_writes == 1 and endpoint.writes == []
+
+
+def test_what_the_line_does_not_take_at_once_follows_through_the_writer_in_order():
+    endpoint = TakingEndpoint(room=3)
+    writer = SerialWriter(endpoint, lambda item: None, lambda reason: None,
+                          meter=DrainMeter(initial=RATE, min_target=100, max_target=100))
+    writer.put_all([b"abcde"])
+    assert endpoint.direct == [b"abc"] and writer.queued == 2
+    writer.put_all([b"fg"])                         # not idle now: queued behind the rest, never ahead of it
+    assert endpoint.direct == [b"abc"] and writer.queued == 4
+    writer.start()
+    try:
+        assert wait_until(lambda: writer.queued == 0)
+        assert b"".join(endpoint.direct + endpoint.writes) == b"abcdefg" and endpoint.writes == [b"defg"]
+    finally:
+        writer.stop()
+        writer.join(5)
+
+
+def test_a_paced_line_is_never_written_at_once():
+    from pyslirp.runtime.serialio import LinePacer
+    endpoint = TakingEndpoint()
+    writer = SerialWriter(endpoint, lambda item: None, lambda reason: None, pacer=LinePacer(RATE))
+    writer.put_all([b"ab"])
+    assert endpoint.direct == [] and writer.queued == 2
+
+
+def test_pty_endpoint_try_write_takes_what_fits_and_never_waits():
+    endpoint = PtyEndpoint()
+    try:
+        assert endpoint.try_write(b"ping") == 4
+        assert os.read(endpoint.slave_fd, 100) == b"ping"
+        data = b"z" * (1 << 20)
+        taken = endpoint.try_write(data)
+        assert 0 < taken < len(data)                # the pty's buffer is full: the rest is not waited for
+        assert endpoint.try_write(data) == 0
+    finally:
+        endpoint.close()
 
 
 def test_writer_looks_again_when_the_unseen_write_stops_counting():

@@ -218,8 +218,10 @@ def test_writer_on_a_hidden_line_posts_room_when_the_virtual_line_has_drained():
     writer = SerialWriter(endpoint, inbox.post, lambda reason: None, clock=clock, pacer=pacer)
     writer.start()
     try:
-        writer.put(False, b"a" * 1152)          # 100 ms of line time
-        assert inbox.wait_for("written") is not None
+        writer.put_all([b"a" * 1152], want_room=True)      # 100 ms of line time
+        deadline = time.monotonic() + 5
+        while writer.bytes_written < 1152 and time.monotonic() < deadline:
+            time.sleep(0.001)
         assert writer.backlog() == 1152 and writer.rate == RATE and writer.target() == 128
         assert inbox.wait_for("room", timeout=0.3) is None     # the virtual line is still busy
         clock.advance(0.050)

@@ -611,7 +611,7 @@ def test_a_connect_decided_at_once_is_answered_in_the_same_loop_turn(servers):
     runtime = Runtime(None, None, core=core)
     try:
         core.events = [connect_event(1, "127.0.0.1", server.port), connect_event(2, "127.0.0.1", port)]
-        runtime._step(("room",), 1000)
+        runtime._step(None, 1000)
         me = threading.current_thread().name
         assert core.log == [("connected", 1, 0, (), me),
                             ("failed", 2, "direct: connection refused", "reset", me),
@@ -639,7 +639,7 @@ def test_the_client_runtime_runs_the_stack_loops_turn():
     core.is_up = False
     runtime = ClientRuntime(core)
     core.out.append((True, b"X"))
-    runtime._step(("room",), 0)
+    runtime._step(None, 0)
     assert core.budgets == [0] and core.out == []
 
 
@@ -742,9 +742,9 @@ def test_writer_keeps_the_order_given_and_coalesces():
     assert not writer.put(False, b"x" * 30)        # over the limit: dropped and counted
     assert writer.dropped == 1
     endpoint.release.set()
-    written = 0
-    while written < 5 + 15 + 4:
-        written += inbox.get("written")[2]
+    deadline = time.monotonic() + 5
+    while writer.bytes_written < 5 + 15 + 4 and time.monotonic() < deadline:
+        time.sleep(0.001)
     writer.stop()
     writer.join(5)
     # In the order given, coalesced up to 10 bytes per write.
@@ -766,9 +766,9 @@ def test_writer_put_all_queues_in_order_under_the_limit():
     assert writer.dropped == 1
     assert writer.put_all([]) == 0
     endpoint.release.set()
-    written = 0
-    while written < 5 + 19:
-        written += inbox.get("written")[2]
+    deadline = time.monotonic() + 5
+    while writer.bytes_written < 5 + 19 and time.monotonic() < deadline:
+        time.sleep(0.001)
     writer.stop()
     writer.join(5)
     assert endpoint.writes == [b"first", b"b1---b2---", b"b3---U1U2"]
@@ -802,6 +802,35 @@ def test_pty_endpoint_survives_the_client_closing(tmp_path):
     finally:
         endpoint.close()
     assert not os.path.lexists(link)
+
+
+def test_pty_endpoint_writes_at_once_and_waits_only_when_the_pty_is_full(monkeypatch):
+    from pyslirp.runtime import endpoints
+    selects = []
+    real_select = endpoints.select.select
+
+    def counting_select(*args):
+        selects.append(args[1])
+        return real_select(*args)
+
+    monkeypatch.setattr(endpoints.select, "select", counting_select)
+    endpoint = PtyEndpoint()
+    try:
+        client = os.open(endpoint.path, os.O_RDWR | os.O_NOCTTY)
+        endpoint.write(b"pong")
+        assert os.read(client, 100) == b"pong"
+        assert not any(selects)                     # room in the pty: one write, no select() for it
+        data = os.urandom(1 << 20)                  # far more than the pty holds: the write must wait
+        writer = threading.Thread(target=endpoint.write, args=(data,))
+        writer.start()
+        got = bytearray()
+        while len(got) < len(data):
+            got += os.read(client, 65536)
+        writer.join(5)
+        assert bytes(got) == data and any(selects)
+        os.close(client)
+    finally:
+        endpoint.close()
 
 
 def test_make_symlink_replaces_only_symlinks(tmp_path):

@@ -11,14 +11,20 @@ Theory of operation:
   it, strictly in that order (coalesced into writes of at most ``coalesce``
   bytes): which frame goes next is decided by the stack thread when the line
   has room, so nothing here can reorder the segments of a TCP connection.
-  After each write it posts ``("written", writer, nbytes)``.  It also
+  What it holds and has written are counters the stack thread reads
+  (``queued``, ``bytes_written``): a write posts nothing.  Frames handed
+  over while nothing is queued or being written go to the line at once from
+  the stack thread, as far as the endpoint takes them without waiting
+  (``Endpoint.try_write``; a measured line only), and the writer thread is
+  woken only for what is left.  It also
   measures the line: ``endpoint.out_waiting()`` reads the OS output queue
   (TIOCOUTQ; for our pseudo-terminal FIONREAD on its slave, for a pipe
   FIONREAD) and :class:`DrainMeter` turns successive readings into the
   line's real drain rate and, from it, the bound on what may wait toward the
   line (about 10 ms of line time, see the stack loop).  Once the OS queue has
-  drained below that bound it posts ``("room", writer)``: the stack thread
-  then hands over the next frames.  The configured baud rate is only the
+  drained below that bound it posts ``("room", writer)``, if the stack
+  thread's last hand-over asked for it (output waits for the line's room):
+  the stack thread then hands over the next frames.  The configured baud rate is only the
   first guess: a pty, a socket or a USB CDC-ACM port ignores it and is
   measured running at full speed.  Where the endpoint cannot show its
   backlog at all (``endpoint.backlog_visible`` is false: the slave of
@@ -337,12 +343,20 @@ class SerialWriter(threading.Thread):
 
     Frames are written strictly in the order the stack thread handed them over: priority is decided
     there, when the line has room, so nothing here can reorder the segments of one TCP connection.
-    Consecutive frames are coalesced into one ``write`` of at most ``coalesce`` bytes.  After each
-    write the writer posts ``("written", writer, nbytes)``.  Around writes it looks at the OS output
-    queue (``endpoint.out_waiting()``) and feeds :class:`DrainMeter`; when its own queue is empty but the OS
-    queue is above the meter's target it keeps looking (sleeping about as long as the line needs to
-    drain the excess) and posts ``("room", writer)`` once it is not: that is the stack thread's cue to
-    hand over the next bulk frames.
+    Consecutive frames are coalesced into one ``write`` of at most ``coalesce`` bytes.  A write posts
+    nothing: ``queued`` (handed over, not yet written) and ``bytes_written`` are the stack thread's to read.
+    When :meth:`put_all` finds nothing queued or being written on a measured (not paced) line, it writes the
+    frames itself, on the caller's thread and under the writer's lock, as far as ``endpoint.try_write``
+    takes them without waiting: an idle line costs no thread hand-off (the order holds, since the writer
+    thread writes only what it took from the queue under the same lock, and counts it queued until
+    written).
+    Around writes it looks at the OS output queue (``endpoint.out_waiting()``) and feeds
+    :class:`DrainMeter`; when its own queue is empty but the OS queue is above the meter's target it
+    keeps looking (sleeping about as long as the line needs to drain the excess) and, once it is not,
+    posts ``("room", writer)`` if the last :meth:`put_all` asked for it (``want_room``: output waits for
+    the line's room): that is the stack thread's cue to hand over the next bulk frames.  Asked with
+    nothing to write, it looks at once.  (A "room" that nothing waits for would cost the stack thread a
+    wake-up after every write.)
     """
 
     POLL_MIN = 0.001
@@ -360,15 +374,18 @@ class SerialWriter(threading.Thread):
         self._queued = 0
         self._cond = threading.Condition()
         self._halt = False
-        self._watching = False          # written since the last "room": the stack thread may be waiting
+        self._watching = False          # written (or asked) since the last look found the line below its bound
+        self._room_wanted = False       # the stack thread's last hand-over asked for "room" (put_all)
         self._clock = clock
         self.meter = meter if meter is not None else DrainMeter()
         self.pacer = pacer              # a LinePacer where the endpoint cannot show its backlog
         self._pace_lock = threading.Lock()      # the pacer or meter is used by this thread and the stack thread
         self._out_waiting = getattr(endpoint, "out_waiting", None) or (lambda: 0)
+        self._try_write = getattr(endpoint, "try_write", None) or (lambda data: 0)
         self.dropped = 0
         self.bytes_written = 0
         self.writes = 0
+        self.direct_writes = 0          # of those, made by put_all on the caller's thread
         self.rooms = 0
 
     @property
@@ -395,7 +412,9 @@ class SerialWriter(threading.Thread):
         seen = self._out_waiting()
         with self._pace_lock:
             if self.pacer is None:
-                return self.meter.backlog(self._clock(), seen)
+                now = self._clock()
+                self.meter.observe(now, seen)       # a look like the writer's own (put_all may write next)
+                return self.meter.backlog(now, seen)
             return self.pacer.backlog(self._now_ms(), seen)
 
     def set_delay_signal(self, rtt):
@@ -418,13 +437,16 @@ class SerialWriter(threading.Thread):
             self._cond.notify()
             return True
 
-    def put_all(self, frames):
+    def put_all(self, frames, want_room=False):
         """Queue framed frames in order, under one lock and one wake-up; the bytes queued.
 
-        Frames past the limit (or all, once stopped) are dropped and counted, as :meth:`put` does.
+        ``want_room``: output waits for the line's room, so post ``("room", writer)`` once the line is below
+        its bound (looking at once if nothing was written since the last look); False takes back an earlier
+        request.  Frames past the limit (or all, once stopped) are dropped and counted, as :meth:`put` does.
         """
         queued = 0
         with self._cond:
+            idle = not self._queued             # nothing queued, nothing being written
             for frame in frames:
                 if self._halt or self._queued + len(frame) > self._limit:
                     self.dropped += 1
@@ -432,9 +454,30 @@ class SerialWriter(threading.Thread):
                 self._frames.append(frame)
                 self._queued += len(frame)
                 queued += len(frame)
-            if queued:
+            if queued and idle and self.pacer is None:
+                self._write_now()
+            self._room_wanted = want_room
+            if want_room:
+                self._watching = True
+            if self._frames or want_room:
                 self._cond.notify()
         return queued
+
+    def _write_now(self):
+        """put_all's write on the caller's thread (holding ``_cond``, with nothing in flight): the queue's head
+        as far as the endpoint takes it without waiting; what is left stays at the head for the writer."""
+        chunks, size = self._take()
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        n = self._try_write(data)
+        if n < size:
+            self._frames.appendleft(data[n:] if n else data)
+        if n:
+            with self._pace_lock:
+                self.meter.wrote(n, self._clock())
+            self._queued -= n
+            self.bytes_written += n
+            self.writes += 1
+            self.direct_writes += 1
 
     def stop(self):
         with self._cond:
@@ -475,7 +518,8 @@ class SerialWriter(threading.Thread):
         poll = None
         while True:
             with self._cond:
-                if not self._frames and not self._halt:
+                # (Watching with no sleep set: put_all asked for "room" since the last look.)
+                if not self._frames and not self._halt and (poll is not None or not self._watching):
                     self._cond.wait(poll)
                 if self._halt:
                     return
@@ -491,10 +535,11 @@ class SerialWriter(threading.Thread):
                         self.meter.wrote(size, self._clock())
                 with self._cond:
                     self._queued -= size
-                self.bytes_written += size
+                    self.bytes_written += size
+                    # A look after the write only for a "room" asked for: where nothing waits for the line
+                    # (a handshake, an echo), the look before the next write feeds the meter.
+                    self._watching = self._room_wanted
                 self.writes += 1
-                self._watching = True
-                self._post(("written", self, size))
                 poll = 0
                 continue
             poll = None
@@ -502,9 +547,12 @@ class SerialWriter(threading.Thread):
                 backlog = self._look()
                 excess = backlog - self.target()
                 if excess <= 0:
-                    self._watching = False
-                    self.rooms += 1
-                    self._post(("room", self))
+                    with self._cond:
+                        self._watching = False
+                        post, self._room_wanted = self._room_wanted, False
+                    if post:
+                        self.rooms += 1
+                        self._post(("room", self))
                 else:
                     poll = self._poll_after(excess)
 

@@ -22,19 +22,21 @@ TARGET_DELAY of line time at the rate the writer measures (at least
 MIN_TARGET bytes, but that floor at most MIN_TARGET_TIME of line time: 28
 bytes at 9600 bit/s; at most ``line_budget``).  At each flush the budget is that
 bound minus what is already on its way -- bytes handed to the writer and not
-yet written (``line_queued``) plus the OS output queue (``writer.backlog()``)
--- and ``Core.take_serial_output(budget, allow_one_over=True)`` returns the
-frames to send next, in order: link control and small packets always, bulk
-while the budget is positive (one frame may exceed it).  Bulk beyond that
-waits in the TCP send buffers, where the next keystroke can still overtake
-it.  The writer's "room" report (the line drained below the bound) wakes the
-loop to refill; a 20 ms re-flush is the safety net.  Its "written" reports
-only settle ``line_queued``.  A wake-up that brought only items which change
-nothing the Core sends, and found no timer due, does not flush: "written",
-service threads' "done", a service's "svc_written" that made no window update
-due (``Core.service_written`` says), and "room" when the last flush held
-nothing back for want of it (``Core.wants_room``: after a handshake or an
-echo the line is idle and "room" follows every write).  Whenever the measured
+yet written (``writer.queued``, a counter of the writer's: its writes post
+nothing) plus the OS output queue (``writer.backlog()``) -- and
+``Core.take_serial_output(budget, allow_one_over=True)`` returns the frames
+to send next, in order: link control and small packets always, bulk while
+the budget is positive (one frame may exceed it).  Bulk beyond that waits in
+the TCP send buffers, where the next keystroke can still overtake it.  The
+writer's "room" report (the line drained below the bound) wakes the loop to
+refill; it comes only when the flush that handed the writer its frames asked
+for it (``put_all(frames, want_room=Core.wants_room)``: output was held back
+for want of budget), so after a handshake or an echo, where nothing waits,
+the writes wake nobody.  A 20 ms re-flush is the safety net.  A wake-up that
+brought only items which change nothing the Core sends, and found no timer
+due, does not flush: service threads' "done", a service's "svc_written" that
+made no window update due (``Core.service_written`` says), and a "room" asked
+for before the last flush found nothing held back.  Whenever the measured
 rate moves by more than an eighth the Core is told (``set_line_rate``): the
 stack sizes segments and windows to it.  The other way, each flush hands
 the writer the smallest round trip the stack's connections measured on
@@ -100,6 +102,7 @@ MIN_TARGET_TIME = 0.030 # s: ... but MIN_TARGET never holds more line time than 
 REFLUSH_MS = 20         # look again this soon when the line had no room (safety net for "room")
 STOP_TIMEOUT = 3000     # ms to wait for the LCP Terminate-Ack
 DRAIN_TIMEOUT = 1000    # ms to let the writer drain before closing the line
+DRAIN_POLL_MS = 5       # ... looking at its queue this often (its writes post nothing)
 # Stack of every thread started from here on (serial reader and writer, one per service connection): our
 # threads run shallow loops, and the default (8 MiB of address space each on Linux) would reserve 8 GB for
 # a thousand connections.
@@ -107,10 +110,10 @@ THREAD_STACK = 512 * 1024
 
 
 # Inbox items that change nothing the Core sends: a turn that brought only these (and found no timer due)
-# does not flush.  "written": bytes reached the line; "svc_done": a service thread finished (the stack
-# heard its connection's end before, in its svc_eof, svc_error or the stack's own close).  "svc_written"
-# and "room" are such items when the Core says so (Runtime._dispatch).
-_NO_FLUSH = frozenset(("written", "svc_done"))
+# does not flush.  "svc_done": a service thread finished (the stack heard its connection's end before, in
+# its svc_eof, svc_error or the stack's own close).  "svc_written" and "room" are such items when the Core
+# says so (Runtime._dispatch).
+_NO_FLUSH = frozenset(("svc_done",))
 
 
 def monotonic_ms():
@@ -148,8 +151,8 @@ class Runtime(object):
         self.endpoint = None
         self.writer = None
         self.reader = None
-        self.line_queued = 0
-        self._room_wanted = True        # the last flush held output back for the line's room (Core.wants_room)
+        self._room_wanted = False       # the last flush held output back for the line's room (Core.wants_room)
+        self._bytes_out = 0             # written by the writers of lines now closed
         self.exit_code = None
         self._stopping = None           # None, "closing" or "draining"
         self._stop_deadline = None
@@ -157,7 +160,7 @@ class Runtime(object):
         self._told_rate = None          # the line rate last told to the Core
         self._next_stats = None
         self._counters = {"line_ups": 0, "line_downs": 0, "link_ups": 0, "link_downs": 0,
-                          "auth_failures": 0, "serial_bytes_in": 0, "serial_bytes_out": 0,
+                          "auth_failures": 0, "serial_bytes_in": 0,
                           "internal_errors": 0, "reloads": 0, "reloads_refused": 0}
         self._auth = {}                 # (method, "ok" | "fail") -> count
 
@@ -188,6 +191,16 @@ class Runtime(object):
         self.inbox.put(("signal", "usr1"))
 
     request_reload = request_reopen_logs
+
+    @property
+    def line_queued(self):
+        """Bytes handed to the writer and not yet written."""
+        writer = self.writer
+        return writer.queued if writer is not None else 0
+
+    def _serial_bytes_out(self):
+        writer = self.writer
+        return self._bytes_out + (writer.bytes_written if writer is not None else 0)
 
     # -- reload (stack thread only) ------------------------------------------------
 
@@ -243,6 +256,7 @@ class Runtime(object):
 
     def counters(self):
         out = dict(("runtime." + k, v) for k, v in self._counters.items())
+        out["runtime.serial_bytes_out"] = self._serial_bytes_out()
         out["runtime.services_active"] = len(self.services)
         out["runtime.services_started"] = self.services.started
         out["runtime.line_queued"] = self.line_queued
@@ -260,7 +274,7 @@ class Runtime(object):
         """The figures now (pyslirp/metrics.py); stack thread only."""
         writer = self.writer
         c = self._counters
-        return metrics.collect(self.core, now, serial_in=c["serial_bytes_in"], serial_out=c["serial_bytes_out"],
+        return metrics.collect(self.core, now, serial_in=c["serial_bytes_in"], serial_out=self._serial_bytes_out(),
                                line_open=writer is not None, drain_rate=writer.rate if writer is not None else None,
                                auth=self._auth, internal_errors=c["internal_errors"], audit=self.records.counts(),
                                line_queued=(writer.queued, writer.backlog()) if writer is not None else (0, 0))
@@ -333,7 +347,8 @@ class Runtime(object):
 
     def _timeout(self, now):
         deadline = self.core.get_timer()
-        for other in (self._stop_deadline, self._reflush_at, self._next_stats):
+        drain = now + DRAIN_POLL_MS if self._stopping == "draining" else None
+        for other in (self._stop_deadline, self._reflush_at, self._next_stats, drain):
             if other is not None and (deadline is None or other < deadline):
                 deadline = other
         if deadline is None:
@@ -383,7 +398,7 @@ class Runtime(object):
             core.dns_failed(item[1], now)
         elif kind == "line_up":
             _, _, self.endpoint, self.writer, self.reader = item
-            self.line_queued = 0
+            self._room_wanted = False
             self._told_rate = None
             self._counters["line_ups"] += 1
             log.info("serial line open: %s", self.endpoint.name)
@@ -417,18 +432,14 @@ class Runtime(object):
         return True
 
     def _dispatch_quiet(self, item):
-        kind = item[0]
-        if kind == "written":
-            if item[1] is self.writer:
-                self.line_queued -= item[2]
-                self._counters["serial_bytes_out"] += item[2]
-        elif kind == "svc_done":
+        if item[0] == "svc_done":
             self.services.forget(item[1])
 
     def _line_down(self, now):
         self._counters["line_downs"] += 1
+        self._bytes_out = self._serial_bytes_out()
         self.writer = self.reader = self.endpoint = None
-        self.line_queued = 0
+        self._room_wanted = False
         self.core.lower_down(now)
 
     def _begin_stop(self, now):
@@ -463,11 +474,11 @@ class Runtime(object):
         if writer is not None:
             target = writer.target()
             backlog = writer.backlog()
-            budget = target - self.line_queued - backlog
+            budget = target - writer.queued - backlog
             frames = [frame for _, frame in self._take_output(budget if budget > 0 else 0, now)]
-            if frames:
-                self.line_queued += writer.put_all(frames)      # one hand-over for the whole flush
-            self._room_wanted = core.wants_room
+            wanted, self._room_wanted = self._room_wanted, core.wants_room
+            if frames or wanted or self._room_wanted:
+                writer.put_all(frames, self._room_wanted)      # one hand-over for the whole flush
             if budget <= 0:
                 # The writer posts "room" when the line drains below the bound; this is only the
                 # safety net should the bound move under it.
