@@ -276,12 +276,18 @@ def test_budget_is_the_bound_minus_our_queue_and_the_os_queue():
     assert core.rates == [11520, 3000]
 
 
-def test_a_turn_of_finished_service_threads_alone_does_not_flush():
+def _quiet_runtime():
+    """A Runtime over a BudgetCore with no timer due and an idle FakeWriter: (core, runtime, writer)."""
     core = BudgetCore()
     core.get_timer = lambda: None
     core.handle_timer = lambda now: None
     runtime = Runtime(None, None, core=core, endpoint=object(), line_budget=4096)
     runtime.writer = writer = FakeWriter(target=1000, backlog=0, rate=11520.0)
+    return core, runtime, writer
+
+
+def test_a_turn_of_finished_service_threads_alone_does_not_flush():
+    core, runtime, writer = _quiet_runtime()
     writer.queued = 300                                         # handed over, not yet written
     runtime._step(None, 0)
     assert core.budgets == [700] and writer.room_asked == [True]  # held back: "room" asked for
@@ -302,11 +308,7 @@ def test_a_turn_of_finished_service_threads_alone_does_not_flush():
 def test_the_writer_is_asked_for_room_only_while_output_waits_for_it():
     # Every write would otherwise wake the stack thread for a "room" that after a handshake or an echo
     # finds nothing to send.
-    core = BudgetCore()
-    core.get_timer = lambda: None
-    core.handle_timer = lambda now: None
-    runtime = Runtime(None, None, core=core, endpoint=object(), line_budget=4096)
-    runtime.writer = writer = FakeWriter(target=1000, backlog=0, rate=11520.0)
+    core, runtime, writer = _quiet_runtime()
     core.wants_room = False
     runtime._flush(0)
     assert writer.room_asked == [False] and len(writer.frames) == 1
@@ -324,9 +326,7 @@ def test_the_writer_is_asked_for_room_only_while_output_waits_for_it():
 def test_room_and_service_writes_that_give_the_core_nothing_to_send_do_not_flush():
     # After a handshake or an echo nothing waits for the line's room, and "room" follows every write; a
     # service's "written" report of two bytes makes no window update due.  Neither turn looks at the line.
-    core = BudgetCore()
-    core.get_timer = lambda: None
-    core.handle_timer = lambda now: None
+    core, runtime, writer = _quiet_runtime()
     core.wants_room = False
     written = []
 
@@ -335,8 +335,6 @@ def test_room_and_service_writes_that_give_the_core_nothing_to_send_do_not_flush
         return nbytes >= 1000                                   # a window update is due
 
     core.service_written = service_written
-    runtime = Runtime(None, None, core=core, endpoint=object(), line_budget=4096)
-    runtime.writer = writer = FakeWriter(target=1000, backlog=0, rate=11520.0)
     runtime._step(None, 0)
     assert len(core.budgets) == 1
     runtime._step(("room", writer), 1)
@@ -681,12 +679,18 @@ class Inbox(object):
             return [i for i in self.items if i[0] == kind]
 
 
-def test_writer_posts_room_once_the_os_queue_drains_below_the_bound():
+def _started_writer():
+    """A running SerialWriter on a ScriptedEndpoint with a 100-byte bound: (endpoint, inbox, writer)."""
     endpoint = ScriptedEndpoint()
     inbox = Inbox()
     writer = SerialWriter(endpoint, inbox.post, lambda reason: None,
                           meter=DrainMeter(initial=RATE, min_target=100, max_target=100))
     writer.start()
+    return endpoint, inbox, writer
+
+
+def test_writer_posts_room_once_the_os_queue_drains_below_the_bound():
+    endpoint, inbox, writer = _started_writer()
     try:
         endpoint.queued = 600                       # the OS holds more than the bound
         writer.put(False, b"a" * 10)
@@ -724,11 +728,7 @@ def test_writer_holds_room_while_its_write_is_not_in_the_os_count_yet():
 
 
 def test_writer_posts_nothing_for_its_writes_and_room_only_when_asked():
-    endpoint = ScriptedEndpoint()
-    inbox = Inbox()
-    writer = SerialWriter(endpoint, inbox.post, lambda reason: None,
-                          meter=DrainMeter(initial=RATE, min_target=100, max_target=100))
-    writer.start()
+    endpoint, inbox, writer = _started_writer()
     try:
         writer.put_all([b"a" * 10, b"b" * 5])
         assert wait_until(lambda: writer.bytes_written == 15 and writer.queued == 0)
