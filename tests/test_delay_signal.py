@@ -7,6 +7,7 @@ clock: no thread is started.
 """
 
 from test_latency import Client, make_stack, parse
+from pyslirp.runtime.endpoints import Endpoint
 from pyslirp.runtime.serialio import LinePacer, SerialWriter
 from pyslirp.runtime.stackloop import Runtime
 from pyslirp.wire import tcp
@@ -111,7 +112,7 @@ class Clock(object):
 
 def paced_runtime(core, clock):
     runtime = Runtime(None, None, core=core, endpoint=object(), line_budget=65536, baudrate=115200)
-    runtime.writer = SerialWriter(object(), lambda item: None, lambda reason: None, clock=clock,
+    runtime.writer = SerialWriter(Endpoint(), lambda item: None, lambda reason: None, clock=clock,
                                   pacer=LinePacer(RATE))
     return runtime
 
@@ -150,7 +151,7 @@ def test_a_measured_line_ignores_the_signal():
     core = SignalCore([20] + [5000] * 10)
     clock = Clock()
     runtime = Runtime(None, None, core=core, endpoint=object(), line_budget=65536, baudrate=115200)
-    runtime.writer = SerialWriter(object(), lambda item: None, lambda reason: None, clock=clock,
+    runtime.writer = SerialWriter(Endpoint(), lambda item: None, lambda reason: None, clock=clock,
                                   meter=runtime._new_meter())
     before = runtime.writer.rate
     for i in range(11):

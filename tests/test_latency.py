@@ -24,7 +24,7 @@ from test_tcp_harness import ACK, Conn, TcpConfig, pattern
 from pyslirp.net.events import ServiceConnect
 from pyslirp.net import stack as stack_mod
 from pyslirp.net.stack import IPStack, StackConfig
-from pyslirp.runtime.endpoints import FdEndpoint, PtyEndpoint
+from pyslirp.runtime.endpoints import Endpoint, FdEndpoint, PtyEndpoint
 from pyslirp.runtime.serialio import DrainMeter, SerialWriter
 from pyslirp.runtime.stackloop import Runtime
 from pyslirp.wire import tcp
@@ -633,7 +633,7 @@ def test_ack_every_one_acknowledges_each_full_segment():
 
 # -- the writer and the OS queue ---------------------------------------------------------------------------------
 
-class ScriptedEndpoint(object):
+class ScriptedEndpoint(Endpoint):
     """Records writes; ``queued`` is what the "OS" still holds (set by the test)."""
 
     def __init__(self):

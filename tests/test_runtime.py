@@ -18,7 +18,7 @@ import pytest
 from pyslirp.net.flows import FlowKey, Route
 from pyslirp.net.events import ServiceClose, ServiceConnect, ServiceReadCredit, ServiceSend, ServiceShutdown
 from pyslirp.runtime import serialio
-from pyslirp.runtime.endpoints import FdEndpoint, LineGone, OpenError, PtyEndpoint, make_symlink
+from pyslirp.runtime.endpoints import Endpoint, FdEndpoint, LineGone, OpenError, PtyEndpoint, make_symlink
 from pyslirp.config import ProxyConfig
 from pyslirp.runtime.services import ServiceManager
 from pyslirp.runtime.stackloop import Runtime
@@ -709,7 +709,7 @@ def test_permission_denied_at_startup_is_fatal():
     assert result == {"code": 1}
 
 
-class SlowEndpoint(object):
+class SlowEndpoint(Endpoint):
     """Records writes; the first write blocks until released."""
 
     def __init__(self):

@@ -380,8 +380,8 @@ class SerialWriter(threading.Thread):
         self.meter = meter if meter is not None else DrainMeter()
         self.pacer = pacer              # a LinePacer where the endpoint cannot show its backlog
         self._pace_lock = threading.Lock()      # the pacer or meter is used by this thread and the stack thread
-        self._out_waiting = getattr(endpoint, "out_waiting", None) or (lambda: 0)
-        self._try_write = getattr(endpoint, "try_write", None) or (lambda data: 0)
+        self._out_waiting = endpoint.out_waiting
+        self._try_write = endpoint.try_write
         self.dropped = 0
         self.bytes_written = 0
         self.writes = 0
