@@ -99,7 +99,6 @@ class FakeStack(object):
 
     def line_answers(self, now):
         self.calls.append(("line_answers", now))
-        return True
 
     def take_packets(self, budget):
         self.calls.append(("take_packets", budget))

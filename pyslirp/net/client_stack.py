@@ -307,14 +307,11 @@ class ClientStack(object):
 
     def line_answers(self, now):
         """The Core's probe was answered while flows were backed off: their losses are the line's noise
-        (TcpConnection.line_answers).  True if some flow's timer changed."""
+        (TcpConnection.line_answers)."""
         self._now = now
-        changed = False
         for rec in list(self._flows.values()):
             if rec.conn is not None and rec.conn.line_answers(now):
                 self._after(rec, now)
-                changed = True
-        return changed
 
     def link_dropped(self, now):
         """The server's decompressor dropped our frames from a lost one on (its CCP Reset-Request): flows with

@@ -1765,14 +1765,11 @@ class IPStack(object):
 
     def line_answers(self, now):
         """The Core's probe was answered while connections were backed off: the line carries, their losses are
-        its noise (TcpConnection.line_answers).  True if some connection's timer changed."""
+        its noise (TcpConnection.line_answers)."""
         self._now = now
-        changed = False
         for rec in list(self._conns.values()):
             if not rec.gone and rec.conn.line_answers(now):
                 self._after(rec, now)
-                changed = True
-        return changed
 
     def link_dropped(self, now):
         """The client's link layer dropped our frames from a lost one on (its Deflate decompressor out of step:

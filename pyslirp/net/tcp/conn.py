@@ -224,8 +224,8 @@ resends the rest.  Not a go-back-N: the segments before the lost frame
 arrived, and their ACKs may still be on their way.
 
 A noisy line (``line_answers``): on a line with bit errors a full-sized frame
-is lost far more often than a short one (at a bit error rate of 3e-5 one in
-three), the retransmission as often as the original, and after a loss the
+is lost far more often than a short one (at a bit error rate of 3e-5 with
+dropped and inserted bytes, one in two or three), the retransmission as often as the original, and after a loss the
 client's Van Jacobson decompressor discards what follows (Linux's slhc), so
 there is no duplicate ACK and every loss costs a timeout.  RFC 6298's
 doubling then reaches tens of seconds after a few unlucky frames, and Karn's
